@@ -1,0 +1,187 @@
+"""The ``fedwarden`` command. The only module that writes to the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedwarden.core.config import RunConfig, load_config
+from fedwarden.core.errors import FedwardenError
+from fedwarden.server.launch import resumed
+from fedwarden.server.launch import run as run_config
+from fedwarden.server.records import RoundRecord, RunResult
+
+app = typer.Typer(
+    help="fedwarden: privacy-preserving federated learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_COLUMNS = (
+    ("round", 5), ("loss", 8), ("accuracy", 8), ("clients", 7), ("dropped", 7),
+    ("rejected", 8), ("seconds", 8), ("MB up", 8), ("MB down", 8),
+)
+
+
+@app.callback()
+def main() -> None:
+    """fedwarden: privacy-preserving federated learning."""
+
+
+class ConsoleObserver:
+    """Progress bars (rounds; clients within the round) and one table row per round."""
+
+    def __init__(self, console: Console, rounds: int, start: int) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.rounds_task = self.progress.add_task("rounds", total=rounds, completed=start)
+        self.clients_task = self.progress.add_task("clients", total=0)
+        self.console.print(" ".join(f"{name:>{width}}" for name, width in _COLUMNS))
+
+    def round_started(self, round_index: int, cohort_size: int) -> None:
+        self.progress.reset(self.clients_task, total=cohort_size)
+        self.progress.update(self.clients_task, description=f"round {round_index + 1} clients")
+
+    def client_finished(self, round_index: int) -> None:
+        self.progress.advance(self.clients_task)
+
+    def round_finished(self, record: RoundRecord) -> None:
+        self.progress.advance(self.rounds_task)
+        self.progress.console.print(_format_row(record))
+
+    def __enter__(self) -> ConsoleObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _format_row(record: RoundRecord) -> str:
+    def number(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    cells = (
+        str(record.round_index + 1),
+        number(record.loss, 4),
+        number(record.accuracy, 4),
+        f"{record.participants}/{record.sampled}",
+        str(record.dropped),
+        str(record.rejected),
+        f"{record.round_seconds:.2f}",
+        f"{record.bytes_up / 1e6:.2f}",
+        f"{record.bytes_down / 1e6:.2f}",
+    )
+    row = " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+    return row if not record.note else f"{row}  [yellow]{record.note}[/yellow]"
+
+
+def _summary_lines(result: RunResult) -> list[str]:
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.2f}%"
+
+    lines = [
+        f"rounds: {result.rounds}   central accuracy: {percent(result.accuracy)}   "
+        f"client accuracy (example-weighted): {percent(result.client_accuracy)}",
+    ]
+    if result.personalized_accuracy is not None:
+        lines.append(
+            f"personalized (fine-tuned) client accuracy: {percent(result.personalized_accuracy)}"
+            f"   global: {percent(result.client_accuracy)}"
+        )
+    if "label_chi2" in result.extras:
+        lines.append(
+            f"label heterogeneity across clients: chi2 = {result.extras['label_chi2']:.1f} "
+            f"(p = {result.extras['label_chi2_p_value']:.3g})"
+        )
+    lines.append(
+        f"{result.client_rounds_per_s:.1f} client-rounds/s, wall {result.wall_s:.1f} s, "
+        f"peak RSS {result.peak_rss_mb:.0f} MB"
+    )
+    if result.run_dir is not None:
+        lines.append(f"run directory: {result.run_dir}")
+    return lines
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config (TOML). Omit with --resume.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run in this run directory.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one final JSON object on stdout.")
+    ] = False,
+    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Override the runtime: local or ray.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Override the number of workers.")] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option(help="Where run directories are created.")
+    ] = None,
+) -> None:
+    """Train a federated model as described by CONFIG."""
+    console = Console(stderr=as_json)
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)]
+    )
+    try:
+        if resume is not None:
+            if config is not None:
+                raise FedwardenError("give either CONFIG or --resume RUN_DIR, not both")
+            settings, start = resumed(resume)
+        else:
+            settings, start = _config_for(config, rounds, runtime, workers, runs_dir), 0
+        with ConsoleObserver(console, settings.rounds, start) as observer:
+            result = run_config(settings, resume=resume, observer=observer)
+    except FedwardenError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    for line in _summary_lines(result):
+        console.print(line)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+
+
+def _config_for(
+    path: Path | None,
+    rounds: int | None,
+    runtime: str | None,
+    workers: int | None,
+    runs_dir: Path | None,
+) -> RunConfig:
+    """The config file with the command line's overrides applied and re-validated."""
+    if path is None:
+        raise FedwardenError("give a run config: fedwarden run CONFIG.toml")
+    config = load_config(path)
+    overrides: dict[str, Any] = {}
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    if runs_dir is not None:
+        overrides["runs_dir"] = runs_dir
+    runtime_overrides = {
+        key: value
+        for key, value in (("kind", runtime), ("workers", workers))
+        if value is not None
+    }
+    values = config.model_dump()
+    values.update(overrides)
+    values["runtime"].update(runtime_overrides)
+    return RunConfig.from_mapping(values, source=f"{path} with command-line overrides")

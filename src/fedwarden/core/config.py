@@ -1,0 +1,230 @@
+"""RunConfig: the typed, validated form of a run's TOML file.
+
+Every section is a pydantic model with ``extra="forbid"``, so a typo or a bad
+value fails at load time with an error naming the key, the value and what is
+allowed (:func:`load_config`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedwarden.core.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionConfig(Section):
+    """How a centralized data set is split across clients."""
+
+    scheme: Literal["iid", "dirichlet", "shards", "power_law"] = "dirichlet"
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    """Dirichlet concentration: small values give strong label skew (Hsu et al. 2019)."""
+    shards_per_client: Annotated[int, Field(ge=1)] = 2
+    """Label-sorted shards per client (McMahan et al. 2017)."""
+    power_law_exponent: Annotated[float, Field(gt=0)] = 1.5
+    """Quantity skew: client sizes proportional to a Pareto draw with this exponent."""
+    min_client_size: Annotated[int, Field(ge=1)] = 10
+
+
+class DataConfig(Section):
+    """Where the clients' data comes from and how it is split."""
+
+    source: Literal["digits", "breast_cancer", "wine", "synthetic", "npz_folder"] = "digits"
+    num_clients: Annotated[int, Field(ge=1)] = 20
+    partition: PartitionConfig = PartitionConfig()
+    central_test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    """Share of a centralized data set held out as the server's test set."""
+    client_test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    """Share of each client's data held out as its local test split."""
+    path: Path | None = None
+    """The folder of per-client ``.npz`` files (``source = "npz_folder"``)."""
+    synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
+    synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
+    synthetic_features: Annotated[int, Field(ge=1)] = 60
+    synthetic_classes: Annotated[int, Field(ge=2)] = 10
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataConfig:
+        if self.source == "npz_folder" and self.path is None:
+            raise ValueError("source 'npz_folder' needs data.path, the folder of <client>.npz files")
+        if self.source != "npz_folder" and self.path is not None:
+            raise ValueError(f"data.path is only read for source 'npz_folder', not {self.source!r}")
+        return self
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem: the dotted key, what was wrong, and what is allowed."""
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            known = _known_keys(model, problem["loc"][:-1])
+            key = str(problem["loc"][-1])
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            allowed = ", ".join(sorted(known))
+            lines.append(f"{location}: unknown key{hint} (allowed here: {allowed})")
+        else:
+            value = problem.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{location}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``path`` inside ``model``."""
+    current: type[BaseModel] = model
+    for part in path:
+        annotation = current.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields)
+
+
+def parse_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning syntax errors into :class:`ConfigError`."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+
+
+class ModelConfig(Section):
+    """Which model the clients train.
+
+    ``kind``: ``softmax`` (NumPy multinomial logistic regression), ``mlp``
+    (PyTorch, needs the ``torch`` extra), ``sklearn`` (a scikit-learn linear
+    model named by ``estimator``), or ``custom``: ``factory = "module:function"``
+    returning a Trainer, called with the data set's feature and class counts.
+    """
+
+    kind: Literal["softmax", "mlp", "sklearn", "custom"] = "softmax"
+    hidden: tuple[Annotated[int, Field(ge=1)], ...] = (64,)
+    estimator: Literal["sgd_classifier", "sgd_regressor", "logistic_regression"] = (
+        "sgd_classifier"
+    )
+    factory: str | None = None
+
+    @model_validator(mode="after")
+    def _factory_for_custom(self) -> ModelConfig:
+        if (self.kind == "custom") != (self.factory is not None):
+            raise ValueError("model.factory (\"module:function\") is set exactly when kind = 'custom'")
+        return self
+
+
+class TrainSection(Section):
+    """How each client trains per round."""
+
+    local_epochs: Annotated[int, Field(ge=1)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    learning_rate: Annotated[float, Field(gt=0)] = 0.05
+
+
+class StrategyConfig(Section):
+    """The server algorithm. Fields a strategy does not use are ignored by it."""
+
+    name: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_learning_rate: Annotated[float, Field(gt=0)] | None = None
+    """Defaults: 1.0 for FedAvg/FedProx/FedAvgM, 0.01 for the FedOpt family."""
+    proximal_mu: Annotated[float, Field(ge=0)] = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: Annotated[float, Field(gt=0)] = 1e-3
+
+
+class SamplingConfig(Section):
+    """How each round's cohort is drawn, and when a round counts."""
+
+    scheme: Literal["uniform", "poisson", "stratified"] = "uniform"
+    cohort_size: Annotated[int, Field(ge=1)] = 10
+    rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Poisson sampling probability per client and round."""
+    attribute: str | None = None
+    """Client attribute to stratify by (``scheme = "stratified"``)."""
+    min_cohort: Annotated[int, Field(ge=1)] = 1
+    """Fewest accepted updates for a round to change the model."""
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
+    """Wall-clock seconds after which unfinished clients are dropped and counted."""
+
+    @model_validator(mode="after")
+    def _attribute_for_stratified(self) -> SamplingConfig:
+        if self.scheme == "stratified" and self.attribute is None:
+            raise ValueError("scheme 'stratified' needs sampling.attribute, the attribute to group by")
+        return self
+
+
+class PipelineConfig(Section):
+    """Server-side checks and aggregation of updates."""
+
+    max_update_norm: Annotated[float, Field(gt=0)] | None = None
+    """Reject updates whose L2 norm exceeds this (a sanity bound, not DP clipping)."""
+    weighting: Literal["examples", "uniform"] = "examples"
+
+
+class PersonalizationConfig(Section):
+    """Personalization by local fine-tuning after training."""
+
+    finetune_epochs: Annotated[int, Field(ge=0)] = 0
+
+
+class RuntimeConfig(Section):
+    """Where clients run."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: Annotated[int, Field(ge=1)] | None = None
+    """Worker processes (local) or actors (ray); default one per core."""
+    address: str | None = None
+    """Ray cluster address (``ray://host:10001`` or ``auto``); default starts a local one."""
+
+
+class RunConfig(Section):
+    """A whole run: data, model, client training, strategy, sampling, pipeline, runtime."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "run"
+    seed: Annotated[int, Field(ge=0)] = 0
+    rounds: Annotated[int, Field(ge=1)] = 10
+    evaluate_every: Annotated[int, Field(ge=1)] = 1
+    runs_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainSection = TrainSection()
+    strategy: StrategyConfig = StrategyConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    personalization: PersonalizationConfig = PersonalizationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
+        """Validate a parsed config, raising :class:`ConfigError` that names every bad key."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(
+                f"{source} has {error.error_count()} problem(s):\n"
+                + format_validation_error(error, cls)
+            ) from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read and validate a run's TOML file; relative data paths are taken from its folder."""
+    values = parse_toml(path)
+    data = values.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data["path"] = str((path.parent / data["path"]).resolve())
+    return RunConfig.from_mapping(values, source=str(path))

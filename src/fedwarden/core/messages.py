@@ -1,0 +1,119 @@
+"""Messages between the server and its clients, as frozen value objects.
+
+Each message states completely what one side tells the other; a runtime only
+moves them (in process, across worker processes, or over the network) and
+never interprets them. Fields may be added with defaults; existing fields keep
+their meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedwarden.core.params import Vector
+
+Metrics = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a client trains in one round: the hyper-parameters the strategy chose."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    proximal_mu: float = 0.0
+    """FedProx's proximal weight (Li et al. 2020, eq. 2); 0 is plain local SGD."""
+
+
+@dataclass(frozen=True)
+class FitInstruction:
+    """Server to client: train on your data starting from the global vector."""
+
+    round_index: int
+    client_id: str
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a trainer returns from one local training: the update and its weight."""
+
+    update: Vector
+    """``new_parameters - global_parameters``, flat float32."""
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """Client to server: one client's contribution to one round."""
+
+    round_index: int
+    client_id: str
+    update: Vector
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes this update occupies on the wire (the raw vector buffer)."""
+        return int(self.update.nbytes)
+
+
+@dataclass(frozen=True)
+class EvaluateInstruction:
+    """Server to client: evaluate the global vector on your test split.
+
+    With ``finetune`` set, this is personalization by local fine-tuning: the
+    client also trains ``finetune.local_epochs`` epochs from the global model
+    and reports the fine-tuned model's metrics beside the global ones.
+    """
+
+    round_index: int
+    client_id: str
+    finetune: TrainConfig | None = None
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client that did not deliver: dropped at the deadline, failed, or lost with its worker.
+
+    ``reason`` is a short tag counted per round (``"deadline"``, ``"error"``,
+    ``"worker_lost"``); ``message`` is the sentence for the operator.
+    """
+
+    round_index: int
+    client_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """Client to server: metrics of the global (and personalized) model on local test data."""
+
+    client_id: str
+    num_examples: int
+    metrics: Metrics
+
+
+FIT_STREAM = 0
+FINETUNE_STREAM = 1
+
+
+def client_seed(
+    run_seed: int, round_index: int, client_id: str, stream: int = FIT_STREAM
+) -> np.random.SeedSequence:
+    """The seed of one client's training randomness in one round.
+
+    Derived only from the run seed, the stream (training or fine-tuning), the
+    round and the client id, so a client trains identically whichever worker,
+    runtime or resume runs it.
+    """
+    key = list(client_id.encode())
+    return np.random.SeedSequence([run_seed, stream, round_index, len(key), *key])

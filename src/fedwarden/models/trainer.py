@@ -1,0 +1,61 @@
+"""The Trainer protocol: how a model trains and evaluates on one client's data.
+
+A trainer is one model object that trains many clients in turn (DESIGN idea 3):
+``fit`` loads the global vector, trains on the client's data and returns the
+update ``new - old``. It keeps nothing between clients; what a client keeps
+between rounds lives in :attr:`ClientContext.state`, which the runtime stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from fedwarden.core.messages import FitResult, Metrics, TrainConfig
+from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.data.dataset import ClientData
+
+ClientState = dict[str, npt.NDArray[np.generic]]
+"""Per-client arrays kept between rounds (optimizer moments, personal layers, residuals)."""
+
+
+@dataclass
+class ClientContext:
+    """Everything one client holds during one round.
+
+    ``rng`` is seeded from (run seed, round, client id) so training is the same
+    on any worker; ``state`` survives between rounds and across resume.
+    """
+
+    client_id: str
+    data: ClientData
+    round_index: int
+    rng: np.random.Generator
+    state: ClientState = field(default_factory=dict)
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A model adapter: trains and evaluates a flat parameter vector."""
+
+    @property
+    def spec(self) -> ParamSpec:
+        """Layout of the model's parameters in the flat vector."""
+        ...
+
+    def initial_vector(self, seed: int) -> Vector:
+        """Freshly initialized parameters, deterministic in ``seed``."""
+        ...
+
+    def fit(self, vector: Vector, client: ClientContext, train: TrainConfig) -> FitResult:
+        """Train from ``vector`` on ``client.data`` and return the update and its weight."""
+        ...
+
+    def evaluate(
+        self, vector: Vector, x: npt.NDArray[np.generic], y: npt.NDArray[np.generic]
+    ) -> Metrics:
+        """Loss and (for classifiers) accuracy of ``vector`` on ``(x, y)``."""
+        ...

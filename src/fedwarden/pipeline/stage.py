@@ -1,0 +1,111 @@
+"""Stage and Pipeline: what happens to an update between training and the new model.
+
+DESIGN idea 2. A :class:`Stage` is one step of the math with an optional
+client half (runs on the client, before upload) and server half (runs on the
+server as each update arrives, and may reject it). A :class:`Pipeline` is the
+ordered stages plus one :class:`Aggregator`, the streaming reduction that turns
+accepted updates into one mean update. Stages compose in the spirit of
+TensorFlow Federated's aggregation factories and Flower's mods; choices that
+cannot work together are refused when the pipeline is built.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fedwarden.core.errors import PipelineError
+from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.params import Vector
+from fedwarden.models.trainer import ClientContext
+
+
+class Stage:
+    """One step of the update pipeline; both halves default to passing the update on.
+
+    ``needs_individual_updates`` marks a server half that must see each
+    client's update in the clear (robust statistics, server-side clipping);
+    ``hides_individual_updates`` marks a stage after which the server cannot
+    (secure aggregation). A pipeline holding both kinds is refused.
+    """
+
+    name: ClassVar[str] = "stage"
+    needs_individual_updates: ClassVar[bool] = False
+    hides_individual_updates: ClassVar[bool] = False
+
+    def client_half(self, update: ClientUpdate, context: ClientContext) -> ClientUpdate:
+        """Transform the update on the client, before it is sent."""
+        return update
+
+    def server_half(self, update: ClientUpdate) -> ClientUpdate:
+        """Check or transform one arriving update; raise ``UpdateRejected`` to drop it."""
+        return update
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The reduced result of one round's accepted updates."""
+
+    mean_update: Vector
+    total_weight: float
+    num_updates: int
+
+
+class Aggregator(ABC):
+    """Streaming reduction of accepted updates: ``start``, ``add`` each, then ``result``."""
+
+    name: ClassVar[str] = "aggregator"
+    needs_individual_updates: ClassVar[bool] = False
+
+    @abstractmethod
+    def start(self, size: int) -> None:
+        """Begin a round whose updates have ``size`` elements."""
+
+    @abstractmethod
+    def add(self, update: ClientUpdate) -> None:
+        """Fold one accepted update into the running aggregate."""
+
+    @abstractmethod
+    def result(self) -> Aggregate:
+        """The round's aggregate; valid only after at least one ``add``."""
+
+
+class Pipeline:
+    """Ordered stages and one aggregator, checked for compatibility when built."""
+
+    def __init__(self, stages: Sequence[Stage], aggregator: Aggregator) -> None:
+        self.stages = tuple(stages)
+        self.aggregator = aggregator
+        self._check_compatible()
+
+    def _check_compatible(self) -> None:
+        hiding = [stage for stage in self.stages if stage.hides_individual_updates]
+        if not hiding:
+            return
+        needing = [stage.name for stage in self.stages if stage.needs_individual_updates]
+        if self.aggregator.needs_individual_updates:
+            needing.append(self.aggregator.name)
+        if needing:
+            raise PipelineError(
+                f"{', '.join(needing)} must see each client's update, but {hiding[0].name} "
+                "hides individual updates from the server; drop one of them, or clip on the "
+                "client instead of the server"
+            )
+
+    def client_half(self, update: ClientUpdate, context: ClientContext) -> ClientUpdate:
+        """Run every stage's client half in order."""
+        for stage in self.stages:
+            update = stage.client_half(update, context)
+        return update
+
+    def server_half(self, update: ClientUpdate) -> ClientUpdate:
+        """Run every stage's server half in order; ``UpdateRejected`` propagates."""
+        for stage in self.stages:
+            update = stage.server_half(update)
+        return update
+
+    def describe(self) -> list[str]:
+        """Stage names in order, then the aggregator's, for run summaries."""
+        return [stage.name for stage in self.stages] + [self.aggregator.name]

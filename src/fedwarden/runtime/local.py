@@ -1,0 +1,387 @@
+"""The ``local`` runtime: a pool of worker processes on this machine.
+
+Each worker process holds one model object and its share of the clients'
+data (client ``i`` lives on worker ``i mod W``) and trains its part of every
+cohort in turn. Only flat vectors and small JSON headers cross the process
+boundary: the global vector once per worker per round, one update per client.
+Each worker uses one thread for BLAS and PyTorch, so W workers use W cores.
+
+A worker that dies costs its clients in that round (reported as
+``worker_lost`` failures); it is restarted with the same clients for the next
+round, and their persisted state is read back from the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedwarden.core.errors import FedwardenError, RuntimeFailure
+from fedwarden.core.messages import (
+    ClientEvaluation,
+    ClientFailure,
+    ClientUpdate,
+    EvaluateInstruction,
+    FitInstruction,
+    TrainConfig,
+)
+from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.runtime.base import Runtime, owner_of
+from fedwarden.runtime.engine import ClientEngine, Workload
+
+logger = logging.getLogger(__name__)
+
+Header = dict[str, Any]
+
+
+def _send(connection: Connection, header: Header, vector: Vector | None = None) -> None:
+    connection.send_bytes(json.dumps(header).encode())
+    if vector is not None:
+        connection.send_bytes(memoryview(vector))
+
+
+def _receive_header(connection: Connection) -> Header:
+    header: Header = json.loads(connection.recv_bytes())
+    return header
+
+
+def _receive_vector(connection: Connection, size: int) -> Vector:
+    vector = np.empty(size, dtype=VECTOR_DTYPE)
+    received = connection.recv_bytes_into(memoryview(vector).cast("B"))
+    if received != vector.nbytes:
+        raise RuntimeFailure(f"expected a {vector.nbytes}-byte vector, received {received} bytes")
+    return vector
+
+
+def _pin_threads() -> None:
+    """One BLAS/OpenMP/PyTorch thread per worker, so W workers use W cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _worker_main(connection: Connection, workload: Workload, cancel: Event) -> None:
+    """Serve fit and evaluate requests until told to stop."""
+    _pin_threads()
+    engine = ClientEngine(workload)
+    size = workload.trainer.spec.size
+    while True:
+        request = _receive_header(connection)
+        if request["op"] == "stop":
+            return
+        vector = _receive_vector(connection, size)
+        skipped: list[str] = []
+        for item in request["clients"]:
+            if cancel.is_set():
+                skipped.append(item["client_id"])
+                continue
+            try:
+                if request["op"] == "fit":
+                    update = engine.fit(vector, _fit_instruction(item))
+                    _send(connection, _update_header(update), update.update)
+                else:
+                    evaluation = engine.evaluate(vector, _evaluate_instruction(item))
+                    _send(connection, _evaluation_header(evaluation))
+            except FedwardenError as error:
+                _send(connection, _failure_header(item, error))
+            except Exception as error:  # a trainer bug must cost one client, not the run
+                logger.exception("client %s failed", item["client_id"])
+                _send(connection, _failure_header(item, error))
+        _send(connection, {"kind": "done", "skipped": skipped})
+
+
+def _fit_instruction(item: Header) -> FitInstruction:
+    return FitInstruction(item["round_index"], item["client_id"], TrainConfig(**item["train"]))
+
+
+def _evaluate_instruction(item: Header) -> EvaluateInstruction:
+    finetune = item["finetune"]
+    return EvaluateInstruction(
+        item["round_index"], item["client_id"], None if finetune is None else TrainConfig(**finetune)
+    )
+
+
+def _update_header(update: ClientUpdate) -> Header:
+    return {
+        "kind": "update",
+        "client_id": update.client_id,
+        "round_index": update.round_index,
+        "num_examples": update.num_examples,
+        "metrics": dict(update.metrics),
+        "train_seconds": update.train_seconds,
+        "finished_at": time.monotonic(),
+    }
+
+
+def _evaluation_header(evaluation: ClientEvaluation) -> Header:
+    return {
+        "kind": "evaluation",
+        "client_id": evaluation.client_id,
+        "num_examples": evaluation.num_examples,
+        "metrics": dict(evaluation.metrics),
+        "finished_at": time.monotonic(),
+    }
+
+
+def _failure_header(item: Header, error: Exception) -> Header:
+    return {
+        "kind": "failure",
+        "client_id": item["client_id"],
+        "message": f"{type(error).__name__}: {error}",
+        "finished_at": time.monotonic(),
+    }
+
+
+class LocalRuntime(Runtime):
+    """Worker processes on this machine, one per core by default."""
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.num_workers = workers or os.cpu_count() or 1
+        self._context = multiprocessing.get_context("spawn")
+        self._cancel = self._context.Event()
+        self._processes: list[BaseProcess] = []
+        self._connections: list[Connection] = []
+        self._workloads: list[Workload] = []
+        self._owner: dict[str, int] = {}
+        self._size = 0
+
+    def start(self, workload: Workload) -> None:
+        """Spawn the workers, each with its share of the clients."""
+        client_ids = workload.dataset.client_ids
+        self.num_workers = max(1, min(self.num_workers, len(client_ids)))
+        self._owner = {
+            cid: owner_of(position, self.num_workers) for position, cid in enumerate(client_ids)
+        }
+        self._size = workload.trainer.spec.size
+        self._workloads = [
+            workload.for_clients([cid for cid in client_ids if self._owner[cid] == worker])
+            for worker in range(self.num_workers)
+        ]
+        for worker in range(self.num_workers):
+            process, connection = self._spawn(worker)
+            self._processes.append(process)
+            self._connections.append(connection)
+
+    def _spawn(self, worker: int) -> tuple[BaseProcess, Connection]:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_end, self._workloads[worker], self._cancel),
+            name=f"fedwarden-worker-{worker}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        return process, parent_end
+
+    def fit(
+        self,
+        vector: Vector,
+        instructions: Sequence[FitInstruction],
+        deadline_s: float | None = None,
+    ) -> Iterator[ClientUpdate | ClientFailure]:
+        """Train the cohort on the workers; replies in instruction order."""
+        items = [
+            {
+                "client_id": ins.client_id,
+                "round_index": ins.round_index,
+                "train": asdict(ins.train),
+            }
+            for ins in instructions
+        ]
+        round_index = instructions[0].round_index if instructions else 0
+        for header, payload in self._exchange("fit", vector, items, deadline_s):
+            if header["kind"] == "update":
+                assert payload is not None
+                yield ClientUpdate(
+                    round_index=header["round_index"],
+                    client_id=header["client_id"],
+                    update=payload,
+                    num_examples=header["num_examples"],
+                    metrics=header["metrics"],
+                    train_seconds=header["train_seconds"],
+                )
+            else:
+                yield _failure(round_index, header)
+
+    def evaluate(
+        self, vector: Vector, instructions: Sequence[EvaluateInstruction]
+    ) -> Iterator[ClientEvaluation | ClientFailure]:
+        """Evaluate on the workers; replies in instruction order."""
+        items = [
+            {
+                "client_id": ins.client_id,
+                "round_index": ins.round_index,
+                "finetune": None if ins.finetune is None else asdict(ins.finetune),
+            }
+            for ins in instructions
+        ]
+        round_index = instructions[0].round_index if instructions else 0
+        for header, _ in self._exchange("evaluate", vector, items, None):
+            if header["kind"] == "evaluation":
+                yield ClientEvaluation(
+                    header["client_id"], header["num_examples"], header["metrics"]
+                )
+            else:
+                yield _failure(round_index, header)
+
+    def _exchange(
+        self, op: str, vector: Vector, items: list[Header], deadline_s: float | None
+    ) -> Iterator[tuple[Header, Vector | None]]:
+        """Send each worker its items, then read replies in item order.
+
+        Yields ``(header, update vector or None)``; failures have kind
+        ``failure`` with a ``reason``.
+        """
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        per_worker: list[list[Header]] = [[] for _ in range(self.num_workers)]
+        for item in items:
+            per_worker[self._owner[item["client_id"]]].append(item)
+        busy = {w for w in range(self.num_workers) if per_worker[w]}
+        for worker in busy:
+            self._send_request(worker, {"op": op, "clients": per_worker[worker]}, vector)
+        pending = list(items)
+        while pending:
+            item = pending[0]
+            worker = self._owner[item["client_id"]]
+            if worker not in busy:
+                pending.pop(0)
+                continue
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._connections[worker].poll(timeout):
+                yield from self._finish_after_deadline(pending, busy, deadline or 0.0)
+                return
+            try:
+                header, payload = self._read_reply(worker)
+            except (EOFError, OSError):
+                yield from self._lose_worker(worker, pending, busy)
+                continue
+            if header["kind"] == "done":
+                raise RuntimeFailure(
+                    f"worker {worker} finished its list without answering client "
+                    f"{item['client_id']!r}; this is a fedwarden bug"
+                )
+            pending.pop(0)
+            if header["kind"] == "failure":
+                header["reason"] = "error"
+            yield header, payload
+            if not any(self._owner[p["client_id"]] == worker for p in pending):
+                self._expect_done(worker)
+                busy.discard(worker)
+
+    def _send_request(self, worker: int, request: Header, vector: Vector) -> None:
+        try:
+            _send(self._connections[worker], request, vector)
+        except (BrokenPipeError, OSError):
+            self._restart(worker)
+            _send(self._connections[worker], request, vector)
+
+    def _read_reply(self, worker: int) -> tuple[Header, Vector | None]:
+        connection = self._connections[worker]
+        header = _receive_header(connection)
+        payload = _receive_vector(connection, self._size) if header["kind"] == "update" else None
+        return header, payload
+
+    def _expect_done(self, worker: int) -> None:
+        header, _ = self._read_reply(worker)
+        if header["kind"] != "done":
+            raise RuntimeFailure(f"worker {worker} sent {header['kind']!r} after its last client")
+
+    def _finish_after_deadline(
+        self, pending: list[Header], busy: set[int], deadline: float
+    ) -> Iterator[tuple[Header, Vector | None]]:
+        """Stop the workers' lists; keep replies finished in time, drop the rest."""
+        self._cancel.set()
+        try:
+            answered: dict[str, tuple[Header, Vector | None]] = {}
+            for worker in sorted(busy):
+                while True:
+                    try:
+                        header, payload = self._read_reply(worker)
+                    except (EOFError, OSError):
+                        self._restart(worker)
+                        break
+                    if header["kind"] == "done":
+                        break
+                    answered[header["client_id"]] = (header, payload)
+        finally:
+            self._cancel.clear()
+        for item in pending:
+            reply = answered.get(item["client_id"])
+            if reply is not None and reply[0]["finished_at"] <= deadline:
+                if reply[0]["kind"] == "failure":
+                    reply[0]["reason"] = "error"
+                yield reply
+            else:
+                yield {
+                    "kind": "failure",
+                    "client_id": item["client_id"],
+                    "reason": "deadline",
+                    "message": "did not finish before the round deadline",
+                }, None
+
+    def _lose_worker(
+        self, worker: int, pending: list[Header], busy: set[int]
+    ) -> Iterator[tuple[Header, Vector | None]]:
+        """Report the dead worker's outstanding clients as lost, then restart it."""
+        self._processes[worker].join(timeout=5)
+        code = self._processes[worker].exitcode
+        self._restart(worker)
+        busy.discard(worker)
+        lost = [p for p in pending if self._owner[p["client_id"]] == worker]
+        for item in lost:
+            pending.remove(item)
+            yield {
+                "kind": "failure",
+                "client_id": item["client_id"],
+                "reason": "worker_lost",
+                "message": f"worker process {worker} exited (code {code}) while training it",
+            }, None
+
+    def _restart(self, worker: int) -> None:
+        self._processes[worker].join(timeout=5)
+        logger.warning(
+            "worker %d died (exit code %s); restarting it",
+            worker,
+            self._processes[worker].exitcode,
+        )
+        self._connections[worker].close()
+        self._processes[worker], self._connections[worker] = self._spawn(worker)
+
+    def close(self) -> None:
+        """Ask every worker to stop, then make sure it has."""
+        for connection in self._connections:
+            try:
+                _send(connection, {"op": "stop"})
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for connection in self._connections:
+            connection.close()
+        self._processes.clear()
+        self._connections.clear()
+
+
+def _failure(round_index: int, header: Header) -> ClientFailure:
+    return ClientFailure(round_index, header["client_id"], header["reason"], header["message"])

@@ -1,0 +1,19 @@
+"""The federated server: rounds, checkpoints, run directories, and building runs from configs."""
+
+from fedwarden.server.launch import prepare, resumed, run
+from fedwarden.server.records import RoundRecord, RunResult
+from fedwarden.server.rundir import Checkpoint, RunDirectory
+from fedwarden.server.server import CentralTestSet, RoundObserver, Server
+
+__all__ = [
+    "CentralTestSet",
+    "Checkpoint",
+    "RoundObserver",
+    "RoundRecord",
+    "RunDirectory",
+    "RunResult",
+    "Server",
+    "prepare",
+    "resumed",
+    "run",
+]

@@ -1,0 +1,62 @@
+"""What a run reports: one record per round and a final summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What happened in one round.
+
+    ``participants`` are accepted updates; ``dropped`` clients missed the
+    deadline or lost their worker; ``failed`` clients raised while training;
+    ``rejected`` updates failed a server check (``rejection_reasons`` counts
+    them by reason). ``applied`` is False when fewer than ``min_cohort``
+    updates were accepted and the model was left unchanged.
+    """
+
+    round_index: int
+    sampled: int
+    participants: int
+    dropped: int
+    failed: int
+    rejected: int
+    rejection_reasons: dict[str, int]
+    applied: bool
+    loss: float | None
+    accuracy: float | None
+    train_loss: float | None
+    round_seconds: float
+    bytes_up: int
+    bytes_down: int
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The final figures of a run (what ``fedwarden run --json`` prints)."""
+
+    rounds: int
+    accuracy: float | None
+    loss: float | None
+    client_accuracy: float | None
+    personalized_accuracy: float | None
+    client_rounds_per_s: float
+    wall_s: float
+    peak_rss_mb: float
+    run_dir: str | None
+    history: list[RoundRecord] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary fields (without the per-round history) as a JSON-ready dict."""
+        summary = {key: value for key, value in asdict(self).items() if key != "history"}
+        extras = summary.pop("extras")
+        summary.update(extras)
+        return summary

@@ -1,0 +1,171 @@
+"""The run directory: config, per-round metrics, checkpoints, final model and plots.
+
+Layout::
+
+    <runs_dir>/<name>-<timestamp>/
+        config.json          the validated RunConfig
+        metrics.csv          one row per round
+        metrics.json         the same, as a list of objects
+        checkpoint.npz       server state after the last completed round
+        client_state/        per-client persistent state (see ClientStateStore)
+        model.npz            final global parameters, one array per tensor
+        param_spec.json      the ParamSpec of model.npz's flat vector
+        accuracy.png, loss.png
+
+Every file is written to a temporary name and renamed, so a crash leaves
+either the previous or the new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedwarden.core.errors import ConfigError
+from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.server.records import RoundRecord
+from fedwarden.strategies.base import StrategyState
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Server state after a completed round: enough to continue bit for bit."""
+
+    round_index: int
+    vector: Vector
+    strategy_state: StrategyState
+    sampler_state: dict[str, Any]
+    history: list[RoundRecord]
+    train_seconds: float
+
+
+class RunDirectory:
+    """Reads and writes one run's directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, runs_dir: Path, name: str) -> RunDirectory:
+        """A new, empty directory ``<runs_dir>/<name>-<UTC timestamp>``."""
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        path = runs_dir / f"{name}-{stamp}"
+        path.mkdir(parents=True)
+        return cls(path)
+
+    @property
+    def client_state_dir(self) -> Path:
+        """Where clients' persistent state is kept."""
+        return self.path / "client_state"
+
+    def write_config(self, config_json: str) -> None:
+        """Keep the validated config, so ``--resume`` rebuilds the same run."""
+        _write_atomic(self.path / "config.json", config_json.encode())
+
+    def read_config(self) -> str:
+        """The config written by :meth:`write_config`."""
+        config = self.path / "config.json"
+        if not config.is_file():
+            raise ConfigError(
+                f"{self.path} is not a fedwarden run directory (no config.json); pass the folder "
+                "that `fedwarden run` printed"
+            )
+        return config.read_text()
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write the server state after ``checkpoint.round_index`` in one atomic file."""
+        meta = {
+            "round_index": checkpoint.round_index,
+            "sampler_state": checkpoint.sampler_state,
+            "history": [record.to_json() for record in checkpoint.history],
+            "train_seconds": checkpoint.train_seconds,
+        }
+        arrays = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, vector=checkpoint.vector, meta=np.array(json.dumps(meta)), **arrays)
+        _write_atomic(self.path / "checkpoint.npz", buffer.getvalue())
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint, or None if no round completed."""
+        path = self.path / "checkpoint.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
+            strategy_state = {
+                name.removeprefix("strategy/"): stored[name]
+                for name in stored.files
+                if name.startswith("strategy/")
+            }
+            return Checkpoint(
+                round_index=meta["round_index"],
+                vector=stored["vector"],
+                strategy_state=strategy_state,
+                sampler_state=meta["sampler_state"],
+                history=[RoundRecord(**record) for record in meta["history"]],
+                train_seconds=meta["train_seconds"],
+            )
+
+    def write_metrics(self, history: list[RoundRecord]) -> None:
+        """Rewrite metrics.csv and metrics.json with every round so far."""
+        rows = [record.to_json() for record in history]
+        _write_atomic(self.path / "metrics.json", json.dumps(rows, indent=1).encode())
+        text = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "rejection_reasons": json.dumps(row["rejection_reasons"])})
+        _write_atomic(self.path / "metrics.csv", text.getvalue().encode())
+
+    def save_model(self, spec: ParamSpec, vector: Vector) -> Path:
+        """Write the model as named arrays plus its ParamSpec; returns the model path."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **spec.views(vector))
+        _write_atomic(self.path / "model.npz", buffer.getvalue())
+        _write_atomic(self.path / "param_spec.json", spec.to_json().encode())
+        return self.path / "model.npz"
+
+    def save_plots(self, history: list[RoundRecord]) -> None:
+        """PNG plots of central accuracy and loss per round."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for metric in ("accuracy", "loss"):
+            points = [
+                (r.round_index + 1, getattr(r, metric))
+                for r in history
+                if getattr(r, metric) is not None
+            ]
+            figure, axes = plt.subplots(figsize=(6, 4))
+            if points:
+                rounds, values = zip(*points, strict=True)
+                axes.plot(rounds, values, marker="o", markersize=3)
+            axes.set_xlabel("round")
+            axes.set_ylabel(f"central test {metric}")
+            axes.set_title(f"{metric} per round")
+            axes.grid(alpha=0.3)
+            figure.tight_layout()
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=100)
+            plt.close(figure)
+            _write_atomic(self.path / f"{metric}.png", buffer.getvalue())
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)

@@ -1,0 +1,257 @@
+"""The federated server: samples cohorts, drives rounds, aggregates, checkpoints.
+
+Per round (DESIGN, "Where data flows"): the sampler picks a cohort, the
+runtime delivers the global vector and the strategy's training config to each
+client, replies stream back through the pipeline's server halves into the
+aggregator, and the strategy's server optimizer produces the new global
+vector. The server holds O(model size) memory whatever the cohort size. It
+does not know which runtime moves its messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedwarden.core.errors import UpdateRejected
+from fedwarden.core.messages import (
+    ClientEvaluation,
+    ClientFailure,
+    EvaluateInstruction,
+    FitInstruction,
+    TrainConfig,
+)
+from fedwarden.core.params import Vector
+from fedwarden.models.trainer import Trainer
+from fedwarden.pipeline.stage import Pipeline
+from fedwarden.runtime.base import Runtime
+from fedwarden.server.records import RoundRecord, RunResult
+from fedwarden.server.rundir import Checkpoint, RunDirectory
+from fedwarden.strategies.base import Strategy
+from fedwarden.strategies.sampling import Sampler
+
+logger = logging.getLogger(__name__)
+
+
+class RoundObserver(Protocol):
+    """Progress callbacks (the CLI draws progress bars and the round table from these)."""
+
+    def round_started(self, round_index: int, cohort_size: int) -> None:
+        """A cohort of ``cohort_size`` clients was sent the global model."""
+
+    def client_finished(self, round_index: int) -> None:
+        """One client of the current round replied (or was dropped)."""
+
+    def round_finished(self, record: RoundRecord) -> None:
+        """The round is aggregated, evaluated and checkpointed."""
+
+
+@dataclass(frozen=True)
+class CentralTestSet:
+    """The server's own held-out data for evaluating the global model."""
+
+    x: npt.NDArray[np.generic]
+    y: npt.NDArray[np.generic]
+
+
+class Server:
+    """Runs rounds of federated training over a runtime."""
+
+    def __init__(
+        self,
+        *,
+        trainer: Trainer,
+        strategy: Strategy,
+        sampler: Sampler,
+        pipeline: Pipeline,
+        runtime: Runtime,
+        client_ids: Sequence[str],
+        rounds: int,
+        seed: int,
+        central_test: CentralTestSet | None = None,
+        min_cohort: int = 1,
+        deadline_s: float | None = None,
+        evaluate_every: int = 1,
+        run_dir: RunDirectory | None = None,
+        observer: RoundObserver | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.strategy = strategy
+        self.sampler = sampler
+        self.pipeline = pipeline
+        self.runtime = runtime
+        self.client_ids = list(client_ids)
+        self.rounds = rounds
+        self.central_test = central_test
+        self.min_cohort = min_cohort
+        self.deadline_s = deadline_s
+        self.evaluate_every = evaluate_every
+        self.run_dir = run_dir
+        self.observer = observer
+        self.vector = trainer.initial_vector(seed)
+        self.rng = np.random.default_rng(seed)
+        self.history: list[RoundRecord] = []
+        self.train_seconds = 0.0
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint``: the next round is ``checkpoint.round_index + 1``."""
+        self.trainer.spec.check_vector(checkpoint.vector)
+        self.vector = np.array(checkpoint.vector, dtype=np.float32)
+        self.strategy.load_state_dict(checkpoint.strategy_state)
+        self.rng.bit_generator.state = checkpoint.sampler_state
+        self.history = list(checkpoint.history)
+        self.train_seconds = checkpoint.train_seconds
+
+    @property
+    def next_round(self) -> int:
+        """Index of the next round to run."""
+        return len(self.history)
+
+    def run(self, finetune: TrainConfig | None = None, stop_after: int | None = None) -> RunResult:
+        """Run the remaining rounds, then evaluate on every client.
+
+        ``finetune`` turns on personalization by local fine-tuning in the final
+        evaluation. ``stop_after`` ends the process's work after that many rounds
+        in total (used to simulate an interruption before ``--resume``).
+        """
+        started = time.perf_counter()
+        last = self.rounds if stop_after is None else min(self.rounds, stop_after)
+        for round_index in range(self.next_round, last):
+            self.run_round(round_index)
+        client_metrics = self.evaluate_clients(finetune) if last == self.rounds else {}
+        if self.run_dir is not None and last == self.rounds:
+            self.run_dir.save_model(self.trainer.spec, self.vector)
+            self.run_dir.save_plots(self.history)
+        client_rounds = sum(r.participants + r.rejected for r in self.history)
+        final = next((r for r in reversed(self.history) if r.accuracy is not None), None)
+        return RunResult(
+            rounds=len(self.history),
+            accuracy=None if final is None else final.accuracy,
+            loss=None if final is None else final.loss,
+            client_accuracy=client_metrics.get("accuracy"),
+            personalized_accuracy=client_metrics.get("personalized_accuracy"),
+            client_rounds_per_s=client_rounds / self.train_seconds if self.train_seconds else 0.0,
+            wall_s=time.perf_counter() - started,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            run_dir=None if self.run_dir is None else str(self.run_dir.path),
+            history=list(self.history),
+        )
+
+    def run_round(self, round_index: int) -> RoundRecord:
+        """Sample, train, aggregate, apply, evaluate and checkpoint one round."""
+        started = time.perf_counter()
+        cohort = self.sampler.sample(self.client_ids, self.rng)
+        if self.observer is not None:
+            self.observer.round_started(round_index, len(cohort))
+        train = self.strategy.train_config(round_index)
+        instructions = [FitInstruction(round_index, cid, train) for cid in cohort]
+        aggregator = self.pipeline.aggregator
+        aggregator.start(self.vector.size)
+        failures: Counter[str] = Counter()
+        rejections: Counter[str] = Counter()
+        bytes_up = 0
+        train_loss_sum, train_weight = 0.0, 0
+        for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
+            if self.observer is not None:
+                self.observer.client_finished(round_index)
+            if isinstance(reply, ClientFailure):
+                failures[reply.reason] += 1
+                logger.warning("round %d: client %s %s", round_index, reply.client_id, reply.message)
+                continue
+            bytes_up += reply.payload_bytes
+            try:
+                accepted = self.pipeline.server_half(reply)
+            except UpdateRejected as rejection:
+                rejections[rejection.reason] += 1
+                logger.warning("round %d: rejected: %s", round_index, rejection)
+                continue
+            aggregator.add(accepted)
+            if "train_loss" in accepted.metrics:
+                train_loss_sum += accepted.metrics["train_loss"] * accepted.num_examples
+                train_weight += accepted.num_examples
+        participants = self._count_accepted(len(cohort), failures, rejections)
+        applied = participants >= self.min_cohort and participants > 0
+        note = ""
+        if applied:
+            self.vector = self.strategy.apply(self.vector, aggregator.result().mean_update)
+        else:
+            note = (
+                f"only {participants} accepted update(s), fewer than min_cohort={self.min_cohort}; "
+                "the model is unchanged"
+            )
+            logger.warning("round %d: %s", round_index, note)
+        metrics = self._evaluate_central(round_index)
+        self.train_seconds += time.perf_counter() - started
+        record = RoundRecord(
+            round_index=round_index,
+            sampled=len(cohort),
+            participants=participants,
+            dropped=failures["deadline"] + failures["worker_lost"],
+            failed=failures["error"],
+            rejected=sum(rejections.values()),
+            rejection_reasons=dict(rejections),
+            applied=applied,
+            loss=metrics.get("loss"),
+            accuracy=metrics.get("accuracy"),
+            train_loss=train_loss_sum / train_weight if train_weight else None,
+            round_seconds=time.perf_counter() - started,
+            bytes_up=bytes_up,
+            bytes_down=self.vector.nbytes * len(cohort),
+            note=note,
+        )
+        self.history.append(record)
+        self._checkpoint()
+        if self.observer is not None:
+            self.observer.round_finished(record)
+        return record
+
+    @staticmethod
+    def _count_accepted(sampled: int, failures: Counter[str], rejections: Counter[str]) -> int:
+        return sampled - sum(failures.values()) - sum(rejections.values())
+
+    def _evaluate_central(self, round_index: int) -> dict[str, float]:
+        due = (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds
+        if self.central_test is None or not due or len(self.central_test.y) == 0:
+            return {}
+        return dict(self.trainer.evaluate(self.vector, self.central_test.x, self.central_test.y))
+
+    def _checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.save_checkpoint(
+            Checkpoint(
+                round_index=len(self.history) - 1,
+                vector=self.vector,
+                strategy_state=self.strategy.state_dict(),
+                sampler_state=self._sampler_state(),
+                history=self.history,
+                train_seconds=self.train_seconds,
+            )
+        )
+        self.run_dir.write_metrics(self.history)
+
+    def _sampler_state(self) -> dict[str, Any]:
+        return dict(self.rng.bit_generator.state)
+
+    def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
+        """Example-weighted metrics of the global model over every client's test split."""
+        instructions = [
+            EvaluateInstruction(self.rounds, cid, finetune) for cid in self.client_ids
+        ]
+        totals: Counter[str] = Counter()
+        weight = 0
+        for reply in self.runtime.evaluate(self.vector, instructions):
+            if not isinstance(reply, ClientEvaluation) or reply.num_examples == 0:
+                continue
+            weight += reply.num_examples
+            for name, value in reply.metrics.items():
+                totals[name] += value * reply.num_examples
+        return {name: total / weight for name, total in totals.items()} if weight else {}
