@@ -29,7 +29,10 @@ class ClientData:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        for split, x, y in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
             if len(x) != len(y):
                 raise DataError(
                     f"client {self.client_id!r}: x_{split} has {len(x)} rows but y_{split} has "

@@ -1,0 +1,442 @@
+"""Data sources: build a :class:`FederatedDataset` from the ``[data]`` section of a run.
+
+Three kinds of source:
+
+- scikit-learn's bundled data sets (``digits``, ``breast_cancer``, ``wine``;
+  nothing is downloaded), with a stratified central test set held out and the
+  rest dealt to clients by :func:`fedwarden.data.partition.partition`;
+- the Synthetic(alpha, beta) generator of FedProx (Li et al. 2020), naturally
+  federated with one model and one feature distribution per device;
+- a folder of per-client ``.npz`` files, for real federated data.
+
+Every client's examples are split into train and test by
+``client_test_fraction`` unless the client's file brings its own test split,
+and every client gets the attribute ``size_quartile`` (``"q1"`` smallest to
+``"q4"`` largest, by training-set size) for stratified sampling.
+
+Randomness comes from independent streams spawned from ``seed`` (holdout,
+partition, generator, train/test splits), so changing one setting does not
+reshuffle what the others produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, assert_never
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import rankdata
+from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+
+from fedwarden.core.config import DataConfig
+from fedwarden.core.errors import DataError
+from fedwarden.data.dataset import Array, ClientData, FederatedDataset
+from fedwarden.data.partition import partition, shuffled_by_class
+
+MAX_SYNTHETIC_DEVICE_SIZE = 5_000
+"""Cap on one synthetic device's examples (train and test together).
+
+FedProx draws device sizes from ``lognormal(4, 2) + 50``, whose tail is heavy
+enough that one device in a thousand holds more than 100,000 examples. The
+cap keeps a 1,000-device simulation to a few hundred thousand examples while
+about 99% of devices keep their uncapped size.
+"""
+
+NPZ_CLIENT_ARRAYS = ("x", "y", "x_test", "y_test")
+"""Arrays a client's ``<client_id>.npz`` may hold (``x`` and ``y`` are required)."""
+
+NPZ_CENTRAL_TEST_FILE = "_test.npz"
+"""Optional file in an npz folder with the central test set's ``x`` and ``y``."""
+
+NPZ_ATTRIBUTES_FILE = "attributes.json"
+"""Optional file in an npz folder mapping client id to ``{attribute: value}`` strings."""
+
+DIGITS_MAX_PIXEL = 16.0
+"""Largest pixel value of scikit-learn's 8x8 digits (the scale needs no statistics)."""
+
+_BUNDLED_LOADERS: dict[str, Callable[..., Any]] = {
+    "digits": load_digits,
+    "breast_cancer": load_breast_cancer,
+    "wine": load_wine,
+}
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(config: DataConfig, seed: int) -> FederatedDataset:
+    """Build the federated data set ``config`` describes; the same seed gives the same data."""
+    match config.source:
+        case "digits" | "breast_cancer" | "wine":
+            dataset = _load_bundled(config, seed)
+        case "synthetic":
+            dataset = _generate_synthetic(config, seed)
+        case "npz_folder":
+            dataset = _load_npz_folder(config, seed)
+        case _:
+            assert_never(config.source)
+    logger.info(
+        "loaded %s: %d clients, %d central test examples",
+        dataset.name,
+        len(dataset.clients),
+        len(dataset.y_test),
+    )
+    return dataset
+
+
+def _load_bundled(config: DataConfig, seed: int) -> FederatedDataset:
+    """A scikit-learn bundled data set: stratified central holdout, partition, client splits.
+
+    Digits are scaled by their fixed pixel range (no statistics). Breast
+    cancer and wine are standardized with the mean and standard deviation of
+    the pooled training portion (everything outside the central test set).
+    Real clients could not pool their data to compute these; the shortcut is a
+    simulation convenience that only fixes the features' units.
+    """
+    holdout_rng, partition_rng, split_rng = np.random.default_rng(seed).spawn(3)
+    features, labels = _BUNDLED_LOADERS[config.source](return_X_y=True)
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    held_out = _stratified_holdout(y, config.central_test_fraction, holdout_rng)
+    x_pool, y_pool = x[~held_out], y[~held_out]
+    x_test, y_test = x[held_out], y[held_out]
+    if config.source == "digits":
+        x_pool, x_test = x_pool / DIGITS_MAX_PIXEL, x_test / DIGITS_MAX_PIXEL
+    else:
+        mean = x_pool.mean(axis=0)
+        std = np.where(x_pool.std(axis=0) > 0, x_pool.std(axis=0), 1.0)
+        x_pool, x_test = (x_pool - mean) / std, (x_test - mean) / std
+    x_pool, x_test = x_pool.astype(np.float32), x_test.astype(np.float32)
+    client_indices = partition(y_pool, config.partition, config.num_clients, partition_rng)
+    clients = [
+        _split_client(client_id, x_pool[indices], y_pool[indices], config, split_rng)
+        for client_id, indices in zip(_client_ids(len(client_indices)), client_indices, strict=True)
+    ]
+    return _assemble(config.source, clients, x_test, y_test, int(y.max()) + 1, {})
+
+
+def _generate_synthetic(config: DataConfig, seed: int) -> FederatedDataset:
+    """FedProx's Synthetic(alpha, beta): one softmax-regression task per device.
+
+    Li et al. 2020, "Federated Optimization in Heterogeneous Networks",
+    section 5.1, as generated by their repository's ``generate_niid.py``:
+
+    - ``u_k ~ N(0, alpha)``, ``B_k ~ N(0, beta)``;
+    - ``W_k ~ N(u_k, 1)`` (features x classes), ``b_k ~ N(u_k, 1)``;
+    - ``v_k ~ N(B_k, 1)`` per feature, ``x ~ N(v_k, Sigma)`` with
+      ``Sigma`` diagonal, ``Sigma_jj = j^-1.2``;
+    - ``y = argmax(softmax(W_k^T x + b_k))``, computed as the argmax of the
+      logits (softmax keeps the order);
+    - device sizes ``lognormal(4, 2) + 50``, capped at
+      :data:`MAX_SYNTHETIC_DEVICE_SIZE`.
+
+    As in that code, ``alpha`` and ``beta`` are standard deviations. alpha
+    controls how much the devices' models differ, beta how much their feature
+    distributions differ. ``partition`` and ``central_test_fraction`` are not
+    used: devices are the clients, and the central test set is the
+    concatenation of the clients' test splits.
+    """
+    generator_rng, split_rng = np.random.default_rng(seed).spawn(2)
+    num_devices = config.num_clients
+    num_features, num_classes = config.synthetic_features, config.synthetic_classes
+    sizes = generator_rng.lognormal(4.0, 2.0, num_devices).astype(np.int64) + 50
+    sizes = np.minimum(sizes, MAX_SYNTHETIC_DEVICE_SIZE)
+    model_mean = generator_rng.normal(0.0, config.synthetic_alpha, num_devices)
+    feature_center = generator_rng.normal(0.0, config.synthetic_beta, num_devices)
+    feature_mean = generator_rng.normal(feature_center[:, None], 1.0, (num_devices, num_features))
+    weights = generator_rng.normal(
+        model_mean[:, None, None], 1.0, (num_devices, num_features, num_classes)
+    )
+    biases = generator_rng.normal(model_mean[:, None], 1.0, (num_devices, num_classes))
+    feature_scale = np.arange(1, num_features + 1, dtype=np.float64) ** -0.6
+    clients = []
+    for device, client_id in enumerate(_client_ids(num_devices)):
+        noise = generator_rng.standard_normal((int(sizes[device]), num_features))
+        x = feature_mean[device] + noise * feature_scale
+        y = np.argmax(x @ weights[device] + biases[device], axis=1).astype(np.int64)
+        clients.append(_split_client(client_id, x.astype(np.float32), y, config, split_rng))
+    x_test, y_test = _pooled_test_splits(clients)
+    name = f"synthetic_{config.synthetic_alpha:g}_{config.synthetic_beta:g}"
+    return _assemble(name, clients, x_test, y_test, num_classes, {})
+
+
+def _load_npz_folder(config: DataConfig, seed: int) -> FederatedDataset:
+    """One client per ``<client_id>.npz`` file in ``config.path``, in sorted order.
+
+    Each file holds ``x`` (examples x features) and ``y`` (one label per
+    example), and optionally its own ``x_test`` and ``y_test``; without them,
+    ``client_test_fraction`` of its examples are held out. Files whose names
+    start with ``_`` are not clients; ``_test.npz`` (``x``, ``y``) is the
+    central test set, which otherwise is the concatenation of the clients'
+    test splits. ``attributes.json`` may map client ids to string attributes.
+    Integer labels make a classification task with ``max label + 1`` classes;
+    float labels make a regression task. Files are read without pickle.
+    """
+    folder = config.path
+    if folder is None or not folder.is_dir():
+        raise DataError(
+            f"data.path {folder} is not a folder; point data.path at the folder that holds one "
+            "<client_id>.npz file per client"
+        )
+    client_files = sorted(path for path in folder.glob("*.npz") if not path.name.startswith("_"))
+    if not client_files:
+        raise DataError(
+            f"{folder} holds no client .npz files; save one <client_id>.npz per client with "
+            "numpy.savez(path, x=features, y=labels) (names starting with '_' are skipped)"
+        )
+    client_arrays = {path: _read_npz(path, NPZ_CLIENT_ARRAYS) for path in client_files}
+    central_file = folder / NPZ_CENTRAL_TEST_FILE
+    central_arrays = _read_npz(central_file, ("x", "y")) if central_file.exists() else None
+    every_file = dict(client_arrays)
+    if central_arrays is not None:
+        every_file[central_file] = central_arrays
+    _check_same_features(every_file)
+    num_classes = _infer_num_classes(every_file)
+    label_dtype = np.int64 if num_classes is not None else np.float32
+    split_rng = np.random.default_rng(seed)
+    clients = []
+    for path, arrays in client_arrays.items():
+        x, y = arrays["x"].astype(np.float32), arrays["y"].astype(label_dtype)
+        if "x_test" in arrays:
+            clients.append(
+                ClientData(
+                    path.stem,
+                    x,
+                    y,
+                    arrays["x_test"].astype(np.float32),
+                    arrays["y_test"].astype(label_dtype),
+                )
+            )
+        else:
+            clients.append(_split_client(path.stem, x, y, config, split_rng))
+    x_test: Array
+    y_test: Array
+    if central_arrays is not None:
+        x_test = central_arrays["x"].astype(np.float32)
+        y_test = central_arrays["y"].astype(label_dtype)
+    else:
+        x_test, y_test = _pooled_test_splits(clients)
+    attributes = _read_attributes(
+        folder / NPZ_ATTRIBUTES_FILE, [path.stem for path in client_files]
+    )
+    return _assemble(folder.name, clients, x_test, y_test, num_classes, attributes)
+
+
+def _stratified_holdout(
+    labels: Array, fraction: float, rng: np.random.Generator
+) -> npt.NDArray[np.bool_]:
+    """Boolean mask of a random ``fraction`` of each class (rounded per class)."""
+    class_of_example = np.unique(labels, return_inverse=True)[1]
+    order = shuffled_by_class(class_of_example, rng)
+    class_sizes = np.bincount(class_of_example)
+    class_of_position = class_of_example[order]
+    rank_in_class = (
+        np.arange(len(order)) - (np.cumsum(class_sizes) - class_sizes)[class_of_position]
+    )
+    quota = np.rint(fraction * class_sizes).astype(np.int64)
+    held_out = np.zeros(len(labels), dtype=bool)
+    held_out[order] = rank_in_class < quota[class_of_position]
+    return held_out
+
+
+def _split_client(
+    client_id: str, x: Array, y: Array, config: DataConfig, rng: np.random.Generator
+) -> ClientData:
+    """A client whose examples are split at random into train and test by client_test_fraction.
+
+    The test split gets ``round(fraction * n)`` examples, but never all of
+    them: every client keeps at least one training example.
+    """
+    num_test = min(round(config.client_test_fraction * len(y)), max(len(y) - 1, 0))
+    order = rng.permutation(len(y))
+    test, train = np.sort(order[:num_test]), np.sort(order[num_test:])
+    return ClientData(client_id, x[train], y[train], x[test], y[test])
+
+
+def _pooled_test_splits(clients: Sequence[ClientData]) -> tuple[Array, Array]:
+    """The central test set as the concatenation of every client's test split."""
+    return (
+        np.concatenate([client.x_test for client in clients]),
+        np.concatenate([client.y_test for client in clients]),
+    )
+
+
+def _client_ids(count: int) -> list[str]:
+    """``client_0`` .. ``client_{count-1}``, zero-padded so that sorting keeps the order."""
+    width = len(str(count - 1))
+    return [f"client_{index:0{width}d}" for index in range(count)]
+
+
+def _assemble(
+    name: str,
+    clients: Sequence[ClientData],
+    x_test: Array,
+    y_test: Array,
+    num_classes: int | None,
+    attributes: Mapping[str, Mapping[str, str]],
+) -> FederatedDataset:
+    """The data set, with each client's ``size_quartile`` merged under its given attributes."""
+    quartiles = _size_quartiles([client.num_train for client in clients])
+    return FederatedDataset(
+        name=name,
+        clients={
+            client.client_id: replace(
+                client,
+                attributes={"size_quartile": quartile, **attributes.get(client.client_id, {})},
+            )
+            for client, quartile in zip(clients, quartiles, strict=True)
+        },
+        x_test=x_test,
+        y_test=y_test,
+        num_features=clients[0].x_train.shape[1],
+        num_classes=num_classes,
+    )
+
+
+def _size_quartiles(sizes: Sequence[int]) -> list[str]:
+    """``"q1"`` (smallest) to ``"q4"`` (largest) by the share of clients that are smaller.
+
+    A client with ``s`` examples is in quartile ``1 + floor(4 * smaller / count)``
+    where ``smaller`` counts the clients with fewer than ``s``: distinct sizes
+    fill the quartiles evenly, and clients of equal size share a quartile.
+    """
+    smaller = rankdata(sizes, method="min") - 1
+    quartiles = np.floor(4 * smaller / len(sizes)).astype(np.int64) + 1
+    return [f"q{quartile}" for quartile in quartiles]
+
+
+def _read_npz(path: Path, allowed: Sequence[str]) -> dict[str, Array]:
+    """The arrays of one ``.npz`` file, read without pickle and checked for shape and type."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(
+                    f"{path} holds a single array, not an .npz archive; save it with "
+                    "numpy.savez(path, x=features, y=labels)"
+                )
+            unknown = sorted(set(archive.files) - set(allowed))
+            if unknown:
+                raise DataError(
+                    f"{path} holds arrays {unknown} that are not read; name them "
+                    f"{', '.join(allowed)} (or remove them)"
+                )
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(
+            f"{path} cannot be read as an .npz archive without pickle ({error}); save plain "
+            "numeric arrays with numpy.savez"
+        ) from None
+    _check_arrays(path, arrays)
+    return arrays
+
+
+def _check_arrays(path: Path, arrays: Mapping[str, Array]) -> None:
+    """Refuse missing, unpaired, non-numeric, non-finite or misshapen arrays in one file."""
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        raise DataError(
+            f"{path} has no array {' or '.join(missing)} (it holds {sorted(arrays)}); save "
+            "features as x and labels as y with numpy.savez(path, x=..., y=...)"
+        )
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(
+            f"{path} holds only one of x_test and y_test; save both, or neither to split the "
+            "client's examples by client_test_fraction"
+        )
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise DataError(
+                f"{path}: array {name} has dtype {array.dtype}, which is not numeric; save "
+                "features and labels as numbers"
+            )
+        if not np.isfinite(array).all():
+            raise DataError(
+                f"{path}: array {name} holds NaN or infinite values; clean or drop those "
+                "examples before saving"
+            )
+    for features, labels in (("x", "y"), ("x_test", "y_test")):
+        if features not in arrays:
+            continue
+        x, y = arrays[features], arrays[labels]
+        if x.ndim < 2 or y.ndim != 1:
+            raise DataError(
+                f"{path}: {features} has shape {x.shape} and {labels} has shape {y.shape}; "
+                f"{features} needs one row per example (examples x features) and {labels} one "
+                "label per example"
+            )
+        if len(x) != len(y):
+            raise DataError(
+                f"{path}: {features} has {len(x)} rows but {labels} has {len(y)} labels; each "
+                "example needs exactly one label"
+            )
+    if len(arrays["y"]) == 0:
+        raise DataError(f"{path} holds no examples; drop the file or add the client's data")
+
+
+def _check_same_features(files: Mapping[Path, Mapping[str, Array]]) -> None:
+    """Refuse files whose examples do not all have the first file's feature shape."""
+    first_path, first_arrays = next(iter(files.items()))
+    expected = first_arrays["x"].shape[1:]
+    for path, arrays in files.items():
+        for name in ("x", "x_test"):
+            if name in arrays and arrays[name].shape[1:] != expected:
+                raise DataError(
+                    f"{path}: {name} has shape {arrays[name].shape} but {first_path}: x has "
+                    f"shape {first_arrays['x'].shape}; every client must use the same features "
+                    "(the same size after the first axis)"
+                )
+
+
+def _infer_num_classes(files: Mapping[Path, Mapping[str, Array]]) -> int | None:
+    """``max label + 1`` when every file's labels are integers, ``None`` when all are floats."""
+    label_arrays = {
+        path: arrays[name]
+        for path, arrays in files.items()
+        for name in ("y", "y_test")
+        if name in arrays
+    }
+    integer = [path for path, y in label_arrays.items() if y.dtype.kind in "biu"]
+    floating = [path for path, y in label_arrays.items() if y.dtype.kind == "f"]
+    if integer and floating:
+        raise DataError(
+            f"{integer[0]} has integer labels but {floating[0]} has float labels; save every "
+            "file's labels as integers (classification) or all as floats (regression)"
+        )
+    if floating:
+        return None
+    for path, y in label_arrays.items():
+        if len(y) and y.min() < 0:
+            raise DataError(
+                f"{path} has the negative label {y.min()}; classes must be numbered from 0"
+            )
+    return max(int(y.max()) for y in label_arrays.values() if len(y)) + 1
+
+
+def _read_attributes(path: Path, client_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Client attributes from ``attributes.json``, or none when the file is absent."""
+    if not path.exists():
+        return {}
+    try:
+        attributes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} is not readable JSON ({error}); fix or remove it") from None
+    shape_hint = 'it must map client ids to {"attribute": "value"} objects of strings'
+    if not isinstance(attributes, dict):
+        raise DataError(f"{path} holds a {type(attributes).__name__}; {shape_hint}")
+    unknown = sorted(set(attributes) - set(client_ids))
+    if unknown:
+        raise DataError(
+            f"{path} names clients {unknown[:5]} that have no .npz file; known clients start "
+            f"{list(client_ids)[:5]}"
+        )
+    for client_id, values in attributes.items():
+        if not isinstance(values, dict) or not all(
+            isinstance(value, str) for value in values.values()
+        ):
+            raise DataError(f"{path}: the entry for {client_id!r} is {values!r}; {shape_hint}")
+    return attributes

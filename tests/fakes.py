@@ -1,0 +1,72 @@
+"""Trainers with scripted behaviour, for testing what the runtime and server do with it.
+
+They live in a module (not in a test function) so spawned worker processes can
+import them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedwarden.core.messages import FitResult, Metrics, TrainConfig
+from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.models.numpy import NumpyTrainer, softmax_regression
+from fedwarden.models.trainer import ClientContext
+
+
+@dataclass(frozen=True)
+class ScriptedTrainer:
+    """Softmax regression on 64 features / 10 classes, with faults for chosen clients.
+
+    In rounds listed in ``rounds`` (all rounds if empty): clients in ``exit``
+    kill their worker process, ``error`` raise, ``nan`` return a NaN update,
+    ``slow`` sleep ``sleep_s`` before training. ``sleep_every_fit_s`` slows
+    every fit (to give a test time to kill a run mid-way). Each fit counts
+    itself in the client's persistent state under ``"fits"``.
+    """
+
+    exit: frozenset[str] = frozenset()
+    error: frozenset[str] = frozenset()
+    nan: frozenset[str] = frozenset()
+    slow: frozenset[str] = frozenset()
+    rounds: frozenset[int] = frozenset()
+    sleep_s: float = 0.0
+    sleep_every_fit_s: float = 0.0
+    inner: NumpyTrainer = field(default_factory=lambda: softmax_regression(64, 10))
+
+    @property
+    def spec(self) -> ParamSpec:
+        return self.inner.spec
+
+    def initial_vector(self, seed: int) -> Vector:
+        return self.inner.initial_vector(seed)
+
+    def fit(self, vector: Vector, client: ClientContext, train: TrainConfig) -> FitResult:
+        scripted = not self.rounds or client.round_index in self.rounds
+        who = client.client_id
+        time.sleep(self.sleep_every_fit_s)
+        if scripted and who in self.exit:
+            os._exit(3)
+        if scripted and who in self.error:
+            raise ValueError(f"scripted failure of {who}")
+        if scripted and who in self.slow:
+            time.sleep(self.sleep_s)
+        result = self.inner.fit(vector, client, train)
+        fits = int(client.state.get("fits", np.zeros(1, np.int64))[0]) + 1
+        client.state["fits"] = np.array([fits], dtype=np.int64)
+        update = result.update
+        if scripted and who in self.nan:
+            update = np.full_like(update, np.nan)
+        return FitResult(update, result.num_examples, {**result.metrics, "fits": float(fits)})
+
+    def evaluate(self, vector: Vector, x: np.ndarray, y: np.ndarray) -> Metrics:
+        return self.inner.evaluate(vector, x, y)
+
+
+def slow_softmax(num_features: int, num_classes: int | None) -> ScriptedTrainer:
+    """A ``model.factory`` for configs: every fit takes at least 0.15 s."""
+    return ScriptedTrainer(sleep_every_fit_s=0.15)

@@ -1,0 +1,109 @@
+"""The local runtime: worker processes, ordering, faults, deadlines, client state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fakes import ScriptedTrainer
+from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction
+from fedwarden.data import FederatedDataset
+from fedwarden.pipeline import Pipeline, StreamingWeightedMean
+from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
+from harness import TRAIN, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def test_updates_from_workers_equal_in_process_training_in_cohort_order(
+    digits_clients: FederatedDataset,
+) -> None:
+    trainer = ScriptedTrainer()
+    workload = Workload(digits_clients, trainer, Pipeline([], StreamingWeightedMean()), run_seed=5)
+    engine = ClientEngine(workload)
+    vector = trainer.initial_vector(0)
+    cohort = digits_clients.client_ids[::-1]
+    instructions = [FitInstruction(0, cid, TRAIN) for cid in cohort]
+    with LocalRuntime(workers=3) as runtime:
+        runtime.start(workload)
+        replies = list(runtime.fit(vector, instructions))
+    assert [reply.client_id for reply in replies] == cohort
+    for reply, instruction in zip(replies, instructions, strict=True):
+        assert isinstance(reply, ClientUpdate)
+        expected = engine.fit(vector, instruction)
+        np.testing.assert_array_equal(reply.update, expected.update)
+        assert reply.num_examples == digits_clients.clients[reply.client_id].num_train
+
+
+def test_seeded_run_is_bit_identical_whatever_the_number_of_workers(
+    digits_clients: FederatedDataset,
+) -> None:
+    finals = []
+    for workers in (1, 3):
+        with LocalRuntime(workers) as runtime:
+            server = start_server(digits_clients, ScriptedTrainer(), runtime, cohort_size=5, seed=9)
+            server.run()
+            finals.append(server.vector)
+    np.testing.assert_array_equal(finals[0], finals[1])
+
+
+def test_a_killed_worker_costs_its_clients_that_round_and_is_restarted(
+    digits_clients: FederatedDataset,
+) -> None:
+    victim = digits_clients.client_ids[0]
+    trainer = ScriptedTrainer(exit=frozenset({victim}), rounds=frozenset({1}))
+    with LocalRuntime(workers=2) as runtime:
+        server = start_server(digits_clients, trainer, runtime, rounds=3)
+        result = server.run()
+    first, second, third = result.history
+    assert first.participants == first.sampled == 8
+    assert second.dropped >= 1
+    assert second.participants == second.sampled - second.dropped
+    assert second.applied
+    assert third.participants == third.sampled == 8
+
+
+def test_clients_past_the_round_deadline_are_dropped_and_counted(
+    digits_clients: FederatedDataset,
+) -> None:
+    slow = digits_clients.client_ids[1]
+    trainer = ScriptedTrainer(slow=frozenset({slow}), sleep_s=3.0)
+    with LocalRuntime(workers=2) as runtime:
+        server = start_server(digits_clients, trainer, runtime, rounds=1, deadline_s=1.0)
+        record = server.run_round(0)
+    assert record.dropped >= 1
+    assert record.participants == record.sampled - record.dropped
+    assert record.participants >= 4
+
+
+def test_a_client_that_raises_is_counted_as_failed_and_the_round_goes_on(
+    digits_clients: FederatedDataset,
+) -> None:
+    broken = digits_clients.client_ids[2]
+    with LocalRuntime(workers=2) as runtime:
+        start_server(digits_clients, ScriptedTrainer(error=frozenset({broken})), runtime)
+        replies = list(
+            runtime.fit(
+                ScriptedTrainer().initial_vector(0),
+                [FitInstruction(0, cid, TRAIN) for cid in digits_clients.client_ids],
+            )
+        )
+    failures = [r for r in replies if isinstance(r, ClientFailure)]
+    assert [(f.client_id, f.reason) for f in failures] == [(broken, "error")]
+    assert "scripted failure" in failures[0].message
+    assert len(replies) == 8
+
+
+def test_client_state_persists_between_rounds_on_its_worker(
+    digits_clients: FederatedDataset,
+) -> None:
+    with LocalRuntime(workers=2) as runtime:
+        server = start_server(digits_clients, ScriptedTrainer(), runtime, rounds=3)
+        vector = server.vector
+        for round_index in range(3):
+            replies = list(
+                runtime.fit(
+                    vector, [FitInstruction(round_index, cid, TRAIN) for cid in digits_clients.client_ids]
+                )
+            )
+    assert all(isinstance(r, ClientUpdate) and r.metrics["fits"] == 3.0 for r in replies)
