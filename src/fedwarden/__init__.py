@@ -8,49 +8,48 @@ A first run::
     print(result.accuracy)
 """
 
-from fedwarden.core import (
-    ClientUpdate,
-    ConfigError,
-    FedwardenError,
-    ParamSpec,
-    RunConfig,
-    TrainConfig,
-    load_config,
-)
-from fedwarden.data import FederatedDataset, load_dataset
-from fedwarden.models import NumpyTrainer, Trainer, softmax_regression
-from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
-from fedwarden.runtime import LocalRuntime, RayRuntime
-from fedwarden.server import RunResult, Server, run
-from fedwarden.strategies import FedAdam, FedAvg, FedAvgM, FedProx, UniformSampler
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClientUpdate",
-    "ConfigError",
-    "FedAdam",
-    "FedAvg",
-    "FedAvgM",
-    "FedProx",
-    "FederatedDataset",
-    "FedwardenError",
-    "LocalRuntime",
-    "NumpyTrainer",
-    "ParamSpec",
-    "Pipeline",
-    "RayRuntime",
-    "RunConfig",
-    "RunResult",
-    "Server",
-    "StreamingWeightedMean",
-    "Trainer",
-    "TrainConfig",
-    "UniformSampler",
-    "ValidateUpdate",
-    "__version__",
-    "load_dataset",
-    "load_config",
-    "run",
-    "softmax_regression",
-]
+_EXPORTS = {
+    "ClientUpdate": "fedwarden.core",
+    "ConfigError": "fedwarden.core",
+    "FedwardenError": "fedwarden.core",
+    "ParamSpec": "fedwarden.core",
+    "RunConfig": "fedwarden.core",
+    "TrainConfig": "fedwarden.core",
+    "load_config": "fedwarden.core",
+    "FederatedDataset": "fedwarden.data",
+    "load_dataset": "fedwarden.data",
+    "NumpyTrainer": "fedwarden.models",
+    "Trainer": "fedwarden.models",
+    "softmax_regression": "fedwarden.models",
+    "Pipeline": "fedwarden.pipeline",
+    "StreamingWeightedMean": "fedwarden.pipeline",
+    "ValidateUpdate": "fedwarden.pipeline",
+    "LocalRuntime": "fedwarden.runtime",
+    "RayRuntime": "fedwarden.runtime",
+    "RunResult": "fedwarden.server",
+    "Server": "fedwarden.server",
+    "run": "fedwarden.server",
+    "FedAdam": "fedwarden.strategies",
+    "FedAvg": "fedwarden.strategies",
+    "FedAvgM": "fedwarden.strategies",
+    "FedProx": "fedwarden.strategies",
+    "UniformSampler": "fedwarden.strategies",
+}
+"""Public names, imported on first use (PEP 562) so that worker processes, which
+import only the runtime and the model, do not pay for the server's imports."""
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fedwarden' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

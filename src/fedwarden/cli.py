@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedwarden.core.config import RunConfig, load_config
@@ -152,7 +153,7 @@ def run_command(
         with ConsoleObserver(console, settings.rounds, start) as observer:
             result = run_config(settings, resume=resume, observer=observer)
     except FedwardenError as error:
-        console.print(f"[red]error:[/red] {error}")
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
         raise typer.Exit(2) from None
     for line in _summary_lines(result):
         console.print(line)
@@ -185,3 +186,5 @@ def _config_for(
     values.update(overrides)
     values["runtime"].update(runtime_overrides)
     return RunConfig.from_mapping(values, source=f"{path} with command-line overrides")
+if __name__ == "__main__":
+    app()

@@ -31,8 +31,6 @@ from typing import Any, assert_never
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import rankdata
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
 from fedwarden.core.config import DataConfig
 from fedwarden.core.errors import DataError
@@ -59,12 +57,6 @@ NPZ_ATTRIBUTES_FILE = "attributes.json"
 
 DIGITS_MAX_PIXEL = 16.0
 """Largest pixel value of scikit-learn's 8x8 digits (the scale needs no statistics)."""
-
-_BUNDLED_LOADERS: dict[str, Callable[..., Any]] = {
-    "digits": load_digits,
-    "breast_cancer": load_breast_cancer,
-    "wine": load_wine,
-}
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +91,10 @@ def _load_bundled(config: DataConfig, seed: int) -> FederatedDataset:
     simulation convenience that only fixes the features' units.
     """
     holdout_rng, partition_rng, split_rng = np.random.default_rng(seed).spawn(3)
-    features, labels = _BUNDLED_LOADERS[config.source](return_X_y=True)
+    from sklearn import datasets  # imported here: worker processes never load bundled sets
+
+    loader: Callable[..., Any] = getattr(datasets, f"load_{config.source}")
+    features, labels = loader(return_X_y=True)
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     held_out = _stratified_holdout(y, config.central_test_fraction, holdout_rng)
@@ -305,7 +300,8 @@ def _size_quartiles(sizes: Sequence[int]) -> list[str]:
     where ``smaller`` counts the clients with fewer than ``s``: distinct sizes
     fill the quartiles evenly, and clients of equal size share a quartile.
     """
-    smaller = rankdata(sizes, method="min") - 1
+    ordered = np.sort(np.asarray(sizes))
+    smaller = np.searchsorted(ordered, sizes, side="left")
     quartiles = np.floor(4 * smaller / len(sizes)).astype(np.int64) + 1
     return [f"q{quartile}" for quartile in quartiles]
 

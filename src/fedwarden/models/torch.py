@@ -1,0 +1,397 @@
+"""PyTorch modules as fedwarden trainers: one module object trains many clients in turn.
+
+The flat vector (DESIGN idea 1) covers the module's floating-point
+``state_dict`` entries in ``state_dict`` order: parameters and float buffers
+such as BatchNorm running statistics. Integer buffers (``num_batches_tracked``)
+are not part of the model that travels; they are reset to their initial value
+whenever a vector is loaded, so they cannot carry one client's history into the
+next.
+
+Loading a vector copies it into the module's own tensors through zero-copy
+NumPy views, and the trained tensors are flattened straight into the update, so
+a fit allocates nothing of model size besides the update it returns. Training is
+minibatch gradient descent over tensors indexed from the client's arrays (no
+``DataLoader``), in the order :func:`~fedwarden.models.batching.minibatches`
+draws from ``client.rng``; PyTorch's global generator (dropout, random
+augmentations) is seeded from the same ``rng`` first, so a fit is reproducible
+bit for bit with one PyTorch thread.
+
+Options follow the papers they come from:
+
+- ``proximal_mu > 0`` adds FedProx's proximal gradient ``mu (w - w_global)``
+  (Li et al. 2020, eq. 2) to every parameter's gradient before each step.
+- ``personal_layers`` keeps those layers on the client, as in FedPer
+  (Arivazhagan et al. 2019): their values live in ``client.state`` under
+  ``"personal/<tensor name>"`` and their entries of every update are zero.
+- ``keep_optimizer_state`` keeps the optimizer's per-parameter state (momentum
+  buffers, Adam moments and step) in ``client.state`` under
+  ``"optimizer/<parameter index>/<state name>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from fedwarden.core.errors import ConfigError, SpecMismatchError
+from fedwarden.core.messages import FitResult, Metrics, TrainConfig
+from fedwarden.core.params import VECTOR_DTYPE, ParamSpec, Vector
+from fedwarden.models.batching import minibatches
+from fedwarden.models.trainer import ClientContext, ClientState
+
+Loss = Literal["cross_entropy", "mse"]
+OptimizerName = Literal["sgd", "adam"]
+ModuleFactory = Callable[[], nn.Module]
+"""A picklable (module-level, or ``functools.partial`` of one) callable that builds the module."""
+
+Array = npt.NDArray[np.generic]
+
+__all__ = ["TorchTrainer", "mlp"]
+
+PERSONAL_PREFIX = "personal/"
+OPTIMIZER_PREFIX = "optimizer/"
+EVALUATION_CHUNK = 8192
+"""Rows evaluated per forward pass, which bounds evaluation memory on large test sets."""
+
+_CONFIG = (
+    "module_factory",
+    "loss",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "personal_layers",
+    "keep_optimizer_state",
+)
+
+
+def mlp(num_features: int, num_classes: int, hidden: tuple[int, ...] = (64,)) -> nn.Sequential:
+    """A multilayer perceptron: ``Linear`` and ``ReLU`` per hidden width, then a ``Linear`` head.
+
+    Module level, so ``functools.partial(mlp, 64, 10)`` is a picklable module factory.
+    """
+    layers: list[nn.Module] = []
+    width = num_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class TorchTrainer:
+    """A :class:`~fedwarden.models.trainer.Trainer` for a PyTorch module on the CPU.
+
+    ``module_factory`` builds the module; the trainer builds it once (and again
+    in each process it is unpickled in) and reuses it, and its optimizer, for
+    every client. ``loss`` is ``"cross_entropy"`` (class scores against integer
+    labels; evaluation adds accuracy) or ``"mse"`` (outputs against float
+    targets). The learning rate comes from each round's
+    :class:`~fedwarden.core.messages.TrainConfig`.
+    """
+
+    def __init__(
+        self,
+        module_factory: ModuleFactory,
+        *,
+        loss: Loss = "cross_entropy",
+        optimizer: OptimizerName = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        personal_layers: tuple[str, ...] = (),
+        keep_optimizer_state: bool = False,
+    ) -> None:
+        _check_choice("loss", loss, Loss)
+        _check_choice("optimizer", optimizer, OptimizerName)
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum={momentum} is outside [0, 1)")
+        if momentum and optimizer != "sgd":
+            raise ConfigError(
+                f"momentum={momentum} applies to optimizer='sgd' only; Adam keeps its own "
+                "moment estimates (leave momentum at 0)"
+            )
+        if weight_decay < 0.0:
+            raise ConfigError(f"weight_decay={weight_decay} is negative; use 0 or more")
+        self.module_factory = module_factory
+        self.loss = loss
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.personal_layers = tuple(personal_layers)
+        self.keep_optimizer_state = keep_optimizer_state
+        self._build()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the configuration travels to worker processes; the module is rebuilt there."""
+        return {name: getattr(self, name) for name in _CONFIG}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._build()
+
+    def _build(self) -> None:
+        """Build the module, the views of its tensors, the spec and the optimizer."""
+        module = self.module_factory()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                f"module_factory returned {type(module).__name__}, not a torch.nn.Module"
+            )
+        floating = _floating_state(module)
+        self._module = module
+        self._spec = ParamSpec.from_arrays(floating)
+        self._arrays = list(floating.values())
+        """Zero-copy NumPy views of the module's floating tensors, in vector order."""
+        self._integer_buffers = [
+            (tensor, tensor.clone())
+            for tensor in module.state_dict().values()
+            if not tensor.is_floating_point()
+        ]
+        self._personal = self._personal_tensors()
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self._anchors: list[torch.Tensor] = []
+        self._optimizer = self._make_optimizer()
+
+    def _personal_tensors(self) -> list[tuple[str, Array, slice]]:
+        """Name, view and vector slice of every tensor under a personal layer."""
+        personal = [
+            (t.name, array, slice(t.offset, t.offset + t.size))
+            for t, array in zip(self._spec.tensors, self._arrays, strict=True)
+            if any(_under(t.name, layer) for layer in self.personal_layers)
+        ]
+        unmatched = [
+            layer
+            for layer in self.personal_layers
+            if not any(_under(name, layer) for name, _, _ in personal)
+        ]
+        if unmatched:
+            raise ConfigError(
+                f"personal_layers {unmatched} match no tensor of the model; its tensors are "
+                f"{', '.join(self._spec.names)}"
+            )
+        return personal
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the trainable parameters; its learning rate is set each fit."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self._params, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            self._params, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    @property
+    def spec(self) -> ParamSpec:
+        """Layout of the module's floating tensors in the flat vector."""
+        return self._spec
+
+    @property
+    def module(self) -> nn.Module:
+        """The module the trainer trains with; it holds the last vector loaded or trained."""
+        return self._module
+
+    def initial_vector(self, seed: int) -> Vector:
+        """A freshly built module's tensors, flattened; deterministic in ``seed``.
+
+        PyTorch's global generator is restored afterwards.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.vector_of(self.module_factory())
+
+    def vector_of(self, module: nn.Module) -> Vector:
+        """The flat vector of ``module``'s floating tensors (same architecture as the trainer's)."""
+        return self._spec.flatten(_floating_state(module))
+
+    def load(self, vector: Vector) -> nn.Module:
+        """Copy ``vector`` into the trainer's module in place and return the module."""
+        for array, view in zip(self._arrays, self._spec.views(vector).values(), strict=True):
+            np.copyto(array, view)
+        for tensor, initial in self._integer_buffers:
+            tensor.copy_(initial)
+        return self._module
+
+    def fit(self, vector: Vector, client: ClientContext, train: TrainConfig) -> FitResult:
+        """Train from ``vector`` on the client's training split; return ``new - vector``."""
+        x = _tensor(client.data.x_train, np.float32)
+        y = self._targets(client.data.y_train)
+        self.load(vector)
+        self._restore_personal(client.state)
+        self._optimizer.state.clear()
+        if self.keep_optimizer_state:
+            self._restore_optimizer(client.state)
+        for group in self._optimizer.param_groups:
+            group["lr"] = train.learning_rate
+        torch.manual_seed(int(client.rng.integers(2**63)))
+        train_loss = self._train(x, y, client.rng, train)
+        update = self._spec.flatten(self._arrays, out=np.empty(self._spec.size, VECTOR_DTYPE))
+        update -= vector
+        for name, array, entries in self._personal:
+            client.state[PERSONAL_PREFIX + name] = array.copy()
+            update[entries] = 0.0
+        if self.keep_optimizer_state:
+            self._save_optimizer(client.state)
+        return FitResult(update, len(y), {"train_loss": train_loss})
+
+    def _train(
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, train: TrainConfig
+    ) -> float:
+        """``train.local_epochs`` epochs of minibatch steps; the mean loss of the last epoch."""
+        module, optimizer, criterion = self._module, self._optimizer, _CRITERIA[self.loss]
+        mu = train.proximal_mu
+        if mu:
+            self._anchor()
+        module.train()
+        total = 0.0
+        for epoch in range(train.local_epochs):
+            last_epoch = epoch == train.local_epochs - 1
+            for batch in _batches(len(y), train.batch_size, rng):
+                optimizer.zero_grad(set_to_none=True)
+                loss = criterion(module(x[batch]), y[batch], "mean")
+                loss.backward()
+                if mu:
+                    self._add_proximal_gradient(mu)
+                optimizer.step()
+                if last_epoch:
+                    total += loss.item() * len(batch)
+        return total / len(y) if len(y) and train.local_epochs else 0.0
+
+    def _anchor(self) -> None:
+        """Remember the parameters at the start of local training (FedProx's ``w_global``)."""
+        if not self._anchors:
+            self._anchors = [p.detach().clone() for p in self._params]
+        with torch.no_grad():
+            for anchor, param in zip(self._anchors, self._params, strict=True):
+                anchor.copy_(param)
+
+    def _add_proximal_gradient(self, mu: float) -> None:
+        """FedProx (Li et al. 2020, eq. 2): the gradient of ``mu/2 ||w - w_global||^2``."""
+        with torch.no_grad():
+            for param, anchor in zip(self._params, self._anchors, strict=True):
+                if param.grad is not None:
+                    param.grad.add_(param - anchor, alpha=mu)
+
+    def _restore_personal(self, state: ClientState) -> None:
+        """Load the client's own values of the personal layers, if it trained before."""
+        for name, array, _ in self._personal:
+            stored = state.get(PERSONAL_PREFIX + name)
+            if stored is not None:
+                _check_stored_shape(PERSONAL_PREFIX + name, stored, array.shape)
+                np.copyto(array, stored)
+
+    def _restore_optimizer(self, state: ClientState) -> None:
+        """Load the optimizer state the client kept from its previous fit."""
+        for key, stored in state.items():
+            if not key.startswith(OPTIMIZER_PREFIX):
+                continue
+            index, _, name = key.removeprefix(OPTIMIZER_PREFIX).partition("/")
+            if not index.isdigit() or int(index) >= len(self._params):
+                raise SpecMismatchError(
+                    f"client state {key!r} names parameter {index}, the model has "
+                    f"{len(self._params)} trainable parameters; was it saved by another model?"
+                )
+            param = self._params[int(index)]
+            if stored.ndim:
+                _check_stored_shape(key, stored, tuple(param.shape))
+            self._optimizer.state[param][name] = torch.from_numpy(np.array(stored, copy=True))
+
+    def _save_optimizer(self, state: ClientState) -> None:
+        """Keep the optimizer's per-parameter tensors in the client's state."""
+        for index, param in enumerate(self._params):
+            for name, value in self._optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    state[f"{OPTIMIZER_PREFIX}{index}/{name}"] = value.detach().numpy().copy()
+
+    def evaluate(self, vector: Vector, x: Array, y: Array) -> Metrics:
+        """Mean loss, and accuracy for ``cross_entropy``, of ``vector`` on ``(x, y)``."""
+        module = self.load(vector)
+        module.eval()
+        inputs, targets = _tensor(x, np.float32), self._targets(y)
+        criterion = _CRITERIA[self.loss]
+        total, correct = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, len(targets), EVALUATION_CHUNK):
+                chunk = slice(start, start + EVALUATION_CHUNK)
+                outputs = module(inputs[chunk])
+                total += criterion(outputs, targets[chunk], "sum").item()
+                if self.loss == "cross_entropy":
+                    correct += int((outputs.argmax(dim=1) == targets[chunk]).sum())
+        if not len(targets):
+            return {name: float("nan") for name in _METRICS[self.loss]}
+        if self.loss == "mse":
+            return {"loss": total / targets.numel()}
+        return {"loss": total / len(targets), "accuracy": correct / len(targets)}
+
+    def _targets(self, y: Array) -> torch.Tensor:
+        """Labels as int64 (cross-entropy) or targets as float32 (mse), zero-copy when possible."""
+        return _tensor(y, np.int64 if self.loss == "cross_entropy" else np.float32)
+
+
+def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    return nn.functional.cross_entropy(outputs, targets, reduction=reduction)
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Squared error; an output of shape ``(n, 1)`` is compared with targets of shape ``(n,)``."""
+    if outputs.shape != targets.shape:
+        outputs = outputs.reshape(targets.shape)
+    return nn.functional.mse_loss(outputs, targets, reduction=reduction)
+
+
+_METRICS = {"cross_entropy": ("loss", "accuracy"), "mse": ("loss",)}
+
+_CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]] = {
+    "cross_entropy": _cross_entropy,
+    "mse": _mse,
+}
+
+
+def _batches(num_examples: int, batch_size: int, rng: np.random.Generator) -> Iterator[torch.Tensor]:
+    """The index tensors of one epoch, in :func:`minibatches` order."""
+    for batch in minibatches(num_examples, batch_size, rng):
+        yield torch.from_numpy(batch)
+
+
+def _floating_state(module: nn.Module) -> dict[str, npt.NDArray[np.floating[Any]]]:
+    """Zero-copy NumPy views of ``module``'s floating ``state_dict`` tensors, in order."""
+    views: dict[str, npt.NDArray[np.floating[Any]]] = {}
+    for name, tensor in module.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        if tensor.device.type != "cpu":
+            raise ConfigError(
+                f"tensor {name!r} is on {tensor.device}; TorchTrainer trains on the CPU, so build "
+                "the module there"
+            )
+        views[name] = tensor.numpy()
+    return views
+
+
+def _tensor(array: Array, dtype: type[np.generic]) -> torch.Tensor:
+    """``array`` as a tensor of ``dtype``, sharing memory unless a cast or a read-only input forbids."""
+    converted = np.asarray(array, dtype=dtype)
+    if not converted.flags.writeable:
+        converted = converted.copy()
+    return torch.from_numpy(converted)
+
+
+def _under(name: str, layer: str) -> bool:
+    """Whether state_dict key ``name`` belongs to ``layer`` (the key itself or a dotted prefix)."""
+    return name == layer or name.startswith(layer + ".")
+
+
+def _check_stored_shape(key: str, stored: Array, shape: tuple[int, ...]) -> None:
+    if tuple(stored.shape) != tuple(shape):
+        raise SpecMismatchError(
+            f"client state {key!r} has shape {tuple(stored.shape)}, the model needs "
+            f"{tuple(shape)}; the model changed since the client saved it"
+        )
+
+
+def _check_choice(field: str, value: str, allowed: Any) -> None:
+    choices = get_args(allowed)
+    if value not in choices:
+        raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(repr, choices))}")
+
