@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from fedwarden.core.config import RunConfig, load_config
 from fedwarden.server import RunDirectory, run
@@ -29,19 +28,15 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def _write_silos(folder: Path, clients: int = 6) -> None:
-    """Digits split into per-client .npz files, plus a central _test.npz."""
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(y))
-    test, train = order[:300], order[300:]
-    folder.mkdir()
-    np.savez(folder / "_test.npz", x=x[test], y=y[test])
-    for index, part in enumerate(np.array_split(train, clients)):
-        np.savez(folder / f"hospital-{index}.npz", x=x[part], y=y[part])
+def _write_silos(folder: Path, hospitals: int = 6) -> None:
+    """Per-client .npz files written by the example script users run."""
+    script = ROOT / "examples" / "make_silos.py"
+    subprocess.run(
+        [sys.executable, str(script), str(folder), "--hospitals", str(hospitals)], check=True
+    )
 
 
-def _config_text(data: str, runs_dir: Path, rounds: int = 8, model: str = 'kind = "softmax"') -> str:
+def _config_text(data: str, runs_dir: Path, rounds: int = 12, model: str = 'kind = "softmax"') -> str:
     return f"""
 name = "e2e"
 seed = 11
@@ -74,7 +69,7 @@ def test_run_json_on_a_folder_of_client_npz_files(tmp_path: Path) -> None:
         "wall_s", "peak_rss_mb", "run_dir",
     ):
         assert key in summary
-    assert summary["rounds"] == 8
+    assert summary["rounds"] == 12
     assert summary["num_clients"] == 6
     assert summary["accuracy"] > 0.85
     run_dir = Path(summary["run_dir"])
@@ -84,7 +79,7 @@ def test_run_json_on_a_folder_of_client_npz_files(tmp_path: Path) -> None:
     ):
         assert (run_dir / name).is_file(), name
     rows = json.loads((run_dir / "metrics.json").read_text())
-    assert [row["round_index"] for row in rows] == list(range(8))
+    assert [row["round_index"] for row in rows] == list(range(12))
     assert rows[-1]["accuracy"] == pytest.approx(summary["accuracy"])
 
 
@@ -163,12 +158,12 @@ def test_a_config_typo_exits_2_naming_the_key_and_the_fix(tmp_path: Path) -> Non
 def test_a_missing_client_file_array_is_a_clear_error(tmp_path: Path) -> None:
     folder = tmp_path / "silos"
     _write_silos(folder)
-    np.savez(folder / "hospital-2.npz", x=np.zeros((5, 64), np.float32))
+    np.savez(folder / "hospital-02.npz", x=np.zeros((5, 64), np.float32))
     config = tmp_path / "silos.toml"
     config.write_text(_config_text('source = "npz_folder"\npath = "silos"', tmp_path / "runs"))
     completed = _cli("run", str(config))
     assert completed.returncode == 2
-    assert "hospital-2.npz" in completed.stderr
+    assert "hospital-02.npz" in completed.stderr
 
 
 def test_quickstart_reaches_90_percent_central_accuracy(tmp_path: Path) -> None:
