@@ -28,8 +28,15 @@ app = typer.Typer(
 )
 
 _COLUMNS = (
-    ("round", 5), ("loss", 8), ("accuracy", 8), ("clients", 7), ("dropped", 7),
-    ("rejected", 8), ("seconds", 8), ("MB up", 8), ("MB down", 8),
+    ("round", 5),
+    ("loss", 8),
+    ("accuracy", 8),
+    ("clients", 7),
+    ("dropped", 7),
+    ("rejected", 8),
+    ("seconds", 8),
+    ("MB up", 8),
+    ("MB down", 8),
 )
 
 
@@ -178,13 +185,13 @@ def _config_for(
     if runs_dir is not None:
         overrides["runs_dir"] = runs_dir
     runtime_overrides = {
-        key: value
-        for key, value in (("kind", runtime), ("workers", workers))
-        if value is not None
+        key: value for key, value in (("kind", runtime), ("workers", workers)) if value is not None
     }
     values = config.model_dump()
     values.update(overrides)
     values["runtime"].update(runtime_overrides)
     return RunConfig.from_mapping(values, source=f"{path} with command-line overrides")
+
+
 if __name__ == "__main__":
     app()

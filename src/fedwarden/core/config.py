@@ -56,7 +56,9 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:
         if self.source == "npz_folder" and self.path is None:
-            raise ValueError("source 'npz_folder' needs data.path, the folder of <client>.npz files")
+            raise ValueError(
+                "source 'npz_folder' needs data.path, the folder of <client>.npz files"
+            )
         if self.source != "npz_folder" and self.path is not None:
             raise ValueError(f"data.path is only read for source 'npz_folder', not {self.source!r}")
         return self
@@ -114,15 +116,15 @@ class ModelConfig(Section):
 
     kind: Literal["softmax", "mlp", "sklearn", "custom"] = "softmax"
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (64,)
-    estimator: Literal["sgd_classifier", "sgd_regressor", "logistic_regression"] = (
-        "sgd_classifier"
-    )
+    estimator: Literal["sgd_classifier", "sgd_regressor", "logistic_regression"] = "sgd_classifier"
     factory: str | None = None
 
     @model_validator(mode="after")
     def _factory_for_custom(self) -> ModelConfig:
         if (self.kind == "custom") != (self.factory is not None):
-            raise ValueError("model.factory (\"module:function\") is set exactly when kind = 'custom'")
+            raise ValueError(
+                "model.factory (\"module:function\") is set exactly when kind = 'custom'"
+            )
         return self
 
 
@@ -164,7 +166,9 @@ class SamplingConfig(Section):
     @model_validator(mode="after")
     def _attribute_for_stratified(self) -> SamplingConfig:
         if self.scheme == "stratified" and self.attribute is None:
-            raise ValueError("scheme 'stratified' needs sampling.attribute, the attribute to group by")
+            raise ValueError(
+                "scheme 'stratified' needs sampling.attribute, the attribute to group by"
+            )
         return self
 
 

@@ -42,7 +42,3 @@ class PipelineError(FedwardenError):
 
 class RuntimeFailure(FedwardenError):
     """A runtime lost a worker or could not deliver a message."""
-
-
-class RoundFailed(FedwardenError):
-    """A round could not produce a new global model (too few accepted updates)."""

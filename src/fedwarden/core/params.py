@@ -90,11 +90,17 @@ class ParamSpec:
         """
         vector = self.zeros() if out is None else out
         self.check_vector(vector)
-        values = (
-            [arrays[t.name] for t in self.tensors]
-            if isinstance(arrays, Mapping)
-            else list(arrays)
-        )
+        if isinstance(arrays, Mapping):
+            missing = [name for name in self.names if name not in arrays]
+            unknown = [str(name) for name in arrays if name not in set(self.names)]
+            if missing or unknown:
+                raise SpecMismatchError(
+                    f"tensors missing: {missing or 'none'}; tensors the spec does not know: "
+                    f"{unknown or 'none'}; build the ParamSpec from the same model"
+                )
+            values = [arrays[name] for name in self.names]
+        else:
+            values = list(arrays)
         if len(values) != len(self.tensors):
             raise SpecMismatchError(
                 f"expected {len(self.tensors)} tensors ({', '.join(self.names)}), "
@@ -113,9 +119,7 @@ class ParamSpec:
     def views(self, vector: Vector) -> dict[str, npt.NDArray[np.float32]]:
         """Zero-copy views of ``vector`` as named tensors of their original shapes."""
         self.check_vector(vector)
-        return {
-            t.name: vector[t.offset : t.offset + t.size].reshape(t.shape) for t in self.tensors
-        }
+        return {t.name: vector[t.offset : t.offset + t.size].reshape(t.shape) for t in self.tensors}
 
     def check_vector(self, vector: npt.NDArray[Any]) -> None:
         """Raise :class:`SpecMismatchError` unless ``vector`` is a flat float32 of this length."""
@@ -124,7 +128,9 @@ class ParamSpec:
                 f"vector has shape {vector.shape}, this ParamSpec needs ({self.size},)"
             )
         if vector.dtype != VECTOR_DTYPE:
-            raise SpecMismatchError(f"vector dtype is {vector.dtype}, fedwarden vectors are float32")
+            raise SpecMismatchError(
+                f"vector dtype is {vector.dtype}, fedwarden vectors are float32"
+            )
 
     def to_json(self) -> str:
         """Serialize to JSON (stored beside every saved model)."""

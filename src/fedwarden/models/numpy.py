@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,7 @@ from fedwarden.models.batching import shuffled_batches
 from fedwarden.models.trainer import ClientContext
 
 Params = dict[str, npt.NDArray[np.float32]]
-Array = npt.NDArray[np.generic]
+Array = npt.NDArray[Any]
 
 LossAndGrad = Callable[[Params, Array, Array, Params], float]
 """``loss_and_grad(params, x, y, grads) -> mean loss``; writes d loss / d params into ``grads``."""
@@ -106,10 +106,12 @@ def _softmax_loss_and_grad(params: Params, x: Array, y: Array, grads: Params) ->
     scores = x @ weight
     scores += bias
     scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= np.add.reduce(scores, axis=1, keepdims=True)
     rows = np.arange(len(y))
-    loss = -float(np.add.reduce(np.log(scores[rows, y]))) / len(y)
+    true_scores = scores[rows, y]
+    np.exp(scores, out=scores)
+    normalizers = np.add.reduce(scores, axis=1, keepdims=True)
+    loss = -float(np.add.reduce(true_scores - np.log(normalizers[:, 0]))) / len(y)
+    scores /= normalizers
     scores[rows, y] -= 1.0
     scores /= np.float32(len(y))
     np.matmul(x.T, scores, out=grads["weight"])

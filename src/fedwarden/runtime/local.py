@@ -13,6 +13,7 @@ round, and their persisted state is read back from the state directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -49,7 +50,7 @@ Header = dict[str, Any]
 def _send(connection: Connection, header: Header, vector: Vector | None = None) -> None:
     connection.send_bytes(json.dumps(header).encode())
     if vector is not None:
-        connection.send_bytes(memoryview(vector))
+        connection.send_bytes(vector.data)
 
 
 def _receive_header(connection: Connection) -> Header:
@@ -59,7 +60,7 @@ def _receive_header(connection: Connection) -> Header:
 
 def _receive_vector(connection: Connection, size: int) -> Vector:
     vector = np.empty(size, dtype=VECTOR_DTYPE)
-    received = connection.recv_bytes_into(memoryview(vector).cast("B"))
+    received = connection.recv_bytes_into(vector.data.cast("B"))
     if received != vector.nbytes:
         raise RuntimeFailure(f"expected a {vector.nbytes}-byte vector, received {received} bytes")
     return vector
@@ -112,7 +113,9 @@ def _fit_instruction(item: Header) -> FitInstruction:
 def _evaluate_instruction(item: Header) -> EvaluateInstruction:
     finetune = item["finetune"]
     return EvaluateInstruction(
-        item["round_index"], item["client_id"], None if finetune is None else TrainConfig(**finetune)
+        item["round_index"],
+        item["client_id"],
+        None if finetune is None else TrainConfig(**finetune),
     )
 
 
@@ -330,12 +333,15 @@ class LocalRuntime(Runtime):
                     reply[0]["reason"] = "error"
                 yield reply
             else:
-                yield {
-                    "kind": "failure",
-                    "client_id": item["client_id"],
-                    "reason": "deadline",
-                    "message": "did not finish before the round deadline",
-                }, None
+                yield (
+                    {
+                        "kind": "failure",
+                        "client_id": item["client_id"],
+                        "reason": "deadline",
+                        "message": "did not finish before the round deadline",
+                    },
+                    None,
+                )
 
     def _lose_worker(
         self, worker: int, pending: list[Header], busy: set[int]
@@ -348,12 +354,15 @@ class LocalRuntime(Runtime):
         lost = [p for p in pending if self._owner[p["client_id"]] == worker]
         for item in lost:
             pending.remove(item)
-            yield {
-                "kind": "failure",
-                "client_id": item["client_id"],
-                "reason": "worker_lost",
-                "message": f"worker process {worker} exited (code {code}) while training it",
-            }, None
+            yield (
+                {
+                    "kind": "failure",
+                    "client_id": item["client_id"],
+                    "reason": "worker_lost",
+                    "message": f"worker process {worker} exited (code {code}) while training it",
+                },
+                None,
+            )
 
     def _restart(self, worker: int) -> None:
         self._processes[worker].join(timeout=5)
@@ -368,10 +377,8 @@ class LocalRuntime(Runtime):
     def close(self) -> None:
         """Ask every worker to stop, then make sure it has."""
         for connection in self._connections:
-            try:
+            with contextlib.suppress(OSError):
                 _send(connection, {"op": "stop"})
-            except (BrokenPipeError, OSError):
-                pass
         for process in self._processes:
             process.join(timeout=5)
             if process.is_alive():

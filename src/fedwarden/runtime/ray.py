@@ -41,7 +41,9 @@ class _EngineActor:
             return self.engine.fit(vector, instruction)
         except Exception as error:  # a trainer bug must cost one client, not the run
             return ClientFailure(
-                instruction.round_index, instruction.client_id, "error",
+                instruction.round_index,
+                instruction.client_id,
+                "error",
                 f"{type(error).__name__}: {error}",
             )
 
@@ -52,7 +54,9 @@ class _EngineActor:
             return self.engine.evaluate(vector, instruction)
         except Exception as error:
             return ClientFailure(
-                instruction.round_index, instruction.client_id, "error",
+                instruction.round_index,
+                instruction.client_id,
+                "error",
                 f"{type(error).__name__}: {error}",
             )
 
@@ -109,8 +113,7 @@ class RayRuntime(Runtime):
 
         shared = ray.put(vector)
         calls = [
-            self._actors[self._owner[ins.client_id]].fit.remote(shared, ins)
-            for ins in instructions
+            self._actors[self._owner[ins.client_id]].fit.remote(shared, ins) for ins in instructions
         ]
         yield from self._collect(calls, instructions, deadline_s)
 
@@ -130,7 +133,7 @@ class RayRuntime(Runtime):
     def _collect(
         self,
         calls: list[Any],
-        instructions: Sequence[FitInstruction] | Sequence[EvaluateInstruction],
+        instructions: Sequence[FitInstruction | EvaluateInstruction],
         deadline_s: float | None,
     ) -> Iterator[Any]:
         import ray
@@ -144,12 +147,16 @@ class RayRuntime(Runtime):
             except GetTimeoutError:
                 ray.cancel(call)
                 yield ClientFailure(
-                    ins.round_index, ins.client_id, "deadline",
+                    ins.round_index,
+                    ins.client_id,
+                    "deadline",
                     "did not finish before the round deadline",
                 )
             except RayActorError as error:
                 yield ClientFailure(
-                    ins.round_index, ins.client_id, "worker_lost",
+                    ins.round_index,
+                    ins.client_id,
+                    "worker_lost",
                     f"Ray actor died while training it: {error}",
                 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,8 @@ class ClientStateStore:
         path = self._path(client_id, round_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **state)
+        arrays: dict[str, Any] = state
+        np.savez(partial, **arrays)
         os.replace(partial, path)
         for stale in sorted(self._rounds(client_id))[:-2]:
             self._path(client_id, stale).unlink(missing_ok=True)

@@ -19,8 +19,8 @@ from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
 from fedwarden.runtime.local import LocalRuntime
-from fedwarden.runtime.state import ClientStateStore
 from fedwarden.runtime.ray import RayRuntime
+from fedwarden.runtime.state import ClientStateStore
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -29,6 +29,7 @@ from fedwarden.strategies import (
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedOpt,
     FedProx,
     FedYogi,
     PoissonSampler,
@@ -66,7 +67,7 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
     except (ImportError, AttributeError) as error:
         raise ConfigError(
             f"model.factory {model.factory!r} cannot be imported ({error}); write it as "
-            "\"package.module:function\" with the package on PYTHONPATH"
+            '"package.module:function" with the package on PYTHONPATH'
         ) from None
     trainer: Trainer = factory(dataset.num_features, num_classes)
     return trainer
@@ -87,7 +88,12 @@ def build_strategy(config: RunConfig) -> Strategy:
         if section.name == "fedprox":
             return FedProx(train, section.proximal_mu, server_lr)
         return FedAvgM(train, server_lr, section.momentum)
-    fedopt = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[section.name]
+    fedopt_family: dict[str, type[FedOpt]] = {
+        "fedadam": FedAdam,
+        "fedyogi": FedYogi,
+        "fedadagrad": FedAdagrad,
+    }
+    fedopt = fedopt_family[section.name]
     return fedopt(
         train,
         server_learning_rate=section.server_learning_rate or 0.01,

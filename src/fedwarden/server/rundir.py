@@ -88,7 +88,7 @@ class RunDirectory:
             "history": [record.to_json() for record in checkpoint.history],
             "train_seconds": checkpoint.train_seconds,
         }
-        arrays = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
+        arrays: dict[str, Any] = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
         buffer = io.BytesIO()
         np.savez(buffer, vector=checkpoint.vector, meta=np.array(json.dumps(meta)), **arrays)
         _write_atomic(self.path / "checkpoint.npz", buffer.getvalue())
@@ -129,7 +129,8 @@ class RunDirectory:
     def save_model(self, spec: ParamSpec, vector: Vector) -> Path:
         """Write the model as named arrays plus its ParamSpec; returns the model path."""
         buffer = io.BytesIO()
-        np.savez(buffer, **spec.views(vector))
+        tensors: dict[str, Any] = spec.views(vector)
+        np.savez(buffer, **tensors)
         _write_atomic(self.path / "model.npz", buffer.getvalue())
         _write_atomic(self.path / "param_spec.json", spec.to_json().encode())
         return self.path / "model.npz"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +29,6 @@ from fedwarden.core.messages import (
     FitInstruction,
     TrainConfig,
 )
-from fedwarden.core.params import Vector
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.stage import Pipeline
 from fedwarden.runtime.base import Runtime
@@ -164,7 +163,9 @@ class Server:
                 self.observer.client_finished(round_index)
             if isinstance(reply, ClientFailure):
                 failures[reply.reason] += 1
-                logger.warning("round %d: client %s %s", round_index, reply.client_id, reply.message)
+                logger.warning(
+                    "round %d: client %s %s", round_index, reply.client_id, reply.message
+                )
                 continue
             bytes_up += reply.payload_bytes
             try:
@@ -243,10 +244,8 @@ class Server:
 
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""
-        instructions = [
-            EvaluateInstruction(self.rounds, cid, finetune) for cid in self.client_ids
-        ]
-        totals: Counter[str] = Counter()
+        instructions = [EvaluateInstruction(self.rounds, cid, finetune) for cid in self.client_ids]
+        totals: defaultdict[str, float] = defaultdict(float)
         weight = 0
         for reply in self.runtime.evaluate(self.vector, instructions):
             if not isinstance(reply, ClientEvaluation) or reply.num_examples == 0:

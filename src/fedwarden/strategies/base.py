@@ -40,8 +40,8 @@ class Strategy(ABC):
         """The next global vector from the current one and the round's mean update."""
 
     def state_dict(self) -> StrategyState:
-        """Server optimizer buffers, for checkpoints."""
-        return dict(self._state)
+        """Copies of the server optimizer buffers, for checkpoints."""
+        return {name: buffer.copy() for name, buffer in self._state.items()}
 
     def load_state_dict(self, state: StrategyState) -> None:
         """Restore buffers saved by :meth:`state_dict`."""

@@ -44,7 +44,9 @@ class FedOpt(Strategy):
         first += np.float32(1.0 - self.beta1) * mean_update
         self._update_second_moment(second, mean_update * mean_update)
         step = first / (np.sqrt(second) + np.float32(self.tau))
-        return global_vector + np.float32(self.server_learning_rate) * step
+        return np.asarray(
+            global_vector + np.float32(self.server_learning_rate) * step, dtype=np.float32
+        )
 
     @abstractmethod
     def _update_second_moment(self, second: Vector, squared: Vector) -> None:

@@ -35,7 +35,7 @@ class UniformSampler(Sampler):
         """Uniform draw without replacement."""
         size = min(self.cohort_size, len(client_ids))
         chosen = np.sort(rng.choice(len(client_ids), size=size, replace=False))
-        return [client_ids[i] for i in chosen]
+        return [client_ids[i] for i in chosen.tolist()]
 
 
 class PoissonSampler(Sampler):
@@ -47,7 +47,7 @@ class PoissonSampler(Sampler):
     def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
         """Independent Bernoulli(rate) draw per client."""
         chosen = np.flatnonzero(rng.random(len(client_ids)) < self.rate)
-        return [client_ids[i] for i in chosen]
+        return [client_ids[i] for i in chosen.tolist()]
 
 
 class StratifiedSampler(Sampler):

@@ -1,0 +1,264 @@
+"""Specifications of the NumPy softmax-regression trainer: gradient, fit, evaluation, FedAvg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+from sklearn.datasets import load_digits
+
+from fedwarden.core.messages import TrainConfig
+from fedwarden.data.dataset import ClientData
+from fedwarden.models.numpy import NumpyTrainer, softmax_regression
+from fedwarden.models.trainer import ClientContext
+
+FEATURES, CLASSES = 5, 3
+
+
+def blobs(num_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 features around one centre per class, and int64 labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 2.0, (CLASSES, FEATURES))
+    y = rng.integers(0, CLASSES, num_examples)
+    x = centres[y] + rng.normal(size=(num_examples, FEATURES))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def client(x: np.ndarray, y: np.ndarray, seed: int = 0, client_id: str = "c1") -> ClientContext:
+    """A client training on all of ``(x, y)``, with an empty test split."""
+    data = ClientData(client_id, x, y, x[:0], y[:0])
+    return ClientContext(client_id, data, 0, np.random.default_rng(seed))
+
+
+def float64_params(trainer: NumpyTrainer, seed: int) -> dict[str, np.ndarray]:
+    return {
+        name: np.array(value, dtype=np.float64)
+        for name, value in trainer.param_spec.views(trainer.initial_vector(seed)).items()
+    }
+
+
+def reference_loss_and_grad(
+    weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean cross-entropy of softmax(x W + b) and its gradient, in float64 with SciPy."""
+    x = x.astype(np.float64)
+    log_probabilities = log_softmax(x @ weight + bias, axis=1)
+    rows = np.arange(len(y))
+    residual = np.exp(log_probabilities)
+    residual[rows, y] -= 1.0
+    residual /= len(y)
+    return float(-log_probabilities[rows, y].mean()), x.T @ residual, residual.sum(axis=0)
+
+
+def test_loss_and_grad_matches_central_finite_differences() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(12, seed=1)
+    x64 = x.astype(np.float64)
+    params = float64_params(trainer, seed=4)
+    params["bias"][:] = [0.3, -0.2, 0.1]
+    grads = {name: np.zeros_like(value) for name, value in params.items()}
+
+    def loss_at(candidate: dict[str, np.ndarray]) -> float:
+        scratch = {name: np.zeros_like(value) for name, value in candidate.items()}
+        return trainer.loss_and_grad(candidate, x64, y, scratch)
+
+    loss = trainer.loss_and_grad(params, x64, y, grads)
+
+    step = 1e-6
+    for name, value in params.items():
+        numeric = np.zeros_like(value)
+        for index in np.ndindex(value.shape):
+            plus = {key: array.copy() for key, array in params.items()}
+            minus = {key: array.copy() for key, array in params.items()}
+            plus[name][index] += step
+            minus[name][index] -= step
+            numeric[index] = (loss_at(plus) - loss_at(minus)) / (2 * step)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-9)
+    assert loss == pytest.approx(
+        reference_loss_and_grad(params["weight"], params["bias"], x, y)[0], rel=1e-12
+    )
+
+
+def test_loss_and_grad_agrees_with_a_scipy_reference_in_float32() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(40, seed=2)
+    params = trainer.param_spec.views(trainer.initial_vector(5))
+    grads = trainer.param_spec.views(trainer.param_spec.zeros())
+
+    loss = trainer.loss_and_grad(params, x, y, grads)
+
+    expected_loss, expected_weight, expected_bias = reference_loss_and_grad(
+        params["weight"].astype(np.float64), params["bias"].astype(np.float64), x, y
+    )
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["weight"], expected_weight, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads["bias"], expected_bias, rtol=1e-4, atol=1e-6)
+
+
+def reference_sgd(
+    trainer: NumpyTrainer,
+    vector: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    train: TrainConfig,
+    seed: int,
+) -> np.ndarray:
+    """Trained float64 parameters after minibatch SGD with FedProx's proximal term.
+
+    Each epoch visits the examples in the order ``rng.permutation`` gives, as the
+    trainer's shuffling is specified to.
+    """
+    rng = np.random.default_rng(seed)
+    anchor = {
+        name: view.astype(np.float64) for name, view in trainer.param_spec.views(vector).items()
+    }
+    weight, bias = anchor["weight"].copy(), anchor["bias"].copy()
+    for _ in range(train.local_epochs):
+        order = rng.permutation(len(y))
+        for start in range(0, len(y), train.batch_size):
+            batch = order[start : start + train.batch_size]
+            _, weight_grad, bias_grad = reference_loss_and_grad(weight, bias, x[batch], y[batch])
+            weight_grad += train.proximal_mu * (weight - anchor["weight"])
+            bias_grad += train.proximal_mu * (bias - anchor["bias"])
+            weight -= train.learning_rate * weight_grad
+            bias -= train.learning_rate * bias_grad
+    return np.concatenate([weight.ravel(), bias])
+
+
+@pytest.mark.parametrize("proximal_mu", [0.0, 0.5], ids=["sgd", "fedprox"])
+def test_fit_returns_trained_minus_initial_parameters_and_the_example_count(
+    proximal_mu: float,
+) -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(50, seed=3)
+    vector = trainer.initial_vector(7)
+    before = vector.copy()
+    train = TrainConfig(local_epochs=3, batch_size=16, learning_rate=0.2, proximal_mu=proximal_mu)
+
+    result = trainer.fit(vector, client(x, y, seed=11), train)
+
+    trained = reference_sgd(trainer, vector, x, y, train, seed=11)
+    assert result.update.dtype == np.float32
+    assert result.num_examples == len(y) == 50
+    np.testing.assert_allclose(result.update, trained - vector, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(vector, before)
+
+
+def test_fit_reports_the_mean_loss_of_the_last_epoch() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(30, seed=3)
+    vector = trainer.initial_vector(0)
+    # One full batch: the loss is that of the starting parameters.
+    result = trainer.fit(vector, client(x, y), TrainConfig(batch_size=30, learning_rate=0.1))
+    params = trainer.param_spec.views(vector)
+    expected = reference_loss_and_grad(
+        params["weight"].astype(np.float64), params["bias"].astype(np.float64), x, y
+    )[0]
+    assert result.metrics["train_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_identical_rng_seeds_give_bit_identical_updates() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(64, seed=5)
+    vector = trainer.initial_vector(1)
+    train = TrainConfig(local_epochs=2, batch_size=8, learning_rate=0.1)
+
+    first = trainer.fit(vector, client(x, y, seed=123), train).update
+    second = trainer.fit(vector, client(x, y, seed=123), train).update
+    other_seed = trainer.fit(vector, client(x, y, seed=124), train).update
+
+    assert first.tobytes() == second.tobytes()
+    assert not np.array_equal(first, other_seed)
+
+
+def test_a_proximal_term_keeps_the_update_smaller_than_plain_sgd() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(80, seed=6)
+    vector = trainer.initial_vector(2)
+    plain, prox = (
+        trainer.fit(
+            vector,
+            client(x, y, seed=9),
+            TrainConfig(local_epochs=5, batch_size=16, learning_rate=0.2, proximal_mu=mu),
+        ).update
+        for mu in (0.0, 1.0)
+    )
+    assert np.linalg.norm(prox) < 0.9 * np.linalg.norm(plain)
+
+
+def test_evaluate_gives_scipy_cross_entropy_and_argmax_accuracy() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(60, seed=8)
+    vector = trainer.initial_vector(3)
+
+    metrics = trainer.evaluate(vector, x, y)
+
+    params = trainer.param_spec.views(vector)
+    scores = x.astype(np.float64) @ params["weight"] + params["bias"]
+    expected_loss = -log_softmax(scores, axis=1)[np.arange(len(y)), y].mean()
+    expected_accuracy = np.mean(scores.argmax(axis=1) == y)
+    assert set(metrics) == {"loss", "accuracy"}
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["accuracy"] == expected_accuracy
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_evaluate_is_stable_for_very_large_scores() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(20, seed=8)
+    vector = trainer.initial_vector(3) * np.float32(1e4)
+
+    metrics = trainer.evaluate(vector, x, y)
+
+    params = trainer.param_spec.views(vector)
+    scores = x.astype(np.float64) @ params["weight"] + params["bias"]
+    expected_loss = -log_softmax(scores, axis=1)[np.arange(len(y)), y].mean()
+    assert np.isfinite(metrics["loss"])
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_loss_and_grad_is_finite_and_exact_for_confidently_wrong_scores() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    x, y = blobs(20, seed=8)
+    # Scores differ by hundreds: some true-class probabilities underflow float32.
+    vector = trainer.initial_vector(3) * np.float32(1e3)
+    params = trainer.param_spec.views(vector)
+    grads = trainer.param_spec.views(trainer.param_spec.zeros())
+
+    loss = trainer.loss_and_grad(params, x, y, grads)
+
+    expected_loss, expected_weight, expected_bias = reference_loss_and_grad(
+        params["weight"].astype(np.float64), params["bias"].astype(np.float64), x, y
+    )
+    assert loss == pytest.approx(expected_loss, rel=1e-4)
+    np.testing.assert_allclose(grads["weight"], expected_weight, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["bias"], expected_bias, rtol=1e-4, atol=1e-5)
+
+
+def test_manual_fedavg_on_digits_with_five_iid_clients_beats_85_percent() -> None:
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    test, train_rows = order[:360], order[360:]
+    clients = [
+        client(x[rows], y[rows], client_id=f"c{i}")
+        for i, rows in enumerate(np.array_split(train_rows, 5))
+    ]
+    trainer = softmax_regression(64, 10)
+    train = TrainConfig(local_epochs=1, batch_size=32, learning_rate=0.5)
+    vector = trainer.initial_vector(0)
+    initial_accuracy = trainer.evaluate(vector, x[test], y[test])["accuracy"]
+
+    for round_index in range(8):
+        results = []
+        for context in clients:
+            context.round_index = round_index
+            results.append(trainer.fit(vector, context, train))
+        vector = vector + np.average(
+            [r.update for r in results], axis=0, weights=[r.num_examples for r in results]
+        ).astype(np.float32)
+
+    accuracy = trainer.evaluate(vector, x[test], y[test])["accuracy"]
+    assert initial_accuracy < 0.3
+    assert accuracy > 0.85
