@@ -36,7 +36,9 @@ def _write_silos(folder: Path, hospitals: int = 6) -> None:
     )
 
 
-def _config_text(data: str, runs_dir: Path, rounds: int = 12, model: str = 'kind = "softmax"') -> str:
+def _config_text(
+    data: str, runs_dir: Path, rounds: int = 12, model: str = 'kind = "softmax"'
+) -> str:
     return f"""
 name = "e2e"
 seed = 11
@@ -65,8 +67,14 @@ def test_run_json_on_a_folder_of_client_npz_files(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     summary = json.loads(completed.stdout)
     for key in (
-        "rounds", "accuracy", "loss", "client_accuracy", "client_rounds_per_s",
-        "wall_s", "peak_rss_mb", "run_dir",
+        "rounds",
+        "accuracy",
+        "loss",
+        "client_accuracy",
+        "client_rounds_per_s",
+        "wall_s",
+        "peak_rss_mb",
+        "run_dir",
     ):
         assert key in summary
     assert summary["rounds"] == 12
@@ -74,8 +82,14 @@ def test_run_json_on_a_folder_of_client_npz_files(tmp_path: Path) -> None:
     assert summary["accuracy"] > 0.85
     run_dir = Path(summary["run_dir"])
     for name in (
-        "config.json", "metrics.csv", "metrics.json", "model.npz", "param_spec.json",
-        "accuracy.png", "loss.png", "checkpoint.npz",
+        "config.json",
+        "metrics.csv",
+        "metrics.json",
+        "model.npz",
+        "param_spec.json",
+        "accuracy.png",
+        "loss.png",
+        "checkpoint.npz",
     ):
         assert (run_dir / name).is_file(), name
     rows = json.loads((run_dir / "metrics.json").read_text())
@@ -88,7 +102,9 @@ def test_resume_after_kill_ends_with_the_same_model_as_an_uninterrupted_run(
 ) -> None:
     model = 'kind = "custom"\nfactory = "fakes:slow_softmax"'
     config = tmp_path / "slow.toml"
-    config.write_text(_config_text('source = "digits"\nnum_clients = 8', tmp_path / "runs", 6, model))
+    config.write_text(
+        _config_text('source = "digits"\nnum_clients = 8', tmp_path / "runs", 6, model)
+    )
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
 
     uninterrupted = json.loads(_cli("run", str(config), "--json", env=env).stdout)
@@ -105,9 +121,11 @@ def test_resume_after_kill_ends_with_the_same_model_as_an_uninterrupted_run(
     while time.monotonic() < deadline and killed_at is None:
         time.sleep(0.05)
         for run_dir in (tmp_path / "runs").glob("e2e-*"):
-            checkpoint = RunDirectory(run_dir).load_checkpoint() if run_dir != Path(
-                uninterrupted["run_dir"]
-            ) else None
+            checkpoint = (
+                RunDirectory(run_dir).load_checkpoint()
+                if run_dir != Path(uninterrupted["run_dir"])
+                else None
+            )
             if checkpoint is not None and checkpoint.round_index >= 1:
                 os.killpg(process.pid, signal.SIGKILL)
                 killed_at = (run_dir, checkpoint.round_index)
@@ -148,7 +166,7 @@ def test_ray_runtime_trains_the_same_model_as_the_local_runtime(tmp_path: Path) 
 
 def test_a_config_typo_exits_2_naming_the_key_and_the_fix(tmp_path: Path) -> None:
     config = tmp_path / "typo.toml"
-    config.write_text('rounds = 3\n[sampling]\ncohort_sise = 4\n')
+    config.write_text("rounds = 3\n[sampling]\ncohort_sise = 4\n")
     completed = _cli("run", str(config))
     assert completed.returncode == 2
     assert "sampling.cohort_sise" in completed.stderr

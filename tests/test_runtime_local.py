@@ -103,7 +103,8 @@ def test_client_state_persists_between_rounds_on_its_worker(
         for round_index in range(3):
             replies = list(
                 runtime.fit(
-                    vector, [FitInstruction(round_index, cid, TRAIN) for cid in digits_clients.client_ids]
+                    vector,
+                    [FitInstruction(round_index, cid, TRAIN) for cid in digits_clients.client_ids],
                 )
             )
     assert all(isinstance(r, ClientUpdate) and r.metrics["fits"] == 3.0 for r in replies)
