@@ -1,0 +1,169 @@
+"""Simulation throughput: fedwarden against Flower and pfl-research on one workload.
+
+Workload (issue 2): FedProx Synthetic(1, 1) with N clients, softmax regression
+60 -> 10, one local epoch of SGD with batch 10, FedAvg, a cohort of 50% or 20%
+of the clients per round, the same rounds for every framework. Each framework
+gets the same client arrays; throughput is client-rounds per second of the
+training loop, engine start included; accuracy is the final global model's on
+the central test set. Flower (``flwr``) and pfl (``pfl``) rows appear when the
+``bench`` extra is installed.
+
+Run: ``python benchmarks/throughput.py`` (all four workloads) or
+``python benchmarks/throughput.py --clients 100 --cohort 0.2 --rounds 5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from benchmarks.peers._workload import LOCAL_BATCH_SIZE, LOCAL_EPOCHS, ClientArrays, PeerResult
+from fedwarden.core.config import DataConfig
+from fedwarden.core.messages import TrainConfig
+from fedwarden.data import FederatedDataset, load_dataset
+from fedwarden.models.numpy import softmax_regression
+from fedwarden.models.trainer import Trainer
+from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
+from fedwarden.runtime import LocalRuntime, Workload
+from fedwarden.server import Server
+from fedwarden.strategies import FedAvg, UniformSampler
+
+
+def run_fedwarden(
+    dataset: FederatedDataset,
+    trainer: Trainer,
+    label: str,
+    *,
+    rounds: int,
+    cohort_size: int,
+    lr: float,
+    seed: int,
+) -> PeerResult:
+    """fedwarden's local runtime (one worker per core) on the workload."""
+    train = TrainConfig(LOCAL_EPOCHS, LOCAL_BATCH_SIZE, lr)
+    pipeline = Pipeline([ValidateUpdate(trainer.spec.size)], StreamingWeightedMean())
+    started = time.perf_counter()
+    with LocalRuntime() as runtime:
+        server = Server(
+            trainer=trainer,
+            strategy=FedAvg(train),
+            sampler=UniformSampler(cohort_size),
+            pipeline=pipeline,
+            runtime=runtime,
+            client_ids=dataset.client_ids,
+            rounds=rounds,
+            seed=seed,
+        )
+        runtime.start(Workload(dataset, trainer, pipeline, seed))
+        for round_index in range(rounds):
+            server.run_round(round_index)
+        wall = time.perf_counter() - started
+    accuracy = trainer.evaluate(server.vector, dataset.x_test, dataset.y_test)["accuracy"]
+    return {
+        "framework": label,
+        "client_rounds_per_s": rounds * cohort_size / wall,
+        "accuracy": accuracy,
+        "wall_s": wall,
+    }
+
+
+def _torch_linear_trainer(num_features: int, num_classes: int) -> Trainer:
+    from fedwarden.models.torch import TorchTrainer, mlp
+
+    return TorchTrainer(partial(mlp, num_features, num_classes, ()))
+
+
+def _peers() -> dict[str, Callable[..., PeerResult]]:
+    peers: dict[str, Callable[..., PeerResult]] = {}
+    try:
+        from benchmarks.peers.flower_sim import run_flower
+
+        peers["flwr"] = run_flower
+    except ImportError:
+        pass
+    try:
+        from benchmarks.peers.pfl_sim import run_pfl
+
+        peers["pfl"] = run_pfl
+    except ImportError:
+        pass
+    return peers
+
+
+def benchmark(
+    num_clients: int, cohort_fraction: float, rounds: int, lr: float, seed: int, skip: set[str]
+) -> dict[str, Any]:
+    """Every framework on one workload; returns the rows and the ratios."""
+    dataset = load_dataset(
+        DataConfig(source="synthetic", num_clients=num_clients, client_test_fraction=0.2), seed
+    )
+    cohort = max(1, round(cohort_fraction * num_clients))
+    clients: list[ClientArrays] = [
+        (c.x_train.astype(np.float32), c.y_train.astype(np.int64)) for c in dataset.clients.values()
+    ]
+    x_test = dataset.x_test.astype(np.float32)
+    y_test = dataset.y_test.astype(np.int64)
+    options: dict[str, Any] = {"rounds": rounds, "cohort_size": cohort, "lr": lr, "seed": seed}
+    rows = [run_fedwarden(dataset, softmax_regression(60, 10), "fedwarden (NumPy)", **options)]
+    if "torch" not in skip:
+        rows.append(
+            run_fedwarden(dataset, _torch_linear_trainer(60, 10), "fedwarden (PyTorch)", **options)
+        )
+    for name, peer in _peers().items():
+        if name not in skip:
+            rows.append(peer(clients, x_test, y_test, **options))
+    ours = rows[0]["client_rounds_per_s"]
+    ratios = {
+        f"fedwarden (NumPy) / {row['framework']}": ours / row["client_rounds_per_s"]
+        for row in rows[1:]
+    }
+    return {
+        "clients": num_clients,
+        "cohort": cohort,
+        "rounds": rounds,
+        "rows": rows,
+        "ratios": ratios,
+    }
+
+
+def main() -> None:
+    """Run the workloads and print a table (and JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, nargs="*", default=[100, 1000])
+    parser.add_argument("--cohort", type=float, nargs="*", default=[0.5, 0.2])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", nargs="*", default=[], help="frameworks to leave out")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = []
+    for num_clients in args.clients:
+        for fraction in args.cohort:
+            result = benchmark(
+                num_clients, fraction, args.rounds, args.lr, args.seed, set(args.skip)
+            )
+            results.append(result)
+            print(
+                f"\nN = {num_clients}, cohort {result['cohort']} ({fraction:.0%}), "
+                f"{args.rounds} rounds"
+            )
+            for row in result["rows"]:
+                print(
+                    f"  {row['framework']:<28} {row['client_rounds_per_s']:>10.1f} client-rounds/s"
+                    f"   accuracy {row['accuracy']:.4f}   wall {row['wall_s']:.1f} s"
+                )
+            for name, ratio in result["ratios"].items():
+                print(f"  {name:<44} {ratio:>8.1f}x")
+    if args.json:
+        print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
