@@ -1,4 +1,8 @@
-"""Minibatch order for local training, shared by every trainer."""
+"""The order in which a client visits its examples during local training.
+
+Every trainer draws an epoch's order with :func:`epoch_order` from the
+client's generator, so the same seed means the same order in every adapter.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,20 @@ import numpy as np
 import numpy.typing as npt
 
 
-def minibatches(
-    num_examples: int, batch_size: int, rng: np.random.Generator
-) -> Iterator[npt.NDArray[np.intp]]:
-    """Index arrays of one shuffled epoch, in batches of ``batch_size`` (the last may be short)."""
-    order = rng.permutation(num_examples)
-    for start in range(0, num_examples, batch_size):
-        yield order[start : start + batch_size]
+def epoch_order(num_examples: int, rng: np.random.Generator) -> npt.NDArray[np.intp]:
+    """A uniformly random permutation of ``range(num_examples)`` for one epoch."""
+    return rng.permutation(num_examples)
 
 
 def shuffled_batches(
     x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
-    """One shuffled epoch of ``(x, y)`` batches, in the order :func:`minibatches` gives.
+    """One epoch of ``(x, y)`` batches of ``batch_size`` in :func:`epoch_order`.
 
     The data are permuted once per epoch, so every batch is a contiguous view
     rather than a gather.
     """
-    order = rng.permutation(len(y))
+    order = epoch_order(len(y), rng)
     x_shuffled, y_shuffled = x[order], y[order]
     for start in range(0, len(y), batch_size):
         yield x_shuffled[start : start + batch_size], y_shuffled[start : start + batch_size]

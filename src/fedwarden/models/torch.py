@@ -11,10 +11,12 @@ Loading a vector copies it into the module's own tensors through zero-copy
 NumPy views, and the trained tensors are flattened straight into the update, so
 a fit allocates nothing of model size besides the update it returns. Training is
 minibatch gradient descent over tensors indexed from the client's arrays (no
-``DataLoader``), in the order :func:`~fedwarden.models.batching.minibatches`
-draws from ``client.rng``; PyTorch's global generator (dropout, random
-augmentations) is seeded from the same ``rng`` first, so a fit is reproducible
-bit for bit with one PyTorch thread.
+``DataLoader``), in the order :func:`~fedwarden.models.batching.epoch_order`
+draws from ``client.rng``. PyTorch's CPU generator (dropout, random
+augmentations) is seeded from the same ``rng`` first (the CPU generator alone:
+``torch.manual_seed`` would also queue a CUDA seeding that costs more than a
+whole step of a small model), so a fit is reproducible bit for bit with one
+PyTorch thread.
 
 Options follow the papers they come from:
 
@@ -30,7 +32,7 @@ Options follow the papers they come from:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -41,7 +43,7 @@ from torch import nn
 from fedwarden.core.errors import ConfigError, SpecMismatchError
 from fedwarden.core.messages import FitResult, Metrics, TrainConfig
 from fedwarden.core.params import VECTOR_DTYPE, ParamSpec, Vector
-from fedwarden.models.batching import minibatches
+from fedwarden.models.batching import shuffled_batches
 from fedwarden.models.trainer import ClientContext, ClientState
 
 Loss = Literal["cross_entropy", "mse"]
@@ -50,6 +52,7 @@ ModuleFactory = Callable[[], nn.Module]
 """A picklable (module-level, or ``functools.partial`` of one) callable that builds the module."""
 
 Array = npt.NDArray[np.generic]
+FloatArray = npt.NDArray[np.floating[Any]]
 
 __all__ = ["TorchTrainer", "mlp"]
 
@@ -155,7 +158,7 @@ class TorchTrainer:
         self._anchors: list[torch.Tensor] = []
         self._optimizer = self._make_optimizer()
 
-    def _personal_tensors(self) -> list[tuple[str, Array, slice]]:
+    def _personal_tensors(self) -> list[tuple[str, FloatArray, slice]]:
         """Name, view and vector slice of every tensor under a personal layer."""
         personal = [
             (t.name, array, slice(t.offset, t.offset + t.size))
@@ -178,9 +181,7 @@ class TorchTrainer:
         """The optimizer over the trainable parameters; its learning rate is set each fit."""
         if self.optimizer == "adam":
             return torch.optim.Adam(self._params, weight_decay=self.weight_decay)
-        return torch.optim.SGD(
-            self._params, momentum=self.momentum, weight_decay=self.weight_decay
-        )
+        return torch.optim.SGD(self._params, momentum=self.momentum, weight_decay=self.weight_decay)
 
     @property
     def spec(self) -> ParamSpec:
@@ -195,10 +196,10 @@ class TorchTrainer:
     def initial_vector(self, seed: int) -> Vector:
         """A freshly built module's tensors, flattened; deterministic in ``seed``.
 
-        PyTorch's global generator is restored afterwards.
+        PyTorch's CPU generator is restored afterwards.
         """
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.vector_of(self.module_factory())
 
     def vector_of(self, module: nn.Module) -> Vector:
@@ -215,8 +216,8 @@ class TorchTrainer:
 
     def fit(self, vector: Vector, client: ClientContext, train: TrainConfig) -> FitResult:
         """Train from ``vector`` on the client's training split; return ``new - vector``."""
-        x = _tensor(client.data.x_train, np.float32)
-        y = self._targets(client.data.y_train)
+        x = np.asarray(client.data.x_train, dtype=np.float32)
+        y = np.asarray(client.data.y_train, dtype=self._target_dtype)
         self.load(vector)
         self._restore_personal(client.state)
         self._optimizer.state.clear()
@@ -224,7 +225,7 @@ class TorchTrainer:
             self._restore_optimizer(client.state)
         for group in self._optimizer.param_groups:
             group["lr"] = train.learning_rate
-        torch.manual_seed(int(client.rng.integers(2**63)))
+        torch.default_generator.manual_seed(int(client.rng.integers(2**63)))
         train_loss = self._train(x, y, client.rng, train)
         update = self._spec.flatten(self._arrays, out=np.empty(self._spec.size, VECTOR_DTYPE))
         update -= vector
@@ -235,11 +236,16 @@ class TorchTrainer:
             self._save_optimizer(client.state)
         return FitResult(update, len(y), {"train_loss": train_loss})
 
-    def _train(
-        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, train: TrainConfig
-    ) -> float:
-        """``train.local_epochs`` epochs of minibatch steps; the mean loss of the last epoch."""
-        module, optimizer, criterion = self._module, self._optimizer, _CRITERIA[self.loss]
+    def _train(self, x: Array, y: Array, rng: np.random.Generator, train: TrainConfig) -> float:
+        """``train.local_epochs`` epochs of minibatch steps; the mean loss of the last epoch.
+
+        Each epoch gathers the examples once in :func:`epoch_order`, so a
+        batch is a contiguous slice shared with PyTorch rather than a gather.
+        Gradients are dropped by setting them to ``None``, which is what
+        ``optimizer.zero_grad(set_to_none=True)`` does, minus its per-call overhead.
+        """
+        module, params, optimizer = self._module, self._params, self._optimizer
+        criterion = _CRITERIA[self.loss]
         mu = train.proximal_mu
         if mu:
             self._anchor()
@@ -247,15 +253,18 @@ class TorchTrainer:
         total = 0.0
         for epoch in range(train.local_epochs):
             last_epoch = epoch == train.local_epochs - 1
-            for batch in _batches(len(y), train.batch_size, rng):
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(module(x[batch]), y[batch], "mean")
+            for x_batch, y_batch in shuffled_batches(x, y, train.batch_size, rng):
+                for param in params:
+                    param.grad = None
+                loss = criterion(
+                    module(torch.from_numpy(x_batch)), torch.from_numpy(y_batch), "mean"
+                )
                 loss.backward()
                 if mu:
                     self._add_proximal_gradient(mu)
                 optimizer.step()
                 if last_epoch:
-                    total += loss.item() * len(batch)
+                    total += loss.item() * len(y_batch)
         return total / len(y) if len(y) and train.local_epochs else 0.0
 
     def _anchor(self) -> None:
@@ -308,7 +317,7 @@ class TorchTrainer:
         """Mean loss, and accuracy for ``cross_entropy``, of ``vector`` on ``(x, y)``."""
         module = self.load(vector)
         module.eval()
-        inputs, targets = _tensor(x, np.float32), self._targets(y)
+        inputs, targets = _tensor(x, np.float32), _tensor(y, self._target_dtype)
         criterion = _CRITERIA[self.loss]
         total, correct = 0.0, 0
         with torch.inference_mode():
@@ -324,9 +333,10 @@ class TorchTrainer:
             return {"loss": total / targets.numel()}
         return {"loss": total / len(targets), "accuracy": correct / len(targets)}
 
-    def _targets(self, y: Array) -> torch.Tensor:
-        """Labels as int64 (cross-entropy) or targets as float32 (mse), zero-copy when possible."""
-        return _tensor(y, np.int64 if self.loss == "cross_entropy" else np.float32)
+    @property
+    def _target_dtype(self) -> type[np.generic]:
+        """Labels are int64 for cross-entropy, targets float32 for mse."""
+        return np.int64 if self.loss == "cross_entropy" else np.float32
 
 
 def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -348,15 +358,9 @@ _CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]] 
 }
 
 
-def _batches(num_examples: int, batch_size: int, rng: np.random.Generator) -> Iterator[torch.Tensor]:
-    """The index tensors of one epoch, in :func:`minibatches` order."""
-    for batch in minibatches(num_examples, batch_size, rng):
-        yield torch.from_numpy(batch)
-
-
-def _floating_state(module: nn.Module) -> dict[str, npt.NDArray[np.floating[Any]]]:
+def _floating_state(module: nn.Module) -> dict[str, FloatArray]:
     """Zero-copy NumPy views of ``module``'s floating ``state_dict`` tensors, in order."""
-    views: dict[str, npt.NDArray[np.floating[Any]]] = {}
+    views: dict[str, FloatArray] = {}
     for name, tensor in module.state_dict().items():
         if not tensor.is_floating_point():
             continue
@@ -370,7 +374,7 @@ def _floating_state(module: nn.Module) -> dict[str, npt.NDArray[np.floating[Any]
 
 
 def _tensor(array: Array, dtype: type[np.generic]) -> torch.Tensor:
-    """``array`` as a tensor of ``dtype``, sharing memory unless a cast or a read-only input forbids."""
+    """``array`` as a tensor of ``dtype``, sharing its memory unless a cast or read-only input."""
     converted = np.asarray(array, dtype=dtype)
     if not converted.flags.writeable:
         converted = converted.copy()
@@ -394,4 +398,3 @@ def _check_choice(field: str, value: str, allowed: Any) -> None:
     choices = get_args(allowed)
     if value not in choices:
         raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(repr, choices))}")
-
