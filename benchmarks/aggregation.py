@@ -14,6 +14,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
@@ -61,6 +62,8 @@ def main() -> None:
 
     baseline = _best_of(args.repeats, numpy_sum)
     ours = _best_of(args.repeats, fedwarden_aggregate)
+    with threadpool_limits(1):
+        ours_one_thread = _best_of(args.repeats, fedwarden_aggregate)
     tracemalloc.start()
     fedwarden_aggregate()
     _, peak = tracemalloc.get_traced_memory()
@@ -70,6 +73,10 @@ def main() -> None:
     print(f"bare NumPy in-place sum:               {baseline:.3f} s")
     print(f"fedwarden validate + weighted mean:    {ours:.3f} s")
     print(f"ratio fedwarden / NumPy:               {ours / baseline:.2f}x  (target <= 1.5x)")
+    print(
+        f"same with BLAS limited to one thread:  {ours_one_thread:.3f} s, "
+        f"{ours_one_thread / baseline:.2f}x  (NumPy's add is single-threaded)"
+    )
     print(
         f"aggregator peak allocation:            {peak / 1e6:.0f} MB "
         f"= {peak / (args.size * 4):.2f} vectors (independent of the number of clients)"
