@@ -13,7 +13,7 @@ from fedwarden.core.config import PartitionConfig
 from fedwarden.core.errors import DataError
 from fedwarden.data import dirichlet, iid, partition, power_law, shards
 from fedwarden.data.dataset import Array
-from fedwarden.data.partition import IndexArray
+from fedwarden.data.partitioners import IndexArray
 
 Labels = Array
 

@@ -10,8 +10,7 @@ A first run::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fedwarden._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -42,14 +41,6 @@ _EXPORTS = {
     "FedProx": "fedwarden.strategies",
     "UniformSampler": "fedwarden.strategies",
 }
-"""Public names, imported on first use (PEP 562) so that worker processes, which
-import only the runtime and the model, do not pay for the server's imports."""
 
 __all__ = sorted([*_EXPORTS, "__version__"])
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fedwarden' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

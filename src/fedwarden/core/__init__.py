@@ -1,44 +1,30 @@
 """Core types: the flat vector and its ParamSpec, messages, the run config, errors."""
 
-from fedwarden.core.config import RunConfig, load_config
-from fedwarden.core.errors import (
-    ConfigError,
-    DataError,
-    FedwardenError,
-    PipelineError,
-    RuntimeFailure,
-    SpecMismatchError,
-    UpdateRejected,
-)
-from fedwarden.core.messages import (
-    ClientEvaluation,
-    ClientFailure,
-    ClientUpdate,
-    EvaluateInstruction,
-    FitInstruction,
-    FitResult,
-    TrainConfig,
-)
-from fedwarden.core.params import ParamSpec, TensorSpec, Vector
+from __future__ import annotations
 
-__all__ = [
-    "ClientEvaluation",
-    "ClientFailure",
-    "ClientUpdate",
-    "ConfigError",
-    "DataError",
-    "EvaluateInstruction",
-    "FedwardenError",
-    "FitInstruction",
-    "FitResult",
-    "ParamSpec",
-    "PipelineError",
-    "RunConfig",
-    "RuntimeFailure",
-    "SpecMismatchError",
-    "TensorSpec",
-    "TrainConfig",
-    "UpdateRejected",
-    "Vector",
-    "load_config",
-]
+from fedwarden._lazy import lazy_exports
+
+_EXPORTS = {
+    "RunConfig": "fedwarden.core.config",
+    "load_config": "fedwarden.core.config",
+    "ConfigError": "fedwarden.core.errors",
+    "DataError": "fedwarden.core.errors",
+    "FedwardenError": "fedwarden.core.errors",
+    "PipelineError": "fedwarden.core.errors",
+    "RuntimeFailure": "fedwarden.core.errors",
+    "SpecMismatchError": "fedwarden.core.errors",
+    "UpdateRejected": "fedwarden.core.errors",
+    "ClientEvaluation": "fedwarden.core.messages",
+    "ClientFailure": "fedwarden.core.messages",
+    "ClientUpdate": "fedwarden.core.messages",
+    "EvaluateInstruction": "fedwarden.core.messages",
+    "FitInstruction": "fedwarden.core.messages",
+    "FitResult": "fedwarden.core.messages",
+    "TrainConfig": "fedwarden.core.messages",
+    "ParamSpec": "fedwarden.core.params",
+    "TensorSpec": "fedwarden.core.params",
+    "Vector": "fedwarden.core.params",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

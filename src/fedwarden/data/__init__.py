@@ -1,19 +1,21 @@
 """Federated data: data sets, the partitions that simulate clients, and their heterogeneity."""
 
-from fedwarden.data.dataset import ClientData, FederatedDataset
-from fedwarden.data.heterogeneity import LabelHeterogeneity, label_heterogeneity
-from fedwarden.data.partition import dirichlet, iid, partition, power_law, shards
-from fedwarden.data.sources import load_dataset
+from __future__ import annotations
 
-__all__ = [
-    "ClientData",
-    "FederatedDataset",
-    "LabelHeterogeneity",
-    "dirichlet",
-    "iid",
-    "label_heterogeneity",
-    "load_dataset",
-    "partition",
-    "power_law",
-    "shards",
-]
+from fedwarden._lazy import lazy_exports
+
+_EXPORTS = {
+    "ClientData": "fedwarden.data.dataset",
+    "FederatedDataset": "fedwarden.data.dataset",
+    "LabelHeterogeneity": "fedwarden.data.heterogeneity",
+    "label_heterogeneity": "fedwarden.data.heterogeneity",
+    "dirichlet": "fedwarden.data.partitioners",
+    "iid": "fedwarden.data.partitioners",
+    "partition": "fedwarden.data.partitioners",
+    "power_law": "fedwarden.data.partitioners",
+    "shards": "fedwarden.data.partitioners",
+    "load_dataset": "fedwarden.data.sources",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ Three kinds of source:
 
 - scikit-learn's bundled data sets (``digits``, ``breast_cancer``, ``wine``;
   nothing is downloaded), with a stratified central test set held out and the
-  rest dealt to clients by :func:`fedwarden.data.partition.partition`;
+  rest dealt to clients by :func:`fedwarden.data.partitioners.partition`;
 - the Synthetic(alpha, beta) generator of FedProx (Li et al. 2020), naturally
   federated with one model and one feature distribution per device;
 - a folder of per-client ``.npz`` files, for real federated data.
@@ -35,7 +35,7 @@ import numpy.typing as npt
 from fedwarden.core.config import DataConfig
 from fedwarden.core.errors import DataError
 from fedwarden.data.dataset import Array, ClientData, FederatedDataset
-from fedwarden.data.partition import partition, shuffled_by_class
+from fedwarden.data.partitioners import partition, shuffled_by_class
 
 MAX_SYNTHETIC_DEVICE_SIZE = 5_000
 """Cap on one synthetic device's examples (train and test together).

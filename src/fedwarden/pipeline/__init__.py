@@ -1,14 +1,17 @@
 """The update pipeline: stages between client training and the new global model."""
 
-from fedwarden.pipeline.mean import StreamingWeightedMean
-from fedwarden.pipeline.stage import Aggregate, Aggregator, Pipeline, Stage
-from fedwarden.pipeline.validate import ValidateUpdate
+from __future__ import annotations
 
-__all__ = [
-    "Aggregate",
-    "Aggregator",
-    "Pipeline",
-    "Stage",
-    "StreamingWeightedMean",
-    "ValidateUpdate",
-]
+from fedwarden._lazy import lazy_exports
+
+_EXPORTS = {
+    "StreamingWeightedMean": "fedwarden.pipeline.mean",
+    "Aggregate": "fedwarden.pipeline.stage",
+    "Aggregator": "fedwarden.pipeline.stage",
+    "Pipeline": "fedwarden.pipeline.stage",
+    "Stage": "fedwarden.pipeline.stage",
+    "ValidateUpdate": "fedwarden.pipeline.validate",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

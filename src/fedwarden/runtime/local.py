@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -76,9 +77,15 @@ def _pin_threads() -> None:
         torch.set_num_threads(1)
 
 
-def _worker_main(connection: Connection, workload: Workload, cancel: Event) -> None:
-    """Serve fit and evaluate requests until told to stop."""
+def _worker_main(connection: Connection, cancel: Event) -> None:
+    """Receive this worker's workload, then serve fit and evaluate requests until told to stop.
+
+    The workload (the user's trainer and this worker's clients' data) comes
+    from the parent process that spawned this one, over a pipe nothing else
+    can write to.
+    """
     _pin_threads()
+    workload: Workload = connection.recv()
     engine = ClientEngine(workload)
     size = workload.trainer.spec.size
     while True:
@@ -177,22 +184,31 @@ class LocalRuntime(Runtime):
             workload.for_clients([cid for cid in client_ids if self._owner[cid] == worker])
             for worker in range(self.num_workers)
         ]
-        for worker in range(self.num_workers):
-            process, connection = self._spawn(worker)
-            self._processes.append(process)
-            self._connections.append(connection)
+        started = [self._spawn(worker) for worker in range(self.num_workers)]
+        self._processes = [process for process, _ in started]
+        self._connections = [connection for _, connection in started]
+        with ThreadPoolExecutor(self.num_workers) as senders:
+            list(senders.map(self._send_workload, range(self.num_workers)))
 
     def _spawn(self, worker: int) -> tuple[BaseProcess, Connection]:
+        """Start worker ``worker``; its workload follows through :meth:`_send_workload`.
+
+        Starting every process before sending any data lets the workers import
+        their modules in parallel instead of one after another.
+        """
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=_worker_main,
-            args=(child_end, self._workloads[worker], self._cancel),
+            args=(child_end, self._cancel),
             name=f"fedwarden-worker-{worker}",
             daemon=True,
         )
         process.start()
         child_end.close()
         return process, parent_end
+
+    def _send_workload(self, worker: int) -> None:
+        self._connections[worker].send(self._workloads[worker])
 
     def fit(
         self,
@@ -373,6 +389,7 @@ class LocalRuntime(Runtime):
         )
         self._connections[worker].close()
         self._processes[worker], self._connections[worker] = self._spawn(worker)
+        self._send_workload(worker)
 
     def close(self) -> None:
         """Ask every worker to stop, then make sure it has."""
