@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks.peers._workload import LOCAL_BATCH_SIZE, LOCAL_EPOCHS, ClientArrays, PeerResult
 from fedwarden.core.config import DataConfig
 from fedwarden.core.messages import TrainConfig
+from fedwarden.core.params import ParamSpec
 from fedwarden.data import FederatedDataset, load_dataset
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
@@ -48,6 +49,7 @@ def run_fedwarden(
     """fedwarden's local runtime (one worker per core) on the workload."""
     train = TrainConfig(LOCAL_EPOCHS, LOCAL_BATCH_SIZE, lr)
     pipeline = Pipeline([ValidateUpdate(trainer.spec.size)], StreamingWeightedMean())
+    initial = _peers_initial_parameters(seed, trainer.spec)
     started = time.perf_counter()
     with LocalRuntime() as runtime:
         server = Server(
@@ -60,6 +62,7 @@ def run_fedwarden(
             rounds=rounds,
             seed=seed,
         )
+        server.vector = trainer.spec.flatten(initial)
         runtime.start(Workload(dataset, trainer, pipeline, seed))
         for round_index in range(rounds):
             server.run_round(round_index)
@@ -71,6 +74,21 @@ def run_fedwarden(
         "accuracy": accuracy,
         "wall_s": wall,
     }
+
+
+def _peers_initial_parameters(seed: int, spec: ParamSpec) -> list[np.ndarray]:
+    """The weights every peer starts from (PyTorch's default ``nn.Linear`` draw for ``seed``).
+
+    Laid out as ``spec`` wants them: PyTorch's ``classes x features`` weight, or
+    its transpose for the NumPy model's ``features x classes``.
+    """
+    from benchmarks.peers._softmax_regression import SoftmaxRegression, initial_model
+
+    linear = initial_model(SoftmaxRegression, 60, seed).linear
+    weight = linear.weight.detach().numpy()
+    if spec.tensors[0].shape != weight.shape:
+        weight = weight.T
+    return [weight.copy(), linear.bias.detach().numpy().copy()]
 
 
 def _torch_linear_trainer(num_features: int, num_classes: int) -> Trainer:

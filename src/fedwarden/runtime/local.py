@@ -68,7 +68,11 @@ def _receive_vector(connection: Connection, size: int) -> Vector:
 
 
 def _pin_threads() -> None:
-    """One BLAS/OpenMP/PyTorch thread per worker, so W workers use W cores."""
+    """One BLAS/OpenMP/PyTorch thread per worker, so W workers use W cores.
+
+    Call it after the workload is unpickled: that is when the trainer's
+    framework (PyTorch) is imported, and only loaded libraries can be limited.
+    """
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -84,8 +88,8 @@ def _worker_main(connection: Connection, cancel: Event) -> None:
     from the parent process that spawned this one, over a pipe nothing else
     can write to.
     """
-    _pin_threads()
     workload: Workload = connection.recv()
+    _pin_threads()
     engine = ClientEngine(workload)
     size = workload.trainer.spec.size
     while True:

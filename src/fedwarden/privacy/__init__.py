@@ -1,0 +1,1 @@
+"""Differential privacy: accountants and the one ledger, secure noise, mechanisms, analytics."""
