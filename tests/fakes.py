@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedwarden.core.messages import FitResult, Metrics, TrainConfig
+from fedwarden.core.messages import (
+    ClientEvaluation,
+    ClientFailure,
+    ClientUpdate,
+    EvaluateInstruction,
+    FitInstruction,
+    FitResult,
+    Metrics,
+    TrainConfig,
+)
 from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.models.numpy import NumpyTrainer, softmax_regression
 from fedwarden.models.trainer import ClientContext
+from fedwarden.runtime import ClientEngine, Runtime, Workload
 
 
 @dataclass(frozen=True)
@@ -70,3 +81,37 @@ class ScriptedTrainer:
 def slow_softmax(num_features: int, num_classes: int | None) -> ScriptedTrainer:
     """A ``model.factory`` for configs: every fit takes at least 0.15 s."""
     return ScriptedTrainer(sleep_every_fit_s=0.15)
+
+
+class RecordingRuntime(Runtime):
+    """Runs the client engine in this process and records every instruction it delivers."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.delivered: list[FitInstruction] = []
+        self.engine: ClientEngine | None = None
+
+    def start(self, workload: Workload) -> None:
+        self.engine = ClientEngine(workload)
+
+    def fit(
+        self,
+        vector: Vector,
+        instructions: Sequence[FitInstruction],
+        deadline_s: float | None = None,
+    ) -> Iterator[ClientUpdate | ClientFailure]:
+        assert self.engine is not None
+        for instruction in instructions:
+            self.delivered.append(instruction)
+            yield self.engine.fit(vector, instruction)
+
+    def evaluate(
+        self, vector: Vector, instructions: Sequence[EvaluateInstruction]
+    ) -> Iterator[ClientEvaluation | ClientFailure]:
+        assert self.engine is not None
+        for instruction in instructions:
+            yield self.engine.evaluate(vector, instruction)
+
+    def close(self) -> None:
+        self.engine = None

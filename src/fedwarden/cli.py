@@ -100,6 +100,27 @@ def _format_row(record: RoundRecord) -> str:
     return row if not record.note else f"{row}  [yellow]{record.note}[/yellow]"
 
 
+_PRIVACY_FIELDS = (
+    "privacy_unit",
+    "neighboring",
+    "epsilon",
+    "delta",
+    "accountant",
+    "epsilon_rdp",
+    "budget_epsilon",
+    "budget_remaining",
+    "noise_multiplier",
+    "clip_norm",
+    "sampling_rate",
+    "client_epsilon_round",
+    "max_client_epsilon",
+)
+
+
+def _number(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _summary_lines(result: RunResult) -> list[str]:
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:.2f}%"
@@ -113,6 +134,16 @@ def _summary_lines(result: RunResult) -> list[str]:
             f"personalized (fine-tuned) client accuracy: {percent(result.personalized_accuracy)}"
             f"   global: {percent(result.client_accuracy)}"
         )
+    privacy = result.extras.get("privacy")
+    if privacy:
+        shown = ", ".join(
+            f"{name} {_number(privacy[name])}"
+            for name in _PRIVACY_FIELDS
+            if privacy.get(name) is not None
+        )
+        lines.append(f"privacy: {privacy['mechanism']}; {shown}")
+    if result.stopped_early is not None:
+        lines.append(f"[yellow]stopped early: {escape(result.stopped_early)}[/yellow]")
     if "label_chi2" in result.extras:
         lines.append(
             f"label heterogeneity across clients: chi2 = {result.extras['label_chi2']:.1f} "

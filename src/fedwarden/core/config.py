@@ -186,6 +186,60 @@ class PersonalizationConfig(Section):
     finetune_epochs: Annotated[int, Field(ge=0)] = 0
 
 
+class PrivacyConfig(Section):
+    """Differential privacy: the mechanism, the budget, and how noise is calibrated.
+
+    ``mechanism = "user_level"`` is DP-FedAvg (McMahan et al. 2018): the privacy
+    unit is a client, each update is clipped to ``clip_norm`` and the sum gets
+    Gaussian noise ``noise_multiplier * clip_norm``. Without a
+    ``noise_multiplier`` the noise is calibrated so that ``rounds`` rounds spend
+    exactly the budget ``epsilon`` at ``delta``. ``mechanism = "local"`` is local
+    DP: each client clips to ``clip_norm`` and adds noise
+    ``noise_multiplier * 2 * clip_norm`` itself; each client's epsilon is reported.
+    ``mechanism = "dp_sgd"`` is sample-level DP-SGD at each silo (Abadi et al.
+    2016, with Opacus; PyTorch models): per-example gradients clipped to
+    ``max_grad_norm``, noise ``noise_multiplier * max_grad_norm``; ``epsilon`` is
+    each silo's budget, and a silo that would exceed it is no longer sampled.
+    """
+
+    mechanism: Literal["none", "user_level", "local", "dp_sgd"] = "none"
+    epsilon: Annotated[float, Field(gt=0)] | None = None
+    """Run budget; a round that would exceed it is refused before sampling."""
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    noise_multiplier: Annotated[float, Field(gt=0)] | None = None
+    clip_norm: Annotated[float, Field(gt=0)] = 1.0
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    """DP-SGD's per-example gradient clip norm."""
+    clip_on: Literal["client", "server"] = "client"
+    per_layer_clipping: bool = False
+    adaptive_clipping: bool = False
+    target_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    clip_learning_rate: Annotated[float, Field(gt=0)] = 0.2
+    count_noise_multiplier: Annotated[float, Field(gt=0)] = 10.0
+    reproducible_noise: bool = False
+    """Test mode only: noise from a seeded stream, logged loudly. Never for a real release."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacyConfig:
+        if self.mechanism == "user_level" and self.epsilon is None:
+            raise ValueError("privacy.mechanism 'user_level' needs a budget: set privacy.epsilon")
+        if self.mechanism == "dp_sgd" and (self.epsilon is None or self.noise_multiplier is None):
+            raise ValueError(
+                "privacy.mechanism 'dp_sgd' needs privacy.epsilon (each silo's budget) and "
+                "privacy.noise_multiplier"
+            )
+        if self.mechanism == "local" and self.noise_multiplier is None:
+            raise ValueError(
+                "privacy.mechanism 'local' needs privacy.noise_multiplier (noise std is "
+                "noise_multiplier * 2 * clip_norm)"
+            )
+        if self.adaptive_clipping and self.per_layer_clipping:
+            raise ValueError(
+                "adaptive clipping tracks one flat clip norm; turn off per_layer_clipping"
+            )
+        return self
+
+
 class RuntimeConfig(Section):
     """Where clients run."""
 
@@ -211,7 +265,22 @@ class RunConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     pipeline: PipelineConfig = PipelineConfig()
     personalization: PersonalizationConfig = PersonalizationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _privacy_fits_sampling(self) -> RunConfig:
+        if self.privacy.mechanism == "dp_sgd" and self.model.kind != "mlp":
+            raise ValueError(
+                "privacy.mechanism 'dp_sgd' trains PyTorch models with Opacus: set model.kind "
+                "to 'mlp'"
+            )
+        if self.privacy.mechanism == "user_level" and self.sampling.scheme == "stratified":
+            raise ValueError(
+                "user-level DP is accounted for Poisson or uniform cohorts; stratified sampling "
+                "has no accountant here: set sampling.scheme to 'poisson' or 'uniform'"
+            )
+        return self
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "config") -> RunConfig:

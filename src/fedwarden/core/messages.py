@@ -17,6 +17,11 @@ from fedwarden.core.params import Vector
 
 Metrics = Mapping[str, float]
 
+CLIENT_EPSILON = "client_epsilon"
+"""Metric a client reports under local DP or DP-SGD: its cumulative epsilon so far."""
+CLIENT_EPSILON_ROUND = "client_epsilon_round"
+"""Metric a client reports under local DP or DP-SGD: the epsilon of this round's release."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -31,11 +36,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FitInstruction:
-    """Server to client: train on your data starting from the global vector."""
+    """Server to client: train on your data starting from the global vector.
+
+    ``round_parameters`` are this round's settings for the pipeline's client
+    halves (e.g. ``clip_norm`` under adaptive clipping), set by the server.
+    """
 
     round_index: int
     client_id: str
     train: TrainConfig
+    round_parameters: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -138,11 +138,7 @@ class TorchTrainer:
 
     def _build(self) -> None:
         """Build the module, the views of its tensors, the spec and the optimizer."""
-        module = self.module_factory()
-        if not isinstance(module, nn.Module):
-            raise ConfigError(
-                f"module_factory returned {type(module).__name__}, not a torch.nn.Module"
-            )
+        module = self._new_module()
         floating = _floating_state(module)
         self._module = module
         self._spec = ParamSpec.from_arrays(floating)
@@ -200,7 +196,16 @@ class TorchTrainer:
         """
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            return self.vector_of(self.module_factory())
+            return self.vector_of(self._new_module())
+
+    def _new_module(self) -> nn.Module:
+        """A fresh module from ``module_factory``: the one place subclasses adapt the model."""
+        module = self.module_factory()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                f"module_factory returned {type(module).__name__}, not a torch.nn.Module"
+            )
+        return module
 
     def vector_of(self, module: nn.Module) -> Vector:
         """The flat vector of ``module``'s floating tensors (same architecture as the trainer's)."""

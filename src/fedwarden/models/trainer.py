@@ -8,6 +8,7 @@ between rounds lives in :attr:`ClientContext.state`, which the runtime stores.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +36,8 @@ class ClientContext:
     round_index: int
     rng: np.random.Generator
     state: ClientState = field(default_factory=dict)
+    round_parameters: Mapping[str, float] = field(default_factory=dict)
+    """The server's per-round settings for the pipeline's client halves."""
 
 
 @runtime_checkable

@@ -32,8 +32,8 @@ class Stage:
     """
 
     name: ClassVar[str] = "stage"
-    needs_individual_updates: ClassVar[bool] = False
-    hides_individual_updates: ClassVar[bool] = False
+    needs_individual_updates: bool = False
+    hides_individual_updates: bool = False
 
     def client_half(self, update: ClientUpdate, context: ClientContext) -> ClientUpdate:
         """Transform the update on the client, before it is sent."""
@@ -57,7 +57,7 @@ class Aggregator(ABC):
     """Streaming reduction of accepted updates: ``start``, ``add`` each, then ``result``."""
 
     name: ClassVar[str] = "aggregator"
-    needs_individual_updates: ClassVar[bool] = False
+    needs_individual_updates: bool = False
 
     @abstractmethod
     def start(self, size: int) -> None:
@@ -70,6 +70,10 @@ class Aggregator(ABC):
     @abstractmethod
     def result(self) -> Aggregate:
         """The round's aggregate; valid only after at least one ``add``."""
+
+    def round_parameters(self) -> dict[str, float]:
+        """Settings the clients' pipeline halves need this round (sent with the instructions)."""
+        return {}
 
 
 class Pipeline:

@@ -1,1 +1,29 @@
 """Differential privacy: accountants and the one ledger, secure noise, mechanisms, analytics."""
+
+from __future__ import annotations
+
+from fedwarden._lazy import lazy_exports
+
+_EXPORTS = {
+    "PrivacySpend": "fedwarden.privacy.accounting",
+    "calibrate_noise_multiplier": "fedwarden.privacy.accounting",
+    "compute_spend": "fedwarden.privacy.accounting",
+    "fixed_size_gaussian": "fedwarden.privacy.accounting",
+    "poisson_gaussian": "fedwarden.privacy.accounting",
+    "BudgetExceeded": "fedwarden.privacy.ledger",
+    "PrivacyBudget": "fedwarden.privacy.ledger",
+    "PrivacyLedger": "fedwarden.privacy.ledger",
+    "NoiseSource": "fedwarden.privacy.randomness",
+    "PrivacyNoiseError": "fedwarden.privacy.randomness",
+    "bernoulli_exp": "fedwarden.privacy.discrete",
+    "discrete_gaussian": "fedwarden.privacy.discrete",
+    "discrete_gaussian_vector": "fedwarden.privacy.discrete",
+    "discrete_laplace": "fedwarden.privacy.discrete",
+    "discrete_laplace_vector": "fedwarden.privacy.discrete",
+    "CohortSampling": "fedwarden.privacy.user_level",
+    "UserLevelPrivacy": "fedwarden.privacy.user_level",
+    "SiloPrivacy": "fedwarden.privacy.silo",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -62,6 +62,7 @@ class ClientEngine:
         """Train one client from ``vector`` and run the pipeline's client halves."""
         started = time.perf_counter()
         context = self._context(instruction.client_id, instruction.round_index)
+        context.round_parameters = instruction.round_parameters
         result = self.trainer.fit(vector, context, instruction.train)
         update = ClientUpdate(
             round_index=instruction.round_index,

@@ -118,7 +118,12 @@ def _worker_main(connection: Connection, cancel: Event) -> None:
 
 
 def _fit_instruction(item: Header) -> FitInstruction:
-    return FitInstruction(item["round_index"], item["client_id"], TrainConfig(**item["train"]))
+    return FitInstruction(
+        item["round_index"],
+        item["client_id"],
+        TrainConfig(**item["train"]),
+        item["round_parameters"],
+    )
 
 
 def _evaluate_instruction(item: Header) -> EvaluateInstruction:
@@ -226,6 +231,7 @@ class LocalRuntime(Runtime):
                 "client_id": ins.client_id,
                 "round_index": ins.round_index,
                 "train": asdict(ins.train),
+                "round_parameters": dict(ins.round_parameters),
             }
             for ins in instructions
         ]

@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
@@ -16,6 +17,14 @@ from fedwarden.data.sources import load_dataset
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
+from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
+from fedwarden.pipeline.local_dp import LocalGaussianNoise
+from fedwarden.privacy.accounting import Neighboring, calibrate_noise_multiplier
+from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
+from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.silo import SiloPrivacy
+from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
 from fedwarden.runtime.local import LocalRuntime
@@ -53,7 +62,20 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
             raise ConfigError("model.kind 'mlp' needs a classification data set")
         from fedwarden.models.torch import TorchTrainer, mlp
 
-        return TorchTrainer(partial(mlp, dataset.num_features, num_classes, model.hidden))
+        factory = partial(mlp, dataset.num_features, num_classes, model.hidden)
+        privacy = config.privacy
+        if privacy.mechanism == "dp_sgd":
+            from fedwarden.models.dp_sgd import DpSgdTrainer
+
+            assert privacy.noise_multiplier is not None
+            return DpSgdTrainer(
+                factory,
+                noise_multiplier=privacy.noise_multiplier,
+                max_grad_norm=privacy.max_grad_norm,
+                delta=privacy.delta,
+                noise=NoiseSource.for_testing(config.seed) if privacy.reproducible_noise else None,
+            )
+        return TorchTrainer(factory)
     if model.kind == "sklearn":
         from fedwarden.models.sklearn import SklearnTrainer
 
@@ -119,12 +141,121 @@ def build_sampler(config: RunConfig, dataset: FederatedDataset) -> Sampler:
     return UniformSampler(sampling.cohort_size)
 
 
-def build_pipeline(config: RunConfig, trainer: Trainer) -> Pipeline:
-    """Validation then the streaming weighted mean."""
-    return Pipeline(
-        [ValidateUpdate(trainer.spec.size, config.pipeline.max_update_norm)],
-        StreamingWeightedMean(config.pipeline.weighting),
+def build_pipeline(
+    config: RunConfig, trainer: Trainer, privacy: UserLevelPrivacy | SiloPrivacy | None = None
+) -> Pipeline:
+    """Validation, then either the streaming weighted mean or DP-FedAvg's clip and noisy mean."""
+    validate = ValidateUpdate(trainer.spec.size, config.pipeline.max_update_norm)
+    section = config.privacy
+    if section.mechanism == "local":
+        assert section.noise_multiplier is not None
+        local = LocalGaussianNoise(
+            section.clip_norm,
+            section.noise_multiplier,
+            section.delta,
+            reproducible=section.reproducible_noise,
+        )
+        return Pipeline([validate, local], StreamingWeightedMean(config.pipeline.weighting))
+    if not isinstance(privacy, UserLevelPrivacy):
+        return Pipeline([validate], StreamingWeightedMean(config.pipeline.weighting))
+    noise = (
+        NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
     )
+    clip = ClipUpdate(
+        privacy.clip_norm,
+        placement=section.clip_on,
+        per_layer=trainer.spec if section.per_layer_clipping else None,
+    )
+    mean = GaussianMean(
+        noise_multiplier=privacy.noise_multiplier,
+        clip_norm=privacy.clip_norm,
+        expected_cohort_size=privacy.sampling.expected_cohort_size,
+        noise=noise,
+        adaptive=privacy.adaptive,
+    )
+    return Pipeline([validate, clip], mean)
+
+
+def build_privacy(
+    config: RunConfig, dataset: FederatedDataset, run_dir: RunDirectory | None
+) -> UserLevelPrivacy | SiloPrivacy | None:
+    """The run's privacy accounting, with its ledger in the run directory (None without it)."""
+    section = config.privacy
+    ledger_path = None if run_dir is None else run_dir.path / "privacy_ledger.json"
+    if section.mechanism == "dp_sgd":
+        assert section.epsilon is not None and section.noise_multiplier is not None
+        return SiloPrivacy(
+            PrivacyLedger(
+                PrivacyBudget(section.epsilon, section.delta),
+                privacy_unit="example",
+                neighboring="add_remove",
+                path=ledger_path,
+                client_budget=section.epsilon,
+            ),
+            silo_sizes={cid: client.num_train for cid, client in dataset.clients.items()},
+            batch_size=config.train.batch_size,
+            local_epochs=config.train.local_epochs,
+            noise_multiplier=section.noise_multiplier,
+            max_grad_norm=section.max_grad_norm,
+        )
+    if section.mechanism != "user_level":
+        return None
+    assert section.epsilon is not None
+    population = len(dataset.clients)
+    poisson = config.sampling.scheme == "poisson"
+    sampling = CohortSampling(
+        population,
+        rate=config.sampling.rate if poisson else None,
+        cohort_size=None if poisson else config.sampling.cohort_size,
+    )
+    neighboring: Neighboring = "add_remove" if poisson else "replace_one"
+    adaptive = (
+        AdaptiveClipping(
+            section.target_quantile, section.clip_learning_rate, section.count_noise_multiplier
+        )
+        if section.adaptive_clipping
+        else None
+    )
+    count_release = [] if adaptive is None else [sampling.event(adaptive.count_noise_multiplier)]
+    noise_multiplier = section.noise_multiplier or calibrate_noise_multiplier(
+        section.epsilon,
+        section.delta,
+        config.rounds,
+        sampling_rate=sampling.rate,
+        population=None if poisson else population,
+        cohort_size=sampling.cohort_size,
+        neighboring=neighboring,
+        per_round_extra=count_release,
+    )
+    ledger = PrivacyLedger(
+        PrivacyBudget(section.epsilon, section.delta),
+        privacy_unit="client",
+        neighboring=neighboring,
+        path=ledger_path,
+    )
+    return UserLevelPrivacy(
+        ledger,
+        noise_multiplier=noise_multiplier,
+        sampling=sampling,
+        clip_norm=ClipNorm(section.clip_norm),
+        adaptive=adaptive,
+    )
+
+
+def _local_privacy_report(config: RunConfig) -> dict[str, Any]:
+    section = config.privacy
+    assert section.noise_multiplier is not None
+    stage = LocalGaussianNoise(section.clip_norm, section.noise_multiplier, section.delta)
+    return {
+        "mechanism": "local DP, Gaussian on each client's clipped update",
+        "privacy_unit": "client",
+        "neighboring": "replace_one",
+        "accountant": "pld",
+        "delta": section.delta,
+        "noise_multiplier": section.noise_multiplier,
+        "clip_norm": section.clip_norm,
+        "client_epsilon_round": stage.epsilon(1),
+    }
 
 
 def build_runtime(config: RunConfig) -> Runtime:
@@ -178,7 +309,8 @@ def run(
         run_dir = None
     prepared = prepare(config)
     dataset, trainer = prepared.dataset, prepared.trainer
-    pipeline = build_pipeline(config, trainer)
+    privacy = build_privacy(config, dataset, run_dir)
+    pipeline = build_pipeline(config, trainer, privacy)
     with build_runtime(config) as runtime:
         server = Server(
             trainer=trainer,
@@ -195,6 +327,7 @@ def run(
             evaluate_every=config.evaluate_every,
             run_dir=run_dir,
             observer=observer,
+            privacy=privacy,
         )
         checkpoint = None if run_dir is None else run_dir.load_checkpoint()
         state_dir = None if run_dir is None else run_dir.client_state_dir
@@ -211,9 +344,14 @@ def run(
                 learning_rate=config.train.learning_rate,
             )
         result = server.run(finetune=finetune, stop_after=stop_after)
-    extras = {"runtime": runtime.name, "num_clients": len(dataset.clients)}
+    extras = {**result.extras, "runtime": runtime.name, "num_clients": len(dataset.clients)}
+    if config.privacy.mechanism == "local":
+        extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
     if dataset.num_classes is not None:
         heterogeneity = label_heterogeneity(dataset)
         extras["label_chi2"] = heterogeneity.chi2
         extras["label_chi2_p_value"] = heterogeneity.p_value
-    return RunResult(**{**result.__dict__, "extras": extras})
+    final = RunResult(**{**result.__dict__, "extras": extras})
+    if run_dir is not None:
+        run_dir.write_summary(final.to_json())
+    return final

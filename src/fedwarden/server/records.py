@@ -32,6 +32,8 @@ class RoundRecord:
     bytes_up: int
     bytes_down: int
     note: str = ""
+    epsilon: float | None = None
+    """Privacy spent so far, after this round (None without differential privacy)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -51,6 +53,8 @@ class RunResult:
     wall_s: float
     peak_rss_mb: float
     run_dir: str | None
+    stopped_early: str | None = None
+    """Why training stopped before the planned rounds (e.g. the privacy budget)."""
     history: list[RoundRecord] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -58,5 +62,6 @@ class RunResult:
         """The summary fields (without the per-round history) as a JSON-ready dict."""
         summary = {key: value for key, value in asdict(self).items() if key != "history"}
         extras = summary.pop("extras")
+        summary.update(extras.pop("privacy", {}))
         summary.update(extras)
         return summary

@@ -8,6 +8,8 @@ Layout::
         metrics.json         the same, as a list of objects
         checkpoint.npz       server state after the last completed round
         client_state/        per-client persistent state (see ClientStateStore)
+        privacy_ledger.json  every differentially private release and its cost
+        summary.json         the final figures and the privacy report
         model.npz            final global parameters, one array per tensor
         param_spec.json      the ParamSpec of model.npz's flat vector
         accuracy.png, loss.png
@@ -22,7 +24,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class Checkpoint:
     sampler_state: dict[str, Any]
     history: list[RoundRecord]
     train_seconds: float
+    privacy_state: dict[str, float] = field(default_factory=dict)
 
 
 class RunDirectory:
@@ -80,6 +83,10 @@ class RunDirectory:
             )
         return config.read_text()
 
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """The run's final figures, privacy report included, as summary.json."""
+        _write_atomic(self.path / "summary.json", json.dumps(summary, indent=1).encode())
+
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write the server state after ``checkpoint.round_index`` in one atomic file."""
         meta = {
@@ -87,6 +94,7 @@ class RunDirectory:
             "sampler_state": checkpoint.sampler_state,
             "history": [record.to_json() for record in checkpoint.history],
             "train_seconds": checkpoint.train_seconds,
+            "privacy_state": checkpoint.privacy_state,
         }
         arrays: dict[str, Any] = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
         buffer = io.BytesIO()
@@ -112,6 +120,7 @@ class RunDirectory:
                 sampler_state=meta["sampler_state"],
                 history=[RoundRecord(**record) for record in meta["history"]],
                 train_seconds=meta["train_seconds"],
+                privacy_state=meta.get("privacy_state", {}),
             )
 
     def write_metrics(self, history: list[RoundRecord]) -> None:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from fedwarden.core.errors import UpdateRejected
 from fedwarden.core.messages import (
+    CLIENT_EPSILON,
     ClientEvaluation,
     ClientFailure,
     EvaluateInstruction,
@@ -31,6 +32,7 @@ from fedwarden.core.messages import (
 )
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.stage import Pipeline
+from fedwarden.privacy.ledger import BudgetExceeded
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
@@ -51,6 +53,35 @@ class RoundObserver(Protocol):
 
     def round_finished(self, record: RoundRecord) -> None:
         """The round is aggregated, evaluated and checkpointed."""
+
+
+class RoundPrivacy(Protocol):
+    """The privacy accounting of a run's rounds (e.g. :class:`UserLevelPrivacy`)."""
+
+    def eligible(self, client_ids: Sequence[str]) -> list[str]:
+        """The clients that may still be sampled (those within their own budgets)."""
+        ...
+
+    def before_round(self, round_index: int) -> None:
+        """Raise ``BudgetExceeded`` if the round's release would overspend."""
+
+    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
+        """Charge the round's release to the ledger."""
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far."""
+        ...
+
+    def state(self) -> dict[str, float]:
+        """State to checkpoint besides the ledger."""
+        ...
+
+    def load_state(self, state: dict[str, float]) -> None:
+        """Restore :meth:`state`."""
+
+    def report(self) -> dict[str, Any]:
+        """The privacy report."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -81,6 +112,7 @@ class Server:
         evaluate_every: int = 1,
         run_dir: RunDirectory | None = None,
         observer: RoundObserver | None = None,
+        privacy: RoundPrivacy | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -95,10 +127,12 @@ class Server:
         self.evaluate_every = evaluate_every
         self.run_dir = run_dir
         self.observer = observer
+        self.privacy = privacy
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
         self.history: list[RoundRecord] = []
         self.train_seconds = 0.0
+        self.max_client_epsilon: float | None = None
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint``: the next round is ``checkpoint.round_index + 1``."""
@@ -108,6 +142,8 @@ class Server:
         self.rng.bit_generator.state = checkpoint.sampler_state
         self.history = list(checkpoint.history)
         self.train_seconds = checkpoint.train_seconds
+        if self.privacy is not None and checkpoint.privacy_state:
+            self.privacy.load_state(checkpoint.privacy_state)
 
     @property
     def next_round(self) -> int:
@@ -123,8 +159,15 @@ class Server:
         """
         started = time.perf_counter()
         last = self.rounds if stop_after is None else min(self.rounds, stop_after)
+        stopped_early = None
         for round_index in range(self.next_round, last):
-            self.run_round(round_index)
+            try:
+                self.run_round(round_index)
+            except BudgetExceeded as refusal:
+                stopped_early = str(refusal)
+                logger.warning("training stops: %s", refusal)
+                last = self.rounds
+                break
         client_metrics = self.evaluate_clients(finetune) if last == self.rounds else {}
         if self.run_dir is not None and last == self.rounds:
             self.run_dir.save_model(self.trainer.spec, self.vector)
@@ -141,23 +184,31 @@ class Server:
             wall_s=time.perf_counter() - started,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             run_dir=None if self.run_dir is None else str(self.run_dir.path),
+            stopped_early=stopped_early,
             history=list(self.history),
+            extras=self._privacy_extras(),
         )
 
     def run_round(self, round_index: int) -> RoundRecord:
         """Sample, train, aggregate, apply, evaluate and checkpoint one round."""
         started = time.perf_counter()
-        cohort = self.sampler.sample(self.client_ids, self.rng)
+        population = self.client_ids
+        if self.privacy is not None:
+            self.privacy.before_round(round_index)
+            population = self.privacy.eligible(self.client_ids)
+        cohort = self.sampler.sample(population, self.rng)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
         train = self.strategy.train_config(round_index)
-        instructions = [FitInstruction(round_index, cid, train) for cid in cohort]
         aggregator = self.pipeline.aggregator
+        parameters = aggregator.round_parameters()
+        instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
         aggregator.start(self.vector.size)
         failures: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
         bytes_up = 0
         train_loss_sum, train_weight = 0.0, 0
+        participants: list[str] = []
         for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
             if self.observer is not None:
                 self.observer.client_finished(round_index)
@@ -175,17 +226,24 @@ class Server:
                 logger.warning("round %d: rejected: %s", round_index, rejection)
                 continue
             aggregator.add(accepted)
+            participants.append(accepted.client_id)
+            if CLIENT_EPSILON in accepted.metrics:
+                self.max_client_epsilon = max(
+                    self.max_client_epsilon or 0.0, accepted.metrics[CLIENT_EPSILON]
+                )
             if "train_loss" in accepted.metrics:
                 train_loss_sum += accepted.metrics["train_loss"] * accepted.num_examples
                 train_weight += accepted.num_examples
-        participants = self._count_accepted(len(cohort), failures, rejections)
-        applied = participants >= self.min_cohort and participants > 0
+        applied = len(participants) >= self.min_cohort and len(participants) > 0
         note = ""
         if applied:
             self.vector = self.strategy.apply(self.vector, aggregator.result().mean_update)
+            if self.privacy is not None:
+                self.privacy.after_round(round_index, participants)
         else:
             note = (
-                f"only {participants} accepted update(s), fewer than min_cohort={self.min_cohort}; "
+                f"only {len(participants)} accepted update(s), fewer than "
+                f"min_cohort={self.min_cohort}; "
                 "the model is unchanged"
             )
             logger.warning("round %d: %s", round_index, note)
@@ -194,7 +252,7 @@ class Server:
         record = RoundRecord(
             round_index=round_index,
             sampled=len(cohort),
-            participants=participants,
+            participants=len(participants),
             dropped=failures["deadline"] + failures["worker_lost"],
             failed=failures["error"],
             rejected=sum(rejections.values()),
@@ -207,6 +265,7 @@ class Server:
             bytes_up=bytes_up,
             bytes_down=self.vector.nbytes * len(cohort),
             note=note,
+            epsilon=None if self.privacy is None else self.privacy.epsilon(),
         )
         self.history.append(record)
         self._checkpoint()
@@ -214,9 +273,16 @@ class Server:
             self.observer.round_finished(record)
         return record
 
-    @staticmethod
-    def _count_accepted(sampled: int, failures: Counter[str], rejections: Counter[str]) -> int:
-        return sampled - sum(failures.values()) - sum(rejections.values())
+    def _privacy_extras(self) -> dict[str, Any]:
+        report = {} if self.privacy is None else dict(self.privacy.report())
+        if self.max_client_epsilon is not None:
+            key = (
+                "max_client_reported_epsilon"
+                if "max_client_epsilon" in report
+                else ("max_client_epsilon")
+            )
+            report[key] = self.max_client_epsilon
+        return {"privacy": report} if report else {}
 
     def _evaluate_central(self, round_index: int) -> dict[str, float]:
         due = (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds
@@ -235,6 +301,7 @@ class Server:
                 sampler_state=self._sampler_state(),
                 history=self.history,
                 train_seconds=self.train_seconds,
+                privacy_state={} if self.privacy is None else self.privacy.state(),
             )
         )
         self.run_dir.write_metrics(self.history)

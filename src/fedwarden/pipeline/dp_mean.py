@@ -1,0 +1,102 @@
+"""DP-FedAvg's noisy mean, with adaptive clipping.
+
+McMahan et al. 2018 ("Learning Differentially Private Recurrent Language
+Models", Algorithm 1, the fixed-denominator estimator): the server sums the
+clipped updates with equal weights, adds Gaussian noise of standard deviation
+``z * C`` to the sum, and divides by the *expected* cohort size, not the
+number that arrived, so the denominator reveals nothing either.
+
+Andrew et al. 2021 ("Differentially Private Learning with Adaptive
+Clipping", Algorithm 1): each client also reports whether its update was
+within ``C``; the server releases that count with Gaussian noise of standard
+deviation ``count_noise_multiplier`` (sensitivity 1) and moves ``C``
+geometrically towards the ``target_quantile`` of update norms:
+``C <- C * exp(-learning_rate * (unclipped_fraction - target_quantile))``.
+Both releases are charged to the privacy ledger by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from scipy.linalg.blas import saxpy
+
+from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.pipeline.clip import ClipNorm
+from fedwarden.pipeline.stage import Aggregate, Aggregator
+from fedwarden.privacy.randomness import NoiseSource
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Andrew et al. 2021's quantile tracking: target, step size, and the count's noise."""
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise_multiplier: float = 10.0
+
+
+class GaussianMean(Aggregator):
+    """Sum of clipped updates + N(0, (z C)^2 I), divided by the expected cohort size."""
+
+    name: ClassVar[str] = "dp_gaussian_mean"
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        clip_norm: ClipNorm,
+        expected_cohort_size: float,
+        noise: NoiseSource,
+        adaptive: AdaptiveClipping | None = None,
+    ) -> None:
+        self.noise_multiplier = noise_multiplier
+        self.clip_norm = clip_norm
+        self.expected_cohort_size = expected_cohort_size
+        self.noise = noise
+        self.adaptive = adaptive
+        self._sum: Vector = np.zeros(0, dtype=VECTOR_DTYPE)
+        self._count = 0
+        self._unclipped = 0.0
+        self.last_noise_std = 0.0
+        self.last_unclipped_estimate: float | None = None
+
+    def start(self, size: int) -> None:
+        """Zero the running sum and the unclipped count."""
+        self._sum = np.zeros(size, dtype=VECTOR_DTYPE)
+        self._count = 0
+        self._unclipped = 0.0
+
+    def add(self, update: ClientUpdate) -> None:
+        """Add one clipped update with weight 1 (the number of examples is not used)."""
+        saxpy(update.update, self._sum, a=1.0)
+        self._count += 1
+        self._unclipped += update.metrics.get("unclipped", 0.0)
+
+    def result(self) -> Aggregate:
+        """The noisy fixed-denominator mean; then move the clip norm if adaptive."""
+        std = self.noise_multiplier * self.clip_norm.value
+        noisy = self._sum.astype(np.float64) + self.noise.gaussian(self._sum.size, std)
+        mean = (noisy / self.expected_cohort_size).astype(VECTOR_DTYPE)
+        self.last_noise_std = std
+        if self.adaptive is not None:
+            self._adapt_clip_norm(self.adaptive)
+        return Aggregate(mean, self.expected_cohort_size, self._count)
+
+    def _adapt_clip_norm(self, adaptive: AdaptiveClipping) -> None:
+        noisy_count = self._unclipped + float(
+            self.noise.gaussian(1, adaptive.count_noise_multiplier)[0]
+        )
+        fraction = noisy_count / self.expected_cohort_size
+        self.last_unclipped_estimate = fraction
+        self.clip_norm.value *= math.exp(
+            -adaptive.learning_rate * (fraction - adaptive.target_quantile)
+        )
+
+    def round_parameters(self) -> dict[str, float]:
+        """Clients clip to this round's ``C``."""
+        return {"clip_norm": self.clip_norm.value}

@@ -1,0 +1,130 @@
+"""What a round of user-level DP-FedAvg releases, checked and charged to the ledger.
+
+Per round (McMahan et al. 2018): the noisy sum of clipped updates of a
+sampled cohort, a sampled Gaussian mechanism with noise multiplier ``z``;
+with adaptive clipping (Andrew et al. 2021) also the noisy count of unclipped
+updates, a second sampled Gaussian with sensitivity 1, composed with the
+first. Poisson sampling with rate ``q`` is accounted as ``PoissonSampled(q,
+Gaussian(z))`` under add/remove-one neighbours; a fixed-size uniform cohort
+of ``m`` from ``N`` as sampling without replacement under replace-one
+neighbours (RDP only: dp-accounting's PLD does not cover it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dp_accounting import dp_event
+
+from fedwarden.pipeline.clip import ClipNorm
+from fedwarden.pipeline.dp_mean import AdaptiveClipping
+from fedwarden.privacy.accounting import fixed_size_gaussian, poisson_gaussian
+from fedwarden.privacy.ledger import PrivacyLedger
+
+
+@dataclass(frozen=True)
+class CohortSampling:
+    """How cohorts are drawn, as the accountant needs it.
+
+    Exactly one of ``rate`` (Poisson) or ``cohort_size`` (uniform, fixed size)
+    is set; ``population`` is the number of clients.
+    """
+
+    population: int
+    rate: float | None = None
+    cohort_size: int | None = None
+
+    @property
+    def expected_cohort_size(self) -> float:
+        """``q N`` for Poisson sampling, ``m`` for fixed-size cohorts: DP-FedAvg's denominator."""
+        if self.rate is not None:
+            return self.rate * self.population
+        assert self.cohort_size is not None
+        return float(min(self.cohort_size, self.population))
+
+    @property
+    def sampling_rate(self) -> float:
+        """Probability that a given client is in a round's cohort."""
+        return self.expected_cohort_size / self.population
+
+    def event(self, noise_multiplier: float) -> dp_event.DpEvent:
+        """One round's sampled Gaussian release with this noise multiplier."""
+        if self.rate is not None:
+            return poisson_gaussian(self.rate, noise_multiplier)
+        assert self.cohort_size is not None
+        return fixed_size_gaussian(
+            self.population, min(self.cohort_size, self.population), noise_multiplier
+        )
+
+
+class UserLevelPrivacy:
+    """Per-round accounting of user-level DP-FedAvg against one ledger."""
+
+    def __init__(
+        self,
+        ledger: PrivacyLedger,
+        *,
+        noise_multiplier: float,
+        sampling: CohortSampling,
+        clip_norm: ClipNorm,
+        adaptive: AdaptiveClipping | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.noise_multiplier = noise_multiplier
+        self.sampling = sampling
+        self.clip_norm = clip_norm
+        self.adaptive = adaptive
+
+    def round_releases(self) -> list[tuple[str, dp_event.DpEvent]]:
+        """``(kind, event)`` of everything one round releases."""
+        releases = [("model_update", self.sampling.event(self.noise_multiplier))]
+        if self.adaptive is not None:
+            releases.append(
+                ("clip_count", self.sampling.event(self.adaptive.count_noise_multiplier))
+            )
+        return releases
+
+    def eligible(self, client_ids: Sequence[str]) -> list[str]:
+        """Every client: under user-level DP the run's budget is every client's budget."""
+        return list(client_ids)
+
+    def before_round(self, round_index: int) -> None:
+        """Refuse (``BudgetExceeded``) a round that would overspend, before anyone is sampled."""
+        self.ledger.check([event for _, event in self.round_releases()], f"round {round_index + 1}")
+
+    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
+        """Charge the round's releases (called once the aggregate is released)."""
+        for kind, event in self.round_releases():
+            note = f"z={self.noise_multiplier:g}, C={self.clip_norm.value:.6g}"
+            self.ledger.charge(round_index, kind, event, note)
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far (the ledger's reported accountant)."""
+        return self.ledger.spent().epsilon
+
+    def projection(self, rounds: int) -> float:
+        """Epsilon after ``rounds`` more rounds like this one."""
+        events = [event for _, event in self.round_releases()]
+        return self.ledger.projection(events, rounds).epsilon
+
+    def state(self) -> dict[str, float]:
+        """What must survive a restart besides the ledger file: the adaptive clip norm."""
+        return {"clip_norm": self.clip_norm.value}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        """Restore :meth:`state`."""
+        self.clip_norm.value = state["clip_norm"]
+
+    def report(self) -> dict[str, Any]:
+        """The privacy report's fields (issue 3, item 8)."""
+        return {
+            **self.ledger.report(),
+            "mechanism": "user-level DP-FedAvg (McMahan et al. 2018)",
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.clip_norm.value,
+            "adaptive_clipping": self.adaptive is not None,
+            "sampling_rate": self.sampling.sampling_rate,
+            "expected_cohort_size": self.sampling.expected_cohort_size,
+        }

@@ -1,0 +1,112 @@
+"""User-level DP-FedAvg in the server: refused before anyone trains, charged exactly, persisted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakes import RecordingRuntime, ScriptedTrainer
+from fedwarden.core.messages import TrainConfig
+from fedwarden.data import FederatedDataset
+from fedwarden.pipeline import Pipeline, ValidateUpdate
+from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.dp_mean import GaussianMean
+from fedwarden.privacy.accounting import compute_spend, poisson_gaussian
+from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
+from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
+from fedwarden.runtime import Workload
+from fedwarden.server import Server
+from fedwarden.strategies import FedAvg, PoissonSampler
+
+RATE, Z, DELTA = 0.5, 1.0, 1e-5
+
+
+def _privacy(dataset: FederatedDataset, budget: float, path: Path | None) -> UserLevelPrivacy:
+    ledger = PrivacyLedger(
+        PrivacyBudget(budget, DELTA), privacy_unit="client", neighboring="add_remove", path=path
+    )
+    return UserLevelPrivacy(
+        ledger,
+        noise_multiplier=Z,
+        sampling=CohortSampling(len(dataset.clients), rate=RATE),
+        clip_norm=ClipNorm(0.5),
+    )
+
+
+def _server(
+    dataset: FederatedDataset, privacy: UserLevelPrivacy, runtime: RecordingRuntime
+) -> Server:
+    trainer = ScriptedTrainer()
+    pipeline = Pipeline(
+        [ValidateUpdate(trainer.spec.size), ClipUpdate(privacy.clip_norm)],
+        GaussianMean(
+            noise_multiplier=Z,
+            clip_norm=privacy.clip_norm,
+            expected_cohort_size=privacy.sampling.expected_cohort_size,
+            noise=NoiseSource.for_testing(0),
+        ),
+    )
+    server = Server(
+        trainer=trainer,
+        strategy=FedAvg(TrainConfig(1, 16, 0.1)),
+        sampler=PoissonSampler(RATE),
+        pipeline=pipeline,
+        runtime=runtime,
+        client_ids=dataset.client_ids,
+        rounds=10,
+        seed=0,
+        privacy=privacy,
+    )
+    runtime.start(Workload(dataset, trainer, pipeline, 0))
+    return server
+
+
+def test_a_round_that_would_overspend_is_refused_before_any_client_trains(
+    digits_clients: FederatedDataset,
+) -> None:
+    three_rounds = compute_spend([poisson_gaussian(RATE, Z, steps=3)], DELTA).epsilon
+    runtime = RecordingRuntime()
+    server = _server(digits_clients, _privacy(digits_clients, three_rounds * 1.0001, None), runtime)
+
+    result = server.run()
+
+    assert result.rounds == 3
+    assert {instruction.round_index for instruction in runtime.delivered} == {0, 1, 2}
+    assert result.stopped_early is not None
+    assert "round 4" in result.stopped_early
+    assert result.history[-1].epsilon == pytest.approx(three_rounds, rel=1e-9)
+
+
+def test_the_ledger_charges_exactly_the_accountants_value_and_survives_a_restart(
+    digits_clients: FederatedDataset, tmp_path: Path
+) -> None:
+    path = tmp_path / "privacy_ledger.json"
+    privacy = _privacy(digits_clients, 100.0, path)
+    server = _server(digits_clients, privacy, RecordingRuntime())
+    for round_index in range(4):
+        server.run_round(round_index)
+    expected = compute_spend([poisson_gaussian(RATE, Z)] * 4, DELTA)
+    assert privacy.ledger.spent().epsilon_rdp == expected.epsilon_rdp
+    assert privacy.ledger.spent().epsilon == pytest.approx(expected.epsilon, rel=1e-3)
+
+    reopened = _privacy(digits_clients, 100.0, path)
+    assert reopened.ledger.spent().epsilon_rdp == expected.epsilon_rdp
+    assert len(reopened.ledger.entries) == 4
+
+
+def test_every_accepted_contribution_is_clipped_to_the_rounds_norm(
+    digits_clients: FederatedDataset,
+) -> None:
+    runtime = RecordingRuntime()
+    privacy = _privacy(digits_clients, 100.0, None)
+    server = _server(digits_clients, privacy, runtime)
+    assert runtime.engine is not None
+    vector = server.vector.copy()
+    server.run_round(0)
+    assert runtime.delivered
+    for instruction in runtime.delivered:
+        update = runtime.engine.fit(vector, instruction)
+        assert np.linalg.norm(update.update.astype(np.float64)) <= privacy.clip_norm.value
