@@ -63,7 +63,7 @@ def run_fedwarden(
             seed=seed,
         )
         server.vector = trainer.spec.flatten(initial)
-        runtime.start(Workload(dataset, trainer, pipeline, seed))
+        runtime.start(Workload(dataset, trainer, pipeline.stages, seed))
         for round_index in range(rounds):
             server.run_round(round_index)
         wall = time.perf_counter() - started

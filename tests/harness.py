@@ -45,5 +45,5 @@ def start_server(
         run_dir=directory,
     )
     state_dir = None if directory is None else directory.client_state_dir
-    runtime.start(Workload(dataset, trainer, pipeline, seed, state_dir))
+    runtime.start(Workload(dataset, trainer, pipeline.stages, seed, state_dir))
     return server

@@ -189,3 +189,55 @@ def test_quickstart_reaches_90_percent_central_accuracy(tmp_path: Path) -> None:
     result = run(config, write_run_dir=False)
     assert result.accuracy is not None and result.accuracy >= 0.90
     assert result.personalized_accuracy is not None
+
+
+def test_user_level_dp_run_reports_its_privacy_and_a_resume_keeps_the_spend(
+    tmp_path: Path,
+) -> None:
+    from fedwarden.privacy.accounting import compute_spend, poisson_gaussian
+    from fedwarden.server import resumed
+
+    values = {
+        "name": "dp",
+        "seed": 4,
+        "rounds": 6,
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "synthetic", "num_clients": 200},
+        "sampling": {"scheme": "poisson", "rate": 0.1},
+        "privacy": {
+            "mechanism": "user_level",
+            "epsilon": 4.0,
+            "noise_multiplier": 1.2,
+            "clip_norm": 0.5,
+            "reproducible_noise": True,
+        },
+        "runtime": {"workers": 2},
+    }
+    interrupted = run(RunConfig.from_mapping(values), stop_after=3)
+    assert interrupted.rounds == 3
+    assert interrupted.run_dir is not None
+    config, completed = resumed(Path(interrupted.run_dir))
+    assert completed == 3
+    result = run(config, resume=Path(interrupted.run_dir))
+    summary = result.to_json()
+
+    expected = compute_spend([poisson_gaussian(0.1, 1.2)] * 6, 1e-5)
+    assert summary["epsilon"] == pytest.approx(expected.epsilon, rel=1e-3)
+    assert summary["epsilon_rdp"] == pytest.approx(expected.epsilon_rdp, rel=1e-9)
+    for key in (
+        "epsilon",
+        "delta",
+        "accountant",
+        "noise_multiplier",
+        "clip_norm",
+        "sampling_rate",
+        "privacy_unit",
+        "budget_remaining",
+    ):
+        assert summary[key] is not None, key
+    assert summary["privacy_unit"] == "client"
+    assert summary["sampling_rate"] == 0.1
+    ledger = json.loads((Path(result.run_dir or "") / "privacy_ledger.json").read_text())
+    assert len(ledger["entries"]) == 6
+    stored = json.loads((Path(result.run_dir or "") / "summary.json").read_text())
+    assert stored["epsilon"] == summary["epsilon"]

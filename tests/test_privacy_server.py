@@ -60,7 +60,7 @@ def _server(
         seed=0,
         privacy=privacy,
     )
-    runtime.start(Workload(dataset, trainer, pipeline, 0))
+    runtime.start(Workload(dataset, trainer, pipeline.stages, 0))
     return server
 
 

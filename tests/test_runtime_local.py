@@ -8,7 +8,6 @@ import pytest
 from fakes import ScriptedTrainer
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction
 from fedwarden.data import FederatedDataset
-from fedwarden.pipeline import Pipeline, StreamingWeightedMean
 from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
 from harness import TRAIN, start_server
 
@@ -19,7 +18,7 @@ def test_updates_from_workers_equal_in_process_training_in_cohort_order(
     digits_clients: FederatedDataset,
 ) -> None:
     trainer = ScriptedTrainer()
-    workload = Workload(digits_clients, trainer, Pipeline([], StreamingWeightedMean()), run_seed=5)
+    workload = Workload(digits_clients, trainer, (), run_seed=5)
     engine = ClientEngine(workload)
     vector = trainer.initial_vector(0)
     cohort = digits_clients.client_ids[::-1]

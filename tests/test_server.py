@@ -8,7 +8,6 @@ import pytest
 from fakes import ScriptedTrainer
 from fedwarden.core.messages import FitInstruction
 from fedwarden.data import FederatedDataset
-from fedwarden.pipeline import Pipeline, StreamingWeightedMean
 from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
 from harness import TRAIN, start_server
 
@@ -27,9 +26,7 @@ def test_a_nan_update_is_rejected_counted_and_never_aggregated(
     assert record.rejected == 1
     assert record.rejection_reasons == {"non_finite": 1}
     assert record.participants == 7
-    engine = ClientEngine(
-        Workload(digits_clients, ScriptedTrainer(), Pipeline([], StreamingWeightedMean()), 4)
-    )
+    engine = ClientEngine(Workload(digits_clients, ScriptedTrainer(), (), 4))
     honest = [
         engine.fit(before, FitInstruction(0, cid, TRAIN))
         for cid in digits_clients.client_ids

@@ -98,12 +98,6 @@ class Pipeline:
                 "client instead of the server"
             )
 
-    def client_half(self, update: ClientUpdate, context: ClientContext) -> ClientUpdate:
-        """Run every stage's client half in order."""
-        for stage in self.stages:
-            update = stage.client_half(update, context)
-        return update
-
     def server_half(self, update: ClientUpdate) -> ClientUpdate:
         """Run every stage's server half in order; ``UpdateRejected`` propagates."""
         for stage in self.stages:

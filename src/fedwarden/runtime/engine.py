@@ -26,20 +26,22 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData, FederatedDataset
 from fedwarden.models.trainer import ClientContext, Trainer
-from fedwarden.pipeline.stage import Pipeline
+from fedwarden.pipeline.stage import Stage
 from fedwarden.runtime.state import ClientStateStore
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What every worker needs to host its clients: data, model, pipeline, seed.
+    """What every worker needs to host its clients: data, model, the pipeline's stages, seed.
 
-    ``state_dir`` is where client state persists (``None``: in memory only).
+    Only the stages travel (their client halves run on the clients); the
+    aggregator stays with the server. ``state_dir`` is where client state
+    persists (``None``: in memory only).
     """
 
     dataset: FederatedDataset
     trainer: Trainer
-    pipeline: Pipeline
+    stages: tuple[Stage, ...]
     run_seed: int
     state_dir: Path | None = None
 
@@ -54,7 +56,7 @@ class ClientEngine:
     def __init__(self, workload: Workload) -> None:
         self.dataset = workload.dataset
         self.trainer = workload.trainer
-        self.pipeline = workload.pipeline
+        self.stages = workload.stages
         self.run_seed = workload.run_seed
         self.states = ClientStateStore(workload.state_dir)
 
@@ -71,7 +73,8 @@ class ClientEngine:
             num_examples=result.num_examples,
             metrics=result.metrics,
         )
-        update = self.pipeline.client_half(update, context)
+        for stage in self.stages:
+            update = stage.client_half(update, context)
         if context.state:
             self.states.save(instruction.client_id, instruction.round_index, context.state)
         return replace(update, train_seconds=time.perf_counter() - started)

@@ -335,7 +335,7 @@ def run(
             server.restore(checkpoint)
             if state_dir is not None:
                 ClientStateStore(state_dir).discard_after(checkpoint.round_index)
-        runtime.start(Workload(dataset, trainer, pipeline, config.seed, state_dir))
+        runtime.start(Workload(dataset, trainer, pipeline.stages, config.seed, state_dir))
         finetune = None
         if config.personalization.finetune_epochs:
             finetune = TrainConfig(
