@@ -21,6 +21,7 @@ from fedwarden.pipeline import (
     StreamingWeightedMean,
     ValidateUpdate,
 )
+from fedwarden.pipeline.stage import client_halves
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -313,12 +314,12 @@ def test_stages_that_do_not_conflict_build_a_pipeline(
     assert pipeline.describe() == [stage.name for stage in stages] + [aggregator.name]
 
 
-def test_client_half_runs_the_stages_in_order() -> None:
+def test_client_halves_run_the_stages_in_order() -> None:
     update = float32_update([1.0, 3.0])
-    add_then_double = Pipeline([AddOne(), Double()], StreamingWeightedMean())
-    double_then_add = Pipeline([Double(), AddOne()], StreamingWeightedMean())
-    np.testing.assert_array_equal(add_then_double.client_half(update, context()).update, [4, 8])
-    np.testing.assert_array_equal(double_then_add.client_half(update, context()).update, [3, 7])
+    add_then_double = client_halves([AddOne(), Double()], update, context())
+    double_then_add = client_halves([Double(), AddOne()], update, context())
+    np.testing.assert_array_equal(add_then_double.update, [4, 8])
+    np.testing.assert_array_equal(double_then_add.update, [3, 7])
 
 
 def test_server_half_runs_the_stages_in_order() -> None:

@@ -44,6 +44,15 @@ class Stage:
         return update
 
 
+def client_halves(
+    stages: Sequence[Stage], update: ClientUpdate, context: ClientContext
+) -> ClientUpdate:
+    """Run each stage's client half in order (what a client does before uploading)."""
+    for stage in stages:
+        update = stage.client_half(update, context)
+    return update
+
+
 @dataclass(frozen=True)
 class Aggregate:
     """The reduced result of one round's accepted updates."""

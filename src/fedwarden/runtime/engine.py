@@ -26,7 +26,7 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData, FederatedDataset
 from fedwarden.models.trainer import ClientContext, Trainer
-from fedwarden.pipeline.stage import Stage
+from fedwarden.pipeline.stage import Stage, client_halves
 from fedwarden.runtime.state import ClientStateStore
 
 
@@ -73,8 +73,7 @@ class ClientEngine:
             num_examples=result.num_examples,
             metrics=result.metrics,
         )
-        for stage in self.stages:
-            update = stage.client_half(update, context)
+        update = client_halves(self.stages, update, context)
         if context.state:
             self.states.save(instruction.client_id, instruction.round_index, context.state)
         return replace(update, train_seconds=time.perf_counter() - started)
