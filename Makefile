@@ -25,6 +25,7 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/fedwarden run examples/quickstart.toml
+	$(BIN)/fedwarden run examples/silos_dp_sgd.toml
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
