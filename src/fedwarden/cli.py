@@ -224,5 +224,50 @@ def _config_for(
     return RunConfig.from_mapping(values, source=f"{path} with command-line overrides")
 
 
+@app.command("query")
+def query_command(
+    config: Annotated[Path, typer.Argument(help="Run config whose data the query reads.")],
+    query: Annotated[
+        str,
+        typer.Argument(
+            help='e.g. "count", "mean:feature=3,lower=0,upper=16", "histogram:feature=label,'
+            'bins=0:5:10", "quantile:feature=3,q=0.5,lower=0,upper=16"'
+        ),
+    ],
+    epsilon: Annotated[float, typer.Option(help="Epsilon this query may spend.")],
+    ledger: Annotated[Path, typer.Option(help="Privacy ledger file (created if new).")],
+    delta: Annotated[float, typer.Option(help="Delta this query may spend.")] = 1e-5,
+    privacy_unit: Annotated[str, typer.Option(help="client (user-level) or example.")] = "client",
+    neighboring: Annotated[str, typer.Option(help="add_remove or replace_one.")] = "add_remove",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Answer one federated analytics query with differential privacy, charged to the ledger."""
+    from fedwarden.privacy.analytics import query_command as answer
+
+    console = Console(stderr=as_json)
+    try:
+        if privacy_unit not in ("client", "example"):
+            raise FedwardenError(f"--privacy-unit {privacy_unit!r}: use client or example")
+        if neighboring not in ("add_remove", "replace_one"):
+            raise FedwardenError(f"--neighboring {neighboring!r}: use add_remove or replace_one")
+        result = answer(
+            config,
+            query,
+            epsilon=epsilon,
+            delta=delta,
+            ledger_path=ledger,
+            privacy_unit=privacy_unit,  # type: ignore[arg-type]
+            neighboring=neighboring,  # type: ignore[arg-type]
+        )
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+    summary = result.as_dict()
+    for name, value in summary.items():
+        console.print(f"{name}: {escape(str(value))}")
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+
+
 if __name__ == "__main__":
     app()

@@ -23,6 +23,16 @@ _EXPORTS = {
     "CohortSampling": "fedwarden.privacy.user_level",
     "UserLevelPrivacy": "fedwarden.privacy.user_level",
     "SiloPrivacy": "fedwarden.privacy.silo",
+    "Count": "fedwarden.privacy.analytics",
+    "Histogram": "fedwarden.privacy.analytics",
+    "Mean": "fedwarden.privacy.analytics",
+    "Quantile": "fedwarden.privacy.analytics",
+    "QueryError": "fedwarden.privacy.analytics",
+    "QueryResult": "fedwarden.privacy.analytics",
+    "Sum": "fedwarden.privacy.analytics",
+    "parse_query": "fedwarden.privacy.analytics",
+    "query_command": "fedwarden.privacy.analytics",
+    "run_query": "fedwarden.privacy.analytics",
 }
 
 __all__ = sorted(_EXPORTS)
