@@ -60,7 +60,7 @@ from typing import Any, Literal, get_args
 
 import attr
 import numpy as np
-from dp_accounting import dp_event, privacy_accountant
+from dp_accounting import dp_event, mechanism_calibration, privacy_accountant
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -85,6 +85,8 @@ _PLD_INTERVAL_DEFAULT = 1e-4
 # target is so loose that even this little noise meets it.
 _CALIBRATION_START = 0.1
 _CALIBRATION_FLOOR = 1e-3
+# Brent's method stops within this fraction of the bracket's lower end.
+_CALIBRATION_TOLERANCE = 1e-4
 
 _SPEND_CACHE_SIZE = 64
 _RDP_CACHE_SIZE = 1024
@@ -125,7 +127,9 @@ class PrivacySpend:
 def poisson_gaussian(
     sampling_rate: float, noise_multiplier: float, steps: int = 1
 ) -> dp_event.DpEvent:
-    """``steps`` releases of a Poisson-sampled Gaussian sum (Abadi et al. 2016; McMahan et al. 2018).
+    """``steps`` releases of a Poisson-sampled Gaussian sum.
+
+    The sampled Gaussian of Abadi et al. 2016 (DP-SGD) and McMahan et al. 2018 (DP-FedAvg).
 
     Each unit (client for DP-FedAvg, example for DP-SGD) is in a release's sample
     independently with probability ``sampling_rate``; the sum of clipped
@@ -146,7 +150,9 @@ def poisson_gaussian(
 def fixed_size_gaussian(
     population: int, cohort_size: int, noise_multiplier: float, steps: int = 1
 ) -> dp_event.DpEvent:
-    """``steps`` releases of a Gaussian sum over a fixed-size cohort (Wang, Balle & Kasiviswanathan 2019).
+    """``steps`` releases of a Gaussian sum over a fixed-size cohort.
+
+    Sampling without replacement as analysed by Wang, Balle & Kasiviswanathan 2019.
 
     Each release draws ``cohort_size`` distinct units uniformly from
     ``population``. Only the RDP accountant can account it, and only with
@@ -181,7 +187,7 @@ def compute_spend(
     delta: float,
     neighboring: Neighboring = "add_remove",
 ) -> PrivacySpend:
-    """The guarantee of all ``events`` composed, at ``delta``, by dp-accounting's PLD and RDP accountants.
+    """The guarantee of all ``events`` composed, at ``delta``, by dp-accounting's PLD and RDP.
 
     Raises ConfigError when ``delta`` is not in (0, 1), when the RDP accountant
     cannot account an event under ``neighboring`` (the message says which
@@ -218,57 +224,76 @@ def calibrate_noise_multiplier(
     neighboring: Neighboring = "add_remove",
     per_round_extra: Sequence[dp_event.DpEvent] = (),
 ) -> float:
-    """The smallest noise multiplier whose ``rounds`` releases spend at most ``target_epsilon``.
+    """The smallest noise multiplier that spends at most ``target_epsilon`` in ``rounds`` releases.
 
-    Poisson sampling is given by ``sampling_rate``, fixed-size cohorts by
-    ``population`` and ``cohort_size``; ``per_round_extra`` are other releases
-    made every round (e.g. adaptive clipping's noisy count), composed in. The
-    search bisects on :func:`compute_spend` itself, so the multiplier spends
-    what the ledger will report (PLD where it applies, else RDP), to a relative
-    tolerance of 1e-4, always on the side of more noise.
+    Give ``sampling_rate`` for Poisson sampling, ``population`` and
+    ``cohort_size`` for fixed-size cohorts, or neither when every unit takes part
+    in every release. ``per_round_extra`` are other releases made every round
+    (e.g. adaptive clipping's noisy count), composed in at their own noise. The
+    spend is the figure :func:`compute_spend` reports (PLD where it can account
+    the releases, else RDP), searched with dp-accounting's
+    ``mechanism_calibration.calibrate_dp_mechanism`` (Brent's method, then a
+    check that the returned multiplier meets the target).
     """
+    if not (isinstance(target_epsilon, numbers.Real) and 0 < target_epsilon < math.inf):
+        raise ConfigError(
+            f"target_epsilon must be a positive finite number, got {target_epsilon!r}; "
+            "without a finite target no noise is needed"
+        )
     _check_delta(delta)
+    _check_steps(rounds, what="rounds")
+    _check_neighboring(neighboring)
+    fixed_size = population is not None or cohort_size is not None
+    if fixed_size and (population is None or cohort_size is None):
+        raise ConfigError(
+            "fixed-size cohorts need both population and cohort_size; got "
+            f"population={population!r}, cohort_size={cohort_size!r}"
+        )
+    if fixed_size and sampling_rate is not None:
+        raise ConfigError(
+            "give either sampling_rate (Poisson sampling) or population and cohort_size "
+            "(fixed-size cohorts), not both"
+        )
     extra = [dp_event.SelfComposedDpEvent(event, rounds) for event in per_round_extra]
-    if sampling_rate is not None:
-        rate = sampling_rate
 
-        def release(z: float) -> dp_event.DpEvent:
-            return poisson_gaussian(rate, z, rounds)
-
-    elif population is not None and cohort_size is not None:
-        size, cohort = population, cohort_size
-
-        def release(z: float) -> dp_event.DpEvent:
-            return fixed_size_gaussian(size, cohort, z, rounds)
-
-    else:
-        raise ConfigError("calibration needs sampling_rate, or population and cohort_size")
-
-    def spend(z: float) -> float:
-        return compute_spend([release(z), *extra], delta, neighboring).epsilon
-
-    high = 1.0
-    while spend(high) > target_epsilon:
-        high *= 2.0
-        if high > 1e6:
-            raise ConfigError(
-                f"no noise multiplier reaches epsilon={target_epsilon} at delta={delta} in "
-                f"{rounds} rounds; raise the budget or plan fewer rounds"
-            )
-    low = high / 2.0
-    while low > 1e-3 and spend(low) <= target_epsilon:
-        high, low = low, low / 2.0
-    while high - low > 1e-4 * high:
-        middle = (low + high) / 2.0
-        if spend(middle) <= target_epsilon:
-            high = middle
+    def release(noise_multiplier: float) -> dp_event.DpEvent:
+        if population is not None and cohort_size is not None:
+            rounds_released = fixed_size_gaussian(population, cohort_size, noise_multiplier, rounds)
         else:
-            low = middle
-    return high
+            rate = 1.0 if sampling_rate is None else sampling_rate
+            rounds_released = poisson_gaussian(rate, noise_multiplier, rounds)
+        return dp_event.ComposedDpEvent([rounds_released, *extra])
+
+    def epsilon_at(noise_multiplier: float) -> float:
+        return compute_spend([release(noise_multiplier)], delta, neighboring).epsilon
+
+    if extra and compute_spend(extra, delta, neighboring).epsilon >= target_epsilon:
+        raise ConfigError(
+            f"the other releases of every round (per_round_extra) alone spend epsilon >= "
+            f"{target_epsilon} over {rounds} rounds; give them more noise or plan fewer rounds"
+        )
+    lower = _CALIBRATION_START
+    while epsilon_at(lower) <= target_epsilon:
+        if lower / 2 < _CALIBRATION_FLOOR:
+            raise ConfigError(
+                f"epsilon={target_epsilon} at delta={delta} over {rounds} rounds is met with a "
+                f"noise multiplier below {lower}: such a target protects nothing; choose a "
+                "smaller epsilon"
+            )
+        lower /= 2
+    noise_multiplier = mechanism_calibration.calibrate_dp_mechanism(
+        lambda: _SpendAccountant(neighboring),
+        release,
+        target_epsilon,
+        delta,
+        bracket_interval=mechanism_calibration.LowerEndpointAndGuess(lower, 2 * lower),
+        tol=_CALIBRATION_TOLERANCE * lower,
+    )
+    return float(noise_multiplier)
 
 
 def event_to_json(event: dp_event.DpEvent) -> dict[str, Any]:
-    """A JSON-ready dict of ``event``: its class name under ``"type"`` and its attrs fields, nested events included."""
+    """A JSON-ready dict of ``event``: its class name under ``"type"`` and its fields, nested."""
     if not isinstance(event, dp_event.DpEvent):
         raise ConfigError(f"expected a dp_accounting DpEvent, got {type(event).__name__}")
     encoded = _encode_value(event)
@@ -283,8 +308,11 @@ def event_from_json(data: Mapping[str, Any]) -> dp_event.DpEvent:
     return _decode_event(data)
 
 
-class _SpendAccountant(privacy_accountant.PrivacyAccountant):  # type: ignore[misc]
-    """dp-accounting's accountant interface over :func:`compute_spend`, so calibration searches the reported figure."""
+class _SpendAccountant(privacy_accountant.PrivacyAccountant):
+    """dp-accounting's accountant interface over :func:`compute_spend`, for calibration.
+
+    Calibration then searches the very figure a ledger reports.
+    """
 
     def __init__(self, neighboring: Neighboring) -> None:
         super().__init__(_RELATIONS[neighboring])
@@ -351,7 +379,7 @@ def _rdp_curve(event: dp_event.DpEvent, neighboring: Neighboring) -> np.ndarray:
 
 
 def _pure_dp_release(event: dp_event.DpEvent) -> dp_event.DpEvent | None:
-    """For (repeated) discrete Laplace releases, the randomized response that dominates them; else None.
+    """The randomized response dominating (repeated) discrete Laplace releases; None for others.
 
     ``DiscreteLaplaceDpEvent(a, D)`` is (a D)-DP; binary randomized response
     that reports the truth with probability e^eps / (1 + e^eps) dominates every
@@ -382,7 +410,7 @@ def _pure_dp_release(event: dp_event.DpEvent) -> dp_event.DpEvent | None:
 def _pld_epsilon(
     events: Sequence[dp_event.DpEvent], delta: float, neighboring: Neighboring, epsilon_rdp: float
 ) -> float | None:
-    """PLD epsilon of ``events``, identical events self-composed; None when PLD cannot account one."""
+    """PLD epsilon of ``events``, identical ones self-composed; None if PLD cannot account one."""
     leaves = _grouped_leaves(events)
     relation = _RELATIONS[neighboring]
     checker = pld_privacy_accountant.PLDAccountant(neighboring_relation=relation)
@@ -414,7 +442,7 @@ def _pld_epsilon(
 def _leaf_pld(
     leaf: dp_event.DpEvent, relation: privacy_accountant.NeighboringRelation, interval: float
 ) -> Any:
-    """The privacy loss distribution ``PLDAccountant`` builds for one application of ``leaf`` (memoized).
+    """The privacy loss distribution ``PLDAccountant`` builds for one ``leaf`` (memoized).
 
     The accountant chooses the mechanism and its parameters; its distribution
     is kept so that later rounds only self-compose it for their count.
@@ -435,7 +463,7 @@ def _leaf_pld(
 
 
 def _pld_interval(epsilon_rdp: float) -> float:
-    """The PLD discretization interval: dp-accounting's default, or ~1e-4 of the RDP epsilon if coarser.
+    """The PLD discretization interval: the default 1e-4, or ~1e-4 of the RDP epsilon if coarser.
 
     Rounded down to a power of two, so it changes a handful of times in a run.
     """
@@ -459,7 +487,7 @@ def _flatten(events: Sequence[dp_event.DpEvent]) -> Iterator[dp_event.DpEvent]:
 
 
 def _grouped_leaves(events: Sequence[dp_event.DpEvent]) -> list[tuple[dp_event.DpEvent, int]]:
-    """Each distinct non-composition event with how many times it is applied, in first-seen order."""
+    """Each distinct non-composition event and how often it is applied, in first-seen order."""
     counts: Counter[Hashable] = Counter()
     firsts: dict[Hashable, dp_event.DpEvent] = {}
 
@@ -489,7 +517,7 @@ def _event_key(event: dp_event.DpEvent) -> Hashable:
 
 
 def _as_rdp_sees_it(event: dp_event.DpEvent, neighboring: Neighboring) -> dp_event.DpEvent:
-    """``event`` with Gaussian and Laplace noise over the relation's sensitivity, as the RDP accountant reads it.
+    """``event`` as the RDP accountant reads it: Gaussian and Laplace noise over the sensitivity.
 
     Under replace_one the sensitivity of a sum of contributions clipped to C is
     2C, so a noise multiplier z (noise over C) is z / 2 over the sensitivity.
@@ -509,10 +537,10 @@ def _as_rdp_sees_it(event: dp_event.DpEvent, neighboring: Neighboring) -> dp_eve
 
 
 def _unaccountable(event: dp_event.DpEvent, neighboring: Neighboring) -> ConfigError:
-    """The error for an event the RDP accountant cannot account under ``neighboring``, naming what fits."""
+    """The error for an event RDP cannot account under ``neighboring``, naming what fits."""
     for kind, hint in _RELATION_HINTS.items():
         if _contains(event, kind):
-            other = next(name for name in _RELATIONS if name != neighboring)
+            other: Neighboring = "replace_one" if neighboring == "add_remove" else "add_remove"
             if rdp_privacy_accountant.RdpAccountant(
                 neighboring_relation=_RELATIONS[other]
             ).supports(_as_rdp_sees_it(event, other)):

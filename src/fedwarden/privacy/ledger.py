@@ -1,4 +1,6 @@
-"""The privacy ledger: every private release charged to one budgeted, persisted account (DESIGN idea 5).
+"""The privacy ledger: every private release charged to one budgeted, persisted account.
+
+DESIGN idea 5.
 
 Every release that touches private data (a round's noisy model update, the
 noisy count of adaptive clipping, a metrics or analytics query, a silo's
@@ -90,7 +92,7 @@ class LedgerEntry:
 
 
 class BudgetExceeded(FedwardenError):
-    """A release would spend more than the privacy budget has left; it was refused before it happened."""
+    """A release would spend more than the budget has left; it was refused before it happened."""
 
     def __init__(
         self, what: str, spent: PrivacySpend, would_spend: PrivacySpend, budget: PrivacyBudget
@@ -114,7 +116,7 @@ class BudgetExceeded(FedwardenError):
 
 
 class PrivacyLedger:
-    """Every private release of a run, its spend by dp-accounting, and the budget it must stay within."""
+    """Every private release of a run, its spend by dp-accounting, and the budget it must keep."""
 
     def __init__(
         self,
@@ -201,7 +203,7 @@ class PrivacyLedger:
         return self._compute([*self._run_events, *events])
 
     def check(self, events: Sequence[dp_event.DpEvent], what: str) -> PrivacySpend:
-        """The spend after releasing ``events``; raises BudgetExceeded instead if it is over budget."""
+        """The spend after releasing ``events``; BudgetExceeded instead if that is over budget."""
         would_spend = self.spent_with(events)
         if would_spend.epsilon > self._budget.epsilon:
             raise BudgetExceeded(what, self.spent(), would_spend, self._budget)
@@ -233,7 +235,7 @@ class PrivacyLedger:
     def charge_client(
         self, client_id: str, round_index: int, event: dp_event.DpEvent, kind: str = "dp_sgd"
     ) -> PrivacySpend:
-        """Record a release on one client's own data (e.g. its DP-SGD steps) and return its spend."""
+        """Record a release on one client's own data (e.g. its DP-SGD steps); return its spend."""
         events = self._client_events.get(client_id, [])
         spend = self._compute([*events, event])
         self._append(LedgerEntry(round_index, kind, event, client_id=client_id))
@@ -251,7 +253,7 @@ class PrivacyLedger:
         return spend
 
     def client_would_exceed(self, client_id: str, event: dp_event.DpEvent) -> bool:
-        """Whether releasing ``event`` on ``client_id``'s data would take it past ``client_budget``."""
+        """Whether releasing ``event`` on ``client_id``'s data takes it past ``client_budget``."""
         if self._client_budget is None:
             return False
         spend = self._compute([*self._client_events.get(client_id, []), event])
@@ -404,7 +406,7 @@ def _entry_from_json(data: dict[str, Any]) -> LedgerEntry:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a crash leaves the old or the new file, never a part."""
+    """Replace ``path`` with ``text``: a crash leaves the old or the new file, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
