@@ -62,8 +62,6 @@ class GaussianMean(Aggregator):
         self._sum: Vector = np.zeros(0, dtype=VECTOR_DTYPE)
         self._count = 0
         self._unclipped = 0.0
-        self.last_noise_std = 0.0
-        self.last_unclipped_estimate: float | None = None
 
     def start(self, size: int) -> None:
         """Zero the running sum and the unclipped count."""
@@ -82,7 +80,6 @@ class GaussianMean(Aggregator):
         std = self.noise_multiplier * self.clip_norm.value
         noisy = self._sum.astype(np.float64) + self.noise.gaussian(self._sum.size, std)
         mean = (noisy / self.expected_cohort_size).astype(VECTOR_DTYPE)
-        self.last_noise_std = std
         if self.adaptive is not None:
             self._adapt_clip_norm(self.adaptive)
         return Aggregate(mean, self.expected_cohort_size, self._count)
@@ -92,7 +89,6 @@ class GaussianMean(Aggregator):
             self.noise.gaussian(1, adaptive.count_noise_multiplier)[0]
         )
         fraction = noisy_count / self.expected_cohort_size
-        self.last_unclipped_estimate = fraction
         self.clip_norm.value *= math.exp(
             -adaptive.learning_rate * (fraction - adaptive.target_quantile)
         )

@@ -344,7 +344,12 @@ def run(
                 learning_rate=config.train.learning_rate,
             )
         result = server.run(finetune=finetune, stop_after=stop_after)
-    extras = {**result.extras, "runtime": runtime.name, "num_clients": len(dataset.clients)}
+    extras = {
+        **result.extras,
+        "runtime": runtime.name,
+        "num_clients": len(dataset.clients),
+        "pipeline": pipeline.describe(),
+    }
     if config.privacy.mechanism == "local":
         extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
     if dataset.num_classes is not None:
