@@ -92,6 +92,10 @@ def test_the_ledger_charges_exactly_the_accountants_value_and_survives_a_restart
     assert privacy.ledger.spent().epsilon_rdp == expected.epsilon_rdp
     assert privacy.ledger.spent().epsilon == pytest.approx(expected.epsilon, rel=1e-3)
 
+    ten_rounds = compute_spend([poisson_gaussian(RATE, Z)] * 10, DELTA).epsilon
+    assert server.history[0].epsilon_projected == pytest.approx(ten_rounds, rel=1e-3)
+    assert server.history[-1].epsilon_projected == pytest.approx(ten_rounds, rel=1e-3)
+
     reopened = _privacy(digits_clients, 100.0, path)
     assert reopened.ledger.spent().epsilon_rdp == expected.epsilon_rdp
     assert len(reopened.ledger.entries) == 4

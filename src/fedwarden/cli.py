@@ -97,7 +97,11 @@ def _format_row(record: RoundRecord) -> str:
         f"{record.bytes_down / 1e6:.2f}",
     )
     row = " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
-    return row if not record.note else f"{row}  [yellow]{record.note}[/yellow]"
+    if record.epsilon is not None:
+        row += f"  epsilon {record.epsilon:.3f}"
+        if record.epsilon_projected is not None:
+            row += f" (planned rounds: {record.epsilon_projected:.3f})"
+    return row if not record.note else f"{row}  [yellow]{escape(record.note)}[/yellow]"
 
 
 _PRIVACY_FIELDS = (

@@ -91,6 +91,16 @@ class SiloPrivacy:
         """The largest silo's epsilon so far."""
         return self.ledger.client_spent(self._largest_spender()).epsilon
 
+    def projected_epsilon(self, rounds: int) -> float:
+        """The largest silo epsilon if every silo trained ``rounds`` more rounds (upper bound)."""
+        projections = []
+        for silo, event in self.events.items():
+            charged = [e.event for e in self.ledger.entries if e.client_id == silo]
+            planned = [*charged, *([event] * rounds)]
+            spend = compute_spend(planned, self.ledger.budget.delta, self.ledger.neighboring)
+            projections.append(spend.epsilon)
+        return max(projections, default=0.0)
+
     def state(self) -> dict[str, float]:
         """Nothing beyond the ledger file."""
         return {}

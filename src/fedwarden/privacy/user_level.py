@@ -104,6 +104,11 @@ class UserLevelPrivacy:
         """Epsilon spent so far (the ledger's reported accountant)."""
         return self.ledger.spent().epsilon
 
+    def projected_epsilon(self, rounds: int) -> float:
+        """Epsilon once ``rounds`` more rounds like this one have been released."""
+        events = [event for _, event in self.round_releases()]
+        return self.ledger.projection(events, rounds).epsilon
+
     def state(self) -> dict[str, float]:
         """What must survive a restart besides the ledger file: the adaptive clip norm."""
         return {"clip_norm": self.clip_norm.value}

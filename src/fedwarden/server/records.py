@@ -34,6 +34,8 @@ class RoundRecord:
     note: str = ""
     epsilon: float | None = None
     """Privacy spent so far, after this round (None without differential privacy)."""
+    epsilon_projected: float | None = None
+    """Privacy spent once the planned rounds are done, if every round is like this one."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -72,6 +72,10 @@ class RoundPrivacy(Protocol):
         """Epsilon spent so far."""
         ...
 
+    def projected_epsilon(self, rounds: int) -> float:
+        """Epsilon after ``rounds`` more rounds like the last."""
+        ...
+
     def state(self) -> dict[str, float]:
         """State to checkpoint besides the ledger."""
         ...
@@ -266,6 +270,9 @@ class Server:
             bytes_down=self.vector.nbytes * len(cohort),
             note=note,
             epsilon=None if self.privacy is None else self.privacy.epsilon(),
+            epsilon_projected=None
+            if self.privacy is None
+            else self.privacy.projected_epsilon(self.rounds - round_index - 1),
         )
         self.history.append(record)
         self._checkpoint()
