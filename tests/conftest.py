@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from fedwarden.core.config import DataConfig
@@ -14,3 +16,14 @@ def digits_clients() -> FederatedDataset:
     return load_dataset(
         DataConfig(source="digits", num_clients=8, partition={"alpha": 1.0}), seed=3
     )
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One PyTorch thread, as in worker processes: bit-for-bit reproducibility needs it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedwarden.core.messages import TrainConfig
+import numpy as np
+
+from fedwarden.core.messages import FitResult, TrainConfig
+from fedwarden.core.params import Vector
 from fedwarden.data import FederatedDataset
-from fedwarden.models.trainer import Trainer
+from fedwarden.data.dataset import ClientData
+from fedwarden.models.trainer import ClientContext, ClientState, Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.runtime import Runtime, Workload
 from fedwarden.server import CentralTestSet, RunDirectory, Server
@@ -47,3 +51,40 @@ def start_server(
     state_dir = None if directory is None else directory.client_state_dir
     runtime.start(Workload(dataset, trainer, pipeline.stages, seed, state_dir))
     return server
+
+
+def fedavg_in_process(
+    trainer: Trainer,
+    clients: list[ClientData],
+    train: TrainConfig,
+    rounds: int,
+    states: list[ClientState] | None = None,
+) -> tuple[Vector, list[FitResult]]:
+    """FedAvg by hand, no runtime: every client trains every round; example-weighted mean.
+
+    Returns the final vector and the last round's results. Client ``i``'s
+    generator in round ``r`` is seeded ``[r, i]``; ``states`` persist per client.
+    """
+    vector = trainer.initial_vector(0)
+    states = states if states is not None else [{} for _ in clients]
+    results: list[FitResult] = []
+    for round_index in range(rounds):
+        results = [
+            trainer.fit(
+                vector,
+                ClientContext(
+                    client.client_id,
+                    client,
+                    round_index,
+                    np.random.default_rng([round_index, index]),
+                    states[index],
+                ),
+                train,
+            )
+            for index, client in enumerate(clients)
+        ]
+        total = sum(result.num_examples for result in results)
+        vector = vector + sum(
+            result.update * np.float32(result.num_examples / total) for result in results
+        )
+    return vector, results

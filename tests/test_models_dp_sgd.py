@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,17 +22,12 @@ from fedwarden.models.dp_sgd import RDP_ORDERS, DpSgdTrainer, PoissonSampling
 from fedwarden.models.torch import Loss, ModuleFactory, mlp
 from fedwarden.models.trainer import ClientContext, ClientState
 from fedwarden.privacy.randomness import NoiseSource
+from harness import fedavg_in_process
 
 SMALL_MLP = functools.partial(mlp, 8, 3, (16,))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Bit-for-bit reproducibility is promised with one PyTorch thread, as workers run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dp_trainer(
@@ -295,21 +289,7 @@ def test_fedavg_of_five_dp_sgd_clients_learns_digits_at_moderate_epsilon() -> No
         ClientData(f"c{i}", x[p], y[p], x[p[:1]], y[p[:1]]) for i, p in enumerate(train_parts)
     ]
     trainer = dp_trainer(functools.partial(mlp, 64, 10, (32,)), noise_multiplier=1.3)
-    vector = trainer.initial_vector(0)
-    states: list[ClientState] = [{} for _ in clients]
     train = TrainConfig(local_epochs=1, batch_size=32, learning_rate=1.0)
-    for round_index in range(5):
-        results = [
-            trainer.fit(
-                vector,
-                ClientContext(
-                    c.client_id, c, round_index, np.random.default_rng([round_index, i]), states[i]
-                ),
-                train,
-            )
-            for i, c in enumerate(clients)
-        ]
-        total = sum(r.num_examples for r in results)
-        vector = vector + sum(r.update * np.float32(r.num_examples / total) for r in results)
+    vector, results = fedavg_in_process(trainer, clients, train, rounds=5)
     assert max(r.metrics["client_epsilon"] for r in results) < 4.0
     assert trainer.evaluate(vector, x[test], y[test])["accuracy"] > 0.6  # chance is 0.1

@@ -17,6 +17,7 @@ from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData
 from fedwarden.models.sklearn import SklearnTrainer
 from fedwarden.models.trainer import ClientContext
+from harness import fedavg_in_process
 
 SGD_TRAIN = TrainConfig(local_epochs=2, batch_size=32, learning_rate=0.01)
 LBFGS_TRAIN = TrainConfig(local_epochs=5, batch_size=32, learning_rate=0.0)
@@ -60,18 +61,7 @@ def fedavg_accuracy(
     clients = [
         client(f"c{i}", x[p], y[p]) for i, p in enumerate(np.array_split(order[len(y) // 5 :], 3))
     ]
-    vector = trainer.initial_vector(0)
-    for round_index in range(rounds):
-        results = [
-            trainer.fit(
-                vector,
-                ClientContext(c.client_id, c, round_index, np.random.default_rng([round_index, i])),
-                train,
-            )
-            for i, c in enumerate(clients)
-        ]
-        total = sum(r.num_examples for r in results)
-        vector = vector + sum(r.update * np.float32(r.num_examples / total) for r in results)
+    vector, _ = fedavg_in_process(trainer, clients, train, rounds)
     return trainer.evaluate(vector, x[test], y[test])["accuracy"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,18 +20,13 @@ from fedwarden.data.dataset import ClientData
 from fedwarden.models.batching import epoch_order
 from fedwarden.models.torch import TorchTrainer, mlp
 from fedwarden.models.trainer import ClientContext, ClientState
+from harness import fedavg_in_process
 
 SMALL_MLP = functools.partial(mlp, 8, 3, (16,))
 TRAIN = TrainConfig(local_epochs=2, batch_size=8, learning_rate=0.1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Bit-for-bit reproducibility is promised with one PyTorch thread, as workers run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch_norm_net() -> nn.Module:
@@ -335,17 +330,6 @@ def test_fedavg_of_three_clients_learns_digits() -> None:
         ClientData(f"c{i}", x[p], y[p], x[p[:1]], y[p[:1]]) for i, p in enumerate(train_parts)
     ]
     trainer = TorchTrainer(functools.partial(mlp, 64, 10, (32,)))
-    vector = trainer.initial_vector(0)
     train = TrainConfig(local_epochs=1, batch_size=16, learning_rate=0.1)
-    for round_index in range(5):
-        results = [
-            trainer.fit(
-                vector,
-                ClientContext(c.client_id, c, round_index, np.random.default_rng([round_index, i])),
-                train,
-            )
-            for i, c in enumerate(clients)
-        ]
-        total = sum(r.num_examples for r in results)
-        vector = vector + sum(r.update * np.float32(r.num_examples / total) for r in results)
+    vector, _ = fedavg_in_process(trainer, clients, train, rounds=5)
     assert trainer.evaluate(vector, x[test], y[test])["accuracy"] > 0.8
