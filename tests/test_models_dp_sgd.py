@@ -11,7 +11,6 @@ import pytest
 import torch
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
-from sklearn.datasets import load_digits
 from torch import nn
 
 from fedwarden.core.errors import ConfigError, DataError, SpecMismatchError
@@ -22,7 +21,7 @@ from fedwarden.models.dp_sgd import RDP_ORDERS, DpSgdTrainer, PoissonSampling
 from fedwarden.models.torch import Loss, ModuleFactory, mlp
 from fedwarden.models.trainer import ClientContext, ClientState
 from fedwarden.privacy.randomness import NoiseSource
-from harness import fedavg_in_process
+from harness import digits_silos, fedavg_in_process
 
 SMALL_MLP = functools.partial(mlp, 8, 3, (16,))
 
@@ -281,15 +280,9 @@ def test_bad_privacy_options_and_clients_without_data_are_refused() -> None:
 
 
 def test_fedavg_of_five_dp_sgd_clients_learns_digits_at_moderate_epsilon() -> None:
-    digits = load_digits()
-    x, y = (digits.data / 16).astype(np.float32), digits.target
-    order = np.random.default_rng(0).permutation(len(y))
-    test, train_parts = order[:360], np.array_split(order[360:], 5)
-    clients = [
-        ClientData(f"c{i}", x[p], y[p], x[p[:1]], y[p[:1]]) for i, p in enumerate(train_parts)
-    ]
+    clients, x_test, y_test = digits_silos(5)
     trainer = dp_trainer(functools.partial(mlp, 64, 10, (32,)), noise_multiplier=1.3)
     train = TrainConfig(local_epochs=1, batch_size=32, learning_rate=1.0)
     vector, results = fedavg_in_process(trainer, clients, train, rounds=5)
     assert max(r.metrics["client_epsilon"] for r in results) < 4.0
-    assert trainer.evaluate(vector, x[test], y[test])["accuracy"] > 0.6  # chance is 0.1
+    assert trainer.evaluate(vector, x_test, y_test)["accuracy"] > 0.6  # chance is 0.1

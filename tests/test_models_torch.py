@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from fedwarden.core.errors import ConfigError, SpecMismatchError
@@ -20,7 +19,7 @@ from fedwarden.data.dataset import ClientData
 from fedwarden.models.batching import epoch_order
 from fedwarden.models.torch import TorchTrainer, mlp
 from fedwarden.models.trainer import ClientContext, ClientState
-from harness import fedavg_in_process
+from harness import digits_silos, fedavg_in_process
 
 SMALL_MLP = functools.partial(mlp, 8, 3, (16,))
 TRAIN = TrainConfig(local_epochs=2, batch_size=8, learning_rate=0.1)
@@ -322,14 +321,8 @@ def test_bad_options_are_refused_with_the_allowed_values() -> None:
 
 
 def test_fedavg_of_three_clients_learns_digits() -> None:
-    digits = load_digits()
-    x, y = (digits.data / 16).astype(np.float32), digits.target
-    order = np.random.default_rng(0).permutation(len(y))
-    test, train_parts = order[:360], np.array_split(order[360:], 3)
-    clients = [
-        ClientData(f"c{i}", x[p], y[p], x[p[:1]], y[p[:1]]) for i, p in enumerate(train_parts)
-    ]
+    clients, x_test, y_test = digits_silos(3)
     trainer = TorchTrainer(functools.partial(mlp, 64, 10, (32,)))
     train = TrainConfig(local_epochs=1, batch_size=16, learning_rate=0.1)
     vector, _ = fedavg_in_process(trainer, clients, train, rounds=5)
-    assert trainer.evaluate(vector, x[test], y[test])["accuracy"] > 0.8
+    assert trainer.evaluate(vector, x_test, y_test)["accuracy"] > 0.8
