@@ -1,0 +1,148 @@
+"""Mask vectors from 256-bit seeds: the ChaCha20 keystream read as ring elements of Z_{2^b}.
+
+Secure aggregation hides each update under masks that cancel in the sum
+(Bonawitz et al., CCS 2017, "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning", Section 4: ``PRG(b_u)`` and ``PRG(s_{u,v})``). The masks must
+come from a cryptographic PRG keyed by a full 256-bit seed: a Mersenne Twister
+with a 32-bit seed (as in Flower's SecAgg+) can be brute-forced from one masked
+vector.
+
+Definition of the PRG used here, for a seed ``s`` of exactly 32 bytes and a ring
+``Z_{2^b}`` with ``1 <= b <= 62``:
+
+* the keystream of ChaCha20 (RFC 8439 block function, as implemented by the
+  ``cryptography`` package) under key ``s``, an all-zero 16-byte nonce/counter
+  block, is cut into little-endian words of ``w(b)`` bytes, where ``w(b) = 4``
+  for ``b <= 32`` and ``w(b) = 8`` otherwise;
+* element ``i`` of the mask is word ``i`` reduced modulo ``2^b``.
+
+The nonce is fixed, so a seed must key one mask only: different uses derive
+different seeds with :func:`derive_seed` (HKDF-SHA256 with a purpose label),
+never the same seed under another nonce. Words of ``w(b)`` bits are uniform, and
+``2^b`` divides ``2^{8 w(b)}``, so every element is exactly uniform on
+``Z_{2^b}``.
+
+Adding masks into an accumulator (:func:`apply_mask`) adds the unreduced words
+with wrap-around in the accumulator's dtype (``uint32`` or ``uint64``); since
+``2^b`` divides the dtype's modulus, reducing the accumulator modulo ``2^b``
+once at the end gives exactly the sum of the reduced masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedwarden.core.errors import FedwardenError
+
+__all__ = [
+    "MAX_MODULUS_BITS",
+    "SEED_BYTES",
+    "MaskSeedError",
+    "apply_mask",
+    "derive_seed",
+    "expand_mask",
+    "reduce_modulo",
+    "word_dtype",
+]
+
+SEED_BYTES = 32
+"""Length of every mask seed: a full 256-bit ChaCha20 key."""
+
+MAX_MODULUS_BITS = 62
+"""Largest ring ``Z_{2^b}`` supported: sums of a few masks stay exact in ``uint64``."""
+
+_NONCE = bytes(16)
+
+
+class MaskSeedError(FedwardenError):
+    """A mask seed, ring size or vector length cannot be used to expand a mask."""
+
+
+def word_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
+    """The keystream word type for ``Z_{2^b}``: ``uint32`` for ``b <= 32``, else ``uint64``."""
+    _check_modulus_bits(modulus_bits)
+    return np.dtype("<u4") if modulus_bits <= 32 else np.dtype("<u8")
+
+
+def derive_seed(key_material: bytes, *, purpose: bytes, context: bytes) -> bytes:
+    """A 32-byte seed HKDF-SHA256-derived from ``key_material`` for one ``purpose`` and ``context``.
+
+    ``purpose`` is a fixed label naming the use (pairwise mask, share
+    encryption, ...); ``context`` binds the round and the parties. Two uses of
+    one key material never share a seed (domain separation, RFC 5869 Section 3.2).
+    """
+    return HKDF(
+        algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=purpose + b"|" + context
+    ).derive(key_material)
+
+
+def _keystream_words(
+    seed: bytes, length: int, modulus_bits: int
+) -> npt.NDArray[np.unsignedinteger]:
+    """The first ``length`` keystream words of width ``w(b)`` under ``seed``, unreduced."""
+    if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
+        size = len(seed) if isinstance(seed, bytes | bytearray) else type(seed).__name__
+        raise MaskSeedError(
+            f"a mask seed must be exactly {SEED_BYTES} bytes (a 256-bit ChaCha20 key), got {size}; "
+            "derive seeds with derive_seed() instead of passing short or integer seeds."
+        )
+    if not isinstance(length, int) or length < 0:
+        raise MaskSeedError(f"a mask length must be a non-negative int, got {length!r}.")
+    words = np.zeros(length, dtype=word_dtype(modulus_bits))
+    buffer = memoryview(words.view(np.uint8).data)
+    # Encrypting zeros in place yields the keystream without a second buffer.
+    Cipher(algorithms.ChaCha20(bytes(seed), _NONCE), mode=None).encryptor().update_into(
+        buffer, buffer
+    )
+    return words
+
+
+def expand_mask(seed: bytes, length: int, modulus_bits: int) -> npt.NDArray[np.uint64]:
+    """``PRG(seed)``: ``length`` uniform elements of ``Z_{2^b}`` as ``uint64`` (see module doc)."""
+    words = _keystream_words(seed, length, modulus_bits)
+    return reduce_modulo(words.astype(np.uint64), modulus_bits)
+
+
+def apply_mask(
+    accumulator: npt.NDArray[np.unsignedinteger], seed: bytes, modulus_bits: int, *, sign: int
+) -> None:
+    """Add (``sign=+1``) or subtract (``sign=-1``) ``PRG(seed)`` into ``accumulator`` in place.
+
+    The accumulator is a ``uint32`` (only for ``b <= 32``) or ``uint64`` vector;
+    the result is exact modulo ``2^b`` once reduced with :func:`reduce_modulo`.
+    """
+    words = _keystream_words(seed, accumulator.shape[0], modulus_bits)
+    if accumulator.dtype.itemsize < words.dtype.itemsize:
+        raise MaskSeedError(
+            f"a {accumulator.dtype} accumulator cannot hold masks of Z_2^{modulus_bits}; "
+            "use a uint64 accumulator for modulus_bits above 32."
+        )
+    if sign == 1:
+        np.add(accumulator, words, out=accumulator)
+    elif sign == -1:
+        np.subtract(accumulator, words, out=accumulator)
+    else:
+        raise MaskSeedError(f"sign must be +1 or -1, got {sign!r}.")
+
+
+def reduce_modulo(
+    values: npt.NDArray[np.unsignedinteger], modulus_bits: int
+) -> npt.NDArray[np.unsignedinteger]:
+    """``values mod 2^b`` in place (a bit mask), returned for chaining."""
+    _check_modulus_bits(modulus_bits)
+    if modulus_bits >= 8 * values.dtype.itemsize:
+        return values
+    np.bitwise_and(values, values.dtype.type((1 << modulus_bits) - 1), out=values)
+    return values
+
+
+def _check_modulus_bits(modulus_bits: int) -> None:
+    """Refuse a ring size outside ``1..MAX_MODULUS_BITS``."""
+    if not isinstance(modulus_bits, int) or not 1 <= modulus_bits <= MAX_MODULUS_BITS:
+        raise MaskSeedError(
+            f"modulus_bits must be an int in 1..{MAX_MODULUS_BITS}, got {modulus_bits!r}."
+        )
