@@ -54,7 +54,7 @@ def main() -> None:
     pipeline = Pipeline([ValidateUpdate(args.size)], StreamingWeightedMean())
 
     def fedwarden_aggregate() -> None:
-        pipeline.aggregator.start(args.size)
+        pipeline.aggregator.start(args.size, [f"c{index}" for index in range(len(updates))])
         for index, update in enumerate(updates):
             message = ClientUpdate(0, f"c{index}", update, num_examples=10 + index)
             pipeline.aggregator.add(pipeline.server_half(message))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from fedwarden.core.errors import ConfigError, UpdateRejected
+from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
 from fedwarden.secure.he import (
     CkksKeyHolder,
     CkksParameters,
@@ -176,7 +176,7 @@ def test_key_holder_refuses_a_foreign_sum_or_a_sum_of_one_update(
     server = HomomorphicSum(key_holder.public_context())
     server.start(4)
     server.add(encrypt_update(public, "alone", np.ones(4, dtype=np.float32)))
-    with pytest.raises(ConfigError, match="at least 2"):
+    with pytest.raises(RoundAborted, match="at least 2"):
         key_holder.decrypt(server.result())
     other = CkksKeyHolder(min_updates=1)
     with pytest.raises(ConfigError, match="key holder of its run"):

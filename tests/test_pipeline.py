@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -138,7 +139,7 @@ def test_an_empty_model_accepts_an_empty_update() -> None:
 
 def aggregate(aggregator: Aggregator, updates: np.ndarray, num_examples: np.ndarray) -> Aggregate:
     """Run one round of ``aggregator`` over the rows of ``updates``."""
-    aggregator.start(updates.shape[1])
+    aggregator.start(updates.shape[1], [f"c{index}" for index in range(len(updates))])
     for row, weight in zip(updates, num_examples, strict=True):
         aggregator.add(client_update(row, int(weight)))
     return aggregator.result()
@@ -240,7 +241,7 @@ class CoordinateMedian(Aggregator):
     name: ClassVar[str] = "coordinate_median"
     needs_individual_updates: ClassVar[bool] = True
 
-    def start(self, size: int) -> None:
+    def start(self, size: int, cohort: Sequence[str]) -> None:
         self.rows: list[np.ndarray] = []
 
     def add(self, update: ClientUpdate) -> None:

@@ -100,7 +100,7 @@ def test_noise_std_is_z_times_c_and_the_denominator_is_the_expected_cohort() -> 
         expected_cohort_size=expected,
         noise=NoiseSource.for_testing(1),
     )
-    mean.start(size)
+    mean.start(size, [f"c{index}" for index in range(5)])
     arrived = 5
     for index in range(arrived):
         mean.add(_update(np.full(size, 0.1), f"c{index}"))
@@ -122,7 +122,7 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile() -> 
         noise=NoiseSource.for_testing(2),
         adaptive=adaptive,
     )
-    mean.start(3)
+    mean.start(3, [f"c{index}" for index in range(10)])
     for index in range(10):
         mean.add(_update(np.zeros(3), f"c{index}", unclipped=1.0))
     mean.result()

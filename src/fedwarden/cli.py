@@ -146,6 +146,10 @@ def _summary_lines(result: RunResult) -> list[str]:
             if privacy.get(name) is not None
         )
         lines.append(f"privacy: {privacy['mechanism']}; {shown}")
+    secure = result.extras.get("secure_aggregation")
+    if secure:
+        shown = ", ".join(f"{name} {value}" for name, value in secure.items() if name != "protocol")
+        lines.append(f"secure aggregation: {secure['protocol']}; {shown}")
     if result.stopped_early is not None:
         lines.append(f"[yellow]stopped early: {escape(result.stopped_early)}[/yellow]")
     if "label_chi2" in result.extras:

@@ -200,6 +200,8 @@ class PrivacyConfig(Section):
     2016, with Opacus; PyTorch models): per-example gradients clipped to
     ``max_grad_norm``, noise ``noise_multiplier * max_grad_norm``; ``epsilon`` is
     each silo's budget, and a silo that would exceed it is no longer sampled.
+    Without a ``noise_multiplier`` it is calibrated so that the smallest silo's
+    ``rounds`` rounds spend exactly ``epsilon``.
     """
 
     mechanism: Literal["none", "user_level", "local", "dp_sgd"] = "none"
@@ -223,10 +225,9 @@ class PrivacyConfig(Section):
     def _consistent(self) -> PrivacyConfig:
         if self.mechanism == "user_level" and self.epsilon is None:
             raise ValueError("privacy.mechanism 'user_level' needs a budget: set privacy.epsilon")
-        if self.mechanism == "dp_sgd" and (self.epsilon is None or self.noise_multiplier is None):
+        if self.mechanism == "dp_sgd" and self.epsilon is None:
             raise ValueError(
-                "privacy.mechanism 'dp_sgd' needs privacy.epsilon (each silo's budget) and "
-                "privacy.noise_multiplier"
+                "privacy.mechanism 'dp_sgd' needs privacy.epsilon (each silo's budget)"
             )
         if self.mechanism == "local" and self.noise_multiplier is None:
             raise ValueError(
@@ -238,6 +239,29 @@ class PrivacyConfig(Section):
                 "adaptive clipping tracks one flat clip norm; turn off per_layer_clipping"
             )
         return self
+
+
+class SecureConfig(Section):
+    """Secure aggregation: the server learns only the cohort's sum, never one update.
+
+    ``kind = "secagg"`` is SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020):
+    each update is clipped to ``clip_norm``, stochastically quantized to
+    integers mod ``2^modulus_bits`` and masked; ``num_neighbours`` (k) and
+    ``threshold`` (t) default to values sized for the cohort (see
+    :class:`fedwarden.secure.secagg.SecAggParameters`). With
+    ``privacy.mechanism = "user_level"`` the clients add the noise themselves
+    (the distributed discrete Gaussian, Kairouz et al. 2021), clip to
+    ``privacy.clip_norm``, and the ledger charges the noise of ``t`` survivors.
+    ``kind = "he"`` sums CKKS ciphertexts (TenSEAL) that only a separate key
+    holder can decrypt.
+    """
+
+    kind: Literal["none", "secagg", "he"] = "none"
+    modulus_bits: Annotated[int, Field(ge=8, le=62)] = 32
+    num_neighbours: Annotated[int, Field(ge=1)] | None = None
+    threshold: Annotated[int, Field(ge=2)] | None = None
+    clip_norm: Annotated[float, Field(gt=0)] = 10.0
+    """L2 bound of each update inside the ring (without user-level DP)."""
 
 
 class RuntimeConfig(Section):
@@ -266,6 +290,7 @@ class RunConfig(Section):
     pipeline: PipelineConfig = PipelineConfig()
     personalization: PersonalizationConfig = PersonalizationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    secure: SecureConfig = SecureConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -279,6 +304,33 @@ class RunConfig(Section):
             raise ValueError(
                 "user-level DP is accounted for Poisson or uniform cohorts; stratified sampling "
                 "has no accountant here: set sampling.scheme to 'poisson' or 'uniform'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _secure_fits_privacy(self) -> RunConfig:
+        if self.secure.kind == "none" or self.privacy.mechanism != "user_level":
+            return self
+        if self.secure.kind == "he":
+            raise ValueError(
+                "user-level DP needs noise on the sum, and under secure.kind 'he' only the key "
+                "holder sees the sum: set secure.kind to 'secagg' (the clients then add "
+                "distributed discrete Gaussian noise)"
+            )
+        privacy = self.privacy
+        problems = []
+        if self.sampling.scheme != "uniform":
+            problems.append("sampling.scheme must be 'uniform' (fixed-size cohorts)")
+        if privacy.clip_on != "client":
+            problems.append("privacy.clip_on must be 'client' (the server sees no update)")
+        if privacy.adaptive_clipping:
+            problems.append("privacy.adaptive_clipping must be false")
+        if privacy.per_layer_clipping:
+            problems.append("privacy.per_layer_clipping must be false (the rotation clips flat)")
+        if problems:
+            raise ValueError(
+                "user-level DP under secure aggregation (distributed discrete Gaussian): "
+                + "; ".join(problems)
             )
         return self
 

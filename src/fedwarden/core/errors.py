@@ -40,5 +40,13 @@ class PipelineError(FedwardenError):
     """A pipeline was built from stages that cannot work together."""
 
 
+class RoundAborted(FedwardenError):
+    """A round's aggregate cannot be released; the model stays unchanged and nothing is revealed.
+
+    Raised when secure aggregation has fewer than its threshold of survivors,
+    or a key holder refuses to decrypt a sum of too few updates.
+    """
+
+
 class RuntimeFailure(FedwardenError):
     """A runtime lost a worker or could not deliver a message."""

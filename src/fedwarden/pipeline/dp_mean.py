@@ -18,6 +18,7 @@ Both releases are charged to the privacy ledger by the caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -63,7 +64,7 @@ class GaussianMean(Aggregator):
         self._count = 0
         self._unclipped = 0.0
 
-    def start(self, size: int) -> None:
+    def start(self, size: int, cohort: Sequence[str]) -> None:
         """Zero the running sum and the unclipped count."""
         self._sum = np.zeros(size, dtype=VECTOR_DTYPE)
         self._count = 0

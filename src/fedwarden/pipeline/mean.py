@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ class StreamingWeightedMean(Aggregator):
         self._total_weight = 0.0
         self._count = 0
 
-    def start(self, size: int) -> None:
+    def start(self, size: int, cohort: Sequence[str]) -> None:
         """Reset the running sum for a round of ``size``-element updates."""
         if self._sum.shape != (size,):
             self._sum = np.zeros(size, dtype=VECTOR_DTYPE)

@@ -63,22 +63,27 @@ class Aggregate:
 
 
 class Aggregator(ABC):
-    """Streaming reduction of accepted updates: ``start``, ``add`` each, then ``result``."""
+    """Streaming reduction of accepted updates: ``start``, ``add`` each, then ``result``.
+
+    ``hides_individual_updates`` marks a secure aggregator: the server learns
+    only the sum (see :class:`Stage`).
+    """
 
     name: ClassVar[str] = "aggregator"
     needs_individual_updates: bool = False
+    hides_individual_updates: bool = False
 
     @abstractmethod
-    def start(self, size: int) -> None:
-        """Begin a round whose updates have ``size`` elements."""
+    def start(self, size: int, cohort: Sequence[str]) -> None:
+        """Begin a round whose updates have ``size`` elements, from clients in ``cohort``."""
 
     @abstractmethod
     def add(self, update: ClientUpdate) -> None:
-        """Fold one accepted update into the running aggregate."""
+        """Fold one accepted update in; ``UpdateRejected`` leaves the aggregate unchanged."""
 
     @abstractmethod
     def result(self) -> Aggregate:
-        """The round's aggregate; valid only after at least one ``add``."""
+        """The round's aggregate after at least one ``add`` (``RoundAborted``: none released)."""
 
     def round_parameters(self) -> dict[str, float]:
         """Settings the clients' pipeline halves need this round (sent with the instructions)."""
@@ -94,7 +99,9 @@ class Pipeline:
         self._check_compatible()
 
     def _check_compatible(self) -> None:
-        hiding = [stage for stage in self.stages if stage.hides_individual_updates]
+        hiding = [stage.name for stage in self.stages if stage.hides_individual_updates]
+        if self.aggregator.hides_individual_updates:
+            hiding.append(self.aggregator.name)
         if not hiding:
             return
         needing = [stage.name for stage in self.stages if stage.needs_individual_updates]
@@ -102,7 +109,7 @@ class Pipeline:
             needing.append(self.aggregator.name)
         if needing:
             raise PipelineError(
-                f"{', '.join(needing)} must see each client's update, but {hiding[0].name} "
+                f"{', '.join(needing)} must see each client's update, but {hiding[0]} "
                 "hides individual updates from the server; drop one of them, or clip on the "
                 "client instead of the server"
             )

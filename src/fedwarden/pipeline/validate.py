@@ -20,10 +20,13 @@ class ValidateUpdate(Stage):
     Finiteness and the norm come from one BLAS dot product ``u . u``: it is
     finite exactly when every element is finite and the square stays in float32
     range, so a non-finite dot is re-checked element-wise to tell an overflow
-    (reported as a norm-bound violation) from a NaN or Inf.
+    (reported as a norm-bound violation) from a NaN or Inf. It reads each
+    update in the clear, so it cannot follow a secure aggregator; under secure
+    aggregation the client's encoder checks finiteness and clips instead.
     """
 
     name: ClassVar[str] = "validate"
+    needs_individual_updates = True
 
     def __init__(self, size: int, max_norm: float | None = None) -> None:
         self.size = size

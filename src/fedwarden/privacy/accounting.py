@@ -54,7 +54,7 @@ import logging
 import math
 import numbers
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -264,19 +264,37 @@ def calibrate_noise_multiplier(
             rounds_released = poisson_gaussian(rate, noise_multiplier, rounds)
         return dp_event.ComposedDpEvent([rounds_released, *extra])
 
-    def epsilon_at(noise_multiplier: float) -> float:
-        return compute_spend([release(noise_multiplier)], delta, neighboring).epsilon
-
     if extra and compute_spend(extra, delta, neighboring).epsilon >= target_epsilon:
         raise ConfigError(
             f"the other releases of every round (per_round_extra) alone spend epsilon >= "
             f"{target_epsilon} over {rounds} rounds; give them more noise or plan fewer rounds"
         )
+    return calibrate_release(target_epsilon, delta, release, neighboring, f"{rounds} rounds")
+
+
+def calibrate_release(
+    target_epsilon: float,
+    delta: float,
+    release: Callable[[float], dp_event.DpEvent],
+    neighboring: Neighboring = "add_remove",
+    what: str = "the release",
+) -> float:
+    """The smallest noise multiplier ``z`` whose ``release(z)`` spends at most ``target_epsilon``.
+
+    ``release`` maps a noise multiplier to the whole event it would cause (all
+    rounds composed); its spend must fall as ``z`` grows. The search is
+    dp-accounting's ``mechanism_calibration.calibrate_dp_mechanism`` over the
+    figure :func:`compute_spend` reports.
+    """
+
+    def epsilon_at(noise_multiplier: float) -> float:
+        return compute_spend([release(noise_multiplier)], delta, neighboring).epsilon
+
     lower = _CALIBRATION_START
     while epsilon_at(lower) <= target_epsilon:
         if lower / 2 < _CALIBRATION_FLOOR:
             raise ConfigError(
-                f"epsilon={target_epsilon} at delta={delta} over {rounds} rounds is met with a "
+                f"epsilon={target_epsilon} at delta={delta} over {what} is met with a "
                 f"noise multiplier below {lower}: such a target protects nothing; choose a "
                 "smaller epsilon"
             )

@@ -17,7 +17,11 @@ from typing import Any
 
 from dp_accounting import dp_event
 
-from fedwarden.privacy.accounting import compute_spend, poisson_gaussian
+from fedwarden.privacy.accounting import (
+    calibrate_noise_multiplier,
+    compute_spend,
+    poisson_gaussian,
+)
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyLedger
 
 
@@ -28,6 +32,29 @@ def dp_sgd_round_event(
     rate = min(1.0, batch_size / num_examples)
     steps = local_epochs * max(1, round(num_examples / batch_size))
     return poisson_gaussian(rate, noise_multiplier, steps)
+
+
+def calibrate_silo_noise_multiplier(
+    epsilon: float,
+    delta: float,
+    *,
+    silo_sizes: Sequence[int],
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+) -> float:
+    """The DP-SGD noise multiplier with which no silo's ``rounds`` rounds spend over ``epsilon``.
+
+    The smallest silo samples at the highest rate and so spends the most; the
+    noise is calibrated for it (through dp-accounting's calibration, as in
+    :func:`~fedwarden.privacy.accounting.calibrate_noise_multiplier`), and every
+    larger silo then spends less than its budget.
+    """
+    smallest = min(silo_sizes)
+    steps = local_epochs * max(1, round(smallest / batch_size))
+    return calibrate_noise_multiplier(
+        epsilon, delta, rounds * steps, sampling_rate=min(1.0, batch_size / smallest)
+    )
 
 
 class SiloPrivacy:
@@ -47,6 +74,9 @@ class SiloPrivacy:
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.batch_size = batch_size
+        self.sampling_rates = {
+            silo: min(1.0, batch_size / size) for silo, size in silo_sizes.items()
+        }
         self.events = {
             silo: dp_sgd_round_event(size, batch_size, local_epochs, noise_multiplier)
             for silo, size in silo_sizes.items()
@@ -109,18 +139,23 @@ class SiloPrivacy:
         """Nothing to restore beyond the ledger file."""
 
     def report(self) -> dict[str, Any]:
-        """The privacy report: the largest silo's epsilon and which silos were retired."""
-        largest = self.ledger.client_spent(self._largest_spender())
+        """The privacy report: the largest silo's epsilon and which silos were retired.
+
+        ``sampling_rate`` is the largest spender's Poisson rate (batch over its size).
+        """
+        spender = self._largest_spender()
+        largest = self.ledger.client_spent(spender)
         return {
             **self.ledger.report(),
             "mechanism": "sample-level DP-SGD at each silo (Abadi et al. 2016, Opacus)",
             "epsilon": largest.epsilon,
             "epsilon_rdp": largest.epsilon_rdp,
+            "epsilon_pld": largest.epsilon_pld,
             "accountant": largest.accountant,
             "budget_remaining": max(self.ledger.budget.epsilon - largest.epsilon, 0.0),
             "max_client_epsilon": largest.epsilon,
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.max_grad_norm,
-            "sampling_rate": None,
+            "sampling_rate": self.sampling_rates[spender],
             "retired_silos": list(self.retired),
         }

@@ -1,5 +1,5 @@
 """Secure aggregation: SecAgg+ masking with dropout recovery, secret sharing, the mask PRG,
-and CKKS homomorphic aggregation."""
+ring encoding, distributed DP, and CKKS homomorphic aggregation."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ _EXPORTS = {
     "UnmaskingRequest": "fedwarden.secure.secagg",
     "UnmaskingResponse": "fedwarden.secure.secagg",
     "neighbour_graph": "fedwarden.secure.secagg",
+    "RingEncoder": "fedwarden.secure.encoding",
+    "RingEncodingError": "fedwarden.secure.encoding",
+    "DecodedSum": "fedwarden.secure.encoding",
+    "DistributedDiscreteGaussian": "fedwarden.secure.distributed_dp",
+    "new_rotation_seed": "fedwarden.secure.distributed_dp",
     "CkksKeyHolder": "fedwarden.secure.he",
     "CkksParameters": "fedwarden.secure.he",
     "EncryptedSum": "fedwarden.secure.he",

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from fedwarden.core.errors import ConfigError, UpdateRejected
+from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
 
 CiphertextVector = Any
 """A ``tenseal.CKKSVector`` (TenSEAL ships no type information)."""
@@ -339,7 +339,7 @@ class CkksKeyHolder:
                 f"holds {self.key_id[:12]}...; send it to the key holder of its run"
             )
         if message.num_updates < self.min_updates:
-            raise ConfigError(
+            raise RoundAborted(
                 f"the encrypted sum holds {message.num_updates} update(s); this key holder "
                 f"decrypts only sums of at least {self.min_updates}, so one client's update is "
                 "never revealed"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from dp_accounting import dp_event
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
@@ -20,16 +23,24 @@ from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
 from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
-from fedwarden.privacy.accounting import Neighboring, calibrate_noise_multiplier
+from fedwarden.pipeline.secure import HomomorphicMean, SecureSum
+from fedwarden.pipeline.stage import Aggregator, Stage
+from fedwarden.privacy.accounting import (
+    Neighboring,
+    calibrate_noise_multiplier,
+    calibrate_release,
+)
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.privacy.silo import SiloPrivacy
+from fedwarden.privacy.silo import SiloPrivacy, calibrate_silo_noise_multiplier
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
 from fedwarden.runtime.local import LocalRuntime
 from fedwarden.runtime.ray import RayRuntime
 from fedwarden.runtime.state import ClientStateStore
+from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
+from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -47,6 +58,8 @@ from fedwarden.strategies import (
     StratifiedSampler,
     UniformSampler,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
@@ -142,42 +155,117 @@ def build_sampler(config: RunConfig, dataset: FederatedDataset) -> Sampler:
 
 
 def build_pipeline(
-    config: RunConfig, trainer: Trainer, privacy: UserLevelPrivacy | SiloPrivacy | None = None
+    config: RunConfig,
+    trainer: Trainer,
+    dataset: FederatedDataset,
+    privacy: UserLevelPrivacy | SiloPrivacy | None = None,
 ) -> Pipeline:
-    """Validation, then either the streaming weighted mean or DP-FedAvg's clip and noisy mean."""
-    validate = ValidateUpdate(trainer.spec.size, config.pipeline.max_update_norm)
+    """The update pipeline ``config`` asks for.
+
+    In the clear: validation, then the streaming weighted mean, or DP-FedAvg's
+    clip and noisy mean. Under secure aggregation the server sees no update, so
+    there is no server-side validation: the clients' encoders clip and check.
+    """
     section = config.privacy
-    if section.mechanism == "local":
-        assert section.noise_multiplier is not None
-        local = LocalGaussianNoise(
-            section.clip_norm,
-            section.noise_multiplier,
-            section.delta,
-            reproducible=section.reproducible_noise,
-        )
-        return Pipeline([validate, local], StreamingWeightedMean(config.pipeline.weighting))
-    if not isinstance(privacy, UserLevelPrivacy):
-        return Pipeline([validate], StreamingWeightedMean(config.pipeline.weighting))
     noise = (
         NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
     )
+    client_stages: list[Stage] = []
+    if section.mechanism == "local":
+        assert section.noise_multiplier is not None
+        client_stages.append(
+            LocalGaussianNoise(
+                section.clip_norm,
+                section.noise_multiplier,
+                section.delta,
+                reproducible=section.reproducible_noise,
+            )
+        )
+    if config.secure.kind != "none":
+        return Pipeline(client_stages, build_secure_aggregator(config, dataset, privacy, noise))
+    validate = ValidateUpdate(trainer.spec.size, config.pipeline.max_update_norm)
+    if not isinstance(privacy, UserLevelPrivacy):
+        return Pipeline(
+            [validate, *client_stages], StreamingWeightedMean(config.pipeline.weighting)
+        )
     clip = ClipUpdate(
         privacy.clip_norm,
         placement=section.clip_on,
         per_layer=trainer.spec if section.per_layer_clipping else None,
     )
-    mean = GaussianMean(
+    noisy_mean = GaussianMean(
         noise_multiplier=privacy.noise_multiplier,
         clip_norm=privacy.clip_norm,
         expected_cohort_size=privacy.sampling.expected_cohort_size,
         noise=noise,
         adaptive=privacy.adaptive,
     )
-    return Pipeline([validate, clip], mean)
+    return Pipeline([validate, clip], noisy_mean)
+
+
+def build_secure_aggregator(
+    config: RunConfig,
+    dataset: FederatedDataset,
+    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    noise: NoiseSource,
+) -> Aggregator:
+    """SecAgg+ (with the distributed DP mechanism under user-level DP) or CKKS aggregation."""
+    weighting = config.pipeline.weighting
+    if config.secure.kind == "he":
+        return HomomorphicMean(weighting)
+    distributed = privacy.distributed if isinstance(privacy, UserLevelPrivacy) else None
+    return SecureSum(
+        secagg_parameters(config),
+        clip_norm=config.secure.clip_norm,
+        noise=noise,
+        weighting=weighting,
+        max_weight=max(client.num_train for client in dataset.clients.values()),
+        distributed_dp=distributed,
+    )
+
+
+def secagg_parameters(config: RunConfig) -> SecAggParameters:
+    """The ring size, neighbour count and threshold ``config.secure`` names."""
+    secure = config.secure
+    return SecAggParameters(secure.modulus_bits, secure.num_neighbours, secure.threshold)
+
+
+def build_distributed_dp(
+    config: RunConfig, population: int, model_size: int
+) -> DistributedDiscreteGaussian:
+    """The distributed discrete Gaussian for user-level DP under SecAgg+, calibrated to the budget.
+
+    Fixed-size cohorts of ``n``; the ledger charges the noise of SecAgg+'s
+    threshold ``t`` of survivors, so the noise multiplier is searched (through
+    dp-accounting's calibration) over that mechanism's own event.
+    """
+    section = config.privacy
+    cohort_size = min(config.sampling.cohort_size, population)
+    threshold = secagg_parameters(config).resolved(cohort_size).threshold
+    assert threshold is not None and section.epsilon is not None
+
+    def mechanism(noise_multiplier: float) -> DistributedDiscreteGaussian:
+        return DistributedDiscreteGaussian.calibrated(
+            section.clip_norm,
+            noise_multiplier,
+            model_size,
+            cohort_size,
+            threshold,
+            config.secure.modulus_bits,
+        )
+
+    noise_multiplier = section.noise_multiplier or calibrate_release(
+        section.epsilon,
+        section.delta,
+        lambda z: dp_event.SelfComposedDpEvent(mechanism(z).dp_event("replace_one"), config.rounds),
+        "replace_one",
+        f"{config.rounds} rounds",
+    )
+    return mechanism(noise_multiplier)
 
 
 def build_privacy(
-    config: RunConfig, dataset: FederatedDataset, run_dir: RunDirectory | None
+    config: RunConfig, dataset: FederatedDataset, model_size: int, run_dir: RunDirectory | None
 ) -> UserLevelPrivacy | SiloPrivacy | None:
     """The run's privacy accounting, with its ledger in the run directory (None without it)."""
     section = config.privacy
@@ -217,16 +305,24 @@ def build_privacy(
         else None
     )
     count_release = [] if adaptive is None else [sampling.event(adaptive.count_noise_multiplier)]
-    noise_multiplier = section.noise_multiplier or calibrate_noise_multiplier(
-        section.epsilon,
-        section.delta,
-        config.rounds,
-        sampling_rate=sampling.rate,
-        population=None if poisson else population,
-        cohort_size=sampling.cohort_size,
-        neighboring=neighboring,
-        per_round_extra=count_release,
+    distributed = (
+        build_distributed_dp(config, population, model_size)
+        if config.secure.kind == "secagg"
+        else None
     )
+    if distributed is not None:
+        noise_multiplier = distributed.central_noise_std / section.clip_norm
+    else:
+        noise_multiplier = section.noise_multiplier or calibrate_noise_multiplier(
+            section.epsilon,
+            section.delta,
+            config.rounds,
+            sampling_rate=sampling.rate,
+            population=None if poisson else population,
+            cohort_size=sampling.cohort_size,
+            neighboring=neighboring,
+            per_round_extra=count_release,
+        )
     ledger = PrivacyLedger(
         PrivacyBudget(section.epsilon, section.delta),
         privacy_unit="client",
@@ -239,6 +335,7 @@ def build_privacy(
         sampling=sampling,
         clip_norm=ClipNorm(section.clip_norm),
         adaptive=adaptive,
+        distributed=distributed,
     )
 
 
@@ -267,16 +364,34 @@ def build_runtime(config: RunConfig) -> Runtime:
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """The data set and trainer of a run, built once and shared by server and workers."""
+    """The data set and trainer of a run, built once and shared by server and workers.
 
+    ``config`` is the run's config with every calibrated value filled in.
+    """
+
+    config: RunConfig
     dataset: FederatedDataset
     trainer: Trainer
 
 
 def prepare(config: RunConfig) -> PreparedRun:
-    """Load the data and build the model for ``config``."""
+    """Load the data, calibrate DP-SGD's noise if asked to, and build the model for ``config``."""
     dataset = load_dataset(config.data, config.seed)
-    return PreparedRun(dataset, build_trainer(config, dataset))
+    section = config.privacy
+    if section.mechanism == "dp_sgd" and section.noise_multiplier is None:
+        assert section.epsilon is not None
+        noise_multiplier = calibrate_silo_noise_multiplier(
+            section.epsilon,
+            section.delta,
+            silo_sizes=[client.num_train for client in dataset.clients.values()],
+            batch_size=config.train.batch_size,
+            local_epochs=config.train.local_epochs,
+            rounds=config.rounds,
+        )
+        logger.info("DP-SGD noise multiplier calibrated to %.4f", noise_multiplier)
+        privacy = section.model_copy(update={"noise_multiplier": noise_multiplier})
+        config = config.model_copy(update={"privacy": privacy})
+    return PreparedRun(config, dataset, build_trainer(config, dataset))
 
 
 def resumed(run_dir: Path) -> tuple[RunConfig, int]:
@@ -308,9 +423,9 @@ def run(
     else:
         run_dir = None
     prepared = prepare(config)
-    dataset, trainer = prepared.dataset, prepared.trainer
-    privacy = build_privacy(config, dataset, run_dir)
-    pipeline = build_pipeline(config, trainer, privacy)
+    config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
+    privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
+    pipeline = build_pipeline(config, trainer, dataset, privacy)
     with build_runtime(config) as runtime:
         server = Server(
             trainer=trainer,
@@ -350,6 +465,8 @@ def run(
         "num_clients": len(dataset.clients),
         "pipeline": pipeline.describe(),
     }
+    if isinstance(pipeline.aggregator, SecureSum | HomomorphicMean):
+        extras["secure_aggregation"] = pipeline.aggregator.report()
     if config.privacy.mechanism == "local":
         extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
     if dataset.num_classes is not None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from fedwarden.core.errors import UpdateRejected
+from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import (
     CLIENT_EPSILON,
     ClientEvaluation,
@@ -207,7 +207,7 @@ class Server:
         aggregator = self.pipeline.aggregator
         parameters = aggregator.round_parameters()
         instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
-        aggregator.start(self.vector.size)
+        aggregator.start(self.vector.size, cohort)
         failures: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
         bytes_up = 0
@@ -225,11 +225,11 @@ class Server:
             bytes_up += reply.payload_bytes
             try:
                 accepted = self.pipeline.server_half(reply)
+                aggregator.add(accepted)
             except UpdateRejected as rejection:
                 rejections[rejection.reason] += 1
                 logger.warning("round %d: rejected: %s", round_index, rejection)
                 continue
-            aggregator.add(accepted)
             participants.append(accepted.client_id)
             if CLIENT_EPSILON in accepted.metrics:
                 self.max_client_epsilon = max(
@@ -238,18 +238,25 @@ class Server:
             if "train_loss" in accepted.metrics:
                 train_loss_sum += accepted.metrics["train_loss"] * accepted.num_examples
                 train_weight += accepted.num_examples
-        applied = len(participants) >= self.min_cohort and len(participants) > 0
         note = ""
-        if applied:
-            self.vector = self.strategy.apply(self.vector, aggregator.result().mean_update)
-            if self.privacy is not None:
-                self.privacy.after_round(round_index, participants)
+        aggregate = None
+        if len(participants) >= self.min_cohort and len(participants) > 0:
+            try:
+                aggregate = aggregator.result()
+            except RoundAborted as abort:
+                note = f"{abort}; the model is unchanged"
         else:
             note = (
                 f"only {len(participants)} accepted update(s), fewer than "
                 f"min_cohort={self.min_cohort}; "
                 "the model is unchanged"
             )
+        applied = aggregate is not None
+        if aggregate is not None:
+            self.vector = self.strategy.apply(self.vector, aggregate.mean_update)
+            if self.privacy is not None:
+                self.privacy.after_round(round_index, participants)
+        else:
             logger.warning("round %d: %s", round_index, note)
         metrics = self._evaluate_central(round_index)
         self.train_seconds += time.perf_counter() - started

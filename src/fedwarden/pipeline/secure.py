@@ -1,0 +1,197 @@
+"""Aggregators after which the server sees only the cohort's sum: SecAgg+ and CKKS.
+
+DESIGN idea 2: a secure aggregator hides individual updates, so a pipeline
+that also holds a stage needing them (validation or clipping on the server,
+robust statistics) is refused when it is built.
+
+In simulation the protocol runs in process: :class:`SecureSum` drives one
+:class:`~fedwarden.secure.secagg.SecAggClient` per cohort member and one
+:class:`~fedwarden.secure.secagg.SecAggServer`, passing messages between
+them; the server object only ever holds masked vectors and the shares it is
+sent. Encoding, noise and masking are the client objects' work, done as each
+client's update arrives, so the server still streams in O(model size) memory.
+The gRPC runtime runs the same client and server objects in separate processes.
+
+- **Plain secure sum**: each client clips its update to ``clip_norm``,
+  weights it and quantizes it stochastically to ``Z_{2^b}``
+  (:class:`~fedwarden.secure.encoding.RingEncoder`, whose step is the finest
+  that cannot wrap for the cohort); the weight travels inside the masked
+  vector, so the weighted mean is exact up to quantization.
+- **Distributed DP** (Kairouz, Liu & Steinke 2021): each client clips, rotates,
+  rounds and adds its share of discrete Gaussian noise
+  (:class:`~fedwarden.secure.distributed_dp.DistributedDiscreteGaussian`); the
+  server divides the decoded noisy sum by the fixed denominator, as DP-FedAvg does.
+- **Homomorphic encryption** (:class:`HomomorphicMean`): clients encrypt with
+  CKKS, the server adds ciphertexts, a separate key holder decrypts only the sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from fedwarden.core.errors import RoundAborted, UpdateRejected
+from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.pipeline.stage import Aggregate, Aggregator
+from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
+from fedwarden.secure.encoding import RingEncoder, RingEncodingError
+from fedwarden.secure.he import CkksKeyHolder, CkksParameters, HomomorphicSum, encrypt_update
+from fedwarden.secure.secagg import InProcessSecureSum, SecAggAborted, SecAggParameters
+
+
+class SecureSum(Aggregator):
+    """SecAgg+ over the cohort: the server learns the sum of the survivors' encoded updates.
+
+    Without ``distributed_dp`` the result is the weighted mean (``weighting``:
+    ``"examples"`` weights by example count, capped at ``max_weight``; or
+    ``"uniform"``). With it, the result is the noisy sum divided by
+    ``distributed_dp.cohort_size``, the fixed denominator of DP-FedAvg.
+    A round with fewer than ``t`` survivors raises :class:`RoundAborted`.
+    """
+
+    name: ClassVar[str] = "secure_sum"
+    hides_individual_updates = True
+
+    def __init__(
+        self,
+        parameters: SecAggParameters,
+        *,
+        clip_norm: float,
+        noise: NoiseSource,
+        weighting: Literal["examples", "uniform"] = "examples",
+        max_weight: int = 1,
+        distributed_dp: DistributedDiscreteGaussian | None = None,
+    ) -> None:
+        self.parameters = parameters
+        self.clip_norm = clip_norm
+        self.noise = noise
+        self.weighting = weighting
+        self.max_weight = max_weight if weighting == "examples" else 1
+        self.distributed_dp = distributed_dp
+        self.last_round: InProcessSecureSum | None = None
+        self._protocol: InProcessSecureSum | None = None
+        self._encoder: RingEncoder | None = None
+        self._rotation_seed = b""
+        self._size = 0
+
+    def start(self, size: int, cohort: Sequence[str]) -> None:
+        """Advertise and share keys in the cohort; pick this round's encoder and rotation."""
+        self._size = size
+        if self.distributed_dp is None:
+            self._encoder = RingEncoder.finest(
+                self.clip_norm,
+                max(len(cohort), 1),
+                self.parameters.modulus_bits,
+                "example_count" if self.weighting == "examples" else "uniform",
+                self.max_weight,
+            )
+            length = size + 1
+        else:
+            self._rotation_seed = new_rotation_seed()
+            length = self.distributed_dp.padded_dimension
+        self._protocol = InProcessSecureSum(cohort, length, self.parameters)
+        self._protocol.setup()
+        self.last_round = self._protocol
+
+    def add(self, update: ClientUpdate) -> None:
+        """The client encodes (and noises) its update and masks it; the server adds it."""
+        assert self._protocol is not None
+        try:
+            if self.distributed_dp is not None:
+                encoded = self.distributed_dp.encode(update.update, self._rotation_seed, self.noise)
+            else:
+                assert self._encoder is not None
+                weight = min(update.num_examples, self.max_weight)
+                encoded = self._encoder.encode(update.update, self.noise, weight)
+        except RingEncodingError as error:
+            raise UpdateRejected(
+                "encoding", f"client {update.client_id!r} could not encode its update: {error}"
+            ) from error
+        self._protocol.submit(update.client_id, encoded)
+
+    def result(self) -> Aggregate:
+        """Unmask the survivors' sum and decode it (``RoundAborted`` below ``t`` survivors)."""
+        assert self._protocol is not None
+        try:
+            ring_sum = self._protocol.finish()
+        except SecAggAborted as abort:
+            raise RoundAborted(f"secure aggregation aborted: {abort}") from abort
+        count = len(self._protocol.survivors)
+        if self.distributed_dp is not None:
+            total = self.distributed_dp.decode(ring_sum, self._rotation_seed)
+            denominator = float(self.distributed_dp.cohort_size)
+            return Aggregate((total / denominator).astype(VECTOR_DTYPE), denominator, count)
+        assert self._encoder is not None
+        decoded = self._encoder.decode(ring_sum)
+        if decoded.weight == 0:
+            raise RoundAborted("secure aggregation: the surviving updates carry no weight")
+        mean = (decoded.total / decoded.weight).astype(VECTOR_DTYPE)
+        return Aggregate(mean, float(decoded.weight), count)
+
+    def report(self) -> dict[str, Any]:
+        """What the run summary says about the protocol (k and t of the last round)."""
+        report: dict[str, Any] = {
+            "protocol": "SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020)",
+            "modulus_bits": self.parameters.modulus_bits,
+            "clip_norm": self.clip_norm if self.distributed_dp is None else None,
+            "distributed_dp": self.distributed_dp is not None,
+        }
+        if self.last_round is not None:
+            report["num_neighbours"] = self.last_round.params.num_neighbours
+            report["threshold"] = self.last_round.params.threshold
+        return report
+
+
+class HomomorphicMean(Aggregator):
+    """CKKS aggregation: clients encrypt, the server sums ciphertexts, a key holder decrypts.
+
+    The key holder is a separate object whose secret key the aggregation
+    server never touches (NVIDIA FLARE's arrangement); in a deployment it is a
+    separate party. Weights are encrypted with the update, so the key holder
+    learns only the weighted sum and the total weight.
+    """
+
+    name: ClassVar[str] = "he_mean"
+    hides_individual_updates = True
+
+    def __init__(
+        self,
+        weighting: Literal["examples", "uniform"] = "examples",
+        parameters: CkksParameters | None = None,
+    ) -> None:
+        self.weighting = weighting
+        self.key_holder = CkksKeyHolder(parameters)
+        self._public_context = self.key_holder.public_context()
+        self.server = HomomorphicSum(self._public_context)
+        self.client_context = self.server.public
+
+    def start(self, size: int, cohort: Sequence[str]) -> None:
+        """Begin summing ``size``-element updates under this run's public context."""
+        self.server.start(size)
+
+    def add(self, update: ClientUpdate) -> None:
+        """The client encrypts its (weighted) update; the server adds the ciphertexts."""
+        weight = float(update.num_examples) if self.weighting == "examples" else 1.0
+        message = encrypt_update(
+            self.client_context, update.client_id, np.asarray(update.update), weight
+        )
+        self.server.add(message)
+
+    def result(self) -> Aggregate:
+        """The key holder decrypts the encrypted sum into the weighted mean."""
+        encrypted = self.server.result()
+        mean, total_weight = self.key_holder.decrypt(encrypted)
+        return Aggregate(mean.astype(VECTOR_DTYPE), total_weight, encrypted.num_updates)
+
+    def report(self) -> dict[str, Any]:
+        """What the run summary says about the encryption."""
+        parameters = self.key_holder.parameters
+        return {
+            "protocol": "CKKS homomorphic sum (TenSEAL), separate key holder",
+            "poly_modulus_degree": parameters.poly_modulus_degree,
+            "scale_bits": parameters.scale_bits,
+        }
