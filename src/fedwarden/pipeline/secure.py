@@ -1,4 +1,4 @@
-"""Aggregators after which the server sees only the cohort's sum: SecAgg+ and CKKS.
+"""The SecAgg+ aggregator: the server sees only the cohort's sum.
 
 DESIGN idea 2: a secure aggregator hides individual updates, so a pipeline
 that also holds a stage needing them (validation or clipping on the server,
@@ -21,16 +21,15 @@ The gRPC runtime runs the same client and server objects in separate processes.
   rounds and adds its share of discrete Gaussian noise
   (:class:`~fedwarden.secure.distributed_dp.DistributedDiscreteGaussian`); the
   server divides the decoded noisy sum by the fixed denominator, as DP-FedAvg does.
-- **Homomorphic encryption** (:class:`HomomorphicMean`): clients encrypt with
-  CKKS, the server adds ciphertexts, a separate key holder decrypts only the sum.
+
+CKKS homomorphic aggregation is :class:`fedwarden.pipeline.he_mean.HomomorphicMean`
+(its own module: TenSEAL is an optional dependency).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
-
-import numpy as np
 
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
@@ -39,7 +38,6 @@ from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
 from fedwarden.secure.encoding import RingEncoder, RingEncodingError
-from fedwarden.secure.he import CkksKeyHolder, CkksParameters, HomomorphicSum, encrypt_update
 from fedwarden.secure.secagg import InProcessSecureSum, SecAggAborted, SecAggParameters
 
 
@@ -144,54 +142,3 @@ class SecureSum(Aggregator):
             report["num_neighbours"] = self.last_round.params.num_neighbours
             report["threshold"] = self.last_round.params.threshold
         return report
-
-
-class HomomorphicMean(Aggregator):
-    """CKKS aggregation: clients encrypt, the server sums ciphertexts, a key holder decrypts.
-
-    The key holder is a separate object whose secret key the aggregation
-    server never touches (NVIDIA FLARE's arrangement); in a deployment it is a
-    separate party. Weights are encrypted with the update, so the key holder
-    learns only the weighted sum and the total weight.
-    """
-
-    name: ClassVar[str] = "he_mean"
-    hides_individual_updates = True
-
-    def __init__(
-        self,
-        weighting: Literal["examples", "uniform"] = "examples",
-        parameters: CkksParameters | None = None,
-    ) -> None:
-        self.weighting = weighting
-        self.key_holder = CkksKeyHolder(parameters)
-        self._public_context = self.key_holder.public_context()
-        self.server = HomomorphicSum(self._public_context)
-        self.client_context = self.server.public
-
-    def start(self, size: int, cohort: Sequence[str]) -> None:
-        """Begin summing ``size``-element updates under this run's public context."""
-        self.server.start(size)
-
-    def add(self, update: ClientUpdate) -> None:
-        """The client encrypts its (weighted) update; the server adds the ciphertexts."""
-        weight = float(update.num_examples) if self.weighting == "examples" else 1.0
-        message = encrypt_update(
-            self.client_context, update.client_id, np.asarray(update.update), weight
-        )
-        self.server.add(message)
-
-    def result(self) -> Aggregate:
-        """The key holder decrypts the encrypted sum into the weighted mean."""
-        encrypted = self.server.result()
-        mean, total_weight = self.key_holder.decrypt(encrypted)
-        return Aggregate(mean.astype(VECTOR_DTYPE), total_weight, encrypted.num_updates)
-
-    def report(self) -> dict[str, Any]:
-        """What the run summary says about the encryption."""
-        parameters = self.key_holder.parameters
-        return {
-            "protocol": "CKKS homomorphic sum (TenSEAL), separate key holder",
-            "poly_modulus_degree": parameters.poly_modulus_degree,
-            "scale_bits": parameters.scale_bits,
-        }

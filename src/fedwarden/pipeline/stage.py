@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fedwarden.core.errors import PipelineError
 from fedwarden.core.messages import ClientUpdate
@@ -87,6 +87,10 @@ class Aggregator(ABC):
 
     def round_parameters(self) -> dict[str, float]:
         """Settings the clients' pipeline halves need this round (sent with the instructions)."""
+        return {}
+
+    def report(self) -> dict[str, Any]:
+        """What the run summary says about this aggregator's protocol (empty for plain ones)."""
         return {}
 
 

@@ -23,7 +23,7 @@ from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
 from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
-from fedwarden.pipeline.secure import HomomorphicMean, SecureSum
+from fedwarden.pipeline.secure import SecureSum
 from fedwarden.pipeline.stage import Aggregator, Stage
 from fedwarden.privacy.accounting import (
     Neighboring,
@@ -212,6 +212,8 @@ def build_secure_aggregator(
     """SecAgg+ (with the distributed DP mechanism under user-level DP) or CKKS aggregation."""
     weighting = config.pipeline.weighting
     if config.secure.kind == "he":
+        from fedwarden.pipeline.he_mean import HomomorphicMean
+
         return HomomorphicMean(weighting)
     distributed = privacy.distributed if isinstance(privacy, UserLevelPrivacy) else None
     return SecureSum(
@@ -465,7 +467,7 @@ def run(
         "num_clients": len(dataset.clients),
         "pipeline": pipeline.describe(),
     }
-    if isinstance(pipeline.aggregator, SecureSum | HomomorphicMean):
+    if pipeline.aggregator.hides_individual_updates:
         extras["secure_aggregation"] = pipeline.aggregator.report()
     if config.privacy.mechanism == "local":
         extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
