@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of PyTorch first: the torch extra's range then installs nothing more.
+# The demo needs the torch extra (DP-SGD with Opacus) and the he extra (TenSEAL).
 TORCH := torch==2.13.0
 
 .PHONY: demo test lint bench install install-test clean
@@ -12,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[torch,he]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
@@ -25,7 +26,6 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/fedwarden run examples/quickstart.toml
-	$(BIN)/fedwarden run examples/silos_dp_sgd.toml
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
