@@ -217,6 +217,26 @@ def test_quickstart_spends_exactly_the_calibrated_dp_sgd_budget_at_each_hospital
     assert summary["accuracy"] >= 0.85
 
 
+def test_compressed_updates_are_counted_on_the_wire_and_train_as_well() -> None:
+    values: dict[str, Any] = {
+        "seed": 6,
+        "rounds": 5,
+        "data": {"source": "digits", "num_clients": 8},
+        "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+        "sampling": {"cohort_size": 6},
+        "runtime": {"workers": 2},
+    }
+    plain = run(RunConfig.from_mapping(values), write_run_dir=False)
+    values["pipeline"] = {"compression": {"quantize": "uniform", "bits": 8}}
+    compressed = run(RunConfig.from_mapping(values), write_run_dir=False)
+    for record in compressed.history:
+        # 650 float32 parameters -> 650 one-byte codes, a range and a small JSON header.
+        assert 3.0 < record.compression_ratio < 4.0
+        assert record.bytes_up * record.compression_ratio == pytest.approx(6 * 650 * 4)
+    assert compressed.accuracy is not None and plain.accuracy is not None
+    assert abs(compressed.accuracy - plain.accuracy) <= 0.02
+
+
 @pytest.mark.parametrize("kind", ["secagg", "he"])
 def test_secure_aggregation_trains_the_same_model_as_plain_aggregation(kind: str) -> None:
     values = {

@@ -37,6 +37,7 @@ _COLUMNS = (
     ("seconds", 8),
     ("MB up", 8),
     ("MB down", 8),
+    ("compress", 8),
 )
 
 
@@ -95,6 +96,7 @@ def _format_row(record: RoundRecord) -> str:
         f"{record.round_seconds:.2f}",
         f"{record.bytes_up / 1e6:.2f}",
         f"{record.bytes_down / 1e6:.2f}",
+        "-" if record.compression_ratio is None else f"{record.compression_ratio:.1f}x",
     )
     row = " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
     if record.epsilon is not None:

@@ -8,8 +8,10 @@ their meaning.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,9 +60,21 @@ class FitResult:
     metrics: Metrics = field(default_factory=dict)
 
 
+def header_bytes(header: Mapping[str, Any]) -> bytes:
+    """The canonical JSON encoding of a payload header: exactly what travels and is counted."""
+    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+
+
 @dataclass(frozen=True)
 class ClientUpdate:
-    """Client to server: one client's contribution to one round."""
+    """Client to server: one client's contribution to one round.
+
+    An update travels either as the raw ``update`` vector or, once a
+    compression stage has encoded it, as ``payload`` bytes described by the
+    JSON-able ``payload_header``; then ``update`` is empty and the runtimes
+    send the header (as :func:`header_bytes`) and the payload instead of the
+    vector. The server's decoding stage turns it back into a vector.
+    """
 
     round_index: int
     client_id: str
@@ -68,11 +82,17 @@ class ClientUpdate:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     train_seconds: float = 0.0
+    payload: bytes | None = None
+    """The encoded update (``None``: the raw vector travels)."""
+    payload_header: Mapping[str, Any] = field(default_factory=dict)
+    """What the decoder needs besides the bytes (codec, size, seed); JSON-able."""
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes this update occupies on the wire (the raw vector buffer)."""
-        return int(self.update.nbytes)
+        """Bytes this update occupies on the wire: the vector, or the payload and its header."""
+        if self.payload is None:
+            return int(self.update.nbytes)
+        return len(self.payload) + len(header_bytes(self.payload_header))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fedwarden._lazy import lazy_exports
 
 _EXPORTS = {
+    "Codec": "fedwarden.pipeline.compress",
+    "CompressUpdate": "fedwarden.pipeline.compress",
     "StreamingWeightedMean": "fedwarden.pipeline.mean",
     "Aggregate": "fedwarden.pipeline.stage",
     "Aggregator": "fedwarden.pipeline.stage",

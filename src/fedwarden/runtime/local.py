@@ -3,7 +3,9 @@
 Each worker process holds one model object and its share of the clients'
 data (client ``i`` lives on worker ``i mod W``) and trains its part of every
 cohort in turn. Only flat vectors and small JSON headers cross the process
-boundary: the global vector once per worker per round, one update per client.
+boundary: the global vector once per worker per round, one update per client
+(its raw vector, or the JSON header and bytes of its compressed payload, so
+``ClientUpdate.payload_bytes`` is exactly what crossed).
 Each worker uses one thread for BLAS and PyTorch, so W workers use W cores.
 
 A worker that dies costs its clients in that round (reported as
@@ -38,6 +40,7 @@ from fedwarden.core.messages import (
     EvaluateInstruction,
     FitInstruction,
     TrainConfig,
+    header_bytes,
 )
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.runtime.base import Runtime, owner_of
@@ -52,6 +55,38 @@ def _send(connection: Connection, header: Header, vector: Vector | None = None) 
     connection.send_bytes(json.dumps(header).encode())
     if vector is not None:
         connection.send_bytes(vector.data)
+
+
+def _send_update(connection: Connection, update: ClientUpdate) -> None:
+    """The update's header, then its raw vector or its payload header and payload."""
+    _send(connection, _update_header(update))
+    if update.payload is None:
+        connection.send_bytes(update.update.data)
+    else:
+        connection.send_bytes(header_bytes(update.payload_header))
+        connection.send_bytes(update.payload)
+
+
+def _receive_update(connection: Connection, header: Header, size: int) -> ClientUpdate:
+    """The rest of an update whose header arrived: its vector, or its encoded payload."""
+    vector = np.empty(0, dtype=VECTOR_DTYPE)
+    payload = None
+    payload_header: Header = {}
+    if header["encoded"]:
+        payload_header = json.loads(connection.recv_bytes())
+        payload = connection.recv_bytes()
+    else:
+        vector = _receive_vector(connection, size)
+    return ClientUpdate(
+        round_index=header["round_index"],
+        client_id=header["client_id"],
+        update=vector,
+        num_examples=header["num_examples"],
+        metrics=header["metrics"],
+        train_seconds=header["train_seconds"],
+        payload=payload,
+        payload_header=payload_header,
+    )
 
 
 def _receive_header(connection: Connection) -> Header:
@@ -104,8 +139,7 @@ def _worker_main(connection: Connection, cancel: Event) -> None:
                 continue
             try:
                 if request["op"] == "fit":
-                    update = engine.fit(vector, _fit_instruction(item))
-                    _send(connection, _update_header(update), update.update)
+                    _send_update(connection, engine.fit(vector, _fit_instruction(item)))
                 else:
                     evaluation = engine.evaluate(vector, _evaluate_instruction(item))
                     _send(connection, _evaluation_header(evaluation))
@@ -143,6 +177,7 @@ def _update_header(update: ClientUpdate) -> Header:
         "num_examples": update.num_examples,
         "metrics": dict(update.metrics),
         "train_seconds": update.train_seconds,
+        "encoded": update.payload is not None,
         "finished_at": time.monotonic(),
     }
 
@@ -236,17 +271,9 @@ class LocalRuntime(Runtime):
             for ins in instructions
         ]
         round_index = instructions[0].round_index if instructions else 0
-        for header, payload in self._exchange("fit", vector, items, deadline_s):
-            if header["kind"] == "update":
-                assert payload is not None
-                yield ClientUpdate(
-                    round_index=header["round_index"],
-                    client_id=header["client_id"],
-                    update=payload,
-                    num_examples=header["num_examples"],
-                    metrics=header["metrics"],
-                    train_seconds=header["train_seconds"],
-                )
+        for header, update in self._exchange("fit", vector, items, deadline_s):
+            if update is not None:
+                yield update
             else:
                 yield _failure(round_index, header)
 
@@ -273,11 +300,11 @@ class LocalRuntime(Runtime):
 
     def _exchange(
         self, op: str, vector: Vector, items: list[Header], deadline_s: float | None
-    ) -> Iterator[tuple[Header, Vector | None]]:
+    ) -> Iterator[tuple[Header, ClientUpdate | None]]:
         """Send each worker its items, then read replies in item order.
 
-        Yields ``(header, update vector or None)``; failures have kind
-        ``failure`` with a ``reason``.
+        Yields ``(header, update or None)``; failures have kind ``failure``
+        with a ``reason``.
         """
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         per_worker: list[list[Header]] = [[] for _ in range(self.num_workers)]
@@ -298,7 +325,7 @@ class LocalRuntime(Runtime):
                 yield from self._finish_after_deadline(pending, busy, deadline or 0.0)
                 return
             try:
-                header, payload = self._read_reply(worker)
+                header, update = self._read_reply(worker)
             except (EOFError, OSError):
                 yield from self._lose_worker(worker, pending, busy)
                 continue
@@ -310,7 +337,7 @@ class LocalRuntime(Runtime):
             pending.pop(0)
             if header["kind"] == "failure":
                 header["reason"] = "error"
-            yield header, payload
+            yield header, update
             if not any(self._owner[p["client_id"]] == worker for p in pending):
                 self._expect_done(worker)
                 busy.discard(worker)
@@ -322,11 +349,12 @@ class LocalRuntime(Runtime):
             self._restart(worker)
             _send(self._connections[worker], request, vector)
 
-    def _read_reply(self, worker: int) -> tuple[Header, Vector | None]:
+    def _read_reply(self, worker: int) -> tuple[Header, ClientUpdate | None]:
         connection = self._connections[worker]
         header = _receive_header(connection)
-        payload = _receive_vector(connection, self._size) if header["kind"] == "update" else None
-        return header, payload
+        if header["kind"] != "update":
+            return header, None
+        return header, _receive_update(connection, header, self._size)
 
     def _expect_done(self, worker: int) -> None:
         header, _ = self._read_reply(worker)
@@ -335,21 +363,21 @@ class LocalRuntime(Runtime):
 
     def _finish_after_deadline(
         self, pending: list[Header], busy: set[int], deadline: float
-    ) -> Iterator[tuple[Header, Vector | None]]:
+    ) -> Iterator[tuple[Header, ClientUpdate | None]]:
         """Stop the workers' lists; keep replies finished in time, drop the rest."""
         self._cancel.set()
         try:
-            answered: dict[str, tuple[Header, Vector | None]] = {}
+            answered: dict[str, tuple[Header, ClientUpdate | None]] = {}
             for worker in sorted(busy):
                 while True:
                     try:
-                        header, payload = self._read_reply(worker)
+                        header, update = self._read_reply(worker)
                     except (EOFError, OSError):
                         self._restart(worker)
                         break
                     if header["kind"] == "done":
                         break
-                    answered[header["client_id"]] = (header, payload)
+                    answered[header["client_id"]] = (header, update)
         finally:
             self._cancel.clear()
         for item in pending:
@@ -371,7 +399,7 @@ class LocalRuntime(Runtime):
 
     def _lose_worker(
         self, worker: int, pending: list[Header], busy: set[int]
-    ) -> Iterator[tuple[Header, Vector | None]]:
+    ) -> Iterator[tuple[Header, ClientUpdate | None]]:
         """Report the dead worker's outstanding clients as lost, then restart it."""
         self._processes[worker].join(timeout=5)
         code = self._processes[worker].exitcode

@@ -6,6 +6,9 @@ share of the clients (client ``i`` on actor ``i mod W``), exactly like a
 round. Use it when one machine is not enough: ``address`` is ``ray://host:port``
 or ``auto``; without it a local cluster is started. Actors are restarted by
 Ray if they die; the clients they were training are reported ``worker_lost``.
+Replies travel as Ray objects: a compressed update carries only its payload
+and header (its ``update`` vector is empty), so the bytes Ray moves and the
+``payload_bytes`` the server counts are the compressed size.
 """
 
 from __future__ import annotations

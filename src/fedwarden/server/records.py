@@ -14,7 +14,9 @@ class RoundRecord:
     deadline or lost their worker; ``failed`` clients raised while training;
     ``rejected`` updates failed a server check (``rejection_reasons`` counts
     them by reason). ``applied`` is False when fewer than ``min_cohort``
-    updates were accepted and the model was left unchanged.
+    updates were accepted and the model was left unchanged. ``bytes_up`` is
+    what the received updates took on the wire (compressed payloads and their
+    headers, or raw vectors); ``bytes_down`` the global vector sent to the cohort.
     """
 
     round_index: int
@@ -36,6 +38,8 @@ class RoundRecord:
     """Privacy spent so far, after this round (None without differential privacy)."""
     epsilon_projected: float | None = None
     """Privacy spent once the planned rounds are done, if every round is like this one."""
+    compression_ratio: float | None = None
+    """Raw float32 bytes of the received updates over ``bytes_up`` (1.0: uncompressed)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

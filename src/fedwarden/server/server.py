@@ -211,6 +211,7 @@ class Server:
         failures: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
         bytes_up = 0
+        raw_bytes = 0
         train_loss_sum, train_weight = 0.0, 0
         participants: list[str] = []
         for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
@@ -223,6 +224,7 @@ class Server:
                 )
                 continue
             bytes_up += reply.payload_bytes
+            raw_bytes += self.vector.nbytes
             try:
                 accepted = self.pipeline.server_half(reply)
                 aggregator.add(accepted)
@@ -275,6 +277,7 @@ class Server:
             round_seconds=time.perf_counter() - started,
             bytes_up=bytes_up,
             bytes_down=self.vector.nbytes * len(cohort),
+            compression_ratio=raw_bytes / bytes_up if bytes_up else None,
             note=note,
             epsilon=None if self.privacy is None else self.privacy.epsilon(),
             epsilon_projected=None
