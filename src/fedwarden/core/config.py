@@ -172,12 +172,41 @@ class SamplingConfig(Section):
         return self
 
 
+class CompressionConfig(Section):
+    """Update compression on the client, decoded on the server (bytes on the wire counted exactly).
+
+    ``sparsify`` keeps ``fraction`` of the coordinates (``topk``: the largest;
+    ``randk``: seeded random positions); ``quantize`` codes the values
+    (``uniform`` with ``bits`` in 1, 2, 4, 8; ``qsgd`` with ``levels`` per
+    ``bucket_size`` bucket, Alistarh et al. 2017); ``rotate`` applies a
+    randomized Hadamard rotation before quantizing (Suresh et al. 2017);
+    ``error_feedback`` keeps what compression lost in the client's state and
+    adds it to the next update (Stich et al. 2018; Karimireddy et al. 2019).
+    Off while both ``sparsify`` and ``quantize`` are ``"none"``.
+    """
+
+    sparsify: Literal["none", "topk", "randk"] = "none"
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    quantize: Literal["none", "uniform", "qsgd"] = "none"
+    bits: Literal[1, 2, 4, 8] = 8
+    levels: Annotated[int, Field(ge=1)] = 15
+    bucket_size: Annotated[int, Field(ge=1)] = 512
+    rotate: bool = False
+    error_feedback: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any compression is asked for."""
+        return self.sparsify != "none" or self.quantize != "none"
+
+
 class PipelineConfig(Section):
     """Server-side checks and aggregation of updates."""
 
     max_update_norm: Annotated[float, Field(gt=0)] | None = None
     """Reject updates whose L2 norm exceeds this (a sanity bound, not DP clipping)."""
     weighting: Literal["examples", "uniform"] = "examples"
+    compression: CompressionConfig = CompressionConfig()
 
 
 class PersonalizationConfig(Section):
@@ -264,6 +293,39 @@ class SecureConfig(Section):
     """L2 bound of each update inside the ring (without user-level DP)."""
 
 
+class AttackConfig(Section):
+    """Attack simulation for robustness studies: which clients are malicious and what they do.
+
+    ``kind`` is a model-poisoning attack on the update (``sign_flip``:
+    ``-scale`` times the client's own update; ``gaussian``: N(0, ``sigma``^2);
+    ``scaling``: ``factor`` times it; ``alie``: Baruch et al. 2019, z from the
+    normal quantile unless ``z`` is given; ``ipm``: ``-epsilon`` times the
+    benign mean, Xie et al. 2020), or data poisoning (``label_flip`` with
+    ``mapping``; ``backdoor``: ``trigger_indices`` set to ``trigger_value`` on
+    ``poison_fraction`` of each malicious client's examples, relabelled
+    ``target_label``, then model replacement with ``boost``, Bagdasaryan et
+    al. 2020). ``malicious_fraction`` of the clients, chosen from the seed.
+    """
+
+    kind: Literal[
+        "none", "sign_flip", "gaussian", "scaling", "alie", "ipm", "label_flip", "backdoor"
+    ] = "none"
+    malicious_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    scale: Annotated[float, Field(gt=0)] = 1.0
+    sigma: Annotated[float, Field(gt=0)] = 1.0
+    factor: Annotated[float, Field(gt=0)] = 10.0
+    z: Annotated[float, Field(gt=0)] | None = None
+    epsilon: Annotated[float, Field(gt=0)] = 0.1
+    mapping: Literal["shift", "reverse"] = "shift"
+    target_label: Annotated[int, Field(ge=0)] = 0
+    poison_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    trigger_indices: list[Annotated[int, Field(ge=0)]] | None = None
+    """Feature indices the trigger sets; default the 2x2 bottom-right patch of an 8x8 image."""
+    trigger_value: float = 1.0
+    boost: Annotated[float, Field(gt=0)] | None = None
+    """Model replacement's boost; default cohort size over malicious count."""
+
+
 class RuntimeConfig(Section):
     """Where clients run."""
 
@@ -291,6 +353,7 @@ class RunConfig(Section):
     personalization: PersonalizationConfig = PersonalizationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     secure: SecureConfig = SecureConfig()
+    attack: AttackConfig = AttackConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -304,6 +367,20 @@ class RunConfig(Section):
             raise ValueError(
                 "user-level DP is accounted for Poisson or uniform cohorts; stratified sampling "
                 "has no accountant here: set sampling.scheme to 'poisson' or 'uniform'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _compression_fits_privacy(self) -> RunConfig:
+        if (
+            self.pipeline.compression.enabled
+            and self.privacy.mechanism == "user_level"
+            and self.privacy.clip_on == "client"
+        ):
+            raise ValueError(
+                "pipeline.compression with user-level DP needs privacy.clip_on = 'server': error "
+                "feedback adds the residual after a client-side clip, so the update sent would "
+                "no longer be bounded by clip_norm"
             )
         return self
 

@@ -7,10 +7,24 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from dp_accounting import dp_event
 
+from fedwarden.attacks import (
+    ALittleIsEnough,
+    AttackSimulation,
+    GaussianNoise,
+    InnerProductManipulation,
+    ModelAttack,
+    ModelReplacement,
+    Scaling,
+    SignFlip,
+    Trigger,
+    add_backdoor,
+    choose_malicious,
+    flip_labels,
+)
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
@@ -21,6 +35,7 @@ from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.compress import Codec, CompressUpdate
 from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
 from fedwarden.pipeline.secure import SecureSum
@@ -160,12 +175,27 @@ def build_pipeline(
     dataset: FederatedDataset,
     privacy: UserLevelPrivacy | SiloPrivacy | None = None,
 ) -> Pipeline:
-    """The update pipeline ``config`` asks for.
+    """The update pipeline ``config`` asks for, with the simulated attack around its aggregator.
 
     In the clear: validation, then the streaming weighted mean, or DP-FedAvg's
     clip and noisy mean. Under secure aggregation the server sees no update, so
     there is no server-side validation: the clients' encoders clip and check.
     """
+    stages, aggregator = _stages_and_aggregator(config, trainer, dataset, privacy)
+    attack = build_model_attack(config)
+    if attack is not None:
+        aggregator = AttackSimulation(
+            aggregator, attack, malicious_clients(config, dataset), config.seed, stages=stages
+        )
+    return Pipeline(stages, aggregator)
+
+
+def _stages_and_aggregator(
+    config: RunConfig,
+    trainer: Trainer,
+    dataset: FederatedDataset,
+    privacy: UserLevelPrivacy | SiloPrivacy | None,
+) -> tuple[list[Stage], Aggregator]:
     section = config.privacy
     noise = (
         NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
@@ -182,12 +212,14 @@ def build_pipeline(
             )
         )
     if config.secure.kind != "none":
-        return Pipeline(client_stages, build_secure_aggregator(config, dataset, privacy, noise))
+        return client_stages, build_secure_aggregator(config, dataset, privacy, noise)
     validate = ValidateUpdate(trainer.spec.size, config.pipeline.max_update_norm)
+    compress = build_compression(config, trainer.spec.size)
     if not isinstance(privacy, UserLevelPrivacy):
-        return Pipeline(
-            [validate, *client_stages], StreamingWeightedMean(config.pipeline.weighting)
-        )
+        # Client halves run in list order (local DP noises, then compression encodes),
+        # and so do server halves (compression decodes, then validation reads the vector).
+        mean = StreamingWeightedMean(config.pipeline.weighting)
+        return [*client_stages, *compress, validate], mean
     clip = ClipUpdate(
         privacy.clip_norm,
         placement=section.clip_on,
@@ -200,7 +232,86 @@ def build_pipeline(
         noise=noise,
         adaptive=privacy.adaptive,
     )
-    return Pipeline([validate, clip], noisy_mean)
+    return [*compress, validate, clip], noisy_mean
+
+
+def build_compression(config: RunConfig, size: int) -> list[Stage]:
+    """The compression stage ``config.pipeline.compression`` asks for (none when it is off)."""
+    section = config.pipeline.compression
+    if not section.enabled:
+        return []
+    codec = Codec(
+        sparsify=section.sparsify,
+        fraction=section.fraction,
+        quantize=section.quantize,
+        bits=section.bits,
+        levels=section.levels,
+        bucket_size=section.bucket_size,
+        rotate=section.rotate,
+    )
+    return [
+        CompressUpdate(
+            codec,
+            size,
+            error_feedback=section.error_feedback,
+            reproducible=config.privacy.reproducible_noise,
+        )
+    ]
+
+
+def malicious_clients(config: RunConfig, dataset: FederatedDataset) -> tuple[str, ...]:
+    """The clients ``config.attack`` makes malicious (none without an attack), from the seed."""
+    attack = config.attack
+    if attack.kind == "none":
+        return ()
+    return choose_malicious(dataset.client_ids, attack.malicious_fraction, config.seed)
+
+
+def build_model_attack(config: RunConfig) -> ModelAttack | None:
+    """The update-poisoning attack of ``config.attack`` (the backdoor's is model replacement)."""
+    attack = config.attack
+    match attack.kind:
+        case "none" | "label_flip":
+            return None
+        case "sign_flip":
+            return SignFlip(attack.scale)
+        case "gaussian":
+            return GaussianNoise(attack.sigma)
+        case "scaling":
+            return Scaling(attack.factor)
+        case "alie":
+            return ALittleIsEnough(attack.z)
+        case "ipm":
+            return InnerProductManipulation(attack.epsilon)
+        case "backdoor":
+            return ModelReplacement(attack.boost)
+        case _:
+            assert_never(attack.kind)
+
+
+def backdoor_trigger(config: RunConfig) -> Trigger:
+    """The trigger of ``config.attack`` (default: the 2x2 corner patch of an 8x8 image)."""
+    attack = config.attack
+    if attack.trigger_indices is None:
+        return Trigger.corner_patch(value=attack.trigger_value)
+    return Trigger(tuple(attack.trigger_indices), attack.trigger_value)
+
+
+def poisoned(config: RunConfig, dataset: FederatedDataset) -> FederatedDataset:
+    """``dataset`` with the malicious clients' training data poisoned, for data attacks."""
+    attack = config.attack
+    if attack.kind == "label_flip":
+        return flip_labels(dataset, malicious_clients(config, dataset), mapping=attack.mapping)
+    if attack.kind == "backdoor":
+        return add_backdoor(
+            dataset,
+            malicious_clients(config, dataset),
+            backdoor_trigger(config),
+            attack.target_label,
+            attack.poison_fraction,
+            config.seed,
+        )
+    return dataset
 
 
 def build_secure_aggregator(
@@ -378,7 +489,7 @@ class PreparedRun:
 
 def prepare(config: RunConfig) -> PreparedRun:
     """Load the data, calibrate DP-SGD's noise if asked to, and build the model for ``config``."""
-    dataset = load_dataset(config.data, config.seed)
+    dataset = poisoned(config, load_dataset(config.data, config.seed))
     section = config.privacy
     if section.mechanism == "dp_sgd" and section.noise_multiplier is None:
         assert section.epsilon is not None
@@ -469,6 +580,8 @@ def run(
     }
     if pipeline.aggregator.hides_individual_updates:
         extras["secure_aggregation"] = pipeline.aggregator.report()
+    if isinstance(pipeline.aggregator, AttackSimulation):
+        extras["attack"] = pipeline.aggregator.report()["attack"]
     if config.privacy.mechanism == "local":
         extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
     if dataset.num_classes is not None:
