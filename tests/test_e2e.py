@@ -237,6 +237,25 @@ def test_compressed_updates_are_counted_on_the_wire_and_train_as_well() -> None:
     assert abs(compressed.accuracy - plain.accuracy) <= 0.02
 
 
+def test_a_backdoor_attack_reports_its_success_rate_and_its_malicious_clients() -> None:
+    values: dict[str, Any] = {
+        "seed": 8,
+        "rounds": 6,
+        "data": {"source": "digits", "num_clients": 10},
+        "train": {"local_epochs": 2, "batch_size": 16, "learning_rate": 0.1},
+        "sampling": {"cohort_size": 10},
+        "pipeline": {"weighting": "uniform"},
+        "attack": {"kind": "backdoor", "malicious_fraction": 0.2, "target_label": 0},
+        "runtime": {"workers": 2},
+    }
+    result = run(RunConfig.from_mapping(values), write_run_dir=False)
+    attack = result.extras["attack"]
+    assert len(attack["malicious_clients"]) == 2 and attack["poisoned_updates"] == 12
+    # Model replacement implants the trigger: most triggered digits are now read as 0.
+    assert result.history[-1].backdoor_success is not None
+    assert result.history[-1].backdoor_success > 0.5
+
+
 @pytest.mark.parametrize("kind", ["secagg", "he"])
 def test_secure_aggregation_trains_the_same_model_as_plain_aggregation(kind: str) -> None:
     values = {

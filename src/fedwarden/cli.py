@@ -99,6 +99,8 @@ def _format_row(record: RoundRecord) -> str:
         "-" if record.compression_ratio is None else f"{record.compression_ratio:.1f}x",
     )
     row = " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+    if record.backdoor_success is not None:
+        row += f"  backdoor success {record.backdoor_success:.3f}"
     if record.epsilon is not None:
         row += f"  epsilon {record.epsilon:.3f}"
         if record.epsilon_projected is not None:
@@ -148,6 +150,12 @@ def _summary_lines(result: RunResult) -> list[str]:
             if privacy.get(name) is not None
         )
         lines.append(f"privacy: {privacy['mechanism']}; {shown}")
+    attack = result.extras.get("attack")
+    if attack:
+        lines.append(
+            f"[yellow]simulated attack: {attack['kind']} by "
+            f"{len(attack['malicious_clients'])} malicious client(s)[/yellow]"
+        )
     secure = result.extras.get("secure_aggregation")
     if secure:
         shown = ", ".join(f"{name} {value}" for name, value in secure.items() if name != "protocol")

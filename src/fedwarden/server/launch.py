@@ -22,6 +22,7 @@ from fedwarden.attacks import (
     SignFlip,
     Trigger,
     add_backdoor,
+    backdoor_test_set,
     choose_malicious,
     flip_labels,
 )
@@ -297,6 +298,16 @@ def backdoor_trigger(config: RunConfig) -> Trigger:
     return Trigger(tuple(attack.trigger_indices), attack.trigger_value)
 
 
+def build_backdoor_test(config: RunConfig, dataset: FederatedDataset) -> CentralTestSet | None:
+    """Triggered central test examples labelled with the backdoor's target (None without one)."""
+    if config.attack.kind != "backdoor":
+        return None
+    triggered = backdoor_test_set(
+        dataset.x_test, dataset.y_test, backdoor_trigger(config), config.attack.target_label
+    )
+    return CentralTestSet(triggered.x, triggered.target_labels)
+
+
 def poisoned(config: RunConfig, dataset: FederatedDataset) -> FederatedDataset:
     """``dataset`` with the malicious clients' training data poisoned, for data attacks."""
     attack = config.attack
@@ -550,6 +561,7 @@ def run(
             rounds=config.rounds,
             seed=config.seed,
             central_test=CentralTestSet(dataset.x_test, dataset.y_test),
+            backdoor_test=build_backdoor_test(config, dataset),
             min_cohort=config.sampling.min_cohort,
             deadline_s=config.sampling.deadline_s,
             evaluate_every=config.evaluate_every,
@@ -580,8 +592,14 @@ def run(
     }
     if pipeline.aggregator.hides_individual_updates:
         extras["secure_aggregation"] = pipeline.aggregator.report()
-    if isinstance(pipeline.aggregator, AttackSimulation):
-        extras["attack"] = pipeline.aggregator.report()["attack"]
+    malicious = malicious_clients(config, dataset)
+    if malicious:
+        attack = {"kind": config.attack.kind, "malicious_clients": list(malicious)}
+        if isinstance(pipeline.aggregator, AttackSimulation):
+            counts = pipeline.aggregator.report()["attack"]
+            attack["poisoned_updates"] = counts["poisoned_updates"]
+            attack["poisoned_rejected"] = counts["poisoned_rejected"]
+        extras["attack"] = attack
     if config.privacy.mechanism == "local":
         extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
     if dataset.num_classes is not None:

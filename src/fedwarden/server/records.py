@@ -40,6 +40,8 @@ class RoundRecord:
     """Privacy spent once the planned rounds are done, if every round is like this one."""
     compression_ratio: float | None = None
     """Raw float32 bytes of the received updates over ``bytes_up`` (1.0: uncompressed)."""
+    backdoor_success: float | None = None
+    """Share of triggered central test examples classified as the attacker's target."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -90,7 +90,11 @@ class RoundPrivacy(Protocol):
 
 @dataclass(frozen=True)
 class CentralTestSet:
-    """The server's own held-out data for evaluating the global model."""
+    """The server's own held-out data for evaluating the global model.
+
+    A backdoor test set holds triggered examples labelled with the attacker's
+    target, so its accuracy is the backdoor's success rate.
+    """
 
     x: npt.NDArray[np.generic]
     y: npt.NDArray[np.generic]
@@ -111,6 +115,7 @@ class Server:
         rounds: int,
         seed: int,
         central_test: CentralTestSet | None = None,
+        backdoor_test: CentralTestSet | None = None,
         min_cohort: int = 1,
         deadline_s: float | None = None,
         evaluate_every: int = 1,
@@ -126,6 +131,7 @@ class Server:
         self.client_ids = list(client_ids)
         self.rounds = rounds
         self.central_test = central_test
+        self.backdoor_test = backdoor_test
         self.min_cohort = min_cohort
         self.deadline_s = deadline_s
         self.evaluate_every = evaluate_every
@@ -278,6 +284,7 @@ class Server:
             bytes_up=bytes_up,
             bytes_down=self.vector.nbytes * len(cohort),
             compression_ratio=raw_bytes / bytes_up if bytes_up else None,
+            backdoor_success=metrics.get("backdoor_success"),
             note=note,
             epsilon=None if self.privacy is None else self.privacy.epsilon(),
             epsilon_projected=None
@@ -305,7 +312,13 @@ class Server:
         due = (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds
         if self.central_test is None or not due or len(self.central_test.y) == 0:
             return {}
-        return dict(self.trainer.evaluate(self.vector, self.central_test.x, self.central_test.y))
+        metrics = dict(self.trainer.evaluate(self.vector, self.central_test.x, self.central_test.y))
+        if self.backdoor_test is not None:
+            triggered = self.trainer.evaluate(
+                self.vector, self.backdoor_test.x, self.backdoor_test.y
+            )
+            metrics["backdoor_success"] = triggered["accuracy"]
+        return metrics
 
     def _checkpoint(self) -> None:
         if self.run_dir is None:
