@@ -237,6 +237,29 @@ def test_compressed_updates_are_counted_on_the_wire_and_train_as_well() -> None:
     assert abs(compressed.accuracy - plain.accuracy) <= 0.02
 
 
+def test_a_robust_rule_flags_and_quarantines_sign_flippers_the_mean_cannot_resist() -> None:
+    values: dict[str, Any] = {
+        "seed": 9,
+        "rounds": 6,
+        "data": {"source": "digits", "num_clients": 10},
+        "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+        "sampling": {"cohort_size": 10},
+        "attack": {"kind": "sign_flip", "scale": 10.0, "malicious_fraction": 0.2},
+        "runtime": {"workers": 2},
+    }
+    with_mean = run(RunConfig.from_mapping(values), write_run_dir=False)
+    values["pipeline"] = {"aggregator": "median", "quarantine_after": 2}
+    with_median = run(RunConfig.from_mapping(values), write_run_dir=False)
+    malicious = set(with_median.extras["attack"]["malicious_clients"])
+    assert set(with_median.history[0].flagged) == malicious
+    assert set(with_median.history[1].quarantined) == malicious
+    assert all(r.sampled == 8 for r in with_median.history[2:])  # no longer sampled
+    assert with_median.extras["quarantined_clients"] == sorted(malicious)
+    assert with_median.extras["robust_aggregation"]["robust_rule"] == "median"
+    assert with_mean.accuracy is not None and with_median.accuracy is not None
+    assert with_median.accuracy > with_mean.accuracy + 0.1
+
+
 def test_a_backdoor_attack_reports_its_success_rate_and_its_malicious_clients() -> None:
     values: dict[str, Any] = {
         "seed": 8,

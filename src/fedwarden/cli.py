@@ -99,6 +99,10 @@ def _format_row(record: RoundRecord) -> str:
         "-" if record.compression_ratio is None else f"{record.compression_ratio:.1f}x",
     )
     row = " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+    if record.flagged:
+        row += f"  [yellow]flagged: {', '.join(record.flagged)}[/yellow]"
+    if record.quarantined:
+        row += f"  [red]quarantined: {', '.join(record.quarantined)}[/red]"
     if record.backdoor_success is not None:
         row += f"  backdoor success {record.backdoor_success:.3f}"
     if record.epsilon is not None:

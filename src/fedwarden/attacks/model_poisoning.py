@@ -330,6 +330,10 @@ class AttackSimulation(Aggregator):
         self.poisoned_total = 0
         self.rejected_total = 0
 
+    def client_scores(self) -> Mapping[str, Any]:
+        """The inner aggregator's scores (poisoned updates included)."""
+        return self.inner.client_scores()
+
     def start(self, size: int, cohort: Sequence[str]) -> None:
         """Start the inner round and reset the benign statistics and held updates."""
         self.inner.start(size, cohort)

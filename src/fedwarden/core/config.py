@@ -201,12 +201,40 @@ class CompressionConfig(Section):
 
 
 class PipelineConfig(Section):
-    """Server-side checks and aggregation of updates."""
+    """Server-side checks and aggregation of updates.
+
+    ``aggregator`` picks the reduction: the weighted ``mean`` (FedAvg) or a
+    Byzantine-robust rule (``median``, ``trimmed_mean`` trimming
+    ``trim_fraction`` at each end, ``krum`` / ``multi_krum`` / ``bulyan``
+    tolerating ``byzantine`` = f attackers, ``multi_krum`` averaging
+    ``multi_krum_selected`` (default n - f), ``geometric_median``,
+    ``centered_clipping`` with radius ``clip_radius``, ``norm_bounded_mean``
+    clipping each update to ``clip_radius``). Robust rules score every update;
+    an update ``anomaly_threshold`` robust z-scores from the center is flagged,
+    and a client flagged ``quarantine_after`` times is no longer sampled.
+    """
 
     max_update_norm: Annotated[float, Field(gt=0)] | None = None
     """Reject updates whose L2 norm exceeds this (a sanity bound, not DP clipping)."""
     weighting: Literal["examples", "uniform"] = "examples"
     compression: CompressionConfig = CompressionConfig()
+    aggregator: Literal[
+        "mean",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+        "bulyan",
+        "geometric_median",
+        "centered_clipping",
+        "norm_bounded_mean",
+    ] = "mean"
+    byzantine: Annotated[int, Field(ge=0)] = 0
+    trim_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    multi_krum_selected: Annotated[int, Field(ge=1)] | None = None
+    clip_radius: Annotated[float, Field(gt=0)] = 1.0
+    anomaly_threshold: Annotated[float, Field(gt=0)] = 3.5
+    quarantine_after: Annotated[int, Field(ge=1)] | None = None
 
 
 class PersonalizationConfig(Section):
@@ -368,6 +396,27 @@ class RunConfig(Section):
                 "user-level DP is accounted for Poisson or uniform cohorts; stratified sampling "
                 "has no accountant here: set sampling.scheme to 'poisson' or 'uniform'"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _robust_rule_fits(self) -> RunConfig:
+        rule = self.pipeline.aggregator
+        if rule == "mean":
+            return self
+        if self.privacy.mechanism == "user_level":
+            raise ValueError(
+                f"pipeline.aggregator '{rule}' cannot replace user-level DP's noisy mean: "
+                "choose one of them"
+            )
+        if rule in ("krum", "multi_krum", "bulyan") and self.sampling.scheme != "poisson":
+            need = 4 if rule == "bulyan" else 2
+            least = need * self.pipeline.byzantine + 3
+            if self.sampling.cohort_size < least:
+                raise ValueError(
+                    f"pipeline.aggregator '{rule}' with byzantine f={self.pipeline.byzantine} "
+                    f"needs a cohort of at least {need}f + 3 = {least}, but sampling.cohort_size "
+                    f"is {self.sampling.cohort_size}; lower pipeline.byzantine or sample more"
+                )
         return self
 
     @model_validator(mode="after")

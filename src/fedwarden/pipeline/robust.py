@@ -631,6 +631,10 @@ class RobustAggregator(Aggregator, ABC):
     def _reduce(self, matrix: Matrix) -> tuple[Vector, int]:
         """The rule's output for the round's rows, and how many updates it is built from."""
 
+    def client_scores(self) -> Mapping[str, ClientScore]:
+        """The last round's scores, one per client whose update arrived."""
+        return self.last_scores
+
     def flagged(self) -> list[str]:
         """Clients flagged in the last round, in arrival order."""
         return [cid for cid, score in self.last_scores.items() if score.flagged]

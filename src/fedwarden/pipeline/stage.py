@@ -12,7 +12,7 @@ cannot work together are refused when the pipeline is built.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -90,7 +90,14 @@ class Aggregator(ABC):
         return {}
 
     def report(self) -> dict[str, Any]:
-        """What the run summary says about this aggregator's protocol (empty for plain ones)."""
+        """What the run summary says about this aggregator (empty for plain ones)."""
+        return {}
+
+    def client_scores(self) -> Mapping[str, Any]:
+        """The last round's per-client anomaly scores (``ClientScore``), for reputation.
+
+        Only aggregators that see each update (robust rules) score clients.
+        """
         return {}
 
 

@@ -39,6 +39,18 @@ from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
 from fedwarden.pipeline.compress import Codec, CompressUpdate
 from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
+from fedwarden.pipeline.robust import (
+    AnomalyRule,
+    Bulyan,
+    CenteredClipping,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    MultiKrum,
+    NormBoundedMean,
+    Reputation,
+    TrimmedMean,
+)
 from fedwarden.pipeline.secure import SecureSum
 from fedwarden.pipeline.stage import Aggregator, Stage
 from fedwarden.privacy.accounting import (
@@ -219,8 +231,7 @@ def _stages_and_aggregator(
     if not isinstance(privacy, UserLevelPrivacy):
         # Client halves run in list order (local DP noises, then compression encodes),
         # and so do server halves (compression decodes, then validation reads the vector).
-        mean = StreamingWeightedMean(config.pipeline.weighting)
-        return [*client_stages, *compress, validate], mean
+        return [*client_stages, *compress, validate], build_aggregator(config)
     clip = ClipUpdate(
         privacy.clip_norm,
         placement=section.clip_on,
@@ -234,6 +245,41 @@ def _stages_and_aggregator(
         adaptive=privacy.adaptive,
     )
     return [*compress, validate, clip], noisy_mean
+
+
+def build_aggregator(config: RunConfig) -> Aggregator:
+    """The weighted mean, or the Byzantine-robust rule ``config.pipeline.aggregator`` names."""
+    section = config.pipeline
+    anomaly = AnomalyRule(distance_z_threshold=section.anomaly_threshold)
+    f = section.byzantine
+    match section.aggregator:
+        case "mean":
+            return StreamingWeightedMean(section.weighting)
+        case "median":
+            return CoordinateMedian(anomaly=anomaly)
+        case "trimmed_mean":
+            return TrimmedMean(section.trim_fraction, anomaly=anomaly)
+        case "krum":
+            return Krum(f, anomaly=anomaly)
+        case "multi_krum":
+            selected = section.multi_krum_selected or max(config.sampling.cohort_size - f, 1)
+            return MultiKrum(f, selected, anomaly=anomaly)
+        case "bulyan":
+            return Bulyan(f, anomaly=anomaly)
+        case "geometric_median":
+            return GeometricMedian(anomaly=anomaly)
+        case "centered_clipping":
+            return CenteredClipping(tau=section.clip_radius, anomaly=anomaly)
+        case "norm_bounded_mean":
+            return NormBoundedMean(section.clip_radius, anomaly=anomaly)
+        case _:
+            assert_never(section.aggregator)
+
+
+def build_reputation(config: RunConfig) -> Reputation | None:
+    """Quarantine of repeatedly flagged clients, when ``pipeline.quarantine_after`` is set."""
+    after = config.pipeline.quarantine_after
+    return None if after is None else Reputation(quarantine_after=after)
 
 
 def build_compression(config: RunConfig, size: int) -> list[Stage]:
@@ -562,6 +608,7 @@ def run(
             seed=config.seed,
             central_test=CentralTestSet(dataset.x_test, dataset.y_test),
             backdoor_test=build_backdoor_test(config, dataset),
+            reputation=build_reputation(config),
             min_cohort=config.sampling.min_cohort,
             deadline_s=config.sampling.deadline_s,
             evaluate_every=config.evaluate_every,
@@ -592,6 +639,11 @@ def run(
     }
     if pipeline.aggregator.hides_individual_updates:
         extras["secure_aggregation"] = pipeline.aggregator.report()
+    robust_report = pipeline.aggregator.report()
+    if "robust_rule" in robust_report:
+        extras["robust_aggregation"] = robust_report
+    if server.reputation is not None:
+        extras["quarantined_clients"] = sorted(server.reputation.quarantined())
     malicious = malicious_clients(config, dataset)
     if malicious:
         attack = {"kind": config.attack.kind, "malicious_clients": list(malicious)}

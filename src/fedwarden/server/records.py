@@ -42,6 +42,10 @@ class RoundRecord:
     """Raw float32 bytes of the received updates over ``bytes_up`` (1.0: uncompressed)."""
     backdoor_success: float | None = None
     """Share of triggered central test examples classified as the attacker's target."""
+    flagged: list[str] = field(default_factory=list)
+    """Clients whose update the robust aggregator's anomaly rule flagged this round."""
+    quarantined: list[str] = field(default_factory=list)
+    """Clients quarantined after this round (flagged too often; no longer sampled)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -48,6 +48,7 @@ class Checkpoint:
     history: list[RoundRecord]
     train_seconds: float
     privacy_state: dict[str, float] = field(default_factory=dict)
+    reputation_state: dict[str, Any] = field(default_factory=dict)
 
 
 class RunDirectory:
@@ -95,6 +96,7 @@ class RunDirectory:
             "history": [record.to_json() for record in checkpoint.history],
             "train_seconds": checkpoint.train_seconds,
             "privacy_state": checkpoint.privacy_state,
+            "reputation_state": checkpoint.reputation_state,
         }
         arrays: dict[str, Any] = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
         buffer = io.BytesIO()
@@ -121,6 +123,7 @@ class RunDirectory:
                 history=[RoundRecord(**record) for record in meta["history"]],
                 train_seconds=meta["train_seconds"],
                 privacy_state=meta.get("privacy_state", {}),
+                reputation_state=meta.get("reputation_state", {}),
             )
 
     def write_metrics(self, history: list[RoundRecord]) -> None:

@@ -31,6 +31,7 @@ from fedwarden.core.messages import (
     TrainConfig,
 )
 from fedwarden.models.trainer import Trainer
+from fedwarden.pipeline.robust import Reputation
 from fedwarden.pipeline.stage import Pipeline
 from fedwarden.privacy.ledger import BudgetExceeded
 from fedwarden.runtime.base import Runtime
@@ -122,6 +123,7 @@ class Server:
         run_dir: RunDirectory | None = None,
         observer: RoundObserver | None = None,
         privacy: RoundPrivacy | None = None,
+        reputation: Reputation | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -138,6 +140,7 @@ class Server:
         self.run_dir = run_dir
         self.observer = observer
         self.privacy = privacy
+        self.reputation = reputation
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
         self.history: list[RoundRecord] = []
@@ -154,6 +157,8 @@ class Server:
         self.train_seconds = checkpoint.train_seconds
         if self.privacy is not None and checkpoint.privacy_state:
             self.privacy.load_state(checkpoint.privacy_state)
+        if self.reputation is not None and checkpoint.reputation_state:
+            self.reputation.load_state(checkpoint.reputation_state)
 
     @property
     def next_round(self) -> int:
@@ -206,6 +211,8 @@ class Server:
         if self.privacy is not None:
             self.privacy.before_round(round_index)
             population = self.privacy.eligible(self.client_ids)
+        if self.reputation is not None:
+            population = self.reputation.eligible(population)
         cohort = self.sampler.sample(population, self.rng)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
@@ -260,6 +267,15 @@ class Server:
                 "the model is unchanged"
             )
         applied = aggregate is not None
+        scores = aggregator.client_scores() if applied else {}
+        flagged = [client for client, score in scores.items() if score.flagged]
+        quarantined = [] if self.reputation is None else self.reputation.record(scores)
+        if flagged:
+            logger.warning(
+                "round %d: investigate before trusting: updates of %s are statistical outliers",
+                round_index,
+                ", ".join(flagged),
+            )
         if aggregate is not None:
             self.vector = self.strategy.apply(self.vector, aggregate.mean_update)
             if self.privacy is not None:
@@ -285,6 +301,8 @@ class Server:
             bytes_down=self.vector.nbytes * len(cohort),
             compression_ratio=raw_bytes / bytes_up if bytes_up else None,
             backdoor_success=metrics.get("backdoor_success"),
+            flagged=flagged,
+            quarantined=quarantined,
             note=note,
             epsilon=None if self.privacy is None else self.privacy.epsilon(),
             epsilon_projected=None
@@ -332,6 +350,7 @@ class Server:
                 history=self.history,
                 train_seconds=self.train_seconds,
                 privacy_state={} if self.privacy is None else self.privacy.state(),
+                reputation_state={} if self.reputation is None else self.reputation.state(),
             )
         )
         self.run_dir.write_metrics(self.history)
