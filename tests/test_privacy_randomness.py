@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from scipy import stats
 
 import fedwarden.privacy
@@ -67,6 +67,11 @@ def test_secure_source_reads_operating_system_entropy(monkeypatch: pytest.Monkey
     monkeypatch.setattr(randomness.os, "urandom", fake_urandom)
     assert NoiseSource.secure().random_bytes(16) == bytes(range(16))
     assert requests == [16]
+    # A long request is the AES-CTR keystream under a fresh 32-byte key read from the OS.
+    long = NoiseSource.secure().random_bytes(4096)
+    key = bytes(range(32))
+    expected = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(4096))
+    assert requests == [16, 32] and long == expected
 
 
 def test_two_secure_sources_give_different_streams_and_are_not_reproducible() -> None:

@@ -1,4 +1,4 @@
-"""Specifications of the mask PRG (ChaCha20 keystream in Z_2^b) and of Shamir secret sharing."""
+"""Specifications of the mask PRG (AES-256-CTR keystream in Z_2^b) and of Shamir secret sharing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,19 +22,19 @@ from fedwarden.secure.prg import (
 from fedwarden.secure.shamir import PRIME, ShamirError, Share, combine_shares, split_secret
 
 
-def chacha20_keystream(seed: bytes, count: int) -> bytes:
-    """The first ``count`` bytes of the ChaCha20 keystream under ``seed`` and a zero nonce."""
-    return Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor().update(bytes(count))
+def aes_ctr_keystream(seed: bytes, count: int) -> bytes:
+    """The first ``count`` bytes of the AES-256-CTR keystream under ``seed`` from counter zero."""
+    return Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(count))
 
 
 # --- the PRG ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("modulus_bits", [1, 7, 16, 32, 33, 48, 62])
-def test_mask_is_the_chacha20_keystream_reduced_into_the_ring(modulus_bits: int) -> None:
+def test_mask_is_the_aes_ctr_keystream_reduced_into_the_ring(modulus_bits: int) -> None:
     seed = os.urandom(SEED_BYTES)
     width = 4 if modulus_bits <= 32 else 8
-    words = np.frombuffer(chacha20_keystream(seed, 100 * width), dtype=f"<u{width}")
+    words = np.frombuffer(aes_ctr_keystream(seed, 100 * width), dtype=f"<u{width}")
     expected = words.astype(np.uint64) % np.uint64(1 << modulus_bits)
     mask = expand_mask(seed, 100, modulus_bits)
     assert mask.dtype == np.uint64

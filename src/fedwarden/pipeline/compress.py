@@ -56,7 +56,7 @@ updates it computed. Its server half decodes each arriving payload back to a
 ``float32`` vector before the later stages see it.
 
 Randomness: stochastic rounding draws from a :class:`NoiseSource` (secure by
-default); seeds are expanded with the ChaCha20 PRG of
+default); seeds are expanded with the AES-CTR PRG of
 :mod:`fedwarden.secure.prg` under HKDF-derived keys, one per purpose.
 """
 
@@ -239,7 +239,7 @@ def _seed_key(seed: int, purpose: bytes) -> bytes:
 def random_k_indices(size: int, k: int, seed: int) -> Indices:
     """``k`` distinct positions out of ``size``, uniformly at random from ``seed``, increasing.
 
-    Each position gets a 62-bit key from the ChaCha20 PRG; the ``k`` smallest
+    Each position gets a 62-bit key from the AES-CTR PRG; the ``k`` smallest
     keys win, a uniform ``k``-subset (keys tie with probability below
     ``size**2 / 2**63``). Encoder and decoder recompute the same set.
     """

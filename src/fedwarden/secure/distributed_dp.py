@@ -171,7 +171,7 @@ def hadamard_transform(values: FloatArray) -> FloatArray:
 
 
 def _rotation_signs(rotation_seed: bytes, size: int) -> FloatArray:
-    """The diagonal ``xi`` in {-1, +1}^size: one keystream bit each from ChaCha20 under the seed."""
+    """The diagonal ``xi`` in {-1, +1}^size: one bit each of the mask PRG under the seed."""
     bits = expand_mask(rotation_seed, size, 1)
     return 1.0 - 2.0 * bits.astype(np.float64)
 
