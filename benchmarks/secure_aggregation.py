@@ -15,8 +15,10 @@ the survivors' updates. Three ways to compute it, on the same vectors:
   with default parameters (``k = 42``, ``t = 16`` for ``n = 100``, ring
   ``2^32``). Clients clip to L2 norm 1 and quantize with
   :class:`~fedwarden.secure.encoding.RingEncoder` (the finest step for ``n``);
-  the server decodes the ring sum. All clients and the server run one after
-  another in this process, on one core.
+  the server decodes the ring sum. In this process, the survivors encode and
+  mask on one thread per core (as the pipeline's ``SecureSum`` does; Flower
+  likewise runs one ClientApp actor per core), and the server adds each masked
+  input as it comes; key setup and unmasking run one client after another.
 * **Flower**: one round of ``SecAggPlusWorkflow`` with ``secaggplus_mod`` on
   Flower's Simulation Engine (one Ray actor per core), with
   ``num_shares = k + 1``, the same ``t``, the same dropouts, clipping range 1
@@ -55,6 +57,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -72,7 +75,7 @@ from fedwarden.core.params import Vector
 from fedwarden.pipeline.mean import StreamingWeightedMean
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.encoding import RingEncoder
-from fedwarden.secure.secagg import InProcessSecureSum, SecAggParameters
+from fedwarden.secure.secagg import InProcessSecureSum, MaskedInput, SecAggParameters
 
 CLIP_NORM = 1.0
 """L2 clip norm of the secure encoders (twice the workload's update norm, so nothing is clipped)."""
@@ -184,13 +187,22 @@ def run_fedwarden(updates: Sequence[Vector], dropped: frozenset[int]) -> SecureR
         secure_sum.bytes_up,
         secure_sum.bytes_down,
     )
-    encode_seconds = 0.0
-    masked_bytes = 0
-    for index in survivors:
+
+    def client_round(index: int) -> tuple[MaskedInput, float]:
         encode_start = time.perf_counter()
         encoded = encoder.encode(updates[index], source)
-        encode_seconds += time.perf_counter() - encode_start
-        masked_bytes += secure_sum.submit(ids[index], encoded)
+        encode_time = time.perf_counter() - encode_start
+        return secure_sum.mask(ids[index], encoded), encode_time
+
+    # The survivors encode and mask on one thread per core, as the pipeline's
+    # SecureSum does (and as Flower's simulation runs one ClientApp actor per core);
+    # the server adds each masked input as it comes.
+    encode_seconds = 0.0
+    masked_bytes = 0
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for masked, encode_time in pool.map(client_round, survivors):
+            encode_seconds += encode_time
+            masked_bytes += secure_sum.receive(masked)
     before_finish = (
         secure_sum.client_seconds,
         secure_sum.server_seconds,

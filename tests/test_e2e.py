@@ -23,6 +23,21 @@ ROOT = Path(__file__).resolve().parents[1]
 FEDWARDEN = [sys.executable, "-m", "fedwarden.cli"]
 
 
+def _digits_run(
+    seed: int, rounds: int, clients: int, cohort: int, **sections: Any
+) -> dict[str, Any]:
+    """A short FedAvg run on digits over two local workers, plus ``sections``."""
+    return {
+        "seed": seed,
+        "rounds": rounds,
+        "data": {"source": "digits", "num_clients": clients},
+        "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+        "sampling": {"cohort_size": cohort},
+        "runtime": {"workers": 2},
+        **sections,
+    }
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*FEDWARDEN, *args], capture_output=True, text=True, timeout=300, env=env, check=False
@@ -218,14 +233,7 @@ def test_quickstart_spends_exactly_the_calibrated_dp_sgd_budget_at_each_hospital
 
 
 def test_compressed_updates_are_counted_on_the_wire_and_train_as_well() -> None:
-    values: dict[str, Any] = {
-        "seed": 6,
-        "rounds": 5,
-        "data": {"source": "digits", "num_clients": 8},
-        "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        "sampling": {"cohort_size": 6},
-        "runtime": {"workers": 2},
-    }
+    values = _digits_run(seed=6, rounds=5, clients=8, cohort=6)
     plain = run(RunConfig.from_mapping(values), write_run_dir=False)
     values["pipeline"] = {"compression": {"quantize": "uniform", "bits": 8}}
     compressed = run(RunConfig.from_mapping(values), write_run_dir=False)
@@ -238,15 +246,8 @@ def test_compressed_updates_are_counted_on_the_wire_and_train_as_well() -> None:
 
 
 def test_a_robust_rule_flags_and_quarantines_sign_flippers_the_mean_cannot_resist() -> None:
-    values: dict[str, Any] = {
-        "seed": 9,
-        "rounds": 6,
-        "data": {"source": "digits", "num_clients": 10},
-        "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        "sampling": {"cohort_size": 10},
-        "attack": {"kind": "sign_flip", "scale": 10.0, "malicious_fraction": 0.2},
-        "runtime": {"workers": 2},
-    }
+    attack = {"kind": "sign_flip", "scale": 10.0, "malicious_fraction": 0.2}
+    values = _digits_run(seed=9, rounds=6, clients=10, cohort=10, attack=attack)
     with_mean = run(RunConfig.from_mapping(values), write_run_dir=False)
     values["pipeline"] = {"aggregator": "median", "quarantine_after": 2}
     with_median = run(RunConfig.from_mapping(values), write_run_dir=False)
@@ -281,15 +282,7 @@ def test_a_backdoor_attack_reports_its_success_rate_and_its_malicious_clients() 
 
 @pytest.mark.parametrize("kind", ["secagg", "he"])
 def test_secure_aggregation_trains_the_same_model_as_plain_aggregation(kind: str) -> None:
-    values = {
-        "name": "secure",
-        "seed": 5,
-        "rounds": 4,
-        "data": {"source": "digits", "num_clients": 8},
-        "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        "sampling": {"cohort_size": 6},
-        "runtime": {"workers": 2},
-    }
+    values = _digits_run(seed=5, rounds=4, clients=8, cohort=6)
     plain = run(RunConfig.from_mapping(values), write_run_dir=False)
     secure = run(RunConfig.from_mapping({**values, "secure": {"kind": kind}}), write_run_dir=False)
     assert secure.extras["pipeline"] == ["secure_sum" if kind == "secagg" else "he_mean"]

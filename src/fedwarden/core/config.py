@@ -139,7 +139,9 @@ class TrainSection(Section):
 class StrategyConfig(Section):
     """The server algorithm. Fields a strategy does not use are ignored by it."""
 
-    name: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    name: Literal[
+        "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"
+    ] = "fedavg"
     server_learning_rate: Annotated[float, Field(gt=0)] | None = None
     """Defaults: 1.0 for FedAvg/FedProx/FedAvgM, 0.01 for the FedOpt family."""
     proximal_mu: Annotated[float, Field(ge=0)] = 0.01
@@ -395,6 +397,23 @@ class RunConfig(Section):
             raise ValueError(
                 "user-level DP is accounted for Poisson or uniform cohorts; stratified sampling "
                 "has no accountant here: set sampling.scheme to 'poisson' or 'uniform'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _scaffold_fits(self) -> RunConfig:
+        if self.strategy.name != "scaffold":
+            return self
+        if self.model.kind not in ("softmax", "mlp"):
+            raise ValueError(
+                "strategy 'scaffold' corrects every local gradient step, which the NumPy "
+                "('softmax') and PyTorch ('mlp') trainers do; set model.kind to one of them"
+            )
+        if self.privacy.mechanism in ("user_level", "dp_sgd"):
+            raise ValueError(
+                f"strategy 'scaffold' with privacy.mechanism '{self.privacy.mechanism}' is not "
+                "supported (its control variates double what is clipped and released); use "
+                "fedavg or fedprox"
             )
         return self
 

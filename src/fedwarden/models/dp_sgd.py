@@ -343,7 +343,14 @@ class DpSgdTrainer(TorchTrainer):
         }
         return FitResult(result.update, result.num_examples, metrics)
 
-    def _train(self, x: Array, y: Array, rng: np.random.Generator, train: TrainConfig) -> float:
+    def _train(
+        self,
+        x: Array,
+        y: Array,
+        rng: np.random.Generator,
+        train: TrainConfig,
+        corrections: list[torch.Tensor] | None = None,
+    ) -> float:
         """``train.local_epochs`` epochs of Poisson-sampled DP-SGD steps.
 
         Each step is Opacus's ``DPOptimizer.step`` (clip, noise, scale, count
@@ -353,6 +360,11 @@ class DpSgdTrainer(TorchTrainer):
         without noise, so reporting it would spend privacy the accountant does
         not count (NaN stands for it, and :meth:`fit` does not report it).
         """
+        if corrections is not None:
+            raise ConfigError(
+                "DP-SGD clients take a random number of Poisson-sampled steps, which SCAFFOLD's "
+                "control-variate update needs to know; use strategy fedavg or fedprox with DP-SGD"
+            )
         module, optimizer = self._grad_sample_module, self._dp_optimizer
         criterion = _CRITERIA[self.loss]
         sampling = PoissonSampling(len(y), train.batch_size)

@@ -73,6 +73,11 @@ class NumpyTrainer:
         x, y = client.data.x_train, client.data.y_train
         x_train, y_train = (x, y) if self.prepare is None else self.prepare(x, y)
         mu = np.float32(train.proximal_mu)
+        correction = (
+            None
+            if client.gradient_correction is None
+            else np.float32(train.learning_rate) * client.gradient_correction
+        )
         step_sizes = {
             size: np.float32(train.learning_rate / size)
             for size in {min(train.batch_size, len(y)), len(y) % train.batch_size or 1}
@@ -87,6 +92,8 @@ class NumpyTrainer:
                     gradient *= np.float32(train.learning_rate)
                 else:
                     gradient *= step_sizes[len(y_batch)]
+                if correction is not None:
+                    gradient += correction
                 weights -= gradient
         train_loss = self.evaluate(weights, x, y)["loss"] if len(y) else 0.0
         weights -= vector

@@ -231,7 +231,12 @@ class TorchTrainer:
         for group in self._optimizer.param_groups:
             group["lr"] = train.learning_rate
         torch.default_generator.manual_seed(int(client.rng.integers(2**63)))
-        train_loss = self._train(x, y, client.rng, train)
+        corrections = (
+            None
+            if client.gradient_correction is None
+            else self._per_parameter(client.gradient_correction)
+        )
+        train_loss = self._train(x, y, client.rng, train, corrections)
         update = self._spec.flatten(self._arrays, out=np.empty(self._spec.size, VECTOR_DTYPE))
         update -= vector
         for name, array, entries in self._personal:
@@ -241,7 +246,14 @@ class TorchTrainer:
             self._save_optimizer(client.state)
         return FitResult(update, len(y), {"train_loss": train_loss})
 
-    def _train(self, x: Array, y: Array, rng: np.random.Generator, train: TrainConfig) -> float:
+    def _train(
+        self,
+        x: Array,
+        y: Array,
+        rng: np.random.Generator,
+        train: TrainConfig,
+        corrections: list[torch.Tensor] | None = None,
+    ) -> float:
         """``train.local_epochs`` epochs of minibatch steps; the mean loss of the last epoch.
 
         Each epoch gathers the examples once in :func:`epoch_order`, so a
@@ -267,10 +279,20 @@ class TorchTrainer:
                 loss.backward()
                 if mu:
                     self._add_proximal_gradient(mu)
+                if corrections is not None:
+                    for param, correction in zip(params, corrections, strict=True):
+                        if param.grad is not None:
+                            param.grad.add_(correction)
                 optimizer.step()
                 if last_epoch:
                     total += loss.item() * len(y_batch)
         return total / len(y) if len(y) and train.local_epochs else 0.0
+
+    def _per_parameter(self, vector: Vector) -> list[torch.Tensor]:
+        """``vector``'s entries for each trainable parameter, as tensors in parameter order."""
+        views = self._spec.views(vector)
+        names = [name for name, p in self._module.named_parameters() if p.requires_grad]
+        return [torch.from_numpy(np.ascontiguousarray(views[name])) for name in names]
 
     def _anchor(self) -> None:
         """Remember the parameters at the start of local training (FedProx's ``w_global``)."""

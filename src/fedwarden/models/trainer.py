@@ -38,6 +38,8 @@ class ClientContext:
     state: ClientState = field(default_factory=dict)
     round_parameters: Mapping[str, float] = field(default_factory=dict)
     """The server's per-round settings for the pipeline's client halves."""
+    gradient_correction: Vector | None = None
+    """A vector added to every local gradient (SCAFFOLD's ``c - c_i``), or None."""
 
 
 @runtime_checkable

@@ -9,7 +9,10 @@ In simulation the protocol runs in process: :class:`SecureSum` drives one
 :class:`~fedwarden.secure.secagg.SecAggServer`, passing messages between
 them; the server object only ever holds masked vectors and the shares it is
 sent. Encoding, noise and masking are the client objects' work, done as each
-client's update arrives, so the server still streams in O(model size) memory.
+client's update arrives on a small pool of threads (one per core: the
+simulated clients work in parallel, as devices would; NumPy and the cipher
+release the GIL); the server adds the masked vectors one at a time, with at
+most two per thread in flight, so it still streams in O(model size) memory.
 The gRPC runtime runs the same client and server objects in separate processes.
 
 - **Plain secure sum**: each client clips its update to ``clip_norm``,
@@ -28,8 +31,14 @@ CKKS homomorphic aggregation is :class:`fedwarden.pipeline.he_mean.HomomorphicMe
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
+
+import numpy as np
 
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
@@ -38,7 +47,14 @@ from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
 from fedwarden.secure.encoding import RingEncoder, RingEncodingError
-from fedwarden.secure.secagg import InProcessSecureSum, SecAggAborted, SecAggParameters
+from fedwarden.secure.secagg import (
+    InProcessSecureSum,
+    MaskedInput,
+    SecAggAborted,
+    SecAggParameters,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class SecureSum(Aggregator):
@@ -63,6 +79,7 @@ class SecureSum(Aggregator):
         weighting: Literal["examples", "uniform"] = "examples",
         max_weight: int = 1,
         distributed_dp: DistributedDiscreteGaussian | None = None,
+        client_threads: int | None = None,
     ) -> None:
         self.parameters = parameters
         self.clip_norm = clip_norm
@@ -75,6 +92,11 @@ class SecureSum(Aggregator):
         self._encoder: RingEncoder | None = None
         self._rotation_seed = b""
         self._size = 0
+        # A test-mode noise source is one keystream: draws from several threads would
+        # interleave in no fixed order, so reproducible runs mask one client at a time.
+        self._threads = 1 if noise.reproducible else client_threads or os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future[MaskedInput | None]] = deque()
 
     def start(self, size: int, cohort: Sequence[str]) -> None:
         """Advertise and share keys in the cohort; pick this round's encoder and rotation."""
@@ -94,9 +116,40 @@ class SecureSum(Aggregator):
         self._protocol = InProcessSecureSum(cohort, length, self.parameters)
         self._protocol.setup()
         self.last_round = self._protocol
+        self._in_flight.clear()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secagg-client")
 
     def add(self, update: ClientUpdate) -> None:
         """The client encodes (and noises) its update and masks it; the server adds it."""
+        assert self._protocol is not None and self._pool is not None
+        vector = update.update
+        who = f"client {update.client_id!r}"
+        if vector.shape != (self._size,):
+            raise UpdateRejected(
+                "shape",
+                f"{who} cannot encode an update of shape {vector.shape}; the model "
+                f"needs ({self._size},)",
+            )
+        if not np.isfinite(vector).all():
+            raise UpdateRejected("non_finite", f"{who} cannot encode NaN or Inf values")
+        self._in_flight.append(self._pool.submit(self._client_round, update))
+        while len(self._in_flight) > 2 * self._threads:
+            self._receive_oldest()
+
+    def _receive_oldest(self) -> None:
+        """The server adds the oldest client's masked input once the client is done."""
+        assert self._protocol is not None
+        masked = self._in_flight.popleft().result()
+        if masked is not None:
+            self._protocol.receive(masked)
+
+    def _client_round(self, update: ClientUpdate) -> MaskedInput | None:
+        """What the client does in round 2: encode (and noise) its update, then mask it.
+
+        A client whose encoder refuses the update sends nothing: it drops out
+        after sharing keys, and unmasking removes its pairwise masks.
+        """
         assert self._protocol is not None
         try:
             if self.distributed_dp is not None:
@@ -106,14 +159,17 @@ class SecureSum(Aggregator):
                 weight = min(update.num_examples, self.max_weight)
                 encoded = self._encoder.encode(update.update, self.noise, weight)
         except RingEncodingError as error:
-            raise UpdateRejected(
-                "encoding", f"client {update.client_id!r} could not encode its update: {error}"
-            ) from error
-        self._protocol.submit(update.client_id, encoded)
+            logger.warning(
+                "client %r drops out: it cannot encode its update: %s", update.client_id, error
+            )
+            return None
+        return self._protocol.mask(update.client_id, encoded)
 
     def result(self) -> Aggregate:
         """Unmask the survivors' sum and decode it (``RoundAborted`` below ``t`` survivors)."""
         assert self._protocol is not None
+        while self._in_flight:
+            self._receive_oldest()
         try:
             ring_sum = self._protocol.finish()
         except SecAggAborted as abort:

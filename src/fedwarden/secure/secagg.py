@@ -53,6 +53,7 @@ import hashlib
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -1217,6 +1218,7 @@ class InProcessSecureSum:
         }
         self.bytes_down += payload_bytes(setup) * len(setup.cohort)
         self._ready = False
+        self._counter_lock = threading.Lock()
 
     @property
     def params(self) -> SecAggParameters:
@@ -1251,13 +1253,30 @@ class InProcessSecureSum:
 
     def submit(self, client_id: str, encoded: npt.NDArray[np.unsignedinteger]) -> int:
         """Round 2 for one client: it masks ``encoded``, the server adds it; bytes uploaded."""
+        return self.receive(self.mask(client_id, encoded))
+
+    def mask(self, client_id: str, encoded: npt.NDArray[np.unsignedinteger]) -> MaskedInput:
+        """The client half of round 2: ``client_id`` masks ``encoded``.
+
+        Safe to call from several threads for different clients at once, as
+        separate devices would (NumPy and the cipher release the GIL); hand each
+        result to :meth:`receive` from one thread.
+        """
         if not self._ready or client_id not in self._clients:
             raise SecAggError(
                 "not_ready",
                 f"secure aggregation: {client_id!r} cannot submit: call setup() first, and submit "
                 "only for cohort clients that did not drop out during setup.",
             )
-        masked = self._as_client(self._clients[client_id].mask_input, encoded)
+        start = time.perf_counter()
+        try:
+            return self._clients[client_id].mask_input(encoded)
+        finally:
+            with self._counter_lock:
+                self.client_seconds += time.perf_counter() - start
+
+    def receive(self, masked: MaskedInput) -> int:
+        """The server half of round 2: add one masked input to the sum; bytes uploaded."""
         self._as_server(self._server.receive_masked_input, masked)
         size = payload_bytes(masked)
         self.bytes_up += size

@@ -86,6 +86,7 @@ from fedwarden.strategies import (
     StratifiedSampler,
     UniformSampler,
 )
+from fedwarden.strategies.scaffold import Scaffold, ScaffoldTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +137,32 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
     return trainer
 
 
-def build_strategy(config: RunConfig) -> Strategy:
-    """The strategy named by ``config.strategy`` with the clients' training config."""
+def build_strategy(config: RunConfig, population: int, trainer: Trainer) -> Strategy:
+    """The strategy named by ``config.strategy`` with the clients' training config.
+
+    SCAFFOLD needs the model's size (``trainer`` is its :class:`ScaffoldTrainer`)
+    and the share of the ``population`` sampled per round.
+    """
     section = config.strategy
     train = TrainConfig(
         local_epochs=config.train.local_epochs,
         batch_size=config.train.batch_size,
         learning_rate=config.train.learning_rate,
     )
+    if section.name == "scaffold":
+        assert isinstance(trainer, ScaffoldTrainer)
+        sampling = config.sampling
+        fraction = (
+            sampling.rate
+            if sampling.scheme == "poisson"
+            else min(sampling.cohort_size, population) / population
+        )
+        return Scaffold(
+            train,
+            model_size=trainer.model_size,
+            sampled_fraction=fraction,
+            server_learning_rate=section.server_learning_rate or 1.0,
+        )
     if section.name in ("fedavg", "fedprox", "fedavgm"):
         server_lr = section.server_learning_rate or 1.0
         if section.name == "fedavg":
@@ -561,7 +580,10 @@ def prepare(config: RunConfig) -> PreparedRun:
         logger.info("DP-SGD noise multiplier calibrated to %.4f", noise_multiplier)
         privacy = section.model_copy(update={"noise_multiplier": noise_multiplier})
         config = config.model_copy(update={"privacy": privacy})
-    return PreparedRun(config, dataset, build_trainer(config, dataset))
+    trainer = build_trainer(config, dataset)
+    if config.strategy.name == "scaffold":
+        trainer = ScaffoldTrainer(trainer)
+    return PreparedRun(config, dataset, trainer)
 
 
 def resumed(run_dir: Path) -> tuple[RunConfig, int]:
@@ -599,7 +621,7 @@ def run(
     with build_runtime(config) as runtime:
         server = Server(
             trainer=trainer,
-            strategy=build_strategy(config),
+            strategy=build_strategy(config, len(dataset.clients), trainer),
             sampler=build_sampler(config, dataset),
             pipeline=pipeline,
             runtime=runtime,

@@ -9,6 +9,7 @@ from fedwarden.strategies.sampling import (
     StratifiedSampler,
     UniformSampler,
 )
+from fedwarden.strategies.scaffold import Scaffold, ScaffoldTrainer
 
 __all__ = [
     "FedAdagrad",
@@ -20,6 +21,8 @@ __all__ = [
     "FedYogi",
     "PoissonSampler",
     "Sampler",
+    "Scaffold",
+    "ScaffoldTrainer",
     "Strategy",
     "StratifiedSampler",
     "UniformSampler",
