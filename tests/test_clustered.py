@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 
@@ -256,14 +257,15 @@ def test_one_probing_round_separates_urban_from_rural_and_each_cluster_beats_the
     result = procedure.run(warmup)
 
     assert result.clusters == (RURAL, URBAN)
+    summary = json.loads(json.dumps(result.to_json()))
+    assert summary["clusters"] == [list(RURAL), list(URBAN)]
+    assert summary["clustered_client_metrics"] == pytest.approx(result.clustered_metrics)
     assert result.probe.round_index == 1
     assert (result.probe.participants, result.probe.applied) == (8, False)
     probed = [i.client_id for i in runtime.delivered if i.round_index == 1]
     assert sorted(probed) == sorted(urban_and_rural.client_ids)
-    cluster_fits = Counter((i.round_index, i.client_id) for i in runtime.delivered)
-    assert cluster_fits == Counter(
-        {(r, cid): 1 for r in range(5) for cid in urban_and_rural.client_ids}
-    )
+    fits = Counter((i.round_index, i.client_id) for i in runtime.delivered)
+    assert fits == Counter({(r, cid): 1 for r in range(5) for cid in urban_and_rural.client_ids})
     assert [len(run.history) for run in result.cluster_results] == [5, 5]
     assert result.warmup.client_accuracy == pytest.approx(result.global_metrics["accuracy"])
 
@@ -297,8 +299,8 @@ def test_each_cluster_continues_from_the_warmup_model_with_its_own_clients_only(
             axis=0,
             weights=[reply.num_examples for reply in replies],
         )
-        accuracy = trainer.evaluate(expected, urban_and_rural.x_test, urban_and_rural.y_test)
-        assert run.accuracy == pytest.approx(accuracy["accuracy"])
+        central = trainer.evaluate(expected, urban_and_rural.x_test, urban_and_rural.y_test)
+        assert (run.loss, run.accuracy) == pytest.approx((central["loss"], central["accuracy"]))
         assert [record.round_index for record in run.history] == [0, 1, 2]
 
 

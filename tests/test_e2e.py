@@ -261,6 +261,28 @@ def test_a_robust_rule_flags_and_quarantines_sign_flippers_the_mean_cannot_resis
     assert with_median.accuracy > with_mean.accuracy + 0.1
 
 
+def test_clustering_separates_two_populations_that_disagree_on_labels() -> None:
+    # Half the hospitals label digits differently (y -> (y + 1) % 10): two populations.
+    values = _digits_run(
+        seed=4,
+        rounds=5,
+        clients=8,
+        cohort=8,
+        attack={"kind": "label_flip", "malicious_fraction": 0.5},
+        clustering={"enabled": True, "warmup_rounds": 1, "distance_threshold": 0.5},
+    )
+    values["train"] = {"local_epochs": 2, "batch_size": 16, "learning_rate": 0.5}
+    result = run(RunConfig.from_mapping(values), write_run_dir=False)
+    flipped = set(result.extras["attack"]["malicious_clients"])
+    clusters = [set(cluster) for cluster in result.extras["clustering"]["clusters"]]
+    assert sorted(clusters, key=sorted) == sorted(
+        [flipped, set(f"client_{i}" for i in range(8)) - flipped], key=sorted
+    )
+    # Accuracy is not compared here: label flipping leaves the clients' test splits
+    # clean (tests/test_clustered.py compares accuracy on consistent test labels).
+    assert set(result.extras["clustering"]["clustered_client_metrics"]) >= {"accuracy"}
+
+
 def test_a_backdoor_attack_reports_its_success_rate_and_its_malicious_clients() -> None:
     values: dict[str, Any] = {
         "seed": 8,

@@ -356,6 +356,24 @@ class AttackConfig(Section):
     """Model replacement's boost; default cohort size over malicious count."""
 
 
+class ClusteringConfig(Section):
+    """Clustered FL (Briggs et al. 2020): one model per group of clients whose updates agree.
+
+    With ``enabled``, the global model trains ``warmup_rounds`` rounds; then
+    every client trains once from it (the probe), the clients are clustered by
+    the cosine similarity of those updates (average linkage, cut at
+    ``distance_threshold``, at most ``max_clusters``, clusters smaller than
+    ``min_cluster_size`` merged into the nearest), and each cluster trains its
+    own model for the remaining ``rounds - warmup_rounds - 1`` rounds.
+    """
+
+    enabled: bool = False
+    warmup_rounds: Annotated[int, Field(ge=0)] = 5
+    max_clusters: Annotated[int, Field(ge=1)] = 4
+    min_cluster_size: Annotated[int, Field(ge=1)] = 2
+    distance_threshold: Annotated[float, Field(ge=0, le=2)] | None = 0.5
+
+
 class RuntimeConfig(Section):
     """Where clients run."""
 
@@ -384,6 +402,7 @@ class RunConfig(Section):
     privacy: PrivacyConfig = PrivacyConfig()
     secure: SecureConfig = SecureConfig()
     attack: AttackConfig = AttackConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -397,6 +416,25 @@ class RunConfig(Section):
             raise ValueError(
                 "user-level DP is accounted for Poisson or uniform cohorts; stratified sampling "
                 "has no accountant here: set sampling.scheme to 'poisson' or 'uniform'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _clustering_fits(self) -> RunConfig:
+        clustering = self.clustering
+        if not clustering.enabled:
+            return self
+        if self.rounds < clustering.warmup_rounds + 2:
+            raise ValueError(
+                f"clustering needs rounds >= warmup_rounds + 2 (warm-up, one probing round, "
+                f"then at least one round per cluster); rounds is {self.rounds} and "
+                f"warmup_rounds {clustering.warmup_rounds}"
+            )
+        if self.privacy.mechanism in ("user_level", "dp_sgd") or self.secure.kind != "none":
+            raise ValueError(
+                "clustering groups clients by their individual updates, which no privacy "
+                "accountant covers and secure aggregation hides: turn off privacy.mechanism "
+                "and secure.kind, or clustering"
             )
         return self
 

@@ -1,5 +1,10 @@
 """The federated server: rounds, checkpoints, run directories, and building runs from configs."""
 
+from fedwarden.server.clustered import (
+    ClusteredResult,
+    ClusteredTraining,
+    cluster_by_update_similarity,
+)
 from fedwarden.server.launch import prepare, resumed, run
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
@@ -8,11 +13,14 @@ from fedwarden.server.server import CentralTestSet, RoundObserver, Server
 __all__ = [
     "CentralTestSet",
     "Checkpoint",
+    "ClusteredResult",
+    "ClusteredTraining",
     "RoundObserver",
     "RoundRecord",
     "RunDirectory",
     "RunResult",
     "Server",
+    "cluster_by_update_similarity",
     "prepare",
     "resumed",
     "run",

@@ -24,7 +24,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -188,8 +188,8 @@ class ClusteredResult:
     probe: RoundRecord
     clusters: tuple[Cluster, ...]
     cluster_results: tuple[RunResult, ...]
-    global_evaluations: Mapping[str, ClientEvaluation] = field(default_factory=dict)
-    clustered_evaluations: Mapping[str, ClientEvaluation] = field(default_factory=dict)
+    global_evaluations: Mapping[str, ClientEvaluation]
+    clustered_evaluations: Mapping[str, ClientEvaluation]
 
     @property
     def global_metrics(self) -> dict[str, float]:

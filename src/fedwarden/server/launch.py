@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, assert_never
@@ -29,6 +30,7 @@ from fedwarden.attacks import (
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
+from fedwarden.core.params import Vector
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
@@ -69,6 +71,7 @@ from fedwarden.runtime.ray import RayRuntime
 from fedwarden.runtime.state import ClientStateStore
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.secagg import SecAggParameters
+from fedwarden.server.clustered import ClusteredTraining
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -614,11 +617,34 @@ def run(
         run_dir.write_config(config.model_dump_json(indent=1))
     else:
         run_dir = None
+    clustering = config.clustering
+    if clustering.enabled and resume is not None:
+        raise ConfigError("a clustered run cannot be resumed yet; start it again")
     prepared = prepare(config)
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
     pipeline = build_pipeline(config, trainer, dataset, privacy)
     with build_runtime(config) as runtime:
+
+        def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
+            """A cluster's server over the running runtime (no central test: it is global)."""
+            cluster_server = Server(
+                trainer=trainer,
+                strategy=build_strategy(config, len(client_ids), trainer),
+                sampler=build_sampler(config, dataset),
+                pipeline=build_pipeline(config, trainer, dataset),
+                runtime=runtime,
+                client_ids=client_ids,
+                rounds=rounds,
+                seed=config.seed,
+                min_cohort=config.sampling.min_cohort,
+                deadline_s=config.sampling.deadline_s,
+                evaluate_every=config.evaluate_every,
+                observer=observer,
+            )
+            cluster_server.vector = initial_vector.copy()
+            return cluster_server
+
         server = Server(
             trainer=trainer,
             strategy=build_strategy(config, len(dataset.clients), trainer),
@@ -626,7 +652,7 @@ def run(
             pipeline=pipeline,
             runtime=runtime,
             client_ids=dataset.client_ids,
-            rounds=config.rounds,
+            rounds=clustering.warmup_rounds if clustering.enabled else config.rounds,
             seed=config.seed,
             central_test=CentralTestSet(dataset.x_test, dataset.y_test),
             backdoor_test=build_backdoor_test(config, dataset),
@@ -652,7 +678,22 @@ def run(
                 batch_size=config.train.batch_size,
                 learning_rate=config.train.learning_rate,
             )
-        result = server.run(finetune=finetune, stop_after=stop_after)
+        clustered = None
+        if clustering.enabled:
+            clustered = ClusteredTraining(
+                make_server,
+                cluster_rounds=config.rounds - clustering.warmup_rounds - 1,
+                max_clusters=clustering.max_clusters,
+                min_cluster_size=clustering.min_cluster_size,
+                distance_threshold=clustering.distance_threshold,
+            ).run(server)
+            result = replace(
+                clustered.warmup,
+                rounds=config.rounds,
+                client_accuracy=clustered.clustered_metrics.get("accuracy"),
+            )
+        else:
+            result = server.run(finetune=finetune, stop_after=stop_after)
     extras = {
         **result.extras,
         "runtime": runtime.name,
@@ -674,6 +715,8 @@ def run(
             attack["poisoned_updates"] = counts["poisoned_updates"]
             attack["poisoned_rejected"] = counts["poisoned_rejected"]
         extras["attack"] = attack
+    if clustered is not None:
+        extras["clustering"] = clustered.to_json()
     if config.privacy.mechanism == "local":
         extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
     if dataset.num_classes is not None:
