@@ -157,3 +157,22 @@ def test_thresholds_outside_2_to_holders_are_refused(threshold: int) -> None:
 def test_shamir_errors_belong_to_the_fedwarden_hierarchy() -> None:
     assert issubclass(ShamirError, FedwardenError)
     assert issubclass(MaskSeedError, FedwardenError)
+
+
+def test_masks_applied_from_several_threads_equal_the_sequential_masks() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = [bytes([index]) * SEED_BYTES for index in range(8)]
+    lengths = [1000, 50_000, 1000, 70_000, 3, 50_000, 12_345, 1]
+
+    def masked(index: int) -> np.ndarray:
+        accumulator = np.zeros(lengths[index], dtype=np.uint32)
+        for seed in seeds:
+            apply_mask(accumulator, seed, 32, sign=1)
+        return accumulator
+
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(masked, range(8)))
+    for index, result in enumerate(threaded):
+        expected = sum(expand_mask(seed, lengths[index], 32) for seed in seeds) % (1 << 32)
+        np.testing.assert_array_equal(result, expected.astype(np.uint32))
