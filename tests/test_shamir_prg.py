@@ -15,6 +15,7 @@ from fedwarden.secure.prg import (
     SEED_BYTES,
     MaskSeedError,
     apply_mask,
+    apply_masks,
     derive_seed,
     expand_mask,
     reduce_modulo,
@@ -176,3 +177,19 @@ def test_masks_applied_from_several_threads_equal_the_sequential_masks() -> None
     for index, result in enumerate(threaded):
         expected = sum(expand_mask(seed, lengths[index], 32) for seed in seeds) % (1 << 32)
         np.testing.assert_array_equal(result, expected.astype(np.uint32))
+
+
+@pytest.mark.parametrize("modulus_bits", [20, 32, 40, 62])
+def test_block_by_block_masking_equals_the_whole_keystreams(modulus_bits: int) -> None:
+    seeds = [bytes([index + 1]) * SEED_BYTES for index in range(3)]
+    length = 100_003  # several blocks and a ragged end
+    accumulator = np.zeros(length, dtype=np.uint64)
+    apply_masks(accumulator, [(seeds[0], 1), (seeds[1], -1), (seeds[2], 1)], modulus_bits)
+    expected = (
+        expand_mask(seeds[0], length, modulus_bits)
+        - expand_mask(seeds[1], length, modulus_bits)
+        + expand_mask(seeds[2], length, modulus_bits)
+    )
+    np.testing.assert_array_equal(
+        reduce_modulo(accumulator, modulus_bits), reduce_modulo(expected, modulus_bits)
+    )

@@ -72,7 +72,7 @@ from fedwarden.core.errors import ConfigError, FedwardenError, UpdateRejected
 from fedwarden.secure.prg import (
     MAX_MODULUS_BITS,
     SEED_BYTES,
-    apply_mask,
+    apply_masks,
     derive_seed,
     reduce_modulo,
     word_dtype,
@@ -584,7 +584,7 @@ class SecAggClient:
         self._enter(_Stage.COLLECT, "mask its input")
         setup = self._view.setup
         masked = self._encoded_input(encoded)
-        apply_mask(masked, self._self_mask_seed, setup.modulus_bits, sign=1)
+        masks = [(self._self_mask_seed, 1)]
         for peer in sorted(self._held_shares):
             seed = _pairwise_seed(
                 self._masking_key,
@@ -594,7 +594,8 @@ class SecAggClient:
                 peer,
                 self._refusal,
             )
-            apply_mask(masked, seed, setup.modulus_bits, sign=1 if peer > self.client_id else -1)
+            masks.append((seed, 1 if peer > self.client_id else -1))
+        apply_masks(masked, masks, setup.modulus_bits)
         self._stage = _Stage.CONSISTENCY
         return MaskedInput(
             setup.round_seed, self.client_id, reduce_modulo(masked, setup.modulus_bits)
@@ -1021,11 +1022,12 @@ class SecAggServer:
         setup = self.setup
         correction = np.zeros(setup.length, dtype=self._view.dtype)
         seed_shares, key_shares = self._collect_shares()
+        masks: list[tuple[bytes, int]] = []
         for client in self._survivors:
             seed = self._reconstruct(
                 client, seed_shares.get(client, []), SEED_BYTES, "self-mask seed"
             )
-            apply_mask(correction, seed, setup.modulus_bits, sign=1)
+            masks.append((seed, 1))
         survivors = set(self._survivors)
         for client in sorted(self._sharers - survivors):
             affected = sorted(self._recipients[client] & survivors)
@@ -1046,7 +1048,8 @@ class SecAggServer:
                     masking_key, peer_public, setup.round_seed, peer, client, self._abort_for
                 )
                 # The survivor added +PRG(s) for a higher-id dropout, -PRG(s) for a lower one.
-                apply_mask(correction, seed, setup.modulus_bits, sign=1 if client > peer else -1)
+                masks.append((seed, 1 if client > peer else -1))
+        apply_masks(correction, masks, setup.modulus_bits)
         total = self._sum
         np.subtract(total, correction, out=total)
         self._sum = np.zeros(0, dtype=np.uint64)
