@@ -294,5 +294,73 @@ def query_command(
         sys.stdout.write(json.dumps(summary) + "\n")
 
 
+pki_app = typer.Typer(
+    help="Provisioning: a CA, and TLS certificates and identity keys signed by it.",
+    no_args_is_help=True,
+)
+app.add_typer(pki_app, name="pki")
+
+
+@pki_app.command("init")
+def pki_init_command(
+    directory: Annotated[Path, typer.Argument(help="Directory for ca.crt and ca.key.")],
+    name: Annotated[str, typer.Option(help="Deployment name in the CA's subject.")] = "deployment",
+    force: Annotated[bool, typer.Option(help="Replace an existing CA.")] = False,
+) -> None:
+    """Create a deployment CA (ECDSA P-256, 10 years); the private key is never printed."""
+    from fedwarden.deploy.pki import init_ca
+
+    try:
+        paths = init_ca(directory, name, force=force)
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+    console = Console()
+    console.print(f"CA certificate: {escape(str(paths.certificate))}")
+    console.print(f"CA key (keep secret, mode 0600): {escape(str(paths.key))}")
+
+
+@pki_app.command("issue")
+def pki_issue_command(
+    kind: Annotated[str, typer.Argument(help="server or client.")],
+    name: Annotated[str, typer.Argument(help="Server or client name (the certificate's CN).")],
+    directory: Annotated[Path, typer.Option("--dir", help="Directory holding the CA.")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="DNS name or IP of a server (repeatable; default localhost, loopback)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing kit of this name.")] = False,
+) -> None:
+    """Issue a server or client TLS certificate (1 year); clients also get an Ed25519 identity."""
+    from fedwarden.deploy.pki import issue
+
+    try:
+        if kind not in ("server", "client"):
+            raise FedwardenError(f"kind {kind!r}: use server or client")
+        if host and kind == "client":
+            raise FedwardenError("--host applies to server certificates only")
+        paths = issue(
+            directory,
+            "server" if kind == "server" else "client",
+            name,
+            hosts=tuple(host or ()),
+            force=force,
+        )
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+    console = Console()
+    console.print(f"{kind} kit: {escape(str(paths.directory))}")
+    for label, path in (
+        ("certificate", paths.certificate),
+        ("TLS key (keep secret, mode 0600)", paths.key),
+        ("CA certificate", paths.ca_certificate),
+        ("identity key (keep secret, mode 0600)", paths.identity_key),
+        ("identity public key", paths.identity_public),
+    ):
+        if path is not None:
+            console.print(f"  {label}: {escape(str(path))}")
+
+
 if __name__ == "__main__":
     app()
