@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import Vector
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.records import RoundRecord, RunResult
-from fedwarden.server.server import Server
+from fedwarden.server.server import Server, weighted_client_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -158,17 +158,6 @@ def _merge_small_clusters(
         rest = [group for i, group in enumerate(groups) if i not in (smallest, nearest)]
         groups = sorted([*rest, merged], key=min)
     return groups
-
-
-def weighted_client_metrics(evaluations: Iterable[ClientEvaluation]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the clients' evaluations (as the server's)."""
-    totals: defaultdict[str, float] = defaultdict(float)
-    weight = 0
-    for evaluation in evaluations:
-        weight += evaluation.num_examples
-        for name, value in evaluation.metrics.items():
-            totals[name] += value * evaluation.num_examples
-    return {name: total / weight for name, total in totals.items()} if weight else {}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import logging
 import resource
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,6 +99,17 @@ class CentralTestSet:
 
     x: npt.NDArray[np.generic]
     y: npt.NDArray[np.generic]
+
+
+def weighted_client_metrics(evaluations: Iterable[ClientEvaluation]) -> dict[str, float]:
+    """Example-weighted mean of each metric over the clients' evaluations."""
+    totals: defaultdict[str, float] = defaultdict(float)
+    weight = 0
+    for evaluation in evaluations:
+        weight += evaluation.num_examples
+        for name, value in evaluation.metrics.items():
+            totals[name] += value * evaluation.num_examples
+    return {name: total / weight for name, total in totals.items()} if weight else {}
 
 
 class Server:
@@ -361,12 +372,5 @@ class Server:
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""
         instructions = [EvaluateInstruction(self.rounds, cid, finetune) for cid in self.client_ids]
-        totals: defaultdict[str, float] = defaultdict(float)
-        weight = 0
-        for reply in self.runtime.evaluate(self.vector, instructions):
-            if not isinstance(reply, ClientEvaluation) or reply.num_examples == 0:
-                continue
-            weight += reply.num_examples
-            for name, value in reply.metrics.items():
-                totals[name] += value * reply.num_examples
-        return {name: total / weight for name, total in totals.items()} if weight else {}
+        replies = self.runtime.evaluate(self.vector, instructions)
+        return weighted_client_metrics(r for r in replies if isinstance(r, ClientEvaluation))
