@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedwarden.core.errors import FedwardenError
+from fedwarden.secure import prg
 from fedwarden.secure.prg import (
     SEED_BYTES,
     MaskSeedError,
@@ -180,9 +181,12 @@ def test_masks_applied_from_several_threads_equal_the_sequential_masks() -> None
 
 
 @pytest.mark.parametrize("modulus_bits", [20, 32, 40, 62])
-def test_block_by_block_masking_equals_the_whole_keystreams(modulus_bits: int) -> None:
+def test_block_by_block_masking_equals_the_whole_keystreams(
+    modulus_bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prg, "_BLOCK_BYTES", 4096)  # many blocks of a small vector
     seeds = [bytes([index + 1]) * SEED_BYTES for index in range(3)]
-    length = 100_003  # several blocks and a ragged end
+    length = 100_003  # and a ragged end
     accumulator = np.zeros(length, dtype=np.uint64)
     apply_masks(accumulator, [(seeds[0], 1), (seeds[1], -1), (seeds[2], 1)], modulus_bits)
     expected = (
