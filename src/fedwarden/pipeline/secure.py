@@ -88,7 +88,7 @@ class SecureSum(Aggregator):
         self.max_weight = max_weight if weighting == "examples" else 1
         self.distributed_dp = distributed_dp
         self.last_round: InProcessSecureSum | None = None
-        self._protocol: InProcessSecureSum | None = None
+        """The current (or last) round's protocol, for its survivors and counters."""
         self._encoder: RingEncoder | None = None
         self._rotation_seed = b""
         self._size = 0
@@ -113,16 +113,15 @@ class SecureSum(Aggregator):
         else:
             self._rotation_seed = new_rotation_seed()
             length = self.distributed_dp.padded_dimension
-        self._protocol = InProcessSecureSum(cohort, length, self.parameters)
-        self._protocol.setup()
-        self.last_round = self._protocol
+        self.last_round = InProcessSecureSum(cohort, length, self.parameters)
+        self.last_round.setup()
         self._in_flight.clear()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secagg-client")
 
     def add(self, update: ClientUpdate) -> None:
         """The client encodes (and noises) its update and masks it; the server adds it."""
-        assert self._protocol is not None and self._pool is not None
+        assert self.last_round is not None and self._pool is not None
         vector = update.update
         who = f"client {update.client_id!r}"
         if vector.shape != (self._size,):
@@ -139,10 +138,10 @@ class SecureSum(Aggregator):
 
     def _receive_oldest(self) -> None:
         """The server adds the oldest client's masked input once the client is done."""
-        assert self._protocol is not None
+        assert self.last_round is not None
         masked = self._in_flight.popleft().result()
         if masked is not None:
-            self._protocol.receive(masked)
+            self.last_round.receive(masked)
 
     def _client_round(self, update: ClientUpdate) -> MaskedInput | None:
         """What the client does in round 2: encode (and noise) its update, then mask it.
@@ -150,7 +149,7 @@ class SecureSum(Aggregator):
         A client whose encoder refuses the update sends nothing: it drops out
         after sharing keys, and unmasking removes its pairwise masks.
         """
-        assert self._protocol is not None
+        assert self.last_round is not None
         try:
             if self.distributed_dp is not None:
                 encoded = self.distributed_dp.encode(update.update, self._rotation_seed, self.noise)
@@ -163,18 +162,18 @@ class SecureSum(Aggregator):
                 "client %r drops out: it cannot encode its update: %s", update.client_id, error
             )
             return None
-        return self._protocol.mask(update.client_id, encoded)
+        return self.last_round.mask(update.client_id, encoded)
 
     def result(self) -> Aggregate:
         """Unmask the survivors' sum and decode it (``RoundAborted`` below ``t`` survivors)."""
-        assert self._protocol is not None
+        assert self.last_round is not None
         while self._in_flight:
             self._receive_oldest()
         try:
-            ring_sum = self._protocol.finish()
+            ring_sum = self.last_round.finish()
         except SecAggAborted as abort:
             raise RoundAborted(f"secure aggregation aborted: {abort}") from abort
-        count = len(self._protocol.survivors)
+        count = len(self.last_round.survivors)
         if self.distributed_dp is not None:
             total = self.distributed_dp.decode(ring_sum, self._rotation_seed)
             denominator = float(self.distributed_dp.cohort_size)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +34,8 @@ from scipy.spatial.distance import squareform
 from fedwarden.core.errors import ConfigError, RuntimeFailure, UpdateRejected
 from fedwarden.core.messages import (
     ClientEvaluation,
-    ClientFailure,
+    ClientUpdate,
     EvaluateInstruction,
-    FitInstruction,
 )
 from fedwarden.core.params import Vector
 from fedwarden.runtime.base import Runtime
@@ -315,56 +313,28 @@ def probing_round(server: Server) -> tuple[dict[str, Vector], RoundRecord]:
     """
     started = time.perf_counter()
     round_index = server.next_round
-    train = server.strategy.train_config(round_index)
-    parameters = server.pipeline.aggregator.round_parameters()
-    instructions = [
-        FitInstruction(round_index, cid, train, parameters) for cid in server.client_ids
-    ]
-    failures: Counter[str] = Counter()
-    rejections: Counter[str] = Counter()
     updates: dict[str, Vector] = {}
-    bytes_up = 0
-    raw_bytes = 0
-    for reply in server.runtime.fit(server.vector, instructions, server.deadline_s):
-        if isinstance(reply, ClientFailure):
-            failures[reply.reason] += 1
-            logger.warning("probing round: client %s %s", reply.client_id, reply.message)
-            continue
-        bytes_up += reply.payload_bytes
-        raw_bytes += server.vector.nbytes
-        try:
-            accepted = server.pipeline.server_half(reply)
-        except UpdateRejected as rejection:
-            rejections[rejection.reason] += 1
-            logger.warning("probing round: rejected: %s", rejection)
-            continue
-        if not np.linalg.norm(accepted.update) > 0.0:
-            rejections["no_direction"] += 1
-            logger.warning("probing round: client %s sent a zero update", accepted.client_id)
-            continue
-        updates[accepted.client_id] = accepted.update
+
+    def keep(update: ClientUpdate) -> None:
+        if not np.linalg.norm(update.update) > 0.0:
+            raise UpdateRejected("no_direction", f"client {update.client_id!r} sent a zero update")
+        updates[update.client_id] = update.update
+
+    traffic = server.collect_updates(round_index, server.client_ids, keep)
     if not updates:
         raise RuntimeFailure(
             f"clustering: no client delivered a usable update in the probing round "
-            f"(failures {dict(failures)}, rejections {dict(rejections)}); check the clients' "
-            "logs and the deadline"
+            f"(failures {dict(traffic.failures)}, rejections {dict(traffic.rejections)}); "
+            "check the clients' logs and the deadline"
         )
     record = RoundRecord(
         round_index=round_index,
-        sampled=len(instructions),
-        participants=len(updates),
-        dropped=failures["deadline"] + failures["worker_lost"],
-        failed=failures["error"],
-        rejected=sum(rejections.values()),
-        rejection_reasons=dict(rejections),
+        **traffic.record_fields(),
         applied=False,
         loss=None,
         accuracy=None,
         train_loss=None,
         round_seconds=time.perf_counter() - started,
-        bytes_up=bytes_up,
-        bytes_down=server.vector.nbytes * len(instructions),
-        compression_ratio=raw_bytes / bytes_up if bytes_up else None,
         note="probing round: every client trained once; updates clustered, not aggregated",
     )
     return updates, record

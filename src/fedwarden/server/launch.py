@@ -700,18 +700,18 @@ def run(
         "num_clients": len(dataset.clients),
         "pipeline": pipeline.describe(),
     }
+    aggregator_report = pipeline.aggregator.report()
     if pipeline.aggregator.hides_individual_updates:
-        extras["secure_aggregation"] = pipeline.aggregator.report()
-    robust_report = pipeline.aggregator.report()
-    if "robust_rule" in robust_report:
-        extras["robust_aggregation"] = robust_report
+        extras["secure_aggregation"] = aggregator_report
+    if "robust_rule" in aggregator_report:
+        extras["robust_aggregation"] = aggregator_report
     if server.reputation is not None:
         extras["quarantined_clients"] = sorted(server.reputation.quarantined())
     malicious = malicious_clients(config, dataset)
     if malicious:
         attack = {"kind": config.attack.kind, "malicious_clients": list(malicious)}
         if isinstance(pipeline.aggregator, AttackSimulation):
-            counts = pipeline.aggregator.report()["attack"]
+            counts = aggregator_report["attack"]
             attack["poisoned_updates"] = counts["poisoned_updates"]
             attack["poisoned_rejected"] = counts["poisoned_rejected"]
         extras["attack"] = attack

@@ -14,8 +14,8 @@ import logging
 import resource
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +26,7 @@ from fedwarden.core.messages import (
     CLIENT_EPSILON,
     ClientEvaluation,
     ClientFailure,
+    ClientUpdate,
     EvaluateInstruction,
     FitInstruction,
     TrainConfig,
@@ -110,6 +111,35 @@ def weighted_client_metrics(evaluations: Iterable[ClientEvaluation]) -> dict[str
         for name, value in evaluation.metrics.items():
             totals[name] += value * evaluation.num_examples
     return {name: total / weight for name, total in totals.items()} if weight else {}
+
+
+@dataclass
+class RoundTraffic:
+    """What came back from one round's cohort: accepted clients, failures, rejections, bytes."""
+
+    sampled: int
+    vector_bytes: int
+    participants: list[str] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+    rejections: Counter[str] = field(default_factory=Counter)
+    bytes_up: int = 0
+
+    def record_fields(self) -> dict[str, Any]:
+        """The :class:`RoundRecord` fields these counts fill."""
+        received = len(self.participants) + sum(self.rejections.values())
+        return {
+            "sampled": self.sampled,
+            "participants": len(self.participants),
+            "dropped": self.failures["deadline"] + self.failures["worker_lost"],
+            "failed": self.failures["error"],
+            "rejected": sum(self.rejections.values()),
+            "rejection_reasons": dict(self.rejections),
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.vector_bytes * self.sampled,
+            "compression_ratio": (
+                received * self.vector_bytes / self.bytes_up if self.bytes_up else None
+            ),
+        }
 
 
 class Server:
@@ -227,43 +257,23 @@ class Server:
         cohort = self.sampler.sample(population, self.rng)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
-        train = self.strategy.train_config(round_index)
         aggregator = self.pipeline.aggregator
-        parameters = aggregator.round_parameters()
-        instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
         aggregator.start(self.vector.size, cohort)
-        failures: Counter[str] = Counter()
-        rejections: Counter[str] = Counter()
-        bytes_up = 0
-        raw_bytes = 0
         train_loss_sum, train_weight = 0.0, 0
-        participants: list[str] = []
-        for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
-            if self.observer is not None:
-                self.observer.client_finished(round_index)
-            if isinstance(reply, ClientFailure):
-                failures[reply.reason] += 1
-                logger.warning(
-                    "round %d: client %s %s", round_index, reply.client_id, reply.message
-                )
-                continue
-            bytes_up += reply.payload_bytes
-            raw_bytes += self.vector.nbytes
-            try:
-                accepted = self.pipeline.server_half(reply)
-                aggregator.add(accepted)
-            except UpdateRejected as rejection:
-                rejections[rejection.reason] += 1
-                logger.warning("round %d: rejected: %s", round_index, rejection)
-                continue
-            participants.append(accepted.client_id)
-            if CLIENT_EPSILON in accepted.metrics:
+
+        def accept(update: ClientUpdate) -> None:
+            nonlocal train_loss_sum, train_weight
+            aggregator.add(update)
+            if CLIENT_EPSILON in update.metrics:
                 self.max_client_epsilon = max(
-                    self.max_client_epsilon or 0.0, accepted.metrics[CLIENT_EPSILON]
+                    self.max_client_epsilon or 0.0, update.metrics[CLIENT_EPSILON]
                 )
-            if "train_loss" in accepted.metrics:
-                train_loss_sum += accepted.metrics["train_loss"] * accepted.num_examples
-                train_weight += accepted.num_examples
+            if "train_loss" in update.metrics:
+                train_loss_sum += update.metrics["train_loss"] * update.num_examples
+                train_weight += update.num_examples
+
+        traffic = self.collect_updates(round_index, cohort, accept)
+        participants = traffic.participants
         note = ""
         aggregate = None
         if len(participants) >= self.min_cohort and len(participants) > 0:
@@ -297,20 +307,12 @@ class Server:
         self.train_seconds += time.perf_counter() - started
         record = RoundRecord(
             round_index=round_index,
-            sampled=len(cohort),
-            participants=len(participants),
-            dropped=failures["deadline"] + failures["worker_lost"],
-            failed=failures["error"],
-            rejected=sum(rejections.values()),
-            rejection_reasons=dict(rejections),
+            **traffic.record_fields(),
             applied=applied,
             loss=metrics.get("loss"),
             accuracy=metrics.get("accuracy"),
             train_loss=train_loss_sum / train_weight if train_weight else None,
             round_seconds=time.perf_counter() - started,
-            bytes_up=bytes_up,
-            bytes_down=self.vector.nbytes * len(cohort),
-            compression_ratio=raw_bytes / bytes_up if bytes_up else None,
             backdoor_success=metrics.get("backdoor_success"),
             flagged=flagged,
             quarantined=quarantined,
@@ -325,6 +327,42 @@ class Server:
         if self.observer is not None:
             self.observer.round_finished(record)
         return record
+
+    def collect_updates(
+        self,
+        round_index: int,
+        cohort: Sequence[str],
+        accept: Callable[[ClientUpdate], None],
+    ) -> RoundTraffic:
+        """Have ``cohort`` train from the global vector; pass each checked update to ``accept``.
+
+        Every reply goes through the pipeline's server halves; failures, and
+        updates the halves or ``accept`` reject (``UpdateRejected``), are
+        counted and logged, never passed on. The global vector is not changed.
+        """
+        train = self.strategy.train_config(round_index)
+        parameters = self.pipeline.aggregator.round_parameters()
+        instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
+        traffic = RoundTraffic(sampled=len(cohort), vector_bytes=self.vector.nbytes)
+        for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
+            if self.observer is not None:
+                self.observer.client_finished(round_index)
+            if isinstance(reply, ClientFailure):
+                traffic.failures[reply.reason] += 1
+                logger.warning(
+                    "round %d: client %s %s", round_index, reply.client_id, reply.message
+                )
+                continue
+            traffic.bytes_up += reply.payload_bytes
+            try:
+                accepted = self.pipeline.server_half(reply)
+                accept(accepted)
+            except UpdateRejected as rejection:
+                traffic.rejections[rejection.reason] += 1
+                logger.warning("round %d: rejected: %s", round_index, rejection)
+                continue
+            traffic.participants.append(accepted.client_id)
+        return traffic
 
     def _privacy_extras(self) -> dict[str, Any]:
         report = {} if self.privacy is None else dict(self.privacy.report())
