@@ -59,7 +59,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from enum import IntEnum
 from fractions import Fraction
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -827,6 +827,11 @@ class SecAggServer:
         """Clients whose masked inputs are in the sum (so far, while inputs are collected)."""
         return self._survivors or tuple(sorted(self._submitted))
 
+    @property
+    def acknowledged(self) -> tuple[str, ...]:
+        """Survivors that accepted the survivor list in round 3 (asked for shares in round 4)."""
+        return tuple(sorted(self._acknowledged))
+
     # round 0 ------------------------------------------------------------------------------
 
     def receive_advertisement(self, message: KeyAdvertisement) -> None:
@@ -1171,18 +1176,173 @@ class SecAggServer:
         raise self._abort
 
 
-# --- the in-process driver -------------------------------------------------------------------
+# --- driving a round ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharesReceived:
+    """Round 1 end, client to server: the client opened the shares delivered to it."""
+
+    round_seed: bytes
+    client_id: str
+
+
+ServerMessage = RoundSetup | NeighbourKeys | ShareDelivery | ConsistencyCheck | UnmaskingRequest
+"""What the server sends a client in rounds 0, 1, 1 (delivery), 3 and 4."""
+ClientMessage = KeyAdvertisement | SharedKeys | SharesReceived | ConsistencyAck | UnmaskingResponse
+"""What a client answers to each :data:`ServerMessage`, in the same order."""
+
+
+class ParticipantChannel(Protocol):
+    """How a round's server reaches its clients: objects in this process, or a runtime."""
+
+    def exchange(self, messages: Mapping[str, ServerMessage]) -> dict[str, ClientMessage]:
+        """Deliver ``messages[c]`` to each client ``c``; the replies of those that answered.
+
+        A client that refuses, fails or does not answer in time is absent from
+        the result: to the protocol it has dropped out.
+        """
+        ...
+
+
+def setup_round(server: SecAggServer, channel: ParticipantChannel) -> None:
+    """Rounds 0 and 1 through ``channel``: advertise keys, share them, deliver the shares."""
+    advertisements = channel.exchange({client: server.setup for client in server.setup.cohort})
+    _deliver(server.receive_advertisement, advertisements, KeyAdvertisement)
+    shared = channel.exchange(server.close_advertisements())
+    _deliver(server.receive_shares, shared, SharedKeys)
+    channel.exchange(server.close_sharing())
+
+
+def finish_round(server: SecAggServer, channel: ParticipantChannel) -> npt.NDArray[np.uint64]:
+    """Rounds 3 and 4 through ``channel`` with the submitters; the exact sum mod 2^b.
+
+    Raises :class:`SecAggAborted` (and returns nothing) when fewer than ``t``
+    survivors or shares remain.
+    """
+    check = server.close_masked_inputs()
+    acks = channel.exchange({client: check for client in check.survivors})
+    _deliver(server.receive_consistency_ack, acks, ConsistencyAck)
+    request = server.close_consistency()
+    responses = channel.exchange({client: request for client in server.acknowledged})
+    _deliver(server.receive_unmasking_response, responses, UnmaskingResponse)
+    return server.unmask()
+
+
+def answer_step(client: SecAggClient, message: ServerMessage) -> ClientMessage:
+    """The client's answer to one server message (the method of its round)."""
+    if isinstance(message, RoundSetup):
+        return client.advertise_keys()
+    if isinstance(message, NeighbourKeys):
+        return client.share_keys(message)
+    if isinstance(message, ShareDelivery):
+        client.receive_shares(message)
+        return SharesReceived(message.round_seed, client.client_id)
+    if isinstance(message, ConsistencyCheck):
+        return client.check_consistency(message)
+    return client.unmask(message)
+
+
+_Reply = TypeVar("_Reply", KeyAdvertisement, SharedKeys, ConsistencyAck, UnmaskingResponse)
+
+
+def _deliver(
+    receive: Callable[[_Reply], None],
+    replies: Mapping[str, ClientMessage],
+    kind: type[_Reply],
+) -> None:
+    """Hand each reply of the expected kind to the server; a rejected one is left out."""
+    for client, reply in replies.items():
+        if not isinstance(reply, kind) or reply.client_id != client:
+            logger.warning(
+                "secure aggregation: %r answered with a %s, not its own %s; left out",
+                client,
+                type(reply).__name__,
+                kind.__name__,
+            )
+            continue
+        try:
+            receive(reply)
+        except UpdateRejected:
+            continue
+
+
+class InProcessParticipants:
+    """The clients of one round as :class:`SecAggClient` objects in this process.
+
+    Counts what a transport would carry (``bytes_up`` / ``bytes_down``, by
+    :func:`payload_bytes`, each server message once per recipient) and the
+    time spent in client methods (``client_seconds``). Clients named in
+    ``vanish`` stop answering; those in ``vanish_after_advertising`` stop
+    after round 0.
+    """
+
+    def __init__(
+        self,
+        setup: RoundSetup,
+        identities: Mapping[str, Ed25519PrivateKey] | None,
+        public: Mapping[str, Ed25519PublicKey] | None,
+    ) -> None:
+        self.clients = {
+            client: SecAggClient(
+                client,
+                setup,
+                identity=None if identities is None else identities.get(client),
+                peer_identities=public,
+            )
+            for client in setup.cohort
+        }
+        self.client_seconds = 0.0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.vanish: set[str] = set()
+        self.vanish_after_advertising: set[str] = set()
+        self._lock = threading.Lock()
+
+    def exchange(self, messages: Mapping[str, ServerMessage]) -> dict[str, ClientMessage]:
+        """Each listed client handles its message; refusals count as dropping out."""
+        replies: dict[str, ClientMessage] = {}
+        for client_id, message in messages.items():
+            client = self.clients.get(client_id)
+            if client is None or client_id in self.vanish:
+                continue
+            self.bytes_down += payload_bytes(message)
+            try:
+                reply = self.timed(answer_step, client, message)
+            except SecAggRefused as refusal:
+                logger.warning("client %r refused the server: %s", client_id, refusal.reason)
+                continue
+            self.bytes_up += payload_bytes(reply)
+            replies[client_id] = reply
+        if messages and all(isinstance(m, RoundSetup) for m in messages.values()):
+            self.vanish |= self.vanish_after_advertising
+        return replies
+
+    def mask(self, client_id: str, encoded: npt.NDArray[np.unsignedinteger]) -> MaskedInput:
+        """Round 2 for one client: mask ``encoded`` (callable from several threads at once)."""
+        return self.timed(self.clients[client_id].mask_input, encoded)
+
+    def timed(self, step: Callable[..., _Message], *args: Any) -> _Message:
+        """Run a client step and add its time to ``client_seconds``."""
+        start = time.perf_counter()
+        try:
+            return step(*args)
+        finally:
+            with self._lock:
+                self.client_seconds += time.perf_counter() - start
 
 
 class InProcessSecureSum:
     """A whole SecAgg+ round in one process: separate client objects talk to one server object.
 
     Used by the pipeline in simulation. Messages pass by reference between
-    :class:`SecAggClient` objects and a :class:`SecAggServer`; the server never
-    sees a client's input or secrets. Counters for benchmarks:
+    :class:`SecAggClient` objects and a :class:`SecAggServer` through
+    :class:`InProcessParticipants`, with the same :func:`setup_round` and
+    :func:`finish_round` the gRPC runtime drives over the network; the server
+    never sees a client's input or secrets. Counters for benchmarks:
 
     * ``client_seconds``: time spent in client methods, summed over clients;
-    * ``server_seconds``: time spent in server methods;
+    * ``server_seconds``: time spent in the server's part;
     * ``bytes_up`` / ``bytes_down``: :func:`payload_bytes` of every client-to-server
       message, and of every server-to-client message counted once per recipient.
     """
@@ -1201,27 +1361,25 @@ class InProcessSecureSum:
             if identities is None
             else {client: key.public_key() for client, key in identities.items()}
         )
-        self.client_seconds = 0.0
-        self.server_seconds = 0.0
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self._server = self._as_server(
-            SecAggServer, cohort, length, params, round_seed=round_seed, identities=public
+        started = time.perf_counter()
+        self._server = SecAggServer(
+            cohort, length, params, round_seed=round_seed, identities=public
         )
-        setup = self._server.setup
-        self._clients = {
-            client: self._as_client(
-                SecAggClient,
-                client,
-                setup,
-                identity=None if identities is None else identities.get(client),
-                peer_identities=public,
-            )
-            for client in setup.cohort
-        }
-        self.bytes_down += payload_bytes(setup) * len(setup.cohort)
+        self.server_seconds = time.perf_counter() - started
+        self._participants = InProcessParticipants(self._server.setup, identities, public)
         self._ready = False
-        self._counter_lock = threading.Lock()
+
+    @property
+    def client_seconds(self) -> float:
+        return self._participants.client_seconds
+
+    @property
+    def bytes_up(self) -> int:
+        return self._participants.bytes_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self._participants.bytes_down
 
     @property
     def params(self) -> SecAggParameters:
@@ -1239,19 +1397,8 @@ class InProcessSecureSum:
         if self._ready:
             raise SecAggError("out_of_order", "secure aggregation: setup() runs once per round.")
         self._check_known(drop_during_setup, "drop_during_setup")
-        for client in self._clients.values():
-            advertisement = self._up(client.advertise_keys)
-            self._as_server(self._server.receive_advertisement, advertisement)
-        neighbour_keys = self._as_server(self._server.close_advertisements)
-        for client_id in set(drop_during_setup):
-            del self._clients[client_id]
-        for client_id, client in self._clients.items():
-            self._down(neighbour_keys[client_id])
-            shared = self._up(client.share_keys, neighbour_keys[client_id])
-            self._as_server(self._server.receive_shares, shared)
-        for client_id, delivery in self._as_server(self._server.close_sharing).items():
-            self._down(delivery)
-            self._as_client(self._clients[client_id].receive_shares, delivery)
+        self._participants.vanish_after_advertising = set(drop_during_setup)
+        self._as_server(setup_round, self._server, self._participants)
         self._ready = True
 
     def submit(self, client_id: str, encoded: npt.NDArray[np.unsignedinteger]) -> int:
@@ -1265,24 +1412,24 @@ class InProcessSecureSum:
         separate devices would (NumPy and the cipher release the GIL); hand each
         result to :meth:`receive` from one thread.
         """
-        if not self._ready or client_id not in self._clients:
+        participants = self._participants
+        if (
+            not self._ready
+            or client_id not in participants.clients
+            or client_id in (participants.vanish)
+        ):
             raise SecAggError(
                 "not_ready",
                 f"secure aggregation: {client_id!r} cannot submit: call setup() first, and submit "
                 "only for cohort clients that did not drop out during setup.",
             )
-        start = time.perf_counter()
-        try:
-            return self._clients[client_id].mask_input(encoded)
-        finally:
-            with self._counter_lock:
-                self.client_seconds += time.perf_counter() - start
+        return participants.mask(client_id, encoded)
 
     def receive(self, masked: MaskedInput) -> int:
         """The server half of round 2: add one masked input to the sum; bytes uploaded."""
         self._as_server(self._server.receive_masked_input, masked)
         size = payload_bytes(masked)
-        self.bytes_up += size
+        self._participants.bytes_up += size
         return size
 
     def finish(self, drop_during_unmasking: Collection[str] = ()) -> npt.NDArray[np.uint64]:
@@ -1293,59 +1440,17 @@ class InProcessSecureSum:
         survivors or shares remain.
         """
         self._check_known(drop_during_unmasking, "drop_during_unmasking")
-        check = self._as_server(self._server.close_masked_inputs)
-        vanished = set(drop_during_unmasking)
-        answering = [client for client in check.survivors if client not in vanished]
-        for client_id in answering:
-            self._down(check)
-            ack = self._answer(client_id, self._clients[client_id].check_consistency, check)
-            if ack is not None:
-                self._as_server(self._server.receive_consistency_ack, ack)
-        request = self._as_server(self._server.close_consistency)
-        for client_id in answering:
-            self._down(request)
-            response = self._answer(client_id, self._clients[client_id].unmask, request)
-            if response is not None:
-                self._as_server(self._server.receive_unmasking_response, response)
-        return self._as_server(self._server.unmask)
+        self._participants.vanish |= set(drop_during_unmasking)
+        return self._as_server(finish_round, self._server, self._participants)
 
-    def _answer(
-        self, client_id: str, step: Callable[[Any], _Message], message: Any
-    ) -> _Message | None:
-        """A client's reply, or None when it refuses (then it counts as dropped out)."""
+    def _as_server(self, step: Callable[..., _Message], *args: Any) -> _Message:
+        """Run ``step`` and charge its time, less the clients' share of it, to the server."""
+        start, clients_before = time.perf_counter(), self._participants.client_seconds
         try:
-            reply = self._as_client(step, message)
-        except SecAggRefused as refusal:
-            logger.warning("client %r refused the server: %s", client_id, refusal.reason)
-            return None
-        self.bytes_up += payload_bytes(reply)
-        return reply
-
-    def _up(self, step: Callable[..., _Message], *args: Any) -> _Message:
-        """Run a client step and count its reply as uploaded."""
-        reply = self._as_client(step, *args)
-        self.bytes_up += payload_bytes(reply)
-        return reply
-
-    def _down(self, message: object) -> None:
-        """Count a server-to-client message sent to one client."""
-        self.bytes_down += payload_bytes(message)
-
-    def _as_client(self, step: Callable[..., _Message], *args: Any, **kwargs: Any) -> _Message:
-        """Run ``step`` and charge its time to the clients."""
-        start = time.perf_counter()
-        try:
-            return step(*args, **kwargs)
+            return step(*args)
         finally:
-            self.client_seconds += time.perf_counter() - start
-
-    def _as_server(self, step: Callable[..., _Message], *args: Any, **kwargs: Any) -> _Message:
-        """Run ``step`` and charge its time to the server."""
-        start = time.perf_counter()
-        try:
-            return step(*args, **kwargs)
-        finally:
-            self.server_seconds += time.perf_counter() - start
+            clients = self._participants.client_seconds - clients_before
+            self.server_seconds += time.perf_counter() - start - clients
 
     def _check_known(self, clients: Iterable[str], argument: str) -> None:
         """Refuse dropout sets naming clients outside the cohort."""
