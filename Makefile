@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The demo needs the torch extra (DP-SGD with Opacus) and the he extra (TenSEAL).
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench install install-test clean
+.PHONY: demo test lint bench install install-test proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/aggregation.py
+
+# Regenerate the protocols' Python code after editing a .proto file. protoc 25 (grpcio-tools
+# 1.62) writes code that runs on protobuf 4.25 to 6.x, the range both we and Flower accept;
+# --no-deps keeps grpcio-tools from downgrading the installed protobuf.
+proto: install-test
+	$(BIN)/pip install --quiet --no-deps "grpcio-tools==1.62.3"
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
+		src/fedwarden/runtime/grpc/federation.proto src/fedwarden/secure/secagg.proto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -83,6 +83,16 @@ def slow_softmax(num_features: int, num_classes: int | None) -> ScriptedTrainer:
     return ScriptedTrainer(sleep_every_fit_s=0.15)
 
 
+def sluggish_softmax(num_features: int, num_classes: int | None) -> ScriptedTrainer:
+    """A ``model.factory`` for deployed clients: every fit takes at least 1 s (a slow site)."""
+    return ScriptedTrainer(sleep_every_fit_s=1.0)
+
+
+def one_slow_site(num_features: int, num_classes: int | None) -> ScriptedTrainer:
+    """A ``model.factory`` for deployed clients: ``client_4`` takes 6 s a round, others 0.2 s."""
+    return ScriptedTrainer(slow=frozenset({"client_4"}), sleep_s=6.0, sleep_every_fit_s=0.2)
+
+
 class RecordingRuntime(Runtime):
     """Runs the client engine in this process and records every instruction it delivers."""
 

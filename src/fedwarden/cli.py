@@ -199,13 +199,7 @@ def run_command(
     ] = None,
 ) -> None:
     """Train a federated model as described by CONFIG."""
-    console = Console(stderr=as_json)
-    logging.basicConfig(
-        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)]
-    )
-    # dp-accounting's RDP code logs, through absl, each Renyi order it drops for not
-    # converging; the figure it returns already accounts for that.
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    console = _logging_console(stderr=as_json)
     try:
         if resume is not None:
             if config is not None:
@@ -360,6 +354,114 @@ def pki_issue_command(
     ):
         if path is not None:
             console.print(f"  {label}: {escape(str(path))}")
+
+
+@app.command("server")
+def server_command(
+    config: Annotated[Path, typer.Argument(help="Run config (TOML).")],
+    address: Annotated[
+        str, typer.Option(help="Where the federation service listens (HOST:PORT).")
+    ] = "0.0.0.0:8443",
+    identity: Annotated[
+        Path | None,
+        typer.Option(help="Server startup kit (tls.crt, tls.key, ca.crt) from `pki issue`."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL of the run store (default: RUNS_DIR/fedwarden.db)."),
+    ] = None,
+    health_address: Annotated[
+        str, typer.Option(help="Where GET /healthz is served (plain HTTP).")
+    ] = "0.0.0.0:8080",
+    insecure: Annotated[
+        bool, typer.Option(help="Serve without TLS (loopback addresses only).")
+    ] = False,
+) -> None:
+    """Serve a federated run to `fedwarden client` processes over gRPC with mutual TLS.
+
+    Started again after a crash with the same config and store, it continues
+    the unfinished run from its last completed round.
+    """
+    import signal
+
+    from fedwarden.runtime.grpc.credentials import TlsKit
+    from fedwarden.runtime.grpc.health import serve_health
+    from fedwarden.server.launch import Deployment, serve
+
+    console = _logging_console(stderr=True)
+    try:
+        if (identity is None) != insecure:
+            raise FedwardenError("give --identity SERVER_KIT, or --insecure (loopback only)")
+        settings = load_config(config).model_copy(
+            update={"runtime": load_config(config).runtime.model_copy(update={"kind": "grpc"})}
+        )
+        deployment = Deployment(
+            address, None if identity is None else TlsKit.from_dir(identity), store
+        )
+        health = serve_health(health_address, deployment.listening.is_set)
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        with ConsoleObserver(console, settings.rounds, 0) as observer:
+            result = serve(settings, deployment, observer=observer)
+        health.shutdown()
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("server stopped; start it again to continue the run")
+        raise typer.Exit(130) from None
+    for line in _summary_lines(result):
+        console.print(line)
+
+
+@app.command("client")
+def client_command(
+    server: Annotated[str, typer.Option(help="The server's HOST:PORT.")],
+    data: Annotated[Path, typer.Option(help="This site's data: an .npz with x and y.")],
+    identity: Annotated[
+        Path, typer.Option(help="Client startup kit (tls.crt, tls.key, ca.crt, identity.key).")
+    ],
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where per-round client state persists.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Plaintext channel (a loopback --insecure server only).")
+    ] = False,
+) -> None:
+    """Join a fedwarden server and train on this site's data until the run ends."""
+    import signal
+
+    from fedwarden.runtime.grpc.client import FederationClient
+    from fedwarden.runtime.grpc.credentials import ClientKit
+
+    _logging_console(level=logging.INFO)
+    try:
+        client = FederationClient(
+            server, ClientKit.from_dir(identity), data, insecure=insecure, state_dir=state_dir
+        )
+        signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
+        client.run()
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+
+
+def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:
+    """The console that log lines (and progress) go to."""
+    console = Console(stderr=stderr)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    # dp-accounting's RDP code logs, through absl, each Renyi order it drops for not
+    # converging; the figure it returns already accounts for that.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return console
+
+
+def _raise_keyboard_interrupt(*_: object) -> None:
+    """SIGTERM ends the server as Ctrl-C does: the run directory and store stay consistent."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

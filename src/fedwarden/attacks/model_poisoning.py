@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import norm
 
+from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate, client_seed
 from fedwarden.core.params import VECTOR_DTYPE, Vector
@@ -333,6 +334,10 @@ class AttackSimulation(Aggregator):
     def client_scores(self) -> Mapping[str, Any]:
         """The inner aggregator's scores (poisoned updates included)."""
         return self.inner.client_scores()
+
+    def attach(self, channel: ClientChannel | None) -> None:
+        """Pass the runtime's channel to the wrapped aggregator."""
+        self.inner.attach(channel)
 
     def start(self, size: int, cohort: Sequence[str]) -> None:
         """Start the inner round and reset the benign statistics and held updates."""

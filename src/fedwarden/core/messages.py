@@ -124,6 +124,21 @@ class ClientFailure:
 
 
 @dataclass(frozen=True)
+class UpdateRefused:
+    """An upload a runtime refused before it reached the pipeline (the gRPC transport's checks).
+
+    ``reason`` is the tag counted with the round's rejections (``"forged"``,
+    ``"replayed"``, ``"duplicate"``, ``"corrupted"``, ...); the client's task
+    stays open, so a genuine upload may still arrive before the deadline.
+    """
+
+    round_index: int
+    client_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ClientEvaluation:
     """Client to server: metrics of the global (and personalized) model on local test data."""
 

@@ -222,6 +222,44 @@ def _load_npz_folder(config: DataConfig, seed: int) -> FederatedDataset:
     return _assemble(folder.name, clients, x_test, y_test, num_classes, attributes)
 
 
+def save_client_file(client: ClientData, path: Path) -> None:
+    """Write one client's data as the ``.npz`` a deployed client reads (no pickle)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:
+        np.savez(
+            file, x=client.x_train, y=client.y_train, x_test=client.x_test, y_test=client.y_test
+        )
+
+
+def load_client_file(
+    path: Path, client_id: str, config: DataConfig, seed: int, num_classes: int | None
+) -> ClientData:
+    """A deployed client's own data: one ``.npz`` with ``x``, ``y`` and optional test arrays.
+
+    Without ``x_test``/``y_test``, ``client_test_fraction`` of its examples
+    are held out at random (seeded by the run seed). Labels are class indices
+    below ``num_classes``, or floats for regression (``num_classes`` None).
+    """
+    arrays = _read_npz(path, NPZ_CLIENT_ARRAYS)
+    _check_arrays(path, arrays)
+    label_dtype = np.int64 if num_classes is not None else np.float32
+    x, y = arrays["x"].astype(np.float32), arrays["y"].astype(label_dtype)
+    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(
+            f"{path}: labels must be class indices 0..{num_classes - 1} for this run's model, "
+            f"found {int(y.min())}..{int(y.max())}"
+        )
+    if "x_test" in arrays:
+        return ClientData(
+            client_id,
+            x,
+            y,
+            arrays["x_test"].astype(np.float32),
+            arrays["y_test"].astype(label_dtype),
+        )
+    return _split_client(client_id, x, y, config, np.random.default_rng(seed))
+
+
 def _stratified_holdout(
     labels: Array, fraction: float, rng: np.random.Generator
 ) -> npt.NDArray[np.bool_]:

@@ -13,7 +13,13 @@ client's update arrives on a small pool of threads (one per core: the
 simulated clients work in parallel, as devices would; NumPy and the cipher
 release the GIL); the server adds the masked vectors one at a time, with at
 most two per thread in flight, so it still streams in O(model size) memory.
-The gRPC runtime runs the same client and server objects in separate processes.
+
+Over the ``grpc`` runtime the clients are real: :meth:`SecureSum.attach` takes
+the runtime's channel, the same :func:`~fedwarden.secure.secagg.setup_round`
+and :func:`~fedwarden.secure.secagg.finish_round` drive the protocol through
+it (messages as ``secagg.proto`` bytes, signed like every upload), and each
+client process encodes and masks its own update with :class:`SecureSumClient`;
+the server only ever receives masked ring vectors.
 
 - **Plain secure sum**: each client clips its update to ``clip_norm``,
   weights it and quantizes it stochastically to ``Z_{2^b}``
@@ -31,15 +37,20 @@ CKKS homomorphic aggregation is :class:`fedwarden.pipeline.he_mean.HomomorphicMe
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
@@ -47,14 +58,175 @@ from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
 from fedwarden.secure.encoding import RingEncoder, RingEncodingError
+from fedwarden.secure.prg import word_dtype
 from fedwarden.secure.secagg import (
+    ClientMessage,
     InProcessSecureSum,
     MaskedInput,
+    RoundSetup,
     SecAggAborted,
+    SecAggClient,
+    SecAggError,
     SecAggParameters,
+    SecAggServer,
+    ServerMessage,
+    answer_step,
+    finish_round,
+    setup_round,
+)
+from fedwarden.secure.secagg_wire import (
+    SecAggWireError,
+    StartRound,
+    client_step_bytes,
+    read_client_step,
+    read_server_step,
+    server_step_bytes,
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundEncoding:
+    """How clients turn an update into ring elements in one round, as the server chose it.
+
+    Plain secure sum: ``ring`` (clip, weight, stochastic rounding). Distributed
+    DP: ``distributed_dp`` with this round's ``rotation_seed``. Travels to
+    deployed clients as JSON of the encoder's fields (:meth:`to_json`).
+    """
+
+    ring: RingEncoder | None = None
+    distributed_dp: DistributedDiscreteGaussian | None = None
+    rotation_seed: bytes = b""
+
+    def encode(self, update: ClientUpdate, noise: NoiseSource) -> npt.NDArray[np.unsignedinteger]:
+        """The client's ring vector (``RingEncodingError`` when it cannot be encoded)."""
+        if self.distributed_dp is not None:
+            return self.distributed_dp.encode(update.update, self.rotation_seed, noise)
+        assert self.ring is not None
+        weight = min(update.num_examples, self.ring.max_weight)
+        return self.ring.encode(update.update, noise, weight)
+
+    def to_json(self) -> str:
+        """The encoder's fields as JSON."""
+        if self.distributed_dp is not None:
+            return json.dumps(
+                {
+                    "distributed_dp": asdict(self.distributed_dp),
+                    "rotation_seed": self.rotation_seed.hex(),
+                }
+            )
+        assert self.ring is not None
+        return json.dumps({"ring": asdict(self.ring)})
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundEncoding:
+        """Parse :meth:`to_json`; the encoders re-check every field."""
+        try:
+            value = json.loads(text)
+            if "distributed_dp" in value:
+                return cls(
+                    distributed_dp=DistributedDiscreteGaussian(**value["distributed_dp"]),
+                    rotation_seed=bytes.fromhex(value["rotation_seed"]),
+                )
+            return cls(ring=RingEncoder(**value["ring"]))
+        except (ValueError, TypeError, KeyError) as error:
+            raise SecAggError(
+                "bad_encoding", f"the server's encoding for this round cannot be read: {error}"
+            ) from None
+
+
+class RemoteParticipants:
+    """The round's SecAgg+ clients in other processes, reached through a runtime's channel.
+
+    Messages cross as ``secagg.proto`` bytes; round 0's setup travels with the
+    round's encoding and the cohort's enrolled identity keys. A reply that
+    does not parse counts as a dropout.
+    """
+
+    def __init__(
+        self, channel: ClientChannel, encoding: RoundEncoding, identities: Mapping[str, bytes]
+    ) -> None:
+        self.channel = channel
+        self.encoding = encoding
+        self.identities = dict(identities)
+
+    def exchange(self, messages: Mapping[str, ServerMessage]) -> dict[str, ClientMessage]:
+        """Send each client its message over the channel; parse the answers."""
+        wire = {
+            client: server_step_bytes(
+                StartRound(message, self.encoding.to_json(), self.identities)
+                if isinstance(message, RoundSetup)
+                else message
+            )
+            for client, message in messages.items()
+        }
+        replies: dict[str, ClientMessage] = {}
+        for client, data in self.channel.exchange(wire).items():
+            try:
+                replies[client] = read_client_step(data)
+            except SecAggWireError as error:
+                logger.warning(
+                    "client %r sent an unreadable secure-aggregation reply: %s", client, error
+                )
+        return replies
+
+
+class SecureSumClient:
+    """The client half of :class:`SecureSum` in a deployment: one SecAgg+ round at a time.
+
+    Answers the server's protocol steps and, in round 2, encodes (with the
+    round's :class:`RoundEncoding`, noise from ``noise``) and masks this
+    client's update. Its secrets never leave it except as the protocol allows.
+    """
+
+    def __init__(
+        self, client_id: str, identity: Ed25519PrivateKey | None, noise: NoiseSource
+    ) -> None:
+        self.client_id = client_id
+        self.identity = identity
+        self.noise = noise
+        self._round: SecAggClient | None = None
+        self._encoding: RoundEncoding | None = None
+
+    def answer(self, data: bytes) -> bytes:
+        """The answer to one protocol step (``secagg.proto`` bytes both ways)."""
+        message = read_server_step(data)
+        if isinstance(message, StartRound):
+            peers = {
+                client: Ed25519PublicKey.from_public_bytes(key)
+                for client, key in message.peer_identities.items()
+            }
+            self._encoding = RoundEncoding.from_json(message.encoding_json)
+            self._round = SecAggClient(
+                self.client_id, message.setup, identity=self.identity, peer_identities=peers or None
+            )
+            return client_step_bytes(self._round.advertise_keys())
+        if self._round is None:
+            raise SecAggError(
+                "not_started", f"client {self.client_id!r} has no secure-aggregation round open"
+            )
+        return client_step_bytes(answer_step(self._round, message))
+
+    def protect(self, update: ClientUpdate) -> ClientUpdate:
+        """``update`` encoded and masked: its payload is the masked ring vector."""
+        if self._round is None or self._encoding is None:
+            raise SecAggError(
+                "not_started",
+                f"client {self.client_id!r} took no part in this round's key exchange, so it "
+                "cannot mask an update",
+            )
+        masked = self._round.mask_input(self._encoding.encode(update, self.noise))
+        return ClientUpdate(
+            update.round_index,
+            update.client_id,
+            np.empty(0, dtype=VECTOR_DTYPE),
+            update.num_examples,
+            update.metrics,
+            update.train_seconds,
+            payload=masked.masked.tobytes(),
+            payload_header={"secagg_round_seed": masked.round_seed.hex()},
+        )
 
 
 class SecureSum(Aggregator):
@@ -88,9 +260,11 @@ class SecureSum(Aggregator):
         self.max_weight = max_weight if weighting == "examples" else 1
         self.distributed_dp = distributed_dp
         self.last_round: InProcessSecureSum | None = None
-        """The current (or last) round's protocol, for its survivors and counters."""
-        self._encoder: RingEncoder | None = None
-        self._rotation_seed = b""
+        """The current (or last) simulated round's protocol, for its survivors and counters."""
+        self._channel: ClientChannel | None = None
+        self._server: SecAggServer | None = None
+        self._participants: RemoteParticipants | None = None
+        self._encoding: RoundEncoding | None = None
         self._size = 0
         # A test-mode noise source is one keystream: draws from several threads would
         # interleave in no fixed order, so reproducible runs mask one client at a time.
@@ -98,29 +272,61 @@ class SecureSum(Aggregator):
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[MaskedInput | None]] = deque()
 
+    def attach(self, channel: ClientChannel | None) -> None:
+        """Run the protocol with real clients through ``channel`` (None: simulate them here)."""
+        self._channel = channel
+
     def start(self, size: int, cohort: Sequence[str]) -> None:
         """Advertise and share keys in the cohort; pick this round's encoder and rotation."""
         self._size = size
         if self.distributed_dp is None:
-            self._encoder = RingEncoder.finest(
+            ring = RingEncoder.finest(
                 self.clip_norm,
                 max(len(cohort), 1),
                 self.parameters.modulus_bits,
                 "example_count" if self.weighting == "examples" else "uniform",
                 self.max_weight,
             )
+            self._encoding = RoundEncoding(ring=ring)
             length = size + 1
         else:
-            self._rotation_seed = new_rotation_seed()
+            self._encoding = RoundEncoding(
+                distributed_dp=self.distributed_dp, rotation_seed=new_rotation_seed()
+            )
             length = self.distributed_dp.padded_dimension
+        if self._channel is not None:
+            self._start_remote(cohort, length)
+            return
         self.last_round = InProcessSecureSum(cohort, length, self.parameters)
         self.last_round.setup()
         self._in_flight.clear()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secagg-client")
 
+    def _start_remote(self, cohort: Sequence[str], length: int) -> None:
+        """Rounds 0 and 1 with the deployed clients (an abort surfaces in :meth:`result`)."""
+        assert self._channel is not None and self._encoding is not None
+        identities = self._channel.identity_keys(cohort)
+        self._server = SecAggServer(
+            cohort,
+            length,
+            self.parameters,
+            identities={
+                client: Ed25519PublicKey.from_public_bytes(key)
+                for client, key in identities.items()
+            },
+        )
+        self._participants = RemoteParticipants(self._channel, self._encoding, identities)
+        try:
+            setup_round(self._server, self._participants)
+        except SecAggAborted as abort:
+            logger.warning("secure aggregation: %s", abort)
+
     def add(self, update: ClientUpdate) -> None:
         """The client encodes (and noises) its update and masks it; the server adds it."""
+        if self._server is not None and self._channel is not None:
+            self._receive_remote(update)
+            return
         assert self.last_round is not None and self._pool is not None
         vector = update.update
         who = f"client {update.client_id!r}"
@@ -136,6 +342,30 @@ class SecureSum(Aggregator):
         while len(self._in_flight) > 2 * self._threads:
             self._receive_oldest()
 
+    def _receive_remote(self, update: ClientUpdate) -> None:
+        """A deployed client's masked input: checked and added to the running sum."""
+        assert self._server is not None
+        setup = self._server.setup
+        if (
+            update.payload is None
+            or update.payload_header.get("secagg_round_seed") != setup.round_seed.hex()
+        ):
+            raise UpdateRejected(
+                "not_masked",
+                f"client {update.client_id!r} sent no masked input of this secure-aggregation "
+                "round (an unmasked update, or one from another round); it is not used",
+            )
+        dtype = word_dtype(setup.modulus_bits)
+        if len(update.payload) % dtype.itemsize:
+            raise UpdateRejected("shape", f"client {update.client_id!r}: ragged masked input")
+        masked = np.frombuffer(update.payload, dtype=dtype)
+        try:
+            self._server.receive_masked_input(
+                MaskedInput(setup.round_seed, update.client_id, masked)
+            )
+        except SecAggAborted as abort:
+            raise UpdateRejected("secagg_aborted", str(abort)) from None
+
     def _receive_oldest(self) -> None:
         """The server adds the oldest client's masked input once the client is done."""
         assert self.last_round is not None
@@ -149,14 +379,9 @@ class SecureSum(Aggregator):
         A client whose encoder refuses the update sends nothing: it drops out
         after sharing keys, and unmasking removes its pairwise masks.
         """
-        assert self.last_round is not None
+        assert self.last_round is not None and self._encoding is not None
         try:
-            if self.distributed_dp is not None:
-                encoded = self.distributed_dp.encode(update.update, self._rotation_seed, self.noise)
-            else:
-                assert self._encoder is not None
-                weight = min(update.num_examples, self.max_weight)
-                encoded = self._encoder.encode(update.update, self.noise, weight)
+            encoded = self._encoding.encode(update, self.noise)
         except RingEncodingError as error:
             logger.warning(
                 "client %r drops out: it cannot encode its update: %s", update.client_id, error
@@ -166,24 +391,32 @@ class SecureSum(Aggregator):
 
     def result(self) -> Aggregate:
         """Unmask the survivors' sum and decode it (``RoundAborted`` below ``t`` survivors)."""
-        assert self.last_round is not None
-        while self._in_flight:
-            self._receive_oldest()
+        assert self._encoding is not None
         try:
-            ring_sum = self.last_round.finish()
+            ring_sum, count = self._unmask()
         except SecAggAborted as abort:
             raise RoundAborted(f"secure aggregation aborted: {abort}") from abort
-        count = len(self.last_round.survivors)
-        if self.distributed_dp is not None:
-            total = self.distributed_dp.decode(ring_sum, self._rotation_seed)
-            denominator = float(self.distributed_dp.cohort_size)
+        encoding = self._encoding
+        if encoding.distributed_dp is not None:
+            total = encoding.distributed_dp.decode(ring_sum, encoding.rotation_seed)
+            denominator = float(encoding.distributed_dp.cohort_size)
             return Aggregate((total / denominator).astype(VECTOR_DTYPE), denominator, count)
-        assert self._encoder is not None
-        decoded = self._encoder.decode(ring_sum)
+        assert encoding.ring is not None
+        decoded = encoding.ring.decode(ring_sum)
         if decoded.weight == 0:
             raise RoundAborted("secure aggregation: the surviving updates carry no weight")
         mean = (decoded.total / decoded.weight).astype(VECTOR_DTYPE)
         return Aggregate(mean, float(decoded.weight), count)
+
+    def _unmask(self) -> tuple[npt.NDArray[np.uint64], int]:
+        """Rounds 3 and 4: the ring sum of the survivors' inputs and how many they are."""
+        if self._server is not None and self._participants is not None:
+            ring_sum = finish_round(self._server, self._participants)
+            return ring_sum, len(self._server.survivors)
+        assert self.last_round is not None
+        while self._in_flight:
+            self._receive_oldest()
+        return self.last_round.finish(), len(self.last_round.survivors)
 
     def report(self) -> dict[str, Any]:
         """What the run summary says about the protocol (k and t of the last round)."""
@@ -193,7 +426,14 @@ class SecureSum(Aggregator):
             "clip_norm": self.clip_norm if self.distributed_dp is None else None,
             "distributed_dp": self.distributed_dp is not None,
         }
+        setup = None
+        if self._server is not None:
+            setup = self._server.setup
         if self.last_round is not None:
-            report["num_neighbours"] = self.last_round.params.num_neighbours
-            report["threshold"] = self.last_round.params.threshold
+            params = self.last_round.params
+            report["num_neighbours"] = params.num_neighbours
+            report["threshold"] = params.threshold
+        elif setup is not None:
+            report["num_neighbours"] = setup.num_neighbours
+            report["threshold"] = setup.threshold
         return report

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import PipelineError
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import Vector
@@ -84,6 +85,10 @@ class Aggregator(ABC):
     @abstractmethod
     def result(self) -> Aggregate:
         """The round's aggregate after at least one ``add`` (``RoundAborted``: none released)."""
+
+    def attach(self, channel: ClientChannel | None) -> None:
+        """Take the runtime's channel to remote clients (None in simulation); most ignore it."""
+        return None
 
     def round_parameters(self) -> dict[str, float]:
         """Settings the clients' pipeline halves need this round (sent with the instructions)."""

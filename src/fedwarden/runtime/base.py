@@ -4,7 +4,10 @@ DESIGN idea 3. A runtime moves messages and nothing else: the server decides
 the cohort, the instructions and what to do with each reply. Replies are
 yielded in the instructions' order (so a seeded run is reproducible whatever
 the number of workers), except that a round deadline ends the wait: every
-client not heard from by then is reported as a ``deadline`` failure.
+client not heard from by then is reported as a ``deadline`` failure. The
+``grpc`` runtime yields replies as they arrive over the network, and also
+yields :class:`~fedwarden.core.messages.UpdateRefused` for uploads its
+transport checks refused (the client's instruction stays open).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import ClassVar
 
+from fedwarden.core.channel import ClientChannel
 from fedwarden.core.messages import (
     ClientEvaluation,
     ClientFailure,
     ClientUpdate,
     EvaluateInstruction,
     FitInstruction,
+    UpdateRefused,
 )
 from fedwarden.core.params import Vector
 from fedwarden.runtime.engine import Workload
@@ -40,7 +45,7 @@ class Runtime(ABC):
         vector: Vector,
         instructions: Sequence[FitInstruction],
         deadline_s: float | None = None,
-    ) -> Iterator[ClientUpdate | ClientFailure]:
+    ) -> Iterator[ClientUpdate | ClientFailure | UpdateRefused]:
         """Send ``vector`` to each instructed client; yield one reply per instruction."""
 
     @abstractmethod
@@ -52,6 +57,10 @@ class Runtime(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop every worker; safe to call twice."""
+
+    def client_channel(self) -> ClientChannel | None:
+        """A channel for multi-step protocols with remote clients (None: clients are simulated)."""
+        return None
 
     def __enter__(self) -> Runtime:
         return self

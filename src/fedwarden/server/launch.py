@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 from dp_accounting import dp_event
 
@@ -30,7 +31,7 @@ from fedwarden.attacks import (
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
-from fedwarden.core.params import Vector
+from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
@@ -74,6 +75,10 @@ from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server.clustered import ClusteredTraining
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
+
+if TYPE_CHECKING:
+    from fedwarden.governance.store import RunStore
+    from fedwarden.runtime.grpc.credentials import TlsKit
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
 from fedwarden.strategies import (
     FedAdagrad,
@@ -235,10 +240,38 @@ def _stages_and_aggregator(
     noise = (
         NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
     )
-    client_stages: list[Stage] = []
+    clip_norm = privacy.clip_norm if isinstance(privacy, UserLevelPrivacy) else None
+    stages = build_stages(config, trainer.spec, clip_norm)
+    if config.secure.kind != "none":
+        return stages, build_secure_aggregator(config, dataset, privacy, noise)
+    if not isinstance(privacy, UserLevelPrivacy):
+        return stages, build_aggregator(config)
+    noisy_mean = GaussianMean(
+        noise_multiplier=privacy.noise_multiplier,
+        clip_norm=privacy.clip_norm,
+        expected_cohort_size=privacy.sampling.expected_cohort_size,
+        noise=noise,
+        adaptive=privacy.adaptive,
+    )
+    return stages, noisy_mean
+
+
+def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None) -> list[Stage]:
+    """The pipeline's stages, from the config and the model's layout alone.
+
+    Clients build the same list (a gRPC client from the config it is sent) and
+    run the client halves in list order: local DP noises, then compression
+    encodes; the server runs the server halves in the same order: compression
+    decodes, validation reads the vector, DP-FedAvg clips. ``clip_norm`` is
+    user-level DP's (shared with adaptive clipping on the server). Under
+    secure aggregation the clients' encoders clip and check, so only local
+    stages remain.
+    """
+    section = config.privacy
+    stages: list[Stage] = []
     if section.mechanism == "local":
         assert section.noise_multiplier is not None
-        client_stages.append(
+        stages.append(
             LocalGaussianNoise(
                 section.clip_norm,
                 section.noise_multiplier,
@@ -247,26 +280,18 @@ def _stages_and_aggregator(
             )
         )
     if config.secure.kind != "none":
-        return client_stages, build_secure_aggregator(config, dataset, privacy, noise)
-    validate = ValidateUpdate(trainer.spec.size, config.pipeline.max_update_norm)
-    compress = build_compression(config, trainer.spec.size)
-    if not isinstance(privacy, UserLevelPrivacy):
-        # Client halves run in list order (local DP noises, then compression encodes),
-        # and so do server halves (compression decodes, then validation reads the vector).
-        return [*client_stages, *compress, validate], build_aggregator(config)
-    clip = ClipUpdate(
-        privacy.clip_norm,
-        placement=section.clip_on,
-        per_layer=trainer.spec if section.per_layer_clipping else None,
-    )
-    noisy_mean = GaussianMean(
-        noise_multiplier=privacy.noise_multiplier,
-        clip_norm=privacy.clip_norm,
-        expected_cohort_size=privacy.sampling.expected_cohort_size,
-        noise=noise,
-        adaptive=privacy.adaptive,
-    )
-    return [*compress, validate, clip], noisy_mean
+        return stages
+    stages += build_compression(config, spec.size)
+    stages.append(ValidateUpdate(spec.size, config.pipeline.max_update_norm))
+    if section.mechanism == "user_level":
+        stages.append(
+            ClipUpdate(
+                clip_norm or ClipNorm(section.clip_norm),
+                placement=section.clip_on,
+                per_layer=spec if section.per_layer_clipping else None,
+            )
+        )
+    return stages
 
 
 def build_aggregator(config: RunConfig) -> Aggregator:
@@ -547,11 +572,77 @@ def _local_privacy_report(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def build_runtime(config: RunConfig) -> Runtime:
-    """The runtime named by ``config.runtime``."""
+@dataclass(frozen=True)
+class Deployment:
+    """Where ``fedwarden server`` listens and keeps its state (the grpc runtime, for real).
+
+    ``tls`` None serves ``--insecure`` (loopback only). ``store_url`` is a
+    SQLAlchemy URL; None keeps a SQLite file in the runs directory.
+    ``listening`` is set once the federation service accepts connections
+    (the health endpoint reports it).
+    """
+
+    address: str
+    tls: TlsKit | None
+    store_url: str | None = None
+    listening: threading.Event = field(default_factory=threading.Event)
+
+
+def open_store(config: RunConfig, deployment: Deployment | None) -> RunStore:
+    """A deployment's run store: its URL, or ``<runs_dir>/fedwarden.db``."""
+    from fedwarden.governance.store import RunStore
+
+    if deployment is not None and deployment.store_url is not None:
+        return RunStore(deployment.store_url)
+    config.runs_dir.mkdir(parents=True, exist_ok=True)
+    return RunStore.sqlite(config.runs_dir / "fedwarden.db")
+
+
+def build_runtime(
+    config: RunConfig,
+    dataset: FederatedDataset,
+    run_dir: RunDirectory | None,
+    store: RunStore | None,
+    deployment: Deployment | None,
+) -> Runtime:
+    """The runtime named by ``config.runtime``.
+
+    The grpc runtime serves ``deployment`` when given (``fedwarden server``);
+    otherwise it starts one local client process per client of ``dataset``
+    with certificates it issues under the run directory.
+    """
     if config.runtime.kind == "ray":
         return RayRuntime(config.runtime.workers, config.runtime.address)
-    return LocalRuntime(config.runtime.workers)
+    if config.runtime.kind == "local":
+        return LocalRuntime(config.runtime.workers)
+    from fedwarden.runtime.grpc.local_clients import LocalClients
+    from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
+
+    if run_dir is None or store is None:
+        raise ConfigError(
+            "the grpc runtime keeps its spool and store with the run directory; run with one"
+        )
+    launcher = None
+    if deployment is None:
+        launcher = LocalClients(run_dir.path / "deploy", dataset)
+        deployment = Deployment("127.0.0.1:0", launcher.provision())
+    return GrpcRuntime(
+        deployment.address,
+        tls=deployment.tls,
+        store=store,
+        run=RunDescription(
+            run_dir.path.name,
+            config.model_dump_json(),
+            dataset.num_features,
+            dataset.num_classes,
+        ),
+        spool_dir=run_dir.path / "spool",
+        expected_clients=dataset.client_ids,
+        heartbeat_s=config.runtime.heartbeat_s,
+        join_timeout_s=config.runtime.join_timeout_s,
+        launcher=launcher,
+        listening=deployment.listening,
+    )
 
 
 @dataclass(frozen=True)
@@ -597,6 +688,31 @@ def resumed(run_dir: Path) -> tuple[RunConfig, int]:
     return config, 0 if checkpoint is None else checkpoint.round_index + 1
 
 
+def serve(
+    config: RunConfig, deployment: Deployment, observer: RoundObserver | None = None
+) -> RunResult:
+    """``fedwarden server``: run ``config`` over gRPC, continuing its unfinished run if any.
+
+    The store remembers the run; a server killed mid-run and started again
+    with the same config and store continues from the last completed round.
+    """
+    with open_store(config, deployment) as store:
+        unfinished = store.find_unfinished_run(config.name)
+        resume = None
+        if unfinished is not None:
+            stored = RunConfig.model_validate_json(
+                RunDirectory(Path(unfinished.run_dir)).read_config()
+            )
+            if stored != config:
+                raise ConfigError(
+                    f"run {config.name!r} ({unfinished.run_id}) is unfinished and was started "
+                    "with another config; restore that config, or give this run another name"
+                )
+            resume = Path(unfinished.run_dir)
+            logger.warning("continuing unfinished run %s", unfinished.run_id)
+        return run(config, resume=resume, observer=observer, deployment=deployment, store=store)
+
+
 def run(
     config: RunConfig,
     *,
@@ -604,11 +720,14 @@ def run(
     observer: RoundObserver | None = None,
     write_run_dir: bool = True,
     stop_after: int | None = None,
+    deployment: Deployment | None = None,
+    store: RunStore | None = None,
 ) -> RunResult:
     """Run ``config`` to the end and return its result.
 
     With ``resume``, continue the run in that directory instead: ``config``
-    must be the one stored there (see :func:`resumed`).
+    must be the one stored there (see :func:`resumed`). ``deployment`` and
+    ``store`` are the grpc runtime's (see :func:`serve`).
     """
     if resume is not None:
         run_dir: RunDirectory | None = RunDirectory(resume)
@@ -617,6 +736,28 @@ def run(
         run_dir.write_config(config.model_dump_json(indent=1))
     else:
         run_dir = None
+    if config.runtime.kind == "grpc" and store is None:
+        if run_dir is None:
+            raise ConfigError(
+                "the grpc runtime keeps its store and spool in the run directory; run with one"
+            )
+        from fedwarden.governance.store import RunStore
+
+        # Local client processes get fresh certificates each run: a store of their own.
+        with RunStore.sqlite(run_dir.path / "store.db") as own_store:
+            return _run(config, run_dir, observer, stop_after, deployment, own_store)
+    return _run(config, run_dir, observer, stop_after, deployment, store)
+
+
+def _run(
+    config: RunConfig,
+    run_dir: RunDirectory | None,
+    observer: RoundObserver | None,
+    stop_after: int | None,
+    deployment: Deployment | None,
+    store: RunStore | None,
+) -> RunResult:
+    resume = None if run_dir is None or run_dir.load_checkpoint() is None else run_dir.path
     clustering = config.clustering
     if clustering.enabled and resume is not None:
         raise ConfigError("a clustered run cannot be resumed yet; start it again")
@@ -624,7 +765,9 @@ def run(
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
     pipeline = build_pipeline(config, trainer, dataset, privacy)
-    with build_runtime(config) as runtime:
+    if store is not None and run_dir is not None and store.run(run_dir.path.name) is None:
+        store.create_run(run_dir.path.name, config.name, run_dir.read_config(), str(run_dir.path))
+    with build_runtime(config, dataset, run_dir, store, deployment) as runtime:
 
         def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
             """A cluster's server over the running runtime (no central test: it is global)."""
@@ -726,4 +869,6 @@ def run(
     final = RunResult(**{**result.__dict__, "extras": extras})
     if run_dir is not None:
         run_dir.write_summary(final.to_json())
+        if store is not None and final.rounds == config.rounds:
+            store.finish_run(run_dir.path.name, "completed")
     return final

@@ -30,6 +30,7 @@ from fedwarden.core.messages import (
     EvaluateInstruction,
     FitInstruction,
     TrainConfig,
+    UpdateRefused,
 )
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.robust import Reputation
@@ -182,6 +183,7 @@ class Server:
         self.observer = observer
         self.privacy = privacy
         self.reputation = reputation
+        pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
         self.history: list[RoundRecord] = []
@@ -347,6 +349,9 @@ class Server:
         for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
             if self.observer is not None:
                 self.observer.client_finished(round_index)
+            if isinstance(reply, UpdateRefused):
+                traffic.rejections[reply.reason] += 1
+                continue
             if isinstance(reply, ClientFailure):
                 traffic.failures[reply.reason] += 1
                 logger.warning(

@@ -1,0 +1,390 @@
+"""The ``grpc`` runtime's client half: the ``fedwarden client`` process of one site.
+
+The client dials the server (it may sit behind a NAT), joins, builds its
+model and pipeline halves from the run's config, and keeps one ``Connect``
+stream open: tasks arrive on it the moment a round starts, heartbeats leave
+on it. For a fit task the client downloads the global vector (chunked,
+checked against its SHA-256), trains with the same
+:class:`~fedwarden.runtime.engine.ClientEngine` the simulation runtimes use,
+signs the update with its identity key and streams it back. When the server
+goes away the client reconnects with capped exponential backoff and jitter;
+SIGTERM ends it after the current upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedwarden import __version__
+from fedwarden.core.config import RunConfig
+from fedwarden.core.errors import FedwardenError
+from fedwarden.core.messages import (
+    ClientEvaluation,
+    ClientUpdate,
+    EvaluateInstruction,
+    FitInstruction,
+    TrainConfig,
+)
+from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.data.dataset import FederatedDataset
+from fedwarden.data.sources import load_client_file
+from fedwarden.pipeline.secure import SecureSumClient
+from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.runtime.engine import ClientEngine, Workload
+from fedwarden.runtime.grpc import federation_pb2 as pb
+from fedwarden.runtime.grpc.credentials import ClientKit
+from fedwarden.runtime.grpc.server import SERVICE, grpc_options
+from fedwarden.runtime.grpc.wire import (
+    ProtocolError,
+    UploadMetadata,
+    check_version,
+    chunks,
+    sign,
+    version_message,
+)
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+JOIN_TIMEOUT_S = 30.0
+
+
+class RunOver(FedwardenError):
+    """The server said the run is finished."""
+
+
+class SessionLost(FedwardenError):
+    """The session stream closed while the run goes on (the server is restarting)."""
+
+
+@dataclass(frozen=True)
+class _Stubs:
+    """Callables for the four RPCs of ``federation.proto`` on one channel."""
+
+    join: grpc.UnaryUnaryMultiCallable
+    connect: grpc.StreamStreamMultiCallable
+    download: grpc.UnaryStreamMultiCallable
+    upload: grpc.StreamUnaryMultiCallable
+
+    @classmethod
+    def on(cls, channel: grpc.Channel) -> _Stubs:
+        return cls(
+            channel.unary_unary(
+                f"/{SERVICE}/Join",
+                request_serializer=pb.JoinRequest.SerializeToString,
+                response_deserializer=pb.JoinReply.FromString,
+            ),
+            channel.stream_stream(
+                f"/{SERVICE}/Connect",
+                request_serializer=pb.ClientSignal.SerializeToString,
+                response_deserializer=pb.Task.FromString,
+            ),
+            channel.unary_stream(
+                f"/{SERVICE}/Download",
+                request_serializer=pb.DownloadRequest.SerializeToString,
+                response_deserializer=pb.Chunk.FromString,
+            ),
+            channel.stream_unary(
+                f"/{SERVICE}/Upload",
+                request_serializer=pb.UploadChunk.SerializeToString,
+                response_deserializer=pb.UploadReceipt.FromString,
+            ),
+        )
+
+
+def open_channel(address: str, kit: ClientKit | None) -> grpc.Channel:
+    """A channel to the server: mutual TLS with ``kit``, or plaintext (``None``, loopback)."""
+    if kit is None:
+        return grpc.insecure_channel(address, options=grpc_options())
+    return grpc.secure_channel(address, kit.tls.channel_credentials(), options=grpc_options())
+
+
+class FederationClient:
+    """One site: joins the server at ``address`` and answers its tasks until the run ends.
+
+    ``kit`` holds the TLS certificate and identity key; with ``insecure`` the
+    channel is plaintext and only the identity key of ``kit`` is used.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        kit: ClientKit,
+        data_path: Path,
+        *,
+        insecure: bool = False,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.address = address
+        self.kit = kit
+        self.client_id = kit.client_id
+        self.data_path = data_path
+        self.insecure = insecure
+        self.state_dir = state_dir
+        self.stop = threading.Event()
+        self._engine: tuple[str, ClientEngine] | None = None
+        self._models: dict[str, Vector] = {}
+        self._secure: SecureSumClient | None = None
+        self._joined = False
+        self._call: grpc.Future | None = None
+
+    def run(self) -> None:
+        """Serve the federation until the run is over or :meth:`shutdown` is called."""
+        delay = BACKOFF_START_S
+        while not self.stop.is_set():
+            self._joined = False
+            try:
+                self._session()
+                return
+            except RunOver:
+                logger.info("the server finished the run")
+                return
+            except (grpc.RpcError, SessionLost) as error:
+                if self.stop.is_set():
+                    return
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION):
+                    assert isinstance(error, grpc.Call)
+                    raise FedwardenError(
+                        f"the server refused {self.client_id}: {error.details()}"
+                    ) from None
+                if self._joined:
+                    delay = BACKOFF_START_S
+                wait = delay * (0.5 + secrets.randbelow(1000) / 1000)
+                logger.warning(
+                    "server %s unavailable (%s); reconnecting in %.1f s",
+                    self.address,
+                    code.name if code is not None else str(error),
+                    wait,
+                )
+                self.stop.wait(wait)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+    def shutdown(self) -> None:
+        """Stop after the current task (SIGTERM): close the session stream."""
+        self.stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _hello(self) -> pb.JoinRequest:
+        public = self.kit.identity.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return pb.JoinRequest(
+            version=version_message(),
+            client_id=self.client_id,
+            software_version=__version__,
+            identity_public_key=public,
+        )
+
+    def _session(self) -> None:
+        """One connection: join, then answer tasks until the stream ends."""
+        with open_channel(self.address, None if self.insecure else self.kit) as channel:
+            stubs = _Stubs.on(channel)
+            reply: pb.JoinReply = stubs.join(self._hello(), timeout=JOIN_TIMEOUT_S)
+            check_version(reply.version, "the server")
+            self._joined = True
+            engine = self._engine_for(reply)
+            signals: queue.Queue[pb.ClientSignal] = queue.Queue()
+            call = stubs.connect(self._signals(signals, reply.heartbeat_seconds))
+            self._call = call
+            logger.info("%s connected to run %s", self.client_id, reply.run_id)
+            for task in call:
+                kind = task.WhichOneof("kind")
+                if kind == "finished":
+                    raise RunOver(task.finished.message)
+                try:
+                    self._answer(stubs, engine, task)
+                except FedwardenError as error:
+                    logger.warning("task %s failed: %s", task.task_id, error)
+                    failed = pb.TaskFailed(task_id=task.task_id, reason="error", message=str(error))
+                    signals.put(pb.ClientSignal(failed=failed))
+            if not self.stop.is_set():
+                raise SessionLost("the session stream ended; the server is going away")
+
+    def _signals(
+        self, signals: queue.Queue[pb.ClientSignal], heartbeat_s: int
+    ) -> Iterator[pb.ClientSignal]:
+        """What the client sends on its session: the hello, then heartbeats and failures."""
+        yield pb.ClientSignal(hello=self._hello())
+        while not self.stop.is_set():
+            try:
+                yield signals.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield pb.ClientSignal(heartbeat=pb.Heartbeat(sent_unix_ms=int(time.time() * 1000)))
+
+    def _engine_for(self, reply: pb.JoinReply) -> ClientEngine:
+        """The client's trainer and pipeline halves for this run, built once per run."""
+        if self._engine is not None and self._engine[0] == reply.run_id:
+            return self._engine[1]
+        from fedwarden.server.launch import build_stages, build_trainer
+
+        config = RunConfig.model_validate_json(reply.run_config_json)
+        num_classes = reply.num_classes or None
+        data = load_client_file(
+            self.data_path, self.client_id, config.data, config.seed, num_classes
+        )
+        dataset = FederatedDataset(
+            name=self.client_id,
+            clients={self.client_id: data},
+            x_test=data.x_test[:0],
+            y_test=data.y_test[:0],
+            num_features=reply.num_features,
+            num_classes=num_classes,
+        )
+        trainer = build_trainer(config, dataset)
+        if config.strategy.name == "scaffold":
+            from fedwarden.strategies.scaffold import ScaffoldTrainer
+
+            trainer = ScaffoldTrainer(trainer)
+        stages = tuple(build_stages(config, trainer.spec, None))
+        self._secure = None
+        if config.secure.kind == "secagg":
+            noise = (
+                NoiseSource.for_testing(config.seed)
+                if config.privacy.reproducible_noise
+                else NoiseSource.secure()
+            )
+            self._secure = SecureSumClient(self.client_id, self.kit.identity, noise)
+        engine = ClientEngine(Workload(dataset, trainer, stages, config.seed, self.state_dir))
+        self._engine = (reply.run_id, engine)
+        self._models.clear()
+        return engine
+
+    def _answer(self, stubs: _Stubs, engine: ClientEngine, task: pb.Task) -> None:
+        """Download the task's model, train or evaluate, and upload the signed result."""
+        kind = task.WhichOneof("kind")
+        logger.info("round %d: %s task %s received", task.round_index, kind, task.task_id)
+        if kind == "protocol":
+            if self._secure is None:
+                raise ProtocolError("this run has no multi-step aggregation protocol")
+            self._upload(stubs, task, self._secure.answer(task.protocol.message))
+            return
+        vector = self._model(stubs, task)
+        if kind == "fit":
+            fit = task.fit
+            train = _train_config(fit.train)
+            parameters = dict(fit.round_parameters)
+            instruction = FitInstruction(task.round_index, self.client_id, train, parameters)
+            update = engine.fit(vector, instruction)
+            if self._secure is not None:
+                update = self._secure.protect(update)
+            self._upload(stubs, task, update)
+        else:
+            evaluate = task.evaluate
+            finetune = _train_config(evaluate.finetune) if evaluate.has_finetune else None
+            evaluation = engine.evaluate(
+                vector, EvaluateInstruction(task.round_index, self.client_id, finetune)
+            )
+            self._upload(stubs, task, evaluation)
+
+    def _model(self, stubs: _Stubs, task: pb.Task) -> Vector:
+        """The task's global vector, downloaded chunk by chunk into one buffer and checked."""
+        reference = task.model
+        cached = self._models.get(reference.version)
+        if cached is not None:
+            return cached
+        if reference.num_bytes % VECTOR_DTYPE.itemsize:
+            raise ProtocolError(f"a model of {reference.num_bytes} bytes is not float32")
+        vector = np.empty(reference.num_bytes // VECTOR_DTYPE.itemsize, dtype=VECTOR_DTYPE)
+        target = memoryview(vector.data).cast("B")
+        filled = 0
+        request = pb.DownloadRequest(run_id=task.run_id, version=reference.version)
+        try:
+            for chunk in stubs.download(request):
+                end = filled + len(chunk.data)
+                if end > len(target):
+                    raise ProtocolError("the server sent more model bytes than it announced")
+                target[filled:end] = chunk.data
+                filled = end
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+                raise ProtocolError(f"task {task.task_id} is over: {error.details()}") from None
+            raise
+        if filled != len(target) or hashlib.sha256(target).digest() != reference.sha256:
+            raise ProtocolError("the downloaded model does not match its announced size and hash")
+        self._models = {reference.version: vector}
+        return vector
+
+    def _upload(
+        self, stubs: _Stubs, task: pb.Task, reply: ClientUpdate | ClientEvaluation | bytes
+    ) -> None:
+        """Sign and stream one result; raise if the server refuses it."""
+        header, body = signed_upload(task, self.client_id, reply, self.kit.identity)
+        receipt: pb.UploadReceipt = stubs.upload(upload_stream(header, body))
+        if not receipt.accepted:
+            raise FedwardenError(
+                f"the server refused the upload ({receipt.reason}): {receipt.message}"
+            )
+        logger.info("round %d: %s uploaded", task.round_index, task.WhichOneof("kind"))
+
+
+def signed_upload(
+    task: pb.Task,
+    client_id: str,
+    reply: ClientUpdate | ClientEvaluation | bytes,
+    identity: Ed25519PrivateKey,
+) -> tuple[pb.UploadHeader, memoryview]:
+    """The signed header and the body of the upload answering ``task`` with ``reply``.
+
+    ``reply`` is an update, an evaluation, or (bytes) the answer to a protocol step.
+    """
+    num_examples = 0
+    if isinstance(reply, bytes):
+        kind, body, metadata = "protocol", memoryview(reply), UploadMetadata({}, {})
+    elif isinstance(reply, ClientEvaluation):
+        kind, body, metadata = "evaluation", memoryview(b""), UploadMetadata(reply.metrics, {})
+    elif reply.payload is not None:
+        kind, body = "encoded", memoryview(reply.payload)
+        metadata = UploadMetadata(reply.metrics, reply.payload_header)
+    else:
+        kind, body = "update", memoryview(reply.update.data)
+        metadata = UploadMetadata(reply.metrics, {})
+    if not isinstance(reply, bytes):
+        num_examples = reply.num_examples
+    header = pb.UploadHeader(
+        run_id=task.run_id,
+        round_index=task.round_index,
+        task_id=task.task_id,
+        client_id=client_id,
+        num_examples=num_examples,
+        metadata_json=metadata.to_json(),
+        payload_bytes=body.nbytes,
+        payload_sha256=hashlib.sha256(body).digest(),
+        payload_kind=kind,
+    )
+    sign(header, identity)
+    return header, body
+
+
+def upload_stream(header: pb.UploadHeader, body: memoryview) -> Iterator[pb.UploadChunk]:
+    """An upload on the wire: the header, then the body in chunks."""
+    yield pb.UploadChunk(header=header)
+    for piece in chunks(body):
+        yield pb.UploadChunk(data=bytes(piece))
+
+
+def _train_config(message: pb.TrainConfig) -> TrainConfig:
+    return TrainConfig(
+        local_epochs=message.local_epochs,
+        batch_size=message.batch_size,
+        learning_rate=message.learning_rate,
+        proximal_mu=message.proximal_mu,
+    )

@@ -1,0 +1,967 @@
+"""The ``grpc`` runtime's server half: clients in other processes or on other machines.
+
+DESIGN idea 3: the same :class:`~fedwarden.server.server.Server` drives the
+rounds; this runtime only moves its messages over gRPC (``federation.proto``).
+
+- **Sessions.** A client calls ``Join`` (version negotiation, the run's
+  config) and keeps one ``Connect`` stream open, on which the server pushes
+  tasks the moment a round starts and the client sends heartbeats. A client
+  silent for three heartbeat periods, or whose stream breaks, is lost: its
+  open tasks fail as ``worker_lost`` at once, not at the deadline.
+- **Identity.** Under mutual TLS the client's id is its certificate's common
+  name and its Ed25519 identity key comes from the same certificate; the key
+  is enrolled in the run store the first time and must match afterwards.
+- **Uploads.** Each upload's header is checked before its body is read (this
+  run, an open task of this client, not already delivered); the body is
+  streamed chunk by chunk into a spool file while its SHA-256 is computed;
+  then the signature is verified against the enrolled key. A refused upload
+  (``forged``, ``replayed``, ``duplicate``, ``corrupted``, ``impersonation``,
+  ``unknown_task``) is counted, logged and recorded in the store, and never
+  aggregated. An accepted update is fsynced and recorded in the store before
+  the client gets its receipt, so a server killed afterwards still has it:
+  on restart the round's accepted updates are read back from the spool and
+  only the clients that had not delivered are asked again.
+- **Memory.** The model is served from one read-only copy per round; an
+  upload occupies one chunk in memory while it arrives; accepted updates are
+  memory-mapped from the spool, so the server's footprint stays O(model).
+
+The thread-per-stream gRPC server suits the cross-silo deployments this
+runtime targets (tens to hundreds of sites); cross-device populations belong
+behind aggregator shards (DESIGN, "Beyond one machine").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedwarden.core.errors import FedwardenError, RuntimeFailure
+from fedwarden.core.messages import (
+    ClientEvaluation,
+    ClientFailure,
+    ClientUpdate,
+    EvaluateInstruction,
+    FitInstruction,
+    TrainConfig,
+    UpdateRefused,
+)
+from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.deploy.pki import PkiError, identity_from_certificate
+from fedwarden.governance.store import (
+    AcceptedUpdate,
+    DuplicateUpdate,
+    EnrolmentConflict,
+    RunStore,
+)
+from fedwarden.runtime.base import Runtime
+from fedwarden.runtime.engine import Workload
+from fedwarden.runtime.grpc import federation_pb2 as pb
+from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
+from fedwarden.runtime.grpc.wire import (
+    CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    PAYLOAD_KINDS,
+    ProtocolError,
+    UploadMetadata,
+    canonical_json,
+    check_version,
+    chunks,
+    signature_valid,
+    version_message,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "fedwarden.v1.Federation"
+LOST_AFTER_HEARTBEATS = 3
+"""A client silent for this many heartbeat periods is lost."""
+
+MAX_EXPIRED_TASKS = 100_000
+"""Closed-unanswered tasks remembered, to tell a late honest answer from a replay."""
+MAX_PROTOCOL_BYTES = 16 << 20
+"""Largest answer to a protocol step (secure aggregation's are kilobytes)."""
+
+
+@dataclass(frozen=True)
+class ProtocolAnswer:
+    """A client's answer to a protocol step."""
+
+    client_id: str
+    message: bytes
+
+
+Reply = ClientUpdate | ClientEvaluation | ClientFailure | UpdateRefused | ProtocolAnswer
+
+
+def grpc_options() -> list[tuple[str, Any]]:
+    """Channel and server options both ends use: message size caps and keepalive pings."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class UploadRefused(FedwardenError):
+    """An upload failed a transport check; ``reason`` is the counted tag."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ClientLauncher(Protocol):
+    """Starts client processes once the server listens, and waits for them at the end."""
+
+    def start(self, address: str) -> None:
+        """Start the clients, pointed at the server on ``address``."""
+
+    def stop(self) -> None:
+        """Wait for the clients to exit (or end them)."""
+
+
+@dataclass(frozen=True)
+class RunDescription:
+    """What a joining client is told about the run: its id and calibrated config."""
+
+    run_id: str
+    config_json: str
+    num_features: int
+    num_classes: int | None
+
+
+@dataclass
+class _Session:
+    """One connected client: its task queue and when it was last heard from."""
+
+    client_id: str
+    tasks: queue.Queue[pb.Task | None] = field(default_factory=queue.Queue)
+    last_seen: float = field(default_factory=time.monotonic)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _OpenTask:
+    """A task sent and not yet answered (``receiving``: an upload for it is arriving)."""
+
+    task_id: str
+    client_id: str
+    round_index: int
+    kind: str
+    message: pb.Task
+    receiving: bool = False
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The global vector of the current exchange, served by ``Download``."""
+
+    version: str
+    vector: Vector
+    sha256: bytes
+
+
+class GrpcRuntime(Runtime):
+    """Serves the federation protocol and exchanges tasks with connected clients.
+
+    ``tls`` None means ``--insecure``: loopback only, identities enrolled on
+    first use from the client's Join. ``launcher`` (used by ``fedwarden run``)
+    starts the clients once the server listens.
+    """
+
+    name: ClassVar[str] = "grpc"
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: TlsKit | None,
+        store: RunStore,
+        run: RunDescription,
+        spool_dir: Path,
+        expected_clients: Sequence[str],
+        heartbeat_s: float = 30.0,
+        join_timeout_s: float = 300.0,
+        launcher: ClientLauncher | None = None,
+        listening: threading.Event | None = None,
+        step_deadline_s: float = 120.0,
+    ) -> None:
+        if tls is None:
+            check_insecure_address(address)
+        self.address = address
+        self.tls = tls
+        self.store = store
+        self.run = run
+        self.spool_dir = spool_dir
+        self.expected_clients = list(expected_clients)
+        self.heartbeat_s = heartbeat_s
+        self.join_timeout_s = join_timeout_s
+        self.launcher = launcher
+        self.step_deadline_s = step_deadline_s
+        """How long a protocol step waits for answers when the caller sets no deadline."""
+        self.listening = listening or threading.Event()
+        """Set once the service accepts connections."""
+        self.port: int | None = None
+        self.rejections: Counter[str] = Counter()
+        """Refused uploads by reason, over the server's life."""
+        self._server: grpc.Server | None = None
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._connected = threading.Condition(self._lock)
+        self._open: dict[str, _OpenTask] = {}
+        self._expired: dict[str, str] = {}
+        self._delivered: set[tuple[int, str]] = set()
+        self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue()
+        self._model: _Model | None = None
+        self._current_round = -1
+        self._spool_kept_from = 0
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Start listening (idempotent); the bound port."""
+        if self._server is not None:
+            assert self.port is not None
+            return self.port
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=2 * len(self.expected_clients) + 16,
+                thread_name_prefix="fedwarden-grpc",
+            ),
+            options=grpc_options(),
+        )
+        server.add_generic_rpc_handlers((self._handlers(),))
+        if self.tls is None:
+            port = server.add_insecure_port(self.address)
+        else:
+            port = server.add_secure_port(self.address, self.tls.server_credentials())
+        if port == 0:
+            raise RuntimeFailure(
+                f"cannot listen on {self.address}: the address is taken or not this machine's"
+            )
+        server.start()
+        self._server, self.port = server, port
+        self.listening.set()
+        logger.info("serving run %s on port %d", self.run.run_id, port)
+        return port
+
+    def start(self, workload: Workload) -> None:
+        """Listen, launch local clients if asked, and wait for the expected clients to join."""
+        port = self.serve()
+        if self.launcher is not None:
+            host = self.address.rsplit(":", 1)[0]
+            self.launcher.start(f"{host}:{port}")
+        deadline = time.monotonic() + self.join_timeout_s
+        with self._connected:
+            while not all(client in self._sessions for client in self.expected_clients):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._connected.wait(min(left, 1.0))
+            missing = sorted(set(self.expected_clients) - set(self._sessions))
+        if missing:
+            logger.warning(
+                "%d expected client(s) did not join within %.0f s (%s); rounds start without "
+                "them and they may join later",
+                len(missing),
+                self.join_timeout_s,
+                ", ".join(missing[:10]),
+            )
+
+    def close(self) -> None:
+        """Tell connected clients the run is over, then stop serving; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            sessions = list(self._sessions.values())
+        finished = pb.Task(run_id=self.run.run_id, finished=pb.RunFinished(message="run over"))
+        for session in sessions:
+            session.tasks.put(finished)
+            session.tasks.put(None)
+        if self.launcher is not None:
+            self.launcher.stop()
+        if self._server is not None:
+            self._server.stop(grace=5.0).wait()
+
+    def connected_clients(self) -> list[str]:
+        """The clients with an open session right now."""
+        with self._lock:
+            return sorted(self._sessions)
+
+    # --- the Runtime interface ---------------------------------------------------------------
+
+    def fit(
+        self,
+        vector: Vector,
+        instructions: Sequence[FitInstruction],
+        deadline_s: float | None = None,
+    ) -> Iterator[ClientUpdate | ClientFailure | UpdateRefused]:
+        """Push a fit task to each instructed client; yield replies as they arrive.
+
+        Updates accepted for this round before a server restart are read back
+        from the spool and not asked for again.
+        """
+        if not instructions:
+            return
+        round_index = instructions[0].round_index
+        self._begin_round(round_index, [instruction.client_id for instruction in instructions])
+        recovered = {
+            row.client_id: row for row in self.store.accepted_updates(self.run.run_id, round_index)
+        }
+        tasks = {}
+        for instruction in instructions:
+            if instruction.client_id in recovered:
+                continue
+            task = pb.Task(fit=pb.FitTask(train=_train_message(instruction.train)))
+            task.fit.round_parameters.update(instruction.round_parameters)
+            tasks[instruction.client_id] = task
+        if recovered:
+            logger.warning(
+                "round %d: %d update(s) accepted before the restart recovered from the spool (%s); "
+                "asking only the other %d client(s)",
+                round_index,
+                len(recovered),
+                ", ".join(sorted(recovered)),
+                len(tasks),
+            )
+        for client_id, row in recovered.items():
+            self._delivered.add((round_index, client_id))
+            yield _spooled_update(round_index, client_id, row)
+        for reply in self._exchange(vector, round_index, tasks, "fit", deadline_s):
+            if isinstance(reply, ClientUpdate | ClientFailure | UpdateRefused):
+                yield reply
+
+    def evaluate(
+        self, vector: Vector, instructions: Sequence[EvaluateInstruction]
+    ) -> Iterator[ClientEvaluation | ClientFailure]:
+        """Push an evaluate task to each instructed client; yield their metrics as they arrive."""
+        if not instructions:
+            return
+        # Evaluation follows the last round's checkpoint: no spooled update is needed again.
+        self._forget_before(self._current_round + 1)
+        tasks = {}
+        for instruction in instructions:
+            evaluate = pb.EvaluateTask(has_finetune=instruction.finetune is not None)
+            if instruction.finetune is not None:
+                evaluate.finetune.CopyFrom(_train_message(instruction.finetune))
+            tasks[instruction.client_id] = pb.Task(evaluate=evaluate)
+        round_index = instructions[0].round_index
+        for reply in self._exchange(vector, round_index, tasks, "evaluate", None):
+            if isinstance(reply, ClientEvaluation | ClientFailure):
+                yield reply
+
+    def client_channel(self) -> GrpcRuntime:
+        """This runtime carries protocol steps (:meth:`exchange`) to its clients."""
+        return self
+
+    def exchange(
+        self, messages: Mapping[str, bytes], deadline_s: float | None = None
+    ) -> dict[str, bytes]:
+        """Send each client its protocol step; the answers that arrived before the deadline.
+
+        A client that is lost, fails the step or misses the deadline is absent
+        from the answers (it has dropped out of the protocol).
+        """
+        round_index = max(self._current_round, 0)
+        tasks = {
+            client_id: pb.Task(protocol=pb.ProtocolStep(message=message))
+            for client_id, message in messages.items()
+        }
+        answers: dict[str, bytes] = {}
+        wait = deadline_s if deadline_s is not None else self.step_deadline_s
+        for reply in self._exchange(None, round_index, tasks, "protocol", wait):
+            if isinstance(reply, ProtocolAnswer):
+                answers[reply.client_id] = reply.message
+            elif isinstance(reply, ClientFailure):
+                logger.warning("protocol step: client %s %s", reply.client_id, reply.message)
+        return answers
+
+    def identity_keys(self, clients: Sequence[str]) -> dict[str, bytes]:
+        """The enrolled identity keys of ``clients`` (those enrolled)."""
+        keys = {}
+        for client_id in clients:
+            enrolled = self.store.enrolled(client_id)
+            if enrolled is not None:
+                keys[client_id] = enrolled.public_key
+        return keys
+
+    def _begin_round(self, round_index: int, cohort: list[str]) -> None:
+        """Record the round's cohort; forget the spool of rounds the server has checkpointed."""
+        self.store.round_started(self.run.run_id, round_index, cohort)
+        self._forget_before(round_index)
+        with self._lock:
+            self._current_round = round_index
+            self._delivered = {entry for entry in self._delivered if entry[0] >= round_index}
+
+    def _forget_before(self, round_index: int) -> None:
+        """Delete the spooled updates of rounds before ``round_index`` (all checkpointed)."""
+        for earlier in range(self._spool_kept_from, round_index):
+            for path in self.store.forget_updates(self.run.run_id, earlier):
+                Path(path).unlink(missing_ok=True)
+        self._spool_kept_from = max(self._spool_kept_from, round_index)
+
+    def _exchange(
+        self,
+        vector: Vector | None,
+        round_index: int,
+        tasks: dict[str, pb.Task],
+        kind: str,
+        deadline_s: float | None,
+    ) -> Iterator[Reply]:
+        """Send ``tasks`` (``vector`` is their model, if any); yield replies until all are done."""
+        reference = None
+        if vector is not None:
+            model = np.array(vector, dtype=VECTOR_DTYPE, copy=True)
+            version = f"{round_index}-{kind}-{uuid.uuid4().hex[:8]}"
+            self._model = _Model(version, model, hashlib.sha256(model.data).digest())
+            reference = pb.ModelRef(
+                version=version, num_bytes=model.nbytes, sha256=self._model.sha256
+            )
+        open_ids: dict[str, str] = {}
+        with self._lock:
+            for client_id, task in tasks.items():
+                task_id = uuid.uuid4().hex
+                task.task_id, task.run_id, task.round_index = task_id, self.run.run_id, round_index
+                if reference is not None:
+                    task.model.CopyFrom(reference)
+                self._open[task_id] = _OpenTask(task_id, client_id, round_index, kind, task)
+                open_ids[task_id] = client_id
+                session = self._sessions.get(client_id)
+                if session is not None and self._alive(session):
+                    session.tasks.put(task)
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        while open_ids:
+            for task_id in self._lost_tasks(open_ids):
+                client_id = open_ids.pop(task_id)
+                yield ClientFailure(
+                    round_index,
+                    client_id,
+                    "worker_lost",
+                    "is not connected (no stream, or silent for "
+                    f"{LOST_AFTER_HEARTBEATS} heartbeats)",
+                )
+            if not open_ids:
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                for client_id in self._close_tasks(open_ids):
+                    yield ClientFailure(
+                        round_index, client_id, "deadline", f"did not reply within {deadline_s} s"
+                    )
+                break
+            try:
+                reply, answered = self._next_reply(min(left or 1.0, 1.0))
+            except queue.Empty:
+                continue
+            if answered is not None:
+                if answered not in open_ids:
+                    continue
+                del open_ids[answered]
+            yield reply
+        if vector is not None:
+            self._model = None
+
+    def _next_reply(self, timeout: float) -> tuple[Reply, str | None]:
+        """The next reply and the task it answers (None for a refusal, which answers none)."""
+        return self._replies.get(timeout=timeout)
+
+    def _lost_tasks(self, open_ids: dict[str, str]) -> list[str]:
+        """Open tasks whose client is not connected or has gone silent; closed here.
+
+        A silent client's session is ended too: when its network returns it
+        reconnects and joins the next round, rather than answering stale tasks.
+        """
+        lost, silent_sessions = [], []
+        with self._lock:
+            for task_id, client_id in open_ids.items():
+                session = self._sessions.get(client_id)
+                task = self._open.get(task_id)
+                if task is None or task.receiving:
+                    continue
+                if session is None or not self._alive(session):
+                    lost.append(task_id)
+                    self._expire(task_id)
+                    if session is not None:
+                        silent_sessions.append(session)
+        for session in silent_sessions:
+            self._end_session(session)
+        return lost
+
+    def _alive(self, session: _Session) -> bool:
+        """Whether the session is open and its client spoke within three heartbeat periods."""
+        silence = time.monotonic() - session.last_seen
+        return not session.closed.is_set() and silence <= LOST_AFTER_HEARTBEATS * self.heartbeat_s
+
+    def _close_tasks(self, open_ids: dict[str, str]) -> list[str]:
+        """Close the open tasks at the deadline; their clients."""
+        with self._lock:
+            for task_id in open_ids:
+                self._expire(task_id)
+        return list(open_ids.values())
+
+    def _expire(self, task_id: str) -> None:
+        """Close an unanswered task, remembering it so that a late answer is told apart."""
+        task = self._open.pop(task_id, None)
+        if task is not None:
+            self._expired[task_id] = task.client_id
+            while len(self._expired) > MAX_EXPIRED_TASKS:
+                del self._expired[next(iter(self._expired))]
+
+    # --- the service -------------------------------------------------------------------------
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Join": grpc.unary_unary_rpc_method_handler(
+                    self._join,
+                    request_deserializer=pb.JoinRequest.FromString,
+                    response_serializer=pb.JoinReply.SerializeToString,
+                ),
+                "Connect": grpc.stream_stream_rpc_method_handler(
+                    self._connect,
+                    request_deserializer=pb.ClientSignal.FromString,
+                    response_serializer=pb.Task.SerializeToString,
+                ),
+                "Download": grpc.unary_stream_rpc_method_handler(
+                    self._download,
+                    request_deserializer=pb.DownloadRequest.FromString,
+                    response_serializer=pb.Chunk.SerializeToString,
+                ),
+                "Upload": grpc.stream_unary_rpc_method_handler(
+                    self._upload,
+                    request_deserializer=pb.UploadChunk.FromString,
+                    response_serializer=pb.UploadReceipt.SerializeToString,
+                ),
+            },
+        )
+
+    def _join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        """Negotiate the version, authenticate and enrol the client, and describe the run."""
+        client_id = self._authenticate(request, context)
+        logger.info("client %s joined (fedwarden %s)", client_id, request.software_version)
+        run = self.run
+        return pb.JoinReply(
+            version=version_message(),
+            run_id=run.run_id,
+            run_config_json=run.config_json,
+            num_features=run.num_features,
+            num_classes=run.num_classes or 0,
+            heartbeat_seconds=max(1, round(self.heartbeat_s)),
+            chunk_bytes=CHUNK_BYTES,
+        )
+
+    def _authenticate(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> str:
+        """The client's id, after version and identity checks (aborts the call on failure)."""
+        try:
+            check_version(request.version, f"client {request.client_id!r}")
+        except ProtocolError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        client_id = self._peer_id(context) or request.client_id
+        if request.client_id != client_id:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate names {client_id!r} but the client calls itself "
+                f"{request.client_id!r}",
+            )
+        try:
+            public_key = self._identity_of(context, request)
+            self.store.enroll(client_id, _raw(public_key), self._enrolment_source())
+        except (PkiError, ValueError) as error:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except EnrolmentConflict as error:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        return client_id
+
+    def _enrolment_source(self) -> str:
+        return "certificate" if self.tls is not None else "insecure-first-use"
+
+    def _peer_id(self, context: grpc.ServicerContext) -> str | None:
+        """The TLS peer's certificate common name (None when serving --insecure)."""
+        if self.tls is None:
+            return None
+        names = context.auth_context().get("x509_common_name")
+        if not names:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate was presented")
+        return names[0].decode()
+
+    def _identity_of(
+        self, context: grpc.ServicerContext, request: pb.JoinRequest
+    ) -> Ed25519PublicKey:
+        """The identity key a client proves: from its certificate, or (insecure) its Join."""
+        if self.tls is not None:
+            pem = context.auth_context().get("x509_pem_cert")
+            if not pem:
+                raise PkiError("the client's certificate is not available to the server")
+            return identity_from_certificate(pem[0])
+        return Ed25519PublicKey.from_public_bytes(bytes(request.identity_public_key))
+
+    def _connect(
+        self, signals: Iterator[pb.ClientSignal], context: grpc.ServicerContext
+    ) -> Iterator[pb.Task]:
+        """The session stream: read the hello, then push tasks and read heartbeats."""
+        try:
+            first = next(signals)
+        except StopIteration:
+            return
+        if first.WhichOneof("kind") != "hello":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with a hello")
+        client_id = self._authenticate(first.hello, context)
+        session = _Session(client_id)
+        with self._connected:
+            previous = self._sessions.get(client_id)
+            if previous is not None:
+                previous.closed.set()
+                previous.tasks.put(None)
+            self._sessions[client_id] = session
+            self._connected.notify_all()
+            for open_task in self._open.values():
+                if open_task.client_id == client_id and not open_task.receiving:
+                    logger.info("client %s reconnected: its open task is sent again", client_id)
+                    session.tasks.put(open_task.message)
+        reader = threading.Thread(
+            target=self._read_signals,
+            args=(session, signals),
+            name=f"signals-{client_id}",
+            daemon=True,
+        )
+        reader.start()
+        context.add_callback(lambda: self._end_session(session))
+        while not session.closed.is_set():
+            try:
+                task = session.tasks.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if task is None:
+                break
+            yield task
+
+    def _read_signals(self, session: _Session, signals: Iterator[pb.ClientSignal]) -> None:
+        try:
+            for signal in signals:
+                session.last_seen = time.monotonic()
+                if signal.WhichOneof("kind") == "failed":
+                    self._task_failed(session.client_id, signal.failed)
+        except grpc.RpcError:
+            pass
+        finally:
+            self._end_session(session)
+
+    def _end_session(self, session: _Session) -> None:
+        session.closed.set()
+        session.tasks.put(None)
+        with self._lock:
+            if self._sessions.get(session.client_id) is session:
+                del self._sessions[session.client_id]
+
+    def _task_failed(self, client_id: str, failed: pb.TaskFailed) -> None:
+        with self._lock:
+            task = self._open.get(failed.task_id)
+            if task is None or task.client_id != client_id:
+                return
+            del self._open[failed.task_id]
+        failure = ClientFailure(task.round_index, client_id, "error", failed.message[:500])
+        self._post(failure, failed.task_id)
+
+    def _post(self, reply: Reply, task_id: str | None) -> None:
+        """Hand a reply (and the task it answers) to the exchange waiting for it."""
+        self._replies.put((reply, task_id))
+
+    def _download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        """Stream the current global vector, one chunk at a time."""
+        self._peer_id(context)
+        model = self._model
+        if model is None or request.version != model.version or request.run_id != self.run.run_id:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {request.version!r} is not being served (the round may have ended)",
+            )
+        assert model is not None
+        for piece in chunks(memoryview(model.vector.data)):
+            yield pb.Chunk(data=bytes(piece))
+
+    def _upload(
+        self, stream: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadReceipt:
+        """Check the header, spool and hash the body, verify the signature, record, receipt."""
+        peer = self._peer_id(context)
+        try:
+            first = next(stream)
+        except StopIteration:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
+        if first.WhichOneof("kind") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
+        header = first.header
+        try:
+            task = self._claim(header, peer)
+        except UploadRefused as refusal:
+            return self._refuse(header, refusal)
+        except ProtocolError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            reply = self._receive(task, header, stream)
+        except UploadRefused as refusal:
+            self._release(task)
+            return self._refuse(header, refusal)
+        except (ProtocolError, grpc.RpcError) as error:
+            self._release(task)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self._post(reply, task.task_id)
+        return pb.UploadReceipt(accepted=True)
+
+    def _claim(self, header: pb.UploadHeader, peer: str | None) -> _OpenTask:
+        """The open task ``header`` answers, marked as receiving; ``UploadRefused`` otherwise."""
+        if header.payload_kind not in PAYLOAD_KINDS:
+            raise ProtocolError(f"payload_kind must be one of {PAYLOAD_KINDS}")
+        client_id = header.client_id
+        if peer is not None and client_id != peer:
+            raise UploadRefused(
+                "impersonation", f"certificate {peer!r} uploaded as client {client_id!r}"
+            )
+        if header.run_id != self.run.run_id:
+            raise UploadRefused(
+                "replayed", f"{client_id} sent an upload of run {header.run_id!r}, not this run"
+            )
+        with self._lock:
+            task = self._open.get(header.task_id)
+            if task is None or task.client_id != client_id:
+                if self._expired.get(header.task_id) == client_id:
+                    raise UploadRefused(
+                        "late",
+                        f"{client_id} answered task {header.task_id!r} of round "
+                        f"{header.round_index} after it was closed (deadline or lost session)",
+                    )
+                if header.round_index < self._current_round:
+                    raise UploadRefused(
+                        "replayed",
+                        f"{client_id} sent an upload for round {header.round_index}; "
+                        f"round {self._current_round} is running",
+                    )
+                if (header.round_index, client_id) in self._delivered:
+                    raise UploadRefused(
+                        "duplicate", f"{client_id} already delivered round {header.round_index}"
+                    )
+                raise UploadRefused(
+                    "unknown_task", f"{client_id} answered task {header.task_id!r}, not open"
+                )
+            if task.receiving:
+                raise UploadRefused("duplicate", f"{client_id} is already uploading this task")
+            if header.round_index != task.round_index:
+                raise UploadRefused(
+                    "replayed",
+                    f"{client_id}'s upload names round {header.round_index}, its task is for "
+                    f"round {task.round_index}",
+                )
+            task.receiving = True
+        return task
+
+    def _release(self, task: _OpenTask) -> None:
+        with self._lock:
+            if task.task_id in self._open:
+                task.receiving = False
+
+    def _refuse(self, header: pb.UploadHeader, refusal: UploadRefused) -> pb.UploadReceipt:
+        """Count, log and record a refused upload; tell the client why."""
+        self.rejections[refusal.reason] += 1
+        logger.warning("upload refused (%s): %s", refusal.reason, refusal)
+        self.store.record_rejection(
+            self.run.run_id, header.round_index, header.client_id, refusal.reason, str(refusal)
+        )
+        if refusal.reason != "late":
+            # A late answer is an honest client's, for a round already closed without it.
+            refused = UpdateRefused(
+                header.round_index, header.client_id, refusal.reason, str(refusal)
+            )
+            self._post(refused, None)
+        return pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
+
+    def _receive(
+        self, task: _OpenTask, header: pb.UploadHeader, stream: Iterator[pb.UploadChunk]
+    ) -> ClientUpdate | ClientEvaluation | ProtocolAnswer:
+        """Spool and hash the body, verify the signature; the accepted reply."""
+        metadata = UploadMetadata.from_json(header.metadata_json)
+        expected = self._expected_bytes(task, header)
+        if task.kind == "protocol":
+            return self._receive_answer(task, header, stream, expected)
+        path = self.spool_dir / f"round-{task.round_index}" / f"{task.client_id}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(path, "wb") as spool:
+            received = 0
+            for message in stream:
+                if message.WhichOneof("kind") != "data":
+                    raise ProtocolError("an upload sends one header, then only data chunks")
+                received += len(message.data)
+                if received > expected:
+                    raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
+                digest.update(message.data)
+                spool.write(message.data)
+            if received != expected:
+                raise ProtocolError(f"the upload ended after {received} of {expected} bytes")
+            if digest.digest() != bytes(header.payload_sha256):
+                raise UploadRefused(
+                    "corrupted", f"{task.client_id}'s payload does not match its SHA-256"
+                )
+            self._verify(task, header)
+            spool.flush()
+            os.fsync(spool.fileno())
+        if task.kind == "evaluate":
+            path.unlink()
+            with self._lock:
+                self._open.pop(task.task_id, None)
+            return ClientEvaluation(task.client_id, header.num_examples, metadata.metrics)
+        try:
+            self.store.accept_update(
+                self.run.run_id,
+                task.round_index,
+                task.client_id,
+                digest=digest.hexdigest(),
+                num_examples=header.num_examples,
+                metrics_json=header.metadata_json,
+                payload_path=str(path),
+                header_json=canonical_json({"payload_kind": header.payload_kind}),
+            )
+        except DuplicateUpdate as error:
+            raise UploadRefused("duplicate", str(error)) from None
+        with self._lock:
+            self._open.pop(task.task_id, None)
+            self._delivered.add((task.round_index, task.client_id))
+        return _update_from_spool(
+            task.round_index,
+            task.client_id,
+            header.num_examples,
+            header.metadata_json,
+            header.payload_kind,
+            path,
+        )
+
+    def _receive_answer(
+        self,
+        task: _OpenTask,
+        header: pb.UploadHeader,
+        stream: Iterator[pb.UploadChunk],
+        expected: int,
+    ) -> ProtocolAnswer:
+        """A protocol answer (small, kept in memory), checked like any upload."""
+        body = bytearray()
+        for message in stream:
+            if message.WhichOneof("kind") != "data":
+                raise ProtocolError("an upload sends one header, then only data chunks")
+            body += message.data
+            if len(body) > expected:
+                raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
+        if len(body) != expected:
+            raise ProtocolError(f"the upload ended after {len(body)} of {expected} bytes")
+        if hashlib.sha256(body).digest() != bytes(header.payload_sha256):
+            raise UploadRefused(
+                "corrupted", f"{task.client_id}'s answer does not match its SHA-256"
+            )
+        self._verify(task, header)
+        with self._lock:
+            self._open.pop(task.task_id, None)
+        return ProtocolAnswer(task.client_id, bytes(body))
+
+    def _verify(self, task: _OpenTask, header: pb.UploadHeader) -> None:
+        """Refuse an upload whose signature is not the enrolled identity's."""
+        enrolled = self.store.enrolled(task.client_id)
+        if enrolled is None or not signature_valid(
+            header, Ed25519PublicKey.from_public_bytes(enrolled.public_key)
+        ):
+            raise UploadRefused(
+                "forged",
+                f"{task.client_id}'s signature does not verify with its enrolled identity key",
+            )
+
+    def _expected_bytes(self, task: _OpenTask, header: pb.UploadHeader) -> int:
+        """The body size ``header`` may declare for ``task``; ``ProtocolError`` otherwise."""
+        model = self._model
+        size = 0 if model is None else model.vector.nbytes
+        declared = header.payload_bytes
+        if task.kind == "protocol" or header.payload_kind == "protocol":
+            if task.kind != "protocol" or header.payload_kind != "protocol":
+                raise ProtocolError("a protocol answer answers a protocol step, and only that")
+            if declared > MAX_PROTOCOL_BYTES:
+                raise ProtocolError(f"a protocol answer of {declared} bytes exceeds the cap")
+        elif task.kind == "evaluate" or header.payload_kind == "evaluation":
+            if task.kind != "evaluate" or header.payload_kind != "evaluation" or declared:
+                raise ProtocolError("an evaluation answers an evaluate task and carries no payload")
+        elif header.payload_kind == "update" and declared != size:
+            raise ProtocolError(f"an update must be {size} bytes (the model), not {declared}")
+        elif header.payload_kind == "encoded" and declared > 2 * size + CHUNK_BYTES:
+            raise ProtocolError(f"an encoded update of {declared} bytes exceeds the cap")
+        return int(declared)
+
+
+def _update_from_spool(
+    round_index: int,
+    client_id: str,
+    num_examples: int,
+    metadata_json: str,
+    payload_kind: str,
+    path: Path,
+) -> ClientUpdate:
+    """An accepted update read back (memory-mapped, copy on write) from its spool file."""
+    metadata = UploadMetadata.from_json(metadata_json)
+    if payload_kind == "encoded":
+        return ClientUpdate(
+            round_index,
+            client_id,
+            np.empty(0, dtype=VECTOR_DTYPE),
+            num_examples,
+            metadata.metrics,
+            payload=path.read_bytes(),
+            payload_header=metadata.payload_header,
+        )
+    vector = np.memmap(path, dtype=VECTOR_DTYPE, mode="c")
+    return ClientUpdate(round_index, client_id, vector, num_examples, metadata.metrics)
+
+
+def _spooled_update(round_index: int, client_id: str, row: AcceptedUpdate) -> ClientUpdate:
+    """An update accepted before a restart, from its store row and spool file."""
+    payload_kind = json.loads(row.header_json)["payload_kind"]
+    return _update_from_spool(
+        round_index,
+        client_id,
+        row.num_examples,
+        row.metrics_json,
+        payload_kind,
+        Path(row.payload_path),
+    )
+
+
+def _train_message(train: TrainConfig) -> pb.TrainConfig:
+    return pb.TrainConfig(
+        local_epochs=train.local_epochs,
+        batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        proximal_mu=train.proximal_mu,
+    )
+
+
+def _raw(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -1,0 +1,310 @@
+"""The grpc runtime's transport checks, with this test playing the client over real mTLS.
+
+The server half runs in this process (``Server`` over ``GrpcRuntime`` on
+loopback); the test speaks the protocol itself, so it can send what an honest
+client never would: tampered signatures, replays, duplicates, altered bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from fedwarden.core.config import DataConfig
+from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.data import load_dataset
+from fedwarden.deploy.pki import init_ca, issue
+from fedwarden.governance.store import RunStore
+from fedwarden.models.numpy import softmax_regression
+from fedwarden.runtime.grpc import federation_pb2 as pb
+from fedwarden.runtime.grpc.client import _Stubs, open_channel, signed_upload, upload_stream
+from fedwarden.runtime.grpc.credentials import ClientKit, TlsKit
+from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
+from fedwarden.runtime.grpc.wire import (
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    UploadMetadata,
+    check_version,
+    chunks,
+    sign,
+    signature_valid,
+    version_message,
+)
+from fedwarden.server.records import RoundRecord
+from fedwarden.server.server import Server
+from grpc_federation import wait_for
+from harness import start_server
+
+RUN_ID = "run-under-test"
+
+
+@dataclass
+class Site:
+    """One client session the test drives by hand: tasks arrive on a queue."""
+
+    kit: ClientKit
+    stubs: _Stubs
+    tasks: queue.Queue[pb.Task]
+    channel: grpc.Channel
+
+    def next_task(self) -> pb.Task:
+        return self.tasks.get(timeout=30)
+
+    def model(self, task: pb.Task) -> np.ndarray:
+        request = pb.DownloadRequest(run_id=task.run_id, version=task.model.version)
+        data = b"".join(chunk.data for chunk in self.stubs.download(request))
+        return np.frombuffer(data, dtype=VECTOR_DTYPE)
+
+    def honest_upload(self, task: pb.Task) -> tuple[pb.UploadHeader, bytes]:
+        vector = self.model(task)
+        update = ClientUpdate(
+            task.round_index, self.kit.client_id, np.full_like(vector, 0.01), num_examples=10
+        )
+        header, body = signed_upload(task, self.kit.client_id, update, self.kit.identity)
+        return header, bytes(body)
+
+    def send(self, header: pb.UploadHeader, body: bytes) -> pb.UploadReceipt:
+        receipt: pb.UploadReceipt = self.stubs.upload(upload_stream(header, memoryview(body)))
+        return receipt
+
+
+@dataclass
+class Deployment:
+    server: Server
+    runtime: GrpcRuntime
+    store: RunStore
+    pki: Path
+
+    def site(self, client_id: str) -> Site:
+        kit = ClientKit.from_dir(self.pki / "clients" / client_id)
+        channel = open_channel(f"127.0.0.1:{self.runtime.port}", kit)
+        stubs = _Stubs.on(channel)
+        hello = pb.JoinRequest(version=version_message(), client_id=client_id)
+        stubs.join(hello, timeout=10)
+        tasks: queue.Queue[pb.Task] = queue.Queue()
+
+        def signals() -> Iterator[pb.ClientSignal]:
+            yield pb.ClientSignal(hello=hello)
+            while True:
+                threading.Event().wait(0.5)
+                yield pb.ClientSignal(heartbeat=pb.Heartbeat())
+
+        call = stubs.connect(signals())
+
+        def read() -> None:
+            try:
+                for task in call:
+                    tasks.put(task)
+            except grpc.RpcError:
+                return
+
+        threading.Thread(target=read, daemon=True).start()
+        wait_for(
+            lambda: client_id in self.runtime.connected_clients(), 10, f"{client_id}'s session"
+        )
+        return Site(kit, stubs, tasks, channel)
+
+    def round_in_background(self, round_index: int) -> queue.Queue[RoundRecord]:
+        done: queue.Queue[RoundRecord] = queue.Queue()
+        thread = threading.Thread(
+            target=lambda: done.put(self.server.run_round(round_index)), daemon=True
+        )
+        thread.start()
+        return done
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    dataset = load_dataset(DataConfig(source="digits", num_clients=2), seed=0)
+    pki = tmp_path / "pki"
+    init_ca(pki, "test")
+    issue(pki, "server", "server")
+    for client_id in dataset.client_ids:
+        issue(pki, "client", client_id)
+    store = RunStore.sqlite(tmp_path / "store.db")
+    store.create_run(RUN_ID, "test", "{}", str(tmp_path))
+    trainer = softmax_regression(dataset.num_features, 10)
+    runtime = GrpcRuntime(
+        "127.0.0.1:0",
+        tls=TlsKit.from_dir(pki / "servers" / "server"),
+        store=store,
+        run=RunDescription(RUN_ID, "{}", dataset.num_features, 10),
+        spool_dir=tmp_path / "spool",
+        expected_clients=dataset.client_ids,
+        heartbeat_s=1.0,
+        join_timeout_s=0.1,
+    )
+    runtime.serve()
+    server = start_server(dataset, trainer, runtime, rounds=3, deadline_s=20)
+    yield Deployment(server, runtime, store, pki)
+    runtime.close()
+    store.close()
+
+
+def test_tampered_signature_is_refused_counted_and_never_aggregated(deployment) -> None:
+    first, second = deployment.site("client_0"), deployment.site("client_1")
+    before = deployment.server.vector.copy()
+    done = deployment.round_in_background(0)
+    task = first.next_task()
+    header, body = first.honest_upload(task)
+    tampered = pb.UploadHeader()
+    tampered.CopyFrom(header)
+    tampered.signature = bytes([header.signature[0] ^ 1]) + header.signature[1:]
+    refused = first.send(tampered, body)
+    assert (refused.accepted, refused.reason) == (False, "forged")
+    forged_body = np.frombuffer(body, dtype=VECTOR_DTYPE) * 100
+    altered = pb.UploadHeader()
+    altered.CopyFrom(header)
+    altered.payload_sha256 = hashlib.sha256(forged_body.tobytes()).digest()
+    assert first.send(altered, forged_body.tobytes()).reason == "forged"
+    assert first.send(header, body[:-4] + b"\0\0\0\0").reason == "corrupted"
+    assert first.send(header, body).accepted
+    other = second.next_task()
+    assert second.send(*second.honest_upload(other)).accepted
+    record = done.get(timeout=30)
+    assert record.participants == 2
+    assert record.rejection_reasons == {"forged": 2, "corrupted": 1}
+    assert deployment.runtime.rejections == {"forged": 2, "corrupted": 1}
+    assert deployment.store.rejection_counts(RUN_ID) == {"forged": 2, "corrupted": 1}
+    np.testing.assert_allclose(deployment.server.vector - before, 0.01, rtol=1e-5)
+
+
+def test_replayed_and_duplicate_updates_are_refused_and_counted(deployment) -> None:
+    first, second = deployment.site("client_0"), deployment.site("client_1")
+    done = deployment.round_in_background(0)
+    old_header, old_body = first.honest_upload(first.next_task())
+    assert first.send(old_header, old_body).accepted
+    assert first.send(old_header, old_body).reason == "duplicate"
+    assert second.send(*second.honest_upload(second.next_task())).accepted
+    assert done.get(timeout=30).rejection_reasons == {"duplicate": 1}
+    done = deployment.round_in_background(1)
+    task = first.next_task()
+    assert first.send(old_header, old_body).reason == "replayed"
+    moved = pb.UploadHeader()
+    moved.CopyFrom(old_header)
+    moved.round_index, moved.task_id = task.round_index, task.task_id
+    assert first.send(moved, old_body).reason == "forged"
+    other_run = pb.UploadHeader()
+    other_run.CopyFrom(old_header)
+    other_run.run_id = "another-run"
+    sign(other_run, first.kit.identity)
+    assert first.send(other_run, old_body).reason == "replayed"
+    assert first.send(*first.honest_upload(task)).accepted
+    assert second.send(*second.honest_upload(second.next_task())).accepted
+    record = done.get(timeout=30)
+    assert record.participants == 2
+    assert record.rejection_reasons == {"replayed": 2, "forged": 1}
+    assert deployment.store.rejection_counts(RUN_ID) == {"duplicate": 1, "replayed": 2, "forged": 1}
+
+
+def test_a_client_cannot_upload_as_another(deployment) -> None:
+    first, second = deployment.site("client_0"), deployment.site("client_1")
+    done = deployment.round_in_background(0)
+    task = second.next_task()
+    header, body = second.honest_upload(task)
+    assert first.send(header, body).reason == "impersonation"
+    assert second.send(header, body).accepted
+    assert first.send(*first.honest_upload(first.next_task())).accepted
+    assert done.get(timeout=30).rejection_reasons == {"impersonation": 1}
+
+
+def test_oversized_and_mis_sized_uploads_are_refused_and_the_server_keeps_serving(
+    deployment,
+) -> None:
+    first, second = deployment.site("client_0"), deployment.site("client_1")
+    done = deployment.round_in_background(0)
+    task = first.next_task()
+    header, body = first.honest_upload(task)
+    with pytest.raises(grpc.RpcError) as too_big:
+        first.stubs.upload(
+            iter([pb.UploadChunk(header=header), pb.UploadChunk(data=bytes(MAX_MESSAGE_BYTES))])
+        )
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    short = pb.UploadHeader()
+    short.CopyFrom(header)
+    short.payload_bytes = 8
+    with pytest.raises(grpc.RpcError) as wrong_size:
+        first.send(short, body[:8])
+    assert wrong_size.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as headless:
+        first.stubs.upload(iter([pb.UploadChunk(data=body[:16])]))
+    assert headless.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert first.send(header, body).accepted
+    assert second.send(*second.honest_upload(second.next_task())).accepted
+    assert done.get(timeout=30).participants == 2
+
+
+def test_signature_covers_every_header_field() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    identity = Ed25519PrivateKey.generate()
+    header = pb.UploadHeader(
+        run_id="r",
+        round_index=3,
+        task_id="t",
+        client_id="c",
+        num_examples=7,
+        metadata_json=UploadMetadata({"loss": 1.0}, {}).to_json(),
+        payload_bytes=16,
+        payload_sha256=b"\x01" * 32,
+        payload_kind="update",
+    )
+    sign(header, identity)
+    assert signature_valid(header, identity.public_key())
+    changes = {
+        "run_id": "r2",
+        "round_index": 4,
+        "task_id": "t2",
+        "client_id": "c2",
+        "num_examples": 8,
+        "metadata_json": UploadMetadata({"loss": 2.0}, {}).to_json(),
+        "payload_bytes": 20,
+        "payload_sha256": b"\x02" * 32,
+        "payload_kind": "encoded",
+    }
+    for name, value in changes.items():
+        changed = pb.UploadHeader()
+        changed.CopyFrom(header)
+        setattr(changed, name, value)
+        assert not signature_valid(changed, identity.public_key()), name
+    assert not signature_valid(header, Ed25519PrivateKey.generate().public_key())
+
+
+def test_chunks_are_views_that_cover_the_buffer_exactly() -> None:
+    vector = np.arange(1000, dtype=VECTOR_DTYPE)
+    pieces = list(chunks(memoryview(vector.data), chunk_bytes=1024))
+    assert [len(piece) for piece in pieces] == [1024, 1024, 1024, 928]
+    assert b"".join(bytes(piece) for piece in pieces) == vector.tobytes()
+    assert all(piece.obj is pieces[0].obj for piece in pieces)
+
+
+def test_upload_metadata_refuses_what_is_not_metrics() -> None:
+    assert UploadMetadata.from_json('{"metrics":{"loss":1},"payload_header":{}}').metrics == {
+        "loss": 1.0
+    }
+    for text in (
+        "not json",
+        "[]",
+        '{"metrics":{}}',
+        '{"metrics":{"loss":"high"},"payload_header":{}}',
+        '{"metrics":{"loss":true},"payload_header":{}}',
+        '{"metrics":{},"payload_header":[]}',
+        '{"metrics":{"x":' + "1" * 70000 + '},"payload_header":{}}',
+    ):
+        with pytest.raises(ProtocolError):
+            UploadMetadata.from_json(text)
+
+
+def test_peers_of_another_major_version_are_refused_with_both_versions_named() -> None:
+    check_version(pb.ProtocolVersion(major=1, minor=7), "client x")
+    with pytest.raises(ProtocolError, match=r"protocol 2\.0 but this build speaks 1\.0"):
+        check_version(pb.ProtocolVersion(major=2, minor=0), "client x")

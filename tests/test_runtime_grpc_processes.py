@@ -1,0 +1,265 @@
+"""The grpc runtime with real processes: ``fedwarden server`` and ``fedwarden client`` on loopback.
+
+Every test here starts a server process and five client processes speaking
+mutual TLS, and kills some of them with SIGKILL at chosen moments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from fedwarden.deploy.pki import init_ca, issue
+from fedwarden.governance.store import RunStore
+from fedwarden.privacy.accounting import compute_spend, event_from_json
+from fedwarden.runtime.grpc import federation_pb2 as pb
+from fedwarden.runtime.grpc.server import SERVICE
+from fedwarden.runtime.grpc.wire import version_message
+from grpc_federation import Federation, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Callable[..., Federation]]:
+    created: list[Federation] = []
+
+    def make(**settings: object) -> Federation:
+        made = Federation.create(tmp_path, **settings)
+        created.append(made)
+        return made
+
+    yield make
+    for made in created:
+        made.stop()
+
+
+def _round_started(federation: Federation, client_id: str, round_index: int) -> bool:
+    log = federation.client_log(client_id)
+    return log.exists() and f"round {round_index}: fit task" in log.read_text(errors="replace")
+
+
+def test_one_server_and_five_clients_complete_three_rounds_over_mutual_tls(federation) -> None:
+    run = federation()
+    run.start_server()
+    run.start_clients()
+    assert run.wait_server() == 0, run.server_output()
+    records = run.completed_rounds()
+    assert [record["participants"] for record in records] == [5, 5, 5]
+    assert all(record["applied"] for record in records)
+    assert records[-1]["accuracy"] > records[0]["accuracy"]
+    for process in run.clients.values():
+        assert process.wait(timeout=30) == 0
+    with RunStore(f"sqlite:///{run.root / 'store.db'}") as store:
+        enrolled = {client.client_id: client for client in store.enrolled_clients()}
+    assert sorted(enrolled) == run.sites
+    for client_id, client in enrolled.items():
+        pem = (run.pki / "clients" / client_id / "identity.pub").read_bytes()
+        key = serialization.load_pem_public_key(pem)
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        assert client.public_key == raw
+        assert client.source == "certificate"
+    assert not any((run.run_dir() / "spool").rglob("*.bin")), "spool not cleared after the run"
+
+
+def test_client_killed_mid_round_costs_only_that_client(federation) -> None:
+    run = federation(model={"kind": "custom", "factory": "fakes:sluggish_softmax"})
+    run.start_server()
+    run.start_clients()
+    victim = run.sites[2]
+    wait_for(lambda: _round_started(run, victim, 1), 120, f"{victim} to start round 1")
+    run.clients[victim].send_signal(signal.SIGKILL)
+    assert run.wait_server() == 0, run.server_output()
+    records = run.completed_rounds()
+    assert [record["participants"] for record in records] == [5, 4, 4]
+    assert records[1]["dropped"] == 1 and records[1]["applied"]
+    assert "does not" not in records[1]["note"]
+
+
+def test_server_killed_mid_run_continues_after_restart_without_forgetting_privacy_spend(
+    federation,
+) -> None:
+    rounds = 4
+    run = federation(
+        rounds=rounds,
+        model={"kind": "custom", "factory": "fakes:one_slow_site"},
+        privacy={
+            "mechanism": "user_level",
+            "epsilon": 50.0,
+            "noise_multiplier": 1.0,
+            "clip_norm": 5.0,
+        },
+    )
+    run.start_server()
+    run.start_clients()
+    wait_for(lambda: len(run.completed_rounds()) >= 1, 180, "the first round")
+    spool = run.run_dir() / "spool" / "round-1"
+    wait_for(
+        lambda: spool.exists() and len(list(spool.glob("*.bin"))) == 4,
+        60,
+        "the four fast sites' round-1 updates",
+    )
+    assert run.server is not None
+    run.server.send_signal(signal.SIGKILL)
+    run.server.wait()
+    run.start_server()
+    assert run.wait_server() == 0, run.server_output()
+    records = run.completed_rounds()
+    assert [record["round_index"] for record in records] == list(range(rounds))
+    assert all(record["participants"] == 5 for record in records)
+    assert "asking only the other 1 client(s)" in " ".join(run.server_output().split())
+    privacy = run.summary()
+    ledger = json.loads((run.run_dir() / "privacy_ledger.json").read_text())
+    assert len(ledger["entries"]) == rounds
+    assert [entry["round_index"] for entry in ledger["entries"]] == list(range(rounds))
+    events = [event_from_json(entry["event"]) for entry in ledger["entries"]]
+    spend = compute_spend(events, ledger["budget"]["delta"], ledger["neighboring"])
+    assert privacy["epsilon"] == pytest.approx(spend.epsilon, rel=1e-12)
+
+
+def test_secure_aggregation_completes_when_clients_die_between_its_stages(federation) -> None:
+    run = federation(
+        model={"kind": "custom", "factory": "fakes:one_slow_site"},
+        secure={"kind": "secagg", "clip_norm": 20.0},
+    )
+    run.start_server()
+    run.start_clients()
+    after_masking, before_masking = run.sites[0], run.sites[4]
+    wait_for(
+        lambda: "round 1: fit uploaded" in _log(run, after_masking),
+        120,
+        f"{after_masking}'s masked input of round 1",
+    )
+    run.clients[after_masking].send_signal(signal.SIGKILL)
+    assert "round 1: fit uploaded" not in _log(run, before_masking)
+    run.clients[before_masking].send_signal(signal.SIGKILL)
+    assert run.wait_server() == 0, run.server_output()
+    records = run.completed_rounds()
+    assert [record["participants"] for record in records] == [5, 4, 3]
+    assert [record["applied"] for record in records] == [True, True, True]
+    assert records[1]["dropped"] == 1
+    assert records[2]["accuracy"] > records[0]["accuracy"]
+    summary = run.summary()
+    assert summary["secure_aggregation"]["threshold"] >= 2
+
+
+def _log(run: Federation, client_id: str) -> str:
+    return " ".join(run.client_log(client_id).read_text(errors="replace").split())
+
+
+def test_server_refuses_foreign_certificates_and_garbage_then_completes_the_run(
+    federation, tmp_path: Path
+) -> None:
+    run = federation()
+    run.start_server()
+    wait_for(lambda: _healthy(run.health_port), 60, "the health endpoint")
+    kit = run.pki / "clients" / run.sites[0]
+    init_ca(tmp_path / "rogue", "rogue")
+    issue(tmp_path / "rogue", "client", run.sites[0])
+    rogue = tmp_path / "rogue" / "clients" / run.sites[0]
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(kit / "ca.crt").read_bytes(),
+        private_key=(rogue / "tls.key").read_bytes(),
+        certificate_chain=(rogue / "tls.crt").read_bytes(),
+    )
+    hello = pb.JoinRequest(version=version_message(), client_id=run.sites[0])
+    with grpc.secure_channel(run.address, credentials) as channel:
+        join = channel.unary_unary(
+            f"/{SERVICE}/Join",
+            request_serializer=pb.JoinRequest.SerializeToString,
+            response_deserializer=pb.JoinReply.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            join(hello, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", run.port), timeout=5) as raw:
+            raw.sendall(os.urandom(4096))
+    context = ssl.create_default_context(cafile=str(kit / "ca.crt"))
+    context.load_cert_chain(kit / "tls.crt", kit / "tls.key")
+    with (
+        socket.create_connection(("127.0.0.1", run.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(2048))
+    genuine = grpc.ssl_channel_credentials(
+        root_certificates=(kit / "ca.crt").read_bytes(),
+        private_key=(kit / "tls.key").read_bytes(),
+        certificate_chain=(kit / "tls.crt").read_bytes(),
+    )
+    with grpc.secure_channel(run.address, genuine) as channel:
+        for method in ("Join", "Upload"):
+            garbage = channel.unary_unary(f"/{SERVICE}/{method}")
+            with pytest.raises(grpc.RpcError) as malformed:
+                garbage(b"\xff\x01\x02 not a protobuf" + os.urandom(64), timeout=10)
+            assert malformed.value.code() in (
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.UNIMPLEMENTED,
+            )
+        old = pb.JoinRequest(client_id=run.sites[0])
+        old.version.major = 0
+        join = channel.unary_unary(
+            f"/{SERVICE}/Join",
+            request_serializer=pb.JoinRequest.SerializeToString,
+            response_deserializer=pb.JoinReply.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as mismatch:
+            join(old, timeout=10)
+        assert mismatch.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "protocol 0." in (mismatch.value.details() or "")
+    assert run.server is not None and run.server.poll() is None
+    assert _healthy(run.health_port)
+    run.start_clients()
+    assert run.wait_server() == 0, run.server_output()
+    assert [record["participants"] for record in run.completed_rounds()] == [5, 5, 5]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def test_fedwarden_run_on_the_grpc_runtime_trains_the_local_runtimes_model(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedwarden.core.config import RunConfig
+    from fedwarden.server.launch import run as run_config
+
+    settings = {
+        "name": "same",
+        "rounds": 3,
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "digits", "num_clients": 4},
+        "model": {"kind": "softmax"},
+        "sampling": {"scheme": "uniform", "cohort_size": 4},
+        "runtime": {"kind": "grpc", "heartbeat_s": 1},
+    }
+    deployed = run_config(RunConfig.from_mapping(settings))
+    local = run_config(
+        RunConfig.from_mapping({**settings, "runtime": {"kind": "local", "workers": 2}})
+    )
+    assert deployed.extras["runtime"] == "grpc"
+    assert deployed.rounds == local.rounds == 3
+    assert deployed.run_dir is not None and local.run_dir is not None
+    with (
+        np.load(Path(deployed.run_dir) / "model.npz") as grpc_model,
+        np.load(Path(local.run_dir) / "model.npz") as local_model,
+    ):
+        for name in local_model.files:
+            np.testing.assert_allclose(grpc_model[name], local_model[name], rtol=0, atol=1e-6)
+    logs = Path(deployed.run_dir) / "deploy" / "logs"
+    assert len(list(logs.glob("*.log"))) == 4
