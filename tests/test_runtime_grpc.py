@@ -30,11 +30,17 @@ from fedwarden.runtime.grpc.client import _Stubs, open_channel, signed_upload, u
 from fedwarden.runtime.grpc.credentials import ClientKit, TlsKit
 from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
 from fedwarden.runtime.grpc.wire import (
+    CHUNK_DATA_TAG,
     MAX_MESSAGE_BYTES,
+    UPLOAD_DATA_TAG,
     ProtocolError,
     UploadMetadata,
     check_version,
     chunks,
+    data_view,
+    framed,
+    read_chunk,
+    read_upload_chunk,
     sign,
     signature_valid,
     version_message,
@@ -61,7 +67,7 @@ class Site:
 
     def model(self, task: pb.Task) -> np.ndarray:
         request = pb.DownloadRequest(run_id=task.run_id, version=task.model.version)
-        data = b"".join(chunk.data for chunk in self.stubs.download(request))
+        data = b"".join(self.stubs.download(request))
         return np.frombuffer(data, dtype=VECTOR_DTYPE)
 
     def honest_upload(self, task: pb.Task) -> tuple[pb.UploadHeader, bytes]:
@@ -308,3 +314,23 @@ def test_peers_of_another_major_version_are_refused_with_both_versions_named() -
     check_version(pb.ProtocolVersion(major=1, minor=7), "client x")
     with pytest.raises(ProtocolError, match=r"protocol 2\.0 but this build speaks 1\.0"):
         check_version(pb.ProtocolVersion(major=2, minor=0), "client x")
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 16383, 16384, 1 << 20])
+def test_hand_framed_chunks_are_the_protobuf_messages_they_claim_to_be(size: int) -> None:
+    piece = memoryview(np.random.default_rng(size).bytes(size))
+    chunk = framed(CHUNK_DATA_TAG, piece)
+    upload = framed(UPLOAD_DATA_TAG, piece)
+    assert pb.Chunk.FromString(chunk).data == bytes(piece)
+    assert pb.UploadChunk.FromString(upload).data == bytes(piece)
+    assert bytes(read_chunk(chunk)) == bytes(piece)
+    parsed = read_upload_chunk(upload)
+    assert isinstance(parsed, memoryview) and bytes(parsed) == bytes(piece)
+
+
+def test_an_upload_header_is_parsed_not_mistaken_for_data() -> None:
+    header = pb.UploadChunk(header=pb.UploadHeader(run_id="r", client_id="c")).SerializeToString()
+    parsed = read_upload_chunk(header)
+    assert isinstance(parsed, pb.UploadChunk) and parsed.header.client_id == "c"
+    truncated = framed(UPLOAD_DATA_TAG, memoryview(b"abcdef"))[:-1]
+    assert data_view(truncated, UPLOAD_DATA_TAG) is None

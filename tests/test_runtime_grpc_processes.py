@@ -103,12 +103,12 @@ def test_server_killed_mid_run_continues_after_restart_without_forgetting_privac
     run.start_server()
     run.start_clients()
     wait_for(lambda: len(run.completed_rounds()) >= 1, 180, "the first round")
-    spool = run.run_dir() / "spool" / "round-1"
-    wait_for(
-        lambda: spool.exists() and len(list(spool.glob("*.bin"))) == 4,
-        60,
-        "the four fast sites' round-1 updates",
-    )
+    with RunStore(f"sqlite:///{run.root / 'store.db'}") as store:
+        wait_for(
+            lambda: len(store.accepted_updates(run.run_dir().name, 1)) == 4,
+            60,
+            "the four fast sites' round-1 updates to be accepted",
+        )
     assert run.server is not None
     run.server.send_signal(signal.SIGKILL)
     run.server.wait()
@@ -151,6 +151,28 @@ def test_secure_aggregation_completes_when_clients_die_between_its_stages(federa
     assert records[2]["accuracy"] > records[0]["accuracy"]
     summary = run.summary()
     assert summary["secure_aggregation"]["threshold"] >= 2
+
+
+def test_fedbuff_keeps_updating_while_a_slow_site_trains(federation) -> None:
+    run = federation(
+        rounds=6,
+        model={"kind": "custom", "factory": "fakes:one_slow_site"},
+        asynchronous={"enabled": True, "buffer_size": 2, "concurrency": 5},
+    )
+    run.start_server()
+    run.start_clients()
+    assert run.wait_server() == 0, run.server_output()
+    records = run.completed_rounds()
+    assert [record["participants"] for record in records] == [2] * 6
+    assert all(record["applied"] for record in records)
+    assert records[-1]["accuracy"] > records[0]["accuracy"]
+    slow = _log(run, run.sites[4])
+    # The slow site was sent version 0 and trained 6 s; meanwhile the fast sites filled
+    # buffers, so it was not sent another task before the server had moved on.
+    assert "round 0: fit task" in slow
+    assert "round 1: fit task" not in slow and "round 2: fit task" not in slow
+    fast = _log(run, run.sites[0])
+    assert "round 3: fit task" in fast or "round 4: fit task" in fast
 
 
 def _log(run: Federation, client_id: str) -> str:

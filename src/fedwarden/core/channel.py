@@ -1,9 +1,17 @@
-"""The channel a runtime offers aggregators whose protocol needs several exchanges per round."""
+"""What a runtime with remote clients offers beyond rounds: protocol steps and asynchronous tasks.
+
+:class:`ClientChannel` serves aggregators whose protocol needs several
+exchanges per round (secure aggregation); :class:`AsynchronousClients` serves
+servers that do not wait for a cohort (FedBuff).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Protocol
+
+from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
+from fedwarden.core.params import Vector
 
 
 class ClientChannel(Protocol):
@@ -22,4 +30,31 @@ class ClientChannel(Protocol):
 
     def identity_keys(self, clients: Sequence[str]) -> dict[str, bytes]:
         """The enrolled Ed25519 identity public keys (raw 32 bytes) of ``clients``."""
+        ...
+
+
+class AsynchronousClients(Protocol):
+    """Fit tasks on several model versions at once, answered as they finish."""
+
+    def publish(self, vector: Vector, label: str) -> str:
+        """Serve a copy of ``vector`` as a new model version; its id."""
+        ...
+
+    def retire(self, version: str) -> None:
+        """Stop serving a model version."""
+
+    def dispatch(self, version: str, instruction: FitInstruction) -> None:
+        """Send one fit task on model ``version``; its reply comes from :meth:`poll`."""
+
+    def poll(
+        self, timeout: float, deadline_s: float | None = None
+    ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:
+        """Replies that arrived within ``timeout`` s; lost or overdue tasks as failures."""
+        ...
+
+    def release(self, round_index: int, client_id: str) -> None:
+        """Forget the durable copy of an update the server has applied and checkpointed."""
+
+    def connected_clients(self) -> list[str]:
+        """The clients that can be sent a task now."""
         ...

@@ -374,6 +374,22 @@ class ClusteringConfig(Section):
     distance_threshold: Annotated[float, Field(ge=0, le=2)] | None = 0.5
 
 
+class AsynchronousConfig(Section):
+    """FedBuff (Nguyen et al. 2022): clients train concurrently on the model they were given.
+
+    The server applies every ``buffer_size`` updates as one server update (one
+    "round"), each scaled by ``(1 + staleness) ** -staleness_exponent``, and
+    keeps ``concurrency`` clients training (default: twice the buffer).
+    """
+
+    enabled: bool = False
+    buffer_size: Annotated[int, Field(ge=1)] = 10
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5
+    max_staleness: Annotated[int, Field(ge=0)] | None = None
+    """Updates staler than this many server updates are refused (None: none are)."""
+
+
 class RuntimeConfig(Section):
     """Where clients run."""
 
@@ -408,6 +424,7 @@ class RunConfig(Section):
     attack: AttackConfig = AttackConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    asynchronous: AsynchronousConfig = AsynchronousConfig()
 
     @model_validator(mode="after")
     def _privacy_fits_sampling(self) -> RunConfig:
@@ -519,6 +536,32 @@ class RunConfig(Section):
                 "user-level DP under secure aggregation (distributed discrete Gaussian): "
                 + "; ".join(problems)
             )
+        return self
+
+    @model_validator(mode="after")
+    def _asynchronous_fits(self) -> RunConfig:
+        if not self.asynchronous.enabled:
+            return self
+        problems = []
+        if self.runtime.kind != "grpc":
+            problems.append(
+                "runtime.kind must be 'grpc' (clients must train while the server aggregates)"
+            )
+        if self.privacy.mechanism != "none":
+            problems.append(
+                "privacy.mechanism must be 'none' (no accountant here covers updates of mixed "
+                "staleness, nor the privacy spent by updates too stale to use)"
+            )
+        if self.secure.kind != "none":
+            problems.append("secure.kind must be 'none' (secure aggregation needs a cohort)")
+        if self.clustering.enabled:
+            problems.append("clustering must be off")
+        if self.strategy.name == "scaffold":
+            problems.append(
+                "strategy.name cannot be 'scaffold' (its control variates are synchronous)"
+            )
+        if problems:
+            raise ValueError("asynchronous (FedBuff) training: " + "; ".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -622,12 +622,16 @@ class RunStore:
             ).all()
         return [_as(AcceptedUpdate, row) for row in rows]
 
-    def forget_updates(self, run_id: str, round_index: int) -> list[str]:
-        """Delete a round's accepted updates; return the payload files for the caller to delete."""
-        of_round = (
+    def forget_updates(
+        self, run_id: str, round_index: int, client_id: str | None = None
+    ) -> list[str]:
+        """Delete a round's accepted updates (or one client's); the payload files to delete."""
+        of_round = [
             accepted_updates.c.run_id == run_id,
             accepted_updates.c.round_index == round_index,
-        )
+        ]
+        if client_id is not None:
+            of_round.append(accepted_updates.c.client_id == client_id)
         with self._write() as connection:
             payload_paths = list(
                 connection.execute(

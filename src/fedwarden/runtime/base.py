@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import ClassVar
 
-from fedwarden.core.channel import ClientChannel
+from fedwarden.core.channel import AsynchronousClients, ClientChannel
 from fedwarden.core.messages import (
     ClientEvaluation,
     ClientFailure,
@@ -60,6 +60,10 @@ class Runtime(ABC):
 
     def client_channel(self) -> ClientChannel | None:
         """A channel for multi-step protocols with remote clients (None: clients are simulated)."""
+        return None
+
+    def asynchronous(self) -> AsynchronousClients | None:
+        """Asynchronous fit tasks (None: this runtime only runs synchronous cohorts)."""
         return None
 
     def __enter__(self) -> Runtime:

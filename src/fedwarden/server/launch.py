@@ -73,6 +73,7 @@ from fedwarden.runtime.state import ClientStateStore
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server.clustered import ClusteredTraining
+from fedwarden.server.fedbuff import FedBuffServer
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 
@@ -788,24 +789,36 @@ def _run(
             cluster_server.vector = initial_vector.copy()
             return cluster_server
 
-        server = Server(
-            trainer=trainer,
-            strategy=build_strategy(config, len(dataset.clients), trainer),
-            sampler=build_sampler(config, dataset),
-            pipeline=pipeline,
-            runtime=runtime,
-            client_ids=dataset.client_ids,
-            rounds=clustering.warmup_rounds if clustering.enabled else config.rounds,
-            seed=config.seed,
-            central_test=CentralTestSet(dataset.x_test, dataset.y_test),
-            backdoor_test=build_backdoor_test(config, dataset),
-            reputation=build_reputation(config),
-            min_cohort=config.sampling.min_cohort,
-            deadline_s=config.sampling.deadline_s,
-            evaluate_every=config.evaluate_every,
-            run_dir=run_dir,
-            observer=observer,
-            privacy=privacy,
+        server_settings: dict[str, Any] = {
+            "trainer": trainer,
+            "strategy": build_strategy(config, len(dataset.clients), trainer),
+            "sampler": build_sampler(config, dataset),
+            "pipeline": pipeline,
+            "runtime": runtime,
+            "client_ids": dataset.client_ids,
+            "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
+            "seed": config.seed,
+            "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
+            "backdoor_test": build_backdoor_test(config, dataset),
+            "reputation": build_reputation(config),
+            "min_cohort": config.sampling.min_cohort,
+            "deadline_s": config.sampling.deadline_s,
+            "evaluate_every": config.evaluate_every,
+            "run_dir": run_dir,
+            "observer": observer,
+            "privacy": privacy,
+        }
+        asynchronous = config.asynchronous
+        server = (
+            FedBuffServer(
+                buffer_size=asynchronous.buffer_size,
+                concurrency=asynchronous.concurrency or 2 * asynchronous.buffer_size,
+                staleness_exponent=asynchronous.staleness_exponent,
+                max_staleness=asynchronous.max_staleness,
+                **server_settings,
+            )
+            if asynchronous.enabled
+            else Server(**server_settings)
         )
         checkpoint = None if run_dir is None else run_dir.load_checkpoint()
         state_dir = None if run_dir is None else run_dir.client_state_dir

@@ -115,6 +115,22 @@ def weighted_client_metrics(evaluations: Iterable[ClientEvaluation]) -> dict[str
 
 
 @dataclass
+class TrainLoss:
+    """The example-weighted mean of the clients' reported training losses in one round."""
+
+    total: float = 0.0
+    weight: int = 0
+
+    def add(self, update: ClientUpdate) -> None:
+        if "train_loss" in update.metrics:
+            self.total += update.metrics["train_loss"] * update.num_examples
+            self.weight += update.num_examples
+
+    def mean(self) -> float | None:
+        return self.total / self.weight if self.weight else None
+
+
+@dataclass
 class RoundTraffic:
     """What came back from one round's cohort: accepted clients, failures, rejections, bytes."""
 
@@ -259,22 +275,30 @@ class Server:
         cohort = self.sampler.sample(population, self.rng)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
+        self.pipeline.aggregator.start(self.vector.size, cohort)
+        train_loss = TrainLoss()
+        traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
+        return self.conclude_round(round_index, started, traffic, train_loss)
+
+    def accepting(self, train_loss: TrainLoss) -> Callable[[ClientUpdate], None]:
+        """The function that adds a checked update to the round's aggregate and tallies."""
         aggregator = self.pipeline.aggregator
-        aggregator.start(self.vector.size, cohort)
-        train_loss_sum, train_weight = 0.0, 0
 
         def accept(update: ClientUpdate) -> None:
-            nonlocal train_loss_sum, train_weight
             aggregator.add(update)
             if CLIENT_EPSILON in update.metrics:
                 self.max_client_epsilon = max(
                     self.max_client_epsilon or 0.0, update.metrics[CLIENT_EPSILON]
                 )
-            if "train_loss" in update.metrics:
-                train_loss_sum += update.metrics["train_loss"] * update.num_examples
-                train_weight += update.num_examples
+            train_loss.add(update)
 
-        traffic = self.collect_updates(round_index, cohort, accept)
+        return accept
+
+    def conclude_round(
+        self, round_index: int, started: float, traffic: RoundTraffic, train_loss: TrainLoss
+    ) -> RoundRecord:
+        """Aggregate what was accepted, apply it, evaluate, record and checkpoint the round."""
+        aggregator = self.pipeline.aggregator
         participants = traffic.participants
         note = ""
         aggregate = None
@@ -313,7 +337,7 @@ class Server:
             applied=applied,
             loss=metrics.get("loss"),
             accuracy=metrics.get("accuracy"),
-            train_loss=train_loss_sum / train_weight if train_weight else None,
+            train_loss=train_loss.mean(),
             round_seconds=time.perf_counter() - started,
             backdoor_success=metrics.get("backdoor_success"),
             flagged=flagged,

@@ -48,10 +48,13 @@ from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import ClientKit
 from fedwarden.runtime.grpc.server import SERVICE, grpc_options
 from fedwarden.runtime.grpc.wire import (
+    UPLOAD_DATA_TAG,
     ProtocolError,
     UploadMetadata,
     check_version,
     chunks,
+    framed,
+    read_chunk,
     sign,
     version_message,
 )
@@ -98,11 +101,11 @@ class _Stubs:
             channel.unary_stream(
                 f"/{SERVICE}/Download",
                 request_serializer=pb.DownloadRequest.SerializeToString,
-                response_deserializer=pb.Chunk.FromString,
+                response_deserializer=read_chunk,
             ),
             channel.stream_unary(
                 f"/{SERVICE}/Upload",
-                request_serializer=pb.UploadChunk.SerializeToString,
+                request_serializer=_serialize_upload,
                 response_deserializer=pb.UploadReceipt.FromString,
             ),
         )
@@ -154,6 +157,7 @@ class FederationClient:
                 return
             except RunOver:
                 logger.info("the server finished the run")
+                self.shutdown()
                 return
             except (grpc.RpcError, SessionLost) as error:
                 if self.stop.is_set():
@@ -308,11 +312,11 @@ class FederationClient:
         filled = 0
         request = pb.DownloadRequest(run_id=task.run_id, version=reference.version)
         try:
-            for chunk in stubs.download(request):
-                end = filled + len(chunk.data)
+            for data in stubs.download(request):
+                end = filled + len(data)
                 if end > len(target):
                     raise ProtocolError("the server sent more model bytes than it announced")
-                target[filled:end] = chunk.data
+                target[filled:end] = data
                 filled = end
         except grpc.RpcError as error:
             if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
@@ -374,11 +378,16 @@ def signed_upload(
     return header, body
 
 
-def upload_stream(header: pb.UploadHeader, body: memoryview) -> Iterator[pb.UploadChunk]:
-    """An upload on the wire: the header, then the body in chunks."""
+def upload_stream(header: pb.UploadHeader, body: memoryview) -> Iterator[pb.UploadChunk | bytes]:
+    """An upload on the wire: the header, then the body in chunks (framed ``UploadChunk`` bytes)."""
     yield pb.UploadChunk(header=header)
     for piece in chunks(body):
-        yield pb.UploadChunk(data=bytes(piece))
+        yield framed(UPLOAD_DATA_TAG, piece)
+
+
+def _serialize_upload(message: pb.UploadChunk | bytes) -> bytes:
+    """Data chunks are already framed; the header is serialized by protobuf."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def _train_config(message: pb.TrainConfig) -> TrainConfig:

@@ -76,6 +76,7 @@ from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
+    CHUNK_DATA_TAG,
     MAX_MESSAGE_BYTES,
     PAYLOAD_KINDS,
     ProtocolError,
@@ -83,6 +84,8 @@ from fedwarden.runtime.grpc.wire import (
     canonical_json,
     check_version,
     chunks,
+    framed,
+    read_upload_chunk,
     signature_valid,
     version_message,
 )
@@ -171,11 +174,12 @@ class _OpenTask:
     kind: str
     message: pb.Task
     receiving: bool = False
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
 class _Model:
-    """The global vector of the current exchange, served by ``Download``."""
+    """A global vector served by ``Download`` under its version id."""
 
     version: str
     vector: Vector
@@ -233,7 +237,8 @@ class GrpcRuntime(Runtime):
         self._expired: dict[str, str] = {}
         self._delivered: set[tuple[int, str]] = set()
         self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue()
-        self._model: _Model | None = None
+        self._models: dict[str, _Model] = {}
+        self._asynchronous: dict[str, str] = {}
         self._current_round = -1
         self._spool_kept_from = 0
         self._closed = False
@@ -335,9 +340,7 @@ class GrpcRuntime(Runtime):
         for instruction in instructions:
             if instruction.client_id in recovered:
                 continue
-            task = pb.Task(fit=pb.FitTask(train=_train_message(instruction.train)))
-            task.fit.round_parameters.update(instruction.round_parameters)
-            tasks[instruction.client_id] = task
+            tasks[instruction.client_id] = _fit_task(instruction)
         if recovered:
             logger.warning(
                 "round %d: %d update(s) accepted before the restart recovered from the spool (%s); "
@@ -376,6 +379,15 @@ class GrpcRuntime(Runtime):
     def client_channel(self) -> GrpcRuntime:
         """This runtime carries protocol steps (:meth:`exchange`) to its clients."""
         return self
+
+    def asynchronous(self) -> GrpcRuntime:
+        """This runtime runs asynchronous fit tasks (:meth:`dispatch`, :meth:`poll`)."""
+        return self
+
+    def release(self, round_index: int, client_id: str) -> None:
+        """Delete the spooled copy of an applied update."""
+        for path in self.store.forget_updates(self.run.run_id, round_index, client_id):
+            Path(path).unlink(missing_ok=True)
 
     def exchange(
         self, messages: Mapping[str, bytes], deadline_s: float | None = None
@@ -423,6 +435,90 @@ class GrpcRuntime(Runtime):
                 Path(path).unlink(missing_ok=True)
         self._spool_kept_from = max(self._spool_kept_from, round_index)
 
+    def publish(self, vector: Vector, label: str) -> str:
+        """Serve a copy of ``vector`` to clients as a new model version; its id."""
+        model = np.array(vector, dtype=VECTOR_DTYPE, copy=True)
+        version = f"{label}-{uuid.uuid4().hex[:8]}"
+        with self._lock:
+            self._models[version] = _Model(version, model, hashlib.sha256(model.data).digest())
+        return version
+
+    def retire(self, version: str) -> None:
+        """Stop serving a model version (tasks still referring to it can no longer download it)."""
+        with self._lock:
+            self._models.pop(version, None)
+
+    def dispatch(self, version: str, instruction: FitInstruction) -> None:
+        """Send one fit task on model ``version`` without waiting; :meth:`poll` gives its reply.
+
+        Asynchronous training (FedBuff): tasks of several versions may be open at once.
+        """
+        with self._lock:
+            task_id = self._send(
+                instruction.client_id,
+                _fit_task(instruction),
+                instruction.round_index,
+                "fit",
+                version,
+            )
+            self._asynchronous[task_id] = instruction.client_id
+
+    def poll(
+        self, timeout: float, deadline_s: float | None = None
+    ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:
+        """Replies to dispatched tasks that arrived within ``timeout`` seconds.
+
+        Tasks of lost clients, and tasks open longer than ``deadline_s``, come
+        back as failures.
+        """
+        replies: list[ClientUpdate | ClientFailure | UpdateRefused] = []
+        for task in self._lost_tasks(self._asynchronous):
+            del self._asynchronous[task.task_id]
+            replies.append(_lost(task))
+        if deadline_s is not None:
+            now = time.monotonic()
+            with self._lock:
+                overdue = [
+                    self._open[task_id]
+                    for task_id in self._asynchronous
+                    if task_id in self._open
+                    and not self._open[task_id].receiving
+                    and now - self._open[task_id].sent_at > deadline_s
+                ]
+                for task in overdue:
+                    self._expire(task.task_id)
+            for task in overdue:
+                del self._asynchronous[task.task_id]
+                replies.append(_overdue(task, deadline_s))
+        wait = timeout
+        while True:
+            try:
+                reply, answered = self._next_reply(wait)
+            except queue.Empty:
+                return replies
+            wait = 0.0
+            if answered is not None and self._asynchronous.pop(answered, None) is None:
+                continue
+            if isinstance(reply, ClientUpdate | ClientFailure | UpdateRefused):
+                replies.append(reply)
+
+    def _send(
+        self, client_id: str, task: pb.Task, round_index: int, kind: str, version: str | None
+    ) -> str:
+        """Register ``task`` as open and push it to the client's session; its id (hold the lock)."""
+        task_id = uuid.uuid4().hex
+        task.task_id, task.run_id, task.round_index = task_id, self.run.run_id, round_index
+        if version is not None:
+            model = self._models[version]
+            task.model.CopyFrom(
+                pb.ModelRef(version=version, num_bytes=model.vector.nbytes, sha256=model.sha256)
+            )
+        self._open[task_id] = _OpenTask(task_id, client_id, round_index, kind, task)
+        session = self._sessions.get(client_id)
+        if session is not None and self._alive(session):
+            session.tasks.put(task)
+        return task_id
+
     def _exchange(
         self,
         vector: Vector | None,
@@ -432,37 +528,17 @@ class GrpcRuntime(Runtime):
         deadline_s: float | None,
     ) -> Iterator[Reply]:
         """Send ``tasks`` (``vector`` is their model, if any); yield replies until all are done."""
-        reference = None
-        if vector is not None:
-            model = np.array(vector, dtype=VECTOR_DTYPE, copy=True)
-            version = f"{round_index}-{kind}-{uuid.uuid4().hex[:8]}"
-            self._model = _Model(version, model, hashlib.sha256(model.data).digest())
-            reference = pb.ModelRef(
-                version=version, num_bytes=model.nbytes, sha256=self._model.sha256
-            )
-        open_ids: dict[str, str] = {}
+        version = None if vector is None else self.publish(vector, f"{round_index}-{kind}")
         with self._lock:
-            for client_id, task in tasks.items():
-                task_id = uuid.uuid4().hex
-                task.task_id, task.run_id, task.round_index = task_id, self.run.run_id, round_index
-                if reference is not None:
-                    task.model.CopyFrom(reference)
-                self._open[task_id] = _OpenTask(task_id, client_id, round_index, kind, task)
-                open_ids[task_id] = client_id
-                session = self._sessions.get(client_id)
-                if session is not None and self._alive(session):
-                    session.tasks.put(task)
+            open_ids = {
+                self._send(client_id, task, round_index, kind, version): client_id
+                for client_id, task in tasks.items()
+            }
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         while open_ids:
-            for task_id in self._lost_tasks(open_ids):
-                client_id = open_ids.pop(task_id)
-                yield ClientFailure(
-                    round_index,
-                    client_id,
-                    "worker_lost",
-                    "is not connected (no stream, or silent for "
-                    f"{LOST_AFTER_HEARTBEATS} heartbeats)",
-                )
+            for task in self._lost_tasks(open_ids):
+                del open_ids[task.task_id]
+                yield _lost(task)
             if not open_ids:
                 break
             left = None if deadline is None else deadline - time.monotonic()
@@ -481,20 +557,21 @@ class GrpcRuntime(Runtime):
                     continue
                 del open_ids[answered]
             yield reply
-        if vector is not None:
-            self._model = None
+        if version is not None:
+            self.retire(version)
 
     def _next_reply(self, timeout: float) -> tuple[Reply, str | None]:
         """The next reply and the task it answers (None for a refusal, which answers none)."""
         return self._replies.get(timeout=timeout)
 
-    def _lost_tasks(self, open_ids: dict[str, str]) -> list[str]:
+    def _lost_tasks(self, open_ids: Mapping[str, str]) -> list[_OpenTask]:
         """Open tasks whose client is not connected or has gone silent; closed here.
 
         A silent client's session is ended too: when its network returns it
         reconnects and joins the next round, rather than answering stale tasks.
         """
-        lost, silent_sessions = [], []
+        lost: list[_OpenTask] = []
+        silent_sessions: list[_Session] = []
         with self._lock:
             for task_id, client_id in open_ids.items():
                 session = self._sessions.get(client_id)
@@ -502,7 +579,7 @@ class GrpcRuntime(Runtime):
                 if task is None or task.receiving:
                     continue
                 if session is None or not self._alive(session):
-                    lost.append(task_id)
+                    lost.append(task)
                     self._expire(task_id)
                     if session is not None:
                         silent_sessions.append(session)
@@ -549,11 +626,10 @@ class GrpcRuntime(Runtime):
                 "Download": grpc.unary_stream_rpc_method_handler(
                     self._download,
                     request_deserializer=pb.DownloadRequest.FromString,
-                    response_serializer=pb.Chunk.SerializeToString,
                 ),
                 "Upload": grpc.stream_unary_rpc_method_handler(
                     self._upload,
-                    request_deserializer=pb.UploadChunk.FromString,
+                    request_deserializer=read_upload_chunk,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
             },
@@ -692,21 +768,22 @@ class GrpcRuntime(Runtime):
 
     def _download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Chunk]:
-        """Stream the current global vector, one chunk at a time."""
+    ) -> Iterator[bytes]:
+        """Stream the current global vector, one ``Chunk`` message (framed bytes) at a time."""
         self._peer_id(context)
-        model = self._model
-        if model is None or request.version != model.version or request.run_id != self.run.run_id:
+        with self._lock:
+            model = self._models.get(request.version)
+        if model is None or request.run_id != self.run.run_id:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"model {request.version!r} is not being served (the round may have ended)",
             )
         assert model is not None
         for piece in chunks(memoryview(model.vector.data)):
-            yield pb.Chunk(data=bytes(piece))
+            yield framed(CHUNK_DATA_TAG, piece)
 
     def _upload(
-        self, stream: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+        self, stream: Iterator[pb.UploadChunk | memoryview], context: grpc.ServicerContext
     ) -> pb.UploadReceipt:
         """Check the header, spool and hash the body, verify the signature, record, receipt."""
         peer = self._peer_id(context)
@@ -714,8 +791,9 @@ class GrpcRuntime(Runtime):
             first = next(stream)
         except StopIteration:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
-        if first.WhichOneof("kind") != "header":
+        if isinstance(first, memoryview) or first.WhichOneof("kind") != "header":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
+        assert isinstance(first, pb.UploadChunk)
         header = first.header
         try:
             task = self._claim(header, peer)
@@ -801,26 +879,31 @@ class GrpcRuntime(Runtime):
         return pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
 
     def _receive(
-        self, task: _OpenTask, header: pb.UploadHeader, stream: Iterator[pb.UploadChunk]
+        self,
+        task: _OpenTask,
+        header: pb.UploadHeader,
+        stream: Iterator[pb.UploadChunk | memoryview],
     ) -> ClientUpdate | ClientEvaluation | ProtocolAnswer:
         """Spool and hash the body, verify the signature; the accepted reply."""
         metadata = UploadMetadata.from_json(header.metadata_json)
         expected = self._expected_bytes(task, header)
-        if task.kind == "protocol":
-            return self._receive_answer(task, header, stream, expected)
+        if task.kind != "fit":
+            body = self._receive_small(task, header, stream, expected)
+            if task.kind == "protocol":
+                return ProtocolAnswer(task.client_id, body)
+            return ClientEvaluation(task.client_id, header.num_examples, metadata.metrics)
         path = self.spool_dir / f"round-{task.round_index}" / f"{task.client_id}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part")
         digest = hashlib.sha256()
-        with open(path, "wb") as spool:
+        with open(partial, "wb") as spool:
             received = 0
-            for message in stream:
-                if message.WhichOneof("kind") != "data":
-                    raise ProtocolError("an upload sends one header, then only data chunks")
-                received += len(message.data)
+            for data in _data_chunks(stream):
+                received += len(data)
                 if received > expected:
                     raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
-                digest.update(message.data)
-                spool.write(message.data)
+                digest.update(data)
+                spool.write(data)
             if received != expected:
                 raise ProtocolError(f"the upload ended after {received} of {expected} bytes")
             if digest.digest() != bytes(header.payload_sha256):
@@ -830,11 +913,7 @@ class GrpcRuntime(Runtime):
             self._verify(task, header)
             spool.flush()
             os.fsync(spool.fileno())
-        if task.kind == "evaluate":
-            path.unlink()
-            with self._lock:
-                self._open.pop(task.task_id, None)
-            return ClientEvaluation(task.client_id, header.num_examples, metadata.metrics)
+        os.replace(partial, path)
         try:
             self.store.accept_update(
                 self.run.run_id,
@@ -860,19 +939,17 @@ class GrpcRuntime(Runtime):
             path,
         )
 
-    def _receive_answer(
+    def _receive_small(
         self,
         task: _OpenTask,
         header: pb.UploadHeader,
-        stream: Iterator[pb.UploadChunk],
+        stream: Iterator[pb.UploadChunk | memoryview],
         expected: int,
-    ) -> ProtocolAnswer:
-        """A protocol answer (small, kept in memory), checked like any upload."""
+    ) -> bytes:
+        """The body of an evaluation or protocol answer (small: kept in memory), checked."""
         body = bytearray()
-        for message in stream:
-            if message.WhichOneof("kind") != "data":
-                raise ProtocolError("an upload sends one header, then only data chunks")
-            body += message.data
+        for data in _data_chunks(stream):
+            body += data
             if len(body) > expected:
                 raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
         if len(body) != expected:
@@ -884,7 +961,7 @@ class GrpcRuntime(Runtime):
         self._verify(task, header)
         with self._lock:
             self._open.pop(task.task_id, None)
-        return ProtocolAnswer(task.client_id, bytes(body))
+        return bytes(body)
 
     def _verify(self, task: _OpenTask, header: pb.UploadHeader) -> None:
         """Refuse an upload whose signature is not the enrolled identity's."""
@@ -899,8 +976,7 @@ class GrpcRuntime(Runtime):
 
     def _expected_bytes(self, task: _OpenTask, header: pb.UploadHeader) -> int:
         """The body size ``header`` may declare for ``task``; ``ProtocolError`` otherwise."""
-        model = self._model
-        size = 0 if model is None else model.vector.nbytes
+        size = task.message.model.num_bytes
         declared = header.payload_bytes
         if task.kind == "protocol" or header.payload_kind == "protocol":
             if task.kind != "protocol" or header.payload_kind != "protocol":
@@ -915,6 +991,17 @@ class GrpcRuntime(Runtime):
         elif header.payload_kind == "encoded" and declared > 2 * size + CHUNK_BYTES:
             raise ProtocolError(f"an encoded update of {declared} bytes exceeds the cap")
         return int(declared)
+
+
+def _data_chunks(stream: Iterator[pb.UploadChunk | memoryview]) -> Iterator[memoryview | bytes]:
+    """The bytes of the data chunks after an upload's header (``ProtocolError`` for another)."""
+    for message in stream:
+        if isinstance(message, memoryview):
+            yield message
+        elif message.WhichOneof("kind") == "data":
+            yield message.data
+        else:
+            raise ProtocolError("an upload sends one header, then only data chunks")
 
 
 def _update_from_spool(
@@ -951,6 +1038,27 @@ def _spooled_update(round_index: int, client_id: str, row: AcceptedUpdate) -> Cl
         row.metrics_json,
         payload_kind,
         Path(row.payload_path),
+    )
+
+
+def _fit_task(instruction: FitInstruction) -> pb.Task:
+    task = pb.Task(fit=pb.FitTask(train=_train_message(instruction.train)))
+    task.fit.round_parameters.update(instruction.round_parameters)
+    return task
+
+
+def _lost(task: _OpenTask) -> ClientFailure:
+    return ClientFailure(
+        task.round_index,
+        task.client_id,
+        "worker_lost",
+        f"is not connected (no stream, or silent for {LOST_AFTER_HEARTBEATS} heartbeats)",
+    )
+
+
+def _overdue(task: _OpenTask, deadline_s: float) -> ClientFailure:
+    return ClientFailure(
+        task.round_index, task.client_id, "deadline", f"did not reply within {deadline_s} s"
     )
 
 

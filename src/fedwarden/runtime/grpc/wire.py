@@ -110,6 +110,56 @@ def signature_valid(header: pb.UploadHeader, public_key: Ed25519PublicKey) -> bo
     return True
 
 
+CHUNK_DATA_TAG: Final = 0x0A
+"""Key of ``Chunk.data`` (field 1, length-delimited) in protobuf's wire format."""
+UPLOAD_DATA_TAG: Final = 0x12
+"""Key of ``UploadChunk.data`` (field 2, length-delimited) in protobuf's wire format."""
+
+
+def framed(tag: int, piece: memoryview) -> bytes:
+    """A message whose only field is the bytes ``piece``, in protobuf's wire format.
+
+    Written by hand so a chunk is copied once (into the frame) rather than
+    three times (``bytes()``, the message object, its serialization); any
+    protobuf parser reads it as ``Chunk`` or ``UploadChunk``.
+    """
+    length = len(piece)
+    prefix = bytearray([tag])
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        prefix.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes(prefix) + piece
+
+
+def data_view(raw: bytes, tag: int) -> memoryview | None:
+    """The bytes of a message :func:`framed` with ``tag``, as a view (None: not such a message)."""
+    if len(raw) < 2 or raw[0] != tag:
+        return None
+    length, shift, offset = 0, 0, 1
+    while offset < len(raw) and shift < 64:
+        byte = raw[offset]
+        length |= (byte & 0x7F) << shift
+        offset += 1
+        if not byte & 0x80:
+            return memoryview(raw)[offset:] if offset + length == len(raw) else None
+        shift += 7
+    return None
+
+
+def read_upload_chunk(raw: bytes) -> pb.UploadChunk | memoryview:
+    """An upload message: a data chunk as a view of the received bytes, or the parsed header."""
+    view = data_view(raw, UPLOAD_DATA_TAG)
+    return view if view is not None else pb.UploadChunk.FromString(raw)
+
+
+def read_chunk(raw: bytes) -> memoryview:
+    """A model chunk's bytes, as a view of the received message where possible."""
+    view = data_view(raw, CHUNK_DATA_TAG)
+    return view if view is not None else memoryview(pb.Chunk.FromString(raw).data)
+
+
 def chunks(buffer: memoryview, chunk_bytes: int = CHUNK_BYTES) -> Iterator[memoryview]:
     """Consecutive slices of ``buffer`` of at most ``chunk_bytes`` (views, not copies)."""
     flat = buffer.cast("B")
