@@ -213,6 +213,7 @@ def test_server_refuses_foreign_certificates_and_garbage_then_completes_the_run(
         socket.create_connection(("127.0.0.1", run.port), timeout=5) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
+        assert tls.version() == "TLSv1.3"
         tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(2048))
     genuine = grpc.ssl_channel_credentials(
         root_certificates=(kit / "ca.crt").read_bytes(),
