@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,10 @@ from fedwarden.core.errors import FedwardenError
 from fedwarden.server.launch import resumed
 from fedwarden.server.launch import run as run_config
 from fedwarden.server.records import RoundRecord, RunResult
+
+if TYPE_CHECKING:
+    from fedwarden.governance.registry import ModelRegistry
+    from fedwarden.governance.store import RunStore
 
 app = typer.Typer(
     help="fedwarden: privacy-preserving federated learning.",
@@ -354,6 +358,229 @@ def pki_issue_command(
     ):
         if path is not None:
             console.print(f"  {label}: {escape(str(path))}")
+
+
+audit_app = typer.Typer(
+    help="The signed, hash-chained audit log of a run store: verify it, report on it.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+models_app = typer.Typer(
+    help="The model registry of a run store: versions, their lineage and which one serves.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+_STORE_URL_HELP = "SQLAlchemy URL of the run store, e.g. sqlite:///runs/fedwarden.db."
+_AUDIT_KEY_HELP = "PEM Ed25519 private key that signs the audit log (required for changes)."
+
+
+def _error_exit(error: FedwardenError) -> typer.Exit:
+    """Print ``error: ...`` on stderr; the exit (status 2) for the caller to raise."""
+    Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+    return typer.Exit(2)
+
+
+def _existing_store(url: str) -> RunStore:
+    """Open the run store at ``url``, refusing a SQLite file that does not exist yet."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fedwarden.governance.store import RunStore
+
+    try:
+        database_url = make_url(url)
+        database = database_url.database
+        if database_url.get_backend_name() == "sqlite" and database and not Path(database).exists():
+            raise FedwardenError(f"there is no run store at {database}; check the store URL")
+        return RunStore(database_url)
+    except SQLAlchemyError as error:
+        raise FedwardenError(
+            f"cannot open the run store {url!r}: {error}; give a SQLAlchemy URL such as "
+            "sqlite:///runs/fedwarden.db or postgresql+psycopg://user@host/database"
+        ) from None
+
+
+def _registry(store: RunStore, audit_key: Path | None) -> ModelRegistry:
+    """The store's model registry, audited with the key in ``audit_key`` if given."""
+    from fedwarden.governance.audit import AuditLog, load_signing_key
+    from fedwarden.governance.registry import ModelRegistry
+
+    audit = None if audit_key is None else AuditLog(store, load_signing_key(audit_key))
+    return ModelRegistry(store, audit)
+
+
+@audit_app.command("verify")
+def audit_verify_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    public_key: Annotated[Path, typer.Option(help="PEM Ed25519 public key of the audit log.")],
+) -> None:
+    """Check every entry's hash, link and signature; exit 1 naming the first bad entry."""
+    from fedwarden.governance.audit import load_public_key, verify
+
+    try:
+        key = load_public_key(public_key)
+        with _existing_store(store_url) as store:
+            result = verify(store, key)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    if not result.ok:
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]FAILED[/red] at entry {result.first_bad} of {result.entries}:",
+            escape(result.problem),
+        )
+        raise typer.Exit(1)
+    Console().print(f"OK: {result.entries} audit entries verified, last hash {result.last_hash}")
+
+
+@audit_app.command("report")
+def audit_report_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    public_key: Annotated[Path, typer.Option(help="PEM Ed25519 public key of the audit log.")],
+    output: Annotated[Path, typer.Option(help="File the report is written to.")],
+    report_format: Annotated[str, typer.Option("--format", help="json, html or pdf.")] = "json",
+    admin: Annotated[
+        bool, typer.Option(help="Show client ids instead of their pseudonyms.")
+    ] = False,
+) -> None:
+    """Write the lineage, privacy and participant-integrity report of the audit log."""
+    from fedwarden.governance.audit import (
+        audit_report,
+        load_public_key,
+        render_html,
+        render_json,
+        render_pdf,
+    )
+
+    try:
+        if report_format not in ("json", "html", "pdf"):
+            raise FedwardenError(f"--format {report_format!r}: use json, html or pdf")
+        key = load_public_key(public_key)
+        with _existing_store(store_url) as store:
+            report = audit_report(store, key, admin=admin)
+        if report_format == "pdf":
+            output.write_bytes(render_pdf(report))
+        else:
+            output.write_text(
+                render_json(report) if report_format == "json" else render_html(report)
+            )
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    except OSError as error:
+        raise _error_exit(FedwardenError(f"cannot write {output}: {error.strerror}")) from None
+    console = Console()
+    console.print(f"{report_format} report: {escape(str(output))}")
+    if not report["verification"]["ok"]:
+        console.print(
+            f"[yellow]the audit log fails verification at entry "
+            f"{report['verification']['first_bad']}[/yellow]"
+        )
+
+
+@models_app.command("list")
+def models_list_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    name: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+) -> None:
+    """List the registered versions with their stage, run and accuracy."""
+    try:
+        with _existing_store(store_url) as store:
+            versions = _registry(store, None).list(name)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    if not versions:
+        console.print("no model versions registered")
+    for version in versions:
+        accuracy = version.recorded_accuracy
+        console.print(
+            f"{escape(version.reference)}  {version.stage}  run {escape(version.run_id)}  "
+            f"accuracy {'-' if accuracy is None else f'{accuracy:.4f}'}"
+            f"{'  (weights deleted)' if version.weights_deleted else ''}"
+        )
+
+
+@models_app.command("show")
+def models_show_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    version: Annotated[str, typer.Argument(help="MODEL@X.Y.Z, or X.Y.Z if unambiguous.")],
+) -> None:
+    """Print one version's record (lineage, training, metrics, stage) as JSON."""
+    try:
+        with _existing_store(store_url) as store:
+            found = _registry(store, None).show(version)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    sys.stdout.write(json.dumps(found.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+@models_app.command("promote")
+def models_promote_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    version: Annotated[str, typer.Argument(help="The candidate: MODEL@X.Y.Z.")],
+    by: Annotated[str, typer.Option(help="Who decides the promotion (recorded in the audit).")],
+    pilot_accuracy: Annotated[
+        float | None, typer.Option(help="The candidate's accuracy in its pilot.")
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="How far below production the pilot accuracy may be.")
+    ] = 0.02,
+    override: Annotated[
+        bool, typer.Option(help="Promote despite the staged-rollout check (needs --reason).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why the check is overridden.")] = "",
+    audit_key: Annotated[Path | None, typer.Option(help=_AUDIT_KEY_HELP)] = None,
+) -> None:
+    """Put a candidate into production; the production version becomes deprecated."""
+    try:
+        with _existing_store(store_url) as store:
+            promoted = _registry(store, audit_key).promote(
+                version,
+                by,
+                pilot_accuracy=pilot_accuracy,
+                threshold=threshold,
+                override=override,
+                reason=reason,
+            )
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    Console().print(f"{escape(promoted.reference)} is in production")
+
+
+@models_app.command("rollback")
+def models_rollback_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    by: Annotated[str, typer.Option(help="Who decides the rollback (recorded in the audit).")],
+    name: Annotated[
+        str | None, typer.Option("--model", help="The model (if several are in production).")
+    ] = None,
+    audit_key: Annotated[Path | None, typer.Option(help=_AUDIT_KEY_HELP)] = None,
+) -> None:
+    """Withdraw the production version and restore the one that served before it."""
+    try:
+        with _existing_store(store_url) as store:
+            restored = _registry(store, audit_key).rollback(by, name)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    Console().print(f"{escape(restored.reference)} is in production again")
+
+
+@models_app.command("export")
+def models_export_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    version: Annotated[str, typer.Argument(help="MODEL@X.Y.Z, or X.Y.Z if unambiguous.")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the .npz and lineage JSON.")],
+) -> None:
+    """Write a version's arrays (.npz, no pickle) and its lineage (JSON) into OUT_DIR."""
+    try:
+        with _existing_store(store_url) as store:
+            arrays, lineage = _registry(store, None).export(version, out_dir)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    console.print(f"arrays: {escape(str(arrays))}")
+    console.print(f"lineage: {escape(str(lineage))}")
 
 
 @app.command("server")

@@ -1,18 +1,42 @@
-"""Governance of a deployed server: its durable store of runs, rounds, clients and updates."""
+"""Governance of a deployed server: its durable store, a signed audit log, a model registry."""
 
 from __future__ import annotations
 
 from fedwarden._lazy import lazy_exports
 
+_AUDIT = "fedwarden.governance.audit"
+_REGISTRY = "fedwarden.governance.registry"
+_STORE = "fedwarden.governance.store"
+
 _EXPORTS = {
-    "AcceptedUpdate": "fedwarden.governance.store",
-    "DuplicateUpdate": "fedwarden.governance.store",
-    "EnrolledClient": "fedwarden.governance.store",
-    "EnrolmentConflict": "fedwarden.governance.store",
-    "RoundConflict": "fedwarden.governance.store",
-    "RunRow": "fedwarden.governance.store",
-    "RunStore": "fedwarden.governance.store",
-    "StoreError": "fedwarden.governance.store",
+    "AcceptedUpdate": _STORE,
+    "AuditEntry": _AUDIT,
+    "AuditError": _AUDIT,
+    "AuditEvent": _AUDIT,
+    "AuditLog": _AUDIT,
+    "BudgetChanged": _AUDIT,
+    "ClientQuarantined": _AUDIT,
+    "DuplicateUpdate": _STORE,
+    "EnrolledClient": _STORE,
+    "EnrolmentConflict": _STORE,
+    "ModelPromoted": _AUDIT,
+    "ModelRegistered": _AUDIT,
+    "ModelRegistry": _REGISTRY,
+    "ModelRolledBack": _AUDIT,
+    "ModelVersion": _REGISTRY,
+    "RegistryError": _REGISTRY,
+    "RetentionDeletion": _AUDIT,
+    "RoundCompleted": _AUDIT,
+    "RoundConflict": _STORE,
+    "RoundStarted": _AUDIT,
+    "RunCreated": _AUDIT,
+    "RunRow": _STORE,
+    "RunStore": _STORE,
+    "StoreError": _STORE,
+    "UpdateRejected": _AUDIT,
+    "VerificationResult": _AUDIT,
+    "audit_report": _AUDIT,
+    "verify": _AUDIT,
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,6 +18,15 @@ run directory, see :mod:`fedwarden.server.rundir`) is a row in one SQLAlchemy da
     acknowledged; unique per (run, round, client).
 ``rejections``
     each refused update with its machine-readable reason.
+``audit_log``
+    the hash-chained, signed audit log of :mod:`fedwarden.governance.audit`: one row per entry,
+    unique per ``sequence``; rows are only ever inserted.
+``governance_secrets``
+    named per-store secrets, such as the salt that pseudonymizes client ids in audit reports.
+``model_versions`` and ``model_weights``
+    the model registry of :mod:`fedwarden.governance.registry`: one row per registered version
+    (its lineage, stage and metrics) and, until retention deletes them, its weights as the raw
+    little-endian float32 bytes of the flat parameter vector (never pickled).
 
 The database is a SQLite file by default (``sqlite:///path/to/fedwarden.db``), opened in WAL
 mode with ``synchronous=FULL`` so that a committed row survives a crash of the process or the
@@ -41,12 +50,15 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     Connection,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -196,6 +208,65 @@ rejections = Table(
 )
 
 
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("entry_id", Integer, primary_key=True, autoincrement=True),
+    Column("sequence", Integer, nullable=False, unique=True),
+    Column("timestamp", String(40), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("previous_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+governance_secrets = Table(
+    "governance_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("major", Integer, nullable=False),
+    Column("minor", Integer, nullable=False),
+    Column("patch", Integer, nullable=False),
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False),
+    Column("parent", String(240), nullable=True),
+    Column("stage", String(16), nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("rounds", Integer, nullable=False),
+    Column("participants", Integer, nullable=False),
+    Column("dp_json", Text, nullable=True),
+    Column("metrics_json", Text, nullable=False),
+    Column("config_hash", String(64), nullable=False),
+    Column("data_description", Text, nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("weights_deleted", Boolean, nullable=False),
+    Column("pilot_accuracy", Float, nullable=True),
+    Column("production_order", Integer, nullable=True),
+    Column("rolled_back", Boolean, nullable=False),
+    Column("registered_at", UtcDateTime, nullable=False),
+    Column("promoted_at", UtcDateTime, nullable=True),
+    UniqueConstraint("model", "major", "minor", "patch"),
+    CheckConstraint("stage IN ('candidate', 'production', 'deprecated')", name="stage"),
+)
+
+model_weights = Table(
+    "model_weights",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("weights", LargeBinary, nullable=False),
+    ForeignKeyConstraint(["model", "version"], ["model_versions.model", "model_versions.version"]),
+)
+
+
 @dataclass(frozen=True)
 class RunRow:
     """One run as recorded: its config, where its files are, and how it ended."""
@@ -332,6 +403,22 @@ class RunStore:
     def _read(self) -> Iterator[Connection]:
         """A connection for reading what is committed."""
         with self._engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction on the store's tables, for governance modules beside it.
+
+        The audit log and the model registry write through it, so their writes are serialised
+        with the store's own and an audited change commits together with its audit entry.
+        """
+        with self._write() as connection:
+            yield connection
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reading what is committed, for governance modules beside the store."""
+        with self._read() as connection:
             yield connection
 
     # Runs.
