@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from fedwarden.deploy.pki import init_ca, issue
+from fedwarden.governance.audit import load_public_key, read_entries, verify
 from fedwarden.governance.store import RunStore
 from fedwarden.privacy.accounting import compute_spend, event_from_json
 from fedwarden.runtime.grpc import federation_pb2 as pb
@@ -70,6 +71,17 @@ def test_one_server_and_five_clients_complete_three_rounds_over_mutual_tls(feder
         assert client.public_key == raw
         assert client.source == "certificate"
     assert not any((run.run_dir() / "spool").rglob("*.bin")), "spool not cleared after the run"
+    kinds = _verified_audit_kinds(run)
+    assert kinds == ["run_created"] + ["round_started", "round_completed"] * 3
+
+
+def _verified_audit_kinds(run: Federation) -> list[str]:
+    """The kinds of the run's audit entries, after checking the chain with the server's key."""
+    public_key = load_public_key(run.pki / "servers" / "server" / "audit.pub")
+    with RunStore(f"sqlite:///{run.root / 'store.db'}") as store:
+        verification = verify(store, public_key)
+        assert verification.ok, verification.problem
+        return [entry.kind for entry in read_entries(store)]
 
 
 def test_client_killed_mid_round_costs_only_that_client(federation) -> None:
@@ -122,6 +134,9 @@ def test_server_killed_mid_run_continues_after_restart_without_forgetting_privac
     ledger = json.loads((run.run_dir() / "privacy_ledger.json").read_text())
     assert len(ledger["entries"]) == rounds
     assert [entry["round_index"] for entry in ledger["entries"]] == list(range(rounds))
+    kinds = _verified_audit_kinds(run)
+    assert kinds.count("run_created") == 1
+    assert kinds.count("round_completed") == rounds
     events = [event_from_json(entry["event"]) for entry in ledger["entries"]]
     spend = compute_spend(events, ledger["budget"]["delta"], ledger["neighboring"])
     assert privacy["epsilon"] == pytest.approx(spend.epsilon, rel=1e-12)

@@ -355,6 +355,8 @@ def pki_issue_command(
         ("CA certificate", paths.ca_certificate),
         ("identity key (keep secret, mode 0600)", paths.identity_key),
         ("identity public key", paths.identity_public),
+        ("audit signing key (keep secret, mode 0600)", paths.audit_key),
+        ("audit public key (verifies the audit log)", paths.audit_public),
     ):
         if path is not None:
             console.print(f"  {label}: {escape(str(path))}")
@@ -622,8 +624,16 @@ def server_command(
         settings = load_config(config).model_copy(
             update={"runtime": load_config(config).runtime.model_copy(update={"kind": "grpc"})}
         )
+        audit_key = None
+        if identity is not None and (identity / "audit.key").exists():
+            from fedwarden.governance.audit import load_signing_key
+
+            audit_key = load_signing_key(identity / "audit.key")
         deployment = Deployment(
-            address, None if identity is None else TlsKit.from_dir(identity), store
+            address,
+            None if identity is None else TlsKit.from_dir(identity),
+            store,
+            audit_key=audit_key,
         )
         health = serve_health(health_address, deployment.listening.is_set)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

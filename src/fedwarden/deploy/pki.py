@@ -5,7 +5,7 @@ Ed25519 certificates); ``issue`` makes a server or client startup kit signed by 
 of NVIDIA FLARE's startup kits but as plain PEM files a user can read::
 
     DIR/ca.crt  DIR/ca.key
-    DIR/servers/NAME/{tls.key, tls.crt, ca.crt}
+    DIR/servers/NAME/{tls.key, tls.crt, ca.crt, audit.key, audit.pub}
     DIR/clients/NAME/{tls.key, tls.crt, ca.crt, identity.key, identity.pub}
 
 A client also gets a long-term Ed25519 identity key with which it signs its updates. Its public
@@ -74,7 +74,9 @@ class CaPaths:
 class IssuedPaths:
     """Where ``issue`` wrote one server's or client's startup kit.
 
-    ``identity_key`` and ``identity_public`` are set for clients only.
+    ``identity_key`` and ``identity_public`` are set for clients only;
+    ``audit_key`` and ``audit_public`` (the key that signs the audit log) for
+    servers only.
     """
 
     directory: Path
@@ -83,6 +85,8 @@ class IssuedPaths:
     ca_certificate: Path
     identity_key: Path | None = None
     identity_public: Path | None = None
+    audit_key: Path | None = None
+    audit_public: Path | None = None
 
 
 def init_ca(directory: Path | str, name: str, force: bool = False) -> CaPaths:
@@ -148,6 +152,8 @@ def issue(
         ca_certificate=folder / "ca.crt",
         identity_key=folder / "identity.key" if kind == "client" else None,
         identity_public=folder / "identity.pub" if kind == "client" else None,
+        audit_key=folder / "audit.key" if kind == "server" else None,
+        audit_public=folder / "audit.pub" if kind == "server" else None,
     )
     if folder.exists() and not force:
         raise PkiError(
@@ -194,6 +200,15 @@ def issue(
         _write_public(
             paths.identity_public,
             identity.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+    if paths.audit_key is not None and paths.audit_public is not None:
+        audit = Ed25519PrivateKey.generate()
+        _write_private(paths.audit_key, _private_pem(audit))
+        _write_public(
+            paths.audit_public,
+            audit.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             ),
         )

@@ -53,7 +53,7 @@ import importlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +67,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fedwarden.core.errors import FedwardenError
 from fedwarden.governance.store import RunStore, audit_log, governance_secrets
+from fedwarden.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 
@@ -783,6 +784,56 @@ def render_pdf(report: Mapping[str, Any]) -> bytes:
 
 
 # Keys.
+
+
+class ServerAuditTrail:
+    """The events of one run's rounds, appended to the audit log as the server reports them.
+
+    ``dp`` is the run's DP mechanism description (noise multiplier, clip norm,
+    sampling; None without DP) recorded with every round start; each completed
+    round records the run's cumulative epsilon after it and ``delta``;
+    quarantined clients are recorded as they are quarantined.
+    """
+
+    def __init__(
+        self,
+        log: AuditLog,
+        run_id: str,
+        *,
+        dp: Mapping[str, Any] | None = None,
+        delta: float | None = None,
+    ) -> None:
+        self.log = log
+        self.run_id = run_id
+        self.dp = dp
+        self.delta = delta
+
+    def run_created(self, config_json: str, package_version: str) -> None:
+        """Record a new run with the SHA-256 of its configuration."""
+        config_hash = hashlib.sha256(config_json.encode()).hexdigest()
+        self.log.append(RunCreated(self.run_id, config_hash, package_version))
+
+    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
+        self.log.append(RoundStarted(self.run_id, round_index, tuple(cohort), self.dp))
+
+    def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
+        self.log.append(UpdateRejected(self.run_id, round_index, client_id, reason))
+
+    def round_completed(self, record: RoundRecord) -> None:
+        for client_id in record.quarantined:
+            self.log.append(
+                ClientQuarantined(self.run_id, client_id, "flagged as an outlier repeatedly")
+            )
+        self.log.append(
+            RoundCompleted(
+                self.run_id,
+                record.round_index,
+                record.participants,
+                record.epsilon,
+                self.delta if record.epsilon is not None else None,
+                record.applied,
+            )
+        )
 
 
 def load_signing_key(path: Path | str) -> Ed25519PrivateKey:

@@ -107,7 +107,7 @@ class FedBuffServer(Server):
                 if self.observer is not None:
                     self.observer.client_finished(round_index)
                 if isinstance(reply, UpdateRefused):
-                    traffic.rejections[reply.reason] += 1
+                    self.rejected(traffic, round_index, reply.client_id, reply.reason)
                     continue
                 if isinstance(reply, ClientFailure):
                     traffic.failures[reply.reason] += 1
@@ -126,7 +126,7 @@ class FedBuffServer(Server):
                     weight = np.float32(staleness_weight(staleness, self.staleness_exponent))
                     accept(replace(checked, update=checked.update * weight))
                 except UpdateRejected as rejection:
-                    traffic.rejections[rejection.reason] += 1
+                    self.rejected(traffic, round_index, reply.client_id, rejection.reason)
                     logger.warning("server update %d: rejected: %s", round_index, rejection)
                     self.clients.release(reply.round_index, reply.client_id)
                     continue

@@ -78,8 +78,12 @@ from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RunStore
     from fedwarden.runtime.grpc.credentials import TlsKit
+    from fedwarden.runtime.grpc.local_clients import LocalClients
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
 from fedwarden.strategies import (
     FedAdagrad,
@@ -586,7 +590,22 @@ class Deployment:
     address: str
     tls: TlsKit | None
     store_url: str | None = None
+    audit_key: Ed25519PrivateKey | None = None
+    """Signs the audit log (``audit.key`` of the server kit); None: no audit log."""
     listening: threading.Event = field(default_factory=threading.Event)
+    launcher: LocalClients | None = None
+    """Local client processes to start (``fedwarden run`` on the grpc runtime)."""
+
+    @classmethod
+    def local(cls, directory: Path, dataset: FederatedDataset) -> Deployment:
+        """Loopback with mutual TLS and one client process per client, kits under ``directory``."""
+        from fedwarden.governance.audit import load_signing_key
+        from fedwarden.runtime.grpc.local_clients import LocalClients
+
+        launcher = LocalClients(directory, dataset)
+        tls = launcher.provision()
+        audit_key = load_signing_key(launcher.pki / "servers" / "server" / "audit.key")
+        return cls("127.0.0.1:0", tls, audit_key=audit_key, launcher=launcher)
 
 
 def open_store(config: RunConfig, deployment: Deployment | None) -> RunStore:
@@ -606,27 +625,17 @@ def build_runtime(
     store: RunStore | None,
     deployment: Deployment | None,
 ) -> Runtime:
-    """The runtime named by ``config.runtime``.
-
-    The grpc runtime serves ``deployment`` when given (``fedwarden server``);
-    otherwise it starts one local client process per client of ``dataset``
-    with certificates it issues under the run directory.
-    """
+    """The runtime named by ``config.runtime``; the grpc runtime serves ``deployment``."""
     if config.runtime.kind == "ray":
         return RayRuntime(config.runtime.workers, config.runtime.address)
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
-    from fedwarden.runtime.grpc.local_clients import LocalClients
     from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
 
-    if run_dir is None or store is None:
+    if run_dir is None or store is None or deployment is None:
         raise ConfigError(
             "the grpc runtime keeps its spool and store with the run directory; run with one"
         )
-    launcher = None
-    if deployment is None:
-        launcher = LocalClients(run_dir.path / "deploy", dataset)
-        deployment = Deployment("127.0.0.1:0", launcher.provision())
     return GrpcRuntime(
         deployment.address,
         tls=deployment.tls,
@@ -641,7 +650,7 @@ def build_runtime(
         expected_clients=dataset.client_ids,
         heartbeat_s=config.runtime.heartbeat_s,
         join_timeout_s=config.runtime.join_timeout_s,
-        launcher=launcher,
+        launcher=deployment.launcher,
         listening=deployment.listening,
     )
 
@@ -687,6 +696,49 @@ def resumed(run_dir: Path) -> tuple[RunConfig, int]:
     config = RunConfig.model_validate_json(directory.read_config())
     checkpoint = directory.load_checkpoint()
     return config, 0 if checkpoint is None else checkpoint.round_index + 1
+
+
+def _audit_trail(
+    config: RunConfig,
+    store: RunStore,
+    run_dir: RunDirectory,
+    deployment: Deployment,
+    privacy: UserLevelPrivacy | SiloPrivacy | None,
+) -> ServerAuditTrail | None:
+    """The run's audit trail (recording the run when it is new), or None without an audit key."""
+    from fedwarden import __version__
+    from fedwarden.governance.audit import AuditLog, ServerAuditTrail
+
+    run_id = run_dir.path.name
+    new_run = store.run(run_id) is None
+    if new_run:
+        store.create_run(run_id, config.name, run_dir.read_config(), str(run_dir.path))
+    if deployment.audit_key is None:
+        logger.warning(
+            "no audit key (audit.key in the server kit): this run is not written to the audit "
+            "log; issue a server kit with `fedwarden pki issue server NAME` to get one"
+        )
+        return None
+    section = config.privacy
+    dp = None
+    if section.mechanism != "none":
+        noise_multiplier = getattr(privacy, "noise_multiplier", None) or section.noise_multiplier
+        dp = {
+            "mechanism": section.mechanism,
+            "noise_multiplier": noise_multiplier,
+            "clip_norm": section.clip_norm,
+            "epsilon_budget": section.epsilon,
+            "delta": section.delta,
+        }
+    trail = ServerAuditTrail(
+        AuditLog(store, deployment.audit_key),
+        run_id,
+        dp=dp,
+        delta=None if dp is None else section.delta,
+    )
+    if new_run:
+        trail.run_created(run_dir.read_config(), __version__)
+    return trail
 
 
 def serve(
@@ -766,8 +818,11 @@ def _run(
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
     pipeline = build_pipeline(config, trainer, dataset, privacy)
-    if store is not None and run_dir is not None and store.run(run_dir.path.name) is None:
-        store.create_run(run_dir.path.name, config.name, run_dir.read_config(), str(run_dir.path))
+    audit = None
+    if store is not None and run_dir is not None:
+        if deployment is None:
+            deployment = Deployment.local(run_dir.path / "deploy", dataset)
+        audit = _audit_trail(config, store, run_dir, deployment, privacy)
     with build_runtime(config, dataset, run_dir, store, deployment) as runtime:
 
         def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
@@ -807,6 +862,7 @@ def _run(
             "run_dir": run_dir,
             "observer": observer,
             "privacy": privacy,
+            "audit": audit,
         }
         asynchronous = config.asynchronous
         server = (

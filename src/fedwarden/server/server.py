@@ -58,6 +58,19 @@ class RoundObserver(Protocol):
         """The round is aggregated, evaluated and checkpointed."""
 
 
+class RoundAudit(Protocol):
+    """What the server tells the audit trail (``fedwarden.governance.audit.ServerAuditTrail``)."""
+
+    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
+        """A round's cohort was sampled."""
+
+    def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
+        """An update was refused and not aggregated."""
+
+    def round_completed(self, record: RoundRecord) -> None:
+        """A round was aggregated (or not), recorded and checkpointed."""
+
+
 class RoundPrivacy(Protocol):
     """The privacy accounting of a run's rounds (e.g. :class:`UserLevelPrivacy`)."""
 
@@ -182,6 +195,7 @@ class Server:
         observer: RoundObserver | None = None,
         privacy: RoundPrivacy | None = None,
         reputation: Reputation | None = None,
+        audit: RoundAudit | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -199,6 +213,7 @@ class Server:
         self.observer = observer
         self.privacy = privacy
         self.reputation = reputation
+        self.audit = audit
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
@@ -275,6 +290,8 @@ class Server:
         cohort = self.sampler.sample(population, self.rng)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
+        if self.audit is not None:
+            self.audit.round_started(round_index, cohort)
         self.pipeline.aggregator.start(self.vector.size, cohort)
         train_loss = TrainLoss()
         traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
@@ -350,9 +367,19 @@ class Server:
         )
         self.history.append(record)
         self._checkpoint()
+        if self.audit is not None:
+            self.audit.round_completed(record)
         if self.observer is not None:
             self.observer.round_finished(record)
         return record
+
+    def rejected(
+        self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str
+    ) -> None:
+        """Count a refused update in the round's traffic and in the audit trail."""
+        traffic.rejections[reason] += 1
+        if self.audit is not None:
+            self.audit.update_rejected(round_index, client_id, reason)
 
     def collect_updates(
         self,
@@ -374,7 +401,7 @@ class Server:
             if self.observer is not None:
                 self.observer.client_finished(round_index)
             if isinstance(reply, UpdateRefused):
-                traffic.rejections[reply.reason] += 1
+                self.rejected(traffic, round_index, reply.client_id, reply.reason)
                 continue
             if isinstance(reply, ClientFailure):
                 traffic.failures[reply.reason] += 1
@@ -387,7 +414,7 @@ class Server:
                 accepted = self.pipeline.server_half(reply)
                 accept(accepted)
             except UpdateRejected as rejection:
-                traffic.rejections[rejection.reason] += 1
+                self.rejected(traffic, round_index, reply.client_id, rejection.reason)
                 logger.warning("round %d: rejected: %s", round_index, rejection)
                 continue
             traffic.participants.append(accepted.client_id)
