@@ -635,7 +635,9 @@ def server_command(
             store,
             audit_key=audit_key,
         )
-        health = serve_health(health_address, deployment.listening.is_set)
+        health = serve_health(
+            health_address, deployment.listening.is_set, deployment.metrics.exposition
+        )
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         with ConsoleObserver(console, settings.rounds, 0) as observer:
             result = serve(settings, deployment, observer=observer)

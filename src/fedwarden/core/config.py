@@ -374,6 +374,20 @@ class ClusteringConfig(Section):
     distance_threshold: Annotated[float, Field(ge=0, le=2)] | None = 0.5
 
 
+class MonitoringConfig(Section):
+    """Alert rules checked after every round (log, audit log, optional webhook)."""
+
+    loss_patience: Annotated[int, Field(ge=1)] = 5
+    """Alert when the central loss has not improved for this many rounds."""
+    max_dropout_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    silent_rounds: Annotated[int, Field(ge=1)] = 3
+    """Alert when a client is sampled this many rounds in a row without delivering."""
+    budget_warning_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    accuracy_floor: Annotated[float, Field(ge=0, le=1)] | None = None
+    webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """Each alert is POSTed here as JSON."""
+
+
 class AsynchronousConfig(Section):
     """FedBuff (Nguyen et al. 2022): clients train concurrently on the model they were given.
 
@@ -425,6 +439,7 @@ class RunConfig(Section):
     clustering: ClusteringConfig = ClusteringConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     asynchronous: AsynchronousConfig = AsynchronousConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _privacy_fits_sampling(self) -> RunConfig:

@@ -67,6 +67,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fedwarden.core.errors import FedwardenError
 from fedwarden.governance.store import RunStore, audit_log, governance_secrets
+from fedwarden.monitor.alerts import Alert
 from fedwarden.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,18 @@ class UpdateRejected(AuditEvent):
 
 
 @dataclass(frozen=True)
+class AlertRaised(AuditEvent):
+    """Monitoring rule ``rule`` fired after round ``round_index`` (``client_id``: whose)."""
+
+    kind: ClassVar[str] = "alert_raised"
+    run_id: str
+    round_index: int
+    rule: str
+    message: str
+    client_id: str | None
+
+
+@dataclass(frozen=True)
 class ClientQuarantined(AuditEvent):
     """``client_id`` was excluded from the run's later rounds, for ``reason``."""
 
@@ -279,6 +292,7 @@ EVENT_TYPES: dict[str, type[AuditEvent]] = {
         RoundStarted,
         RoundCompleted,
         UpdateRejected,
+        AlertRaised,
         ClientQuarantined,
         ModelRegistered,
         ModelPromoted,
@@ -815,6 +829,12 @@ class ServerAuditTrail:
 
     def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
         self.log.append(RoundStarted(self.run_id, round_index, tuple(cohort), self.dp))
+
+    def alert_raised(self, alert: Alert) -> None:
+        """Record a monitoring alert (an alert sink)."""
+        self.log.append(
+            AlertRaised(self.run_id, alert.round_index, alert.rule, alert.message, alert.client_id)
+        )
 
     def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
         self.log.append(UpdateRejected(self.run_id, round_index, client_id, reason))

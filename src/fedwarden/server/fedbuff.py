@@ -111,6 +111,7 @@ class FedBuffServer(Server):
                     continue
                 if isinstance(reply, ClientFailure):
                     traffic.failures[reply.reason] += 1
+                    traffic.silent_clients.append(reply.client_id)
                     logger.warning("client %s %s", reply.client_id, reply.message)
                     continue
                 staleness = round_index - reply.round_index

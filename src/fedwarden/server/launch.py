@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 
     from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RunStore
+    from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -595,6 +596,8 @@ class Deployment:
     listening: threading.Event = field(default_factory=threading.Event)
     launcher: LocalClients | None = None
     """Local client processes to start (``fedwarden run`` on the grpc runtime)."""
+    metrics: FederationMetrics = field(default_factory=lambda: _new_metrics())
+    """The Prometheus series served on the operations endpoint's ``/metrics``."""
 
     @classmethod
     def local(cls, directory: Path, dataset: FederatedDataset) -> Deployment:
@@ -606,6 +609,40 @@ class Deployment:
         tls = launcher.provision()
         audit_key = load_signing_key(launcher.pki / "servers" / "server" / "audit.key")
         return cls("127.0.0.1:0", tls, audit_key=audit_key, launcher=launcher)
+
+
+def _new_metrics() -> FederationMetrics:
+    from fedwarden.monitor.alerts import FederationMetrics
+
+    return FederationMetrics()
+
+
+def build_monitoring(
+    config: RunConfig,
+    audit: ServerAuditTrail | None,
+    metrics: FederationMetrics | None,
+) -> Monitoring:
+    """The alert rules of ``config.monitoring``, delivering to the log, audit trail and webhook."""
+    from fedwarden.monitor.alerts import AlertRules, AlertThresholds, Monitoring, webhook
+
+    section = config.monitoring
+    sinks: list[Callable[[Alert], None]] = []
+    if audit is not None:
+        sinks.append(audit.alert_raised)
+    if section.webhook_url is not None:
+        sinks.append(webhook(section.webhook_url))
+    rules = AlertRules(
+        AlertThresholds(
+            loss_patience=section.loss_patience,
+            max_dropout_fraction=section.max_dropout_fraction,
+            silent_rounds=section.silent_rounds,
+            budget_warning_fraction=section.budget_warning_fraction,
+            accuracy_floor=section.accuracy_floor,
+        ),
+        budget_epsilon=config.privacy.epsilon if config.privacy.mechanism != "none" else None,
+        sinks=sinks,
+    )
+    return Monitoring(rules, metrics or _new_metrics())
 
 
 def open_store(config: RunConfig, deployment: Deployment | None) -> RunStore:
@@ -863,6 +900,9 @@ def _run(
             "observer": observer,
             "privacy": privacy,
             "audit": audit,
+            "monitor": build_monitoring(
+                config, audit, None if deployment is None else deployment.metrics
+            ),
         }
         asynchronous = config.asynchronous
         server = (

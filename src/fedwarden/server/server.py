@@ -71,6 +71,13 @@ class RoundAudit(Protocol):
         """A round was aggregated (or not), recorded and checkpointed."""
 
 
+class RoundMonitor(Protocol):
+    """Alert rules and metrics (``fedwarden.monitor.alerts.Monitoring``)."""
+
+    def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
+        """A round finished; ``silent_clients`` were sampled and did not deliver."""
+
+
 class RoundPrivacy(Protocol):
     """The privacy accounting of a run's rounds (e.g. :class:`UserLevelPrivacy`)."""
 
@@ -153,6 +160,8 @@ class RoundTraffic:
     failures: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
     bytes_up: int = 0
+    silent_clients: list[str] = field(default_factory=list)
+    """Sampled clients that dropped out or failed."""
 
     def record_fields(self) -> dict[str, Any]:
         """The :class:`RoundRecord` fields these counts fill."""
@@ -196,6 +205,7 @@ class Server:
         privacy: RoundPrivacy | None = None,
         reputation: Reputation | None = None,
         audit: RoundAudit | None = None,
+        monitor: RoundMonitor | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -214,6 +224,7 @@ class Server:
         self.privacy = privacy
         self.reputation = reputation
         self.audit = audit
+        self.monitor = monitor
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
@@ -369,6 +380,8 @@ class Server:
         self._checkpoint()
         if self.audit is not None:
             self.audit.round_completed(record)
+        if self.monitor is not None:
+            self.monitor.round_completed(record, traffic.silent_clients)
         if self.observer is not None:
             self.observer.round_finished(record)
         return record
@@ -405,6 +418,7 @@ class Server:
                 continue
             if isinstance(reply, ClientFailure):
                 traffic.failures[reply.reason] += 1
+                traffic.silent_clients.append(reply.client_id)
                 logger.warning(
                     "round %d: client %s %s", round_index, reply.client_id, reply.message
                 )

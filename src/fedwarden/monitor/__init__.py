@@ -1,0 +1,1 @@
+"""Monitoring: alert rules over rounds, Prometheus metrics, and the web dashboard."""
