@@ -684,6 +684,36 @@ def client_command(
         raise typer.Exit(2) from None
 
 
+@app.command("serve")
+def serve_command(
+    reference: Annotated[
+        str, typer.Argument(help="The model to serve: MODEL@production or MODEL@X.Y.Z.")
+    ],
+    store: Annotated[str, typer.Option(help="SQLAlchemy URL of the run store (the registry).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    shadow: Annotated[
+        str | None, typer.Option(help="A candidate (MODEL@X.Y.Z) that sees shadow traffic.")
+    ] = None,
+    shadow_share: Annotated[
+        float, typer.Option(help="Share of requests also sent to the shadow (0 to 1).")
+    ] = 0.0,
+    drift_reference: Annotated[
+        Path | None,
+        typer.Option(help="Reference histograms (JSON) to watch the served inputs' drift against."),
+    ] = None,
+) -> None:
+    """Serve a registered model: POST /predict, GET /health, /metrics, /shadow (FastAPI)."""
+    from fedwarden.serve.app import serve_model
+
+    _logging_console(level=logging.INFO)
+    try:
+        serve_model(store, reference, host, port, shadow, shadow_share, drift_reference)
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+
+
 def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:
     """The console that log lines (and progress) go to."""
     console = Console(stderr=stderr)
