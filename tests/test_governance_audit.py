@@ -39,6 +39,7 @@ from fedwarden.governance import (
 from fedwarden.governance.audit import (
     EVENT_TYPES,
     GENESIS_HASH,
+    AlertRaised,
     AuditEvent,
     canonical_json,
     entry_hash,
@@ -134,7 +135,7 @@ def test_event_reads_back_equal_from_its_payload() -> None:
 
 
 def test_every_event_type_is_read_back_by_its_own_kind() -> None:
-    assert len(EVENT_TYPES) == 10
+    assert len(set(EVENT_TYPES.values())) == len(EVENT_TYPES)
     for kind, event_type in EVENT_TYPES.items():
         assert event_type.kind == kind
 
@@ -595,3 +596,11 @@ def test_cli_pdf_report_says_it_needs_weasyprint_when_it_is_not_installed(
     assert result.exit_code == 2
     assert "weasyprint" in result.output
     assert not output.exists()
+
+
+def test_a_monitoring_alert_is_recorded_and_read_back(store: RunStore) -> None:
+    alert = AlertRaised("run-1", 4, "client_silent", "carol silent 3 rounds", "carol")
+    AuditLog(store, SIGNING_KEY).append(alert)
+    (entry,) = read_entries(store)
+    assert entry.kind == "alert_raised" and entry.event() == alert
+    assert verify(store, SIGNING_KEY.public_key()).ok
