@@ -386,22 +386,9 @@ def _error_exit(error: FedwardenError) -> typer.Exit:
 
 def _existing_store(url: str) -> RunStore:
     """Open the run store at ``url``, refusing a SQLite file that does not exist yet."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
     from fedwarden.governance.store import RunStore
 
-    try:
-        database_url = make_url(url)
-        database = database_url.database
-        if database_url.get_backend_name() == "sqlite" and database and not Path(database).exists():
-            raise FedwardenError(f"there is no run store at {database}; check the store URL")
-        return RunStore(database_url)
-    except SQLAlchemyError as error:
-        raise FedwardenError(
-            f"cannot open the run store {url!r}: {error}; give a SQLAlchemy URL such as "
-            "sqlite:///runs/fedwarden.db or postgresql+psycopg://user@host/database"
-        ) from None
+    return RunStore.existing(url)
 
 
 def _registry(store: RunStore, audit_key: Path | None) -> ModelRegistry:
@@ -411,6 +398,44 @@ def _registry(store: RunStore, audit_key: Path | None) -> ModelRegistry:
 
     audit = None if audit_key is None else AuditLog(store, load_signing_key(audit_key))
     return ModelRegistry(store, audit)
+
+
+@audit_app.command("privacy")
+def audit_privacy_command(
+    config: Annotated[
+        Path, typer.Argument(help="Run config (TOML) with privacy.mechanism dp_sgd.")
+    ],
+    method: Annotated[
+        str, typer.Option(help="one_run (Steinke et al. 2023) or multi_run (Nasr et al. 2021).")
+    ] = "one_run",
+    canaries: Annotated[int, typer.Option(help="Canaries planted (one_run).")] = 500,
+    runs: Annotated[
+        int, typer.Option(help="Trainings with and without a canary (multi_run).")
+    ] = 64,
+    confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
+) -> None:
+    """Measure a lower bound on epsilon with canaries and print it beside the accountant's claim.
+
+    Exits 1 when the measured bound exceeds the claim: that is a bug in the accounting.
+    """
+    from fedwarden.attacks.dp_audit import audit_privacy
+
+    console = _logging_console()
+    try:
+        if method not in ("one_run", "multi_run"):
+            raise FedwardenError(f"--method {method!r}: use one_run or multi_run")
+        result = audit_privacy(
+            load_config(config),
+            method="one_run" if method == "one_run" else "multi_run",
+            num_canaries=canaries,
+            num_runs=runs,
+            confidence=confidence,
+        )
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console.print(escape(result.summary()))
+    if result.exceeds_claim:
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify")
@@ -679,6 +704,47 @@ def client_command(
         )
         signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
         client.run()
+    except FedwardenError as error:
+        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
+        raise typer.Exit(2) from None
+
+
+@app.command("dashboard")
+def dashboard_command(
+    store: Annotated[str, typer.Argument(help="SQLAlchemy URL of the run store.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDWARDEN_DASHBOARD_TOKEN",
+            help="Bearer token that authorizes promote and rollback (16 characters or more).",
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8050,
+    public_key: Annotated[
+        Path | None, typer.Option(help="Audit public key (audit.pub) to verify the log with.")
+    ] = None,
+    audit_key: Annotated[
+        Path | None,
+        typer.Option(help="Audit signing key (audit.key): needed for registry changes."),
+    ] = None,
+    refresh_seconds: Annotated[float, typer.Option(help="How often the page refreshes.")] = 10.0,
+) -> None:
+    """Serve the monitoring dashboard: runs, rounds, clients, the audit log, the registry."""
+    from fedwarden.governance.audit import load_public_key, load_signing_key
+    from fedwarden.monitor.dashboard import serve_dashboard
+
+    _logging_console(level=logging.INFO)
+    try:
+        serve_dashboard(
+            store,
+            host=host,
+            port=port,
+            token=token,
+            audit_public_key=None if public_key is None else load_public_key(public_key),
+            audit_signing_key=None if audit_key is None else load_signing_key(audit_key),
+            refresh_seconds=refresh_seconds,
+        )
     except FedwardenError as error:
         Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
         raise typer.Exit(2) from None

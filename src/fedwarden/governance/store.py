@@ -79,7 +79,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fedwarden.core.errors import FedwardenError
 
@@ -377,6 +377,25 @@ class RunStore:
         """A store in the SQLite file ``path``, creating the file and its folder if missing."""
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(URL.create("sqlite", database=str(path)))
+
+    @classmethod
+    def existing(cls, url: str) -> RunStore:
+        """Open the store at ``url``; a SQLite file that does not exist or a bad URL is refused."""
+        try:
+            database_url = make_url(url)
+            database = database_url.database
+            if (
+                database_url.get_backend_name() == "sqlite"
+                and database
+                and not Path(database).exists()
+            ):
+                raise StoreError(f"there is no run store at {database}; check the store URL")
+            return cls(database_url)
+        except SQLAlchemyError as error:
+            raise StoreError(
+                f"cannot open the run store {url!r}: {error}; give a SQLAlchemy URL such as "
+                "sqlite:///runs/fedwarden.db or postgresql+psycopg://user@host/database"
+            ) from None
 
     def close(self) -> None:
         """Close every pooled database connection."""
