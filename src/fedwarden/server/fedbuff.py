@@ -106,13 +106,8 @@ class FedBuffServer(Server):
                 self._in_flight.pop(reply.client_id, None)
                 if self.observer is not None:
                     self.observer.client_finished(round_index)
-                if isinstance(reply, UpdateRefused):
-                    self.rejected(traffic, round_index, reply.client_id, reply.reason)
-                    continue
-                if isinstance(reply, ClientFailure):
-                    traffic.failures[reply.reason] += 1
-                    traffic.silent_clients.append(reply.client_id)
-                    logger.warning("client %s %s", reply.client_id, reply.message)
+                if not isinstance(reply, ClientUpdate):
+                    self.undelivered(traffic, round_index, reply)
                     continue
                 staleness = round_index - reply.round_index
                 traffic.bytes_up += reply.payload_bytes

@@ -386,6 +386,17 @@ class Server:
             self.observer.round_finished(record)
         return record
 
+    def undelivered(
+        self, traffic: RoundTraffic, round_index: int, reply: ClientFailure | UpdateRefused
+    ) -> None:
+        """Count and log a client that failed, or an upload its transport refused."""
+        if isinstance(reply, UpdateRefused):
+            self.rejected(traffic, round_index, reply.client_id, reply.reason)
+            return
+        traffic.failures[reply.reason] += 1
+        traffic.silent_clients.append(reply.client_id)
+        logger.warning("round %d: client %s %s", round_index, reply.client_id, reply.message)
+
     def rejected(
         self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str
     ) -> None:
@@ -413,15 +424,8 @@ class Server:
         for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
             if self.observer is not None:
                 self.observer.client_finished(round_index)
-            if isinstance(reply, UpdateRefused):
-                self.rejected(traffic, round_index, reply.client_id, reply.reason)
-                continue
-            if isinstance(reply, ClientFailure):
-                traffic.failures[reply.reason] += 1
-                traffic.silent_clients.append(reply.client_id)
-                logger.warning(
-                    "round %d: client %s %s", round_index, reply.client_id, reply.message
-                )
+            if not isinstance(reply, ClientUpdate):
+                self.undelivered(traffic, round_index, reply)
                 continue
             traffic.bytes_up += reply.payload_bytes
             try:
