@@ -72,7 +72,10 @@ def test_one_server_and_five_clients_complete_three_rounds_over_mutual_tls(feder
         assert client.source == "certificate"
     assert not any((run.run_dir() / "spool").rglob("*.bin")), "spool not cleared after the run"
     kinds = _verified_audit_kinds(run)
-    assert kinds == ["run_created"] + ["round_started", "round_completed"] * 3
+    assert kinds == ["run_created"] + ["round_started", "round_completed"] * 3 + [
+        "model_registered"
+    ]
+    assert run.summary()["registered_model"] == "deployed@1.0.0"
 
 
 def _verified_audit_kinds(run: Federation) -> list[str]:

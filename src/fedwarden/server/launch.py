@@ -975,9 +975,50 @@ def _run(
         heterogeneity = label_heterogeneity(dataset)
         extras["label_chi2"] = heterogeneity.chi2
         extras["label_chi2_p_value"] = heterogeneity.p_value
+    completed = run_dir is not None and store is not None and result.rounds == config.rounds
+    if completed and audit is not None and run_dir is not None and store is not None:
+        description = f"{config.data.source}, held by {len(dataset.clients)} clients"
+        extras["registered_model"] = _register_model(store, audit, run_dir, result, description)
     final = RunResult(**{**result.__dict__, "extras": extras})
     if run_dir is not None:
         run_dir.write_summary(final.to_json())
-        if store is not None and final.rounds == config.rounds:
+        if store is not None and completed:
             store.finish_run(run_dir.path.name, "completed")
     return final
+
+
+def _register_model(
+    store: RunStore,
+    audit: ServerAuditTrail,
+    run_dir: RunDirectory,
+    result: RunResult,
+    data_description: str,
+) -> str:
+    """Register the run's final model as the next candidate version (audited); its reference."""
+    import hashlib
+
+    from fedwarden.governance.registry import ModelRegistry
+
+    metrics = {
+        name: value
+        for name, value in (
+            ("accuracy", result.accuracy),
+            ("loss", result.loss),
+            ("client_accuracy", result.client_accuracy),
+        )
+        if value is not None
+    }
+    version = ModelRegistry(store, audit.log).register(
+        run_dir.path.name,
+        None,
+        run_dir.path / "model.npz",
+        (run_dir.path / "param_spec.json").read_text(),
+        rounds=result.rounds,
+        participants=sum(record.participants for record in result.history),
+        dp=audit.dp,
+        metrics=metrics,
+        config_hash=hashlib.sha256(run_dir.read_config().encode()).hexdigest(),
+        data_description=data_description,
+    )
+    logger.info("registered the final model as %s", version.reference)
+    return version.reference
