@@ -214,8 +214,7 @@ def run_command(
         with ConsoleObserver(console, settings.rounds, start) as observer:
             result = run_config(settings, resume=resume, observer=observer)
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
     for line in _summary_lines(result):
         console.print(line)
     if as_json:
@@ -283,8 +282,7 @@ def query_command(
             neighboring=neighboring,  # type: ignore[arg-type]
         )
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
     summary = result.as_dict()
     for name, value in summary.items():
         console.print(f"{name}: {escape(str(value))}")
@@ -311,8 +309,7 @@ def pki_init_command(
     try:
         paths = init_ca(directory, name, force=force)
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
     console = Console()
     console.print(f"CA certificate: {escape(str(paths.certificate))}")
     console.print(f"CA key (keep secret, mode 0600): {escape(str(paths.key))}")
@@ -345,8 +342,7 @@ def pki_issue_command(
             force=force,
         )
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
     console = Console()
     console.print(f"{kind} kit: {escape(str(paths.directory))}")
     for label, path in (
@@ -668,8 +664,7 @@ def server_command(
             result = serve(settings, deployment, observer=observer)
         health.shutdown()
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
     except KeyboardInterrupt:
         console.print("server stopped; start it again to continue the run")
         raise typer.Exit(130) from None
@@ -705,8 +700,7 @@ def client_command(
         signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
         client.run()
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
 
 
 @app.command("dashboard")
@@ -746,8 +740,7 @@ def dashboard_command(
             refresh_seconds=refresh_seconds,
         )
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
 
 
 @app.command("serve")
@@ -776,8 +769,7 @@ def serve_command(
     try:
         serve_model(store, reference, host, port, shadow, shadow_share, drift_reference)
     except FedwardenError as error:
-        Console(stderr=True, soft_wrap=True).print("[red]error:[/red]", escape(str(error)))
-        raise typer.Exit(2) from None
+        raise _error_exit(error) from None
 
 
 def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:

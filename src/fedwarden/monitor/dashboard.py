@@ -479,11 +479,6 @@ def _model_view(version: ModelVersion) -> ModelView:
     )
 
 
-def open_store(store_url: str) -> RunStore:
-    """Open an existing run store (``StoreError`` for a missing SQLite file or a bad URL)."""
-    return RunStore.existing(store_url)
-
-
 # The application.
 
 
@@ -522,7 +517,7 @@ def create_app(
         )
     if not (math.isfinite(refresh_seconds) and refresh_seconds >= 0):
         raise DashboardError(f"refresh_seconds {refresh_seconds} must be a finite number >= 0")
-    store = open_store(store_url)
+    store = RunStore.existing(store_url)
     try:
         audit = None if audit_signing_key is None else AuditLog(store, audit_signing_key)
     except FedwardenError:

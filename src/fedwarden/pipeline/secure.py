@@ -426,14 +426,14 @@ class SecureSum(Aggregator):
             "clip_norm": self.clip_norm if self.distributed_dp is None else None,
             "distributed_dp": self.distributed_dp is not None,
         }
-        setup = None
-        if self._server is not None:
-            setup = self._server.setup
-        if self.last_round is not None:
-            params = self.last_round.params
-            report["num_neighbours"] = params.num_neighbours
-            report["threshold"] = params.threshold
-        elif setup is not None:
-            report["num_neighbours"] = setup.num_neighbours
-            report["threshold"] = setup.threshold
+        resolved = (
+            self.last_round.params
+            if self.last_round is not None
+            else None
+            if self._server is None
+            else self._server.setup
+        )
+        if resolved is not None:
+            report["num_neighbours"] = resolved.num_neighbours
+            report["threshold"] = resolved.threshold
         return report

@@ -489,11 +489,11 @@ class GrpcRuntime(Runtime):
                     self._expire(task.task_id)
             for task in overdue:
                 del self._asynchronous[task.task_id]
-                replies.append(_overdue(task, deadline_s))
+                replies.append(_overdue(task.round_index, task.client_id, deadline_s))
         wait = timeout
         while True:
             try:
-                reply, answered = self._next_reply(wait)
+                reply, answered = self._replies.get(timeout=wait)
             except queue.Empty:
                 return replies
             wait = 0.0
@@ -542,14 +542,12 @@ class GrpcRuntime(Runtime):
             if not open_ids:
                 break
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            if deadline_s is not None and left is not None and left <= 0:
                 for client_id in self._close_tasks(open_ids):
-                    yield ClientFailure(
-                        round_index, client_id, "deadline", f"did not reply within {deadline_s} s"
-                    )
+                    yield _overdue(round_index, client_id, deadline_s)
                 break
             try:
-                reply, answered = self._next_reply(min(left or 1.0, 1.0))
+                reply, answered = self._replies.get(timeout=min(left or 1.0, 1.0))
             except queue.Empty:
                 continue
             if answered is not None:
@@ -559,10 +557,6 @@ class GrpcRuntime(Runtime):
             yield reply
         if version is not None:
             self.retire(version)
-
-    def _next_reply(self, timeout: float) -> tuple[Reply, str | None]:
-        """The next reply and the task it answers (None for a refusal, which answers none)."""
-        return self._replies.get(timeout=timeout)
 
     def _lost_tasks(self, open_ids: Mapping[str, str]) -> list[_OpenTask]:
         """Open tasks whose client is not connected or has gone silent; closed here.
@@ -1056,10 +1050,8 @@ def _lost(task: _OpenTask) -> ClientFailure:
     )
 
 
-def _overdue(task: _OpenTask, deadline_s: float) -> ClientFailure:
-    return ClientFailure(
-        task.round_index, task.client_id, "deadline", f"did not reply within {deadline_s} s"
-    )
+def _overdue(round_index: int, client_id: str, deadline_s: float) -> ClientFailure:
+    return ClientFailure(round_index, client_id, "deadline", f"did not reply within {deadline_s} s")
 
 
 def _train_message(train: TrainConfig) -> pb.TrainConfig:
