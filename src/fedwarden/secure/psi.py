@@ -7,12 +7,20 @@ raise what they received to their own exponent, and compare. Because
 ``(H(x)^a)^b = (H(x)^b)^a``, equal identifiers meet at the same double-blinded
 value; under DDH in the random-oracle model nothing else is learned.
 
-One round trip between two parties, :class:`PsiReceiver` and :class:`PsiSender`:
+Two parties, :class:`PsiReceiver` (secret ``b``) and :class:`PsiSender` (secret ``a``):
 
-1. the receiver sends :class:`PsiRequest`: ``H(y)^b`` for each of its ids ``y``;
-2. the sender answers :class:`PsiResponse`: the receiver's points raised to its
-   own secret, ``H(y)^{ab}``, and its own ids blinded once, ``H(x)^a``, shuffled;
-3. the receiver raises the sender's points to ``b`` and compares.
+1. the sender sends :class:`PsiOffer`: its own ids blinded once, ``H(x)^a``,
+   shuffled. It needs nothing from the receiver, so it travels while
+2. the receiver sends :class:`PsiRequest`: ``H(y)^b`` for each of its ids ``y``;
+3. the receiver raises the offer to ``b`` (:meth:`PsiReceiver.accept`) while the
+   sender answers with :class:`PsiResponse`: the request raised to ``a``, ``H(y)^{ab}``;
+4. the receiver compares (:meth:`PsiReceiver.finish`).
+
+Each party's work is so two halves, each running at the same time as the
+other party's. This is the only order: each step runs once, and a sender
+refuses to :meth:`~PsiSender.respond` before it offered, a receiver to
+:meth:`~PsiReceiver.finish` before it accepted an offer, so the sender's
+points reach the receiver one way only.
 
 Two modes, fixed when both parties are built:
 
@@ -26,45 +34,71 @@ The sender learns only the receiver's set size. Security is against
 semi-honest parties: a party that deviates from the protocol (say, sends the
 same point twice) can learn more, as in every DH-PSI.
 
-The group, and why not ristretto255
------------------------------------
-The issue asked for ristretto255 (``crypto_core_ristretto255_from_hash`` and
-``crypto_scalarmult_ristretto255``). The PyNaCl we depend on (1.6) builds
-libsodium without ristretto255 and exposes neither function, and its
-``crypto_scalarmult_ed25519_noclamp`` costs three times an X25519 on the same
-machine (about 110 us against 40 us). So the group is the same one, the
-prime-order subgroup (order ``L = 2^252 + ...``) of Curve25519 that ristretto255
-encodes, reached through functions PyNaCl does expose:
+The group
+---------
+The prime-order subgroup (order ``L = 2^252 + ...``) of Curve25519, the group
+ristretto255 encodes. The PyNaCl we depend on (1.6) has no ristretto255, and
+its Edwards ``crypto_scalarmult_ed25519_noclamp`` costs 178 us against 44 us
+for X25519, so points travel as Montgomery ``u``-coordinates:
 
-* **Hash to the group** (:func:`hash_to_group`): ``SHA-512`` of a
-  domain-separated identifier; each 32-byte half is mapped by Elligator 2 with
-  the cofactor cleared (``crypto_core_ed25519_from_uniform``) and the two points
-  are added, the construction of RFC 9380's random-oracle ``hash_to_curve`` and
-  of ristretto255's own ``from_hash``. The point is then written as its
-  Montgomery ``u``-coordinate, ``u = (1 + y) / (1 - y)`` (RFC 7748 section 4.1),
-  with one field inversion for the whole batch (Montgomery's trick).
 * **Blinding**: X25519 (``crypto_scalarmult``, RFC 7748) with a secret of 32
-  bytes from :mod:`secrets`. X25519 clamps it to ``8 k`` with bit 254 set, so
-  the effective exponent is a multiple of the cofactor: it keeps points in the
-  prime-order subgroup and is uniform enough there (about ``2^251`` values).
-  Exponentiation commutes, so ``X25519(a, X25519(b, P)) = X25519(b, X25519(a, P))``.
+  bytes from :mod:`secrets`. X25519 clamps it to ``8 k`` with bit 254 set: a
+  multiple of the cofactor, so the result lies in the prime-order subgroup,
+  and about ``2^251`` exponents. Exponentiation commutes. A ``u`` names a point
+  up to sign, which changes nothing: ids collide only if ``H(x) = +-H(y)``.
+  Every received point must be a canonical 32-byte ``u < 2^255 - 19``; one
+  that gives the identity when blinded (a low-order point) is refused.
+* **Hash to the group** (:func:`hash_to_group`): the first 32 bytes of
+  ``SHA-512`` of a domain-separated id, mapped by one Elligator 2 map with the
+  cofactor cleared (``crypto_core_ed25519_from_uniform``: RFC 9380's
+  ``encode_to_curve``), then written as ``u = (1 + y) / (1 - y)`` (RFC 7748
+  section 4.1) with one field inversion for the whole batch (Montgomery's trick).
 
-A ``u``-coordinate names a point up to sign (``P`` and ``-P``), which changes
-nothing here: two different ids collide only if ``H(x) = +-H(y)``, a chance of
-about ``2^-251``. Every received point must be a canonical 32-byte
-``u < 2^255 - 19``; one that gives the identity when blinded (a low-order
-point) is refused.
+Three hashes were weighed (CPU per id on the 2-core AMD EPYC of issue 8,
+``benchmarks/psi.py``): two Elligator maps added, RFC 9380's random-oracle
+``hash_to_curve``, used before (98 us); one map (41 us, used); the SHA-512
+output taken as a ``u`` directly (1.2 us, refused).
 
-Speed. Each party hashes its own ids once (two Elligator maps and a point
-addition, about half the work) and performs one X25519 per id of each set; the
-libsodium calls release the GIL, so a party spreads them over ``workers``
-threads. ``benchmarks/psi.py`` with 100,000 ids per side measured about 39 CPU
-seconds in all on a shared 2-core AMD EPYC virtual machine (some 20 s of wall
-time when both cores are free), so the issue's target of 10 s on 2 cores is
-not met there; OpenMined's ``openmined-psi`` (ECDH over P-256 in C++) took
-about 47 CPU seconds on the same ids. This module stays the default: it is the
-faster of the two, it needs only PyNaCl, and ``openmined-psi`` 2.0.6 pins
-``protobuf==6.30.2``, which conflicts with the protobuf our gRPC runtime needs.
+*SHA-512 as a u, refused.* X25519 accepts every ``u``; a random one lies on
+the curve or on its quadratic twist (order ``4 p'``, ``p'`` a 253-bit prime),
+and exponentiation commutes on either, so equal ids would still meet. But the
+curve and the twist are two different groups, and which one holds a ``u`` is
+public (whether ``u^3 + 486662 u^2 + u`` is a square) and kept by
+exponentiation. So every blinded point shows one bit of its id's hash: the
+receiver learns how many of the sender's ids outside the intersection hash to
+the twist, the sender the same of the receiver's ids. That is a function of
+the other set beyond its size, which no simulator holding only the size can
+produce: the DDH argument fails, whatever DDH's hardness in the two groups.
+Forcing hashes onto the curve needs that square test per id, which PyNaCl
+does not expose; in Python (``pow``) it costs some 200 us.
+
+*One Elligator map, used.* Its output is not uniform (Elligator reaches about
+half the curve, so after the cofactor is cleared some subgroup points are
+reached more often than others), so it is not a random oracle into the group. The DDH argument
+survives with the random oracle on the 32-byte string: a reduction that knows
+a group element (with a DDH challenge embedded) keeps it with probability
+proportional to its number of preimages and programs the oracle with one of
+them at random (Elligator 2 is invertible), which gives the oracle exactly
+uniform outputs; this is Brier et al.'s "weak encoding" argument (CRYPTO 2010)
+at a constant factor in the reduction. Every hash lies on the curve, in the
+prime-order subgroup, so points carry no twist bit.
+
+Speed
+-----
+Per party and per id: one hash (41 us) and two X25519 (45 us each), about
+130 us, so some 13 CPU seconds a party and 26 for both at 100,000 ids each,
+of which the 400,000 X25519 are 18. The libsodium calls release the
+GIL, so a party spreads them over ``workers`` threads. ``benchmarks/psi.py``
+runs the two parties at once, a process and a core each; on the shared 2-core
+machine of issue 8, busy with other work, they took 29.6 CPU seconds for
+both, 14.9 for the busier one. Two parties sharing 2 cores cannot finish in
+less wall time than half their CPU time, about 13 s: issue 8's target of 10 s
+on 2 cores is not met, and even a free hash would leave 9 s of X25519. With
+each party on a 2-core machine of its own, each half of its work runs on both
+cores: about 7 s (half a party's CPU time; not measured here). OpenMined's
+``openmined-psi`` (ECDH over P-256 in C++) took about 47 CPU seconds on the
+same ids when last measured; it pins ``protobuf==6.30.2``, which conflicts
+with our gRPC runtime's protobuf, so it is not installed.
 
 Many parties
 ------------
@@ -86,7 +120,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, TypeVar, get_args
+from typing import ClassVar, Literal, TypeVar, get_args
 
 from nacl import bindings, exceptions
 
@@ -97,6 +131,7 @@ __all__ = [
     "Identifier",
     "PsiError",
     "PsiMode",
+    "PsiOffer",
     "PsiOutcome",
     "PsiReceiver",
     "PsiRequest",
@@ -120,12 +155,12 @@ POINT_BYTES = 32
 """Length of every group element on the wire: a Curve25519 ``u``-coordinate."""
 
 _Item = TypeVar("_Item")
-_Message = TypeVar("_Message", "PsiRequest", "PsiResponse")
+_Message = TypeVar("_Message", "PsiRequest", "PsiOffer", "PsiResponse")
 _Result = TypeVar("_Result")
 
 _FIELD_PRIME = 2**255 - 19
 _Y_MASK = (1 << 255) - 1
-_DOMAIN = b"fedwarden.psi.v1/hash_to_group/"
+_DOMAIN = b"fedwarden.psi.v2/encode_to_group/"
 
 
 class PsiError(FedwardenError):
@@ -150,14 +185,17 @@ def identifier_bytes(identifier: Identifier) -> bytes:
 
 
 def hash_to_group(identifiers: Sequence[Identifier], workers: int = 1) -> list[bytes]:
-    """Each id hashed to the prime-order group of Curve25519, as a 32-byte ``u``-coordinate.
+    """Each id encoded into the prime-order group of Curve25519, as a 32-byte ``u``-coordinate.
 
-    ``SHA-512(domain || id)``; Elligator 2 on each half with the cofactor
-    cleared, the two points added (RFC 9380's random-oracle construction),
+    RFC 9380's ``encode_to_curve`` for edwards25519 (one Elligator 2 map, the
+    cofactor cleared) applied to the first 32 bytes of ``SHA-512(domain || id)``,
     then mapped to Montgomery form. Public: it involves no secret.
     """
-    digests = [hashlib.sha512(_DOMAIN + identifier_bytes(item)).digest() for item in identifiers]
-    edwards_points = _parallel_map(_edwards_hash, digests, workers)
+    digests = [
+        hashlib.sha512(_DOMAIN + identifier_bytes(item)).digest()[:POINT_BYTES]
+        for item in identifiers
+    ]
+    edwards_points = _parallel_map(bindings.crypto_core_ed25519_from_uniform, digests, workers)
     return _montgomery_coordinates(edwards_points)
 
 
@@ -170,15 +208,23 @@ class PsiRequest:
 
 
 @dataclass(frozen=True)
+class PsiOffer:
+    """Sender to receiver, before or while the request travels: ``H(x)^a`` for its ids, shuffled."""
+
+    mode: PsiMode
+    points: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class PsiResponse:
-    """Sender to receiver: ``H(y)^{ab}`` for the request's points, and ``H(x)^a`` for its own ids.
+    """Sender to receiver: ``H(y)^{ab}``, the request's points blinded again by the sender.
 
     ``double_blinded`` follows the request's order in ``"intersection"`` mode
-    and is shuffled in ``"cardinality"`` mode; ``sender_points`` is always shuffled.
+    and is shuffled in ``"cardinality"`` mode. The sender's own points never
+    travel here: they came earlier, as its :class:`PsiOffer`.
     """
 
     double_blinded: tuple[bytes, ...]
-    sender_points: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -191,6 +237,9 @@ class PsiOutcome:
 
 class _Party:
     """What both sides share: deduplicated ids, a secret exponent that never leaves, blinding."""
+
+    _STEPS: ClassVar[tuple[str, ...]]
+    """The party's public methods in the one order the protocol runs them."""
 
     def __init__(
         self, identifiers: Iterable[Identifier], mode: PsiMode, workers: int | None
@@ -207,6 +256,7 @@ class _Party:
         self._identifiers: tuple[Identifier, ...] = tuple(unique.values())
         self._secret = secrets.token_bytes(POINT_BYTES)
         self._step = 0
+        """How many of :attr:`_STEPS` have run."""
 
     @property
     def mode(self) -> PsiMode:
@@ -227,15 +277,31 @@ class _Party:
             "create one party object in the process that owns the ids"
         )
 
-    def _advance(self, expected: int, what: str) -> None:
-        """Move the protocol on by one step, refusing steps out of order or repeated."""
-        if self._step != expected:
+    def _advance(self, step: str) -> None:
+        """Move the protocol on to ``step``, refusing a step out of order or repeated."""
+        index = self._STEPS.index(step)
+        order = " -> ".join(f"{name}()" for name in self._STEPS)
+        where = f"{type(self).__name__}.{step} is step {index + 1} of the protocol ({order})"
+        if self._step < index:
+            missing = self._STEPS[self._step]
             raise PsiError(
-                f"{type(self).__name__}.{what} is step {expected + 1} of the protocol but this "
-                f"party has completed {self._step} steps; each step runs once, in order: build a "
-                "new party object for a new intersection"
+                f"{where} but {missing} (step {self._step + 1}) has not run yet: call "
+                f"{missing}() first"
+            )
+        if self._step > index:
+            raise PsiError(
+                f"{where} and has already run; each step runs once: build a new party object "
+                "for a new intersection"
             )
         self._step += 1
+
+    def _check_mode(self, mode: PsiMode, where: str) -> None:
+        """Refuse a message built for the other mode."""
+        if mode != self._mode:
+            raise PsiError(
+                f"the {where} is for {mode!r} but this {type(self).__name__} was built for "
+                f"{self._mode!r}; both parties must agree on the mode before they start"
+            )
 
     def _blind_own(self) -> list[bytes]:
         """``H(id)^secret`` for each of this party's ids, in the party's order."""
@@ -258,7 +324,13 @@ class _Party:
 
 
 class PsiReceiver(_Party):
-    """The side that learns the result: :meth:`request`, then :meth:`finish` with the response."""
+    """The side that learns the result: :meth:`request`, :meth:`accept` the offer, :meth:`finish`.
+
+    The sender's points come only in its :class:`PsiOffer`: :meth:`finish`
+    refuses to run before :meth:`accept` has taken one.
+    """
+
+    _STEPS = ("request", "accept", "finish")
 
     def __init__(
         self,
@@ -269,38 +341,51 @@ class PsiReceiver(_Party):
     ) -> None:
         super().__init__(identifiers, mode, workers)
         self._sent: tuple[bytes, ...] = ()
+        self._sender_double_blinded: frozenset[bytes] = frozenset()
 
     def request(self) -> PsiRequest:
         """Step 1: this party's ids hashed and blinded with its secret, in its own order."""
-        self._advance(0, "request")
+        self._advance("request")
         self._sent = tuple(self._blind_own())
         logger.debug("PSI receiver blinded %d ids (%s mode)", len(self._sent), self._mode)
         return PsiRequest(mode=self._mode, points=self._sent)
 
+    def accept(self, offer: PsiOffer) -> None:
+        """Step 2: blind the sender's offered points again, ``H(x)^{ab}``, while it answers."""
+        self._advance("accept")
+        self._check_mode(offer.mode, "sender's offer")
+        _check_points(offer.points, "offer.points")
+        self._sender_double_blinded = frozenset(self._blind(offer.points))
+        logger.debug("PSI receiver blinded the sender's %d offered points", len(offer.points))
+
     def finish(self, response: PsiResponse) -> PsiOutcome:
-        """Step 2: blind the sender's points again, compare, and return what may be learned."""
-        self._advance(1, "finish")
+        """Step 3: compare ``H(y)^{ab}`` with the sender's ``H(x)^{ab}``; return what is learned."""
+        self._advance("finish")
         if len(response.double_blinded) != len(self._sent):
             raise PsiError(
                 f"the PSI response holds {len(response.double_blinded)} double-blinded points for "
                 f"the {len(self._sent)} sent; the sender answered another request: abort"
             )
         _check_points(response.double_blinded, "response.double_blinded")
-        _check_points(response.sender_points, "response.sender_points")
-        sender_double_blinded = set(self._blind(response.sender_points))
+        matched = self._sender_double_blinded
         if self._mode == "cardinality":
-            size = sum(point in sender_double_blinded for point in response.double_blinded)
+            size = sum(point in matched for point in response.double_blinded)
             return PsiOutcome(size=size, intersection=None)
         shared = frozenset(
             identifier
             for identifier, point in zip(self._identifiers, response.double_blinded, strict=True)
-            if point in sender_double_blinded
+            if point in matched
         )
         return PsiOutcome(size=len(shared), intersection=shared)
 
 
 class PsiSender(_Party):
-    """The side that answers: :meth:`respond` to the receiver's request; it learns a set size."""
+    """The side that answers: :meth:`offer` its blinded ids first, then :meth:`respond`.
+
+    It learns only the receiver's set size.
+    """
+
+    _STEPS = ("offer", "respond")
 
     def __init__(
         self,
@@ -317,28 +402,25 @@ class PsiSender(_Party):
         """The receiver's number of ids, the one thing the sender learns (None before respond)."""
         return self._peer_set_size
 
+    def offer(self) -> PsiOffer:
+        """Step 1: this party's ids hashed and blinded, ``H(x)^a``, shuffled; needs no request."""
+        self._advance("offer")
+        own = self._blind_own()
+        _shuffle(own)
+        logger.debug("PSI sender offered its %d points (%s mode)", len(own), self._mode)
+        return PsiOffer(mode=self._mode, points=tuple(own))
+
     def respond(self, request: PsiRequest) -> PsiResponse:
-        """The only step: blind the receiver's points again, and send this party's own, shuffled."""
-        self._advance(0, "respond")
-        if request.mode != self._mode:
-            raise PsiError(
-                f"the receiver asked for {request.mode!r} but this sender was built for "
-                f"{self._mode!r}; both parties must agree on the mode before they start"
-            )
+        """Step 2: the receiver's points blinded again, ``H(y)^{ab}``; shuffled for cardinality."""
+        self._advance("respond")
+        self._check_mode(request.mode, "receiver's request")
         _check_points(request.points, "request.points")
         self._peer_set_size = len(request.points)
         double_blinded = self._blind(request.points)
         if self._mode == "cardinality":
             _shuffle(double_blinded)
-        own = self._blind_own()
-        _shuffle(own)
-        logger.debug(
-            "PSI sender answered %d points with its %d (%s mode)",
-            len(double_blinded),
-            len(own),
-            self._mode,
-        )
-        return PsiResponse(double_blinded=tuple(double_blinded), sender_points=tuple(own))
+        logger.debug("PSI sender answered %d points (%s mode)", len(double_blinded), self._mode)
+        return PsiResponse(double_blinded=tuple(double_blinded))
 
 
 @dataclass(frozen=True)
@@ -347,7 +429,7 @@ class RelayedMessage:
 
     sender: str
     recipient: str
-    message: PsiRequest | PsiResponse
+    message: PsiRequest | PsiOffer | PsiResponse
 
 
 class RelayCoordinator:
@@ -422,7 +504,9 @@ def _run_pair(
     """One intersection-mode run between two parties, every message through the relay."""
     receiver = PsiReceiver(receiver_ids, "intersection", workers=workers)
     sender = PsiSender(sender_ids, "intersection", workers=workers)
+    offer = relay.relay(sender_name, receiver_name, sender.offer())
     request = relay.relay(receiver_name, sender_name, receiver.request())
+    receiver.accept(offer)
     response = relay.relay(sender_name, receiver_name, sender.respond(request))
     outcome = receiver.finish(response)
     assert outcome.intersection is not None
@@ -435,13 +519,6 @@ def _own_objects(
     """The ids of ``identifiers`` whose canonical bytes are among ``shared``'s."""
     wanted = {identifier_bytes(identifier) for identifier in shared}
     return frozenset(item for item in identifiers if identifier_bytes(item) in wanted)
-
-
-def _edwards_hash(digest: bytes) -> bytes:
-    """An Edwards point: the sum of Elligator 2 maps (cofactor cleared) of a digest's halves."""
-    first = bindings.crypto_core_ed25519_from_uniform(digest[:32])
-    second = bindings.crypto_core_ed25519_from_uniform(digest[32:])
-    return bindings.crypto_core_ed25519_add(first, second)
 
 
 def _montgomery_coordinates(edwards_points: Sequence[bytes]) -> list[bytes]:
