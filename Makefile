@@ -46,7 +46,8 @@ bench: install
 proto: install-test
 	$(BIN)/pip install --quiet --no-deps "grpcio-tools==1.62.3"
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
-		src/fedwarden/runtime/grpc/federation.proto src/fedwarden/secure/secagg.proto
+		src/fedwarden/runtime/grpc/federation.proto src/fedwarden/secure/secagg.proto \
+		src/fedwarden/vertical/vertical.proto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -14,35 +14,49 @@ split (same seeds, same batches), then split with DP on the activations the
 feature parties send (:class:`fedwarden.vertical.GaussianRelease`, clip norm
 1, noise multiplier calibrated to each target epsilon for the run's epochs
 plus the evaluation pass, at delta 1e-5, replace-one), with the epsilon the
-ledger charged each feature party. Seconds are wall-clock on this machine.
+ledger charged each feature party. Then the same split run over gRPC
+(:mod:`fedwarden.vertical.remote`): ``clinic`` and ``lab`` as feature-party
+servers on loopback with mutual TLS (kits from a throwaway ``fedwarden pki``
+CA), the bank driving, rows aligned by PSI over the wire. Seconds are
+wall-clock on this machine, per epoch for the split runs; CPU seconds (this
+process, which also hosts the party servers' threads) alongside.
 
 Run from the repository root: ``python -m benchmarks.vertical``.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from sklearn.datasets import load_breast_cancer
 
+from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.privacy.accounting import calibrate_noise_multiplier
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
+from fedwarden.runtime.grpc.credentials import TlsKit
 from fedwarden.vertical import (
+    ArchitectureSpec,
     FeatureParty,
+    FeaturePartyServer,
     GaussianRelease,
     LabelParty,
+    PartyTable,
+    RemoteFeatureParty,
     SplitArchitecture,
     SplitLearning,
     TrainingPlan,
     align_rows,
     centralized_accuracy,
-    split_logistic,
-    split_mlp,
     train_centralized,
+    train_label_party,
 )
 
 COLUMNS = {"bank": slice(0, 10), "clinic": slice(10, 20), "lab": slice(20, 30)}
@@ -55,29 +69,82 @@ Blocks = dict[str, npt.NDArray[np.float64]]
 Rows = npt.NDArray[np.int64]
 
 
-def aligned_data() -> tuple[Blocks, npt.NDArray[np.int64], Rows, Rows]:
-    """The three parties' aligned column blocks, the labels, and the train and test rows."""
+def party_tables() -> dict[str, PartyTable]:
+    """Each party's own table: shuffled, 20 patients dropped, its columns scaled its own way."""
     features, labels = load_breast_cancer(return_X_y=True)
-    ids: dict[str, list[str]] = {}
-    blocks: Blocks = {}
-    party_labels = labels
+    tables = {}
     for seed, (party, columns) in enumerate(COLUMNS.items()):
         kept = np.random.default_rng(100 + seed).permutation(len(labels))[: len(labels) - 20]
         block = features[kept, columns]
-        blocks[party] = (block - block.mean(axis=0)) / block.std(axis=0)
-        ids[party] = [f"patient-{k}" for k in kept]
-        if party == LABEL_PARTY:
-            party_labels = labels[kept]
+        tables[party] = PartyTable(
+            tuple(f"patient-{k}" for k in kept),
+            (block - block.mean(axis=0)) / block.std(axis=0),
+            labels[kept] if party == LABEL_PARTY else None,
+        )
+    return tables
+
+
+def aligned_data(
+    tables: dict[str, PartyTable],
+) -> tuple[Blocks, npt.NDArray[np.int64], Rows, Rows]:
+    """The three parties' aligned column blocks, the labels, and the train and test rows."""
     start = time.perf_counter()
-    aligned = align_rows(ids)
+    aligned = align_rows({party: table.identifiers for party, table in tables.items()})
     print(
         f"PSI alignment of 3 parties: {len(aligned.identifiers)} shared patients "
         f"in {time.perf_counter() - start:.2f} s"
     )
-    blocks = {party: block[aligned.rows[party]] for party, block in blocks.items()}
+    blocks = {party: table.features[aligned.rows[party]] for party, table in tables.items()}
+    labels = tables[LABEL_PARTY].labels
+    assert labels is not None
     order = np.random.default_rng(7).permutation(len(aligned.identifiers))
     cut = int(0.7 * len(order))
-    return blocks, party_labels[aligned.rows[LABEL_PARTY]], order[:cut], order[cut:]
+    return blocks, labels[aligned.rows[LABEL_PARTY]], order[:cut], order[cut:]
+
+
+def grpc_accuracy(tables: dict[str, PartyTable], spec: ArchitectureSpec, kits: Path) -> float:
+    """Split-learning test accuracy with clinic and lab served over gRPC with mutual TLS."""
+    servers = [
+        FeaturePartyServer(
+            party,
+            tables[party].identifiers,
+            tables[party].features,
+            address="127.0.0.1:0",
+            tls=TlsKit.from_dir(kits / "servers" / party),
+            driver=LABEL_PARTY,
+        )
+        for party in list(COLUMNS)[1:]
+    ]
+    driver = TlsKit.from_dir(kits / "clients" / LABEL_PARTY)
+    try:
+        with ExitStack() as stack:
+            remotes = [
+                stack.enter_context(
+                    RemoteFeatureParty.connect(f"127.0.0.1:{server.serve()}", driver)
+                )
+                for server in servers
+            ]
+            result = train_label_party(
+                LABEL_PARTY,
+                tables[LABEL_PARTY],
+                remotes,
+                kind=spec.kind,
+                plan=PLAN,
+                architecture_seed=spec.seed,
+            )
+    finally:
+        for server in servers:
+            server.stop()
+    return result.accuracy
+
+
+def issue_kits(directory: Path) -> Path:
+    """A throwaway CA with server kits for clinic and lab and a client kit for the bank."""
+    init_ca(directory, "benchmark")
+    for party in list(COLUMNS)[1:]:
+        issue(directory, "server", party)
+    issue(directory, "client", LABEL_PARTY)
+    return directory
 
 
 def split_accuracy(
@@ -105,40 +172,77 @@ def split_accuracy(
     return accuracy, None if ledger is None else ledger.client_spent("clinic").epsilon
 
 
+def centralized_run(
+    spec: ArchitectureSpec, blocks: Blocks, labels: npt.NDArray[np.int64], rows: tuple[Rows, Rows]
+) -> float:
+    """Test accuracy of the architecture trained in one place."""
+    central = spec.build().stacked()
+    ordered = [blocks[party] for party in COLUMNS]
+    train_centralized(central, ordered, labels, rows[0], PLAN)
+    return centralized_accuracy(central, ordered, labels, rows[1])
+
+
+def in_process_run(
+    spec: ArchitectureSpec, blocks: Blocks, labels: npt.NDArray[np.int64], rows: tuple[Rows, Rows]
+) -> float:
+    """Test accuracy of split learning with every party in this process, without DP."""
+    return split_accuracy(spec.build(), blocks, labels, rows, None)[0]
+
+
+def timed(label: str, run: Callable[[], float], epochs: int, note: str = "") -> None:
+    """Print ``run()``'s accuracy, its wall and CPU seconds (per epoch when ``epochs`` > 1)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    accuracy = run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    unit = " per epoch" if epochs > 1 else ""
+    print(
+        f"  {label:28s} accuracy {accuracy:.4f}  {wall / epochs:6.3f} s wall, "
+        f"{cpu / epochs:6.3f} s CPU{unit}{note}"
+    )
+
+
 def main() -> None:
-    """Print centralized, split and DP-split accuracy for both architectures."""
+    """Print centralized, split, DP-split and gRPC-split accuracy for both architectures."""
     torch.set_num_threads(1)
-    blocks, labels, train, test = aligned_data()
-    builders: dict[str, Callable[[], SplitArchitecture]] = {
-        "split neural network": lambda: split_mlp([10, 10, 10], 2, seed=3),
-        "vertical logistic regression": lambda: split_logistic([10, 10, 10], 2, seed=3),
+    tables = party_tables()
+    blocks, labels, train, test = aligned_data(tables)
+    specs = {
+        "split neural network": ArchitectureSpec("mlp", (10, 10, 10), 2, seed=3),
+        "vertical logistic regression": ArchitectureSpec("logistic", (10, 10, 10), 2, seed=3),
     }
     passes = PLAN.epochs + 1  # every training epoch and the evaluation release the activations
-    for name, build in builders.items():
-        print(f"\n{name} ({PLAN.epochs} epochs, batch {PLAN.batch_size})")
-        start = time.perf_counter()
-        central = build().stacked()
-        ordered = [blocks[party] for party in COLUMNS]
-        train_centralized(central, ordered, labels, train, PLAN)
-        accuracy = centralized_accuracy(central, ordered, labels, test)
-        print(
-            f"  {'centralized':28s} accuracy {accuracy:.4f}  {time.perf_counter() - start:6.2f} s"
-        )
-        start = time.perf_counter()
-        accuracy, _ = split_accuracy(build(), blocks, labels, (train, test), None)
-        print(f"  {'split':28s} accuracy {accuracy:.4f}  {time.perf_counter() - start:6.2f} s")
-        for epsilon in EPSILONS:
-            multiplier = calibrate_noise_multiplier(
-                epsilon, DELTA, passes, neighboring="replace_one"
+    with tempfile.TemporaryDirectory() as directory:
+        kits = issue_kits(Path(directory))
+        for name, spec in specs.items():
+            print(f"\n{name} ({PLAN.epochs} epochs, batch {PLAN.batch_size})")
+
+            rows = (train, test)
+            timed("centralized", partial(centralized_run, spec, blocks, labels, rows), PLAN.epochs)
+            timed(
+                "split, in one process",
+                partial(in_process_run, spec, blocks, labels, rows),
+                PLAN.epochs,
             )
-            release = GaussianRelease(clip_norm=1.0, noise_multiplier=multiplier)
-            start = time.perf_counter()
-            accuracy, charged = split_accuracy(build(), blocks, labels, (train, test), release)
-            label = f"split, DP epsilon {epsilon:g} (z={multiplier:.2f})"
-            print(
-                f"  {label:28s} accuracy {accuracy:.4f}  {time.perf_counter() - start:6.2f} s"
-                f"  (ledger: epsilon {charged:.3f} per feature party)"
+            timed(
+                "split, gRPC + mTLS, with PSI",
+                partial(grpc_accuracy, tables, spec, kits),
+                PLAN.epochs,
             )
+            for epsilon in EPSILONS:
+                multiplier = calibrate_noise_multiplier(
+                    epsilon, DELTA, passes, neighboring="replace_one"
+                )
+                release = GaussianRelease(clip_norm=1.0, noise_multiplier=multiplier)
+                start = time.perf_counter()
+                accuracy, charged = split_accuracy(
+                    spec.build(), blocks, labels, (train, test), release
+                )
+                label = f"split, DP epsilon {epsilon:g} (z={multiplier:.2f})"
+                print(
+                    f"  {label:28s} accuracy {accuracy:.4f}  "
+                    f"{(time.perf_counter() - start) / PLAN.epochs:6.3f} s wall per epoch"
+                    f"  (ledger: epsilon {charged:.3f} per feature party)"
+                )
 
 
 if __name__ == "__main__":

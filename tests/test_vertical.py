@@ -14,7 +14,9 @@ from sklearn.datasets import load_breast_cancer
 
 from fedwarden.core.errors import ConfigError, DataError
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
+from fedwarden.secure.psi import PsiReceiver, PsiResponse
 from fedwarden.vertical import (
+    AlignmentFollower,
     CutActivation,
     CutGradient,
     FeatureParty,
@@ -23,6 +25,7 @@ from fedwarden.vertical import (
     SplitArchitecture,
     SplitLearning,
     TrainingPlan,
+    align_as_leader,
     align_rows,
     centralized_accuracy,
     split_logistic,
@@ -234,3 +237,34 @@ def test_a_release_needs_an_example_level_replace_one_ledger(vertical_data: Vert
 def test_alignment_refuses_an_id_held_in_two_rows() -> None:
     with pytest.raises(DataError, match="'b' holds entity id 'x'"):
         align_rows({"a": ["x", "y"], "b": ["x", "z", "x"]})
+
+
+def test_the_leader_and_its_followers_align_as_the_relay_does() -> None:
+    tables = {
+        "bank": [f"customer-{k}" for k in range(0, 90)],
+        "clinic": [f"customer-{k}" for k in range(60, 0, -1)],
+        "lab": [f"customer-{k}" for k in (*range(20, 120), 500)],
+    }
+    followers = [AlignmentFollower(party, tables[party]) for party in ("clinic", "lab")]
+    aligned = align_as_leader("bank", tables["bank"], followers)
+    relayed = align_rows(tables)
+    assert aligned.identifiers == relayed.identifiers
+    assert aligned.identifiers == tuple(sorted(f"customer-{k}" for k in range(20, 61)))
+    np.testing.assert_array_equal(aligned.rows["bank"], relayed.rows["bank"])
+    for follower in followers:
+        assert follower.rows is not None
+        np.testing.assert_array_equal(follower.rows, relayed.rows[follower.name])
+
+
+def test_a_follower_refuses_psi_steps_out_of_order() -> None:
+    follower = AlignmentFollower("clinic", ["x", "y", "z"])
+    leader = PsiReceiver(["y", "z"])
+    request = leader.request()
+    with pytest.raises(DataError, match="before it offered its ids"):
+        follower.answer_intersection(request)
+    with pytest.raises(DataError, match=r"call final_request\(offer\) first"):
+        follower.finish_final(PsiResponse(()))
+    leader.accept(follower.offer())
+    assert leader.finish(follower.answer_intersection(request)).intersection == {"y", "z"}
+    with pytest.raises(DataError, match="before it offered its ids"):
+        follower.answer_intersection(request)  # each offer answers one request

@@ -5,8 +5,11 @@ Rows are aligned by private set intersection on entity ids
 logistic regression is then trained across the parties, exchanging only
 cut-layer activations and their gradients (:mod:`fedwarden.vertical.split`),
 optionally under differential privacy (:mod:`fedwarden.vertical.release`).
-The runtime is local: every party lives in one process and talks through
-explicit messages; running the parties over gRPC is not implemented.
+The label party drives training; each feature party lives in the same
+process (:class:`FeatureParty`) or in its own, served over gRPC with mutual
+TLS (:mod:`fedwarden.vertical.remote`, ``fedwarden vertical party``) and
+reached through a :class:`RemoteFeatureParty`. Either way only explicit
+messages cross, and the training loop is the same.
 """
 
 from __future__ import annotations
@@ -15,17 +18,28 @@ from fedwarden._lazy import lazy_exports
 
 _EXPORTS = {
     "AlignedRows": "fedwarden.vertical.alignment",
+    "AlignmentFollower": "fedwarden.vertical.alignment",
+    "AlignmentPeer": "fedwarden.vertical.alignment",
+    "align_as_leader": "fedwarden.vertical.alignment",
     "align_rows": "fedwarden.vertical.alignment",
     "CutActivation": "fedwarden.vertical.messages",
     "CutGradient": "fedwarden.vertical.messages",
     "ExchangeLog": "fedwarden.vertical.messages",
     "GaussianRelease": "fedwarden.vertical.release",
     "clip_rows": "fedwarden.vertical.release",
+    "ArchitectureSpec": "fedwarden.vertical.architecture",
     "SplitArchitecture": "fedwarden.vertical.architecture",
     "StackedModel": "fedwarden.vertical.architecture",
     "SumOfLogits": "fedwarden.vertical.architecture",
     "split_logistic": "fedwarden.vertical.architecture",
     "split_mlp": "fedwarden.vertical.architecture",
+    "FeaturePartyServer": "fedwarden.vertical.remote",
+    "PartyTable": "fedwarden.vertical.remote",
+    "RemoteFeatureParty": "fedwarden.vertical.remote",
+    "VerticalResult": "fedwarden.vertical.remote",
+    "load_party_table": "fedwarden.vertical.remote",
+    "train_label_party": "fedwarden.vertical.remote",
+    "BottomParty": "fedwarden.vertical.split",
     "FeatureParty": "fedwarden.vertical.split",
     "LabelParty": "fedwarden.vertical.split",
     "SplitLearning": "fedwarden.vertical.split",

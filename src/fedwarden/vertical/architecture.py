@@ -19,12 +19,17 @@ Two ready-made architectures:
   partial logits; the top (:class:`SumOfLogits`) adds them and a bias, so the
   whole is a multinomial logistic regression on all columns, and each party
   gets back the gradient of the loss with respect to its own partial logits.
+
+An :class:`ArchitectureSpec` names one of the two with its public sizes and
+seed, so parties in other processes build exactly the same initial modules
+(:mod:`fedwarden.vertical.remote` sends it to each feature party).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -125,6 +130,51 @@ def split_logistic(
     finally:
         torch.random.set_rng_state(generator_state)
     return SplitArchitecture(bottoms, SumOfLogits(len(column_counts), classes))
+
+
+ArchitectureKind = Literal["mlp", "logistic"]
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A ready-made split architecture by name, sizes and seed: every party builds the same one.
+
+    ``kind`` ``"mlp"`` is :func:`split_mlp` (``cut_width``, ``hidden_width``);
+    ``"logistic"`` is :func:`split_logistic`. Building it twice gives the same
+    initial weights, so a party in another process can build its own bottom.
+    """
+
+    kind: ArchitectureKind
+    column_counts: tuple[int, ...]
+    classes: int
+    cut_width: int = 4
+    hidden_width: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(ArchitectureKind):
+            raise ConfigError(
+                f"architecture kind must be one of {list(get_args(ArchitectureKind))}, got "
+                f"{self.kind!r}"
+            )
+        _check_sizes(self.column_counts, self.classes)
+
+    @property
+    def cut_columns(self) -> int:
+        """How many cut-layer columns each bottom outputs."""
+        return self.cut_width if self.kind == "mlp" else self.classes
+
+    def build(self) -> SplitArchitecture:
+        """The architecture's modules, initialised from ``seed``."""
+        if self.kind == "mlp":
+            return split_mlp(
+                self.column_counts,
+                self.classes,
+                cut_width=self.cut_width,
+                hidden_width=self.hidden_width,
+                seed=self.seed,
+            )
+        return split_logistic(self.column_counts, self.classes, seed=self.seed)
 
 
 def _check_sizes(column_counts: Sequence[int], classes: int) -> None:

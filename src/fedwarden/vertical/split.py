@@ -21,10 +21,14 @@ sends is clipped row by row and noised, and every pass is charged to that
 party's entries in the :class:`~fedwarden.privacy.ledger.PrivacyLedger`
 (see :mod:`fedwarden.vertical.release` for what exactly is protected).
 
-Runtime: :class:`SplitLearning` holds every party in one process and passes
-the messages between them explicitly, recording each crossing message in an
-:class:`~fedwarden.vertical.messages.ExchangeLog`. Running the parties in
-separate processes or over gRPC is out of scope for now.
+Runtime: :class:`SplitLearning`, run by the label party, drives every step
+and passes the messages between the parties explicitly, recording each
+crossing message in an :class:`~fedwarden.vertical.messages.ExchangeLog`. It
+reaches each feature party through the :class:`BottomParty` interface: a
+:class:`FeatureParty` in this process, or a
+:class:`~fedwarden.vertical.remote.RemoteFeatureParty` that carries the same
+calls over gRPC with mutual TLS to a feature party in another process
+(``fedwarden vertical party``). The loop is the same either way.
 
 The centralized baseline (:func:`train_centralized`) trains the same modules
 as one :class:`~fedwarden.vertical.architecture.StackedModel` with the same
@@ -36,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +89,31 @@ class TrainingPlan:
             order[start : start + self.batch_size]
             for start in range(0, len(order), self.batch_size)
         ]
+
+
+class BottomParty(Protocol):
+    """What :class:`SplitLearning` needs of a feature party, here or in another process."""
+
+    @property
+    def name(self) -> str:
+        """The party's name: the sender of its activations."""
+
+    @property
+    def release(self) -> GaussianRelease | None:
+        """The DP release the party applies to what it sends, or None."""
+
+    @property
+    def rows(self) -> int:
+        """How many aligned entities the party holds."""
+
+    def start(self, plan: TrainingPlan) -> None:
+        """Prepare to train under ``plan``."""
+
+    def forward(self, rows: Rows, recipient: str, *, training: bool) -> CutActivation:
+        """The party's cut-layer activations for ``rows``."""
+
+    def backward(self, gradient: CutGradient) -> None:
+        """Back-propagate ``gradient`` through the party's bottom model and update it."""
 
 
 class FeatureParty:
@@ -232,7 +261,7 @@ class LabelParty:
 
 
 class SplitLearning:
-    """Split learning in one process: runs every party's steps and carries their messages.
+    """Split learning driven by the label party: runs every step and carries the messages.
 
     ``feature_parties`` are in the top model's input order; one of them may be
     the label party's own bottom (same name), whose messages stay local and
@@ -241,7 +270,7 @@ class SplitLearning:
 
     def __init__(
         self,
-        feature_parties: Sequence[FeatureParty],
+        feature_parties: Sequence[BottomParty],
         label_party: LabelParty,
         *,
         ledger: PrivacyLedger | None = None,
