@@ -46,32 +46,63 @@ figure (dp-accounting's PLD accountant) for that silo's training as executed.
 The sampling rate is ``batch_size / n`` for the silo's actual size ``n``,
 canaries included, as the trainer computes it; the claim uses that ``n``
 (for multi-run: the smaller, without the canary, which claims more).
+
+User-level DP-FedAvg (``privacy.mechanism = "user_level"``) is audited with
+canary *clients* and white-box access to the model, as the server has it
+(Andrew, Kairouz, Oh, Oprea, McMahan & Suriyakumar, ICLR 2024, "One-shot
+Empirical Privacy Estimation for Federated Learning", Algorithm 1): the
+auditor draws ``m`` random unit directions in parameter space and adds ``m``
+canary clients to the population; each is inserted with probability 1/2.
+Whenever sampled, an inserted canary submits its direction scaled to the
+round's clip norm; a canary that is not inserted submits a zero update, which
+changes nothing in the released model, so each canary's insertion is a change
+of one client (add/remove under Poisson sampling, replace-one under fixed-size
+cohorts, the ledger's own neighbouring relation). The configured federated
+training then runs for real (:func:`canary_client_audit`). A canary's score is
+the cosine between its direction and the final model delta (final minus
+initial model), or with ``statistic="all_iterates"`` the largest cosine with
+any round's model delta. Two figures come out:
+
+- a lower bound, valid at ``confidence``: the one-run procedure above with
+  the cosines as scores;
+- Andrew et al.'s *estimate* (not a bound): Gaussians fitted to the inserted
+  and the unused canaries' cosines, and the epsilon at ``delta`` of the
+  Gaussian pair (:func:`gaussian_fit_epsilon`).
+
+PyTorch is imported only by the functions that need it, so the worker
+processes that unpickle a :class:`CanaryTrainer` around a NumPy model start
+without it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import optimize, stats
 
-from fedwarden.attacks.membership import per_example_losses, predict_logits, train_alone
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, DataError
-from fedwarden.core.messages import TrainConfig
-from fedwarden.data.dataset import ClientData
-from fedwarden.models.torch import TorchTrainer
+from fedwarden.core.messages import FitResult, Metrics, TrainConfig
+from fedwarden.core.params import VECTOR_DTYPE, ParamSpec, Vector
+from fedwarden.data.dataset import ClientData, FederatedDataset
+from fedwarden.models.trainer import ClientContext, Trainer
 from fedwarden.privacy.accounting import compute_spend
 from fedwarden.privacy.silo import dp_sgd_round_event
+
+if TYPE_CHECKING:
+    from fedwarden.models.torch import TorchTrainer
+    from fedwarden.server.server import Server
 
 logger = logging.getLogger(__name__)
 
 AuditMethod = Literal["one_run", "multi_run"]
+CanaryStatistic = Literal["final_model", "all_iterates"]
 FloatArray = npt.NDArray[np.float64]
 
 GUESS_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -79,13 +110,22 @@ GUESS_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 _BISECTION_STEPS = 40
 _EPSILON_SEARCH_CEILING = 100.0
+_STD_FLOOR = 1e-12
+"""Fitted standard deviations are kept at least this large (identical scores)."""
 
 __all__ = [
     "GUESS_FRACTIONS",
     "AuditMethod",
     "AuditResult",
+    "CanaryStatistic",
+    "CanaryTrainer",
     "audit_privacy",
+    "canary_client_audit",
+    "canary_cosines",
+    "canary_directions",
     "clopper_pearson",
+    "gaussian_fit_epsilon",
+    "gaussian_pair_epsilon",
     "make_canaries",
     "multi_run_epsilon_lower_bound",
     "one_run_audit",
@@ -104,8 +144,13 @@ class AuditResult:
     (one-run) or one canary over ``num_runs`` trainings (multi-run);
     ``num_guesses`` and ``num_correct`` are the guesses scored (one-run:
     canaries guessed on; multi-run: evaluation runs) and how many were right.
-    ``noise_multiplier`` is DP-SGD's ``z`` (0 without DP, where the claim is
-    infinite).
+    ``noise_multiplier`` is the ``z`` of DP-SGD or DP-FedAvg (0 without DP,
+    where the claim is infinite). ``score`` names the canary score:
+    ``loss_drop`` (sample-level canaries, black box) or ``cosine_final_model``
+    / ``cosine_all_iterates`` (canary clients, white box).
+    ``epsilon_estimate`` is Andrew et al. 2024's Gaussian-fit estimate (canary
+    clients only, else None): a point estimate with no confidence attached,
+    which may lie above or below the true epsilon, unlike ``lower_bound``.
     """
 
     method: AuditMethod
@@ -118,6 +163,8 @@ class AuditResult:
     num_runs: int
     num_guesses: int
     num_correct: int
+    score: str = "loss_drop"
+    epsilon_estimate: float | None = None
 
     @property
     def exceeds_claim(self) -> bool:
@@ -131,12 +178,18 @@ class AuditResult:
             if self.exceeds_claim
             else "below the claim, as it must be"
         )
+        estimate = (
+            ""
+            if self.epsilon_estimate is None
+            else f" Estimate (Andrew et al. 2024, Gaussian fit, not a bound): epsilon ~ "
+            f"{self.epsilon_estimate:.3f}."
+        )
         return (
-            f"{self.method} audit: epsilon >= {self.lower_bound:.3f} with confidence "
-            f"{self.confidence:g} (delta {self.delta:g}); accountant claims "
-            f"{self.claimed_epsilon:.3f} (z = {self.noise_multiplier:.4f}); {verdict}. "
-            f"{self.num_correct} of {self.num_guesses} guesses right, {self.num_canaries} "
-            f"canaries, {self.num_runs} training run(s)."
+            f"{self.method} audit ({self.score}): epsilon >= {self.lower_bound:.3f} with "
+            f"confidence {self.confidence:g} (delta {self.delta:g}); accountant claims "
+            f"{self.claimed_epsilon:.3f} (z = {self.noise_multiplier:.4f}); {verdict}."
+            f"{estimate} {self.num_correct} of {self.num_guesses} guesses right, "
+            f"{self.num_canaries} canaries, {self.num_runs} training run(s)."
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -343,6 +396,115 @@ def _clopper_pearson_upper(
     return upper
 
 
+def gaussian_pair_epsilon(
+    first: tuple[float, float], second: tuple[float, float], delta: float
+) -> float:
+    """The epsilon at ``delta`` of telling ``N(mean, std^2)`` ``first`` from ``second``.
+
+    The smallest epsilon with ``integral (p - e^eps q)_+ <= delta`` both ways
+    (``p`` the density of one Gaussian, ``q`` of the other): the privacy curve
+    of the pair, exact for unequal variances too (the region where the log
+    density ratio exceeds epsilon is bounded by the roots of a quadratic). For
+    equal variances it is the analytic Gaussian mechanism of Balle & Wang
+    2018 with ``mu = |mean gap| / std``.
+    """
+    for mean, std in (first, second):
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise DataError(
+                f"a Gaussian needs a finite mean and a positive std, got N({mean}, {std}^2)"
+            )
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta={delta} must be in (0, 1)")
+    return max(
+        _epsilon_of_curve(lambda epsilon: _gaussian_pair_delta(epsilon, first, second), delta),
+        _epsilon_of_curve(lambda epsilon: _gaussian_pair_delta(epsilon, second, first), delta),
+    )
+
+
+def gaussian_fit_epsilon(
+    in_scores: npt.ArrayLike, out_scores: npt.ArrayLike, delta: float
+) -> float:
+    """Andrew et al. 2024's epsilon estimate from the scores of inserted and unused canaries.
+
+    Section 3 of "One-shot Empirical Privacy Estimation for Federated
+    Learning": a Gaussian is fitted to each population (sample mean and
+    standard deviation) and the estimate is :func:`gaussian_pair_epsilon` of
+    the two. It is an estimate, not a bound: it holds no confidence level and
+    is only as good as the Gaussian fit.
+    """
+    fitted = []
+    for name, scores in (("inserted", in_scores), ("unused", out_scores)):
+        values = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(values) < 2 or not np.isfinite(values).all():
+            raise DataError(
+                f"the Gaussian fit needs at least 2 finite scores of {name} canaries, got "
+                f"{len(values)}; plant more canaries"
+            )
+        fitted.append((float(values.mean()), max(float(values.std(ddof=1)), _STD_FLOOR)))
+    return gaussian_pair_epsilon(fitted[0], fitted[1], delta)
+
+
+def _gaussian_pair_delta(
+    epsilon: float, first: tuple[float, float], second: tuple[float, float]
+) -> float:
+    """``integral (p - e^eps q)_+`` for ``p`` the density of ``first``, ``q`` of ``second``.
+
+    ``log p - log q - eps = a x^2 + b x + c``; the integral runs over where
+    that is positive: one half-line (``a = 0``), the outside of the roots
+    (``a > 0``) or the inside (``a < 0``).
+    """
+    (mean_p, std_p), (mean_q, std_q) = first, second
+    a = 0.5 / std_q**2 - 0.5 / std_p**2
+    b = mean_p / std_p**2 - mean_q / std_q**2
+    c = mean_q**2 / (2 * std_q**2) - mean_p**2 / (2 * std_p**2) + math.log(std_q / std_p) - epsilon
+    intervals: list[tuple[float, float]]
+    if abs(a) <= 1e-12 * (abs(b) + abs(c) + 1e-300):
+        if b == 0:
+            intervals = [(-math.inf, math.inf)] if c > 0 else []
+        elif b > 0:
+            intervals = [(-c / b, math.inf)]
+        else:
+            intervals = [(-math.inf, -c / b)]
+    else:
+        discriminant = b * b - 4 * a * c
+        if discriminant <= 0:
+            intervals = [(-math.inf, math.inf)] if a > 0 else []
+        else:
+            root = math.sqrt(discriminant)
+            roots = sorted(((-b - root) / (2 * a), (-b + root) / (2 * a)))
+            intervals = (
+                [(-math.inf, roots[0]), (roots[1], math.inf)] if a > 0 else [(roots[0], roots[1])]
+            )
+    excess = 0.0
+    for low, high in intervals:
+        mass_p = _normal_mass(low, high, mean_p, std_p)
+        mass_q = _normal_mass(low, high, mean_q, std_q)
+        excess += mass_p - math.exp(epsilon) * mass_q
+    return max(excess, 0.0)
+
+
+def _normal_mass(low: float, high: float, mean: float, std: float) -> float:
+    """``P[low < N(mean, std^2) < high]``, from the survival function above the mean.
+
+    Upper-tail masses stay accurate to relative precision: they are multiplied
+    by ``e^epsilon``, which would blow up the rounding of ``1 - cdf``.
+    """
+    if low >= mean:
+        return float(stats.norm.sf(low, mean, std) - stats.norm.sf(high, mean, std))
+    return float(stats.norm.cdf(high, mean, std) - stats.norm.cdf(low, mean, std))
+
+
+def _epsilon_of_curve(delta_at: Callable[[float], float], delta: float) -> float:
+    """The smallest epsilon >= 0 at which the decreasing curve ``delta_at`` is ``<= delta``."""
+    if delta_at(0.0) <= delta:
+        return 0.0
+    if delta_at(_EPSILON_SEARCH_CEILING) > delta:
+        return _EPSILON_SEARCH_CEILING
+    return float(
+        optimize.brentq(lambda epsilon: delta_at(epsilon) - delta, 0.0, _EPSILON_SEARCH_CEILING)
+    )
+
+
 def make_canaries(
     count: int, like: ClientData, num_classes: int, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -361,28 +523,42 @@ def audit_privacy(
     num_canaries: int = 500,
     num_runs: int = 64,
     confidence: float = 0.95,
+    statistic: CanaryStatistic = "final_model",
 ) -> AuditResult:
     """Audit the training ``config`` describes; the claim and the measured lower bound.
 
     ``one_run`` plants ``num_canaries`` canaries and trains once; ``multi_run``
     trains ``num_runs`` times, half with one canary (``num_canaries`` is then
     not used). ``privacy.mechanism`` must be ``dp_sgd`` (Opacus DP-SGD, the
-    claim is the ledger's epsilon) or ``none`` (no DP: the claim is infinite,
-    and the audit measures what training leaks). See the module docstring for
-    what is trained.
+    claim is the ledger's epsilon), ``none`` (no DP: the claim is infinite,
+    and the audit measures what training leaks), both with model.kind
+    ``mlp``, or ``user_level`` (DP-FedAvg, one-run only: canary clients,
+    scored by ``statistic``, see :func:`canary_client_audit`). See the module
+    docstring for what is trained.
     """
+    from fedwarden.models.torch import TorchTrainer
     from fedwarden.server.launch import prepare
 
     if method not in get_args(AuditMethod):
         raise ConfigError(f"method {method!r} is not one of {list(get_args(AuditMethod))}")
+    _check_confidence(confidence)
     mechanism = config.privacy.mechanism
+    if mechanism == "user_level":
+        if method != "one_run":
+            raise ConfigError(
+                "user-level DP-FedAvg is audited with canary clients in one run: use method "
+                f"'one_run' (got {method!r})"
+            )
+        return canary_client_audit(
+            config, num_canaries=num_canaries, confidence=confidence, statistic=statistic
+        )
     if mechanism not in ("dp_sgd", "none") or config.model.kind != "mlp":
         raise ConfigError(
-            f"privacy audits train PyTorch models with sample-level DP-SGD: set model.kind to "
-            f"'mlp' (it is {config.model.kind!r}) and privacy.mechanism to 'dp_sgd' or 'none' "
-            f"(it is {mechanism!r})"
+            f"privacy audits train PyTorch models with sample-level DP-SGD, or run user-level "
+            f"DP-FedAvg with canary clients: set privacy.mechanism to 'dp_sgd', 'none' or "
+            f"'user_level' (it is {mechanism!r}), and for 'dp_sgd' and 'none' model.kind to "
+            f"'mlp' (it is {config.model.kind!r})"
         )
-    _check_confidence(confidence)
     prepared = prepare(config)
     trainer = prepared.trainer
     num_classes = prepared.dataset.num_classes
@@ -401,6 +577,257 @@ def audit_privacy(
     return _multi_run(config, trainer, silo, num_classes, train, num_runs, confidence, rng)
 
 
+def canary_directions(count: int, size: int, rng: np.random.Generator) -> FloatArray:
+    """``count`` independent uniformly random unit vectors of ``size`` elements, one per row.
+
+    Andrew et al. 2024: in high dimension they are nearly orthogonal to each
+    other and to any fixed update, so a canary's cosine with the model delta
+    measures its own contribution. They are the auditor's choice, not privacy
+    noise, so a seeded generator draws them.
+    """
+    directions = rng.standard_normal((count, size))
+    norms = np.linalg.norm(directions, axis=1, keepdims=True)
+    return np.asarray(directions / norms, dtype=np.float64)
+
+
+def canary_cosines(directions: FloatArray, model_delta: npt.ArrayLike) -> FloatArray:
+    """The cosine between each unit row of ``directions`` and ``model_delta`` (0 if it is 0)."""
+    delta = np.asarray(model_delta, dtype=np.float64).reshape(-1)
+    norm = float(np.linalg.norm(delta))
+    if norm == 0.0:
+        return np.zeros(len(directions))
+    return np.asarray(directions @ (delta / norm), dtype=np.float64)
+
+
+class CanaryTrainer:
+    """A run's trainer, with canary clients that submit a fixed update instead of training.
+
+    Andrew et al. 2024, Algorithm 1: an inserted canary client (``canaries``
+    maps its id to its unit direction) submits that direction scaled to the
+    round's clip norm (``round_parameters["clip_norm"]``, which adaptive
+    clipping moves; ``clip_norm`` when the round sends none); an unused canary
+    (in ``unused`` but not in ``canaries``) submits a zero update. Every other
+    client trains with ``trainer``. The updates then pass through the
+    pipeline's client and server halves like any other.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        canaries: Mapping[str, FloatArray],
+        unused: Sequence[str],
+        clip_norm: float,
+    ) -> None:
+        self.trainer = trainer
+        self.canaries = dict(canaries)
+        self.unused = frozenset(unused)
+        self.clip_norm = clip_norm
+
+    @property
+    def spec(self) -> ParamSpec:
+        """The trained model's layout."""
+        return self.trainer.spec
+
+    def initial_vector(self, seed: int) -> Vector:
+        """The trained model's initialization."""
+        return self.trainer.initial_vector(seed)
+
+    def fit(self, vector: Vector, client: ClientContext, train: TrainConfig) -> FitResult:
+        """A canary's update (weight 1), or the real client's training."""
+        if client.client_id in self.canaries:
+            bound = client.round_parameters.get("clip_norm", self.clip_norm)
+            direction = self.canaries[client.client_id]
+            return FitResult((direction * bound).astype(VECTOR_DTYPE), 1)
+        if client.client_id in self.unused:
+            return FitResult(np.zeros(self.spec.size, dtype=VECTOR_DTYPE), 1)
+        return self.trainer.fit(vector, client, train)
+
+    def evaluate(
+        self, vector: Vector, x: npt.NDArray[np.generic], y: npt.NDArray[np.generic]
+    ) -> Metrics:
+        """The trained model's metrics."""
+        return self.trainer.evaluate(vector, x, y)
+
+
+def canary_client_audit(
+    config: RunConfig,
+    *,
+    num_canaries: int = 500,
+    confidence: float = 0.95,
+    statistic: CanaryStatistic = "final_model",
+) -> AuditResult:
+    """Audit user-level DP-FedAvg with canary clients (Andrew et al. 2024) in one real run.
+
+    The run is ``config``'s own federated training, built by
+    :mod:`fedwarden.server.launch` (the same data, trainer, strategy,
+    sampler, privacy accounting with its ledger, and update pipeline:
+    validation, ``ClipUpdate`` and DP-FedAvg's ``GaussianMean`` with the
+    configured noise source), run round by round by :class:`Server` on the
+    ``local`` runtime's worker processes, with ``num_canaries`` canary
+    clients added to the population (:class:`CanaryTrainer`), each inserted
+    with probability 1/2. The noise multiplier is calibrated, and the claim
+    charged, for that population, as the run executes it.
+
+    Scores: the cosine of each canary's direction with the final model delta
+    (``statistic="final_model"``), or the largest cosine with any round's
+    model delta (``"all_iterates"``, what a server that sees every round's
+    model can use). The lower bound is :func:`one_run_audit` of the scores
+    (valid at ``confidence``); the estimate is :func:`gaussian_fit_epsilon`
+    of the inserted against the unused canaries (not a bound).
+    """
+    from fedwarden.privacy.user_level import UserLevelPrivacy
+    from fedwarden.runtime.engine import Workload
+    from fedwarden.runtime.local import LocalRuntime
+    from fedwarden.server.launch import (
+        build_pipeline,
+        build_privacy,
+        build_sampler,
+        build_strategy,
+        prepare,
+    )
+    from fedwarden.server.server import Server
+
+    if statistic not in get_args(CanaryStatistic):
+        raise ConfigError(
+            f"statistic {statistic!r} is not one of {list(get_args(CanaryStatistic))}"
+        )
+    if num_canaries < 2:
+        raise ConfigError(
+            f"num_canaries={num_canaries}: a canary-client audit needs 2 or more; use hundreds"
+        )
+    _check_confidence(confidence)
+    _check_canary_config(config)
+    prepared = prepare(config)
+    config = prepared.config
+    rng = np.random.default_rng(config.seed)
+    directions = canary_directions(num_canaries, prepared.trainer.spec.size, rng)
+    included = rng.random(num_canaries) < 0.5
+    population, canary_ids = _with_canary_clients(prepared.dataset, num_canaries)
+    trainer = CanaryTrainer(
+        prepared.trainer,
+        {cid: directions[index] for index, cid in enumerate(canary_ids) if included[index]},
+        canary_ids,
+        config.privacy.clip_norm,
+    )
+    privacy = build_privacy(config, population, trainer.spec.size, None)
+    assert isinstance(privacy, UserLevelPrivacy)
+    pipeline = build_pipeline(config, trainer, population, privacy)
+    with LocalRuntime(config.runtime.workers) as runtime:
+        server = Server(
+            trainer=trainer,
+            strategy=build_strategy(config, len(population.clients), prepared.trainer),
+            sampler=build_sampler(config, population),
+            pipeline=pipeline,
+            runtime=runtime,
+            client_ids=population.client_ids,
+            rounds=config.rounds,
+            seed=config.seed,
+            min_cohort=config.sampling.min_cohort,
+            deadline_s=config.sampling.deadline_s,
+            privacy=privacy,
+        )
+        runtime.start(Workload(population, trainer, pipeline.stages, config.seed))
+        scores = _canary_scores(server, directions, statistic)
+    delta = config.privacy.delta
+    bound, guesses, correct = one_run_audit(scores, included, delta, confidence)
+    result = AuditResult(
+        "one_run",
+        privacy.epsilon(),
+        bound,
+        delta,
+        confidence,
+        privacy.noise_multiplier,
+        num_canaries,
+        1,
+        guesses,
+        correct,
+        score=f"cosine_{statistic}",
+        epsilon_estimate=_estimate(scores[included], scores[~included], delta),
+    )
+    return _logged(result)
+
+
+def _estimate(in_scores: FloatArray, out_scores: FloatArray, delta: float) -> float | None:
+    """:func:`gaussian_fit_epsilon`, or None when a side has fewer than 2 canaries to fit."""
+    if min(len(in_scores), len(out_scores)) < 2:
+        logger.warning(
+            "no epsilon estimate: %d canaries were inserted and %d unused, the Gaussian fit "
+            "needs 2 of each; plant more canaries",
+            len(in_scores),
+            len(out_scores),
+        )
+        return None
+    return gaussian_fit_epsilon(in_scores, out_scores, delta)
+
+
+def _canary_scores(
+    server: Server, directions: FloatArray, statistic: CanaryStatistic
+) -> FloatArray:
+    """Run every round of ``server``; each canary's cosine with the model delta(s)."""
+    initial = server.vector.astype(np.float64)
+    previous = initial
+    largest = np.full(len(directions), -np.inf)
+    for round_index in range(server.rounds):
+        server.run_round(round_index)
+        current = server.vector.astype(np.float64)
+        if statistic == "all_iterates":
+            largest = np.maximum(largest, canary_cosines(directions, current - previous))
+        previous = current
+        logger.info("canary-client audit: round %d of %d", round_index + 1, server.rounds)
+    if statistic == "all_iterates":
+        return largest
+    return canary_cosines(directions, previous - initial)
+
+
+def _check_canary_config(config: RunConfig) -> None:
+    """Refuse the run features the canary-client audit does not reproduce."""
+    unsupported = {
+        "secure.kind": config.secure.kind != "none",
+        "asynchronous.enabled": config.asynchronous.enabled,
+        "clustering.enabled": config.clustering.enabled,
+        "strategy.name": config.strategy.name == "scaffold",
+        "sampling.scheme": config.sampling.scheme == "stratified",
+    }
+    refused = [field for field, present in unsupported.items() if present]
+    if refused:
+        raise ConfigError(
+            f"the canary-client audit runs synchronous rounds in the clear over the whole "
+            f"population, with canaries that have no strata nor control variates; change "
+            f"{', '.join(refused)} (secure.kind 'none', no asynchronous rounds or clustering, "
+            f"a strategy other than 'scaffold', uniform or poisson sampling)"
+        )
+
+
+def _with_canary_clients(
+    dataset: FederatedDataset, count: int
+) -> tuple[FederatedDataset, list[str]]:
+    """``dataset`` with ``count`` data-less canary clients appended; their ids."""
+    canary_ids = [f"canary-client-{index}" for index in range(count)]
+    taken = set(dataset.clients) & set(canary_ids)
+    if taken:
+        raise DataError(
+            f"the data set already has clients named {sorted(taken)[:3]}; canary clients need "
+            "fresh ids, rename those clients"
+        )
+    some = next(iter(dataset.clients.values()))
+    clients = dict(dataset.clients)
+    for cid in canary_ids:
+        clients[cid] = ClientData(
+            cid, some.x_train[:0], some.y_train[:0], some.x_test[:0], some.y_test[:0]
+        )
+    return (
+        FederatedDataset(
+            dataset.name,
+            clients,
+            dataset.x_test,
+            dataset.y_test,
+            dataset.num_features,
+            dataset.num_classes,
+        ),
+        canary_ids,
+    )
+
+
 def _one_run(
     config: RunConfig,
     trainer: TorchTrainer,
@@ -412,6 +839,8 @@ def _one_run(
     rng: np.random.Generator,
 ) -> AuditResult:
     """Steinke et al.'s procedure on the silo: plant, train once, guess, bound."""
+    from fedwarden.attacks.membership import train_alone
+
     if num_canaries < 2:
         raise ConfigError(f"num_canaries={num_canaries}: one-run auditing needs 2 or more")
     canary_x, canary_y = make_canaries(num_canaries, silo, num_classes, rng)
@@ -438,6 +867,8 @@ def _multi_run(
     rng: np.random.Generator,
 ) -> AuditResult:
     """Jagielski et al. / Nasr et al.'s procedure: half the runs with the canary, half without."""
+    from fedwarden.attacks.membership import train_alone
+
     if num_runs < 8:
         raise ConfigError(
             f"num_runs={num_runs}: multi-run auditing needs at least 8 runs (4 with and 4 "
@@ -504,6 +935,11 @@ def _result(
         guesses,
         correct,
     )
+    return _logged(result)
+
+
+def _logged(result: AuditResult) -> AuditResult:
+    """``result``, logged as an error when its bound exceeds the claim."""
     if result.exceeds_claim:
         logger.error("privacy audit found a DP violation: %s", result.summary())
     else:
@@ -519,6 +955,8 @@ def _loss_drop(
     y: npt.NDArray[np.int64],
 ) -> FloatArray:
     """How much training lowered each example's loss: the canary score."""
+    from fedwarden.attacks.membership import per_example_losses, predict_logits
+
     before = per_example_losses(predict_logits(trainer, initial, x), y)
     after = per_example_losses(predict_logits(trainer, trained, x), y)
     return before - after
