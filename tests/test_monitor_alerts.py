@@ -1,19 +1,41 @@
-"""Alert rules over round records, their sinks, and the Prometheus /metrics endpoint."""
+"""Alert rules over round records, their sinks (log, audit log, webhook), and /metrics."""
 
 from __future__ import annotations
 
+import json
+import logging
+import multiprocessing
 import socket
+import threading
 import urllib.request
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from fedwarden.governance.audit import (
+    AlertRaised,
+    AuditEvent,
+    AuditLog,
+    ServerAuditTrail,
+    read_entries,
+    verify,
+)
+from fedwarden.governance.store import RunStore
 from fedwarden.monitor.alerts import (
     Alert,
     AlertRules,
     AlertThresholds,
     FederationMetrics,
     Monitoring,
+    deliver,
+    webhook,
 )
 from fedwarden.runtime.grpc.health import serve_health
 from fedwarden.server.records import RoundRecord
@@ -123,3 +145,196 @@ def test_metrics_endpoint_serves_the_rounds_in_prometheus_text() -> None:
     assert samples[("fedwarden_updates_rejected_total", (("reason", "forged"),))] == 2
     assert samples[("fedwarden_alerts_total", (("rule", "dropouts"),))] == 1
     assert samples[("fedwarden_central_accuracy", ())] == 0.5
+
+
+DRIFT = Alert(
+    "drift_psi",
+    "feature 3: PSI 0.412 over the last 300 inputs exceeds 0.2",
+    model_version="digits@1.0.0",
+    feature=3,
+    statistic=0.412,
+    threshold=0.2,
+)
+
+
+def test_a_failing_sink_is_logged_and_the_other_sinks_still_get_the_alert(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    received: list[Alert] = []
+
+    def broken(alert: Alert) -> None:
+        raise OSError("audit store unreachable")
+
+    with caplog.at_level(logging.WARNING, logger="fedwarden.monitor.alerts"):
+        deliver(DRIFT, [broken, received.append])
+    assert received == [DRIFT]
+    assert "alert drift_psi (model digits@1.0.0, feature 3)" in caplog.text
+    assert "an alert sink failed to take drift_psi" in caplog.text
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local webhook receiver: its URL, and the JSON bodies POSTed to it."""
+    bodies: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            bodies.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_webhook_receives_training_and_drift_alerts_with_their_context(
+    hook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, bodies = hook
+    rules = AlertRules(AlertThresholds(), sinks=[webhook(url)])
+    rules.round_completed(replace(BASE, round_index=7, dropped=5, participants=5), [])
+    deliver(DRIFT, [webhook(url)])
+    training, drift = bodies
+    assert training["rule"] == "dropouts" and training["round_index"] == 7
+    assert training["feature"] is None and training["model_version"] is None
+    assert drift == {
+        "rule": "drift_psi",
+        "message": DRIFT.message,
+        "round_index": None,
+        "client_id": None,
+        "model_version": "digits@1.0.0",
+        "feature": 3,
+        "statistic": 0.412,
+        "threshold": 0.2,
+    }
+
+
+def test_an_unreachable_webhook_does_not_raise_or_log_its_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/T0/secret-token"
+    with caplog.at_level(logging.WARNING):
+        webhook(url)(DRIFT)
+    assert "the alert webhook failed to take drift_psi" in caplog.text
+    assert "secret-token" not in caplog.text
+
+
+SIGNING_KEY = Ed25519PrivateKey.generate()
+
+
+@dataclass(frozen=True)
+class AlertRaisedBeforeDrift(AuditEvent):
+    """The alert_raised event as it was written before drift alerts were audited."""
+
+    kind: ClassVar[str] = "alert_raised"
+    run_id: str
+    round_index: int
+    rule: str
+    message: str
+    client_id: str | None
+
+
+def test_alert_entries_written_before_drift_alerts_still_verify_and_read_back(
+    tmp_path: Path,
+) -> None:
+    with RunStore.sqlite(tmp_path / "store.db") as store:
+        log = AuditLog(store, SIGNING_KEY)
+        log.append(AlertRaisedBeforeDrift("run-1", 2, "client_silent", "carol is silent", "carol"))
+        trail = ServerAuditTrail(log, "run-1")
+        trail.alert_raised(Alert("dropouts", "3 of 10 dropped", round_index=4))
+        log.append(AlertRaised.of(DRIFT, "run-1"))
+        assert verify(store, SIGNING_KEY.public_key()).ok
+        old, training, drift = (entry.event() for entry in read_entries(store))
+    assert old == AlertRaised("run-1", 2, "client_silent", "carol is silent", "carol")
+    assert training == AlertRaised("run-1", 4, "dropouts", "3 of 10 dropped", None)
+    assert drift == AlertRaised(
+        "run-1", None, "drift_psi", DRIFT.message, None, "digits@1.0.0", 3, 0.412, 0.2
+    )
+
+
+class _Collisions(logging.Handler):
+    """Counts the audit log's retried appends."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += "collided" in record.getMessage()
+
+
+def _append_alerts(
+    store_path: str,
+    key_pem: bytes,
+    writer: str,
+    count: int,
+    ready: Any,
+    results: Any,
+) -> None:
+    """A process appending ``count`` alerts: a training server's trail or a prediction service."""
+    from fedwarden.serve.app import audit_sink
+
+    collisions = _Collisions()
+    audit_logger = logging.getLogger("fedwarden.governance.audit")
+    audit_logger.addHandler(collisions)
+    audit_logger.setLevel(logging.DEBUG)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    with RunStore.sqlite(Path(store_path)) as store:
+        log = AuditLog(store, key)
+        sink = ServerAuditTrail(log, "run-1").alert_raised if writer == "server" else None
+        sink = sink or audit_sink(log, "run-1")
+        ready.wait()
+        for index in range(count):
+            sink(replace(DRIFT, message=f"{writer} {index}"))
+    results.put((writer, collisions.count))
+
+
+@pytest.mark.slow
+def test_a_server_and_a_prediction_service_append_to_one_audit_log_without_loss(
+    tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "store.db"
+    RunStore.sqlite(store_path).close()
+    key_pem = SIGNING_KEY.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    count, names = 30, ("server", "serving")
+    context = multiprocessing.get_context("spawn")
+    # Both start appending only once both are ready, so that their appends interleave.
+    ready, results = context.Barrier(len(names)), context.Queue()
+    writers = [
+        context.Process(
+            target=_append_alerts, args=(str(store_path), key_pem, name, count, ready, results)
+        )
+        for name in names
+    ]
+    for process in writers:
+        process.start()
+    collisions = dict(results.get(timeout=300) for _ in writers)
+    for process in writers:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert sum(collisions.values()) > 0, "the two writers never raced; the test proved nothing"
+    with RunStore.sqlite(store_path) as store:
+        assert verify(store, SIGNING_KEY.public_key()).ok
+        messages = [json.loads(entry.payload)["message"] for entry in read_entries(store)]
+    for writer in names:
+        assert [text for text in messages if text.startswith(writer + " ")] == [
+            f"{writer} {index}" for index in range(count)
+        ]

@@ -26,15 +26,15 @@ from fedwarden.core.config import RunConfig
 from fedwarden.core.params import ParamSpec
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.sources import load_dataset
-from fedwarden.governance.audit import AuditLog, load_signing_key
+from fedwarden.governance.audit import AlertRaised, AuditLog, load_signing_key, read_entries, verify
 from fedwarden.governance.registry import ModelRegistry, ModelVersion, weights_vector
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
+from fedwarden.monitor.alerts import Alert
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.serve.app import ServeError, create_app, load_served_model, serve_model
 from fedwarden.serve.drift import (
-    Alert,
     DriftMonitor,
     DriftReference,
     reference_from_arrays,
@@ -47,9 +47,11 @@ MONITORED = (19, 20, 27, 28, 36, 43)
 
 @dataclass(frozen=True)
 class Deployment:
-    """A finished gRPC run, its store and registry, and its data set."""
+    """A finished gRPC run, its store (URL), registry and audit key, and its data set."""
 
     run_dir: Path
+    store_url: str
+    audit_key: Path
     store: RunStore
     registry: ModelRegistry
     dataset: FederatedDataset
@@ -66,7 +68,7 @@ def _softmax(scores: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A 3-round gRPC run on digits; its model in production, a perturbed copy as candidate."""
-    from fedwarden.server.launch import run
+    from fedwarden.server.launch import local_federation, run
 
     runs_dir = tmp_path_factory.mktemp("serve-runs")
     config = RunConfig.from_mapping(
@@ -82,8 +84,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     result = run(config)
     assert result.run_dir is not None
     run_dir = Path(result.run_dir)
-    store = RunStore.sqlite(run_dir / "store.db")
-    key = load_signing_key(run_dir / "deploy/pki/servers/server/audit.key")
+    store_path = runs_dir / "fedwarden.db"
+    store = RunStore.sqlite(store_path)
+    key_path = local_federation(runs_dir) / "servers" / "server" / "audit.key"
+    key = load_signing_key(key_path)
     registry = ModelRegistry(store, AuditLog(store, key))
     run_row = store.run(run_dir.name)
     assert run_row is not None
@@ -108,7 +112,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     ]
     production = registry.promote(versions[0].reference, by="test")
     yield Deployment(
-        run_dir, store, registry, load_dataset(config.data, config.seed), production, versions[1]
+        run_dir,
+        f"sqlite:///{store_path}",
+        key_path,
+        store,
+        registry,
+        load_dataset(config.data, config.seed),
+        production,
+        versions[1],
     )
     store.close()
 
@@ -267,7 +278,7 @@ def _serve_with_drift(deployment: Deployment) -> tuple[TestClient, DriftMonitor,
     monitor = DriftMonitor(reference, window=300, min_window=200, check_every=100)
     received: list[Alert] = []
     app = create_app(
-        deployment.registry, "digits@production", drift=monitor, alerts=received.append
+        deployment.registry, "digits@production", drift=monitor, alert_sinks=[received.append]
     )
     return TestClient(app), monitor, received
 
@@ -292,14 +303,17 @@ def test_shifted_inputs_raise_psi_and_ks_alerts_once(deployment: Deployment) -> 
     shifted = np.clip(np.asarray(deployment.dataset.x_test, dtype=np.float64) + 0.4, 0.0, 1.0)
     _feed(served, shifted)
     rules = {(alert.rule, alert.feature) for alert in received}
-    assert {rule for rule, _ in rules} == {"psi", "ks"}
+    assert {rule for rule, _ in rules} == {"drift_psi", "drift_ks"}
     assert len(rules) == len(received), "an alert was raised twice while its rule kept holding"
     for alert in received:
-        if alert.rule == "psi":
+        assert alert.statistic is not None and alert.threshold is not None
+        if alert.rule == "drift_psi":
             assert alert.statistic > alert.threshold == 0.2
         else:
             assert alert.statistic < alert.threshold == pytest.approx(0.01 / len(MONITORED))
         assert f"feature {alert.feature}" in alert.message
+        assert alert.model_version == deployment.production.reference
+        assert alert.round_index is None
 
 
 def test_the_dp_reference_is_close_to_the_true_one_and_charges_the_ledger(
@@ -415,7 +429,7 @@ def test_serve_model_runs_the_app_for_the_stores_registry(
 
     monkeypatch.setattr(uvicorn, "run", capture)
     serve_model(
-        f"sqlite:///{deployment.run_dir / 'store.db'}",
+        deployment.store_url,
         "digits@production",
         host="0.0.0.0",
         port=9100,
@@ -427,3 +441,90 @@ def test_serve_model_runs_the_app_for_the_stores_registry(
     assert served["health"]["model"] == deployment.production.reference
     assert served["health"]["shadow"] == deployment.candidate.reference
     assert served["health"]["drift_monitoring"] is True
+
+
+def test_served_drift_alerts_reach_the_audit_log_and_the_webhook(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    import fedwarden.serve.app as app_module
+
+    reference_path = tmp_path / "reference.json"
+    reference_path.write_text(
+        reference_from_arrays(
+            _pooled_train(deployment.dataset), MONITORED, bins=8, lower=0.0, upper=1.0
+        ).to_json()
+    )
+    posted: list[Alert] = []
+    monkeypatch.setattr(app_module, "webhook", lambda url: posted.append)
+    entries_before = len(read_entries(deployment.store))
+    shifted = np.clip(np.asarray(deployment.dataset.x_test, dtype=np.float64) + 0.4, 0.0, 1.0)
+
+    def drift_then_stop(app: Any, host: str, port: int) -> None:
+        _feed(TestClient(app), shifted)
+
+    monkeypatch.setattr(uvicorn, "run", drift_then_stop)
+    serve_model(
+        deployment.store_url,
+        "digits@production",
+        drift_reference=reference_path,
+        audit_key=deployment.audit_key,
+        webhook_url="https://hooks.example/drift",
+    )
+    audited = [
+        entry.event()
+        for entry in read_entries(deployment.store)[entries_before:]
+        if entry.kind == AlertRaised.kind
+    ]
+    assert posted, "no drift alert was raised"
+    assert [event.rule for event in audited if isinstance(event, AlertRaised)] == [
+        alert.rule for alert in posted
+    ]
+    for event, alert in zip(audited, posted, strict=True):
+        assert event == AlertRaised.of(alert, deployment.production.run_id)
+        assert event.model_version == deployment.production.reference
+        assert event.feature in MONITORED and event.round_index is None
+    assert verify(deployment.store, load_signing_key(deployment.audit_key).public_key()).ok
+
+
+def test_serve_refuses_a_webhook_that_is_not_an_http_url(deployment: Deployment) -> None:
+    with pytest.raises(ServeError, match="http:// or https://"):
+        serve_model(
+            deployment.store_url,
+            "digits@production",
+            webhook_url="file:///etc/passwd",
+        )
+
+
+def test_the_serve_command_passes_the_audit_key_and_the_webhook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    import fedwarden.serve.app as app_module
+    from fedwarden.cli import app
+
+    calls: list[dict[str, Any]] = []
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        calls.append({"args": args, **kwargs})
+
+    monkeypatch.setattr(app_module, "serve_model", record)
+    result = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "digits@production",
+            "--store",
+            "sqlite:///store.db",
+            "--audit-key",
+            str(tmp_path / "audit.key"),
+            "--webhook",
+            "https://hooks.example/drift",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (call,) = calls
+    assert call["audit_key"] == tmp_path / "audit.key"
+    assert call["webhook_url"] == "https://hooks.example/drift"

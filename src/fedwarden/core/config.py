@@ -375,7 +375,7 @@ class ClusteringConfig(Section):
 
 
 class MonitoringConfig(Section):
-    """Alert rules checked after every round (log, audit log, optional webhook)."""
+    """Alert rules checked after every round (log, audit log, optional webhook); MLflow."""
 
     loss_patience: Annotated[int, Field(ge=1)] = 5
     """Alert when the central loss has not improved for this many rounds."""
@@ -386,6 +386,10 @@ class MonitoringConfig(Section):
     accuracy_floor: Annotated[float, Field(ge=0, le=1)] | None = None
     webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     """Each alert is POSTed here as JSON."""
+    mlflow_tracking_uri: Annotated[str, Field(min_length=1)] | None = None
+    """MLflow tracking server or store (``http://host:5000``); default ``MLFLOW_TRACKING_URI``."""
+    mlflow_experiment: Annotated[str, Field(min_length=1)] = "fedwarden"
+    """The MLflow experiment that tracked runs go to."""
 
 
 class AsynchronousConfig(Section):

@@ -53,6 +53,7 @@ import importlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -76,7 +77,10 @@ GENESIS_HASH = "0" * 64
 PSEUDONYM_PREFIX = "client-"
 PSEUDONYM_HEX_DIGITS = 12
 _PSEUDONYM_SALT = "audit_pseudonym_salt"
-_APPEND_ATTEMPTS = 5
+_APPEND_PATIENCE_S = 30.0
+"""How long :meth:`AuditLog.append` keeps retrying appends that collide with another writer's."""
+_APPEND_BACKOFF_S = 0.2
+"""Longest pause between two attempts (each pause is random, so two writers fall out of step)."""
 
 
 class AuditError(FedwardenError):
@@ -188,14 +192,39 @@ class UpdateRejected(AuditEvent):
 
 @dataclass(frozen=True)
 class AlertRaised(AuditEvent):
-    """Monitoring rule ``rule`` fired after round ``round_index`` (``client_id``: whose)."""
+    """Monitoring rule ``rule`` fired for run ``run_id`` (a :class:`~fedwarden.monitor.Alert`).
+
+    A training rule fired after round ``round_index`` (``client_id``: whose). A drift rule
+    fired on the inputs served to ``model_version`` (``MODEL@X.Y.Z``, trained by ``run_id``):
+    ``round_index`` is None, and ``statistic`` crossed ``threshold`` for input ``feature``.
+    Entries written before drift alerts were recorded lack the last four fields (None).
+    """
 
     kind: ClassVar[str] = "alert_raised"
     run_id: str
-    round_index: int
+    round_index: int | None
     rule: str
     message: str
     client_id: str | None
+    model_version: str | None = None
+    feature: int | None = None
+    statistic: float | None = None
+    threshold: float | None = None
+
+    @classmethod
+    def of(cls, alert: Alert, run_id: str) -> AlertRaised:
+        """The audit event of ``alert``, which concerns run ``run_id``."""
+        return cls(
+            run_id,
+            alert.round_index,
+            alert.rule,
+            alert.message,
+            alert.client_id,
+            alert.model_version,
+            alert.feature,
+            alert.statistic,
+            alert.threshold,
+        )
 
 
 @dataclass(frozen=True)
@@ -372,20 +401,30 @@ class AuditLog:
             )
 
     def append(self, event: AuditEvent) -> AuditEntry:
-        """Record ``event`` as the next entry, committed before this returns."""
+        """Record ``event`` as the next entry, committed before this returns.
+
+        Several processes may append to one store's log (a server and a prediction service).
+        When another process commits an entry between this one's read of the last entry and
+        its insert, the database refuses the insert (PostgreSQL: the duplicate ``sequence``;
+        SQLite in WAL mode: the stale read snapshot, "database is locked"), and the append is
+        tried again on the new last entry after a short random pause, for up to
+        ``_APPEND_PATIENCE_S`` seconds. A collision means another entry was committed, so the
+        writers together always progress.
+        """
         attempt = 1
         while True:
             try:
                 with self.store.transaction() as connection:
                     return self.append_within(connection, event)
             except (IntegrityError, OperationalError) as error:
-                # Another process appended between our read of the last entry and our insert.
-                if attempt == _APPEND_ATTEMPTS:
+                if time.monotonic() >= deadline:
                     raise AuditError(
-                        f"could not append {event.kind} to the audit log after {attempt} "
-                        f"attempts ({error.orig}); check that the store is reachable and retry"
+                        f"could not append {event.kind} to the audit log in {attempt} attempts "
+                        f"over {_APPEND_PATIENCE_S:g} s ({error.orig}); check that the store is "
+                        "reachable and that no process holds its write lock, and retry"
                     ) from error
-                logger.warning("audit append of %s collided; retrying", event.kind)
+                logger.debug("audit append of %s collided (attempt %d)", event.kind, attempt)
+                time.sleep(secrets.SystemRandom().uniform(0.0, _APPEND_BACKOFF_S))
                 attempt += 1
 
     def append_within(self, connection: Connection, event: AuditEvent) -> AuditEntry:
@@ -394,6 +433,7 @@ class AuditLog:
         The caller's change and its audit entry then commit, or fail, together.
         """
         last = self._last_entry(connection)
+        deadline = time.monotonic() + _APPEND_PATIENCE_S
         sequence = 0 if last is None else last.sequence + 1
         previous_hash = GENESIS_HASH if last is None else last.entry_hash
         timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -832,9 +872,7 @@ class ServerAuditTrail:
 
     def alert_raised(self, alert: Alert) -> None:
         """Record a monitoring alert (an alert sink)."""
-        self.log.append(
-            AlertRaised(self.run_id, alert.round_index, alert.rule, alert.message, alert.client_id)
-        )
+        self.log.append(AlertRaised.of(alert, self.run_id))
 
     def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
         self.log.append(UpdateRejected(self.run_id, round_index, client_id, reason))

@@ -1,4 +1,9 @@
-"""Alert rules over a run's rounds, and the Prometheus metrics of a serving federation.
+"""Alerts of training and serving, their sinks, and the Prometheus metrics of a federation.
+
+One :class:`Alert` serves both: the training rules below, and the input drift rules of a
+served model (:mod:`fedwarden.serve.drift`). :func:`deliver` hands each alert to the log and
+then to every sink: the audit log, a webhook (a JSON POST) and the Prometheus counters, as
+configured. A sink that fails is logged and the others still get the alert.
 
 :class:`AlertRules` looks at each completed round and raises an :class:`Alert`
 when one of these holds (each threshold configurable in ``[monitoring]``):
@@ -14,9 +19,9 @@ when one of these holds (each threshold configurable in ``[monitoring]``):
 - ``accuracy_floor``: central accuracy fell below ``accuracy_floor`` (off
   unless set).
 
-Each alert goes to every sink: the log (always), the audit trail and a
-webhook (a JSON POST) when configured. :class:`FederationMetrics` keeps the
-Prometheus series the server's ``/metrics`` endpoint serves.
+:class:`FederationMetrics` keeps the Prometheus series the server's ``/metrics`` endpoint
+serves; :class:`Monitoring` is the server's round monitor, and hands each round to the
+optional MLflow tracking (:mod:`fedwarden.monitor.tracking`) too.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from fedwarden.server.records import RoundRecord
+
+if TYPE_CHECKING:
+    from fedwarden.monitor.tracking import MlflowTracking
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +49,50 @@ WEBHOOK_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class Alert:
-    """One rule that fired: which, for which round (and client), and why."""
+    """One rule that fired, why, and the context its kind has.
+
+    A training rule gives the round (``round_index``) and, for ``client_silent``, the client
+    (``client_id``). A drift rule (``drift_psi``, ``drift_ks``) gives the served model's
+    version (``model_version``, ``MODEL@X.Y.Z``), the input ``feature``, and the
+    ``statistic`` that crossed its ``threshold``. Fields a kind does not have are None.
+    """
 
     rule: str
-    round_index: int
     message: str
+    round_index: int | None = None
     client_id: str | None = None
+    model_version: str | None = None
+    feature: int | None = None
+    statistic: float | None = None
+    threshold: float | None = None
+
+    def describe(self) -> str:
+        """The alert in one log line: its rule, its context, and its message."""
+        context = ", ".join(
+            f"{name} {value}"
+            for name, value in (
+                ("round", self.round_index),
+                ("client", self.client_id),
+                ("model", self.model_version),
+                ("feature", self.feature),
+            )
+            if value is not None
+        )
+        return f"alert {self.rule}{f' ({context})' if context else ''}: {self.message}"
+
+
+AlertSink = Callable[[Alert], None]
+"""Something that receives each alert: the audit trail, a webhook, a counter, a list in a test."""
+
+
+def deliver(alert: Alert, sinks: Sequence[AlertSink]) -> None:
+    """Log ``alert`` and hand it to every sink; a sink that raises is logged and skipped."""
+    logger.warning("%s", alert.describe())
+    for sink in sinks:
+        try:
+            sink(alert)
+        except Exception:  # one broken sink (audit store, webhook) must not silence the others
+            logger.exception("an alert sink failed to take %s", alert.rule)
 
 
 @dataclass(frozen=True)
@@ -64,7 +112,7 @@ class AlertRules:
 
     thresholds: AlertThresholds
     budget_epsilon: float | None = None
-    sinks: Sequence[Callable[[Alert], None]] = ()
+    sinks: Sequence[AlertSink] = ()
     _best_loss: float | None = None
     _since_best: int = 0
     _silent: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -76,9 +124,7 @@ class AlertRules:
         alerts += self._accuracy(record)
         alerts += self._silence(record, silent_clients)
         for alert in alerts:
-            logger.warning("alert %s (round %d): %s", alert.rule, alert.round_index, alert.message)
-            for sink in self.sinks:
-                sink(alert)
+            deliver(alert, self.sinks)
         return alerts
 
     def _loss(self, record: RoundRecord) -> list[Alert]:
@@ -93,9 +139,9 @@ class AlertRules:
         return [
             Alert(
                 "loss_stalled",
-                record.round_index,
                 f"the central loss has not improved for {self._since_best} rounds "
                 f"(best {self._best_loss:.4f}, now {record.loss:.4f})",
+                round_index=record.round_index,
             )
         ]
 
@@ -106,9 +152,9 @@ class AlertRules:
         return [
             Alert(
                 "dropouts",
-                record.round_index,
                 f"{lost} of {record.sampled} sampled clients dropped out or failed "
                 f"(more than {self.thresholds.max_dropout_fraction:.0%})",
+                round_index=record.round_index,
             )
         ]
 
@@ -122,9 +168,9 @@ class AlertRules:
         return [
             Alert(
                 "privacy_budget",
-                record.round_index,
                 f"epsilon {record.epsilon:.3f} spent of a budget of {budget:g} "
                 f"({record.epsilon / budget:.0%})",
+                round_index=record.round_index,
             )
         ]
 
@@ -135,8 +181,8 @@ class AlertRules:
         return [
             Alert(
                 "accuracy_floor",
-                record.round_index,
                 f"central accuracy {record.accuracy:.4f} is below the floor {floor:g}",
+                round_index=record.round_index,
             )
         ]
 
@@ -152,22 +198,26 @@ class AlertRules:
                 alerts.append(
                     Alert(
                         "client_silent",
-                        record.round_index,
                         f"{client} was sampled {self._silent[client]} rounds in a row and did "
                         "not deliver",
+                        round_index=record.round_index,
                         client_id=client,
                     )
                 )
         return alerts
 
 
-def webhook(url: str) -> Callable[[Alert], None]:
-    """A sink that POSTs each alert as JSON to ``url`` (failures are logged, never raised)."""
+def webhook(url: str) -> AlertSink:
+    """A sink that POSTs each alert as JSON to ``url`` (failures are logged, never raised).
+
+    The body is the alert's fields (:class:`Alert`), None fields as null. The URL itself is
+    never logged: chat webhooks carry their secret in it.
+    """
 
     def post(alert: Alert) -> None:
         request = urllib.request.Request(
             url,
-            data=json.dumps(asdict(alert)).encode(),
+            data=json.dumps(asdict(alert), allow_nan=False).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
@@ -175,7 +225,7 @@ def webhook(url: str) -> Callable[[Alert], None]:
             with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S):
                 return
         except OSError as error:
-            logger.warning("alert webhook %s failed: %s", url, error)
+            logger.warning("the alert webhook failed to take %s: %s", alert.rule, error)
 
     return post
 
@@ -240,12 +290,20 @@ class FederationMetrics:
 
 @dataclass
 class Monitoring:
-    """The server's round monitor: alert rules, then the metrics (alerts included)."""
+    """The server's round monitor: alert rules, then the metrics, then MLflow tracking if on."""
 
     rules: AlertRules
     metrics: FederationMetrics
+    tracking: MlflowTracking | None = None
 
     def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
-        """Evaluate the rules on a finished round and update the metrics."""
+        """Evaluate the rules on a finished round, update the metrics, track the round."""
         alerts = self.rules.round_completed(record, silent_clients)
         self.metrics.round_completed(record, alerts)
+        if self.tracking is not None:
+            self.tracking.round_completed(record)
+
+    def run_finished(self, model_dir: Path | None, registered_version: str | None) -> None:
+        """Track the run's final model (``model_dir``'s model.npz) and close its MLflow run."""
+        if self.tracking is not None:
+            self.tracking.run_finished(model_dir, registered_version)

@@ -8,7 +8,6 @@ _APP = "fedwarden.serve.app"
 _DRIFT = "fedwarden.serve.drift"
 
 _EXPORTS = {
-    "Alert": _DRIFT,
     "DeclaredInput": _APP,
     "DriftError": _DRIFT,
     "DriftMonitor": _DRIFT,
@@ -18,6 +17,7 @@ _EXPORTS = {
     "ServeError": _APP,
     "ServedModel": _APP,
     "ShadowRecorder": _APP,
+    "audit_sink": _APP,
     "create_app": _APP,
     "load_served_model": _APP,
     "reference_from_arrays": _DRIFT,

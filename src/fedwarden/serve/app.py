@@ -13,7 +13,10 @@ model registry (or any ``MODEL@X.Y.Z``):
   how often the two disagree on the class, the mean absolute difference of their
   probabilities, and the latency (p50, p95) of each (``GET /shadow`` and ``/metrics``).
 * Drift: with a :class:`~fedwarden.serve.drift.DriftMonitor`, served inputs are compared with
-  the training data's reference histograms; new alerts go to the ``alerts`` callback.
+  the training data's reference histograms. Each new alert names the served version and goes
+  the way training alerts go (:func:`fedwarden.monitor.alerts.deliver`): the log, the run
+  store's audit log (an ``alert_raised`` entry, with ``--audit-key``), a webhook (with
+  ``--webhook``) and the ``fedwarden_serve_drift_alerts`` counter.
 * ``GET /health`` says what is served; ``GET /metrics`` is the Prometheus text format.
 
 The model is rebuilt from the registry: its flat weights and ParamSpec, and the kind of model
@@ -30,8 +33,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,8 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.governance.audit import AlertRaised, AuditLog
 from fedwarden.governance.registry import ModelRegistry, ModelVersion
-from fedwarden.serve.drift import Alert, DriftMonitor, DriftReference
+from fedwarden.monitor.alerts import Alert, AlertSink, deliver, webhook
+from fedwarden.serve.drift import DriftMonitor, DriftReference
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +95,13 @@ class DeclaredInput:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A registered version rebuilt for prediction: ``scores`` maps instances to class scores."""
+    """A registered version rebuilt for prediction: ``scores`` maps instances to class scores.
+
+    ``run_id`` is the run that trained it.
+    """
 
     reference: str
+    run_id: str
     declared: DeclaredInput
     scores: Scores
 
@@ -146,7 +155,7 @@ def load_served_model(registry: ModelRegistry, reference: str) -> ServedModel:
         )
     declared = DeclaredInput(num_features, num_classes, lower, upper)
     logger.info("loaded %s (%s, %s)", version.reference, kind, declared.describe())
-    return ServedModel(version.reference, declared, scores)
+    return ServedModel(version.reference, version.run_id, declared, scores)
 
 
 def _check_spec(reference: str, built: ParamSpec, stored: ParamSpec) -> None:
@@ -417,13 +426,15 @@ def create_app(
     shadow_share: float = 0.0,
     shadow_seed: int | None = None,
     drift: DriftMonitor | None = None,
-    alerts: Callable[[Alert], None] | None = None,
+    audit: AuditLog | None = None,
+    alert_sinks: Sequence[AlertSink] = (),
 ) -> FastAPI:
     """The prediction service for version ``reference`` (``MODEL@production`` or ``MODEL@X.Y.Z``).
 
     ``shadow`` is a candidate version that ``shadow_share`` of requests also go to (chosen
-    with a generator seeded by ``shadow_seed``); ``drift`` monitors the served inputs and each
-    new drift alert is passed to ``alerts``.
+    with a generator seeded by ``shadow_seed``); ``drift`` monitors the served inputs. Each
+    new drift alert, with the served version as its ``model_version``, is logged, appended to
+    ``audit`` (the run store's audit log) and handed to every one of ``alert_sinks``.
     """
     primary = load_served_model(registry, reference)
     candidate = None if shadow is None else load_served_model(registry, shadow)
@@ -507,17 +518,15 @@ def create_app(
         instances_served.labels("shadow").inc(len(instances))
         recorder.compare(expected, probabilities)
 
+    sinks: list[AlertSink] = [lambda alert: drift_alerts.labels(alert.rule).inc()]
+    if audit is not None:
+        sinks.append(audit_sink(audit, primary.run_id))
+    sinks += alert_sinks
+
     def observe_drift(instances: npt.NDArray[np.float32]) -> None:
         assert drift is not None
         for alert in drift.observe(instances):
-            drift_alerts.labels(alert.rule).inc()
-            logger.info("drift alert: %s", alert.message)
-            if alerts is None:
-                continue
-            try:
-                alerts(alert)
-            except Exception:  # a failing alert sink must not stop monitoring
-                logger.exception("the alerts callback failed on %s", alert.message)
+            deliver(replace(alert, model_version=primary.reference), sinks)
 
     def predict(body: Any, background: BackgroundTasks) -> PredictResponse:
         """Predict each instance's class and class probabilities with the primary version."""
@@ -577,6 +586,15 @@ def create_app(
     return app
 
 
+def audit_sink(log: AuditLog, run_id: str) -> AlertSink:
+    """A sink that appends each alert to ``log`` as an ``alert_raised`` entry of ``run_id``."""
+
+    def append(alert: Alert) -> None:
+        log.append(AlertRaised.of(alert, run_id))
+
+    return append
+
+
 def serve_model(
     store_url: str,
     reference: str,
@@ -585,30 +603,40 @@ def serve_model(
     shadow: str | None = None,
     shadow_share: float = 0.0,
     drift_reference: Path | None = None,
+    audit_key: Path | None = None,
+    webhook_url: str | None = None,
 ) -> None:
     """Serve ``reference`` from the registry of the run store at ``store_url`` with uvicorn.
 
     ``drift_reference`` is a reference written by
-    :meth:`~fedwarden.serve.drift.DriftReference.to_json`; its alerts are logged.
+    :meth:`~fedwarden.serve.drift.DriftReference.to_json`. Its alerts are logged; with
+    ``audit_key`` (the server kit's ``audit.key``) appended to the store's audit log, beside
+    the entries of any server writing to it; with ``webhook_url`` POSTed there as JSON.
     """
     import uvicorn
 
+    from fedwarden.governance.audit import load_signing_key
     from fedwarden.governance.store import RunStore
 
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        raise ServeError("the alert webhook must be an http:// or https:// URL")
     store = RunStore(store_url)
     drift = (
         None
         if drift_reference is None
         else DriftMonitor(DriftReference.from_json(Path(drift_reference).read_text()))
     )
-    app = create_app(
-        ModelRegistry(store, None),
-        reference,
-        shadow=shadow,
-        shadow_share=shadow_share,
-        drift=drift,
-    )
     try:
+        audit = None if audit_key is None else AuditLog(store, load_signing_key(audit_key))
+        app = create_app(
+            ModelRegistry(store, None),
+            reference,
+            shadow=shadow,
+            shadow_share=shadow_share,
+            drift=drift,
+            audit=audit,
+            alert_sinks=() if webhook_url is None else (webhook(webhook_url),),
+        )
         uvicorn.run(app, host=host, port=port)
     finally:
         store.close()

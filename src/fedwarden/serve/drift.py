@@ -19,9 +19,11 @@ Two statistics per feature compare the window with the reference:
   compared with ``ks_p_value`` divided by the number of monitored features (Bonferroni), so
   the chance that any feature raises a false KS alert at one check is at most ``ks_p_value``.
 
-An :class:`Alert` is raised when a rule starts to hold for a feature, and again only after it
-has stopped holding; :meth:`DriftMonitor.observe` returns the new alerts for the caller to
-deliver (log, audit, webhook).
+An :class:`~fedwarden.monitor.alerts.Alert` (rule ``drift_psi`` or ``drift_ks``, with the
+feature, the statistic and its threshold) is raised when a rule starts to hold for a feature,
+and again only after it has stopped holding; :meth:`DriftMonitor.observe` returns the new
+alerts for the caller to deliver (:func:`fedwarden.monitor.alerts.deliver`: the log, the
+audit log, the webhook), as training alerts are.
 """
 
 from __future__ import annotations
@@ -41,19 +43,20 @@ from scipy import stats
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.data.dataset import FederatedDataset
+from fedwarden.monitor.alerts import Alert
 from fedwarden.privacy.analytics import Histogram, run_query
 from fedwarden.privacy.ledger import PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
-Rule = Literal["psi", "ks"]
+Rule = Literal["drift_psi", "drift_ks"]
 
 PSI_FLOOR = 1e-4
 """Smallest proportion a bin is given in the PSI, so an empty bin adds a finite term."""
 DEFAULT_PSI_THRESHOLD = 0.2
 DEFAULT_KS_P_VALUE = 0.01
-_RULES: tuple[Rule, ...] = ("psi", "ks")
+_RULES: tuple[Rule, ...] = ("drift_psi", "drift_ks")
 
 
 class DriftError(FedwardenError):
@@ -155,17 +158,6 @@ class DriftReference:
             raise DriftError(
                 f"not a drift reference ({error!r}); write one with DriftReference.to_json"
             ) from None
-
-
-@dataclass(frozen=True)
-class Alert:
-    """A drift rule started to hold for one feature: which, by how much, against what."""
-
-    rule: Rule
-    feature: int
-    statistic: float
-    threshold: float
-    message: str
 
 
 @dataclass(frozen=True)
@@ -378,25 +370,25 @@ class DriftMonitor:
         """Alerts for the rules that now hold for ``drift``'s feature and did not before."""
         holding: dict[Rule, Alert] = {}
         if drift.psi > self.psi_threshold:
-            holding["psi"] = Alert(
-                "psi",
-                drift.feature,
-                drift.psi,
-                self.psi_threshold,
+            holding["drift_psi"] = Alert(
+                "drift_psi",
                 f"feature {drift.feature}: PSI {drift.psi:.3f} over the last {drift.window} "
                 f"inputs exceeds {self.psi_threshold:g}; the served inputs no longer look like "
                 "the training data",
+                feature=drift.feature,
+                statistic=drift.psi,
+                threshold=self.psi_threshold,
             )
         if drift.ks_p_value < self.ks_threshold:
-            holding["ks"] = Alert(
-                "ks",
-                drift.feature,
-                drift.ks_p_value,
-                self.ks_threshold,
+            holding["drift_ks"] = Alert(
+                "drift_ks",
                 f"feature {drift.feature}: KS test p={drift.ks_p_value:.3g} "
                 f"(D={drift.ks_statistic:.3f}) over the last {drift.window} inputs is below "
                 f"{self.ks_threshold:.3g} "
                 f"({self.ks_p_value:g} Bonferroni-corrected over {len(self._features)} features)",
+                feature=drift.feature,
+                statistic=drift.ks_p_value,
+                threshold=self.ks_threshold,
             )
         raised = []
         for rule in _RULES:

@@ -622,7 +622,11 @@ def build_monitoring(
     audit: ServerAuditTrail | None,
     metrics: FederationMetrics | None,
 ) -> Monitoring:
-    """The alert rules of ``config.monitoring``, delivering to the log, audit trail and webhook."""
+    """The alert rules of ``config.monitoring`` and the run's MLflow tracking, if on.
+
+    Alerts go to the log, the audit trail and the webhook; the MLflow run is named after
+    ``run_id`` (the run directory's name; ``config.name`` for a run without one).
+    """
     from fedwarden.monitor.alerts import AlertRules, AlertThresholds, Monitoring, webhook
 
     section = config.monitoring
@@ -637,12 +641,15 @@ def build_monitoring(
             max_dropout_fraction=section.max_dropout_fraction,
             silent_rounds=section.silent_rounds,
             budget_warning_fraction=section.budget_warning_fraction,
+    run_id: str | None = None,
             accuracy_floor=section.accuracy_floor,
         ),
         budget_epsilon=config.privacy.epsilon if config.privacy.mechanism != "none" else None,
+    from fedwarden.monitor.tracking import start_tracking
         sinks=sinks,
     )
-    return Monitoring(rules, metrics or _new_metrics())
+    tracking = start_tracking(config, config.name if run_id is None else run_id)
+    return Monitoring(rules, metrics or _new_metrics(), tracking)
 
 
 def open_store(config: RunConfig, deployment: Deployment | None) -> RunStore:

@@ -1,0 +1,187 @@
+"""MLflow tracking of a run: its config, each round's figures, and the final model.
+
+Tracking is on when the ``mlflow`` library is importable (``pip install fedwarden[mlflow]``)
+and a tracking URI is set: ``[monitoring] mlflow_tracking_uri``, or else the
+``MLFLOW_TRACKING_URI`` environment variable. A fedwarden run is then one MLflow run, in the
+experiment ``[monitoring] mlflow_experiment``, named after the fedwarden run id and tagged
+with it (``fedwarden.run_id``), so that a resumed run continues the same MLflow run:
+
+* params: the run config flattened to dotted keys (``privacy.epsilon``), values as JSON
+  (strings as they are); the webhook and tracking URIs are left out, as they may hold secrets;
+* metrics, at step = the round index: :data:`ROUND_METRICS` of each round's
+  :class:`~fedwarden.server.records.RoundRecord` (None values are skipped);
+* at the end: ``model.npz`` and ``param_spec.json`` as artifacts under ``model/``, the
+  registered version (``MODEL@X.Y.Z``) as the tag ``fedwarden.registered_version``, and the
+  run marked finished.
+
+Tracking never fails a federated round: the first MLflow error is logged as a warning and
+tracking stays off for the rest of the run, so that a tracking server that does not answer
+does not add its retries to every round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedwarden.core.config import RunConfig
+from fedwarden.server.records import RoundRecord
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+ROUND_METRICS = (
+    "accuracy",
+    "loss",
+    "train_loss",
+    "epsilon",
+    "participants",
+    "dropped",
+    "rejected",
+    "bytes_up",
+    "bytes_down",
+)
+"""The RoundRecord fields logged as MLflow metrics after each round."""
+RUN_ID_TAG = "fedwarden.run_id"
+REGISTERED_VERSION_TAG = "fedwarden.registered_version"
+MODEL_ARTIFACT_PATH = "model"
+MODEL_FILES = ("model.npz", "param_spec.json")
+UNTRACKED_PARAMS = frozenset({"monitoring.webhook_url", "monitoring.mlflow_tracking_uri"})
+"""Config keys never sent to MLflow: URLs that may carry tokens or passwords."""
+PARAMS_PER_BATCH = 100
+"""MLflow accepts at most 100 params in one ``log_batch`` call."""
+
+
+def tracking_uri(config: RunConfig) -> str | None:
+    """The MLflow tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else None (off)."""
+    return config.monitoring.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def config_params(config: RunConfig) -> dict[str, str]:
+    """The config as MLflow params: dotted keys, JSON values (strings as they are)."""
+
+    def flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                yield from flatten(f"{prefix}.{key}" if prefix else str(key), item)
+        elif prefix not in UNTRACKED_PARAMS:
+            yield prefix, value if isinstance(value, str) else json.dumps(value)
+
+    return dict(flatten("", config.model_dump(mode="json")))
+
+
+def round_metrics(record: RoundRecord) -> dict[str, float]:
+    """The figures of :data:`ROUND_METRICS` that ``record`` has (None values left out)."""
+    values = {name: getattr(record, name) for name in ROUND_METRICS}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
+class MlflowTracking:
+    """Logs one fedwarden run to one MLflow run; errors turn tracking off with a warning."""
+
+    def __init__(self, client: MlflowClient, mlflow_run_id: str) -> None:
+        self.client = client
+        self.mlflow_run_id = mlflow_run_id
+        self.active = True
+
+    def round_completed(self, record: RoundRecord) -> None:
+        """Log the round's metrics at step ``record.round_index``."""
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(name, value, timestamp, record.round_index)
+            for name, value in round_metrics(record).items()
+        ]
+        self._safely(
+            f"round {record.round_index}'s metrics",
+            lambda: self.client.log_batch(self.mlflow_run_id, metrics=metrics),
+        )
+
+    def run_finished(self, model_dir: Path | None, registered_version: str | None) -> None:
+        """Log the final model's files in ``model_dir`` and the registered version; finish."""
+
+        def finish() -> None:
+            files = [] if model_dir is None else [model_dir / name for name in MODEL_FILES]
+            for path in files:
+                if path.exists():
+                    self.client.log_artifact(self.mlflow_run_id, str(path), MODEL_ARTIFACT_PATH)
+            if registered_version is not None:
+                self.client.set_tag(self.mlflow_run_id, REGISTERED_VERSION_TAG, registered_version)
+            self.client.set_terminated(self.mlflow_run_id, "FINISHED")
+
+        self._safely("the final model", finish)
+
+    def _safely(self, what: str, call: Callable[[], object]) -> None:
+        """Run ``call`` while tracking is on; if MLflow raises, warn and turn tracking off."""
+        if not self.active:
+            return
+        try:
+            call()
+        except Exception as error:  # tracking must never fail a round; MLflow raises many kinds
+            self.active = False
+            logger.warning(
+                "MLflow tracking could not log %s (%s: %s); tracking is off for the rest of "
+                "this run, which continues",
+                what,
+                type(error).__name__,
+                error,
+            )
+
+
+def start_tracking(config: RunConfig, run_id: str) -> MlflowTracking | None:
+    """The MLflow tracking of run ``run_id``, or None when it is off or MLflow cannot start it.
+
+    Opens (or, for a resumed run, finds by its ``fedwarden.run_id`` tag) the MLflow run and
+    logs the config as its params. Without a tracking URI nothing is imported or logged.
+    """
+    uri = tracking_uri(config)
+    if uri is None:
+        return None
+    try:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        logger.warning(
+            "an MLflow tracking URI is set but mlflow is not installed; install "
+            "fedwarden[mlflow] to track runs (this run is not tracked)"
+        )
+        return None
+    section = config.monitoring
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(section.mlflow_experiment)
+        experiment_id = (
+            client.create_experiment(section.mlflow_experiment)
+            if experiment is None
+            else experiment.experiment_id
+        )
+        found = client.search_runs(
+            [experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1
+        )
+        if found:
+            mlflow_run_id = found[0].info.run_id
+            logger.info("continuing MLflow run %s of %s", mlflow_run_id, run_id)
+        else:
+            mlflow_run_id = client.create_run(
+                experiment_id, run_name=run_id, tags={RUN_ID_TAG: run_id}
+            ).info.run_id
+            params = [Param(key, value) for key, value in config_params(config).items()]
+            for start in range(0, len(params), PARAMS_PER_BATCH):
+                client.log_batch(mlflow_run_id, params=params[start : start + PARAMS_PER_BATCH])
+    except Exception as error:  # tracking must never stop a run; MLflow raises many kinds
+        logger.warning(
+            "MLflow tracking could not start (%s: %s); this run is not tracked",
+            type(error).__name__,
+            error,
+        )
+        return None
+    logger.info("tracking %s as MLflow run %s", run_id, mlflow_run_id)
+    return MlflowTracking(client, mlflow_run_id)
