@@ -7,10 +7,10 @@ PostgreSQL database (the fixtures of the run store's tests).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import json
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -574,9 +574,9 @@ def test_cli_pdf_report_says_it_needs_weasyprint_when_it_is_not_installed(
     log: AuditLog,
     store_url: str,  # noqa: F811
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if importlib.util.find_spec("weasyprint") is not None:
-        pytest.skip("weasyprint is installed; the PDF is rendered instead")
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # as if it were not installed
     _, public = write_keys(tmp_path)
     output = tmp_path / "report.pdf"
     result = runner.invoke(

@@ -824,16 +824,25 @@ def _html_value(value: Any) -> str:
 
 
 def render_pdf(report: Mapping[str, Any]) -> bytes:
-    """The HTML report printed to PDF with weasyprint, if that library is installed."""
+    """The HTML report printed to PDF with weasyprint, if that library is installed.
+
+    The pages are A4 landscape and long values (hashes, timestamps, cohorts) wrap inside their
+    cells, so that every column of the report stays on the page.
+    """
     try:
         weasyprint = importlib.import_module("weasyprint")
     except ImportError:
         raise AuditError(
             "PDF reports need the weasyprint library, which is not installed; write the "
             "report with --format html (and print it to PDF from a browser), or install "
-            "weasyprint"
+            "it with `pip install 'fedwarden[report]'`"
         ) from None
-    pdf: bytes = weasyprint.HTML(string=render_html(report)).write_pdf()
+    page_style = weasyprint.CSS(
+        string="@page { size: A4 landscape; margin: 1cm; } "
+        "body { margin: 0 !important; font-size: 6.5pt; } "
+        "th, td { overflow-wrap: anywhere; padding: 0.15em 0.3em !important; }"
+    )
+    pdf: bytes = weasyprint.HTML(string=render_html(report)).write_pdf(stylesheets=[page_style])
     return pdf
 
 
