@@ -72,8 +72,8 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> SimulatedRun:
     )
     assert result.run_dir is not None
     run_dir = Path(result.run_dir)
-    server_kit = run_dir / "deploy" / "pki" / "servers" / "server"
-    with RunStore.sqlite(run_dir / "store.db") as store:
+    server_kit = runs_dir / "federation" / "pki" / "servers" / "server"
+    with RunStore.sqlite(runs_dir / "fedwarden.db") as store:
         (run_id,) = _run_ids(store)
     return SimulatedRun(
         run_id=run_id,
@@ -114,8 +114,8 @@ def register_model(store: RunStore, simulated: SimulatedRun, accuracy: float) ->
 def store_path(simulated_run: SimulatedRun, tmp_path: Path) -> Path:
     """A copy of the run's store, where the run registered its model as candidate ``run@1.0.0``."""
     path = tmp_path / "store.db"
-    for part in simulated_run.run_dir.glob("store.db*"):
-        shutil.copy(part, tmp_path / part.name)
+    for part in simulated_run.run_dir.parent.glob("fedwarden.db*"):
+        shutil.copy(part, tmp_path / part.name.replace("fedwarden.db", "store.db"))
     assert simulated_run.summary["registered_model"] == "run@1.0.0"
     return path
 
@@ -187,9 +187,11 @@ def test_runs_list_the_run_with_its_privacy_budget(
     assert listed["budget_delta"] == simulated_run.summary["budget_delta"]
 
 
-def test_rounds_are_the_figures_of_the_run_directory(
-    client: TestClient, simulated_run: SimulatedRun
+def test_rounds_are_the_figures_the_store_recorded_as_the_run_wrote_them(
+    client: TestClient, simulated_run: SimulatedRun, store_path: Path
 ) -> None:
+    with RunStore.sqlite(store_path) as store:
+        assert store.round_records(simulated_run.run_id) == simulated_run.metrics
     body = client.get(f"/api/runs/{simulated_run.run_id}/rounds").json()
     assert body["problem"] is None
     assert body["budget_epsilon"] == BUDGET_EPSILON
@@ -209,32 +211,36 @@ def test_unknown_run_is_answered_404_naming_it(client: TestClient) -> None:
         assert "no-such-run" in response.json()["detail"]
 
 
-def add_run(store_path: Path, run_id: str, run_dir: Path) -> None:
-    """Record another run, whose directory the test writes, in the store copy."""
+def add_run(store_path: Path, run_id: str, run_dir: Path, records: list[str]) -> None:
+    """Record another run in the store copy, with ``records`` as its rounds' records."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunStore.sqlite(store_path) as store:
         store.create_run(
             run_id, "other", json.dumps({"privacy": {"mechanism": "none"}}), str(run_dir)
         )
+        for round_index, record in enumerate(records):
+            store.round_started(run_id, round_index, [])
+            store.round_completed(run_id, round_index, record)
 
 
-def test_damaged_metrics_file_is_reported_not_a_server_error(
+def test_damaged_round_record_is_reported_not_a_server_error(
     client: TestClient, store_path: Path, tmp_path: Path
 ) -> None:
-    add_run(store_path, "damaged", tmp_path / "damaged")
-    (tmp_path / "damaged" / "metrics.json").write_text('[{"round_index": 0, "accuracy": ')
+    add_run(store_path, "damaged", tmp_path / "damaged", ['{"round_index": 0, "accuracy": '])
     body = client.get("/api/runs/damaged/rounds").json()
     assert body["rounds"] == []
-    assert "metrics.json" in body["problem"]
+    assert "damaged" in body["problem"] and "not JSON" in body["problem"]
     assert body["budget_epsilon"] is None
 
 
 def test_non_finite_figures_are_sent_as_null(
     client: TestClient, store_path: Path, tmp_path: Path
 ) -> None:
-    add_run(store_path, "diverged", tmp_path / "diverged")
-    (tmp_path / "diverged" / "metrics.json").write_text(
-        '[{"round_index": 0, "loss": NaN, "accuracy": 0.1, "epsilon": Infinity}]'
+    add_run(
+        store_path,
+        "diverged",
+        tmp_path / "diverged",
+        ['{"round_index": 0, "loss": NaN, "accuracy": 0.1, "epsilon": Infinity}'],
     )
     (point,) = client.get("/api/runs/diverged/rounds").json()["rounds"]
     assert (point["loss"], point["accuracy"], point["epsilon"]) == (None, 0.1, None)
@@ -254,18 +260,20 @@ def test_clients_show_cohorts_refusals_flags_and_quarantine(
     assert sorted(clients) == ["client_0", "client_1", "client_2"]
     assert all(listed["enrolled"] for listed in clients.values())
     assert all(listed["sampled_rounds"] == [0, 1, 2] for listed in clients.values())
+    # Every update of the run stays on record after its spooled payload is deleted.
+    assert all(listed["accepted_updates"] == 3 for listed in clients.values())
     (refusal,) = clients["client_1"]["rejections"]
     assert (refusal["round_index"], refusal["reason"]) == (1, "norm_bound")
     assert clients["client_0"]["rejections"] == []
 
-    add_run(store_path, "flagging", tmp_path / "flagging")
-    (tmp_path / "flagging" / "metrics.json").write_text(
-        json.dumps(
-            [
-                {"round_index": 0, "flagged": ["mallory"], "quarantined": []},
-                {"round_index": 1, "flagged": ["mallory"], "quarantined": ["mallory"]},
-            ]
-        )
+    add_run(
+        store_path,
+        "flagging",
+        tmp_path / "flagging",
+        [
+            json.dumps({"round_index": 0, "flagged": ["mallory"], "quarantined": []}),
+            json.dumps({"round_index": 1, "flagged": ["mallory"], "quarantined": ["mallory"]}),
+        ],
     )
     with RunStore.sqlite(store_path) as store:
         store.accept_update(

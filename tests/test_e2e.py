@@ -215,7 +215,12 @@ def test_quickstart_spends_exactly_the_calibrated_dp_sgd_budget_at_each_hospital
     from fedwarden.privacy.accounting import compute_spend
     from fedwarden.privacy.silo import dp_sgd_round_event
 
-    config = load_config(ROOT / "examples" / "quickstart.toml")
+    deployed = load_config(ROOT / "examples" / "quickstart.toml")
+    assert deployed.runtime.kind == "grpc"  # make demo; the same training simulated here
+    values = deployed.model_dump()
+    values["runtime"] = {"kind": "local"}
+    values["rollout"] = {}
+    config = RunConfig.from_mapping(values)
     assert config.privacy.noise_multiplier is None  # calibrated from the budget at start
     summary = run(config, write_run_dir=False).to_json()
     assert summary["privacy_unit"] == "example" and summary["retired_silos"] == []

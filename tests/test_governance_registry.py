@@ -29,6 +29,7 @@ from fedwarden.governance import (
     ModelRegistry,
     ModelRolledBack,
     ModelVersion,
+    PilotEvaluated,
     RegistryError,
     RetentionDeletion,
     RunStore,
@@ -452,6 +453,71 @@ def test_override_promotes_a_refused_candidate_and_the_audit_records_why(
         baseline_accuracy=0.9,
         threshold=0.02,
     )
+
+
+def test_recorded_pilot_is_compared_with_production_on_the_same_clients(
+    registry: ModelRegistry, store: RunStore
+) -> None:
+    register(registry, accuracy=0.95)
+    register(registry, accuracy=0.80)
+    registry.promote("1.0.0", by="dana")  # no production yet: no baseline
+    pilot = registry.record_pilot(
+        "1.1.0", "server", ["site-b", "site-a"], 0.81, "mnist@1.0.0", 0.80
+    )
+    assert pilot.clients == ("site-a", "site-b") and registry.pilot("1.1.0") == pilot
+    assert audited(store)[-1] == PilotEvaluated(
+        model="mnist",
+        version="1.1.0",
+        clients=("site-a", "site-b"),
+        accuracy=0.81,
+        production="mnist@1.0.0",
+        production_accuracy=0.80,
+        by="server",
+    )
+    # Production's registered 0.95 is not the baseline: its 0.80 on the same pilot clients is.
+    promoted = registry.promote("1.1.0", by="dana")
+    assert promoted.stage == "production" and promoted.pilot_accuracy == 0.81
+    event = audited(store)[-1]
+    assert isinstance(event, ModelPromoted)
+    assert (event.pilot_accuracy, event.baseline_accuracy) == (0.81, 0.80)
+
+
+def test_recorded_pilot_worse_than_production_on_the_same_clients_is_refused(
+    registry: ModelRegistry,
+) -> None:
+    register(registry)
+    register(registry)
+    registry.promote("1.0.0", by="dana", pilot_accuracy=0.6)
+    registry.record_pilot("1.1.0", "server", ["site-a"], 0.70, "mnist@1.0.0", 0.75)
+    with pytest.raises(RegistryError, match=r"0\.7000.*0\.0500.*0\.7500"):
+        registry.promote("1.1.0", by="dana")
+    assert stages(registry) == {"1.0.0": "production", "1.1.0": "candidate"}
+
+
+def test_pilot_of_an_earlier_production_version_falls_back_to_the_recorded_accuracy(
+    registry: ModelRegistry,
+) -> None:
+    for _ in range(3):
+        register(registry)
+    registry.promote("1.0.0", by="dana", pilot_accuracy=0.9)
+    registry.record_pilot("1.2.0", "server", ["site-a"], 0.89, "mnist@1.0.0", 0.5)
+    registry.promote("1.1.0", by="dana", pilot_accuracy=0.95)
+    # Production changed since the pilot: 1.1.0's recorded 0.95 is the baseline now.
+    with pytest.raises(RegistryError, match=r"0\.9500"):
+        registry.promote("1.2.0", by="dana")
+
+
+def test_only_candidates_are_piloted_and_every_pilot_names_its_clients(
+    registry: ModelRegistry,
+) -> None:
+    register(registry)
+    with pytest.raises(RegistryError, match="names the clients"):
+        registry.record_pilot("1.0.0", "server", [], 0.9, None, None)
+    with pytest.raises(RegistryError, match=r"fraction in \[0, 1\]"):
+        registry.record_pilot("1.0.0", "server", ["site-a"], 1.5, None, None)
+    registry.promote("1.0.0", by="dana", pilot_accuracy=0.9)
+    with pytest.raises(RegistryError, match="only candidates are piloted"):
+        registry.record_pilot("1.0.0", "server", ["site-a"], 0.9, None, None)
 
 
 def test_pilot_accuracy_outside_zero_to_one_is_refused(registry: ModelRegistry) -> None:

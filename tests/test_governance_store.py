@@ -376,18 +376,23 @@ def test_update_for_an_unknown_run_is_refused(store: RunStore) -> None:
     assert not isinstance(refusal.value, DuplicateUpdate)
 
 
-def test_forget_updates_deletes_the_round_and_returns_its_payload_paths(store: RunStore) -> None:
+def test_released_payloads_keep_each_updates_record_and_are_returned_once(
+    store: RunStore,
+) -> None:
     accept(store, "alice")
     accept(store, "bob")
     accept(store, "alice", round_index=1)
-    assert store.forget_updates(RUN_ID, 0) == [
-        "/runs/mnist-1/updates/0/alice.npz",
-        "/runs/mnist-1/updates/0/bob.npz",
+    assert store.release_payloads(RUN_ID, 0, "bob") == ["/runs/mnist-1/updates/0/bob.npz"]
+    assert store.release_payloads(RUN_ID, 0) == ["/runs/mnist-1/updates/0/alice.npz"]
+    assert store.release_payloads(RUN_ID, 0) == []
+    kept = store.accepted_updates(RUN_ID, 0)
+    assert [(row.client_id, row.payload_path, row.digest) for row in kept] == [
+        ("alice", "", "sha256:alice"),
+        ("bob", "", "sha256:bob"),
     ]
-    assert store.accepted_updates(RUN_ID, 0) == []
-    assert len(store.accepted_updates(RUN_ID, 1)) == 1
-    accept(store, "alice")
-    assert len(store.accepted_updates(RUN_ID, 0)) == 1
+    assert store.accepted_updates(RUN_ID, 1)[0].payload_path != ""
+    with pytest.raises(DuplicateUpdate):
+        accept(store, "alice")
 
 
 def test_concurrent_accepts_from_many_threads_are_all_recorded(store: RunStore) -> None:

@@ -304,3 +304,58 @@ def test_fedwarden_run_on_the_grpc_runtime_trains_the_local_runtimes_model(tmp_p
             np.testing.assert_allclose(grpc_model[name], local_model[name], rtol=0, atol=1e-6)
     logs = Path(deployed.run_dir) / "deploy" / "logs"
     assert len(list(logs.glob("*.log"))) == 4
+
+
+def test_successive_deployment_runs_pilot_each_candidate_against_production(
+    tmp_path: Path,
+) -> None:
+    from fedwarden.core.config import RunConfig
+    from fedwarden.governance.audit import AuditLog, load_signing_key
+    from fedwarden.governance.registry import ModelRegistry
+    from fedwarden.server.launch import local_federation, prepare
+    from fedwarden.server.launch import run as run_config
+
+    runs_dir = tmp_path / "runs"
+    settings = {
+        "name": "nightly",
+        "rounds": 2,
+        "runs_dir": str(runs_dir),
+        "data": {"source": "digits", "num_clients": 4},
+        "model": {"kind": "softmax"},
+        "sampling": {"scheme": "uniform", "cohort_size": 4},
+        "runtime": {"kind": "grpc", "heartbeat_s": 1},
+        "rollout": {"pilot_clients": 2},
+    }
+    config = RunConfig.from_mapping(settings)
+    first = run_config(config).extras
+    kit = local_federation(runs_dir) / "servers" / "server"
+    with RunStore.sqlite(runs_dir / "fedwarden.db") as store:
+        registry = ModelRegistry(store, AuditLog(store, load_signing_key(kit / "audit.key")))
+        assert first["registered_model"] == "nightly@1.0.0"
+        pilot = first["pilot"]
+        assert pilot["production"] is None and len(pilot["clients"]) == 2
+        # The pilot's figure is the registered weights' accuracy on those clients' test data.
+        prepared = prepare(config)
+        weights = registry.weights("nightly@1.0.0")
+        correct = examples = 0
+        for client_id in pilot["clients"]:
+            client = prepared.dataset.clients[client_id]
+            accuracy = prepared.trainer.evaluate(weights, client.x_test, client.y_test)["accuracy"]
+            correct += accuracy * len(client.y_test)
+            examples += len(client.y_test)
+        assert pilot["candidate_accuracy"] == pytest.approx(correct / examples, abs=1e-9)
+        registry.promote("nightly@1.0.0", by="operator")
+
+    second = run_config(RunConfig.from_mapping({**settings, "seed": 1})).extras
+    assert second["registered_model"] == "nightly@1.1.0"
+    assert second["pilot"]["production"] == "nightly@1.0.0"
+    assert second["pilot"]["clients"] != [] and second["pilot"]["production_accuracy"] is not None
+    public_key = load_public_key(kit / "audit.pub")
+    with RunStore.sqlite(runs_dir / "fedwarden.db") as store:
+        assert verify(store, public_key).ok
+        kinds = [entry.kind for entry in read_entries(store)]
+        recorded = ModelRegistry(store, None).pilot("nightly@1.1.0")
+    assert recorded is not None and recorded.production == "nightly@1.0.0"
+    assert recorded.production_accuracy == second["pilot"]["production_accuracy"]
+    pilots = [index for index, kind in enumerate(kinds) if kind == "pilot_evaluated"]
+    assert len(pilots) == 2 and pilots[0] < kinds.index("model_promoted") < pilots[1]

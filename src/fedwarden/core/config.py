@@ -422,6 +422,19 @@ class RuntimeConfig(Section):
     """grpc: how long the server waits for every client to join before the first round."""
 
 
+class RolloutConfig(Section):
+    """Staged rollout: the final model evaluated federatedly on pilot clients before promotion.
+
+    At the end of a completed deployment run (the grpc runtime, which keeps a
+    model registry), ``pilot_clients`` clients drawn with the run's seed
+    evaluate the new candidate version and the production version on their
+    own test data; the registry records both accuracies (audited) and a later
+    promotion compares them. 0 evaluates nothing.
+    """
+
+    pilot_clients: Annotated[int, Field(ge=0)] = 0
+
+
 class RunConfig(Section):
     """A whole run: data, model, client training, strategy, sampling, pipeline, runtime."""
 
@@ -444,6 +457,7 @@ class RunConfig(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     asynchronous: AsynchronousConfig = AsynchronousConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    rollout: RolloutConfig = RolloutConfig()
 
     @model_validator(mode="after")
     def _privacy_fits_sampling(self) -> RunConfig:
@@ -585,6 +599,11 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _grpc_runtime_fits(self) -> RunConfig:
+        if self.rollout.pilot_clients and self.runtime.kind != "grpc":
+            raise ValueError(
+                "rollout.pilot_clients needs runtime.kind 'grpc': pilot evaluations are recorded "
+                "in the deployment's model registry, which simulated runtimes do not keep"
+            )
         if self.runtime.kind == "grpc" and self.secure.kind == "he":
             raise ValueError(
                 "secure.kind 'he' does not run over the grpc runtime yet (its key holder is "

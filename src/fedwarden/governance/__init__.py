@@ -24,6 +24,8 @@ _EXPORTS = {
     "ModelRegistry": _REGISTRY,
     "ModelRolledBack": _AUDIT,
     "ModelVersion": _REGISTRY,
+    "PilotEvaluated": _AUDIT,
+    "PilotEvaluation": _REGISTRY,
     "RegistryError": _REGISTRY,
     "RetentionDeletion": _AUDIT,
     "RoundCompleted": _AUDIT,

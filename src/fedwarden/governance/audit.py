@@ -260,6 +260,25 @@ class ModelRegistered(AuditEvent):
 
 
 @dataclass(frozen=True)
+class PilotEvaluated(AuditEvent):
+    """Candidate ``model@version`` was evaluated on the test data of the pilot ``clients``.
+
+    ``accuracy`` is the candidate's example-weighted accuracy over them; ``production`` is the
+    version in production at the time and ``production_accuracy`` its accuracy on the same
+    clients (None without a production version, or when its parameters do not fit the model).
+    """
+
+    kind: ClassVar[str] = "pilot_evaluated"
+    model: str
+    version: str
+    clients: tuple[str, ...]
+    accuracy: float
+    production: str | None
+    production_accuracy: float | None
+    by: str
+
+
+@dataclass(frozen=True)
 class ModelPromoted(AuditEvent):
     """``model@version`` moved from ``from_stage`` to ``to_stage`` on the decision of ``by``.
 
@@ -324,6 +343,7 @@ EVENT_TYPES: dict[str, type[AuditEvent]] = {
         AlertRaised,
         ClientQuarantined,
         ModelRegistered,
+        PilotEvaluated,
         ModelPromoted,
         ModelRolledBack,
         BudgetChanged,
@@ -412,6 +432,7 @@ class AuditLog:
         writers together always progress.
         """
         attempt = 1
+        deadline = time.monotonic() + _APPEND_PATIENCE_S
         while True:
             try:
                 with self.store.transaction() as connection:
@@ -433,7 +454,6 @@ class AuditLog:
         The caller's change and its audit entry then commit, or fail, together.
         """
         last = self._last_entry(connection)
-        deadline = time.monotonic() + _APPEND_PATIENCE_S
         sequence = 0 if last is None else last.sequence + 1
         previous_hash = GENESIS_HASH if last is None else last.entry_hash
         timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -657,8 +677,20 @@ def audit_report(
                 "weights_sha256": event.weights_sha256,
                 "metrics": dict(event.metrics),
                 "registered_at": entry.timestamp,
+                "pilot_evaluations": [],
                 "stage_changes": [],
             }
+        elif isinstance(event, PilotEvaluated):
+            _model_record(models, event.model, event.version)["pilot_evaluations"].append(
+                {
+                    "clients": sorted(client(member) for member in event.clients),
+                    "accuracy": event.accuracy,
+                    "production": event.production,
+                    "production_accuracy": event.production_accuracy,
+                    "by": event.by,
+                    "at": entry.timestamp,
+                }
+            )
         elif isinstance(event, ModelPromoted):
             _stage_change(models, event.model, event.version, event.to_stage, entry, event.by)
             if event.replaced is not None:
@@ -720,6 +752,20 @@ def _largest(current: float | None, new: float | None) -> float | None:
     return new if current is None else max(current, new)
 
 
+def _model_record(models: dict[str, dict[str, Any]], model: str, version: str) -> dict[str, Any]:
+    """The report's record of ``model@version``, started empty if its registration is missing."""
+    return models.setdefault(
+        f"{model}@{version}",
+        {
+            "model": model,
+            "version": version,
+            "stage": None,
+            "pilot_evaluations": [],
+            "stage_changes": [],
+        },
+    )
+
+
 def _stage_change(
     models: dict[str, dict[str, Any]],
     model: str,
@@ -729,10 +775,7 @@ def _stage_change(
     by: str,
 ) -> None:
     """Record in the report that ``model@version`` entered ``stage``."""
-    record = models.setdefault(
-        f"{model}@{version}",
-        {"model": model, "version": version, "stage": None, "stage_changes": []},
-    )
+    record = _model_record(models, model, version)
     record["stage"] = stage
     record["stage_changes"].append(
         {"stage": stage, "by": by, "at": entry.timestamp, "sequence": entry.sequence}

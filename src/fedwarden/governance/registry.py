@@ -11,11 +11,14 @@ Stages and the only transitions between them::
     deprecated --rollback--> production  --rollback (withdrawn)-->        deprecated
 
 A candidate is promoted only if its pilot accuracy is at most ``threshold`` below the
-recorded accuracy of the production version it replaces (the production version's own
-pilot accuracy, else its registered ``accuracy`` metric); an operator may override the
-refusal, with a reason. ``rollback`` withdraws the production version and restores the one
-that served most recently before it; a withdrawn version is never restored by a later
-rollback. Production and candidate versions are never deprecated any other way.
+accuracy of the production version it replaces. The pilot is a federated evaluation on a
+subset of clients (``[rollout] pilot_clients``; :meth:`ModelRegistry.record_pilot` keeps
+it, audited): when it also evaluated the current production version on the same clients,
+that figure is the baseline; otherwise the production version's recorded accuracy (its own
+pilot accuracy at promotion, else its registered ``accuracy`` metric). An operator may
+override the refusal, with a reason. ``rollback`` withdraws the production version and
+restores the one that served most recently before it; a withdrawn version is never restored
+by a later rollback. Production and candidate versions are never deprecated any other way.
 
 Weights are kept in the store's ``model_weights`` table as the raw little-endian float32
 bytes of the flat parameter vector (never pickled), with their SHA-256 on the version's row;
@@ -53,10 +56,17 @@ from fedwarden.governance.audit import (
     ModelPromoted,
     ModelRegistered,
     ModelRolledBack,
+    PilotEvaluated,
     RetentionDeletion,
     canonical_json,
 )
-from fedwarden.governance.store import RunStore, model_versions, model_weights, runs
+from fedwarden.governance.store import (
+    RunStore,
+    model_versions,
+    model_weights,
+    pilot_evaluations,
+    runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +138,30 @@ class ModelVersion:
             "registered_at": self.registered_at.isoformat(),
             "promoted_at": None if self.promoted_at is None else self.promoted_at.isoformat(),
             "param_spec": json.loads(self.spec_json),
+        }
+
+
+@dataclass(frozen=True)
+class PilotEvaluation:
+    """A candidate's federated evaluation on pilot clients, beside production's on the same ones."""
+
+    candidate: str
+    clients: tuple[str, ...]
+    candidate_accuracy: float
+    production: str | None
+    """``MODEL@X.Y.Z`` in production when the pilot ran (None: there was none)."""
+    production_accuracy: float | None
+    evaluated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """Its fields as JSON values."""
+        return {
+            "candidate": self.candidate,
+            "clients": list(self.clients),
+            "candidate_accuracy": self.candidate_accuracy,
+            "production": self.production,
+            "production_accuracy": self.production_accuracy,
+            "evaluated_at": self.evaluated_at.isoformat(),
         }
 
 
@@ -246,6 +280,12 @@ class ModelRegistry:
         """The version of model ``name`` now in production, if any."""
         with self.store.reading() as connection:
             return self._production(connection, name)
+
+    def pilot(self, version: str) -> PilotEvaluation | None:
+        """The latest pilot evaluation of ``version``, if it had one."""
+        with self.store.reading() as connection:
+            found = self._resolve(connection, version)
+            return self._latest_pilot(connection, found)
 
     def weights(self, version: str) -> Vector:
         """The flat parameter vector of a version, checked against its recorded SHA-256."""
@@ -430,6 +470,60 @@ class ModelRegistry:
         logger.info("registered %s@%s from run %s", run.name, version, run_id)
         return self.show(f"{run.name}@{version}")
 
+    def record_pilot(
+        self,
+        version: str,
+        by: str,
+        clients: builtins.list[str],
+        accuracy: float,
+        production: str | None,
+        production_accuracy: float | None,
+    ) -> PilotEvaluation:
+        """Record a candidate's pilot evaluation (and production's on the same clients), audited."""
+        audit = self._require_audit("record a pilot evaluation")
+        self._require_actor(by)
+        if not clients:
+            raise RegistryError("a pilot evaluation names the clients it ran on; none were given")
+        for figure in (accuracy, production_accuracy):
+            if figure is not None and not (math.isfinite(figure) and 0.0 <= figure <= 1.0):
+                raise RegistryError(f"pilot accuracy {figure} is not a fraction in [0, 1]")
+        with self.store.transaction() as connection:
+            candidate = self._resolve(connection, version)
+            if candidate.stage != "candidate":
+                raise RegistryError(
+                    f"{candidate.reference} is {candidate.stage}; only candidates are piloted"
+                )
+            current = None if production is None else self._resolve(connection, production)
+            connection.execute(
+                insert(pilot_evaluations).values(
+                    model=candidate.model,
+                    version=candidate.version,
+                    clients_json=json.dumps(sorted(clients)),
+                    accuracy=accuracy,
+                    production=None if current is None else current.version,
+                    production_accuracy=production_accuracy,
+                    evaluated_at=datetime.now(UTC),
+                )
+            )
+            audit.append_within(
+                connection,
+                PilotEvaluated(
+                    model=candidate.model,
+                    version=candidate.version,
+                    clients=tuple(sorted(clients)),
+                    accuracy=accuracy,
+                    production=None if current is None else current.reference,
+                    production_accuracy=production_accuracy,
+                    by=by,
+                ),
+            )
+            recorded = self._latest_pilot(connection, candidate)
+        assert recorded is not None
+        logger.info(
+            "pilot of %s on %d clients: accuracy %.4f", candidate.reference, len(clients), accuracy
+        )
+        return recorded
+
     def promote(
         self,
         version: str,
@@ -441,8 +535,10 @@ class ModelRegistry:
     ) -> ModelVersion:
         """Move a candidate to production, demoting the production version to deprecated.
 
-        Refused when the candidate's ``pilot_accuracy`` is more than ``threshold`` below the
-        production version's recorded accuracy (or not given while that accuracy is known),
+        ``pilot_accuracy`` None takes the candidate's latest recorded pilot evaluation, whose
+        figure for the production version on the same clients is then the baseline (else the
+        production version's recorded accuracy). Refused when the candidate's pilot accuracy
+        is more than ``threshold`` below the baseline (or unknown while the baseline is known),
         unless ``override`` is True with a ``reason``; the override is audited.
         """
         audit = self._require_audit("promote a model version")
@@ -461,6 +557,11 @@ class ModelRegistry:
                 raise RegistryError(self._not_a_candidate(candidate))
             current = self._production(connection, candidate.model)
             baseline = None if current is None else current.recorded_accuracy
+            pilot = self._latest_pilot(connection, candidate) if pilot_accuracy is None else None
+            if pilot is not None:
+                pilot_accuracy = pilot.candidate_accuracy
+                if current is not None and pilot.production == current.reference:
+                    baseline = pilot.production_accuracy
             if current is not None and baseline is not None and not override:
                 self._check_staged_rollout(candidate, current, baseline, pilot_accuracy, threshold)
             if current is not None:
@@ -680,6 +781,29 @@ class ModelRegistry:
             )
         ).one_or_none()
         return None if row is None else _version_from(row)
+
+    @staticmethod
+    def _latest_pilot(connection: Connection, found: ModelVersion) -> PilotEvaluation | None:
+        """The most recent pilot evaluation of ``found``, if any."""
+        row = connection.execute(
+            select(pilot_evaluations)
+            .where(
+                pilot_evaluations.c.model == found.model,
+                pilot_evaluations.c.version == found.version,
+            )
+            .order_by(pilot_evaluations.c.evaluation_id.desc())
+            .limit(1)
+        ).one_or_none()
+        if row is None:
+            return None
+        return PilotEvaluation(
+            candidate=found.reference,
+            clients=tuple(json.loads(row.clients_json)),
+            candidate_accuracy=row.accuracy,
+            production=None if row.production is None else f"{found.model}@{row.production}",
+            production_accuracy=row.production_accuracy,
+            evaluated_at=row.evaluated_at,
+        )
 
     @staticmethod
     def _model_to_roll_back(connection: Connection, name: str | None) -> str:

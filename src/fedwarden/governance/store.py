@@ -9,13 +9,16 @@ run directory, see :mod:`fedwarden.server.rundir`) is a row in one SQLAlchemy da
     one row per run: its name, validated config and the config's SHA-256, its run directory,
     and whether it is ``running``, ``completed`` or ``failed``.
 ``rounds``
-    one row per started round: the sampled cohort and, once completed, its record.
+    one row per started round: the sampled cohort and, once completed, its record (the
+    figures the dashboard charts, written by :class:`RoundRows`).
 ``clients``
     every enrolment of a client's long-term Ed25519 identity key (raw 32 bytes); at most one
     per client is active (not revoked), and revoked enrolments stay on record.
 ``accepted_updates``
     each client update the server accepted, written and committed *before* the client is
-    acknowledged; unique per (run, round, client).
+    acknowledged; unique per (run, round, client). Once its round is checkpointed the spooled
+    payload is deleted and the row stays, with the update's digest, example count and metrics:
+    the run's per-client history.
 ``rejections``
     each refused update with its machine-readable reason.
 ``audit_log``
@@ -27,6 +30,8 @@ run directory, see :mod:`fedwarden.server.rundir`) is a row in one SQLAlchemy da
     the model registry of :mod:`fedwarden.governance.registry`: one row per registered version
     (its lineage, stage and metrics) and, until retention deletes them, its weights as the raw
     little-endian float32 bytes of the flat parameter vector (never pickled).
+``pilot_evaluations``
+    each candidate's federated evaluation on pilot clients, beside production's on the same.
 
 The database is a SQLite file by default (``sqlite:///path/to/fedwarden.db``), opened in WAL
 mode with ``synchronous=FULL`` so that a committed row survives a crash of the process or the
@@ -47,7 +52,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -71,7 +76,6 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     create_engine,
-    delete,
     event,
     func,
     insert,
@@ -82,6 +86,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fedwarden.core.errors import FedwardenError
+
+if TYPE_CHECKING:
+    from fedwarden.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +273,20 @@ model_weights = Table(
     ForeignKeyConstraint(["model", "version"], ["model_versions.model", "model_versions.version"]),
 )
 
+pilot_evaluations = Table(
+    "pilot_evaluations",
+    metadata,
+    Column("evaluation_id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("clients_json", Text, nullable=False),
+    Column("accuracy", Float, nullable=False),
+    Column("production", String(32), nullable=True),
+    Column("production_accuracy", Float, nullable=True),
+    Column("evaluated_at", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["model", "version"], ["model_versions.model", "model_versions.version"]),
+)
+
 
 @dataclass(frozen=True)
 class RunRow:
@@ -371,6 +392,11 @@ class RunStore:
             self._engine = create_engine(database_url, pool_pre_ping=True)
         metadata.create_all(self._engine)
         logger.info("opened run store %s", database_url.render_as_string(hide_password=True))
+
+    @property
+    def url(self) -> str:
+        """The store's URL with any password hidden: what to give other commands."""
+        return self._engine.url.render_as_string(hide_password=True)
 
     @classmethod
     def sqlite(cls, path: Path) -> RunStore:
@@ -655,6 +681,16 @@ class RunStore:
                 "record; a completed round cannot be rewritten"
             )
 
+    def round_records(self, run_id: str) -> list[dict[str, Any]]:
+        """The records of the run's completed rounds, in round order."""
+        with self._read() as connection:
+            stored = connection.execute(
+                select(rounds.c.record_json)
+                .where(rounds.c.run_id == run_id, rounds.c.record_json.is_not(None))
+                .order_by(rounds.c.round_index)
+            ).scalars()
+            return [json.loads(record) for record in stored]
+
     def completed_rounds(self, run_id: str) -> int:
         """How many rounds of the run are completed."""
         with self._read() as connection:
@@ -728,27 +764,32 @@ class RunStore:
             ).all()
         return [_as(AcceptedUpdate, row) for row in rows]
 
-    def forget_updates(
+    def release_payloads(
         self, run_id: str, round_index: int, client_id: str | None = None
     ) -> list[str]:
-        """Delete a round's accepted updates (or one client's); the payload files to delete."""
-        of_round = [
+        """Mark a round's spooled payloads (or one client's) as deleted; the files to delete.
+
+        Each update's record (digest, example count, metrics) stays: the run's per-client
+        history. A released payload is never read back (its round is checkpointed).
+        """
+        released = [
             accepted_updates.c.run_id == run_id,
             accepted_updates.c.round_index == round_index,
+            accepted_updates.c.payload_path != "",
         ]
         if client_id is not None:
-            of_round.append(accepted_updates.c.client_id == client_id)
+            released.append(accepted_updates.c.client_id == client_id)
         with self._write() as connection:
             payload_paths = list(
                 connection.execute(
                     select(accepted_updates.c.payload_path)
-                    .where(*of_round)
+                    .where(*released)
                     .order_by(accepted_updates.c.update_id)
                 ).scalars()
             )
-            connection.execute(delete(accepted_updates).where(*of_round))
+            connection.execute(update(accepted_updates).where(*released).values(payload_path=""))
         logger.info(
-            "forgot %d accepted updates of round %d of run %s",
+            "released %d spooled payloads of round %d of run %s",
             len(payload_paths),
             round_index,
             run_id,
@@ -793,3 +834,24 @@ class RunStore:
         ).scalar_one_or_none()
         if known is None:
             raise StoreError(f"there is no run {run_id!r} in the store; call create_run first")
+
+
+class RoundRows:
+    """Writes each completed round's record into the run store (a server's round monitor).
+
+    The record goes in after the server's checkpoint, so a round is never recorded twice;
+    the dashboard reads these rows. FedBuff's server updates sample no cohort: their row
+    gets an empty one.
+    """
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+
+    def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
+        """Record ``record`` as its round's figures."""
+        if self.store.round_cohort(self.run_id, record.round_index) is None:
+            self.store.round_started(self.run_id, record.round_index, [])
+        self.store.round_completed(
+            self.run_id, record.round_index, json.dumps(record.to_json(), sort_keys=True)
+        )

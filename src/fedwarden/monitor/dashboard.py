@@ -6,8 +6,8 @@
 ``GET /api/runs``
     every run of the store, newest first, with its privacy budget;
 ``GET /api/runs/{run_id}/rounds``
-    the run's per-round figures from its run directory's ``metrics.json`` (accuracy, loss,
-    epsilon spent against the budget, participation, bytes);
+    the run's per-round figures as the store recorded them (accuracy, loss, epsilon spent
+    against the budget, participation, bytes);
 ``GET /api/runs/{run_id}/clients``
     each client of the run: cohorts, accepted updates, refusals, outlier flags, quarantine;
 ``GET /api/audit``
@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -123,7 +122,7 @@ class RunSummary(_Body):
 
 
 class RoundPoint(_Body):
-    """The figures of one completed round, as the run directory's ``metrics.json`` holds them."""
+    """The figures of one completed round, as the run store's round record holds them."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -336,25 +335,23 @@ def _one_run(store: RunStore, run_id: str) -> RunSummary:
     return found[0]
 
 
-def read_round_points(run_dir: Path) -> list[RoundPoint]:
-    """The completed rounds recorded in ``run_dir/metrics.json`` (none yet if it is missing)."""
-    path = run_dir / "metrics.json"
+def read_round_points(store: RunStore, run_id: str) -> list[RoundPoint]:
+    """The completed rounds of ``run_id`` as the run store recorded them (none yet: empty)."""
     try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as error:
+        content = store.round_records(run_id)
+    except ValueError as error:
         raise DashboardError(
-            f"cannot read {path}: {error}; the run's metrics file is damaged or unreadable"
+            f"a round record of run {run_id} in the store is not JSON ({error}); the store's "
+            "rounds table was damaged"
         ) from None
-    if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
-        raise DashboardError(
-            f"{path} does not hold a list of round objects; it is not a metrics file"
-        )
+    if not all(isinstance(row, dict) for row in content):
+        raise DashboardError(f"a round record of run {run_id} in the store is not an object")
     try:
         return [RoundPoint.model_validate(_finite(row)) for row in content]
     except ValueError as error:
-        raise DashboardError(f"{path} holds a round this dashboard cannot read: {error}") from None
+        raise DashboardError(
+            f"run {run_id} has a round record this dashboard cannot read: {error}"
+        ) from None
 
 
 def _client_statuses(store: RunStore, run_id: str, points: list[RoundPoint]) -> list[ClientStatus]:
@@ -606,7 +603,7 @@ def create_app(
         """The run's completed rounds: accuracy, loss, epsilon against budget, traffic."""
         run = _one_run(store, run_id)
         try:
-            points = read_round_points(Path(run.run_dir))
+            points = read_round_points(store, run_id)
         except DashboardError as error:
             logger.warning("run %s: %s", run_id, error)
             return RunRounds(
@@ -630,9 +627,9 @@ def create_app(
     )
     def run_clients(run_id: str) -> RunClients:
         """Each client of the run with its cohorts, accepted updates, refusals and flags."""
-        run = _one_run(store, run_id)
+        _one_run(store, run_id)
         try:
-            points = read_round_points(Path(run.run_dir))
+            points = read_round_points(store, run_id)
         except DashboardError as error:
             logger.warning("run %s: %s", run_id, error)
             points = []

@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fedwarden.governance.audit import ServerAuditTrail
-    from fedwarden.governance.store import RunStore
+    from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
@@ -593,6 +593,8 @@ class Deployment:
     store_url: str | None = None
     audit_key: Ed25519PrivateKey | None = None
     """Signs the audit log (``audit.key`` of the server kit); None: no audit log."""
+    audit_public_key: Path | None = None
+    """Where the audit log's public key (``audit.pub``) lies, to print how to verify it."""
     listening: threading.Event = field(default_factory=threading.Event)
     launcher: LocalClients | None = None
     """Local client processes to start (``fedwarden run`` on the grpc runtime)."""
@@ -600,15 +602,29 @@ class Deployment:
     """The Prometheus series served on the operations endpoint's ``/metrics``."""
 
     @classmethod
-    def local(cls, directory: Path, dataset: FederatedDataset) -> Deployment:
-        """Loopback with mutual TLS and one client process per client, kits under ``directory``."""
+    def local(cls, directory: Path, dataset: FederatedDataset, pki: Path) -> Deployment:
+        """Loopback with mutual TLS and one client process per client, files under ``directory``.
+
+        ``pki`` keeps the CA and the kits across runs (the store enrols each client's key once).
+        """
         from fedwarden.governance.audit import load_signing_key
         from fedwarden.runtime.grpc.local_clients import LocalClients
 
-        launcher = LocalClients(directory, dataset)
+        launcher = LocalClients(directory, dataset, pki)
         tls = launcher.provision()
-        audit_key = load_signing_key(launcher.pki / "servers" / "server" / "audit.key")
-        return cls("127.0.0.1:0", tls, audit_key=audit_key, launcher=launcher)
+        audit_key = load_signing_key(launcher.server_kit / "audit.key")
+        return cls(
+            "127.0.0.1:0",
+            tls,
+            audit_key=audit_key,
+            audit_public_key=launcher.server_kit / "audit.pub",
+            launcher=launcher,
+        )
+
+
+def local_federation(runs_dir: Path) -> Path:
+    """Where ``fedwarden run`` on the grpc runtime keeps the CA and kits of its local clients."""
+    return runs_dir / "federation" / "pki"
 
 
 def _new_metrics() -> FederationMetrics:
@@ -621,6 +637,7 @@ def build_monitoring(
     config: RunConfig,
     audit: ServerAuditTrail | None,
     metrics: FederationMetrics | None,
+    run_id: str | None = None,
 ) -> Monitoring:
     """The alert rules of ``config.monitoring`` and the run's MLflow tracking, if on.
 
@@ -628,6 +645,7 @@ def build_monitoring(
     ``run_id`` (the run directory's name; ``config.name`` for a run without one).
     """
     from fedwarden.monitor.alerts import AlertRules, AlertThresholds, Monitoring, webhook
+    from fedwarden.monitor.tracking import start_tracking
 
     section = config.monitoring
     sinks: list[Callable[[Alert], None]] = []
@@ -641,11 +659,9 @@ def build_monitoring(
             max_dropout_fraction=section.max_dropout_fraction,
             silent_rounds=section.silent_rounds,
             budget_warning_fraction=section.budget_warning_fraction,
-    run_id: str | None = None,
             accuracy_floor=section.accuracy_floor,
         ),
         budget_epsilon=config.privacy.epsilon if config.privacy.mechanism != "none" else None,
-    from fedwarden.monitor.tracking import start_tracking
         sinks=sinks,
     )
     tracking = start_tracking(config, config.name if run_id is None else run_id)
@@ -838,11 +854,9 @@ def run(
             raise ConfigError(
                 "the grpc runtime keeps its store and spool in the run directory; run with one"
             )
-        from fedwarden.governance.store import RunStore
-
-        # Local client processes get fresh certificates each run: a store of their own.
-        with RunStore.sqlite(run_dir.path / "store.db") as own_store:
-            return _run(config, run_dir, observer, stop_after, deployment, own_store)
+        # The runs directory's store: its registry and audit log span successive runs.
+        with open_store(config, deployment) as runs_store:
+            return _run(config, run_dir, observer, stop_after, deployment, runs_store)
     return _run(config, run_dir, observer, stop_after, deployment, store)
 
 
@@ -865,8 +879,16 @@ def _run(
     audit = None
     if store is not None and run_dir is not None:
         if deployment is None:
-            deployment = Deployment.local(run_dir.path / "deploy", dataset)
+            deployment = Deployment.local(
+                run_dir.path / "deploy", dataset, local_federation(config.runs_dir)
+            )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
+    monitoring = build_monitoring(
+        config,
+        audit,
+        None if deployment is None else deployment.metrics,
+        run_id=None if run_dir is None else run_dir.path.name,
+    )
     with build_runtime(config, dataset, run_dir, store, deployment) as runtime:
 
         def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
@@ -907,9 +929,7 @@ def _run(
             "observer": observer,
             "privacy": privacy,
             "audit": audit,
-            "monitor": build_monitoring(
-                config, audit, None if deployment is None else deployment.metrics
-            ),
+            "monitors": [monitoring, *_round_rows(store, run_dir)],
         }
         asynchronous = config.asynchronous
         server = (
@@ -953,6 +973,15 @@ def _run(
             )
         else:
             result = server.run(finetune=finetune, stop_after=stop_after)
+        governed: dict[str, Any] = {}
+        completed = run_dir is not None and store is not None and result.rounds == config.rounds
+        if completed and audit is not None and run_dir is not None and store is not None:
+            description = f"{config.data.source}, held by {len(dataset.clients)} clients"
+            governed = _register_model(
+                config, store, audit, run_dir, result, description, runtime, dataset
+            )
+            assert deployment is not None
+            governed["governance"] = _governance_report(store, audit, run_dir, deployment)
     extras = {
         **result.extras,
         "runtime": runtime.name,
@@ -982,10 +1011,10 @@ def _run(
         heterogeneity = label_heterogeneity(dataset)
         extras["label_chi2"] = heterogeneity.chi2
         extras["label_chi2_p_value"] = heterogeneity.p_value
-    completed = run_dir is not None and store is not None and result.rounds == config.rounds
-    if completed and audit is not None and run_dir is not None and store is not None:
-        description = f"{config.data.source}, held by {len(dataset.clients)} clients"
-        extras["registered_model"] = _register_model(store, audit, run_dir, result, description)
+    extras.update(governed)
+    monitoring.run_finished(
+        None if run_dir is None else run_dir.path, extras.get("registered_model")
+    )
     final = RunResult(**{**result.__dict__, "extras": extras})
     if run_dir is not None:
         run_dir.write_summary(final.to_json())
@@ -994,17 +1023,50 @@ def _run(
     return final
 
 
+def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
+    """The run store's recorder of completed rounds, when the run has a store."""
+    from fedwarden.governance.store import RoundRows
+
+    if store is None or run_dir is None:
+        return []
+    return [RoundRows(store, run_dir.path.name)]
+
+
+def _governance_report(
+    store: RunStore, audit: ServerAuditTrail, run_dir: RunDirectory, deployment: Deployment
+) -> dict[str, str | None]:
+    """Write the store's HTML audit report into the run directory; where everything is."""
+    from fedwarden.governance.audit import audit_report, render_html
+
+    report = run_dir.path / "audit_report.html"
+    report.write_text(render_html(audit_report(store, audit.log.public_key)))
+    return {
+        "store": store.url,
+        "audit_public_key": (
+            None if deployment.audit_public_key is None else str(deployment.audit_public_key)
+        ),
+        "audit_report": str(report),
+    }
+
+
 def _register_model(
+    config: RunConfig,
     store: RunStore,
     audit: ServerAuditTrail,
     run_dir: RunDirectory,
     result: RunResult,
     data_description: str,
-) -> str:
-    """Register the run's final model as the next candidate version (audited); its reference."""
+    runtime: Runtime,
+    dataset: FederatedDataset,
+) -> dict[str, Any]:
+    """Register the final model as the next candidate (audited) and run its pilot, if asked.
+
+    Returns the summary's entries: ``registered_model`` (its reference) and ``pilot``.
+    """
     import hashlib
 
     from fedwarden.governance.registry import ModelRegistry
+    from fedwarden.server.rollout import draw_pilot, run_pilot
 
     metrics = {
         name: value
@@ -1015,7 +1077,8 @@ def _register_model(
         )
         if value is not None
     }
-    version = ModelRegistry(store, audit.log).register(
+    registry = ModelRegistry(store, audit.log)
+    version = registry.register(
         run_dir.path.name,
         None,
         run_dir.path / "model.npz",
@@ -1028,4 +1091,19 @@ def _register_model(
         data_description=data_description,
     )
     logger.info("registered the final model as %s", version.reference)
-    return version.reference
+    governed: dict[str, Any] = {"registered_model": version.reference}
+    count = config.rollout.pilot_clients
+    if count:
+        if count > len(dataset.client_ids):
+            raise ConfigError(
+                f"rollout.pilot_clients={count} is more than the run's "
+                f"{len(dataset.client_ids)} clients"
+            )
+        vector = registry.weights(version.reference)
+        clients = draw_pilot(dataset.client_ids, count, config.seed)
+        pilot = run_pilot(
+            runtime, registry, version, vector, clients, config.rounds, "fedwarden server"
+        )
+        if pilot is not None:
+            governed["pilot"] = pilot.to_json()
+    return governed

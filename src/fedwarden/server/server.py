@@ -72,7 +72,7 @@ class RoundAudit(Protocol):
 
 
 class RoundMonitor(Protocol):
-    """Alert rules and metrics (``fedwarden.monitor.alerts.Monitoring``)."""
+    """Told of every completed round: alert rules and metrics, the store's round rows."""
 
     def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
         """A round finished; ``silent_clients`` were sampled and did not deliver."""
@@ -205,7 +205,7 @@ class Server:
         privacy: RoundPrivacy | None = None,
         reputation: Reputation | None = None,
         audit: RoundAudit | None = None,
-        monitor: RoundMonitor | None = None,
+        monitors: Sequence[RoundMonitor] = (),
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -224,7 +224,7 @@ class Server:
         self.privacy = privacy
         self.reputation = reputation
         self.audit = audit
-        self.monitor = monitor
+        self.monitors = list(monitors)
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
@@ -380,8 +380,8 @@ class Server:
         self._checkpoint()
         if self.audit is not None:
             self.audit.round_completed(record)
-        if self.monitor is not None:
-            self.monitor.round_completed(record, traffic.silent_clients)
+        for monitor in self.monitors:
+            monitor.round_completed(record, traffic.silent_clients)
         if self.observer is not None:
             self.observer.round_finished(record)
         return record

@@ -1,10 +1,11 @@
 """Client processes on this machine, so ``fedwarden run`` can try the ``grpc`` runtime.
 
-Everything a real deployment has is made for real, under the run directory:
-a CA and startup kits (``deploy/pki``), one ``.npz`` per client from the
-simulated data set (``deploy/data``), and one ``fedwarden client`` process per
-client talking mutual TLS to the server on loopback, each logging to
-``deploy/logs/<client>.log``.
+Everything a real deployment has is made for real: a CA and startup kits
+(kept under ``pki``, the runs directory's ``federation/pki``, so successive
+runs present the same enrolled identities to the same store), and under the
+run directory one ``.npz`` per client from the simulated data set
+(``deploy/data``) and one ``fedwarden client`` process per client talking
+mutual TLS to the server on loopback, each logging to ``deploy/logs/<client>.log``.
 """
 
 from __future__ import annotations
@@ -27,23 +28,25 @@ STOP_GRACE_S = 15.0
 class LocalClients:
     """Provisions and starts one ``fedwarden client`` process per client of ``dataset``."""
 
-    def __init__(self, directory: Path, dataset: FederatedDataset) -> None:
+    def __init__(self, directory: Path, dataset: FederatedDataset, pki: Path) -> None:
         self.directory = directory
         self.dataset = dataset
+        self.pki = pki
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
-    def pki(self) -> Path:
-        return self.directory / "pki"
+    def server_kit(self) -> Path:
+        """The server's startup kit (TLS and the audit log's signing key)."""
+        return self.pki / "servers" / "server"
 
     def provision(self) -> TlsKit:
         """Create the CA, the server's and every client's kit and data file; the server's kit.
 
-        Idempotent: a resumed run reuses what exists.
+        Idempotent: later and resumed runs reuse what exists.
         """
         if not (self.pki / "ca.crt").exists():
             init_ca(self.pki, "local")
-        server = self.pki / "servers" / "server"
+        server = self.server_kit
         if not server.exists():
             issue(self.pki, "server", "server")
         for client_id, data in self.dataset.clients.items():

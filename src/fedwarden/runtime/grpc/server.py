@@ -386,7 +386,7 @@ class GrpcRuntime(Runtime):
 
     def release(self, round_index: int, client_id: str) -> None:
         """Delete the spooled copy of an applied update."""
-        for path in self.store.forget_updates(self.run.run_id, round_index, client_id):
+        for path in self.store.release_payloads(self.run.run_id, round_index, client_id):
             Path(path).unlink(missing_ok=True)
 
     def exchange(
@@ -431,7 +431,7 @@ class GrpcRuntime(Runtime):
     def _forget_before(self, round_index: int) -> None:
         """Delete the spooled updates of rounds before ``round_index`` (all checkpointed)."""
         for earlier in range(self._spool_kept_from, round_index):
-            for path in self.store.forget_updates(self.run.run_id, earlier):
+            for path in self.store.release_payloads(self.run.run_id, earlier):
                 Path(path).unlink(missing_ok=True)
         self._spool_kept_from = max(self._spool_kept_from, round_index)
 
