@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -181,6 +182,43 @@ def _summary_lines(result: RunResult) -> list[str]:
     )
     if result.run_dir is not None:
         lines.append(f"run directory: {result.run_dir}")
+    return lines + _governance_lines(result.extras)
+
+
+def _governance_lines(extras: dict[str, Any]) -> list[str]:
+    """Where a governed run left its audit log, model, report, and how to look at them."""
+    governance = extras.get("governance")
+    if not governance:
+        return []
+    store = shlex.quote(governance["store"])
+    model = extras["registered_model"]
+    lines = [f"model registry: {escape(model)} registered as a candidate"]
+    pilot = extras.get("pilot")
+    if pilot:
+        production = (
+            "no production version yet"
+            if pilot["production"] is None
+            else f"production {pilot['production']}: {_number(pilot['production_accuracy'])}"
+        )
+        lines.append(
+            f"pilot on {len(pilot['clients'])} clients: accuracy "
+            f"{_number(pilot['candidate_accuracy'])} ({escape(production)})"
+        )
+    lines.append(f"  fedwarden models show {escape(store)} {escape(model)}")
+    key = governance["audit_public_key"]
+    verify = f"fedwarden audit verify {store}"
+    if key is not None:
+        verify += f" --public-key {shlex.quote(key)}"
+    lines += [
+        f"audit log: in the run store {escape(governance['store'])}",
+        f"  {escape(verify)}",
+        f"audit report (HTML): {escape(governance['audit_report'])}",
+        "dashboard: FEDWARDEN_DASHBOARD_TOKEN=$(openssl rand -hex 16) "
+        + escape(
+            f"fedwarden dashboard {store}"
+            + ("" if key is None else f" --public-key {shlex.quote(key)}")
+        ),
+    ]
     return lines
 
 
@@ -216,7 +254,7 @@ def run_command(
     except FedwardenError as error:
         raise _error_exit(error) from None
     for line in _summary_lines(result):
-        console.print(line)
+        console.print(line, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
 
@@ -399,20 +437,29 @@ def _registry(store: RunStore, audit_key: Path | None) -> ModelRegistry:
 @audit_app.command("privacy")
 def audit_privacy_command(
     config: Annotated[
-        Path, typer.Argument(help="Run config (TOML) with privacy.mechanism dp_sgd.")
+        Path,
+        typer.Argument(help="Run config (TOML) with privacy.mechanism dp_sgd or user_level."),
     ],
     method: Annotated[
         str, typer.Option(help="one_run (Steinke et al. 2023) or multi_run (Nasr et al. 2021).")
     ] = "one_run",
-    canaries: Annotated[int, typer.Option(help="Canaries planted (one_run).")] = 500,
+    canaries: Annotated[
+        int, typer.Option(help="Canaries planted (one_run), canary clients for user_level.")
+    ] = 500,
     runs: Annotated[
         int, typer.Option(help="Trainings with and without a canary (multi_run).")
     ] = 64,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
+    statistic: Annotated[
+        str,
+        typer.Option(help="user_level: cosine with the final_model or all_iterates deltas."),
+    ] = "final_model",
 ) -> None:
     """Measure a lower bound on epsilon with canaries and print it beside the accountant's claim.
 
-    Exits 1 when the measured bound exceeds the claim: that is a bug in the accounting.
+    user_level configs are audited with canary clients (Andrew et al. 2024), which also
+    gives an epsilon estimate. Exits 1 when the measured bound exceeds the claim: that is
+    a bug in the accounting.
     """
     from fedwarden.attacks.dp_audit import audit_privacy
 
@@ -420,12 +467,15 @@ def audit_privacy_command(
     try:
         if method not in ("one_run", "multi_run"):
             raise FedwardenError(f"--method {method!r}: use one_run or multi_run")
+        if statistic not in ("final_model", "all_iterates"):
+            raise FedwardenError(f"--statistic {statistic!r}: use final_model or all_iterates")
         result = audit_privacy(
             load_config(config),
             method="one_run" if method == "one_run" else "multi_run",
             num_canaries=canaries,
             num_runs=runs,
             confidence=confidence,
+            statistic="final_model" if statistic == "final_model" else "all_iterates",
         )
     except FedwardenError as error:
         raise _error_exit(error) from None
@@ -532,10 +582,13 @@ def models_show_command(
     """Print one version's record (lineage, training, metrics, stage) as JSON."""
     try:
         with _existing_store(store_url) as store:
-            found = _registry(store, None).show(version)
+            registry = _registry(store, None)
+            found = registry.show(version)
+            pilot = registry.pilot(version)
     except FedwardenError as error:
         raise _error_exit(error) from None
-    sys.stdout.write(json.dumps(found.to_json(), indent=2, sort_keys=True) + "\n")
+    record = {**found.to_json(), "pilot": None if pilot is None else pilot.to_json()}
+    sys.stdout.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 @models_app.command("promote")
@@ -544,7 +597,8 @@ def models_promote_command(
     version: Annotated[str, typer.Argument(help="The candidate: MODEL@X.Y.Z.")],
     by: Annotated[str, typer.Option(help="Who decides the promotion (recorded in the audit).")],
     pilot_accuracy: Annotated[
-        float | None, typer.Option(help="The candidate's accuracy in its pilot.")
+        float | None,
+        typer.Option(help="The candidate's pilot accuracy; default: its recorded pilot."),
     ] = None,
     threshold: Annotated[
         float, typer.Option(help="How far below production the pilot accuracy may be.")
@@ -587,6 +641,31 @@ def models_rollback_command(
     except FedwardenError as error:
         raise _error_exit(error) from None
     Console().print(f"{escape(restored.reference)} is in production again")
+
+
+@models_app.command("retain")
+def models_retain_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    keep_last: Annotated[
+        int, typer.Option(help="Deprecated versions per model that keep their weights.")
+    ],
+    by: Annotated[str, typer.Option(help="Who applies the retention (recorded in the audit).")],
+    audit_key: Annotated[Path | None, typer.Option(help=_AUDIT_KEY_HELP)] = None,
+) -> None:
+    """Delete the weights of all but the last KEEP_LAST deprecated versions of each model.
+
+    Production versions, candidates and every version's metadata are kept; each deletion is
+    recorded in the audit log.
+    """
+    try:
+        with _existing_store(store_url) as store:
+            deleted = _registry(store, audit_key).apply_retention(keep_last, by)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    for reference in deleted:
+        console.print(f"deleted the weights of {escape(reference)}")
+    console.print(f"{len(deleted)} version(s) lost their weights; their metadata is kept")
 
 
 @models_app.command("export")
@@ -646,15 +725,18 @@ def server_command(
             update={"runtime": load_config(config).runtime.model_copy(update={"kind": "grpc"})}
         )
         audit_key = None
+        audit_public_key = None
         if identity is not None and (identity / "audit.key").exists():
             from fedwarden.governance.audit import load_signing_key
 
             audit_key = load_signing_key(identity / "audit.key")
+            audit_public_key = identity / "audit.pub"
         deployment = Deployment(
             address,
             None if identity is None else TlsKit.from_dir(identity),
             store,
             audit_key=audit_key,
+            audit_public_key=audit_public_key,
         )
         health = serve_health(
             health_address, deployment.listening.is_set, deployment.metrics.exposition
@@ -761,15 +843,181 @@ def serve_command(
         Path | None,
         typer.Option(help="Reference histograms (JSON) to watch the served inputs' drift against."),
     ] = None,
+    audit_key: Annotated[
+        Path | None,
+        typer.Option(help="Audit signing key (the server kit's audit.key): audit drift alerts."),
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="URL that each drift alert is POSTed to as JSON.")
+    ] = None,
 ) -> None:
     """Serve a registered model: POST /predict, GET /health, /metrics, /shadow (FastAPI)."""
     from fedwarden.serve.app import serve_model
 
     _logging_console(level=logging.INFO)
     try:
-        serve_model(store, reference, host, port, shadow, shadow_share, drift_reference)
+        serve_model(
+            store,
+            reference,
+            host,
+            port,
+            shadow,
+            shadow_share,
+            drift_reference,
+            audit_key=audit_key,
+            webhook_url=webhook,
+        )
     except FedwardenError as error:
         raise _error_exit(error) from None
+
+
+vertical_app = typer.Typer(
+    help="Vertical federated learning over gRPC: serve a feature party, or drive training.",
+    no_args_is_help=True,
+)
+app.add_typer(vertical_app, name="vertical")
+
+
+@vertical_app.command("party")
+def vertical_party_command(
+    data: Annotated[Path, typer.Option(help="This party's table: an .npz with ids and features.")],
+    identity: Annotated[
+        Path | None,
+        typer.Option(help="Server startup kit (tls.crt, tls.key, ca.crt) from `pki issue`."),
+    ] = None,
+    address: Annotated[str, typer.Option(help="Where the party listens (HOST:PORT).")] = (
+        "0.0.0.0:8470"
+    ),
+    insecure: Annotated[
+        bool, typer.Option(help="Serve without TLS (loopback addresses only).")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="The party's name (default: its certificate's name).")
+    ] = None,
+    driver: Annotated[
+        str | None,
+        typer.Option(help="Answer only the label party whose certificate bears this name."),
+    ] = None,
+    clip_norm: Annotated[
+        float | None, typer.Option(help="DP release: clip each activation row to this L2 norm.")
+    ] = None,
+    noise_multiplier: Annotated[
+        float | None, typer.Option(help="DP release: Gaussian noise std over the clip norm.")
+    ] = None,
+) -> None:
+    """Serve a feature party (its columns and bottom model) to the label party over gRPC."""
+    import signal
+
+    from fedwarden.runtime.grpc.credentials import TlsKit
+    from fedwarden.vertical.release import GaussianRelease
+    from fedwarden.vertical.remote import FeaturePartyServer, load_party_table
+
+    console = _logging_console(level=logging.INFO, stderr=False)
+    try:
+        if (identity is None) != insecure:
+            raise FedwardenError("give --identity SERVER_KIT, or --insecure (loopback only)")
+        if (clip_norm is None) != (noise_multiplier is None):
+            raise FedwardenError(
+                "a DP release needs both --clip-norm and --noise-multiplier; give both or neither"
+            )
+        tls = None if identity is None else TlsKit.from_dir(identity)
+        party_name = name or (None if tls is None else tls.name)
+        if party_name is None:
+            raise FedwardenError("give --name: with --insecure no certificate names the party")
+        table = load_party_table(data)
+        release = None
+        if clip_norm is not None and noise_multiplier is not None:
+            release = GaussianRelease(clip_norm=clip_norm, noise_multiplier=noise_multiplier)
+        server = FeaturePartyServer(
+            party_name,
+            table.identifiers,
+            table.features,
+            address=address,
+            tls=tls,
+            release=release,
+            driver=driver,
+        )
+        port = server.serve()
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    console.print(f"feature party {escape(party_name)} listening on port {port}")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop(grace=1.0)
+
+
+@vertical_app.command("train")
+def vertical_train_command(
+    data: Annotated[
+        Path, typer.Option(help="The label party's table: an .npz with ids, features, labels.")
+    ],
+    party: Annotated[
+        list[str], typer.Option(help="A feature party's HOST:PORT (repeatable, in model order).")
+    ],
+    identity: Annotated[
+        Path | None,
+        typer.Option(help="Client startup kit (tls.crt, tls.key, ca.crt) from `pki issue`."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Plaintext channels (loopback --insecure parties only).")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="The label party's name (default: its certificate's name).")
+    ] = None,
+    architecture: Annotated[
+        str, typer.Option(help="mlp (split neural network) or logistic (vertical LR).")
+    ] = "mlp",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Public seed of the batch order.")] = 0,
+    test_share: Annotated[float, typer.Option(help="Share of aligned rows held out.")] = 0.3,
+) -> None:
+    """Align with the feature parties by PSI, train split learning as the label party, test it."""
+    from fedwarden.runtime.grpc.credentials import TlsKit
+    from fedwarden.vertical.remote import (
+        RemoteFeatureParty,
+        load_party_table,
+        train_label_party,
+    )
+    from fedwarden.vertical.split import TrainingPlan
+
+    console = _logging_console(stderr=False)
+    try:
+        if (identity is None) != insecure:
+            raise FedwardenError("give --identity CLIENT_KIT, or --insecure (loopback only)")
+        if architecture not in ("mlp", "logistic"):
+            raise FedwardenError(f"--architecture {architecture!r}: use mlp or logistic")
+        tls = None if identity is None else TlsKit.from_dir(identity)
+        label_name = name or (None if tls is None else tls.name)
+        if label_name is None:
+            raise FedwardenError("give --name: with --insecure no certificate names the party")
+        table = load_party_table(data)
+        plan = TrainingPlan(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed
+        )
+        parties = [RemoteFeatureParty.connect(address, tls) for address in party]
+        try:
+            result = train_label_party(
+                label_name,
+                table,
+                parties,
+                kind="mlp" if architecture == "mlp" else "logistic",
+                plan=plan,
+                test_share=test_share,
+            )
+        finally:
+            for remote in parties:
+                remote.close()
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console.print(f"aligned entities: {result.aligned_rows}")
+    console.print(f"final training loss: {result.losses[-1]:.4f}")
+    console.print(f"test accuracy: {result.accuracy:.4f}")
+    for party_name, epsilon in result.epsilon.items():
+        console.print(f"epsilon charged to {escape(party_name)}: {epsilon:.4f} (delta 1e-05)")
 
 
 def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:
