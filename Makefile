@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of PyTorch first: the torch extra's range then installs nothing more.
-# The demo needs the torch extra (DP-SGD with Opacus) and the he extra (TenSEAL).
+# The demo needs the torch extra (DP-SGD with Opacus), the he extra (TenSEAL) and the serve
+# extra (the dashboard and prediction service whose commands it prints at the end).
 TORCH := torch==2.13.0
 
 .PHONY: demo test lint bench install install-test proto clean
@@ -13,7 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[torch,he]"
+	$(BIN)/pip install --quiet -e ".[torch,he,serve]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
