@@ -89,16 +89,16 @@ Per party and per id: one hash (41 us) and two X25519 (45 us each), about
 130 us, so some 13 CPU seconds a party and 26 for both at 100,000 ids each,
 of which the 400,000 X25519 are 18. The libsodium calls release the
 GIL, so a party spreads them over ``workers`` threads. ``benchmarks/psi.py``
-runs the two parties at once, a process and a core each; on the shared 2-core
-machine of issue 8, busy with other work, they took 29.6 CPU seconds for
-both, 14.9 for the busier one. Two parties sharing 2 cores cannot finish in
-less wall time than half their CPU time, about 13 s: issue 8's target of 10 s
-on 2 cores is not met, and even a free hash would leave 9 s of X25519. With
-each party on a 2-core machine of its own, each half of its work runs on both
-cores: about 7 s (half a party's CPU time; not measured here). OpenMined's
-``openmined-psi`` (ECDH over P-256 in C++) took about 47 CPU seconds on the
-same ids when last measured; it pins ``protobuf==6.30.2``, which conflicts
-with our gRPC runtime's protobuf, so it is not installed.
+runs the two parties at once, a process and a core each: on a quiet 2-core
+AMD EPYC they took 14.9 s from start to intersection (28.8 CPU seconds), so
+issue 8's target of 10 s is not met when the two parties share 2 cores, and
+even a free hash would leave 9 s of X25519 there. With 2 cores per party
+(each phase run with 2 threads) the phases took 5.8 + 3.3 s at the sender and
+5.7 + 2.9 s at the receiver: two parties on two 2-core machines finish in
+about 9.2 s. OpenMined's ``openmined-psi`` (ECDH over P-256 in C++) took
+about 47 CPU seconds on the same ids when last measured; it pins
+``protobuf==6.30.2``, which conflicts with our gRPC runtime's protobuf, so it
+is not installed.
 
 Many parties
 ------------
