@@ -100,6 +100,7 @@ class RecordingRuntime(Runtime):
 
     def __init__(self) -> None:
         self.delivered: list[FitInstruction] = []
+        self.refused: list[tuple[int, str, str]] = []
         self.engine: ClientEngine | None = None
 
     def start(self, workload: Workload) -> None:
@@ -122,6 +123,9 @@ class RecordingRuntime(Runtime):
         assert self.engine is not None
         for instruction in instructions:
             yield self.engine.evaluate(vector, instruction)
+
+    def update_refused(self, round_index: int, client_id: str, reason: str, message: str) -> None:
+        self.refused.append((round_index, client_id, reason))
 
     def close(self) -> None:
         self.engine = None

@@ -260,8 +260,10 @@ def test_clients_show_cohorts_refusals_flags_and_quarantine(
     assert sorted(clients) == ["client_0", "client_1", "client_2"]
     assert all(listed["enrolled"] for listed in clients.values())
     assert all(listed["sampled_rounds"] == [0, 1, 2] for listed in clients.values())
-    # Every update of the run stays on record after its spooled payload is deleted.
-    assert all(listed["accepted_updates"] == 3 for listed in clients.values())
+    # Every update of the run stays on record after its spooled payload is deleted; client_1's
+    # round-1 upload, refused above, no longer counts as accepted.
+    accepted = {client_id: listed["accepted_updates"] for client_id, listed in clients.items()}
+    assert accepted == {"client_0": 3, "client_1": 2, "client_2": 3}
     (refusal,) = clients["client_1"]["rejections"]
     assert (refusal["round_index"], refusal["reason"]) == (1, "norm_bound")
     assert clients["client_0"]["rejections"] == []
@@ -293,6 +295,15 @@ def test_clients_show_cohorts_refusals_flags_and_quarantine(
     assert listed["mallory"]["flagged_rounds"] == [0, 1]
     assert listed["mallory"]["quarantined"] is True
     assert listed["mallory"]["accepted_updates"] == 1
+    # The server's checks then refuse the upload the transport had accepted.
+    with RunStore.sqlite(store_path) as store:
+        store.record_rejection("flagging", 0, "mallory", "norm_bound", "update norm 9 exceeds 5")
+    refused = {
+        entry["client_id"]: entry
+        for entry in client.get("/api/runs/flagging/clients").json()["clients"]
+    }["mallory"]
+    assert refused["accepted_updates"] == 0
+    assert [rejection["reason"] for rejection in refused["rejections"]] == ["norm_bound"]
     assert listed["mallory"]["enrolled"] is False
     assert listed["client_0"]["quarantined"] is False
 

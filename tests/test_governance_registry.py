@@ -507,6 +507,32 @@ def test_pilot_of_an_earlier_production_version_falls_back_to_the_recorded_accur
         registry.promote("1.2.0", by="dana")
 
 
+def test_pilot_without_productions_figure_is_checked_against_its_recorded_accuracy(
+    registry: ModelRegistry,
+) -> None:
+    register(registry, accuracy=0.95)
+    register(registry)
+    registry.promote("1.0.0", by="dana")
+    # Production could not be evaluated on the pilot (another layout, or no answer).
+    registry.record_pilot("1.1.0", "server", ["site-a"], 0.10, "mnist@1.0.0", None)
+    with pytest.raises(RegistryError, match=r"0\.1000.*0\.9500"):
+        registry.promote("1.1.0", by="dana")
+    assert stages(registry) == {"1.0.0": "production", "1.1.0": "candidate"}
+
+
+def test_a_pilot_compares_with_the_production_version_of_the_same_model(
+    registry: ModelRegistry, store: RunStore
+) -> None:
+    register(registry)
+    register(registry)
+    store.create_run("run-2", "cifar", CONFIG_JSON, "/runs/cifar-1")
+    register(registry, run_id="run-2")
+    with pytest.raises(RegistryError, match="production version of its own model"):
+        registry.record_pilot("mnist@1.1.0", "server", ["site-a"], 0.9, "cifar@1.0.0", 0.5)
+    with pytest.raises(RegistryError, match="production version of its own model"):
+        registry.record_pilot("mnist@1.1.0", "server", ["site-a"], 0.9, "mnist@1.0.0", 0.5)
+
+
 def test_only_candidates_are_piloted_and_every_pilot_names_its_clients(
     registry: ModelRegistry,
 ) -> None:

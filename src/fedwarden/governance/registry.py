@@ -494,6 +494,13 @@ class ModelRegistry:
                     f"{candidate.reference} is {candidate.stage}; only candidates are piloted"
                 )
             current = None if production is None else self._resolve(connection, production)
+            if current is not None and (
+                current.model != candidate.model or current.stage != "production"
+            ):
+                raise RegistryError(
+                    f"{current.reference} is {current.stage} of model {current.model!r}; a pilot "
+                    f"compares {candidate.reference} with the production version of its own model"
+                )
             connection.execute(
                 insert(pilot_evaluations).values(
                     model=candidate.model,
@@ -560,7 +567,8 @@ class ModelRegistry:
             pilot = self._latest_pilot(connection, candidate) if pilot_accuracy is None else None
             if pilot is not None:
                 pilot_accuracy = pilot.candidate_accuracy
-                if current is not None and pilot.production == current.reference:
+                evaluated = pilot.production_accuracy is not None
+                if current is not None and pilot.production == current.reference and evaluated:
                     baseline = pilot.production_accuracy
             if current is not None and baseline is not None and not override:
                 self._check_staged_rollout(candidate, current, baseline, pilot_accuracy, threshold)

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -362,13 +363,11 @@ def _client_statuses(store: RunStore, run_id: str, points: list[RoundPoint]) -> 
             .where(rounds.c.run_id == run_id)
             .order_by(rounds.c.round_index)
         ).all()
-        accepted: dict[str, int] = dict(
-            connection.execute(
-                select(accepted_updates.c.client_id, func.count())
-                .where(accepted_updates.c.run_id == run_id)
-                .group_by(accepted_updates.c.client_id)
-            ).all()
-        )
+        uploads = connection.execute(
+            select(accepted_updates.c.client_id, accepted_updates.c.round_index).where(
+                accepted_updates.c.run_id == run_id
+            )
+        ).all()
         refused = connection.execute(
             select(
                 rejections.c.client_id,
@@ -395,6 +394,13 @@ def _client_statuses(store: RunStore, run_id: str, points: list[RoundPoint]) -> 
                 rejected_at=row.rejected_at,
             )
         )
+    # An upload the server's checks refused after the transport accepted it has both rows.
+    refused_uploads = {(row.client_id, row.round_index) for row in refused}
+    accepted = Counter(
+        client_id
+        for client_id, round_index in uploads
+        if (client_id, round_index) not in refused_uploads
+    )
     flagged: dict[str, list[int]] = {}
     quarantined: set[str] = set()
     for point in points:

@@ -123,6 +123,9 @@ class FedBuffServer(Server):
                     accept(replace(checked, update=checked.update * weight))
                 except UpdateRejected as rejection:
                     self.rejected(traffic, round_index, reply.client_id, rejection.reason)
+                    self.runtime.update_refused(
+                        reply.round_index, reply.client_id, rejection.reason, str(rejection)
+                    )
                     logger.warning("server update %d: rejected: %s", round_index, rejection)
                     self.clients.release(reply.round_index, reply.client_id)
                     continue

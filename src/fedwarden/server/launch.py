@@ -874,6 +874,7 @@ def _run(
         raise ConfigError("a clustered run cannot be resumed yet; start it again")
     prepared = prepare(config)
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
+    pilot_clients = _pilot_clients(config, dataset)
     privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
     pipeline = build_pipeline(config, trainer, dataset, privacy)
     audit = None
@@ -978,7 +979,7 @@ def _run(
         if completed and audit is not None and run_dir is not None and store is not None:
             description = f"{config.data.source}, held by {len(dataset.clients)} clients"
             governed = _register_model(
-                config, store, audit, run_dir, result, description, runtime, dataset
+                config, store, audit, run_dir, result, description, runtime, pilot_clients
             )
             assert deployment is not None
             governed["governance"] = _governance_report(store, audit, run_dir, deployment)
@@ -1049,6 +1050,14 @@ def _governance_report(
     }
 
 
+def _pilot_clients(config: RunConfig, dataset: FederatedDataset) -> list[str]:
+    """The clients that will pilot the run's final model, drawn before anyone trains."""
+    from fedwarden.server.rollout import draw_pilot
+
+    count = config.rollout.pilot_clients
+    return draw_pilot(dataset.client_ids, count, config.seed) if count else []
+
+
 def _register_model(
     config: RunConfig,
     store: RunStore,
@@ -1057,16 +1066,16 @@ def _register_model(
     result: RunResult,
     data_description: str,
     runtime: Runtime,
-    dataset: FederatedDataset,
+    pilot_clients: list[str],
 ) -> dict[str, Any]:
-    """Register the final model as the next candidate (audited) and run its pilot, if asked.
+    """Register the final model as the next candidate (audited) and pilot it on ``pilot_clients``.
 
     Returns the summary's entries: ``registered_model`` (its reference) and ``pilot``.
     """
     import hashlib
 
     from fedwarden.governance.registry import ModelRegistry
-    from fedwarden.server.rollout import draw_pilot, run_pilot
+    from fedwarden.server.rollout import run_pilot
 
     metrics = {
         name: value
@@ -1092,17 +1101,10 @@ def _register_model(
     )
     logger.info("registered the final model as %s", version.reference)
     governed: dict[str, Any] = {"registered_model": version.reference}
-    count = config.rollout.pilot_clients
-    if count:
-        if count > len(dataset.client_ids):
-            raise ConfigError(
-                f"rollout.pilot_clients={count} is more than the run's "
-                f"{len(dataset.client_ids)} clients"
-            )
+    if pilot_clients:
         vector = registry.weights(version.reference)
-        clients = draw_pilot(dataset.client_ids, count, config.seed)
         pilot = run_pilot(
-            runtime, registry, version, vector, clients, config.rounds, "fedwarden server"
+            runtime, registry, version, vector, pilot_clients, config.rounds, "fedwarden server"
         )
         if pilot is not None:
             governed["pilot"] = pilot.to_json()

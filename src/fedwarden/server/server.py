@@ -433,6 +433,9 @@ class Server:
                 accept(accepted)
             except UpdateRejected as rejection:
                 self.rejected(traffic, round_index, reply.client_id, rejection.reason)
+                self.runtime.update_refused(
+                    round_index, reply.client_id, rejection.reason, str(rejection)
+                )
                 logger.warning("round %d: rejected: %s", round_index, rejection)
                 continue
             traffic.participants.append(accepted.client_id)

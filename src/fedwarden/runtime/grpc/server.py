@@ -384,6 +384,10 @@ class GrpcRuntime(Runtime):
         """This runtime runs asynchronous fit tasks (:meth:`dispatch`, :meth:`poll`)."""
         return self
 
+    def update_refused(self, round_index: int, client_id: str, reason: str, message: str) -> None:
+        """Record that the server's checks refused an upload this runtime had accepted."""
+        self.store.record_rejection(self.run.run_id, round_index, client_id, reason, message)
+
     def release(self, round_index: int, client_id: str) -> None:
         """Delete the spooled copy of an applied update."""
         for path in self.store.release_payloads(self.run.run_id, round_index, client_id):
