@@ -196,3 +196,14 @@ def test_an_absolute_data_path_is_kept(tmp_path: Path) -> None:
     path.parent.mkdir()
     path.write_text(f'[data]\nsource = "npz_folder"\npath = "{clients.as_posix()}"\n')
     assert load_config(path).data.path == clients
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://hooks.example/T0KEN", "https:///T0KEN-no-host"]
+)
+def test_a_bad_webhook_url_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ConfigError, match="monitoring.webhook_url") as refused:
+        RunConfig.from_mapping({"monitoring": {"webhook_url": url}})
+    assert url not in str(refused.value) and "T0KEN" not in str(refused.value)
+    accepted = RunConfig.from_mapping({"monitoring": {"webhook_url": "https://hooks.example/T"}})
+    assert accepted.monitoring.webhook_url == "https://hooks.example/T"

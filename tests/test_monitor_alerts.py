@@ -8,7 +8,7 @@ import multiprocessing
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from fedwarden.core.errors import FedwardenError
 from fedwarden.governance.audit import (
     AlertRaised,
     AuditEvent,
@@ -30,10 +31,12 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.store import RunStore
 from fedwarden.monitor.alerts import (
     Alert,
+    AlertError,
     AlertRules,
     AlertThresholds,
     FederationMetrics,
     Monitoring,
+    check_webhook_url,
     deliver,
     webhook,
 )
@@ -58,7 +61,7 @@ BASE = RoundRecord(
 )
 
 
-def rounds(**changes_per_round: list[object]) -> list[RoundRecord]:
+def rounds(**changes_per_round: Sequence[Any]) -> list[RoundRecord]:
     count = len(next(iter(changes_per_round.values())))
     return [
         replace(
@@ -70,7 +73,9 @@ def rounds(**changes_per_round: list[object]) -> list[RoundRecord]:
     ]
 
 
-def fired(rules: AlertRules, records: list[RoundRecord], silent: list[list[str]] | None = None):
+def fired(
+    rules: AlertRules, records: list[RoundRecord], silent: list[list[str]] | None = None
+) -> list[tuple[str, int | None, str | None]]:
     raised = []
     for index, record in enumerate(records):
         for alert in rules.round_completed(record, [] if silent is None else silent[index]):
@@ -219,6 +224,33 @@ def test_the_webhook_receives_training_and_drift_alerts_with_their_context(
     }
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/secret-token",
+        "ftp://hooks.example/secret-token",
+        "secret-token:hooks.example/T0",
+        "hooks.example/secret-token",
+        "https:///secret-token",
+        "http://[secret-token/x",
+    ],
+)
+def test_a_webhook_that_is_not_an_http_url_with_a_host_is_refused_without_quoting_it(
+    url: str,
+) -> None:
+    with pytest.raises(AlertError, match=r"http\(s\)://HOST/PATH") as refused:
+        webhook(url)
+    assert isinstance(refused.value, FedwardenError) and isinstance(refused.value, ValueError)
+    assert "secret-token" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://hooks.example/T0/secret", "HTTP://127.0.0.1:8080/hook", "http://[::1]/x"]
+)
+def test_an_http_url_with_a_host_is_a_valid_webhook(url: str) -> None:
+    assert check_webhook_url(url) == url
+
+
 def test_an_unreachable_webhook_does_not_raise_or_log_its_url(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -284,9 +316,7 @@ def _append_alerts(
     ready: Any,
     results: Any,
 ) -> None:
-    """A process appending ``count`` alerts: a training server's trail or a prediction service."""
-    from fedwarden.serve.app import audit_sink
-
+    """A process appending ``count`` alerts through the run's trail, as a server or a service."""
     collisions = _Collisions()
     audit_logger = logging.getLogger("fedwarden.governance.audit")
     audit_logger.addHandler(collisions)
@@ -295,8 +325,7 @@ def _append_alerts(
     assert isinstance(key, Ed25519PrivateKey)
     with RunStore.sqlite(Path(store_path)) as store:
         log = AuditLog(store, key)
-        sink = ServerAuditTrail(log, "run-1").alert_raised if writer == "server" else None
-        sink = sink or audit_sink(log, "run-1")
+        sink = ServerAuditTrail(log, "run-1").alert_raised
         ready.wait()
         for index in range(count):
             sink(replace(DRIFT, message=f"{writer} {index}"))

@@ -7,7 +7,12 @@ Every test tracks to a ``file://`` store under ``tmp_path`` and reads it back th
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +22,15 @@ from mlflow.tracking import MlflowClient
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.params import ParamSpec
+from fedwarden.monitor.alerts import Monitoring
 from fedwarden.monitor.tracking import (
+    HTTP_LIMITS,
     REGISTERED_VERSION_TAG,
     ROUND_METRICS,
     RUN_ID_TAG,
+    MlflowTracking,
     config_params,
+    redact_userinfo,
     start_tracking,
 )
 from fedwarden.server.launch import build_monitoring
@@ -217,3 +226,176 @@ def test_a_tracking_store_that_cannot_be_opened_leaves_the_run_untracked(
         tracking = start_tracking(tracked_config("unknown-scheme://nowhere"), "digits-7")
     assert tracking is None
     assert "MLflow tracking could not start" in caplog.text
+
+
+def test_a_run_that_raised_is_marked_failed_and_a_finished_run_stays_finished(
+    tracking_uri: str,
+) -> None:
+    failing = build_monitoring(tracked_config(tracking_uri), None, None, run_id="digits-8")
+    failing.round_completed(RECORD, [])
+    failing.run_failed()
+    finished = build_monitoring(tracked_config(tracking_uri), None, None, run_id="digits-9")
+    finished.run_finished(None, None)
+    finished.run_failed()
+    client = MlflowClient(tracking_uri)
+    statuses = {
+        run.info.run_name: run.info.status
+        for run in client.search_runs([only_experiment_id(tracking_uri)])
+    }
+    assert statuses == {"digits-8": "FAILED", "digits-9": "FINISHED"}
+
+
+def only_experiment_id(uri: str) -> str:
+    found = MlflowClient(uri).get_experiment_by_name("fedwarden")
+    assert found is not None
+    return str(found.experiment_id)
+
+
+def test_marking_a_run_failed_never_raises(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monitoring = build_monitoring(tracked_config(tracking_uri), None, None, run_id="digits-10")
+    assert monitoring.tracking is not None
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(monitoring.tracking.client, "set_terminated", unreachable)
+    with caplog.at_level(logging.WARNING, logger="fedwarden.monitor.tracking"):
+        monitoring.run_failed()
+    assert "could not log the run's failure" in caplog.text
+    Monitoring(monitoring.rules, monitoring.metrics).run_failed()
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        (
+            "API request to http://alice:S3CRET@127.0.0.1:9/api failed",
+            "API request to http://***@127.0.0.1:9/api failed",
+        ),
+        ("got unsupported URI 'x-db://alice:p@ss@host'", "got unsupported URI 'x-db://***@host'"),
+        ("https://token@host and https://host/a@b", "https://***@host and https://host/a@b"),
+        ("no URI, only alice@example.org", "no URI, only alice@example.org"),
+    ],
+)
+def test_redaction_removes_every_uris_userinfo_and_nothing_else(text: str, redacted: str) -> None:
+    assert redact_userinfo(text) == redacted
+
+
+class _Unavailable(BaseHTTPRequestHandler):
+    """A tracking server that answers every request 503 Service Unavailable (MLflow retries it)."""
+
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.do_GET()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def unavailable() -> Iterator[tuple[int, list[str]]]:
+    """A local server answering 503 to everything: its port, and the paths it was asked for."""
+    requests: list[str] = []
+    handler = type("Handler", (_Unavailable,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def default_http_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's HTTP settings unset, as on a host where no one has tuned them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in HTTP_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("default_http_settings")
+def test_an_unavailable_tracking_server_is_asked_once_then_tracking_turns_off(
+    unavailable: tuple[int, list[str]],
+) -> None:
+    port, requests = unavailable
+    uri = f"http://127.0.0.1:{port}"
+    assert start_tracking(tracked_config(uri), "digits-11") is None
+    assert len(requests) == 1, f"MLflow retried {len(requests) - 1} times before giving up"
+    tracking = MlflowTracking(MlflowClient(uri), "0" * 32)
+    tracking.round_completed(RECORD)
+    tracking.round_completed(replace(RECORD, round_index=1))
+    tracking.run_failed()
+    assert len(requests) == 2, "tracking kept asking a server that did not answer"
+    assert not any(name in os.environ for name in HTTP_LIMITS), "the HTTP limits leaked"
+
+
+@pytest.mark.usefixtures("default_http_settings")
+def test_the_environments_own_mlflow_http_settings_win_over_the_limits(
+    unavailable: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, requests = unavailable
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    assert start_tracking(tracked_config(f"http://127.0.0.1:{port}"), "digits-12") is None
+    assert len(requests) == 2
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+
+
+@pytest.mark.usefixtures("default_http_settings")
+def test_a_tracking_server_that_never_answers_costs_one_timeout_once() -> None:
+    result: list[MlflowTracking | None] = []
+    with socket.socket() as listener:
+        # The kernel completes the connections; nothing accepts them, so no answer ever comes.
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        starting = threading.Thread(
+            target=lambda: result.append(start_tracking(tracked_config(uri), "digits-13")),
+            daemon=True,
+        )
+        starting.start()
+        # A guard against hanging, not a timing: the bound is one 5 s timeout, and MLflow's
+        # own defaults would wait 8 times 120 s.
+        starting.join(timeout=12 * float(HTTP_LIMITS["MLFLOW_HTTP_REQUEST_TIMEOUT"]))
+        assert not starting.is_alive(), "tracking still waits on a server that never answers"
+        listener.setblocking(False)
+        requests = []
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except BlockingIOError:
+                break
+            with connection:
+                connection.setblocking(True)
+                requests.append(connection.recv(65536))
+    assert result == [None]
+    assert len(requests) == 1, f"MLflow connected {len(requests)} times"
+    assert requests[0].startswith(b"GET /api/2.0/mlflow/experiments/get-by-name")
+
+
+@pytest.mark.usefixtures("default_http_settings")
+def test_warnings_never_show_the_tracking_uris_password(
+    unavailable: tuple[int, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = unavailable
+    uri = f"http://alice:S3CRET@127.0.0.1:{port}"
+    with caplog.at_level(logging.DEBUG):
+        assert start_tracking(tracked_config(uri), "digits-14") is None
+        assert start_tracking(tracked_config("unknown-scheme://alice:S3CRET@nowhere"), "x") is None
+        tracking = MlflowTracking(MlflowClient(uri), "0" * 32)
+        tracking.round_completed(RECORD)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert sum("MLflow tracking could not" in message for message in warnings) == 3
+    assert f"http://***@127.0.0.1:{port}" in caplog.text
+    assert "unknown-scheme://***@nowhere" in caplog.text
+    assert "S3CRET" not in caplog.text and "alice" not in caplog.text

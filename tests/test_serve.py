@@ -30,7 +30,7 @@ from fedwarden.governance.audit import AlertRaised, AuditLog, load_signing_key, 
 from fedwarden.governance.registry import ModelRegistry, ModelVersion, weights_vector
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
-from fedwarden.monitor.alerts import Alert
+from fedwarden.monitor.alerts import Alert, AlertError
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.serve.app import ServeError, create_app, load_served_model, serve_model
@@ -488,13 +488,17 @@ def test_served_drift_alerts_reach_the_audit_log_and_the_webhook(
     assert verify(deployment.store, load_signing_key(deployment.audit_key).public_key()).ok
 
 
-def test_serve_refuses_a_webhook_that_is_not_an_http_url(deployment: Deployment) -> None:
-    with pytest.raises(ServeError, match="http:// or https://"):
+def test_serve_refuses_a_webhook_that_is_not_an_http_url_before_opening_the_store(
+    tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "never-opened.db"
+    with pytest.raises(AlertError, match="not an http:// or https:// URL"):
         serve_model(
-            deployment.store_url,
+            f"sqlite:///{store_path}",
             "digits@production",
             webhook_url="file:///etc/passwd",
         )
+    assert not store_path.exists()
 
 
 def test_the_serve_command_passes_the_audit_key_and_the_webhook(

@@ -234,7 +234,9 @@ def run_command(
         bool, typer.Option("--json", help="Print one final JSON object on stdout.")
     ] = False,
     rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
-    runtime: Annotated[str | None, typer.Option(help="Override the runtime: local or ray.")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Override the runtime: local, ray or grpc.")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Override the number of workers.")] = None,
     runs_dir: Annotated[
         Path | None, typer.Option(help="Where run directories are created.")
@@ -845,7 +847,12 @@ def serve_command(
     ] = None,
     audit_key: Annotated[
         Path | None,
-        typer.Option(help="Audit signing key (the server kit's audit.key): audit drift alerts."),
+        typer.Option(
+            help="Audit signing key (the server kit's audit.key): audit drift alerts. This is "
+            "the deployment's only audit key: whoever takes over the service can sign any "
+            "audit entry with it. Give it only where the serving host is trusted like the "
+            "training server; otherwise drift alerts go to the log and --webhook only."
+        ),
     ] = None,
     webhook: Annotated[
         str | None, typer.Option(help="URL that each drift alert is POSTed to as JSON.")

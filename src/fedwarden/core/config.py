@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from fedwarden.core.errors import ConfigError
 
@@ -64,6 +71,10 @@ class DataConfig(Section):
         return self
 
 
+SECRET_KEYS = frozenset({"webhook_url", "mlflow_tracking_uri"})
+"""Keys whose values may carry a secret (a token in a URL): errors never echo them."""
+
+
 def format_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
     """One line per problem: the dotted key, what was wrong, and what is allowed."""
     lines = []
@@ -78,7 +89,8 @@ def format_validation_error(error: ValidationError, model: type[BaseModel]) -> s
             lines.append(f"{location}: unknown key{hint} (allowed here: {allowed})")
         else:
             value = problem.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            secret = problem["loc"][-1] in SECRET_KEYS
+            shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
             lines.append(f"{location}: {problem['msg']}{shown}")
     return "\n".join(lines)
 
@@ -374,6 +386,13 @@ class ClusteringConfig(Section):
     distance_threshold: Annotated[float, Field(ge=0, le=2)] | None = 0.5
 
 
+def _webhook_url(url: str) -> str:
+    """The monitoring webhook's one URL rule (fedwarden.monitor.alerts.check_webhook_url)."""
+    from fedwarden.monitor.alerts import check_webhook_url
+
+    return check_webhook_url(url)
+
+
 class MonitoringConfig(Section):
     """Alert rules checked after every round (log, audit log, optional webhook); MLflow."""
 
@@ -384,7 +403,7 @@ class MonitoringConfig(Section):
     """Alert when a client is sampled this many rounds in a row without delivering."""
     budget_warning_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     accuracy_floor: Annotated[float, Field(ge=0, le=1)] | None = None
-    webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    webhook_url: Annotated[str, AfterValidator(_webhook_url)] | None = None
     """Each alert is POSTed here as JSON."""
     mlflow_tracking_uri: Annotated[str, Field(min_length=1)] | None = None
     """MLflow tracking server or store (``http://host:5000``); default ``MLFLOW_TRACKING_URI``."""

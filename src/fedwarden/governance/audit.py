@@ -9,8 +9,11 @@ Events
     whitespace, UTF-8, no NaN or infinity).
 
     How events may evolve: a field may be added at the end, with a default, so that older
-    payloads still read; a field is never renamed, retyped or removed; a ``kind`` string is
-    never reused for another meaning. Readers skip kinds they do not know.
+    payloads still read; a field may be widened to accept None, when a new case of the same
+    event lacks it (``AlertRaised.round_index`` became ``int | None`` for drift alerts of a
+    served model, which has no round), so readers must accept None in any field; a field is
+    otherwise never renamed, retyped or removed, and a ``kind`` string is never reused for
+    another meaning. Readers skip kinds they do not know.
 
 Entries
     :class:`AuditLog` appends each event as entry ``sequence`` = 0, 1, 2, ... (contiguous) of
@@ -923,7 +926,11 @@ class ServerAuditTrail:
         self.log.append(RoundStarted(self.run_id, round_index, tuple(cohort), self.dp))
 
     def alert_raised(self, alert: Alert) -> None:
-        """Record a monitoring alert (an alert sink)."""
+        """Record a monitoring alert of this run: the alert sink of training and of serving.
+
+        The training server hands it the rules' alerts after each round; the prediction
+        service (:mod:`fedwarden.serve.app`) the drift alerts of a model this run trained.
+        """
         self.log.append(AlertRaised.of(alert, self.run_id))
 
     def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:

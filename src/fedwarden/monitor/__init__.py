@@ -10,6 +10,7 @@ _TRACKING = "fedwarden.monitor.tracking"
 
 _EXPORTS = {
     "Alert": _ALERTS,
+    "AlertError": _ALERTS,
     "AlertRules": _ALERTS,
     "AlertSink": _ALERTS,
     "AlertThresholds": _ALERTS,
@@ -17,6 +18,7 @@ _EXPORTS = {
     "FederationMetrics": _ALERTS,
     "MlflowTracking": _TRACKING,
     "Monitoring": _ALERTS,
+    "check_webhook_url": _ALERTS,
     "create_app": _DASHBOARD,
     "deliver": _ALERTS,
     "serve_dashboard": _DASHBOARD,

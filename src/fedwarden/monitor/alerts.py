@@ -3,7 +3,9 @@
 One :class:`Alert` serves both: the training rules below, and the input drift rules of a
 served model (:mod:`fedwarden.serve.drift`). :func:`deliver` hands each alert to the log and
 then to every sink: the audit log, a webhook (a JSON POST) and the Prometheus counters, as
-configured. A sink that fails is logged and the others still get the alert.
+configured. A sink that fails is logged and the others still get the alert. A webhook must
+be an ``http://`` or ``https://`` URL (:func:`check_webhook_url`), as ``urllib`` would also
+open ``file://`` and ``ftp://`` ones.
 
 :class:`AlertRules` looks at each completed round and raises an :class:`Alert`
 when one of these holds (each threshold configurable in ``[monitoring]``):
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from fedwarden.core.errors import FedwardenError
 from fedwarden.server.records import RoundRecord
 
 if TYPE_CHECKING:
@@ -45,6 +49,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WEBHOOK_TIMEOUT_S = 5.0
+WEBHOOK_SCHEMES = ("http", "https")
+
+
+class AlertError(FedwardenError, ValueError):
+    """An alert sink cannot be set up as given (a ValueError too, for config validators)."""
 
 
 @dataclass(frozen=True)
@@ -207,12 +216,35 @@ class AlertRules:
         return alerts
 
 
+def check_webhook_url(url: str) -> str:
+    """``url`` if it is an ``http://`` or ``https://`` URL with a host; else raise AlertError.
+
+    The error never quotes the URL, nor any part of it: chat webhooks carry their secret in it.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as error:
+        raise AlertError(
+            f"the alert webhook URL cannot be parsed ({error}); give it as http(s)://HOST/PATH"
+        ) from None
+    if parts.scheme not in WEBHOOK_SCHEMES:
+        raise AlertError(
+            "the alert webhook URL is not an http:// or https:// URL (its scheme is not shown, "
+            "as it may be part of a secret); give it as http(s)://HOST/PATH"
+        )
+    if not parts.hostname:
+        raise AlertError("the alert webhook URL has no host; give it as http(s)://HOST/PATH")
+    return url
+
+
 def webhook(url: str) -> AlertSink:
     """A sink that POSTs each alert as JSON to ``url`` (failures are logged, never raised).
 
-    The body is the alert's fields (:class:`Alert`), None fields as null. The URL itself is
-    never logged: chat webhooks carry their secret in it.
+    ``url`` is checked first (:func:`check_webhook_url`). The body is the alert's fields
+    (:class:`Alert`), None fields as null. The URL itself is never logged: chat webhooks
+    carry their secret in it.
     """
+    check_webhook_url(url)
 
     def post(alert: Alert) -> None:
         request = urllib.request.Request(
@@ -307,3 +339,8 @@ class Monitoring:
         """Track the run's final model (``model_dir``'s model.npz) and close its MLflow run."""
         if self.tracking is not None:
             self.tracking.run_finished(model_dir, registered_version)
+
+    def run_failed(self) -> None:
+        """Mark the run's MLflow run failed, as the federated run raised; never raises."""
+        if self.tracking is not None:
+            self.tracking.run_failed()

@@ -12,11 +12,15 @@ with it (``fedwarden.run_id``), so that a resumed run continues the same MLflow 
   :class:`~fedwarden.server.records.RoundRecord` (None values are skipped);
 * at the end: ``model.npz`` and ``param_spec.json`` as artifacts under ``model/``, the
   registered version (``MODEL@X.Y.Z``) as the tag ``fedwarden.registered_version``, and the
-  run marked finished.
+  run marked finished; a federated run that raises instead is marked failed.
 
 Tracking never fails a federated round: the first MLflow error is logged as a warning and
 tracking stays off for the rest of the run, so that a tracking server that does not answer
-does not add its retries to every round.
+does not add its retries to every round. Tracking runs inside the round, so each MLflow call
+is bounded by :data:`HTTP_LIMITS` (no retries, a 5 s timeout) unless the environment sets
+those MLflow variables itself: an unreachable server costs one timeout, once. The tracking
+URI may carry credentials (``http://user:password@host``), and MLflow's errors repeat it:
+every warning logged here has the URIs' userinfo replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +64,11 @@ UNTRACKED_PARAMS = frozenset({"monitoring.webhook_url", "monitoring.mlflow_track
 """Config keys never sent to MLflow: URLs that may carry tokens or passwords."""
 PARAMS_PER_BATCH = 100
 """MLflow accepts at most 100 params in one ``log_batch`` call."""
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+"""MLflow's HTTP settings while tracking calls run (its defaults retry for minutes)."""
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
+"""A URI's ``scheme://userinfo@``: up to the authority's last ``@`` (a password may hold one)."""
+_HTTP_LIMITS_LOCK = threading.Lock()
 
 
 def tracking_uri(config: RunConfig) -> str | None:
@@ -77,6 +89,29 @@ def config_params(config: RunConfig) -> dict[str, str]:
     return dict(flatten("", config.model_dump(mode="json")))
 
 
+def redact_userinfo(text: str) -> str:
+    """``text`` with the userinfo (``user:password@``) of every URI in it replaced by ``***@``."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+@contextmanager
+def http_limits() -> Iterator[None]:
+    """Apply :data:`HTTP_LIMITS` to the MLflow calls inside, except those the environment sets."""
+    with _HTTP_LIMITS_LOCK:
+        unset = {name: value for name, value in HTTP_LIMITS.items() if name not in os.environ}
+        os.environ.update(unset)
+        try:
+            yield
+        finally:
+            for name in unset:
+                os.environ.pop(name, None)
+
+
+def _warn(message: str, error: Exception, *args: object) -> None:
+    """Log ``message`` as a warning with ``error``'s type and its redacted text as the last args."""
+    logger.warning(message, *args, type(error).__name__, redact_userinfo(str(error)))
+
+
 def round_metrics(record: RoundRecord) -> dict[str, float]:
     """The figures of :data:`ROUND_METRICS` that ``record`` has (None values left out)."""
     values = {name: getattr(record, name) for name in ROUND_METRICS}
@@ -84,7 +119,11 @@ def round_metrics(record: RoundRecord) -> dict[str, float]:
 
 
 class MlflowTracking:
-    """Logs one fedwarden run to one MLflow run; errors turn tracking off with a warning."""
+    """Logs one fedwarden run to one MLflow run; errors turn tracking off with a warning.
+
+    Ending the MLflow run (:meth:`run_finished` or :meth:`run_failed`) turns tracking off too,
+    so that whichever comes second changes nothing.
+    """
 
     def __init__(self, client: MlflowClient, mlflow_run_id: str) -> None:
         self.client = client
@@ -118,21 +157,30 @@ class MlflowTracking:
             self.client.set_terminated(self.mlflow_run_id, "FINISHED")
 
         self._safely("the final model", finish)
+        self.active = False
+
+    def run_failed(self) -> None:
+        """Mark the MLflow run failed, as the federated run raised; never raises."""
+        self._safely(
+            "the run's failure",
+            lambda: self.client.set_terminated(self.mlflow_run_id, "FAILED"),
+        )
+        self.active = False
 
     def _safely(self, what: str, call: Callable[[], object]) -> None:
         """Run ``call`` while tracking is on; if MLflow raises, warn and turn tracking off."""
         if not self.active:
             return
         try:
-            call()
+            with http_limits():
+                call()
         except Exception as error:  # tracking must never fail a round; MLflow raises many kinds
             self.active = False
-            logger.warning(
+            _warn(
                 "MLflow tracking could not log %s (%s: %s); tracking is off for the rest of "
                 "this run, which continues",
-                what,
-                type(error).__name__,
                 error,
+                what,
             )
 
 
@@ -156,32 +204,30 @@ def start_tracking(config: RunConfig, run_id: str) -> MlflowTracking | None:
         return None
     section = config.monitoring
     try:
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(section.mlflow_experiment)
-        experiment_id = (
-            client.create_experiment(section.mlflow_experiment)
-            if experiment is None
-            else experiment.experiment_id
-        )
-        found = client.search_runs(
-            [experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1
-        )
-        if found:
-            mlflow_run_id = found[0].info.run_id
-            logger.info("continuing MLflow run %s of %s", mlflow_run_id, run_id)
-        else:
-            mlflow_run_id = client.create_run(
-                experiment_id, run_name=run_id, tags={RUN_ID_TAG: run_id}
-            ).info.run_id
-            params = [Param(key, value) for key, value in config_params(config).items()]
-            for start in range(0, len(params), PARAMS_PER_BATCH):
-                client.log_batch(mlflow_run_id, params=params[start : start + PARAMS_PER_BATCH])
+        with http_limits():
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(section.mlflow_experiment)
+            experiment_id = (
+                client.create_experiment(section.mlflow_experiment)
+                if experiment is None
+                else experiment.experiment_id
+            )
+            found = client.search_runs(
+                [experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1
+            )
+            if found:
+                mlflow_run_id = found[0].info.run_id
+                logger.info("continuing MLflow run %s of %s", mlflow_run_id, run_id)
+            else:
+                mlflow_run_id = client.create_run(
+                    experiment_id, run_name=run_id, tags={RUN_ID_TAG: run_id}
+                ).info.run_id
+                params = [Param(key, value) for key, value in config_params(config).items()]
+                for start in range(0, len(params), PARAMS_PER_BATCH):
+                    batch = params[start : start + PARAMS_PER_BATCH]
+                    client.log_batch(mlflow_run_id, params=batch)
     except Exception as error:  # tracking must never stop a run; MLflow raises many kinds
-        logger.warning(
-            "MLflow tracking could not start (%s: %s); this run is not tracked",
-            type(error).__name__,
-            error,
-        )
+        _warn("MLflow tracking could not start (%s: %s); this run is not tracked", error)
         return None
     logger.info("tracking %s as MLflow run %s", run_id, mlflow_run_id)
     return MlflowTracking(client, mlflow_run_id)

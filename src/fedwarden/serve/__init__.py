@@ -17,7 +17,6 @@ _EXPORTS = {
     "ServeError": _APP,
     "ServedModel": _APP,
     "ShadowRecorder": _APP,
-    "audit_sink": _APP,
     "create_app": _APP,
     "load_served_model": _APP,
     "reference_from_arrays": _DRIFT,

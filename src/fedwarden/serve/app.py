@@ -19,6 +19,13 @@ model registry (or any ``MODEL@X.Y.Z``):
   ``--webhook``) and the ``fedwarden_serve_drift_alerts`` counter.
 * ``GET /health`` says what is served; ``GET /metrics`` is the Prometheus text format.
 
+Trust: the audit log has one signing key, the one its chain started with, so a service given
+``--audit-key`` holds the deployment's audit signing key. Whoever takes over that process (an
+internet-facing one) can then sign any audit entry: a forged registration, promotion, round
+or privacy figure would verify like a real one. Give the service the audit key only where
+that process is trusted as much as the training server; elsewhere leave it out, and drift
+alerts go to the log, the webhook and the counter only.
+
 The model is rebuilt from the registry: its flat weights and ParamSpec, and the kind of model
 from the config of the run that trained it (``softmax``: NumPy multinomial logistic
 regression; ``mlp``: the PyTorch multilayer perceptron).
@@ -53,9 +60,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.params import ParamSpec, Vector
-from fedwarden.governance.audit import AlertRaised, AuditLog
+from fedwarden.governance.audit import AuditLog, ServerAuditTrail
 from fedwarden.governance.registry import ModelRegistry, ModelVersion
-from fedwarden.monitor.alerts import Alert, AlertSink, deliver, webhook
+from fedwarden.monitor.alerts import AlertSink, deliver, webhook
 from fedwarden.serve.drift import DriftMonitor, DriftReference
 
 logger = logging.getLogger(__name__)
@@ -520,7 +527,7 @@ def create_app(
 
     sinks: list[AlertSink] = [lambda alert: drift_alerts.labels(alert.rule).inc()]
     if audit is not None:
-        sinks.append(audit_sink(audit, primary.run_id))
+        sinks.append(ServerAuditTrail(audit, primary.run_id).alert_raised)
     sinks += alert_sinks
 
     def observe_drift(instances: npt.NDArray[np.float32]) -> None:
@@ -586,15 +593,6 @@ def create_app(
     return app
 
 
-def audit_sink(log: AuditLog, run_id: str) -> AlertSink:
-    """A sink that appends each alert to ``log`` as an ``alert_raised`` entry of ``run_id``."""
-
-    def append(alert: Alert) -> None:
-        log.append(AlertRaised.of(alert, run_id))
-
-    return append
-
-
 def serve_model(
     store_url: str,
     reference: str,
@@ -611,15 +609,20 @@ def serve_model(
     ``drift_reference`` is a reference written by
     :meth:`~fedwarden.serve.drift.DriftReference.to_json`. Its alerts are logged; with
     ``audit_key`` (the server kit's ``audit.key``) appended to the store's audit log, beside
-    the entries of any server writing to it; with ``webhook_url`` POSTed there as JSON.
+    the entries of any server writing to it; with ``webhook_url`` (http or https) POSTed
+    there as JSON.
+
+    ``audit_key`` is the deployment's one audit signing key: whoever controls this process can
+    sign any audit entry with it, not only drift alerts. Pass it only where the serving host
+    is trusted as much as the training server; otherwise leave it None and rely on the log
+    and the webhook.
     """
     import uvicorn
 
     from fedwarden.governance.audit import load_signing_key
     from fedwarden.governance.store import RunStore
 
-    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
-        raise ServeError("the alert webhook must be an http:// or https:// URL")
+    alert_sinks = () if webhook_url is None else (webhook(webhook_url),)
     store = RunStore(store_url)
     drift = (
         None
@@ -635,7 +638,7 @@ def serve_model(
             shadow_share=shadow_share,
             drift=drift,
             audit=audit,
-            alert_sinks=() if webhook_url is None else (webhook(webhook_url),),
+            alert_sinks=alert_sinks,
         )
         uvicorn.run(app, host=host, port=port)
     finally:

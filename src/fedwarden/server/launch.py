@@ -890,138 +890,144 @@ def _run(
         None if deployment is None else deployment.metrics,
         run_id=None if run_dir is None else run_dir.path.name,
     )
-    with build_runtime(config, dataset, run_dir, store, deployment) as runtime:
+    try:  # a run that fails marks its MLflow run FAILED
+        with build_runtime(config, dataset, run_dir, store, deployment) as runtime:
 
-        def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
-            """A cluster's server over the running runtime (no central test: it is global)."""
-            cluster_server = Server(
-                trainer=trainer,
-                strategy=build_strategy(config, len(client_ids), trainer),
-                sampler=build_sampler(config, dataset),
-                pipeline=build_pipeline(config, trainer, dataset),
-                runtime=runtime,
-                client_ids=client_ids,
-                rounds=rounds,
-                seed=config.seed,
-                min_cohort=config.sampling.min_cohort,
-                deadline_s=config.sampling.deadline_s,
-                evaluate_every=config.evaluate_every,
-                observer=observer,
+            def make_server(
+                client_ids: Sequence[str], initial_vector: Vector, rounds: int
+            ) -> Server:
+                """A cluster's server over the running runtime (no central test: it is global)."""
+                cluster_server = Server(
+                    trainer=trainer,
+                    strategy=build_strategy(config, len(client_ids), trainer),
+                    sampler=build_sampler(config, dataset),
+                    pipeline=build_pipeline(config, trainer, dataset),
+                    runtime=runtime,
+                    client_ids=client_ids,
+                    rounds=rounds,
+                    seed=config.seed,
+                    min_cohort=config.sampling.min_cohort,
+                    deadline_s=config.sampling.deadline_s,
+                    evaluate_every=config.evaluate_every,
+                    observer=observer,
+                )
+                cluster_server.vector = initial_vector.copy()
+                return cluster_server
+
+            server_settings: dict[str, Any] = {
+                "trainer": trainer,
+                "strategy": build_strategy(config, len(dataset.clients), trainer),
+                "sampler": build_sampler(config, dataset),
+                "pipeline": pipeline,
+                "runtime": runtime,
+                "client_ids": dataset.client_ids,
+                "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
+                "seed": config.seed,
+                "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
+                "backdoor_test": build_backdoor_test(config, dataset),
+                "reputation": build_reputation(config),
+                "min_cohort": config.sampling.min_cohort,
+                "deadline_s": config.sampling.deadline_s,
+                "evaluate_every": config.evaluate_every,
+                "run_dir": run_dir,
+                "observer": observer,
+                "privacy": privacy,
+                "audit": audit,
+                "monitors": [monitoring, *_round_rows(store, run_dir)],
+            }
+            asynchronous = config.asynchronous
+            server = (
+                FedBuffServer(
+                    buffer_size=asynchronous.buffer_size,
+                    concurrency=asynchronous.concurrency or 2 * asynchronous.buffer_size,
+                    staleness_exponent=asynchronous.staleness_exponent,
+                    max_staleness=asynchronous.max_staleness,
+                    **server_settings,
+                )
+                if asynchronous.enabled
+                else Server(**server_settings)
             )
-            cluster_server.vector = initial_vector.copy()
-            return cluster_server
-
-        server_settings: dict[str, Any] = {
-            "trainer": trainer,
-            "strategy": build_strategy(config, len(dataset.clients), trainer),
-            "sampler": build_sampler(config, dataset),
-            "pipeline": pipeline,
-            "runtime": runtime,
-            "client_ids": dataset.client_ids,
-            "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
-            "seed": config.seed,
-            "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
-            "backdoor_test": build_backdoor_test(config, dataset),
-            "reputation": build_reputation(config),
-            "min_cohort": config.sampling.min_cohort,
-            "deadline_s": config.sampling.deadline_s,
-            "evaluate_every": config.evaluate_every,
-            "run_dir": run_dir,
-            "observer": observer,
-            "privacy": privacy,
-            "audit": audit,
-            "monitors": [monitoring, *_round_rows(store, run_dir)],
+            checkpoint = None if run_dir is None else run_dir.load_checkpoint()
+            state_dir = None if run_dir is None else run_dir.client_state_dir
+            if checkpoint is not None:
+                server.restore(checkpoint)
+                if state_dir is not None:
+                    ClientStateStore(state_dir).discard_after(checkpoint.round_index)
+            runtime.start(Workload(dataset, trainer, pipeline.stages, config.seed, state_dir))
+            finetune = None
+            if config.personalization.finetune_epochs:
+                finetune = TrainConfig(
+                    local_epochs=config.personalization.finetune_epochs,
+                    batch_size=config.train.batch_size,
+                    learning_rate=config.train.learning_rate,
+                )
+            clustered = None
+            if clustering.enabled:
+                clustered = ClusteredTraining(
+                    make_server,
+                    cluster_rounds=config.rounds - clustering.warmup_rounds - 1,
+                    max_clusters=clustering.max_clusters,
+                    min_cluster_size=clustering.min_cluster_size,
+                    distance_threshold=clustering.distance_threshold,
+                ).run(server)
+                result = replace(
+                    clustered.warmup,
+                    rounds=config.rounds,
+                    client_accuracy=clustered.clustered_metrics.get("accuracy"),
+                )
+            else:
+                result = server.run(finetune=finetune, stop_after=stop_after)
+            governed: dict[str, Any] = {}
+            completed = run_dir is not None and store is not None and result.rounds == config.rounds
+            if completed and audit is not None and run_dir is not None and store is not None:
+                description = f"{config.data.source}, held by {len(dataset.clients)} clients"
+                governed = _register_model(
+                    config, store, audit, run_dir, result, description, runtime, pilot_clients
+                )
+                assert deployment is not None
+                governed["governance"] = _governance_report(store, audit, run_dir, deployment)
+        extras = {
+            **result.extras,
+            "runtime": runtime.name,
+            "num_clients": len(dataset.clients),
+            "pipeline": pipeline.describe(),
         }
-        asynchronous = config.asynchronous
-        server = (
-            FedBuffServer(
-                buffer_size=asynchronous.buffer_size,
-                concurrency=asynchronous.concurrency or 2 * asynchronous.buffer_size,
-                staleness_exponent=asynchronous.staleness_exponent,
-                max_staleness=asynchronous.max_staleness,
-                **server_settings,
-            )
-            if asynchronous.enabled
-            else Server(**server_settings)
+        aggregator_report = pipeline.aggregator.report()
+        if pipeline.aggregator.hides_individual_updates:
+            extras["secure_aggregation"] = aggregator_report
+        if "robust_rule" in aggregator_report:
+            extras["robust_aggregation"] = aggregator_report
+        if server.reputation is not None:
+            extras["quarantined_clients"] = sorted(server.reputation.quarantined())
+        malicious = malicious_clients(config, dataset)
+        if malicious:
+            attack = {"kind": config.attack.kind, "malicious_clients": list(malicious)}
+            if isinstance(pipeline.aggregator, AttackSimulation):
+                counts = aggregator_report["attack"]
+                attack["poisoned_updates"] = counts["poisoned_updates"]
+                attack["poisoned_rejected"] = counts["poisoned_rejected"]
+            extras["attack"] = attack
+        if clustered is not None:
+            extras["clustering"] = clustered.to_json()
+        if config.privacy.mechanism == "local":
+            extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
+        if dataset.num_classes is not None:
+            heterogeneity = label_heterogeneity(dataset)
+            extras["label_chi2"] = heterogeneity.chi2
+            extras["label_chi2_p_value"] = heterogeneity.p_value
+        extras.update(governed)
+        monitoring.run_finished(
+            None if run_dir is None else run_dir.path, extras.get("registered_model")
         )
-        checkpoint = None if run_dir is None else run_dir.load_checkpoint()
-        state_dir = None if run_dir is None else run_dir.client_state_dir
-        if checkpoint is not None:
-            server.restore(checkpoint)
-            if state_dir is not None:
-                ClientStateStore(state_dir).discard_after(checkpoint.round_index)
-        runtime.start(Workload(dataset, trainer, pipeline.stages, config.seed, state_dir))
-        finetune = None
-        if config.personalization.finetune_epochs:
-            finetune = TrainConfig(
-                local_epochs=config.personalization.finetune_epochs,
-                batch_size=config.train.batch_size,
-                learning_rate=config.train.learning_rate,
-            )
-        clustered = None
-        if clustering.enabled:
-            clustered = ClusteredTraining(
-                make_server,
-                cluster_rounds=config.rounds - clustering.warmup_rounds - 1,
-                max_clusters=clustering.max_clusters,
-                min_cluster_size=clustering.min_cluster_size,
-                distance_threshold=clustering.distance_threshold,
-            ).run(server)
-            result = replace(
-                clustered.warmup,
-                rounds=config.rounds,
-                client_accuracy=clustered.clustered_metrics.get("accuracy"),
-            )
-        else:
-            result = server.run(finetune=finetune, stop_after=stop_after)
-        governed: dict[str, Any] = {}
-        completed = run_dir is not None and store is not None and result.rounds == config.rounds
-        if completed and audit is not None and run_dir is not None and store is not None:
-            description = f"{config.data.source}, held by {len(dataset.clients)} clients"
-            governed = _register_model(
-                config, store, audit, run_dir, result, description, runtime, pilot_clients
-            )
-            assert deployment is not None
-            governed["governance"] = _governance_report(store, audit, run_dir, deployment)
-    extras = {
-        **result.extras,
-        "runtime": runtime.name,
-        "num_clients": len(dataset.clients),
-        "pipeline": pipeline.describe(),
-    }
-    aggregator_report = pipeline.aggregator.report()
-    if pipeline.aggregator.hides_individual_updates:
-        extras["secure_aggregation"] = aggregator_report
-    if "robust_rule" in aggregator_report:
-        extras["robust_aggregation"] = aggregator_report
-    if server.reputation is not None:
-        extras["quarantined_clients"] = sorted(server.reputation.quarantined())
-    malicious = malicious_clients(config, dataset)
-    if malicious:
-        attack = {"kind": config.attack.kind, "malicious_clients": list(malicious)}
-        if isinstance(pipeline.aggregator, AttackSimulation):
-            counts = aggregator_report["attack"]
-            attack["poisoned_updates"] = counts["poisoned_updates"]
-            attack["poisoned_rejected"] = counts["poisoned_rejected"]
-        extras["attack"] = attack
-    if clustered is not None:
-        extras["clustering"] = clustered.to_json()
-    if config.privacy.mechanism == "local":
-        extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
-    if dataset.num_classes is not None:
-        heterogeneity = label_heterogeneity(dataset)
-        extras["label_chi2"] = heterogeneity.chi2
-        extras["label_chi2_p_value"] = heterogeneity.p_value
-    extras.update(governed)
-    monitoring.run_finished(
-        None if run_dir is None else run_dir.path, extras.get("registered_model")
-    )
-    final = RunResult(**{**result.__dict__, "extras": extras})
-    if run_dir is not None:
-        run_dir.write_summary(final.to_json())
-        if store is not None and completed:
-            store.finish_run(run_dir.path.name, "completed")
-    return final
+        final = RunResult(**{**result.__dict__, "extras": extras})
+        if run_dir is not None:
+            run_dir.write_summary(final.to_json())
+            if store is not None and completed:
+                store.finish_run(run_dir.path.name, "completed")
+        return final
+    except BaseException:
+        monitoring.run_failed()
+        raise
 
 
 def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
