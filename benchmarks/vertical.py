@@ -10,11 +10,15 @@ aligned patients (a public seeded draw) train, the rest test.
 For the split neural network (:func:`fedwarden.vertical.split_mlp`) and the
 vertical logistic regression (:func:`fedwarden.vertical.split_logistic`),
 printed: test accuracy of the same architecture trained centralized and
-split (same seeds, same batches), then split with DP on the activations the
-feature parties send (:class:`fedwarden.vertical.GaussianRelease`, clip norm
-1, noise multiplier calibrated to each target epsilon for the run's epochs
-plus the evaluation pass, at delta 1e-5, replace-one), with the epsilon the
-ledger charged each feature party. Then the same split run over gRPC
+split (same seeds, same batches), then split with DP at the feature parties
+(:class:`fedwarden.vertical.GaussianRelease`, clip norm 1): their activations
+clipped and noised and their bottom models trained by DP-SGD (per-example
+gradients clipped to the same norm, summed, noised), the noise multiplier
+calibrated to each target epsilon for the run's events
+(:func:`fedwarden.vertical.release.release_events`: two per training epoch,
+one for the evaluation pass) at delta 1e-5, replace-one, with the epsilon the
+ledger charged each feature party. The label party takes no release here.
+Then the same split run over gRPC
 (:mod:`fedwarden.vertical.remote`): ``clinic`` and ``lab`` as feature-party
 servers on loopback with mutual TLS (kits from a throwaway ``fedwarden pki``
 CA), the bank driving, rows aligned by PSI over the wire. Seconds are
@@ -58,6 +62,7 @@ from fedwarden.vertical import (
     train_centralized,
     train_label_party,
 )
+from fedwarden.vertical.release import release_events
 
 COLUMNS = {"bank": slice(0, 10), "clinic": slice(10, 20), "lab": slice(20, 30)}
 LABEL_PARTY = "bank"
@@ -210,7 +215,10 @@ def main() -> None:
         "split neural network": ArchitectureSpec("mlp", (10, 10, 10), 2, seed=3),
         "vertical logistic regression": ArchitectureSpec("logistic", (10, 10, 10), 2, seed=3),
     }
-    passes = PLAN.epochs + 1  # every training epoch and the evaluation release the activations
+    probe = GaussianRelease(clip_norm=1.0, noise_multiplier=1.0)
+    events = PLAN.epochs * len(release_events(probe, training=True)) + len(
+        release_events(probe, training=False)
+    )
     with tempfile.TemporaryDirectory() as directory:
         kits = issue_kits(Path(directory))
         for name, spec in specs.items():
@@ -230,17 +238,18 @@ def main() -> None:
             )
             for epsilon in EPSILONS:
                 multiplier = calibrate_noise_multiplier(
-                    epsilon, DELTA, passes, neighboring="replace_one"
+                    epsilon, DELTA, events, neighboring="replace_one"
                 )
                 release = GaussianRelease(clip_norm=1.0, noise_multiplier=multiplier)
-                start = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.process_time()
                 accuracy, charged = split_accuracy(
                     spec.build(), blocks, labels, (train, test), release
                 )
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 label = f"split, DP epsilon {epsilon:g} (z={multiplier:.2f})"
                 print(
-                    f"  {label:28s} accuracy {accuracy:.4f}  "
-                    f"{(time.perf_counter() - start) / PLAN.epochs:6.3f} s wall per epoch"
+                    f"  {label:28s} accuracy {accuracy:.4f}  {wall / PLAN.epochs:6.3f} s wall, "
+                    f"{cpu / PLAN.epochs:6.3f} s CPU per epoch"
                     f"  (ledger: epsilon {charged:.3f} per feature party)"
                 )
 

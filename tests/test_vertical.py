@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from dp_accounting import dp_event, privacy_accountant
 from dp_accounting.pld import pld_privacy_accountant
 from sklearn.datasets import load_breast_cancer
+from torch import nn
 
 from fedwarden.core.errors import ConfigError, DataError
+from fedwarden.privacy.accounting import calibrate_noise_multiplier
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
+from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.psi import PsiReceiver, PsiResponse
 from fedwarden.vertical import (
     AlignmentFollower,
@@ -32,6 +37,7 @@ from fedwarden.vertical import (
     split_mlp,
     train_centralized,
 )
+from fedwarden.vertical.release import clip_rows, per_example_gradients, release_events
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,6 +173,16 @@ def pld_epsilon(noise_multiplier: float, count: int, delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
+def zero_noise() -> NoiseSource:
+    """A test-only source whose Gaussian noise is exactly zero: all its bytes are zero."""
+
+    class ZeroBytes:
+        def read(self, count: int) -> bytes:
+            return bytes(count)
+
+    return NoiseSource(ZeroBytes(), reproducible=True)
+
+
 def test_dp_mode_charges_each_party_the_accountants_epsilon(vertical_data: VerticalData) -> None:
     delta = 1e-5
     ledger = PrivacyLedger(
@@ -182,13 +198,22 @@ def test_dp_mode_charges_each_party_the_accountants_epsilon(vertical_data: Verti
         gradient_release=gradient,
     )
     split.fit(vertical_data.train, TrainingPlan(epochs=2, batch_size=64))
-    # Two passes of each feature party's activations; two epochs of gradients to each of two.
+    # Each epoch: a feature party's activations and its bottom's DP-SGD update; the label
+    # party's gradients to each of the three bottoms (its own too) and its top's update.
     for party in ("clinic", "lab"):
-        assert ledger.client_spent(party).epsilon == pytest.approx(pld_epsilon(1.5, 2, delta), 2e-3)
-    assert ledger.client_spent("bank").epsilon == pytest.approx(pld_epsilon(3.0, 4, delta), 2e-3)
-    split.predict(vertical_data.test)  # one more release of the activations, none of gradients
-    assert ledger.client_spent("clinic").epsilon == pytest.approx(pld_epsilon(1.5, 3, delta), 2e-3)
-    assert ledger.client_spent("bank").epsilon == pytest.approx(pld_epsilon(3.0, 4, delta), 2e-3)
+        assert ledger.client_spent(party).epsilon == pytest.approx(pld_epsilon(1.5, 4, delta), 2e-3)
+    assert ledger.client_spent("bank").epsilon == pytest.approx(pld_epsilon(3.0, 8, delta), 2e-3)
+    assert [e.kind for e in ledger.entries if e.client_id == "clinic"] == 2 * [
+        "cut_activation",
+        "bottom_update",
+    ]
+    assert [e.kind for e in ledger.entries if e.client_id == "bank"] == 2 * [
+        *3 * ["cut_gradient"],
+        "top_update",
+    ]
+    split.predict(vertical_data.test)  # one more release of the activations, nothing else
+    assert ledger.client_spent("clinic").epsilon == pytest.approx(pld_epsilon(1.5, 5, delta), 2e-3)
+    assert ledger.client_spent("bank").epsilon == pytest.approx(pld_epsilon(3.0, 8, delta), 2e-3)
     assert ledger.spent().epsilon == 0.0  # nothing run-level: each party's data is its own
     # What crossed is noised: the label party saw activation rows longer than the clip norm.
     norms = [
@@ -197,6 +222,113 @@ def test_dp_mode_charges_each_party_the_accountants_epsilon(vertical_data: Verti
         if isinstance(m, CutActivation)
     ]
     assert max(norms) > activation.clip_norm
+
+
+def test_release_events_are_the_message_then_in_training_the_model_update() -> None:
+    release = GaussianRelease(clip_norm=1.0, noise_multiplier=2.0)
+    one = dp_event.GaussianDpEvent(2.0)
+    assert release_events(release, training=False) == [one]
+    assert release_events(release, training=True) == [one, one]
+    assert release_events(release, training=True, recipients=3) == [one] * 4
+    with pytest.raises(ConfigError, match="recipients"):
+        release_events(release, training=True, recipients=0)
+
+
+def bottom_gradient_sum(
+    bottom: nn.Module, features: npt.NDArray[np.float64], release: GaussianRelease | None
+) -> npt.NDArray[np.float64]:
+    """The bottom's summed per-example gradient after one backward step of a FeatureParty.
+
+    The party receives the same cut gradient whatever its features; noise is
+    off, so under a release the result is the sum of the clipped gradients.
+    """
+    party = FeatureParty("clinic", features, bottom, release=release, noise=zero_noise())
+    party.start(TrainingPlan(learning_rate=1e-9))
+    rows = np.arange(len(features))
+    activation = party.forward(rows, "bank", training=True)
+    upstream = np.random.default_rng(0).normal(size=activation.values.shape).astype(np.float32)
+    party.backward(CutGradient(sender="bank", recipient="clinic", values=upstream))
+    mean = np.concatenate(
+        [p.grad.detach().numpy().ravel() for p in bottom.parameters() if p.grad is not None]
+    )
+    return mean.astype(np.float64) * len(features)
+
+
+def test_one_examples_replacement_moves_the_clipped_bottom_update_by_at_most_twice_the_clip(
+    vertical_data: VerticalData,
+) -> None:
+    release = GaussianRelease(clip_norm=0.5, noise_multiplier=1.0)
+    features = vertical_data.blocks["clinic"][:48]
+    neighbour = features.copy()
+    neighbour[17] = 40.0 * np.sign(features[17] + 0.1)  # one patient's row replaced, far out
+    bottom = split_mlp([10], 2, cut_width=CUT_WIDTH, seed=0).bottoms[0]
+
+    def change(release: GaussianRelease | None) -> float:
+        sums = [
+            bottom_gradient_sum(copy.deepcopy(bottom), table, release)
+            for table in (features, neighbour)
+        ]
+        return float(np.linalg.norm(sums[0] - sums[1]))
+
+    clipped, unclipped = change(release), change(None)
+    print(f"replace-one change: clipped {clipped:.3f}, unclipped {unclipped:.3f}")
+    assert 0 < clipped <= 2 * release.clip_norm + 1e-5
+    assert unclipped > 10 * 2 * release.clip_norm
+
+
+def test_per_example_gradients_equal_the_gradients_of_single_example_batches(
+    vertical_data: VerticalData,
+) -> None:
+    architecture = split_mlp([10, 10, 10], 2, cut_width=CUT_WIDTH, seed=1)
+    generator = np.random.default_rng(3)
+    cases = [
+        (
+            architecture.bottoms[1],
+            torch.as_tensor(vertical_data.blocks["clinic"][:12], dtype=torch.float32),
+            torch.as_tensor(generator.normal(size=(12, CUT_WIDTH)), dtype=torch.float32),
+            lambda output, target: (clip_rows(output, 0.3) * target).sum(),
+        ),
+        (
+            architecture.top,
+            torch.as_tensor(generator.normal(size=(12, 3 * CUT_WIDTH)), dtype=torch.float32),
+            torch.as_tensor(vertical_data.labels[:12]),
+            nn.functional.cross_entropy,
+        ),
+    ]
+    for module, inputs, targets, example_loss in cases:
+        per_example = per_example_gradients(module, inputs, targets, example_loss)
+        for index in range(len(inputs)):
+            module.zero_grad()
+            example_loss(module(inputs[index : index + 1]), targets[index : index + 1]).backward()
+            for name, parameter in module.named_parameters():
+                assert parameter.grad is not None
+                torch.testing.assert_close(
+                    per_example[name][index], parameter.grad, rtol=1e-5, atol=1e-6
+                )
+
+
+def test_dp_split_learning_still_learns(vertical_data: VerticalData) -> None:
+    delta = 1e-5
+    plan = TrainingPlan(epochs=10, batch_size=32, learning_rate=0.01, seed=5)
+    multiplier = calibrate_noise_multiplier(
+        8.0, delta, 2 * plan.epochs + 1, neighboring="replace_one"
+    )
+    ledger = PrivacyLedger(
+        PrivacyBudget(epsilon=100.0, delta=delta), privacy_unit="example", neighboring="replace_one"
+    )
+    split = split_run(
+        vertical_data,
+        split_mlp([10, 10, 10], 2, cut_width=CUT_WIDTH, seed=3),
+        ledger=ledger,
+        activation_release=GaussianRelease(clip_norm=1.0, noise_multiplier=multiplier),
+    )
+    split.fit(vertical_data.train, plan)
+    accuracy = split.accuracy(vertical_data.test)
+    majority = float(np.mean(vertical_data.labels[vertical_data.test]))
+    print(f"DP split network at epsilon 8: accuracy {accuracy:.4f} (majority {majority:.4f})")
+    for party in ("clinic", "lab"):  # every training epoch's two events and the evaluation's
+        assert ledger.client_spent(party).epsilon == pytest.approx(8.0, 1e-2)
+    assert accuracy > max(majority, 1 - majority) + 0.15
 
 
 def test_training_is_refused_before_any_release_when_a_budget_would_be_exceeded(

@@ -17,9 +17,12 @@ training step on a batch:
 Nothing else crosses: features stay with their party, labels and the top
 model with the label party. With a
 :class:`~fedwarden.vertical.release.GaussianRelease` on a party, what it
-sends is clipped row by row and noised, and every pass is charged to that
-party's entries in the :class:`~fedwarden.privacy.ledger.PrivacyLedger`
-(see :mod:`fedwarden.vertical.release` for what exactly is protected).
+sends is clipped row by row and noised, its model update is a DP-SGD step
+(per-example gradients clipped, summed and noised; Abadi et al. 2016), and
+every pass's events (:func:`~fedwarden.vertical.release.release_events`) are
+charged to that party's entries in the
+:class:`~fedwarden.privacy.ledger.PrivacyLedger` (see
+:mod:`fedwarden.vertical.release` for what exactly is protected).
 
 Runtime: :class:`SplitLearning`, run by the label party, drives every step
 and passes the messages between the parties explicitly, recording each
@@ -54,7 +57,14 @@ from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedge
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.vertical.architecture import StackedModel
 from fedwarden.vertical.messages import CutActivation, CutGradient, ExchangeLog, VerticalError
-from fedwarden.vertical.release import GaussianRelease, clip_rows
+from fedwarden.vertical.release import (
+    GaussianRelease,
+    clip_rows,
+    noisy_mean_gradient,
+    per_example_gradients,
+    release_events,
+    set_gradients,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +150,7 @@ class FeatureParty:
         self._noise = noise if noise is not None else NoiseSource.secure()
         self._optimizer: torch.optim.Optimizer | None = None
         self._sent: torch.Tensor | None = None
+        self._inputs: torch.Tensor | None = None
 
     @property
     def release(self) -> GaussianRelease | None:
@@ -157,19 +168,26 @@ class FeatureParty:
 
     def forward(self, rows: Rows, recipient: str, *, training: bool) -> CutActivation:
         """This party's cut-layer activations for ``rows``, clipped and noised under a release."""
+        inputs = self._features[torch.as_tensor(rows)]
         with torch.set_grad_enabled(training):
-            activations: torch.Tensor = self._bottom(self._features[torch.as_tensor(rows)])
+            activations: torch.Tensor = self._bottom(inputs)
             if self._release is None:
                 values = activations.detach().numpy()
             else:
                 activations = clip_rows(activations, self._release.clip_norm)
                 values = self._release.add_noise(activations, self._noise)
         self._sent = activations if training else None
+        self._inputs = inputs if training else None
         return CutActivation(sender=self.name, recipient=recipient, values=values)
 
     def backward(self, gradient: CutGradient) -> None:
-        """Back-propagate each example's loss gradient (averaged over the batch) and step Adam."""
-        if self._sent is None or self._optimizer is None:
+        """Back-propagate each example's loss gradient (averaged over the batch) and step Adam.
+
+        Under a release the step is DP-SGD's (Abadi et al. 2016): each
+        example's bottom-model gradient, clipped to ``clip_norm``, summed,
+        noised and divided by the batch size (:meth:`_privatized_gradients`).
+        """
+        if self._sent is None or self._inputs is None or self._optimizer is None:
             raise VerticalError(
                 f"party {self.name!r} got a gradient without a training forward pass to match; "
                 "call start(), then forward(..., training=True), then backward()"
@@ -180,10 +198,28 @@ class FeatureParty:
                 f"a gradient of shape {gradient.values.shape}: it answers another batch"
             )
         self._optimizer.zero_grad()
-        batch = self._sent.shape[0]
-        self._sent.backward(torch.tensor(gradient.values) / batch)
+        if self._release is None:
+            self._sent.backward(torch.tensor(gradient.values) / self._sent.shape[0])
+        else:
+            set_gradients(self._bottom, self._privatized_gradients(self._inputs, gradient))
         self._optimizer.step()
         self._sent = None
+        self._inputs = None
+
+    def _privatized_gradients(
+        self, inputs: torch.Tensor, gradient: CutGradient
+    ) -> dict[str, torch.Tensor]:
+        """DP-SGD's noisy mean of the examples' bottom-model gradients, through the row clipping."""
+        assert self._release is not None
+        clip_norm = self._release.clip_norm
+
+        def example_loss(output: torch.Tensor, row_gradient: torch.Tensor) -> torch.Tensor:
+            return (clip_rows(output, clip_norm) * row_gradient).sum()
+
+        per_example = per_example_gradients(
+            self._bottom, inputs, torch.tensor(gradient.values), example_loss
+        )
+        return noisy_mean_gradient(per_example, self._release, self._noise)
 
 
 class LabelParty:
@@ -225,23 +261,32 @@ class LabelParty:
         """One step on a batch: update the top model; per-example cut gradients for each sender.
 
         The loss is the batch mean of cross-entropy; row ``i`` of each gradient
-        is the gradient of example ``i``'s own loss (clipped and noised under a
-        release, except those to the label party's own bottom, which never cross).
+        is the gradient of example ``i``'s own loss. Under a release every
+        gradient is clipped row by row and noised (the one to the label
+        party's own bottom too: the bottom's updates would otherwise carry the
+        labels into its later activations), and the top model's step is
+        DP-SGD's (Abadi et al. 2016) over each example's cross-entropy.
         """
         if self._optimizer is None:
             raise VerticalError(f"label party {self.name!r} must start() before train_step()")
         inputs = [torch.tensor(message.values, requires_grad=True) for message in activations]
         self._optimizer.zero_grad()
         logits = self._top(torch.cat(inputs, dim=1))
-        loss = nn.functional.cross_entropy(logits, self._labels[torch.as_tensor(rows)])
+        targets = self._labels[torch.as_tensor(rows)]
+        loss = nn.functional.cross_entropy(logits, targets)
         loss.backward()
+        if self._release is not None:
+            examples = per_example_gradients(
+                self._top, torch.cat(inputs, dim=1).detach(), targets, nn.functional.cross_entropy
+            )
+            set_gradients(self._top, noisy_mean_gradient(examples, self._release, self._noise))
         self._optimizer.step()
         batch = len(rows)
         gradients = []
         for message, cut in zip(activations, inputs, strict=True):
             assert cut.grad is not None
             per_example = cut.grad * batch
-            if self._release is None or message.sender == self.name:
+            if self._release is None:
                 values = per_example.numpy()
             else:
                 clipped = clip_rows(per_example, self._release.clip_norm)
@@ -326,18 +371,23 @@ class SplitLearning:
         return message
 
     def _releases(self, training: bool) -> list[tuple[str, str, dp_event.DpEvent]]:
-        """(party, kind, event) for each DP release one pass makes; gradients only in training."""
-        releases = [
-            (party.name, "cut_activation", party.release.event())
-            for party in self._parties
-            if party.release is not None
-        ]
+        """(party, kind, event) for each DP release one pass makes (:func:`release_events`).
+
+        A feature party: its activations, then in training its bottom update.
+        The label party, in training only: its gradients to each bottom, then
+        its top update.
+        """
+        releases = []
+        for party in self._parties:
+            if party.release is not None:
+                events = release_events(party.release, training)
+                kinds = ["cut_activation", "bottom_update"][: len(events)]
+                releases += [(party.name, k, e) for k, e in zip(kinds, events, strict=True)]
         if training and self._label.release is not None:
-            releases += [
-                (self._label.name, "cut_gradient", self._label.release.event())
-                for party in self._parties
-                if party.name != self._label.name
-            ]
+            recipients = len(self._parties)
+            events = release_events(self._label.release, training, recipients=recipients)
+            kinds = [*["cut_gradient"] * recipients, "top_update"]
+            releases += [(self._label.name, k, e) for k, e in zip(kinds, events, strict=True)]
         return releases
 
     def _charge(self, training: bool) -> None:
