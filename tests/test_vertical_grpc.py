@@ -17,13 +17,17 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+from dp_accounting import dp_event
 from google.protobuf.message import Message
 from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
 from fedwarden.cli import app
+from fedwarden.core.errors import ConfigError, DataError
 from fedwarden.deploy.pki import init_ca, issue
-from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
+from fedwarden.privacy.accounting import compute_spend
+from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
+from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime.grpc.credentials import TlsKit
 from fedwarden.secure.psi import POINT_BYTES, PsiReceiver, PsiResponse
 from fedwarden.vertical import (
@@ -48,7 +52,13 @@ from fedwarden.vertical import (
 )
 from fedwarden.vertical import vertical_pb2 as vpb
 from fedwarden.vertical.alignment import order_digest
-from fedwarden.vertical.remote import SERVICE, channel_options, decode_tensor, encode_tensor
+from fedwarden.vertical.remote import (
+    SERVICE,
+    channel_options,
+    decode_tensor,
+    encode_tensor,
+    load_party_table,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,6 +123,8 @@ def party_servers(
     kits: Kits,
     *,
     release: GaussianRelease | None = None,
+    budget: PrivacyBudget | None = None,
+    noise: NoiseSource | None = None,
     parties: Sequence[str] = FEATURE_PARTIES,
 ) -> Iterator[dict[str, str]]:
     """Feature-party servers on 127.0.0.1 (mutual TLS, bank only); their addresses by name."""
@@ -123,8 +135,10 @@ def party_servers(
             tables[party].features,
             address="127.0.0.1:0",
             tls=kits.servers[party],
-            release=release,
             driver=LABEL_PARTY,
+            release=release,
+            budget=budget,
+            noise=noise,
         )
         for party in parties
     }
@@ -320,13 +334,20 @@ def test_only_blinded_points_cross_during_alignment_and_only_cut_tensors_after(
     forwards = [(q, r) for m, q, r in recorder.calls if m == "Forward"]
     backwards = [q for m, q, _ in recorder.calls if m == "Backward"]
     assert len(forwards) == 2 * (batches + 1) and len(backwards) == 2 * batches
-    widths = {10, 1}  # a raw column block, a label column
     for request, reply in forwards:
         assert isinstance(request, vpb.ForwardRequest) and isinstance(reply, vpb.Activation)
         batch = len(request.rows) // 8
         assert list(reply.values.shape) == [batch, CUT_WIDTH]
         assert len(reply.values.data) == batch * CUT_WIDTH * 4
-        assert CUT_WIDTH not in widths
+    # No message carries a raw feature row of a feature party, as float32 or float64.
+    wire = [
+        request.SerializeToString() + reply.SerializeToString()
+        for _, request, reply in recorder.calls
+    ]
+    for party in FEATURE_PARTIES:
+        features = tables[party].features
+        for row in [*features.astype(np.float32), *features.astype(np.float64)]:
+            assert not any(row.tobytes() in message for message in wire)
     for request in backwards:
         assert isinstance(request, vpb.Gradient)
         assert request.values.shape[1] == CUT_WIDTH
@@ -441,7 +462,9 @@ def test_dp_over_grpc_charges_the_ledger_what_the_in_process_run_charges(
     )
     local.split.predict(held_out_split(len(local.identifiers))[1])
     with (
-        party_servers(tables, kits, release=release) as addresses,
+        party_servers(
+            tables, kits, release=release, budget=PrivacyBudget(100.0, 1e-5)
+        ) as addresses,
         connected(addresses, kits.driver) as remotes,
     ):
         assert all(remote.release == release for remote in remotes)  # declared at Describe
@@ -503,10 +526,10 @@ def test_party_processes_serve_the_label_party_the_same_run_as_in_one_process(
                 "--address", f"127.0.0.1:{port}",
                 "--driver", LABEL_PARTY,
             ]  # fmt: skip
-            log = open(tmp_path / f"{party}.log", "wb")  # noqa: SIM115
-            processes.append(
-                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-            )
+            with open(tmp_path / f"{party}.log", "wb") as log:  # the child keeps its own copy
+                processes.append(
+                    subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+                )
             addresses[party] = f"127.0.0.1:{port}"
         for process, address in zip(processes, addresses.values(), strict=True):
             wait_listening(int(address.rsplit(":", 1)[1]), process)
@@ -547,3 +570,227 @@ def test_the_train_command_drives_the_parties_and_reports_accuracy(
     assert "aligned entities: 510" in result.output  # shared by all three
     accuracy = float(result.output.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.9
+
+
+class CountingNoise(NoiseSource):
+    """A noise source that counts its Gaussian draws: one per release the party makes."""
+
+    draws = 0
+
+    def gaussian(self, size: int | tuple[int, ...], std: float) -> npt.NDArray[np.float64]:
+        self.draws += 1
+        return super().gaussian(size, std)
+
+
+def gaussians_spend(count: int, noise_multiplier: float, delta: float = 1e-5) -> float:
+    """The oracle: epsilon of ``count`` Gaussian mechanisms on one example, replace-one."""
+    event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), count)
+    return compute_spend([event], delta, "replace_one").epsilon
+
+
+def test_a_party_refuses_passes_past_its_own_budget_before_releasing_and_refuses_duplicates(
+    tables: dict[str, PartyTable], kits: Kits
+) -> None:
+    release = GaussianRelease(clip_norm=1.0, noise_multiplier=2.0)
+    # Room for two Gaussian mechanisms per row, not three: two predict passes (one message
+    # each), or one training pass (the message and the DP-SGD bottom update).
+    budget = PrivacyBudget((gaussians_spend(2, 2.0) + gaussians_spend(3, 2.0)) / 2, 1e-5)
+    noise = CountingNoise.for_testing(0)
+    assert isinstance(noise, CountingNoise)
+    spec = ArchitectureSpec("mlp", (10, 10), 2, cut_width=CUT_WIDTH, seed=0)
+    first, second, third = np.arange(0, 8), np.arange(8, 16), np.arange(16, 24)
+    with (
+        party_servers(
+            tables, kits, release=release, budget=budget, noise=noise, parties=["clinic"]
+        ) as addresses,
+        connected(addresses, kits.driver) as (remote,),
+    ):
+        align_as_leader(LABEL_PARTY, tables[LABEL_PARTY].identifiers, [remote])
+        remote.prepare(spec, 1)
+        remote.start(TrainingPlan())
+
+        with pytest.raises(VerticalError, match=r"INVALID_ARGUMENT.*row indices must be distinct"):
+            remote.forward(np.array([8, 8, 9]), LABEL_PARTY, training=False)
+        for _ in range(2):
+            remote.forward(first, LABEL_PARTY, training=False)
+        draws = noise.draws
+        with pytest.raises(
+            VerticalError,
+            match=r"FAILED_PRECONDITION.*already released by 0 "
+            r"training and 2 predict passes",
+        ):
+            remote.forward(first, LABEL_PARTY, training=False)
+        # One exhausted row refuses the whole call, which releases and counts nothing.
+        with pytest.raises(VerticalError, match="FAILED_PRECONDITION"):
+            remote.forward(np.array([9, 3]), LABEL_PARTY, training=False)
+        assert noise.draws == draws  # no noise drawn: nothing was computed or released
+        for _ in range(2):  # the refused calls counted nothing against row 9, nor the duplicates
+            remote.forward(second, LABEL_PARTY, training=False)
+        with pytest.raises(VerticalError, match="FAILED_PRECONDITION"):
+            remote.forward(second, LABEL_PARTY, training=False)
+
+        remote.forward(third, LABEL_PARTY, training=True)  # two mechanisms per row
+        remote.backward(CutGradient(LABEL_PARTY, "clinic", np.zeros((8, CUT_WIDTH), np.float32)))
+        with pytest.raises(VerticalError, match="already released by 1 training and 0 predict"):
+            remote.forward(third, LABEL_PARTY, training=False)
+
+        # Aligning again does not reset a row's count: the party counts by its own table row.
+        align_as_leader(LABEL_PARTY, tables[LABEL_PARTY].identifiers, [remote])
+        remote.prepare(spec, 1)
+        with pytest.raises(VerticalError, match="FAILED_PRECONDITION"):
+            remote.forward(first, LABEL_PARTY, training=False)
+
+
+def test_a_party_with_tls_must_name_its_driver_and_a_release_needs_a_budget(
+    tables: dict[str, PartyTable], kits: Kits, tmp_path: Path
+) -> None:
+    clinic = tables["clinic"]
+    arguments: dict[str, Any] = {"address": "127.0.0.1:0", "tls": kits.servers["clinic"]}
+    with pytest.raises(VerticalError, match="names no driver"):
+        FeaturePartyServer("clinic", clinic.identifiers, clinic.features, **arguments)
+    release = GaussianRelease(clip_norm=1.0, noise_multiplier=1.0)
+    with pytest.raises(ConfigError, match="release but no budget"):
+        FeaturePartyServer(
+            "clinic", clinic.identifiers, clinic.features, driver=LABEL_PARTY, release=release,
+            **arguments,
+        )  # fmt: skip
+
+    data = tmp_path / "clinic.npz"
+    np.savez(data, ids=np.array(clinic.identifiers), features=clinic.features)
+    identity = str(kits.directory / "ca" / "servers" / "clinic")
+    command = ["vertical", "party", "--data", str(data), "--identity", identity]
+    command += ["--address", f"127.0.0.1:{free_port()}"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code != 0 and "names no driver" in result.output
+    dp = ["--driver", LABEL_PARTY, "--clip-norm", "1", "--noise-multiplier", "1"]
+    result = CliRunner().invoke(app, [*command, *dp])
+    assert result.exit_code != 0 and "give all four or none" in result.output
+
+
+def test_the_label_party_refuses_a_zero_size_array_or_one_of_another_cut_width(
+    tables: dict[str, PartyTable], kits: Kits
+) -> None:
+    for shape in ([0, CUT_WIDTH], [3, 0]):
+        with pytest.raises(VerticalError, match="at least one row and one column"):
+            decode_tensor(vpb.Tensor(shape=shape, data=b""), "activations")
+    with pytest.raises(VerticalError, match="3 columns wide but the architecture's cut width is 4"):
+        decode_tensor(encode_tensor(np.zeros((2, 3), np.float32)), "activations", columns=4)
+
+    narrow = ArchitectureSpec("mlp", (10, 10), 2, cut_width=CUT_WIDTH, seed=0)
+    wide = ArchitectureSpec("mlp", (10, 10), 2, cut_width=CUT_WIDTH + 2, seed=0)
+    with (
+        party_servers(tables, kits, parties=["clinic"]) as addresses,
+        connected({"a": addresses["clinic"], "b": addresses["clinic"]}, kits.driver) as handles,
+    ):
+        first, second = handles
+        with pytest.raises(VerticalError, match=r"call prepare\(\) before forward\(\)"):
+            first.forward(np.arange(4), LABEL_PARTY, training=False)
+        align_as_leader(LABEL_PARTY, tables[LABEL_PARTY].identifiers, [first])
+        first.prepare(narrow, 1)
+        second.prepare(wide, 1)  # the party now runs a bottom of another width
+        with pytest.raises(VerticalError, match="6 columns wide but the architecture's cut width"):
+            first.forward(np.arange(4), LABEL_PARTY, training=False)
+        with grpc.secure_channel(
+            addresses["clinic"], kits.driver.channel_credentials(), options=channel_options()
+        ) as channel:
+            prepare = channel.unary_unary(
+                f"/{SERVICE}/Prepare",
+                request_serializer=vpb.Architecture.SerializeToString,
+                response_deserializer=vpb.Declaration.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                prepare(vpb.Architecture(kind="tree", column_counts=[10, 10], classes=2))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.match("architecture kind must be one of")
+
+
+def test_training_over_budget_is_refused_before_any_pass_and_dp_needs_a_driver_budget(
+    tables: dict[str, PartyTable], kits: Kits
+) -> None:
+    release = GaussianRelease(clip_norm=1.0, noise_multiplier=2.0)
+    plan = TrainingPlan(epochs=3, batch_size=64)
+    recorder = WireRecorder()
+    with (
+        party_servers(
+            tables, kits, release=release, budget=PrivacyBudget(100.0, 1e-5)
+        ) as addresses,
+        connected(addresses, kits.driver, [recorder]) as remotes,
+    ):
+        with pytest.raises(ConfigError, match="release under DP but the label party"):
+            train_label_party(LABEL_PARTY, tables[LABEL_PARTY], remotes, kind="logistic", plan=plan)
+        # Three epochs are six Gaussian mechanisms per example; a budget for five is too small.
+        budget = PrivacyBudget((gaussians_spend(5, 2.0) + gaussians_spend(6, 2.0)) / 2, 1e-5)
+        with pytest.raises(BudgetExceeded, match="3 epochs of split learning"):
+            train_label_party(
+                LABEL_PARTY, tables[LABEL_PARTY], remotes, kind="logistic", plan=plan,
+                budget=budget,
+            )  # fmt: skip
+    methods = {method for method, _, _ in recorder.calls}
+    assert "Prepare" in methods and "Forward" not in methods  # refused before any pass
+
+
+def test_an_empty_or_tiny_intersection_is_refused_naming_the_aligned_count(
+    tables: dict[str, PartyTable], kits: Kits
+) -> None:
+    bank, clinic = tables[LABEL_PARTY], tables["clinic"]
+    assert bank.labels is not None
+    shared = sorted(set(bank.identifiers) & set(clinic.identifiers), key=str)[0]
+    row = bank.identifiers.index(shared)
+    tiny = PartyTable((shared, "stranger"), bank.features[[row, 0]], bank.labels[[row, 0]])
+    empty = PartyTable(("stranger",), bank.features[:1], bank.labels[:1])
+    with (
+        party_servers(tables, kits, parties=["clinic"]) as addresses,
+        connected(addresses, kits.driver) as remotes,
+    ):
+        for table, count in ((tiny, 1), (empty, 0)):
+            with pytest.raises(DataError, match=f"the parties share {count} aligned entities"):
+                train_label_party(LABEL_PARTY, table, remotes, kind="logistic", plan=PLAN)
+
+
+@pytest.mark.parametrize(
+    ("contents", "problem"),
+    [
+        ({"features": np.full((3, 2), "x")}, "features must be numbers"),
+        ({"features": np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, 1.0]])}, "NaN or infinite"),
+        ({"labels": np.array([0, -1, 1])}, "number the classes from 0"),
+        ({"labels": np.array([0.0, 1.0, 1.0])}, "labels must be one whole-number class per id"),
+    ],
+)
+def test_a_party_table_with_bad_features_or_labels_is_refused_naming_the_file(
+    tmp_path: Path, contents: dict[str, Any], problem: str
+) -> None:
+    path = tmp_path / "table.npz"
+    arrays = {"ids": np.array(["a", "b", "c"]), "features": np.zeros((3, 2)), **contents}
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=problem) as refused:
+        load_party_table(path)
+    assert str(path) in str(refused.value)
+
+
+def test_the_train_command_charges_releases_to_its_budget_and_prints_its_delta(
+    tables: dict[str, PartyTable], kits: Kits, tmp_path: Path
+) -> None:
+    bank = tables[LABEL_PARTY]
+    assert bank.labels is not None
+    data = tmp_path / "bank.npz"
+    np.savez(data, ids=np.array(bank.identifiers), features=bank.features, labels=bank.labels)
+    release = GaussianRelease(clip_norm=1.0, noise_multiplier=2.0)
+    command = [
+        "vertical", "train",
+        "--data", str(data),
+        "--identity", str(kits.directory / "ca" / "clients" / LABEL_PARTY),
+        "--architecture", "logistic",
+        "--epochs", "3",
+    ]  # fmt: skip
+    with party_servers(
+        tables, kits, release=release, budget=PrivacyBudget(100.0, 1e-6)
+    ) as addresses:
+        parties = [argument for address in addresses.values() for argument in ("--party", address)]
+        result = CliRunner().invoke(app, [*command, *parties, "--epsilon", "50", "--delta", "1e-6"])
+        timed_out = CliRunner().invoke(app, [*command, *parties, "--timeout", "0.000001"])
+    assert result.exit_code == 0, result.output
+    # Three training passes (message and bottom update each) and one predict pass.
+    expected = gaussians_spend(7, release.noise_multiplier, delta=1e-6)
+    for party in FEATURE_PARTIES:
+        assert f"epsilon charged to {party}: {expected:.4f} (delta 1e-06)" in result.output
+    assert timed_out.exit_code != 0 and "DEADLINE_EXCEEDED" in timed_out.output

@@ -24,6 +24,7 @@ from fedwarden.server.records import RoundRecord, RunResult
 if TYPE_CHECKING:
     from fedwarden.governance.registry import ModelRegistry
     from fedwarden.governance.store import RunStore
+    from fedwarden.runtime.grpc.credentials import TlsKit
 
 app = typer.Typer(
     help="fedwarden: privacy-preserving federated learning.",
@@ -903,7 +904,10 @@ def vertical_party_command(
     ] = None,
     driver: Annotated[
         str | None,
-        typer.Option(help="Answer only the label party whose certificate bears this name."),
+        typer.Option(
+            help="Answer only the label party whose certificate bears this name (required "
+            "with --identity)."
+        ),
     ] = None,
     clip_norm: Annotated[
         float | None, typer.Option(help="DP release: clip each activation row to this L2 norm.")
@@ -911,38 +915,51 @@ def vertical_party_command(
     noise_multiplier: Annotated[
         float | None, typer.Option(help="DP release: Gaussian noise std over the clip norm.")
     ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(help="DP release: this party's own epsilon budget per row (required)."),
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="DP release: the delta of that budget (required).")
+    ] = None,
 ) -> None:
-    """Serve a feature party (its columns and bottom model) to the label party over gRPC."""
+    """Serve a feature party (its columns and bottom model) to the label party over gRPC.
+
+    With a DP release the party enforces its own (--epsilon, --delta) budget on
+    every row it releases, whatever the label party asks for.
+    """
     import signal
 
-    from fedwarden.runtime.grpc.credentials import TlsKit
+    from fedwarden.privacy.ledger import PrivacyBudget
     from fedwarden.vertical.release import GaussianRelease
     from fedwarden.vertical.remote import FeaturePartyServer, load_party_table
 
     console = _logging_console(level=logging.INFO, stderr=False)
     try:
-        if (identity is None) != insecure:
-            raise FedwardenError("give --identity SERVER_KIT, or --insecure (loopback only)")
-        if (clip_norm is None) != (noise_multiplier is None):
+        tls, party_name = _vertical_identity(identity, insecure, name, "SERVER_KIT")
+        release_options = (clip_norm, noise_multiplier, epsilon, delta)
+        if any(option is None for option in release_options) and any(
+            option is not None for option in release_options
+        ):
             raise FedwardenError(
-                "a DP release needs both --clip-norm and --noise-multiplier; give both or neither"
+                "a DP release needs --clip-norm, --noise-multiplier, --epsilon and --delta (the "
+                "party's own budget); give all four or none"
             )
-        tls = None if identity is None else TlsKit.from_dir(identity)
-        party_name = name or (None if tls is None else tls.name)
-        if party_name is None:
-            raise FedwardenError("give --name: with --insecure no certificate names the party")
         table = load_party_table(data)
-        release = None
+        release, budget = None, None
         if clip_norm is not None and noise_multiplier is not None:
             release = GaussianRelease(clip_norm=clip_norm, noise_multiplier=noise_multiplier)
+        if epsilon is not None and delta is not None:
+            budget = PrivacyBudget(epsilon, delta)
         server = FeaturePartyServer(
             party_name,
             table.identifiers,
             table.features,
             address=address,
             tls=tls,
-            release=release,
             driver=driver,
+            release=release,
+            budget=budget,
         )
         port = server.serve()
     except FedwardenError as error:
@@ -981,9 +998,25 @@ def vertical_train_command(
     learning_rate: Annotated[float, typer.Option(help="Adam's learning rate.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Public seed of the batch order.")] = 0,
     test_share: Annotated[float, typer.Option(help="Share of aligned rows held out.")] = 0.3,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(help="Epsilon each DP-releasing party may spend (required with DP)."),
+    ] = None,
+    delta: Annotated[float, typer.Option(help="The delta of every epsilon.")] = 1e-5,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for one call; PSI over about 700,000 ids needs more than "
+            "the default."
+        ),
+    ] = 120.0,
 ) -> None:
-    """Align with the feature parties by PSI, train split learning as the label party, test it."""
-    from fedwarden.runtime.grpc.credentials import TlsKit
+    """Align with the feature parties by PSI, train split learning as the label party, test it.
+
+    Parties that release under DP are charged to a ledger with the budget
+    (--epsilon, --delta); training that would exceed it is refused before it starts.
+    """
+    from fedwarden.privacy.ledger import PrivacyBudget
     from fedwarden.vertical.remote import (
         RemoteFeatureParty,
         load_party_table,
@@ -993,19 +1026,15 @@ def vertical_train_command(
 
     console = _logging_console(stderr=False)
     try:
-        if (identity is None) != insecure:
-            raise FedwardenError("give --identity CLIENT_KIT, or --insecure (loopback only)")
+        tls, label_name = _vertical_identity(identity, insecure, name, "CLIENT_KIT")
         if architecture not in ("mlp", "logistic"):
             raise FedwardenError(f"--architecture {architecture!r}: use mlp or logistic")
-        tls = None if identity is None else TlsKit.from_dir(identity)
-        label_name = name or (None if tls is None else tls.name)
-        if label_name is None:
-            raise FedwardenError("give --name: with --insecure no certificate names the party")
         table = load_party_table(data)
         plan = TrainingPlan(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed
         )
-        parties = [RemoteFeatureParty.connect(address, tls) for address in party]
+        budget = None if epsilon is None else PrivacyBudget(epsilon, delta)
+        parties = [RemoteFeatureParty.connect(address, tls, timeout_s=timeout) for address in party]
         try:
             result = train_label_party(
                 label_name,
@@ -1014,6 +1043,7 @@ def vertical_train_command(
                 kind="mlp" if architecture == "mlp" else "logistic",
                 plan=plan,
                 test_share=test_share,
+                budget=budget,
             )
         finally:
             for remote in parties:
@@ -1023,8 +1053,25 @@ def vertical_train_command(
     console.print(f"aligned entities: {result.aligned_rows}")
     console.print(f"final training loss: {result.losses[-1]:.4f}")
     console.print(f"test accuracy: {result.accuracy:.4f}")
-    for party_name, epsilon in result.epsilon.items():
-        console.print(f"epsilon charged to {escape(party_name)}: {epsilon:.4f} (delta 1e-05)")
+    for party_name, spent in result.epsilon.items():
+        console.print(
+            f"epsilon charged to {escape(party_name)}: {spent:.4f} (delta {result.delta:g})"
+        )
+
+
+def _vertical_identity(
+    identity: Path | None, insecure: bool, name: str | None, kit: str
+) -> tuple[TlsKit | None, str]:
+    """A vertical command's TLS kit (None with --insecure) and party name (--name or the kit's)."""
+    from fedwarden.runtime.grpc.credentials import TlsKit
+
+    if (identity is None) != insecure:
+        raise FedwardenError(f"give --identity {kit}, or --insecure (loopback only)")
+    tls = None if identity is None else TlsKit.from_dir(identity)
+    party_name = name or (None if tls is None else tls.name)
+    if party_name is None:
+        raise FedwardenError("give --name: with --insecure no certificate names the party")
+    return tls, party_name
 
 
 def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:

@@ -49,10 +49,12 @@ for X25519, so points travel as Montgomery ``u``-coordinates:
   Every received point must be a canonical 32-byte ``u < 2^255 - 19``; one
   that gives the identity when blinded (a low-order point) is refused.
 * **Hash to the group** (:func:`hash_to_group`): the first 32 bytes of
-  ``SHA-512`` of a domain-separated id, mapped by one Elligator 2 map with the
-  cofactor cleared (``crypto_core_ed25519_from_uniform``: RFC 9380's
-  ``encode_to_curve``), then written as ``u = (1 + y) / (1 - y)`` (RFC 7748
-  section 4.1) with one field inversion for the whole batch (Montgomery's trick).
+  ``SHA-512`` of a domain-separated id, mapped by libsodium's Elligator 2 map
+  with the cofactor cleared (``crypto_core_ed25519_from_uniform``; similar in
+  construction to RFC 9380's non-uniform ``encode_to_curve``, but without its
+  ``expand_message`` and not checked against its test vectors), then written
+  as ``u = (1 + y) / (1 - y)`` (RFC 7748 section 4.1) with one field inversion
+  for the whole batch (Montgomery's trick).
 
 Three hashes were weighed (CPU per id on the 2-core AMD EPYC of issue 8,
 ``benchmarks/psi.py``): two Elligator maps added, RFC 9380's random-oracle
@@ -187,9 +189,12 @@ def identifier_bytes(identifier: Identifier) -> bytes:
 def hash_to_group(identifiers: Sequence[Identifier], workers: int = 1) -> list[bytes]:
     """Each id encoded into the prime-order group of Curve25519, as a 32-byte ``u``-coordinate.
 
-    RFC 9380's ``encode_to_curve`` for edwards25519 (one Elligator 2 map, the
-    cofactor cleared) applied to the first 32 bytes of ``SHA-512(domain || id)``,
-    then mapped to Montgomery form. Public: it involves no secret.
+    libsodium's Elligator 2 map to edwards25519 with the cofactor cleared
+    (``crypto_core_ed25519_from_uniform``) applied to the first 32 bytes of
+    ``SHA-512(domain || id)``, then mapped to Montgomery form. Similar in
+    construction to RFC 9380's non-uniform ``encode_to_curve``, but not it: no
+    ``expand_message``, and RFC 9380's test vectors do not apply. Public: it
+    involves no secret.
     """
     digests = [
         hashlib.sha512(_DOMAIN + identifier_bytes(item)).digest()[:POINT_BYTES]

@@ -27,6 +27,8 @@ _EXPORTS = {
     "ExchangeLog": "fedwarden.vertical.messages",
     "GaussianRelease": "fedwarden.vertical.release",
     "clip_rows": "fedwarden.vertical.release",
+    "release_events": "fedwarden.vertical.release",
+    "RowBudget": "fedwarden.vertical.remote",
     "ArchitectureSpec": "fedwarden.vertical.architecture",
     "SplitArchitecture": "fedwarden.vertical.architecture",
     "StackedModel": "fedwarden.vertical.architecture",

@@ -22,18 +22,37 @@ one, and this module only carries its messages.
   in-process run with the same seed; then ``Start``, ``Forward`` and
   ``Backward`` carry exactly the :class:`CutActivation` and
   :class:`CutGradient` arrays, as raw float32 bytes.
-- **Wire checks**: every array must be two-dimensional, its bytes must match
-  its shape, and its values must be finite; row indices must be int64 within
-  the aligned table; messages are capped at :data:`MAX_MESSAGE_BYTES`; the
-  protocol version is checked at ``Describe``. A refused message changes
-  nothing at the receiving party. Nothing is pickled.
+- **Wire checks**: every array must be two-dimensional with both dimensions
+  at least 1, its bytes must match its shape, and its values must be finite;
+  the driver also checks that an activation has its architecture's cut width;
+  row indices must be distinct int64 within the aligned table; messages are
+  capped at :data:`MAX_MESSAGE_BYTES`; the protocol version is checked at
+  ``Describe``. A refused ``Prepare``, ``Start``, ``Forward`` or ``Backward``
+  changes nothing at the receiving party (a refused ``Forward`` releases and
+  counts nothing). A refused PSI step does change it: the step's PSI state is
+  consumed, so the driver restarts the alignment from ``Offer`` (phase 1) or
+  ``RequestFinal`` (phase 2). Nothing is pickled.
 - **Privacy accounting**: a party applies its own release before sending and
   declares it at ``Describe`` (again at ``Start``); the driver's
   :class:`~fedwarden.privacy.ledger.PrivacyLedger` charges the declared
-  releases, exactly as for in-process parties.
+  releases, exactly as for in-process parties, and refuses before training a
+  plan that exceeds the driver's budget.
+- **The party's own budget**: a party with a release does not trust the
+  driver's accounting. It counts, per row of its own table, the training and
+  predict passes it released (:func:`~fedwarden.vertical.release.release_events`:
+  a training pass is the message and the DP-SGD bottom update, a predict pass
+  the message), and refuses with ``FAILED_PRECONDITION``, before releasing
+  anything, a ``Forward`` that would take any requested row's composed
+  epsilon past its :class:`~fedwarden.privacy.ledger.PrivacyBudget`. The rows
+  of one ``Forward`` must be distinct, so a driver cannot average one row's
+  noise away by asking for it many times, in one call or in many. Counts
+  are kept by table row, so aligning again does not reset them; they live
+  as long as the server process (a restarted party starts a fresh budget).
 - **Authentication**: mutual TLS with the startup kits of ``fedwarden pki``:
   a certificate from another CA is refused in the handshake, and a party
-  started with ``driver`` answers only the label party of that name.
+  served with TLS must name its ``driver``: it answers only the label party
+  whose certificate bears that name (``PERMISSION_DENIED`` to any other
+  certificate of the same CA).
 """
 
 from __future__ import annotations
@@ -49,10 +68,12 @@ from typing import Final, TypeVar, cast, get_args
 import grpc
 import numpy as np
 import numpy.typing as npt
+from dp_accounting import dp_event
 from google.protobuf.message import Message
 
-from fedwarden.core.errors import DataError, FedwardenError
-from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
+from fedwarden.core.errors import ConfigError, DataError, FedwardenError
+from fedwarden.privacy.accounting import PrivacySpend, compute_spend
+from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
 from fedwarden.runtime.grpc.wire import ProtocolError, check_version, version_message
@@ -68,7 +89,7 @@ from fedwarden.vertical import vertical_pb2 as vpb
 from fedwarden.vertical.alignment import AlignmentFollower, align_as_leader
 from fedwarden.vertical.architecture import ArchitectureKind, ArchitectureSpec
 from fedwarden.vertical.messages import CutActivation, CutGradient, VerticalError
-from fedwarden.vertical.release import GaussianRelease
+from fedwarden.vertical.release import GaussianRelease, release_events
 from fedwarden.vertical.split import (
     BottomParty,
     FeatureParty,
@@ -84,10 +105,16 @@ SERVICE: Final = "fedwarden.vertical.v1.FeatureParty"
 
 MAX_MESSAGE_BYTES: Final = 64 << 20
 """Largest message either end accepts. Cut-layer batches are kilobytes; a PSI message carries
-one point of 32 bytes per id, so this admits tables of about two million ids."""
+one point of 32 bytes per id, so no message can hold more than 2,097,152 ids (64 MiB / 32 B)."""
 
 CALL_TIMEOUT_S: Final = 120.0
-"""How long the driver waits for one call (a PSI step over a large table is the slowest)."""
+"""How long the driver waits for one call by default (``fedwarden vertical train --timeout``).
+
+The slowest call is ``RequestFinal``: the party hashes and blinds each of its
+ids and blinds the driver's offer, about 160 CPU microseconds per id on the
+2-core machine of issue 8. So 120 s covers tables of roughly 700,000 ids
+there, well short of what :data:`MAX_MESSAGE_BYTES` admits; give larger
+tables a longer timeout."""
 
 _FLOAT32: Final = np.dtype("<f4")
 _INT64: Final = np.dtype("<i8")
@@ -110,17 +137,23 @@ def encode_tensor(values: npt.NDArray[np.float32]) -> vpb.Tensor:
 
 
 def decode_tensor(
-    message: vpb.Tensor, what: str, rows: int | None = None
+    message: vpb.Tensor, what: str, rows: int | None = None, columns: int | None = None
 ) -> npt.NDArray[np.float32]:
     """The float32 array a :class:`vpb.Tensor` carries, refused unless well-formed and finite.
 
-    ``rows``, if given, is the number of rows the array must have (one per example).
+    ``rows``, if given, is the number of rows the array must have (one per
+    example); ``columns`` the number of columns (the cut width).
     """
     shape = tuple(int(size) for size in message.shape)
     if len(shape) != 2:
         raise VerticalError(
             f"{what} must be a (batch, cut_width) array but declares shape {shape}; send one "
             "row per example"
+        )
+    if min(shape) < 1:
+        raise VerticalError(
+            f"{what} declares shape {shape}: a (batch, cut_width) array needs at least one row "
+            "and one column"
         )
     expected = shape[0] * shape[1] * _FLOAT32.itemsize
     if len(message.data) != expected:
@@ -130,6 +163,11 @@ def decode_tensor(
         )
     if rows is not None and shape[0] != rows:
         raise VerticalError(f"{what} holds {shape[0]} rows for a batch of {rows} examples")
+    if columns is not None and shape[1] != columns:
+        raise VerticalError(
+            f"{what} is {shape[1]} columns wide but the architecture's cut width is {columns}; "
+            "the party runs another bottom model than the one prepared"
+        )
     values = np.frombuffer(message.data, dtype=_FLOAT32).reshape(shape).astype(np.float32)
     if not np.isfinite(values).all():
         raise VerticalError(
@@ -145,7 +183,11 @@ def encode_rows(rows: Rows) -> bytes:
 
 
 def decode_rows(data: bytes, table_rows: int) -> Rows:
-    """Row indices from int64 bytes, refused unless each names a row of the aligned table."""
+    """Row indices from int64 bytes, refused unless distinct and each a row of the aligned table.
+
+    A row asked for twice in one call would be released twice, and averaging
+    the copies shrinks the noise of a release.
+    """
     if not data or len(data) % _INT64.itemsize:
         raise VerticalError(
             f"row indices must be a nonempty list of int64 (8 bytes each), got {len(data)} bytes"
@@ -155,6 +197,11 @@ def decode_rows(data: bytes, table_rows: int) -> Rows:
         raise VerticalError(
             f"row indices must lie in [0, {table_rows}) (the aligned table), got "
             f"{rows.min()} to {rows.max()}"
+        )
+    if len(np.unique(rows)) != len(rows):
+        raise VerticalError(
+            f"row indices must be distinct, got {len(rows)} indices naming "
+            f"{len(np.unique(rows))} rows; ask for each row once per pass"
         )
     return rows
 
@@ -203,12 +250,64 @@ def _release_of(declaration: vpb.Declaration) -> GaussianRelease | None:
     )
 
 
+class RowBudget:
+    """A feature party's own privacy budget, enforced per row of its table on every pass.
+
+    Each ``Forward`` releases each requested row once. A row's spend is the
+    events of :func:`~fedwarden.vertical.release.release_events` composed over
+    the training and the predict passes that released it (dp-accounting,
+    one example under replace-one neighbours, as the driver's ledger accounts
+    them); rows never compose with each other (parallel composition).
+    """
+
+    def __init__(
+        self, party: str, release: GaussianRelease, budget: PrivacyBudget, table_rows: int
+    ) -> None:
+        self._party = party
+        self._release = release
+        self.budget = budget
+        self._passes = np.zeros((table_rows, 2), dtype=np.int64)
+        """Per table row: how many training passes (column 0) and predict passes (1) released it."""
+
+    def spend(self, training_passes: int, predict_passes: int) -> PrivacySpend:
+        """The guarantee of a row released by that many training and predict passes."""
+        events = [
+            dp_event.SelfComposedDpEvent(event, count)
+            for training, count in ((True, training_passes), (False, predict_passes))
+            if count > 0
+            for event in release_events(self._release, training)
+        ]
+        return compute_spend(events, self.budget.delta, "replace_one")
+
+    def charge(self, rows: Rows, *, training: bool) -> None:
+        """Count one pass over the distinct table ``rows``, or refuse it and count nothing.
+
+        Raises :class:`~fedwarden.privacy.ledger.BudgetExceeded` when the pass
+        would take any of the rows past the budget.
+        """
+        one_pass = (1, 0) if training else (0, 1)
+        for before in np.unique(self._passes[rows], axis=0).tolist():
+            would_spend = self.spend(before[0] + one_pass[0], before[1] + one_pass[1])
+            if would_spend.epsilon > self.budget.epsilon:
+                raise BudgetExceeded(
+                    f"a {'training' if training else 'predict'} pass releasing party "
+                    f"{self._party!r}'s rows (one of them already released by {before[0]} "
+                    f"training and {before[1]} predict passes)",
+                    self.spend(before[0], before[1]),
+                    would_spend,
+                    self.budget,
+                )
+        self._passes[rows] += one_pass
+
+
 class FeaturePartyServer:
     """A feature party serving the ``FeatureParty`` service: its table, alignment and bottom model.
 
-    ``tls`` None means plaintext on loopback only (``--insecure``). With
-    ``driver`` set (and TLS), only the client whose certificate names it is
-    answered. ``noise`` draws the release's noise (secure by default).
+    ``tls`` None means plaintext on loopback only (``--insecure``); with TLS,
+    ``driver`` is required and only the client whose certificate bears that
+    name is answered. A ``release`` needs the party's own ``budget``, which
+    it enforces per row (:class:`RowBudget`). ``noise`` draws the release's
+    noise (secure by default).
     """
 
     def __init__(
@@ -219,9 +318,10 @@ class FeaturePartyServer:
         *,
         address: str,
         tls: TlsKit | None,
-        release: GaussianRelease | None = None,
-        noise: NoiseSource | None = None,
         driver: str | None = None,
+        release: GaussianRelease | None = None,
+        budget: PrivacyBudget | None = None,
+        noise: NoiseSource | None = None,
     ) -> None:
         if tls is None:
             check_insecure_address(address)
@@ -230,6 +330,18 @@ class FeaturePartyServer:
                     "driver names the label party by its certificate, which needs TLS: give a "
                     "server kit, or no driver with --insecure"
                 )
+        elif not driver:
+            raise VerticalError(
+                f"party {name!r} serves with TLS but names no driver: any certificate of the same "
+                "CA could pull its activations; give driver (--driver), the name on the label "
+                "party's certificate"
+            )
+        if (release is None) != (budget is None):
+            raise ConfigError(
+                f"party {name!r} has a release but no budget, or a budget but no release: a "
+                "party releasing under DP enforces its own budget; give both (--clip-norm, "
+                "--noise-multiplier, --epsilon, --delta) or neither"
+            )
         self.name = name
         self.address = address
         self._tls = tls
@@ -242,8 +354,13 @@ class FeaturePartyServer:
             )
         self._follower = AlignmentFollower(name, identifiers)
         self._release = release
+        self._budget = None
+        if release is not None and budget is not None:
+            self._budget = RowBudget(name, release, budget, self._features.shape[0])
         self._noise = noise if noise is not None else NoiseSource.secure()
         self._party: FeatureParty | None = None
+        self._party_rows: Rows | None = None
+        """The table rows of the prepared party's aligned rows, in the agreed order."""
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
         self.port: int | None = None
@@ -313,17 +430,18 @@ class FeaturePartyServer:
             try:
                 with self._lock:
                     return function(request)
-            except ProtocolError as error:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
             except FedwardenError as error:
                 logger.warning("party %s refused %s: %s", self.name, method, error)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+                status = grpc.StatusCode.INVALID_ARGUMENT
+                if isinstance(error, ProtocolError | BudgetExceeded):
+                    status = grpc.StatusCode.FAILED_PRECONDITION
+                context.abort(status, str(error))
             raise AssertionError("context.abort raises")
 
         return handle
 
     def _authorize(self, context: grpc.ServicerContext) -> None:
-        """Abort a call from anyone but the named driver (when one is named)."""
+        """Abort a call from anyone but the named driver (named whenever TLS is on)."""
         if self._driver is None:
             return
         names = context.auth_context().get("x509_common_name") or [b""]
@@ -366,7 +484,7 @@ class FeaturePartyServer:
 
     def _finish_final(self, request: Message) -> vpb.AlignmentReceipt:
         rows, digest = self._follower.finish_final(_psi_response(cast(vpb.PsiAnswer, request)))
-        self._party = None
+        self._party, self._party_rows = None, None
         return vpb.AlignmentReceipt(rows=rows, order_sha256=digest)
 
     def _prepare(self, request: Message) -> vpb.Declaration:
@@ -375,11 +493,6 @@ class FeaturePartyServer:
         if aligned is None:
             raise VerticalError(
                 f"party {self.name!r} has not been aligned: run the PSI alignment before Prepare"
-            )
-        if message.kind not in get_args(ArchitectureKind):
-            raise VerticalError(
-                f"architecture kind must be one of {list(get_args(ArchitectureKind))}, got "
-                f"{message.kind!r}"
             )
         spec = ArchitectureSpec(
             kind=cast(ArchitectureKind, message.kind),
@@ -402,14 +515,16 @@ class FeaturePartyServer:
         self._party = FeatureParty(
             self.name, self._features[aligned], bottom, release=self._release, noise=self._noise
         )
+        self._party_rows = aligned
         return self._declaration()
 
-    def _prepared(self) -> FeatureParty:
-        if self._party is None:
+    def _prepared(self) -> tuple[FeatureParty, Rows]:
+        """The prepared party and the table rows of its aligned rows."""
+        if self._party is None or self._party_rows is None:
             raise VerticalError(
                 f"party {self.name!r} has no bottom model yet: align, then Prepare, then train"
             )
-        return self._party
+        return self._party, self._party_rows
 
     def _start(self, request: Message) -> vpb.Declaration:
         message = cast(vpb.Plan, request)
@@ -419,13 +534,16 @@ class FeaturePartyServer:
             learning_rate=message.learning_rate,
             seed=message.seed,
         )
-        self._prepared().start(plan)
+        party, _ = self._prepared()
+        party.start(plan)
         return self._declaration()
 
     def _forward(self, request: Message) -> vpb.Activation:
         message = cast(vpb.ForwardRequest, request)
-        party = self._prepared()
+        party, table_rows = self._prepared()
         rows = decode_rows(message.rows, party.rows)
+        if self._budget is not None:
+            self._budget.charge(table_rows[rows], training=message.training)
         activation = party.forward(rows, message.recipient, training=message.training)
         return vpb.Activation(
             sender=activation.sender,
@@ -435,7 +553,7 @@ class FeaturePartyServer:
 
     def _backward(self, request: Message) -> vpb.Empty:
         message = cast(vpb.Gradient, request)
-        party = self._prepared()
+        party, _ = self._prepared()
         if message.recipient != self.name:
             raise VerticalError(
                 f"party {self.name!r} got a gradient addressed to {message.recipient!r}"
@@ -467,6 +585,7 @@ class RemoteFeatureParty:
         """How many feature columns the party holds (sizes its bottom model)."""
         self.table_rows = int(declaration.table_rows)
         """How many ids the party's table holds."""
+        self._cut_columns: int | None = None
 
     @classmethod
     def connect(
@@ -545,7 +664,10 @@ class RemoteFeatureParty:
         return self._rows, bytes(receipt.order_sha256)
 
     def prepare(self, architecture: ArchitectureSpec, position: int) -> None:
-        """Have the party build bottom ``position`` of ``architecture`` over its aligned rows."""
+        """Have the party build bottom ``position`` of ``architecture`` over its aligned rows.
+
+        Its activations must then be ``architecture.cut_columns`` wide.
+        """
         message = vpb.Architecture(
             kind=architecture.kind,
             column_counts=list(architecture.column_counts),
@@ -556,6 +678,7 @@ class RemoteFeatureParty:
             position=position,
         )
         self._check_declaration(self._call("Prepare", message, vpb.Declaration))
+        self._cut_columns = architecture.cut_columns
 
     def start(self, plan: TrainingPlan) -> None:
         """Prepare the party to train: a fresh optimizer for ``plan``."""
@@ -569,6 +692,11 @@ class RemoteFeatureParty:
 
     def forward(self, rows: Rows, recipient: str, *, training: bool) -> CutActivation:
         """The party's cut-layer activations for ``rows``, released as the party declared."""
+        if self._cut_columns is None:
+            raise VerticalError(
+                f"the party at {self.address} has no architecture yet: call prepare() before "
+                "forward()"
+            )
         request = vpb.ForwardRequest(rows=encode_rows(rows), recipient=recipient, training=training)
         reply = self._call("Forward", request, vpb.Activation)
         if reply.sender != self._name or reply.recipient != recipient:
@@ -577,7 +705,7 @@ class RemoteFeatureParty:
                 f", not as {self._name!r} to {recipient!r}"
             )
         what = f"the CutActivation from {self._name!r}"
-        values = decode_tensor(reply.values, what, rows=len(rows))
+        values = decode_tensor(reply.values, what, rows=len(rows), columns=self._cut_columns)
         return CutActivation(sender=self._name, recipient=recipient, values=values)
 
     def backward(self, gradient: CutGradient) -> None:
@@ -668,9 +796,29 @@ def load_party_table(path: Path) -> PartyTable:
             f"{path}: features must be (rows, columns) with one row per id; got shape "
             f"{features.shape} for {len(ids)} ids"
         )
+    if features.dtype.kind not in "iuf":
+        raise DataError(
+            f"{path}: features must be numbers (an int or float array), got dtype "
+            f"{features.dtype}; encode categorical columns as numbers first"
+        )
+    if not np.isfinite(features).all():
+        bad_rows = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        raise DataError(
+            f"{path}: features hold NaN or infinite values in {len(bad_rows)} rows (first: row "
+            f"{bad_rows[0]}); impute or drop them before serving the table"
+        )
     labels = contents.get("labels")
-    if labels is not None and (labels.shape != ids.shape or labels.dtype.kind not in "iu"):
-        raise DataError(f"{path}: labels must be one whole-number class per id")
+    if labels is not None:
+        if labels.shape != ids.shape or labels.dtype.kind not in "iu":
+            raise DataError(
+                f"{path}: labels must be one whole-number class per id (shape {ids.shape}), got "
+                f"shape {labels.shape} of {labels.dtype}"
+            )
+        if len(labels) and labels.min() < 0:
+            raise DataError(
+                f"{path}: labels must be classes 0, 1, 2, ..., got {labels.min()}; number the "
+                "classes from 0"
+            )
     identifiers = tuple(item.item() for item in ids)
     return PartyTable(
         identifiers,
@@ -688,6 +836,8 @@ class VerticalResult:
     accuracy: float
     epsilon: Mapping[str, float]
     """Epsilon charged to each party that released under DP (empty without DP)."""
+    delta: float | None
+    """The delta of every epsilon: the driver's budget's (None without DP)."""
 
 
 def train_label_party(
@@ -700,21 +850,37 @@ def train_label_party(
     test_share: float = 0.3,
     split_seed: int = 7,
     architecture_seed: int = 0,
-    delta: float = 1e-5,
+    budget: PrivacyBudget | None = None,
 ) -> VerticalResult:
     """Align by PSI, train split learning with the remote parties, and test on held-out rows.
 
     The label party's own columns are the first bottom, the remote parties'
     follow in the given order. The aligned rows are split by a public seeded
     draw: ``test_share`` of them test. Declared releases are charged to a
-    ledger with a budget of epsilon 1e6 at ``delta``; the charges are returned.
+    ledger in which each releasing party may spend ``budget`` (required when
+    a party releases); training that would exceed it is refused before it
+    starts. The charges are returned.
     """
     if table.labels is None:
         raise DataError(f"the label party {name!r} needs labels in its table")
     if not 0 < test_share < 1:
         raise DataError(f"test_share must lie strictly between 0 and 1, got {test_share!r}")
+    releasing = [party for party in parties if party.release is not None]
+    if releasing and budget is None:
+        raise ConfigError(
+            f"parties {[party.name for party in releasing]} release under DP but the label "
+            f"party {name!r} has no budget to check their releases against; give budget "
+            "(--epsilon and --delta)"
+        )
     aligned = align_as_leader(name, table.identifiers, parties)
     own_rows = aligned.rows[name]
+    cut = int((1 - test_share) * len(own_rows))
+    if cut == 0 or cut == len(own_rows):
+        raise DataError(
+            f"the parties share {len(own_rows)} aligned entities, which a test share of "
+            f"{test_share} splits into {cut} to train and {len(own_rows) - cut} to test; both "
+            "need at least one: align larger tables, or change the test share"
+        )
     labels = table.labels[own_rows]
     spec = ArchitectureSpec(
         kind,
@@ -726,19 +892,20 @@ def train_label_party(
         party.prepare(spec, position)
     architecture = spec.build()
     own = FeatureParty(name, table.features[own_rows], architecture.bottoms[0])
-    releasing = [party for party in parties if party.release is not None]
     ledger = None
-    if releasing:
+    if releasing and budget is not None:
         ledger = PrivacyLedger(
-            PrivacyBudget(1e6, delta), privacy_unit="example", neighboring="replace_one"
+            budget,
+            privacy_unit="example",
+            neighboring="replace_one",
+            client_budget=budget.epsilon,
         )
     bottoms: list[BottomParty] = [own, *parties]
     split = SplitLearning(bottoms, LabelParty(name, labels, architecture.top), ledger=ledger)
     order = np.random.default_rng(split_seed).permutation(len(own_rows))
-    cut = int((1 - test_share) * len(order))
     losses = split.fit(order[:cut], plan)
     accuracy = split.accuracy(order[cut:])
-    epsilon = {}
-    if ledger is not None:
-        epsilon = {party.name: ledger.client_spent(party.name).epsilon for party in releasing}
-    return VerticalResult(len(own_rows), tuple(losses), accuracy, epsilon)
+    if ledger is None:
+        return VerticalResult(len(own_rows), tuple(losses), accuracy, {}, None)
+    epsilon = {party.name: ledger.client_spent(party.name).epsilon for party in releasing}
+    return VerticalResult(len(own_rows), tuple(losses), accuracy, epsilon, ledger.budget.delta)

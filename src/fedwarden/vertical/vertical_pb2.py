@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from fedwarden.runtime.grpc import federation_pb2 as fedwarden_dot_runtime_dot_grpc_dot_federation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fedwarden/vertical/vertical.proto\x12\x15\x66\x65\x64warden.vertical.v1\x1a\'fedwarden/runtime/grpc/federation.proto\"7\n\x05Hello\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\"6\n\x07Release\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\"\xb7\x01\n\x0b\x44\x65\x63laration\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ntable_rows\x18\x03 \x01(\x04\x12\x14\n\x0c\x61ligned_rows\x18\x04 \x01(\x04\x12\x0f\n\x07\x63olumns\x18\x05 \x01(\r\x12/\n\x07release\x18\x06 \x01(\x0b\x32\x1e.fedwarden.vertical.v1.Release\")\n\tPsiPoints\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x0c\"8\n\tPsiAnswer\x12\x16\n\x0e\x64ouble_blinded\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03R\rsender_points\"6\n\x10\x41lignmentReceipt\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x14\n\x0corder_sha256\x18\x02 \x01(\x0c\"\x8d\x01\n\x0c\x41rchitecture\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x15\n\rcolumn_counts\x18\x02 \x03(\r\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\r\x12\x11\n\tcut_width\x18\x04 \x01(\r\x12\x14\n\x0chidden_width\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x10\n\x08position\x18\x07 \x01(\r\"O\n\x04Plan\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"C\n\x0e\x46orwardRequest\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x10\n\x08training\x18\x03 \x01(\x08\"^\n\nActivation\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12-\n\x06values\x18\x03 \x01(\x0b\x32\x1d.fedwarden.vertical.v1.Tensor\"\\\n\x08Gradient\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12-\n\x06values\x18\x03 \x01(\x0b\x32\x1d.fedwarden.vertical.v1.Tensor\"\x07\n\x05\x45mpty2\xe2\x05\n\x0c\x46\x65\x61tureParty\x12L\n\x08\x44\x65scribe\x12\x1c.fedwarden.vertical.v1.Hello\x1a\".fedwarden.vertical.v1.Declaration\x12G\n\x05Offer\x12\x1c.fedwarden.vertical.v1.Empty\x1a .fedwarden.vertical.v1.PsiPoints\x12O\n\tIntersect\x12 .fedwarden.vertical.v1.PsiPoints\x1a .fedwarden.vertical.v1.PsiAnswer\x12R\n\x0cRequestFinal\x12 .fedwarden.vertical.v1.PsiPoints\x1a .fedwarden.vertical.v1.PsiPoints\x12X\n\x0b\x46inishFinal\x12 .fedwarden.vertical.v1.PsiAnswer\x1a\'.fedwarden.vertical.v1.AlignmentReceipt\x12R\n\x07Prepare\x12#.fedwarden.vertical.v1.Architecture\x1a\".fedwarden.vertical.v1.Declaration\x12H\n\x05Start\x12\x1b.fedwarden.vertical.v1.Plan\x1a\".fedwarden.vertical.v1.Declaration\x12S\n\x07\x46orward\x12%.fedwarden.vertical.v1.ForwardRequest\x1a!.fedwarden.vertical.v1.Activation\x12I\n\x08\x42\x61\x63kward\x12\x1f.fedwarden.vertical.v1.Gradient\x1a\x1c.fedwarden.vertical.v1.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fedwarden/vertical/vertical.proto\x12\x15\x66\x65\x64warden.vertical.v1\x1a\'fedwarden/runtime/grpc/federation.proto\"7\n\x05Hello\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\"6\n\x07Release\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\"\xb7\x01\n\x0b\x44\x65\x63laration\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ntable_rows\x18\x03 \x01(\x04\x12\x14\n\x0c\x61ligned_rows\x18\x04 \x01(\x04\x12\x0f\n\x07\x63olumns\x18\x05 \x01(\r\x12/\n\x07release\x18\x06 \x01(\x0b\x32\x1e.fedwarden.vertical.v1.Release\")\n\tPsiPoints\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x0c\"#\n\tPsiAnswer\x12\x16\n\x0e\x64ouble_blinded\x18\x01 \x01(\x0c\"6\n\x10\x41lignmentReceipt\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x14\n\x0corder_sha256\x18\x02 \x01(\x0c\"\x8d\x01\n\x0c\x41rchitecture\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x15\n\rcolumn_counts\x18\x02 \x03(\r\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\r\x12\x11\n\tcut_width\x18\x04 \x01(\r\x12\x14\n\x0chidden_width\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x10\n\x08position\x18\x07 \x01(\r\"O\n\x04Plan\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"C\n\x0e\x46orwardRequest\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x10\n\x08training\x18\x03 \x01(\x08\"^\n\nActivation\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12-\n\x06values\x18\x03 \x01(\x0b\x32\x1d.fedwarden.vertical.v1.Tensor\"\\\n\x08Gradient\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12-\n\x06values\x18\x03 \x01(\x0b\x32\x1d.fedwarden.vertical.v1.Tensor\"\x07\n\x05\x45mpty2\xe2\x05\n\x0c\x46\x65\x61tureParty\x12L\n\x08\x44\x65scribe\x12\x1c.fedwarden.vertical.v1.Hello\x1a\".fedwarden.vertical.v1.Declaration\x12G\n\x05Offer\x12\x1c.fedwarden.vertical.v1.Empty\x1a .fedwarden.vertical.v1.PsiPoints\x12O\n\tIntersect\x12 .fedwarden.vertical.v1.PsiPoints\x1a .fedwarden.vertical.v1.PsiAnswer\x12R\n\x0cRequestFinal\x12 .fedwarden.vertical.v1.PsiPoints\x1a .fedwarden.vertical.v1.PsiPoints\x12X\n\x0b\x46inishFinal\x12 .fedwarden.vertical.v1.PsiAnswer\x1a\'.fedwarden.vertical.v1.AlignmentReceipt\x12R\n\x07Prepare\x12#.fedwarden.vertical.v1.Architecture\x1a\".fedwarden.vertical.v1.Declaration\x12H\n\x05Start\x12\x1b.fedwarden.vertical.v1.Plan\x1a\".fedwarden.vertical.v1.Declaration\x12S\n\x07\x46orward\x12%.fedwarden.vertical.v1.ForwardRequest\x1a!.fedwarden.vertical.v1.Activation\x12I\n\x08\x42\x61\x63kward\x12\x1f.fedwarden.vertical.v1.Gradient\x1a\x1c.fedwarden.vertical.v1.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -31,23 +31,23 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_PSIPOINTS']._serialized_start=400
   _globals['_PSIPOINTS']._serialized_end=441
   _globals['_PSIANSWER']._serialized_start=443
-  _globals['_PSIANSWER']._serialized_end=499
-  _globals['_ALIGNMENTRECEIPT']._serialized_start=501
-  _globals['_ALIGNMENTRECEIPT']._serialized_end=555
-  _globals['_ARCHITECTURE']._serialized_start=558
-  _globals['_ARCHITECTURE']._serialized_end=699
-  _globals['_PLAN']._serialized_start=701
-  _globals['_PLAN']._serialized_end=780
-  _globals['_TENSOR']._serialized_start=782
-  _globals['_TENSOR']._serialized_end=819
-  _globals['_FORWARDREQUEST']._serialized_start=821
-  _globals['_FORWARDREQUEST']._serialized_end=888
-  _globals['_ACTIVATION']._serialized_start=890
-  _globals['_ACTIVATION']._serialized_end=984
-  _globals['_GRADIENT']._serialized_start=986
-  _globals['_GRADIENT']._serialized_end=1078
-  _globals['_EMPTY']._serialized_start=1080
-  _globals['_EMPTY']._serialized_end=1087
-  _globals['_FEATUREPARTY']._serialized_start=1090
-  _globals['_FEATUREPARTY']._serialized_end=1828
+  _globals['_PSIANSWER']._serialized_end=478
+  _globals['_ALIGNMENTRECEIPT']._serialized_start=480
+  _globals['_ALIGNMENTRECEIPT']._serialized_end=534
+  _globals['_ARCHITECTURE']._serialized_start=537
+  _globals['_ARCHITECTURE']._serialized_end=678
+  _globals['_PLAN']._serialized_start=680
+  _globals['_PLAN']._serialized_end=759
+  _globals['_TENSOR']._serialized_start=761
+  _globals['_TENSOR']._serialized_end=798
+  _globals['_FORWARDREQUEST']._serialized_start=800
+  _globals['_FORWARDREQUEST']._serialized_end=867
+  _globals['_ACTIVATION']._serialized_start=869
+  _globals['_ACTIVATION']._serialized_end=963
+  _globals['_GRADIENT']._serialized_start=965
+  _globals['_GRADIENT']._serialized_end=1057
+  _globals['_EMPTY']._serialized_start=1059
+  _globals['_EMPTY']._serialized_end=1066
+  _globals['_FEATUREPARTY']._serialized_start=1069
+  _globals['_FEATUREPARTY']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)
