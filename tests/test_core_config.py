@@ -202,7 +202,7 @@ def test_an_absolute_data_path_is_kept(tmp_path: Path) -> None:
     "url", ["file:///etc/passwd", "ftp://hooks.example/T0KEN", "https:///T0KEN-no-host"]
 )
 def test_a_bad_webhook_url_is_refused_without_echoing_it(url: str) -> None:
-    with pytest.raises(ConfigError, match="monitoring.webhook_url") as refused:
+    with pytest.raises(ConfigError, match=r"monitoring\.webhook_url") as refused:
         RunConfig.from_mapping({"monitoring": {"webhook_url": url}})
     assert url not in str(refused.value) and "T0KEN" not in str(refused.value)
     accepted = RunConfig.from_mapping({"monitoring": {"webhook_url": "https://hooks.example/T"}})
