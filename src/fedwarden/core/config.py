@@ -89,7 +89,7 @@ def format_validation_error(error: ValidationError, model: type[BaseModel]) -> s
             lines.append(f"{location}: unknown key{hint} (allowed here: {allowed})")
         else:
             value = problem.get("input")
-            secret = problem["loc"][-1] in SECRET_KEYS
+            secret = bool(problem["loc"]) and problem["loc"][-1] in SECRET_KEYS
             shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
             lines.append(f"{location}: {problem['msg']}{shown}")
     return "\n".join(lines)
