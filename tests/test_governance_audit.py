@@ -41,10 +41,15 @@ from fedwarden.governance.audit import (
     GENESIS_HASH,
     AlertRaised,
     AuditEvent,
+    SignerDelegated,
+    SignerRevoked,
     canonical_json,
     entry_hash,
+    load_public_key,
+    load_signing_key,
     pseudonym,
     pseudonym_salt,
+    public_key_hex,
     read_entries,
     render_html,
     render_json,
@@ -53,6 +58,9 @@ from test_governance_store import postgres_server, store_url  # noqa: F401  (fix
 
 SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 FORGER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+SERVING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
+SERVING = public_key_hex(SERVING_KEY.public_key())
+ALERT = AlertRaised("run-1", None, "drift_psi", "feature 3 drifted", None, "digits@1.0.0", 3)
 DP = {"clip_norm": 1.0, "noise_multiplier": 1.1, "mechanism": "gaussian"}
 EVENTS: list[AuditEvent] = [
     RunCreated("run-1", "ab" * 32, "0.1.0"),
@@ -386,6 +394,185 @@ def test_signed_entry_replayed_in_another_place_fails_there(
     assert "follows entry 1" in result.problem
 
 
+def forge(url: str, store: RunStore, signer: Ed25519PrivateKey, event: AuditEvent) -> int:
+    """Insert ``event`` after the last entry, correctly chained and signed by ``signer``."""
+    last = read_entries(store)[-1]
+    sequence = last.sequence + 1
+    payload = canonical_json(event.payload())
+    forged_hash = entry_hash(last.entry_hash, sequence, last.timestamp, event.kind, payload)
+    tamper(
+        url,
+        FORGED_INSERT,
+        sequence=sequence,
+        timestamp=last.timestamp,
+        kind=event.kind,
+        payload=payload,
+        previous_hash=last.entry_hash,
+        entry_hash=forged_hash,
+        signature=signer.sign(bytes.fromhex(forged_hash)).hex(),
+    )
+    return sequence
+
+
+# Delegated signers.
+
+
+@pytest.fixture
+def serving(log: AuditLog) -> AuditLog:
+    """The log of :data:`EVENTS`, then entry 10 delegating alert_raised to SERVING_KEY."""
+    log.append(SignerDelegated(SERVING, ("alert_raised",), "dana", "serving"))
+    return AuditLog(log.store, SERVING_KEY, root_public_key=SIGNING_KEY.public_key())
+
+
+def test_a_delegated_key_writes_alert_entries_that_verify(serving: AuditLog) -> None:
+    entry = serving.append(ALERT)
+    assert SERVING_KEY.public_key() == serving.signer_public_key != serving.public_key
+    SERVING_KEY.public_key().verify(bytes.fromhex(entry.signature), bytes.fromhex(entry.entry_hash))
+    assert (entry.sequence, entry.event()) == (len(EVENTS) + 1, ALERT)
+    result = verify(serving.store, SIGNING_KEY.public_key())
+    assert (result.ok, result.entries) == (True, len(EVENTS) + 2)
+
+
+def test_the_root_key_continues_a_log_whose_last_entry_a_delegate_signed(
+    serving: AuditLog,
+) -> None:
+    serving.append(ALERT)
+    AuditLog(serving.store, SIGNING_KEY).append(RoundStarted("run-1", 2, ("alice",), DP))
+    assert verify(serving.store, SIGNING_KEY.public_key()).ok
+
+
+def test_a_delegated_key_may_not_append_a_kind_it_was_not_delegated(serving: AuditLog) -> None:
+    for event in (
+        BudgetChanged("run-1", 2.0, 100.0, "mallory"),
+        SignerDelegated(public_key_hex(FORGER_KEY.public_key()), ("alert_raised",), "m", "x"),
+        SignerRevoked(SERVING, "mallory", "cover tracks"),
+    ):
+        with pytest.raises(AuditError, match=f"may sign only alert_raised, not {event.kind}"):
+            serving.append(event)
+    assert len(read_entries(serving.store)) == len(EVENTS) + 1
+
+
+def test_an_entry_of_another_kind_signed_by_a_delegated_key_fails_at_it(
+    serving: AuditLog,
+    store_url: str,  # noqa: F811
+) -> None:
+    serving.append(ALERT)
+    forged = forge(store_url, serving.store, SERVING_KEY, BudgetChanged("run-1", 2.0, 9.0, "m"))
+    serving.append(ALERT)
+    result = verify(serving.store, SIGNING_KEY.public_key())
+    assert (result.ok, result.first_bad) == (False, forged)
+    assert "'serving'" in result.problem and "kind not delegated" in result.problem
+
+
+def test_a_delegation_signed_by_a_delegated_key_fails_at_it(
+    serving: AuditLog,
+    store_url: str,  # noqa: F811
+) -> None:
+    grant = SignerDelegated(public_key_hex(FORGER_KEY.public_key()), ("budget_changed",), "m", "x")
+    forged = forge(store_url, serving.store, SERVING_KEY, grant)
+    forge(store_url, serving.store, FORGER_KEY, BudgetChanged("run-1", 2.0, 9.0, "m"))
+    result = verify(serving.store, SIGNING_KEY.public_key())
+    assert (result.ok, result.first_bad) == (False, forged)
+    assert "wrong signer" in result.problem
+    with pytest.raises(AuditError, match="delegations cannot be trusted"):
+        AuditLog(serving.store, FORGER_KEY, root_public_key=SIGNING_KEY.public_key())
+
+
+def test_a_revoked_key_appends_nothing_and_its_later_entries_fail(
+    serving: AuditLog,
+    store_url: str,  # noqa: F811
+) -> None:
+    serving.append(ALERT)
+    AuditLog(serving.store, SIGNING_KEY).append(SignerRevoked(SERVING, "dana", "host lost"))
+    assert verify(serving.store, SIGNING_KEY.public_key()).ok
+    with pytest.raises(AuditError, match="revoked at entry 12"):
+        serving.append(ALERT)
+    with pytest.raises(AuditError, match="revoked at entry 12"):
+        AuditLog(serving.store, SERVING_KEY, root_public_key=SIGNING_KEY.public_key())
+    forged = forge(store_url, serving.store, SERVING_KEY, ALERT)
+    result = verify(serving.store, SIGNING_KEY.public_key())
+    assert (result.ok, result.first_bad) == (False, forged)
+    assert "revoked at entry 12" in result.problem
+
+
+def test_an_entry_signed_before_its_key_was_delegated_fails_as_unknown_key(
+    log: AuditLog,
+    store_url: str,  # noqa: F811
+) -> None:
+    forged = forge(store_url, log.store, SERVING_KEY, ALERT)
+    log.append(SignerDelegated(SERVING, ("alert_raised",), "dana", "serving"))
+    result = verify(log.store, SIGNING_KEY.public_key())
+    assert (result.ok, result.first_bad) == (False, forged)
+    assert "unknown key" in result.problem
+
+
+def test_a_key_without_a_delegation_cannot_open_the_log(log: AuditLog) -> None:
+    with pytest.raises(AuditError, match="neither the log's root key nor a key it delegated"):
+        AuditLog(log.store, SERVING_KEY, root_public_key=SIGNING_KEY.public_key())
+
+
+def test_a_delegation_forged_in_the_database_opens_nothing_and_fails_at_it(
+    log: AuditLog,
+    store_url: str,  # noqa: F811
+) -> None:
+    grant = SignerDelegated(SERVING, ("alert_raised",), "mallory", "serving")
+    forged = forge(store_url, log.store, FORGER_KEY, grant)
+    with pytest.raises(AuditError, match="delegations cannot be trusted"):
+        AuditLog(log.store, SERVING_KEY, root_public_key=SIGNING_KEY.public_key())
+    result = verify(log.store, SIGNING_KEY.public_key())
+    assert (result.ok, result.first_bad) == (False, forged)
+    assert "unknown key" in result.problem
+
+
+@pytest.mark.parametrize(
+    ("public_key", "kinds", "problem"),
+    [
+        (public_key_hex(SIGNING_KEY.public_key()), ("alert_raised",), "root key cannot be"),
+        (SERVING, ("signer_delegated",), "cannot be delegated"),
+        (SERVING, ("alert_raised", "no_such_kind"), "cannot be delegated"),
+        (SERVING, (), "cannot be delegated"),
+        (SERVING.upper(), ("alert_raised",), "not a raw Ed25519 public key"),
+        ("ab" * 16, ("alert_raised",), "not a raw Ed25519 public key"),
+    ],
+)
+def test_an_unsound_delegation_is_refused_and_nothing_is_appended(
+    log: AuditLog, public_key: str, kinds: tuple[str, ...], problem: str
+) -> None:
+    with pytest.raises(AuditError, match=problem):
+        log.append(SignerDelegated(public_key, kinds, "dana", "serving"))
+    assert len(read_entries(log.store)) == len(EVENTS)
+
+
+def test_a_key_is_delegated_once_and_revoked_once(serving: AuditLog) -> None:
+    root = AuditLog(serving.store, SIGNING_KEY)
+    with pytest.raises(AuditError, match="already delegated at entry 10"):
+        root.append(SignerDelegated(SERVING, ("update_rejected",), "dana", "serving"))
+    root.append(SignerRevoked(SERVING, "dana", "rotated"))
+    with pytest.raises(AuditError, match="already revoked at entry 11"):
+        root.append(SignerRevoked(SERVING, "dana", "rotated"))
+    with pytest.raises(AuditError, match="was never delegated"):
+        root.append(SignerRevoked(public_key_hex(FORGER_KEY.public_key()), "dana", "?"))
+
+
+def test_report_lists_delegations_and_revocations(serving: AuditLog) -> None:
+    serving.append(ALERT)
+    AuditLog(serving.store, SIGNING_KEY).append(SignerRevoked(SERVING, "erin", "host lost"))
+    report = audit_report(serving.store, SIGNING_KEY.public_key())
+    signers = report["signers"]
+    assert signers["root_public_key"] == public_key_hex(SIGNING_KEY.public_key())
+    (delegation,) = signers["delegations"]
+    assert {key: delegation[key] for key in ("name", "public_key", "kinds", "by", "sequence")} == {
+        "name": "serving",
+        "public_key": SERVING,
+        "kinds": ["alert_raised"],
+        "by": "dana",
+        "sequence": 10,
+    }
+    assert (delegation["revoked_by"], delegation["reason"]) == ("erin", "host lost")
+    assert delegation["revoked_at"] == read_entries(serving.store)[12].timestamp
+    assert SERVING in render_html(report)
+
+
 # Reports.
 
 
@@ -468,6 +655,91 @@ def test_html_report_is_self_contained_and_escapes_every_value(store: RunStore) 
 
 
 # Command line.
+
+
+def test_cli_delegate_then_revoke_round_trip(
+    log: AuditLog,
+    store_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    private, public = write_keys(tmp_path)
+    serving_key = tmp_path / "serving.key"
+    delegated = runner.invoke(
+        app,
+        [
+            "audit",
+            "delegate",
+            store_url,
+            "--audit-key",
+            str(private),
+            "--kind",
+            "alert_raised",
+            "--name",
+            "serving",
+            "--output",
+            str(serving_key),
+        ],
+    )
+    assert delegated.exit_code == 0, delegated.output
+    assert serving_key.stat().st_mode & 0o777 == 0o600
+    key = load_signing_key(serving_key)
+    assert load_public_key(tmp_path / "serving.pub") == key.public_key()
+    served = AuditLog(log.store, key, root_public_key=load_public_key(public))
+    served.append(ALERT)
+    verified = runner.invoke(app, ["audit", "verify", store_url, "--public-key", str(public)])
+    assert verified.exit_code == 0, verified.output
+    assert f"OK: {len(EVENTS) + 2} audit entries" in verified.output
+    revoked = runner.invoke(
+        app,
+        [
+            "audit",
+            "revoke",
+            store_url,
+            "--audit-key",
+            str(private),
+            "--public-key",
+            str(tmp_path / "serving.pub"),
+            "--reason",
+            "host compromised",
+        ],
+    )
+    assert revoked.exit_code == 0, revoked.output
+    with pytest.raises(AuditError, match="revoked"):
+        served.append(ALERT)
+    (event,) = [
+        entry.event() for entry in read_entries(log.store) if entry.kind == "signer_revoked"
+    ]
+    assert event == SignerRevoked(public_key_hex(key.public_key()), "operator", "host compromised")
+    verified = runner.invoke(app, ["audit", "verify", store_url, "--public-key", str(public)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_cli_delegate_refuses_a_kind_and_leaves_no_key_behind(
+    log: AuditLog,
+    store_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    private, _ = write_keys(tmp_path)
+    result = runner.invoke(
+        app,
+        [
+            "audit",
+            "delegate",
+            store_url,
+            "--audit-key",
+            str(private),
+            "--kind",
+            "budget_chnaged",
+            "--name",
+            "serving",
+            "--output",
+            str(tmp_path / "serving.key"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "cannot be delegated" in result.output
+    assert not (tmp_path / "serving.key").exists() and not (tmp_path / "serving.pub").exists()
+    assert len(read_entries(log.store)) == len(EVENTS)
 
 
 def test_cli_verify_prints_ok_with_the_entry_count(

@@ -26,7 +26,18 @@ from fedwarden.core.config import RunConfig
 from fedwarden.core.params import ParamSpec
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.sources import load_dataset
-from fedwarden.governance.audit import AlertRaised, AuditLog, load_signing_key, read_entries, verify
+from fedwarden.governance.audit import (
+    AlertRaised,
+    AuditError,
+    AuditLog,
+    RoundStarted,
+    SignerRevoked,
+    delegate_signer,
+    load_public_key,
+    load_signing_key,
+    read_entries,
+    verify,
+)
 from fedwarden.governance.registry import ModelRegistry, ModelVersion, weights_vector
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
@@ -443,7 +454,7 @@ def test_serve_model_runs_the_app_for_the_stores_registry(
     assert served["health"]["drift_monitoring"] is True
 
 
-def test_served_drift_alerts_reach_the_audit_log_and_the_webhook(
+def test_served_drift_alerts_reach_the_audit_log_with_a_delegated_key_and_the_webhook(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import uvicorn
@@ -458,18 +469,23 @@ def test_served_drift_alerts_reach_the_audit_log_and_the_webhook(
     )
     posted: list[Alert] = []
     monkeypatch.setattr(app_module, "webhook", lambda url: posted.append)
-    entries_before = len(read_entries(deployment.store))
     shifted = np.clip(np.asarray(deployment.dataset.x_test, dtype=np.float64) + 0.4, 0.0, 1.0)
 
     def drift_then_stop(app: Any, host: str, port: int) -> None:
         _feed(TestClient(app), shifted)
 
     monkeypatch.setattr(uvicorn, "run", drift_then_stop)
+    root = AuditLog(deployment.store, load_signing_key(deployment.audit_key))
+    serving_key = tmp_path / "serving.key"
+    delegation = delegate_signer(root, serving_key, ["alert_raised"], name="serving", by="test")
+    root_public = deployment.audit_key.with_suffix(".pub")
+    entries_before = len(read_entries(deployment.store))
     serve_model(
         deployment.store_url,
         "digits@production",
         drift_reference=reference_path,
-        audit_key=deployment.audit_key,
+        audit_key=serving_key,
+        root_public_key=root_public,
         webhook_url="https://hooks.example/drift",
     )
     audited = [
@@ -485,7 +501,23 @@ def test_served_drift_alerts_reach_the_audit_log_and_the_webhook(
         assert event == AlertRaised.of(alert, deployment.production.run_id)
         assert event.model_version == deployment.production.reference
         assert event.feature in MONITORED and event.round_index is None
-    assert verify(deployment.store, load_signing_key(deployment.audit_key).public_key()).ok
+    assert verify(deployment.store, load_public_key(root_public)).ok
+    served = AuditLog(
+        deployment.store, load_signing_key(serving_key), root_public_key=root.public_key
+    )
+    root.append(SignerRevoked(delegation.public_key, "test", "serving host retired"))
+    with pytest.raises(AuditError, match="revoked"):
+        served.append(RoundStarted("forged", 0, ("mallory",), None))
+    assert verify(deployment.store, load_public_key(root_public)).ok
+
+
+def test_serve_refuses_a_root_public_key_without_an_audit_key(tmp_path: Path) -> None:
+    store_path = tmp_path / "never-opened.db"
+    with pytest.raises(ServeError, match="without --audit-key"):
+        serve_model(
+            f"sqlite:///{store_path}", "digits@production", root_public_key=tmp_path / "audit.pub"
+        )
+    assert not store_path.exists()
 
 
 def test_serve_refuses_a_webhook_that_is_not_an_http_url_before_opening_the_store(
@@ -501,7 +533,7 @@ def test_serve_refuses_a_webhook_that_is_not_an_http_url_before_opening_the_stor
     assert not store_path.exists()
 
 
-def test_the_serve_command_passes_the_audit_key_and_the_webhook(
+def test_the_serve_command_passes_the_audit_keys_and_the_webhook(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
@@ -523,12 +555,15 @@ def test_the_serve_command_passes_the_audit_key_and_the_webhook(
             "--store",
             "sqlite:///store.db",
             "--audit-key",
-            str(tmp_path / "audit.key"),
+            str(tmp_path / "serving.key"),
+            "--root-public-key",
+            str(tmp_path / "audit.pub"),
             "--webhook",
             "https://hooks.example/drift",
         ],
     )
     assert result.exit_code == 0, result.output
     (call,) = calls
-    assert call["audit_key"] == tmp_path / "audit.key"
+    assert call["audit_key"] == tmp_path / "serving.key"
+    assert call["root_public_key"] == tmp_path / "audit.pub"
     assert call["webhook_url"] == "https://hooks.example/drift"

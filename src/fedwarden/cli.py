@@ -400,7 +400,8 @@ def pki_issue_command(
 
 
 audit_app = typer.Typer(
-    help="The signed, hash-chained audit log of a run store: verify it, report on it.",
+    help="The signed, hash-chained audit log of a run store: verify it, report on it, "
+    "delegate and revoke signing keys.",
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
@@ -552,6 +553,69 @@ def audit_report_command(
             f"[yellow]the audit log fails verification at entry "
             f"{report['verification']['first_bad']}[/yellow]"
         )
+
+
+@audit_app.command("delegate")
+def audit_delegate_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    audit_key: Annotated[
+        Path, typer.Option(help="The log's root signing key (the server kit's audit.key).")
+    ],
+    kind: Annotated[
+        list[str], typer.Option(help="Event kind the new key may sign, e.g. alert_raised.")
+    ],
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. serving.")],
+    output: Annotated[
+        Path, typer.Option(help="New private key file (PEM, 0600); its .pub is written beside.")
+    ],
+    by: Annotated[str, typer.Option(help="Who delegates (recorded in the audit).")] = "operator",
+) -> None:
+    """Create a key that may sign only the given event kinds, and record its delegation.
+
+    Give the key to a less trusted writer (the prediction service: --kind alert_raised) instead
+    of the root key: whoever takes it can forge entries of those kinds only, until revoked.
+    """
+    from fedwarden.governance.audit import AuditLog, delegate_signer, load_signing_key
+
+    try:
+        root = load_signing_key(audit_key)
+        with _existing_store(store_url) as store:
+            event = delegate_signer(AuditLog(store, root), output, kind, name=name, by=by)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    console.print(f"delegated {escape(', '.join(event.kinds))} to {escape(event.name)}")
+    console.print(f"private key: {escape(str(output))}")
+    console.print(f"public key:  {escape(str(output.with_suffix('.pub')))}")
+
+
+@audit_app.command("revoke")
+def audit_revoke_command(
+    store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
+    audit_key: Annotated[
+        Path, typer.Option(help="The log's root signing key (the server kit's audit.key).")
+    ],
+    public_key: Annotated[Path, typer.Option(help="PEM public key of the delegated signer.")],
+    reason: Annotated[str, typer.Option(help="Why the key is revoked (recorded in the audit).")],
+    by: Annotated[str, typer.Option(help="Who revokes (recorded in the audit).")] = "operator",
+) -> None:
+    """Revoke a delegated signer: entries it signs after this fail verification."""
+    from fedwarden.governance.audit import (
+        AuditLog,
+        SignerRevoked,
+        load_public_key,
+        load_signing_key,
+        public_key_hex,
+    )
+
+    try:
+        root = load_signing_key(audit_key)
+        revoked = public_key_hex(load_public_key(public_key))
+        with _existing_store(store_url) as store:
+            entry = AuditLog(store, root).append(SignerRevoked(revoked, by, reason))
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    Console().print(f"revoked {revoked} at audit entry {entry.sequence}")
 
 
 @models_app.command("list")
@@ -849,10 +913,17 @@ def serve_command(
     audit_key: Annotated[
         Path | None,
         typer.Option(
-            help="Audit signing key (the server kit's audit.key): audit drift alerts. This is "
-            "the deployment's only audit key: whoever takes over the service can sign any "
-            "audit entry with it. Give it only where the serving host is trusted like the "
-            "training server; otherwise drift alerts go to the log and --webhook only."
+            help="Audit signing key that records drift alerts in the audit log: a key from "
+            "`fedwarden audit delegate --kind alert_raised` (with --root-public-key), so that "
+            "whoever takes over the service can forge alert entries only. The root audit.key "
+            "also works but lets them sign any audit entry."
+        ),
+    ] = None,
+    root_public_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The audit log's root public key (the server kit's audit.pub), when "
+            "--audit-key is a delegated key."
         ),
     ] = None,
     webhook: Annotated[
@@ -873,6 +944,7 @@ def serve_command(
             shadow_share,
             drift_reference,
             audit_key=audit_key,
+            root_public_key=root_public_key,
             webhook_url=webhook,
         )
     except FedwardenError as error:

@@ -116,8 +116,8 @@ def init_ca(directory: Path | str, name: str, force: bool = False) -> CaPaths:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(paths.key, _private_pem(key))
-    _write_public(paths.certificate, certificate.public_bytes(serialization.Encoding.PEM))
+    write_private_file(paths.key, _private_pem(key))
+    write_public_file(paths.certificate, certificate.public_bytes(serialization.Encoding.PEM))
     logger.info("created CA %r in %s", name, root)
     return paths
 
@@ -192,12 +192,12 @@ def issue(
             critical=False,
         )
     certificate = builder.sign(ca_key, hashes.SHA256())
-    _write_private(paths.key, _private_pem(tls_key))
-    _write_public(paths.certificate, certificate.public_bytes(serialization.Encoding.PEM))
-    _write_public(paths.ca_certificate, ca_certificate.public_bytes(serialization.Encoding.PEM))
+    write_private_file(paths.key, _private_pem(tls_key))
+    write_public_file(paths.certificate, certificate.public_bytes(serialization.Encoding.PEM))
+    write_public_file(paths.ca_certificate, ca_certificate.public_bytes(serialization.Encoding.PEM))
     if identity is not None and paths.identity_key and paths.identity_public:
-        _write_private(paths.identity_key, _private_pem(identity))
-        _write_public(
+        write_private_file(paths.identity_key, _private_pem(identity))
+        write_public_file(
             paths.identity_public,
             identity.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -205,8 +205,8 @@ def issue(
         )
     if paths.audit_key is not None and paths.audit_public is not None:
         audit = Ed25519PrivateKey.generate()
-        _write_private(paths.audit_key, _private_pem(audit))
-        _write_public(
+        write_private_file(paths.audit_key, _private_pem(audit))
+        write_public_file(
             paths.audit_public,
             audit.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -404,7 +404,7 @@ def _public_der(key: Ed25519PublicKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private_file(path: Path, data: bytes) -> None:
     """Write a secret file readable by its owner only (0600), created so from the start."""
     path.unlink(missing_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -413,7 +413,7 @@ def _write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public_file(path: Path, data: bytes) -> None:
     """Write a public file (certificate or public key) readable by all (0644)."""
     path.write_bytes(data)
     os.chmod(path, 0o644)

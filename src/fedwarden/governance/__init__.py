@@ -34,10 +34,14 @@ _EXPORTS = {
     "RunCreated": _AUDIT,
     "RunRow": _STORE,
     "RunStore": _STORE,
+    "SignerDelegated": _AUDIT,
+    "SignerRevoked": _AUDIT,
     "StoreError": _STORE,
     "UpdateRejected": _AUDIT,
     "VerificationResult": _AUDIT,
     "audit_report": _AUDIT,
+    "delegate_signer": _AUDIT,
+    "public_key_hex": _AUDIT,
     "verify": _AUDIT,
 }
 

@@ -29,18 +29,29 @@ Entries
     and inserts the next; the database refuses a second entry with the same ``sequence``. The
     log is append-only: this module has no way to update or delete an entry.
 
+Signers
+    The log has one root key (the server kit's ``audit.key``; its ``audit.pub`` verifies the
+    log). The root key may delegate some event kinds to another Ed25519 key with a
+    :class:`SignerDelegated` entry (a prediction service gets a key for ``alert_raised``
+    only) and withdraw it with a :class:`SignerRevoked` entry; only the root key signs those
+    two kinds. Whoever takes a delegated key can then forge entries of its kinds only, until
+    it is revoked (:func:`delegate_signer`; ``fedwarden audit delegate`` and ``revoke``).
+
 Verification
-    :func:`verify` recomputes the chain in sequence order with the log's public key and names
+    :func:`verify` recomputes the chain in sequence order from the root public key and names
     the first entry that was modified (its hash does not match its content), deleted (a gap in
-    the sequence), inserted (a duplicated sequence, or a link or signature no key holder made)
-    or reordered (it links to an entry other than its predecessor). A truncated tail leaves a
-    valid shorter chain; compare :attr:`VerificationResult.entries` and the last entry hash
-    with a copy kept elsewhere to detect it.
+    the sequence), inserted (a duplicated sequence, or a link or signature no key holder made),
+    reordered (it links to an entry other than its predecessor) or signed by a key not allowed
+    it at that point (an unknown key, a kind not delegated, a revoked key, or a delegation or
+    revocation not signed by the root key). A truncated tail leaves a valid shorter chain;
+    compare :attr:`VerificationResult.entries` and the last entry hash with a copy kept
+    elsewhere to detect it.
 
 Reports
     :func:`audit_report` summarises the verified log: lineage (runs, rounds, models), privacy
     guarantees (epsilon and delta per run), participant integrity (refusals by reason,
-    quarantines) and the verification status. Client ids are pseudonymized as
+    quarantines), the signers (root key, delegations and revocations) and the verification
+    status. Client ids are pseudonymized as
     ``client-`` + the first 12 hex digits of HMAC-SHA256(salt, client id), with a random salt
     kept in the store, unless an administrator asks for them. :func:`render_json`,
     :func:`render_html` (one self-contained page) and :func:`render_pdf` (needs the optional
@@ -58,7 +69,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -66,10 +77,11 @@ from typing import Any, ClassVar, Self
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Select, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fedwarden.core.errors import FedwardenError
+from fedwarden.deploy.pki import write_private_file, write_public_file
 from fedwarden.governance.store import RunStore, audit_log, governance_secrets
 from fedwarden.monitor.alerts import Alert
 from fedwarden.server.records import RoundRecord
@@ -336,6 +348,39 @@ class RetentionDeletion(AuditEvent):
     by: str
 
 
+@dataclass(frozen=True)
+class SignerDelegated(AuditEvent):
+    """``by`` let the Ed25519 key ``public_key`` (raw, hex) sign entries of ``kinds``, as ``name``.
+
+    Only the log's root key may append it (see :class:`AuditLog`). From this entry on, and
+    until a :class:`SignerRevoked` of the same key, :func:`verify` accepts entries of those
+    kinds signed by that key; a key is delegated once, never the root key itself, and never
+    for delegating or revoking.
+    """
+
+    kind: ClassVar[str] = "signer_delegated"
+    public_key: str
+    kinds: tuple[str, ...]
+    by: str
+    name: str
+
+
+@dataclass(frozen=True)
+class SignerRevoked(AuditEvent):
+    """``by`` withdrew the delegation of the key ``public_key`` (raw, hex), for ``reason``.
+
+    Only the log's root key may append it; entries the key signs after it fail verification.
+    """
+
+    kind: ClassVar[str] = "signer_revoked"
+    public_key: str
+    by: str
+    reason: str
+
+
+ROOT_ONLY_KINDS = frozenset({SignerDelegated.kind, SignerRevoked.kind})
+"""Kinds only the log's root key may sign, whatever a delegation says."""
+
 EVENT_TYPES: dict[str, type[AuditEvent]] = {
     event_type.kind: event_type
     for event_type in (
@@ -351,6 +396,8 @@ EVENT_TYPES: dict[str, type[AuditEvent]] = {
         ModelRolledBack,
         BudgetChanged,
         RetentionDeletion,
+        SignerDelegated,
+        SignerRevoked,
     )
 }
 
@@ -388,9 +435,7 @@ def read_entries(store: RunStore) -> list[AuditEntry]:
     """Every stored entry, in sequence order (rows sharing a sequence in insertion order)."""
     with store.reading() as connection:
         rows = connection.execute(
-            select(*(audit_log.c[field.name] for field in fields(AuditEntry))).order_by(
-                audit_log.c.sequence, audit_log.c.entry_id
-            )
+            _select_entries().order_by(audit_log.c.sequence, audit_log.c.entry_id)
         ).all()
     return [AuditEntry(**row._asdict()) for row in rows]
 
@@ -404,24 +449,216 @@ def _signature_is_valid(public_key: Ed25519PublicKey, entry: AuditEntry) -> bool
     return True
 
 
+def public_key_hex(public_key: Ed25519PublicKey) -> str:
+    """The raw 32 bytes of an Ed25519 public key in hex: how delegation entries name a key."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+@dataclass(frozen=True)
+class _Delegation:
+    """A key delegated by ``event`` at entry ``sequence``; revoked at entry ``revoked_at``."""
+
+    public_key: Ed25519PublicKey
+    event: SignerDelegated
+    sequence: int
+    revoked_at: int | None = None
+
+    def describe(self) -> str:
+        """How messages name the key: its delegated name and the start of its hex."""
+        return f"delegated key {self.event.name!r} ({self.event.public_key[:16]}...)"
+
+
+class _Signers:
+    """Which keys may sign which entries at one point of the chain: the root key and delegates.
+
+    The root public key is the trust anchor and must come from outside the log; a delegation
+    or revocation counts only because the root key signed its entry, so :meth:`record` is
+    given only entries whose hash was recomputed and whose signer :meth:`signer_problem`
+    accepted.
+    """
+
+    def __init__(self, root: Ed25519PublicKey) -> None:
+        self.root = root
+        self.root_hex = public_key_hex(root)
+        self.delegations: dict[str, _Delegation] = {}
+
+    def signer_problem(self, entry: AuditEntry) -> str | None:
+        """Why ``entry``'s signature is not acceptable at this point of the chain, or None."""
+        if _signature_is_valid(self.root, entry):
+            return None
+        signer = next(
+            (
+                delegation
+                for delegation in self.delegations.values()
+                if _signature_is_valid(delegation.public_key, entry)
+            ),
+            None,
+        )
+        where = f"entry {entry.sequence} ({entry.kind})"
+        if signer is None:
+            return (
+                f"{where}'s signature was not made with the log's key or any key it delegated "
+                "before it (unknown key): it was forged (inserted or rewritten by someone "
+                "without a signing key)"
+            )
+        if signer.revoked_at is not None:
+            return (
+                f"{where} was signed by {signer.describe()}, revoked at entry "
+                f"{signer.revoked_at}: a revoked key signs nothing"
+            )
+        if entry.kind in ROOT_ONLY_KINDS:
+            return (
+                f"{where} was signed by {signer.describe()}: wrong signer, only the log's "
+                "root key may delegate or revoke"
+            )
+        if entry.kind not in signer.event.kinds:
+            return (
+                f"{where} was signed by {signer.describe()}, which may sign only "
+                f"{', '.join(signer.event.kinds)}: kind not delegated"
+            )
+        return None
+
+    def event_problem(self, event: AuditEvent) -> str | None:
+        """Why ``event`` (a delegation or a revocation) cannot take effect now, or None."""
+        if isinstance(event, SignerDelegated):
+            return self._delegation_problem(event)
+        if isinstance(event, SignerRevoked):
+            revoked = self.delegations.get(event.public_key)
+            if revoked is None:
+                return (
+                    f"key {event.public_key} was never delegated; give the public key of a "
+                    "delegated signer"
+                )
+            if revoked.revoked_at is not None:
+                return f"{revoked.describe()} was already revoked at entry {revoked.revoked_at}"
+        return None
+
+    def _delegation_problem(self, event: SignerDelegated) -> str | None:
+        """Why ``event`` cannot delegate its key, or None."""
+        try:
+            canonical = bytes.fromhex(event.public_key).hex() == event.public_key
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(event.public_key))
+        except (ValueError, TypeError):
+            canonical = False
+        if not canonical:
+            return (
+                f"{event.public_key!r} is not a raw Ed25519 public key in lowercase hex (64 digits)"
+            )
+        if event.public_key == self.root_hex:
+            return "the log's root key cannot be delegated: it already signs every kind"
+        earlier = self.delegations.get(event.public_key)
+        if earlier is not None:
+            return (
+                f"{earlier.describe()} was already delegated at entry {earlier.sequence}; a "
+                "key is delegated once: create a new key"
+            )
+        allowed = sorted(EVENT_TYPES.keys() - ROOT_ONLY_KINDS)
+        if not event.kinds or not set(event.kinds) <= set(allowed):
+            return f"kinds {list(event.kinds)} cannot be delegated; give some of {allowed}"
+        return None
+
+    def record(self, entry: AuditEntry) -> str | None:
+        """Apply ``entry`` if it delegates or revokes a key; why it cannot apply, or None."""
+        if entry.kind not in ROOT_ONLY_KINDS:
+            return None
+        try:
+            event = entry.event()
+        except (ValueError, AuditError) as error:
+            return f"entry {entry.sequence}'s {entry.kind} payload cannot be read: {error}"
+        problem = None if event is None else self.event_problem(event)
+        if problem is not None:
+            return f"entry {entry.sequence} ({entry.kind}): {problem}"
+        if isinstance(event, SignerDelegated):
+            self.delegations[event.public_key] = _Delegation(
+                Ed25519PublicKey.from_public_bytes(bytes.fromhex(event.public_key)),
+                event,
+                entry.sequence,
+            )
+        elif isinstance(event, SignerRevoked):
+            revoked = self.delegations[event.public_key]
+            self.delegations[event.public_key] = replace(revoked, revoked_at=entry.sequence)
+        return None
+
+    def permission_problem(self, signer: Ed25519PublicKey, kind: str | None) -> str | None:
+        """Why ``signer`` may not append an entry of ``kind`` (None: of any kind) now, or None."""
+        key = public_key_hex(signer)
+        if key == self.root_hex:
+            return None
+        delegation = self.delegations.get(key)
+        if delegation is None:
+            return (
+                "this key is neither the log's root key nor a key it delegated; sign with the "
+                "root key, or delegate this key (`fedwarden audit delegate`) and give the root "
+                "public key"
+            )
+        if delegation.revoked_at is not None:
+            return (
+                f"this key ({delegation.describe()}) was revoked at entry "
+                f"{delegation.revoked_at}; have the root key's holder delegate a new key"
+            )
+        if kind is not None and kind not in delegation.event.kinds:
+            return (
+                f"this key ({delegation.describe()}) may sign only "
+                f"{', '.join(delegation.event.kinds)}, not {kind}; append {kind} with the "
+                "log's root key"
+            )
+        return None
+
+
+def _select_entries() -> Select[Any]:
+    """The query of every column of the ``audit_log`` rows that make an :class:`AuditEntry`."""
+    return select(*(audit_log.c[field.name] for field in fields(AuditEntry)))
+
+
 class AuditLog:
     """Appends signed, hash-chained entries to the store's audit log; never changes one.
 
+    The log's root key (the server kit's ``audit.key``) may append every kind of event; a key
+    it delegated (:class:`SignerDelegated`) only the kinds it was delegated, until the root key
+    revokes it (:class:`SignerRevoked`). Open the log with the root key alone, or with a
+    delegated key and ``root_public_key``, the root's public key, which must come from outside
+    the database (the kit's ``audit.pub``): the delegations count only because it signed them.
+
     A new ``AuditLog`` on a store that already holds entries (a restarted server) continues
-    its chain; it refuses a signing key other than the one the last entry was signed with.
+    its chain. It refuses to open when its key is neither the root key nor a delegated key
+    that is not revoked, when the last entry was signed neither by the root key nor by a key
+    delegated that entry's kind at that point, or when a delegation or revocation entry does
+    not match its hash or was not signed by the root key. Each append first reads, in its
+    own transaction, the delegations and revocations committed since, and refuses a kind this
+    key may not sign: a key revoked while its process runs appends nothing afterwards.
+
+    These checks read only the delegation and revocation entries and the last entry. They stop
+    a writer holding the wrong, a revoked or an under-delegated key; they do not stop someone
+    who can write to the database (who could, say, delete a revocation): :func:`verify`, which
+    walks the whole chain from the root public key, detects that.
     """
 
-    def __init__(self, store: RunStore, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        signing_key: Ed25519PrivateKey,
+        *,
+        root_public_key: Ed25519PublicKey | None = None,
+    ) -> None:
         self.store = store
         self._signing_key = signing_key
-        self.public_key = signing_key.public_key()
+        self.signer_public_key = signing_key.public_key()
+        self.public_key = self.signer_public_key if root_public_key is None else root_public_key
+        """The log's root public key, which verifies it."""
+        self._signers = _Signers(self.public_key)
+        self._read_from = 0
         with store.reading() as connection:
-            last = self._last_entry(connection)
-        if last is not None and not _signature_is_valid(self.public_key, last):
+            last = self._catch_up(connection)
+        problem = None if last is None else self._signers.signer_problem(last)
+        if last is not None and problem is not None:
             raise AuditError(
-                f"the audit log's last entry ({last.sequence}) was not signed with this key; "
-                "continue the log with the key it was started with"
+                f"the audit log's last entry ({last.sequence}) was not signed with this key or "
+                f"a key it delegated ({problem}); continue the log with its root key, or with "
+                "a delegated key and the root public key"
             )
+        problem = self._signers.permission_problem(self.signer_public_key, None)
+        if problem is not None:
+            raise AuditError(f"cannot write to the audit log with this key: {problem}")
 
     def append(self, event: AuditEvent) -> AuditEntry:
         """Record ``event`` as the next entry, committed before this returns.
@@ -454,9 +691,15 @@ class AuditLog:
     def append_within(self, connection: Connection, event: AuditEvent) -> AuditEntry:
         """Record ``event`` in the caller's open write transaction of this log's store.
 
-        The caller's change and its audit entry then commit, or fail, together.
+        The caller's change and its audit entry then commit, or fail, together. An event this
+        log's key may not sign now (see the class) is refused with AuditError.
         """
-        last = self._last_entry(connection)
+        last = self._catch_up(connection)
+        problem = self._signers.permission_problem(
+            self.signer_public_key, event.kind
+        ) or self._signers.event_problem(event)
+        if problem is not None:
+            raise AuditError(f"cannot append {event.kind} to the audit log: {problem}")
         sequence = 0 if last is None else last.sequence + 1
         previous_hash = GENESIS_HASH if last is None else last.entry_hash
         timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -479,11 +722,43 @@ class AuditLog:
         logger.debug("audit entry %d: %s", sequence, event.kind)
         return entry
 
+    def _catch_up(self, connection: Connection) -> AuditEntry | None:
+        """Apply the delegations and revocations appended since the last call; the last entry.
+
+        Each must match its hash and be signed by the root key, or AuditError is raised.
+        """
+        last = self._last_entry(connection)
+        if last is None:
+            return None
+        rows = connection.execute(
+            _select_entries()
+            .where(
+                audit_log.c.kind.in_(sorted(ROOT_ONLY_KINDS)),
+                audit_log.c.sequence >= self._read_from,
+                audit_log.c.sequence <= last.sequence,
+            )
+            .order_by(audit_log.c.sequence, audit_log.c.entry_id)
+        ).all()
+        for row in rows:
+            entry = AuditEntry(**row._asdict())
+            problem = (
+                _content_problem(entry)
+                or self._signers.signer_problem(entry)
+                or self._signers.record(entry)
+            )
+            if problem is not None:
+                raise AuditError(
+                    f"the audit log's delegations cannot be trusted: {problem}; run "
+                    "`fedwarden audit verify` and repair the store before writing to it"
+                )
+        self._read_from = last.sequence + 1
+        return last
+
     @staticmethod
     def _last_entry(connection: Connection) -> AuditEntry | None:
         """The entry with the highest sequence, if any."""
         row = connection.execute(
-            select(*(audit_log.c[field.name] for field in fields(AuditEntry)))
+            _select_entries()
             .order_by(audit_log.c.sequence.desc(), audit_log.c.entry_id.desc())
             .limit(1)
         ).one_or_none()
@@ -505,12 +780,24 @@ class VerificationResult:
 
 
 def verify(store: RunStore, public_key: Ed25519PublicKey) -> VerificationResult:
-    """Recompute the log's chain in sequence order and name the first entry that breaks it."""
+    """Recompute the log's chain in sequence order and name the first entry that breaks it.
+
+    ``public_key`` is the log's root key, the trust anchor: take it from outside the database
+    (the server kit's ``audit.pub``). Each entry must be signed by it, or by a key that a
+    root-signed :class:`SignerDelegated` earlier in the chain allowed that entry's kind and no
+    :class:`SignerRevoked` has withdrawn since; delegations and revocations must be signed by
+    the root key.
+    """
     entries = read_entries(store)
     sequence_of_hash = {entry.entry_hash: entry.sequence for entry in entries}
+    signers = _Signers(public_key)
     previous_hash = GENESIS_HASH
     for expected, entry in enumerate(entries):
-        problem = _problem_of(entry, expected, previous_hash, public_key, sequence_of_hash)
+        problem = (
+            _problem_of(entry, expected, previous_hash, sequence_of_hash)
+            or signers.signer_problem(entry)
+            or signers.record(entry)
+        )
         if problem is not None:
             bad = min(entry.sequence, expected)
             logger.warning("audit log fails verification at entry %d: %s", bad, problem)
@@ -523,10 +810,9 @@ def _problem_of(
     entry: AuditEntry,
     expected: int,
     previous_hash: str,
-    public_key: Ed25519PublicKey,
     sequence_of_hash: Mapping[str, int],
 ) -> str | None:
-    """What is wrong with the entry found at position ``expected`` of the chain, if anything."""
+    """What is wrong with the place or content of the entry at position ``expected``, or None."""
     if entry.sequence < expected:
         return f"sequence {entry.sequence} appears twice: an entry was inserted"
     if entry.sequence > expected:
@@ -542,20 +828,20 @@ def _problem_of(
             f"entry {expected} does not link to entry {expected - 1} or any entry of the log: "
             "it was inserted or the previous entry was replaced"
         )
+    return _content_problem(entry)
+
+
+def _content_problem(entry: AuditEntry) -> str | None:
+    """Whether the entry's stored hash is not that of its content, and why."""
     try:
         canonical = canonical_json(json.loads(entry.payload)) == entry.payload
         recomputed = entry_hash(
             entry.previous_hash, entry.sequence, entry.timestamp, entry.kind, entry.payload
         )
     except (ValueError, AuditError):
-        return f"entry {expected}'s payload is not valid JSON: it was modified"
+        return f"entry {entry.sequence}'s payload is not valid JSON: it was modified"
     if not canonical or recomputed != entry.entry_hash:
-        return f"entry {expected}'s content does not match its hash: it was modified"
-    if not _signature_is_valid(public_key, entry):
-        return (
-            f"entry {expected}'s signature was not made with the log's key: it was forged "
-            "(inserted or rewritten by someone without the signing key)"
-        )
+        return f"entry {entry.sequence}'s content does not match its hash: it was modified"
     return None
 
 
@@ -609,6 +895,7 @@ def audit_report(
     models: dict[str, dict[str, Any]] = {}
     unknown_kinds: dict[str, int] = {}
     deletions: list[dict[str, Any]] = []
+    delegations: dict[str, dict[str, Any]] = {}
 
     def run(run_id: str) -> dict[str, Any]:
         """The report's record of run ``run_id``, started empty when first seen."""
@@ -709,6 +996,22 @@ def audit_report(
             deletions.append(
                 {"what": event.what, "target": event.target, "by": event.by, "at": entry.timestamp}
             )
+        elif isinstance(event, SignerDelegated):
+            delegations[event.public_key] = {
+                "name": event.name,
+                "public_key": event.public_key,
+                "kinds": list(event.kinds),
+                "by": event.by,
+                "delegated_at": entry.timestamp,
+                "sequence": entry.sequence,
+                "revoked_at": None,
+                "revoked_by": None,
+                "reason": None,
+            }
+        elif isinstance(event, SignerRevoked):
+            delegations.setdefault(event.public_key, {"public_key": event.public_key}).update(
+                revoked_at=entry.timestamp, revoked_by=event.by, reason=event.reason
+            )
 
     run_list = []
     for record in runs.values():
@@ -744,6 +1047,10 @@ def audit_report(
             for record in run_list
         ],
         "retention_deletions": deletions,
+        "signers": {
+            "root_public_key": public_key_hex(public_key),
+            "delegations": list(delegations.values()),
+        },
         "unknown_event_kinds": unknown_kinds,
     }
 
@@ -804,6 +1111,7 @@ _SECTIONS = (
     ("privacy", "Privacy guarantees"),
     ("participant_integrity", "Participant integrity"),
     ("retention_deletions", "Retention deletions"),
+    ("signers", "Signers (root key, delegated keys and their revocations)"),
     ("unknown_event_kinds", "Event kinds this version does not know"),
 )
 
@@ -951,6 +1259,50 @@ class ServerAuditTrail:
                 record.applied,
             )
         )
+
+
+def delegate_signer(
+    log: AuditLog, key_path: Path, kinds: Sequence[str], *, name: str, by: str
+) -> SignerDelegated:
+    """Create an Ed25519 key and delegate ``kinds`` to it in ``log`` (opened with the root key).
+
+    The key is written to ``key_path`` (PEM, mode 0600) and its public key beside it with the
+    suffix ``.pub`` (PEM); neither may exist yet. If the log refuses the delegation, both files
+    are removed again, so that a key file always stands for a recorded delegation.
+    """
+    public_path = key_path.with_suffix(".pub")
+    for path in (key_path, public_path):
+        if path.exists():
+            raise AuditError(
+                f"{path} exists; a delegated key is created once: choose another output or "
+                "remove the old key (revoke it first if it was delegated)"
+            )
+    key = Ed25519PrivateKey.generate()
+    event = SignerDelegated(public_key_hex(key.public_key()), tuple(kinds), by, name)
+    try:
+        write_private_file(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        write_public_file(
+            public_path,
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+        log.append(event)
+    except (OSError, AuditError) as error:
+        key_path.unlink(missing_ok=True)
+        public_path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise AuditError(f"cannot write {error.filename}: {error.strerror}") from None
+        raise
+    logger.info("delegated %s to audit signer %r (%s)", ", ".join(kinds), name, event.public_key)
+    return event
 
 
 def load_signing_key(path: Path | str) -> Ed25519PrivateKey:

@@ -19,12 +19,14 @@ model registry (or any ``MODEL@X.Y.Z``):
   ``--webhook``) and the ``fedwarden_serve_drift_alerts`` counter.
 * ``GET /health`` says what is served; ``GET /metrics`` is the Prometheus text format.
 
-Trust: the audit log has one signing key, the one its chain started with, so a service given
-``--audit-key`` holds the deployment's audit signing key. Whoever takes over that process (an
-internet-facing one) can then sign any audit entry: a forged registration, promotion, round
-or privacy figure would verify like a real one. Give the service the audit key only where
-that process is trusted as much as the training server; elsewhere leave it out, and drift
-alerts go to the log, the webhook and the counter only.
+Trust: give the service a delegated audit key, not the deployment's root ``audit.key``.
+``fedwarden audit delegate STORE --audit-key audit.key --kind alert_raised --name serving
+--output serving.key`` records, signed by the root key, that ``serving.key`` may sign
+``alert_raised`` entries only; ``fedwarden serve ... --audit-key serving.key
+--root-public-key audit.pub`` then records drift alerts with it. Whoever takes over the
+service (an internet-facing process) can forge alert entries, and nothing else: a forged
+registration, promotion, round or privacy figure fails verification, and ``fedwarden audit
+revoke`` withdraws the key. A service given the root key itself can sign any audit entry.
 
 The model is rebuilt from the registry: its flat weights and ParamSpec, and the kind of model
 from the config of the run that trained it (``softmax``: NumPy multinomial logistic
@@ -603,25 +605,31 @@ def serve_model(
     drift_reference: Path | None = None,
     audit_key: Path | None = None,
     webhook_url: str | None = None,
+    root_public_key: Path | None = None,
 ) -> None:
     """Serve ``reference`` from the registry of the run store at ``store_url`` with uvicorn.
 
     ``drift_reference`` is a reference written by
     :meth:`~fedwarden.serve.drift.DriftReference.to_json`. Its alerts are logged; with
-    ``audit_key`` (the server kit's ``audit.key``) appended to the store's audit log, beside
-    the entries of any server writing to it; with ``webhook_url`` (http or https) POSTed
-    there as JSON.
+    ``audit_key`` appended to the store's audit log, beside the entries of any server writing
+    to it; with ``webhook_url`` (http or https) POSTed there as JSON.
 
-    ``audit_key`` is the deployment's one audit signing key: whoever controls this process can
-    sign any audit entry with it, not only drift alerts. Pass it only where the serving host
-    is trusted as much as the training server; otherwise leave it None and rely on the log
-    and the webhook.
+    ``audit_key`` should be a key delegated ``alert_raised`` (``fedwarden audit delegate``),
+    with ``root_public_key`` the log's root public key (the server kit's ``audit.pub``):
+    whoever controls this process can then forge alert entries only, and the key can be
+    revoked. Without ``root_public_key``, ``audit_key`` is taken as the root key itself, with
+    which this process could sign any audit entry.
     """
     import uvicorn
 
-    from fedwarden.governance.audit import load_signing_key
+    from fedwarden.governance.audit import load_public_key, load_signing_key
     from fedwarden.governance.store import RunStore
 
+    if root_public_key is not None and audit_key is None:
+        raise ServeError(
+            "a root public key is given without --audit-key; give the delegated key that "
+            "records drift alerts, or leave out the root public key"
+        )
     alert_sinks = () if webhook_url is None else (webhook(webhook_url),)
     store = RunStore(store_url)
     drift = (
@@ -630,7 +638,17 @@ def serve_model(
         else DriftMonitor(DriftReference.from_json(Path(drift_reference).read_text()))
     )
     try:
-        audit = None if audit_key is None else AuditLog(store, load_signing_key(audit_key))
+        audit = (
+            None
+            if audit_key is None
+            else AuditLog(
+                store,
+                load_signing_key(audit_key),
+                root_public_key=None
+                if root_public_key is None
+                else load_public_key(root_public_key),
+            )
+        )
         app = create_app(
             ModelRegistry(store, None),
             reference,
