@@ -268,16 +268,21 @@ class RowBudget:
         self.budget = budget
         self._passes = np.zeros((table_rows, 2), dtype=np.int64)
         """Per table row: how many training passes (column 0) and predict passes (1) released it."""
+        self._spends: dict[tuple[int, int], PrivacySpend] = {}
+        """:meth:`spend` by pass counts: every batch of a pass asks for the same few counts."""
 
     def spend(self, training_passes: int, predict_passes: int) -> PrivacySpend:
         """The guarantee of a row released by that many training and predict passes."""
-        events = [
-            dp_event.SelfComposedDpEvent(event, count)
-            for training, count in ((True, training_passes), (False, predict_passes))
-            if count > 0
-            for event in release_events(self._release, training)
-        ]
-        return compute_spend(events, self.budget.delta, "replace_one")
+        counts = (training_passes, predict_passes)
+        if counts not in self._spends:
+            events = [
+                dp_event.SelfComposedDpEvent(event, count)
+                for training, count in ((True, training_passes), (False, predict_passes))
+                if count > 0
+                for event in release_events(self._release, training)
+            ]
+            self._spends[counts] = compute_spend(events, self.budget.delta, "replace_one")
+        return self._spends[counts]
 
     def charge(self, rows: Rows, *, training: bool) -> None:
         """Count one pass over the distinct table ``rows``, or refuse it and count nothing.
