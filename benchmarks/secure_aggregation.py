@@ -371,7 +371,10 @@ def main() -> None:
         + (f", flwr {version('flwr')}, ray {version('ray')}" if with_flower else "")
     )
     if not with_flower and not args.no_flower:
-        print("flwr is not installed (pip install -e .[bench]); Flower's rows are left out")
+        print(
+            "flwr is not installed (run `make bench`, then .venv-bench/bin/python); "
+            "Flower's rows are left out"
+        )
     benchmark(args.clients, args.dim, args.dropout, seed=args.seed, with_flower=with_flower)
     print(f"\nload average {_load()} after")
 

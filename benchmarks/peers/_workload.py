@@ -35,7 +35,9 @@ LOCAL_EPOCHS: Final = 1
 NUM_CLASSES: Final = 10
 """Labels are class indices in ``0..NUM_CLASSES - 1``."""
 
-BENCH_EXTRA_HINT: Final = "install the bench extra: pip install -e .[bench]"
+BENCH_EXTRA_HINT: Final = (
+    "the peers live in .venv-bench: run `make bench`, then use .venv-bench/bin/python"
+)
 """What to do when a peer framework is missing."""
 
 ClientArrays = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
