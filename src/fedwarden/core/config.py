@@ -434,7 +434,7 @@ class RuntimeConfig(Section):
     workers: Annotated[int, Field(ge=1)] | None = None
     """Worker processes (local) or actors (ray); default one per core."""
     address: str | None = None
-    """Ray cluster address (``ray://host:10001`` or ``auto``); default starts a local one."""
+    """Ray cluster address (``host:6379``, ``ray://host:10001``, ``auto``); default: a local one."""
     heartbeat_s: Annotated[float, Field(gt=0)] = 30.0
     """grpc: how often clients signal they are alive; silent for three periods means lost."""
     join_timeout_s: Annotated[float, Field(gt=0)] = 300.0
