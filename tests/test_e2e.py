@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +405,27 @@ def test_user_level_dp_run_reports_its_privacy_and_a_resume_keeps_the_spend(
     assert len(ledger["entries"]) == 6
     stored = json.loads((Path(result.run_dir or "") / "summary.json").read_text())
     assert stored["epsilon"] == summary["epsilon"]
+
+
+def test_fedwarden_version_names_the_installed_version() -> None:
+    completed = _cli("--version")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"fedwarden {metadata.version('fedwarden')}"
+
+
+def test_outside_a_terminal_each_round_is_one_plain_line_that_never_wraps(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "dp.toml"
+    config.write_text(
+        _config_text('source = "digits"\nnum_clients = 6', tmp_path / "runs", rounds=3)
+        + '[privacy]\nmechanism = "user_level"\nepsilon = 8.0\nclip_norm = 1.0\n'
+    )
+    completed = _cli("run", str(config))
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    rows = [line for line in lines if line.startswith(" ") and "epsilon" in line]
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert all(len(row) > 80 for row in rows)  # longer than the 80 columns rich assumes
+    alerts = [line for line in lines if "alert privacy_budget" in line]
+    assert alerts and all(line.endswith("(100%)") for line in alerts)  # one line each

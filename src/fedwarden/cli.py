@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,13 +48,30 @@ _COLUMNS = (
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        Console().print(f"fedwarden {metadata.version('fedwarden')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
     """fedwarden: privacy-preserving federated learning."""
 
 
 class ConsoleObserver:
-    """Progress bars (rounds; clients within the round) and one table row per round."""
+    """Progress bars (rounds; clients within the round) and one table row per round.
+
+    On a terminal a row is cut to the terminal's width; elsewhere (a log, CI) each row is
+    one plain line, never wrapped, whatever its length.
+    """
 
     def __init__(self, console: Console, rounds: int, start: int) -> None:
         self.console = console
@@ -67,7 +85,7 @@ class ConsoleObserver:
         )
         self.rounds_task = self.progress.add_task("rounds", total=rounds, completed=start)
         self.clients_task = self.progress.add_task("clients", total=0)
-        self.console.print(" ".join(f"{name:>{width}}" for name, width in _COLUMNS))
+        self._print(" ".join(f"{name:>{width}}" for name, width in _COLUMNS))
 
     def round_started(self, round_index: int, cohort_size: int) -> None:
         self.progress.reset(self.clients_task, total=cohort_size)
@@ -78,7 +96,13 @@ class ConsoleObserver:
 
     def round_finished(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds_task)
-        self.progress.console.print(_format_row(record))
+        self._print(_format_row(record))
+
+    def _print(self, line: str) -> None:
+        if self.console.is_terminal:
+            self.progress.console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
+        else:
+            self.progress.console.print(line, soft_wrap=True)
 
     def __enter__(self) -> ConsoleObserver:
         self.progress.start()
@@ -1147,13 +1171,19 @@ def _vertical_identity(
 
 
 def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:
-    """The console that log lines (and progress) go to."""
+    """The console that log lines (and progress) go to.
+
+    On a terminal rich lays log lines out; elsewhere each record is one plain line.
+    """
     console = Console(stderr=stderr)
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # dp-accounting's RDP code logs, through absl, each Renyi order it drops for not
     # converging; the figure it returns already accounts for that.
     logging.getLogger("absl").setLevel(logging.ERROR)
