@@ -302,3 +302,41 @@ def test_sizes_must_be_non_negative_integers() -> None:
             source.uniform(bad)  # type: ignore[arg-type]
     with pytest.raises(PrivacyNoiseError, match="count must be a non-negative int"):
         source.random_bytes(-1)
+
+
+def test_a_seeded_stream_resumed_at_its_position_continues_where_it_stood() -> None:
+    uninterrupted = NoiseSource.seeded(7, "cohort")
+    uninterrupted.uniform(13)
+    position = uninterrupted.position
+    expected = uninterrupted.gaussian(100, 1.0)
+    resumed = NoiseSource.seeded(7, "cohort")
+    assert position is not None
+    resumed.seek(position)
+    assert np.array_equal(resumed.gaussian(100, 1.0), expected)
+    assert NoiseSource.secure().position is None
+
+
+def test_streams_of_one_seed_with_different_names_are_unrelated() -> None:
+    assert NoiseSource.seeded(7).random_bytes(32) == NoiseSource.for_testing(7).random_bytes(32)
+    assert NoiseSource.seeded(7, "cohort").random_bytes(32) != NoiseSource.seeded(7).random_bytes(
+        32
+    )
+
+
+def test_a_secure_source_has_no_position_to_seek() -> None:
+    with pytest.raises(PrivacyNoiseError, match="never reproducible"):
+        NoiseSource.secure().seek(0)
+
+
+def test_subset_is_a_uniform_sorted_subset_of_the_requested_size() -> None:
+    source = NoiseSource.seeded(3)
+    draws = 3000
+    counts = np.zeros(10)
+    for _ in range(draws):
+        chosen = source.subset(10, 3)
+        assert chosen == sorted(set(chosen)) and len(chosen) == 3
+        counts[chosen] += 1
+    tolerance = 5 * np.sqrt(0.3 * 0.7 / draws)
+    np.testing.assert_allclose(counts / draws, 0.3, atol=tolerance)
+    with pytest.raises(PrivacyNoiseError, match="cannot choose 4 of 3"):
+        source.subset(3, 4)

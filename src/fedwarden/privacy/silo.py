@@ -2,12 +2,13 @@
 
 With DP-SGD at the clients (Abadi et al. 2016), the privacy unit is one
 example of one silo: silo ``k`` with ``n_k`` training examples runs, each
-round, ``local_epochs * max(1, round(n_k / batch))`` steps of the Poisson
-sampled Gaussian mechanism with rate ``q_k = batch / n_k`` and noise
-multiplier ``z`` (the steps :class:`~fedwarden.models.dp_sgd.DpSgdTrainer`
-takes). The server charges each participating silo's ledger after the round,
-and a silo whose next round would exceed its budget is no longer sampled; the
-report names those silos. The run's epsilon is the largest silo's.
+round, ``PoissonSampling(n_k, batch).steps(local_epochs)`` steps of the
+Poisson sampled Gaussian mechanism with rate ``q_k = batch / n_k`` and noise
+multiplier ``z``: the one step count that
+:class:`~fedwarden.models.dp_sgd.DpSgdTrainer` takes and the calibration
+plans for. The server charges each participating silo's ledger after the
+round, and a silo whose next round would exceed its budget is no longer
+sampled; the report names those silos. The run's epsilon is the largest silo's.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from fedwarden.privacy.accounting import (
     poisson_gaussian,
 )
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyLedger
+from fedwarden.privacy.poisson import PoissonSampling
 
 
 def dp_sgd_round_event(
     num_examples: int, batch_size: int, local_epochs: int, noise_multiplier: float
 ) -> dp_event.DpEvent:
     """One round of DP-SGD on a silo of ``num_examples``: its Poisson-sampled Gaussian steps."""
-    rate = min(1.0, batch_size / num_examples)
-    steps = local_epochs * max(1, round(num_examples / batch_size))
-    return poisson_gaussian(rate, noise_multiplier, steps)
+    sampling = PoissonSampling(num_examples, batch_size)
+    return poisson_gaussian(sampling.rate, noise_multiplier, sampling.steps(local_epochs))
 
 
 def calibrate_silo_noise_multiplier(
@@ -50,10 +51,9 @@ def calibrate_silo_noise_multiplier(
     :func:`~fedwarden.privacy.accounting.calibrate_noise_multiplier`), and every
     larger silo then spends less than its budget.
     """
-    smallest = min(silo_sizes)
-    steps = local_epochs * max(1, round(smallest / batch_size))
+    sampling = PoissonSampling(min(silo_sizes), batch_size)
     return calibrate_noise_multiplier(
-        epsilon, delta, rounds * steps, sampling_rate=min(1.0, batch_size / smallest)
+        epsilon, delta, rounds * sampling.steps(local_epochs), sampling_rate=sampling.rate
     )
 
 
@@ -75,7 +75,7 @@ class SiloPrivacy:
         self.max_grad_norm = max_grad_norm
         self.batch_size = batch_size
         self.sampling_rates = {
-            silo: min(1.0, batch_size / size) for silo, size in silo_sizes.items()
+            silo: PoissonSampling(size, batch_size).rate for silo, size in silo_sizes.items()
         }
         self.events = {
             silo: dp_sgd_round_event(size, batch_size, local_epochs, noise_multiplier)

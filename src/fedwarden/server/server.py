@@ -36,6 +36,7 @@ from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.robust import Reputation
 from fedwarden.pipeline.stage import Pipeline
 from fedwarden.privacy.ledger import BudgetExceeded
+from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
@@ -43,6 +44,9 @@ from fedwarden.strategies.base import Strategy
 from fedwarden.strategies.sampling import Sampler
 
 logger = logging.getLogger(__name__)
+
+COHORT_STREAM = "cohort"
+"""The keystream name that keeps a seeded cohort stream apart from seeded noise."""
 
 
 class RoundObserver(Protocol):
@@ -206,6 +210,7 @@ class Server:
         reputation: Reputation | None = None,
         audit: RoundAudit | None = None,
         monitors: Sequence[RoundMonitor] = (),
+        cohort_randomness: NoiseSource | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -227,7 +232,7 @@ class Server:
         self.monitors = list(monitors)
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
-        self.rng = np.random.default_rng(seed)
+        self.cohort_randomness = cohort_randomness or NoiseSource.seeded(seed, COHORT_STREAM)
         self.history: list[RoundRecord] = []
         self.train_seconds = 0.0
         self.max_client_epsilon: float | None = None
@@ -237,7 +242,9 @@ class Server:
         self.trainer.spec.check_vector(checkpoint.vector)
         self.vector = np.array(checkpoint.vector, dtype=np.float32)
         self.strategy.load_state_dict(checkpoint.strategy_state)
-        self.rng.bit_generator.state = checkpoint.sampler_state
+        position = checkpoint.sampler_state.get("position")
+        if self.cohort_randomness.reproducible and isinstance(position, int):
+            self.cohort_randomness.seek(position)
         self.history = list(checkpoint.history)
         self.train_seconds = checkpoint.train_seconds
         if self.privacy is not None and checkpoint.privacy_state:
@@ -298,7 +305,7 @@ class Server:
             population = self.privacy.eligible(self.client_ids)
         if self.reputation is not None:
             population = self.reputation.eligible(population)
-        cohort = self.sampler.sample(population, self.rng)
+        cohort = self.sampler.sample(population, self.cohort_randomness)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
         if self.audit is not None:
@@ -482,7 +489,9 @@ class Server:
         self.run_dir.write_metrics(self.history)
 
     def _sampler_state(self) -> dict[str, Any]:
-        return dict(self.rng.bit_generator.state)
+        """Where a seeded cohort stream stands (nothing for a secure one: it has no state)."""
+        position = self.cohort_randomness.position
+        return {} if position is None else {"position": position}
 
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""
