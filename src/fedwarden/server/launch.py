@@ -619,15 +619,25 @@ class Deployment:
     """The Prometheus series served on the operations endpoint's ``/metrics``."""
 
     @classmethod
-    def local(cls, directory: Path, dataset: FederatedDataset, pki: Path) -> Deployment:
+    def local(
+        cls,
+        directory: Path,
+        dataset: FederatedDataset,
+        pki: Path,
+        *,
+        allow_test_mode_noise: bool = False,
+    ) -> Deployment:
         """Loopback with mutual TLS and one client process per client, files under ``directory``.
 
         ``pki`` keeps the CA and the kits across runs (the store enrols each client's key once).
+        ``allow_test_mode_noise`` lets the local clients accept a test-mode config.
         """
         from fedwarden.governance.audit import load_signing_key
         from fedwarden.runtime.grpc.local_clients import LocalClients
 
-        launcher = LocalClients(directory, dataset, pki)
+        launcher = LocalClients(
+            directory, dataset, pki, allow_test_mode_noise=allow_test_mode_noise
+        )
         tls = launcher.provision()
         audit_key = load_signing_key(launcher.server_kit / "audit.key")
         return cls(
@@ -898,7 +908,10 @@ def _run(
     if store is not None and run_dir is not None:
         if deployment is None:
             deployment = Deployment.local(
-                run_dir.path / "deploy", dataset, local_federation(config.runs_dir)
+                run_dir.path / "deploy",
+                dataset,
+                local_federation(config.runs_dir),
+                allow_test_mode_noise=config.privacy.reproducible_noise,
             )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
     monitoring = build_monitoring(
