@@ -63,7 +63,12 @@ from fedwarden.privacy.accounting import (
 )
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.privacy.silo import SiloPrivacy, calibrate_silo_noise_multiplier
+from fedwarden.privacy.silo import (
+    ClientBudgets,
+    LocalPrivacy,
+    SiloPrivacy,
+    calibrate_silo_noise_multiplier,
+)
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
@@ -236,7 +241,7 @@ def build_pipeline(
     config: RunConfig,
     trainer: Trainer,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None = None,
+    privacy: UserLevelPrivacy | ClientBudgets | None = None,
 ) -> Pipeline:
     """The update pipeline ``config`` asks for, with the simulated attack around its aggregator.
 
@@ -257,7 +262,7 @@ def _stages_and_aggregator(
     config: RunConfig,
     trainer: Trainer,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
 ) -> tuple[list[Stage], Aggregator]:
     section = config.privacy
     noise = (
@@ -444,7 +449,7 @@ def poisoned(config: RunConfig, dataset: FederatedDataset) -> FederatedDataset:
 def build_secure_aggregator(
     config: RunConfig,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
     noise: NoiseSource,
 ) -> Aggregator:
     """SecAgg+ (with the distributed DP mechanism under user-level DP) or CKKS aggregation."""
@@ -506,7 +511,7 @@ def build_distributed_dp(
 
 def build_privacy(
     config: RunConfig, dataset: FederatedDataset, model_size: int, run_dir: RunDirectory | None
-) -> UserLevelPrivacy | SiloPrivacy | None:
+) -> UserLevelPrivacy | ClientBudgets | None:
     """The run's privacy accounting, with its ledger in the run directory (None without it)."""
     section = config.privacy
     ledger_path = None if run_dir is None else run_dir.path / "privacy_ledger.json"
@@ -525,6 +530,20 @@ def build_privacy(
             local_epochs=config.train.local_epochs,
             noise_multiplier=section.noise_multiplier,
             max_grad_norm=section.max_grad_norm,
+        )
+    if section.mechanism == "local":
+        assert section.epsilon is not None and section.noise_multiplier is not None
+        return LocalPrivacy(
+            PrivacyLedger(
+                PrivacyBudget(section.epsilon, section.delta),
+                privacy_unit="client",
+                neighboring="replace_one",
+                path=ledger_path,
+                client_budget=section.epsilon,
+            ),
+            client_ids=dataset.client_ids,
+            noise_multiplier=section.noise_multiplier,
+            clip_norm=section.clip_norm,
         )
     if section.mechanism != "user_level":
         return None
@@ -577,22 +596,6 @@ def build_privacy(
         adaptive=adaptive,
         distributed=distributed,
     )
-
-
-def _local_privacy_report(config: RunConfig) -> dict[str, Any]:
-    section = config.privacy
-    assert section.noise_multiplier is not None
-    stage = LocalGaussianNoise(section.clip_norm, section.noise_multiplier, section.delta)
-    return {
-        "mechanism": "local DP, Gaussian on each client's clipped update",
-        "privacy_unit": "client",
-        "neighboring": "replace_one",
-        "accountant": "pld",
-        "delta": section.delta,
-        "noise_multiplier": section.noise_multiplier,
-        "clip_norm": section.clip_norm,
-        "client_epsilon_round": stage.epsilon(1),
-    }
 
 
 @dataclass(frozen=True)
@@ -790,7 +793,7 @@ def _audit_trail(
     store: RunStore,
     run_dir: RunDirectory,
     deployment: Deployment,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
 ) -> ServerAuditTrail | None:
     """The run's audit trail (recording the run when it is new), or None without an audit key."""
     from fedwarden import __version__
@@ -1041,8 +1044,6 @@ def _run(
             extras["attack"] = attack
         if clustered is not None:
             extras["clustering"] = clustered.to_json()
-        if config.privacy.mechanism == "local":
-            extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
         if dataset.num_classes is not None:
             heterogeneity = label_heterogeneity(dataset)
             extras["label_chi2"] = heterogeneity.chi2
