@@ -63,6 +63,7 @@ from fedwarden.privacy.accounting import (
 )
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.secrecy import cohort_randomness, commits_cohorts, sampling_secrecy
 from fedwarden.privacy.silo import (
     ClientBudgets,
     LocalPrivacy,
@@ -90,7 +91,7 @@ if TYPE_CHECKING:
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
-from fedwarden.server.server import COHORT_STREAM, CentralTestSet, RoundObserver, Server
+from fedwarden.server.server import CentralTestSet, RoundObserver, Server
 from fedwarden.strategies import (
     FedAdagrad,
     FedAdam,
@@ -218,23 +219,6 @@ def build_sampler(config: RunConfig, dataset: FederatedDataset) -> Sampler:
         }
         return StratifiedSampler(sampling.cohort_size, sampling.attribute, strata)
     return UniformSampler(sampling.cohort_size)
-
-
-def build_cohort_randomness(config: RunConfig) -> NoiseSource | None:
-    """Where a run's cohorts come from: secret under DP, seeded in test mode, None (seeded) without.
-
-    Amplification by sampling (user-level DP-FedAvg's Poisson or uniform
-    cohorts) assumes nobody knows who was sampled, so a DP run draws its
-    cohorts from ``NoiseSource.secure()``: the public seed no longer predicts
-    them, and the run is not bit-reproducible. Test mode
-    (``privacy.reproducible_noise``) draws them from the seed and says so.
-    """
-    section = config.privacy
-    if section.mechanism == "none":
-        return None
-    if section.reproducible_noise:
-        return NoiseSource.for_testing(config.seed, COHORT_STREAM)
-    return NoiseSource.secure()
 
 
 def build_pipeline(
@@ -825,6 +809,7 @@ def _audit_trail(
         run_id,
         dp=dp,
         delta=None if dp is None else section.delta,
+        cohort_openings=run_dir.path / "cohort_openings.json" if commits_cohorts(config) else None,
     )
     if new_run:
         trail.run_created(run_dir.read_config(), __version__)
@@ -939,7 +924,7 @@ def _run(
                     client_ids=client_ids,
                     rounds=rounds,
                     seed=config.seed,
-                    cohort_randomness=build_cohort_randomness(config),
+                    cohort_randomness=cohort_randomness(config),
                     min_cohort=config.sampling.min_cohort,
                     deadline_s=config.sampling.deadline_s,
                     evaluate_every=config.evaluate_every,
@@ -957,7 +942,7 @@ def _run(
                 "client_ids": dataset.client_ids,
                 "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
                 "seed": config.seed,
-                "cohort_randomness": build_cohort_randomness(config),
+                "cohort_randomness": cohort_randomness(config),
                 "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
                 "backdoor_test": build_backdoor_test(config, dataset),
                 "reputation": build_reputation(config),
@@ -1044,6 +1029,8 @@ def _run(
             extras["attack"] = attack
         if clustered is not None:
             extras["clustering"] = clustered.to_json()
+        if config.privacy.mechanism != "none":
+            extras["privacy"] = {**extras.get("privacy", {}), **sampling_secrecy(config)}
         if dataset.num_classes is not None:
             heterogeneity = label_heterogeneity(dataset)
             extras["label_chi2"] = heterogeneity.chi2

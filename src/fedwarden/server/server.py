@@ -37,6 +37,7 @@ from fedwarden.pipeline.robust import Reputation
 from fedwarden.pipeline.stage import Pipeline
 from fedwarden.privacy.ledger import BudgetExceeded
 from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.secrecy import COHORT_STREAM
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
@@ -44,9 +45,6 @@ from fedwarden.strategies.base import Strategy
 from fedwarden.strategies.sampling import Sampler
 
 logger = logging.getLogger(__name__)
-
-COHORT_STREAM = "cohort"
-"""The keystream name that keeps a seeded cohort stream apart from seeded noise."""
 
 
 class RoundObserver(Protocol):
