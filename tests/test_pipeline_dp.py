@@ -130,6 +130,31 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile() -> 
     assert mean.round_parameters() == {"clip_norm": clip_norm.value}
 
 
+def test_adaptive_clippings_count_gets_integer_discrete_gaussian_noise() -> None:
+    """The docs promise the exact discrete sampler for the count, not float Gaussian noise."""
+    z, expected, rounds = 3.0, 10, 400
+    noises = []
+    for round_index in range(rounds):
+        clip_norm = ClipNorm(1.0)
+        mean = GaussianMean(
+            noise_multiplier=0.1,
+            clip_norm=clip_norm,
+            expected_cohort_size=expected,
+            noise=NoiseSource.for_testing(round_index),
+            adaptive=AdaptiveClipping(0.5, 1.0, count_noise_multiplier=z),
+        )
+        mean.start(3, [f"c{index}" for index in range(expected)])
+        for index in range(4):
+            mean.add(_update(np.zeros(3), f"c{index}", unclipped=1.0))
+        mean.result()
+        # C <- C exp(-(noisy_count / expected - 0.5)): recover noisy_count, then its noise.
+        noisy_count = (0.5 - np.log(clip_norm.value)) * expected
+        noises.append(noisy_count - 4)
+    assert all(abs(noise - round(noise)) < 1e-9 for noise in noises)  # integers
+    assert np.var(noises) == pytest.approx(z**2, rel=0.2)
+    assert abs(np.mean(noises)) < 5 * z / np.sqrt(rounds)
+
+
 def test_local_dp_noise_is_z_times_2c_and_each_clients_epsilon_composes() -> None:
     from dp_accounting import dp_event
     from dp_accounting.pld import pld_privacy_accountant
