@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -148,3 +149,24 @@ def test_the_operator_opens_each_commitment_with_the_salt_it_kept(tmp_path: Path
     assert opening["cohort"] == ["client_1", "client_4"]
     assert open_cohort(event.cohort_commitment, opening["salt"], opening["cohort"])
     assert not open_cohort(event.cohort_commitment, opening["salt"], ["client_1"])  # binding
+
+
+def test_a_resumed_test_mode_dp_run_ends_with_the_uninterrupted_runs_model_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    """The cohort and the server's noise streams continue from the checkpoint, not from zero."""
+    config = user_level_config(tmp_path, test_mode=True)
+    config = config.model_copy(update={"rounds": 4})
+    uninterrupted = run(config)
+    interrupted = run(config, stop_after=2)
+    assert interrupted.rounds == 2 and interrupted.run_dir is not None
+    resumed = run(config, resume=Path(interrupted.run_dir))
+    assert resumed.rounds == 4
+    assert uninterrupted.run_dir is not None and resumed.run_dir is not None
+    with (
+        np.load(Path(uninterrupted.run_dir) / "model.npz") as expected,
+        np.load(Path(resumed.run_dir) / "model.npz") as actual,
+    ):
+        assert sorted(expected.files) == sorted(actual.files)
+        for name in expected.files:
+            assert np.array_equal(expected[name], actual[name]), name

@@ -23,7 +23,13 @@ from typing import Any
 from fedwarden.core.config import RunConfig
 from fedwarden.privacy.randomness import NoiseSource
 
-__all__ = ["COHORT_STREAM", "cohort_randomness", "commits_cohorts", "sampling_secrecy"]
+__all__ = [
+    "COHORT_STREAM",
+    "cohort_randomness",
+    "commits_cohorts",
+    "sampling_secrecy",
+    "server_noise",
+]
 
 COHORT_STREAM = "cohort"
 """The keystream name that keeps a seeded cohort stream apart from seeded noise."""
@@ -40,6 +46,13 @@ def cohort_randomness(config: RunConfig) -> NoiseSource:
     if section.reproducible_noise:
         return NoiseSource.for_testing(config.seed, COHORT_STREAM)
     return NoiseSource.seeded(config.seed, COHORT_STREAM)
+
+
+def server_noise(config: RunConfig) -> NoiseSource:
+    """The server's own privacy noise (central DP's Gaussian): secure, or the seed in test mode."""
+    if config.privacy.reproducible_noise:
+        return NoiseSource.for_testing(config.seed)
+    return NoiseSource.secure()
 
 
 def commits_cohorts(config: RunConfig) -> bool:

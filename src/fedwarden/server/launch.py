@@ -63,7 +63,12 @@ from fedwarden.privacy.accounting import (
 )
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.privacy.secrecy import cohort_randomness, commits_cohorts, sampling_secrecy
+from fedwarden.privacy.secrecy import (
+    cohort_randomness,
+    commits_cohorts,
+    sampling_secrecy,
+    server_noise,
+)
 from fedwarden.privacy.silo import (
     ClientBudgets,
     LocalPrivacy,
@@ -226,6 +231,7 @@ def build_pipeline(
     trainer: Trainer,
     dataset: FederatedDataset,
     privacy: UserLevelPrivacy | ClientBudgets | None = None,
+    noise: NoiseSource | None = None,
 ) -> Pipeline:
     """The update pipeline ``config`` asks for, with the simulated attack around its aggregator.
 
@@ -233,7 +239,9 @@ def build_pipeline(
     clip and noisy mean. Under secure aggregation the server sees no update, so
     there is no server-side validation: the clients' encoders clip and check.
     """
-    stages, aggregator = _stages_and_aggregator(config, trainer, dataset, privacy)
+    stages, aggregator = _stages_and_aggregator(
+        config, trainer, dataset, privacy, noise or server_noise(config)
+    )
     attack = build_model_attack(config)
     if attack is not None:
         aggregator = AttackSimulation(
@@ -247,11 +255,8 @@ def _stages_and_aggregator(
     trainer: Trainer,
     dataset: FederatedDataset,
     privacy: UserLevelPrivacy | ClientBudgets | None,
+    noise: NoiseSource,
 ) -> tuple[list[Stage], Aggregator]:
-    section = config.privacy
-    noise = (
-        NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
-    )
     clip_norm = privacy.clip_norm if isinstance(privacy, UserLevelPrivacy) else None
     stages = build_stages(config, trainer.spec, clip_norm)
     if config.secure.kind != "none":
@@ -891,7 +896,8 @@ def _run(
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
     privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
-    pipeline = build_pipeline(config, trainer, dataset, privacy)
+    noise = server_noise(config)
+    pipeline = build_pipeline(config, trainer, dataset, privacy, noise)
     audit = None
     if store is not None and run_dir is not None:
         if deployment is None:
@@ -943,6 +949,7 @@ def _run(
                 "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
                 "seed": config.seed,
                 "cohort_randomness": cohort_randomness(config),
+                "noise_randomness": noise,
                 "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
                 "backdoor_test": build_backdoor_test(config, dataset),
                 "reputation": build_reputation(config),

@@ -209,6 +209,7 @@ class Server:
         audit: RoundAudit | None = None,
         monitors: Sequence[RoundMonitor] = (),
         cohort_randomness: NoiseSource | None = None,
+        noise_randomness: NoiseSource | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -231,6 +232,7 @@ class Server:
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.cohort_randomness = cohort_randomness or NoiseSource.seeded(seed, COHORT_STREAM)
+        self.noise_randomness = noise_randomness
         self.history: list[RoundRecord] = []
         self.train_seconds = 0.0
         self.max_client_epsilon: float | None = None
@@ -240,9 +242,10 @@ class Server:
         self.trainer.spec.check_vector(checkpoint.vector)
         self.vector = np.array(checkpoint.vector, dtype=np.float32)
         self.strategy.load_state_dict(checkpoint.strategy_state)
-        position = checkpoint.sampler_state.get("position")
-        if self.cohort_randomness.reproducible and isinstance(position, int):
-            self.cohort_randomness.seek(position)
+        for name, source in self._reproducible_streams().items():
+            position = checkpoint.sampler_state.get(name)
+            if isinstance(position, int):
+                source.seek(position)
         self.history = list(checkpoint.history)
         self.train_seconds = checkpoint.train_seconds
         if self.privacy is not None and checkpoint.privacy_state:
@@ -486,10 +489,22 @@ class Server:
         )
         self.run_dir.write_metrics(self.history)
 
+    def _reproducible_streams(self) -> dict[str, NoiseSource]:
+        """The seeded streams of cohorts and noise, by checkpoint key (secure ones have no state).
+
+        Saving where they stand lets a resumed test-mode run draw what the
+        uninterrupted run would have drawn, bit for bit.
+        """
+        streams = {"position": self.cohort_randomness, "noise_position": self.noise_randomness}
+        return {
+            name: source
+            for name, source in streams.items()
+            if source is not None and source.reproducible
+        }
+
     def _sampler_state(self) -> dict[str, Any]:
-        """Where a seeded cohort stream stands (nothing for a secure one: it has no state)."""
-        position = self.cohort_randomness.position
-        return {} if position is None else {"position": position}
+        """Where each seeded stream stands."""
+        return {name: source.position for name, source in self._reproducible_streams().items()}
 
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""
