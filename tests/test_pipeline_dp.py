@@ -180,3 +180,19 @@ def test_local_dp_noise_is_z_times_2c_and_each_clients_epsilon_composes() -> Non
     assert first.metrics[CLIENT_EPSILON] == pytest.approx(pld_epsilon(1), rel=1e-3)
     assert second.metrics[CLIENT_EPSILON] == pytest.approx(pld_epsilon(2), rel=1e-3)
     assert int(context.state["local_dp/releases"][0]) == 2
+
+
+def test_a_local_dp_client_refuses_a_release_past_its_own_budget_even_if_asked() -> None:
+    """The attack: a server whose ledger was reset keeps sampling the client."""
+    from fedwarden.pipeline.local_dp import RELEASES_KEY, LocalBudgetExhausted, LocalGaussianNoise
+
+    z, clip_norm, delta = 3.0, 0.5, 1e-5
+    unlimited = LocalGaussianNoise(clip_norm, z, delta)
+    budget = (unlimited.epsilon(2) + unlimited.epsilon(3)) / 2  # two releases fit, not three
+    stage = LocalGaussianNoise(clip_norm, z, delta, budget=budget, reproducible=True)
+    context = _context(clip_norm)
+    for _ in range(2):
+        stage.client_half(_update(np.zeros(10)), context)
+    with pytest.raises(LocalBudgetExhausted, match=r"refuses local-DP release 3.*past its budget"):
+        stage.client_half(_update(np.zeros(10)), context)
+    assert int(context.state[RELEASES_KEY][0]) == 2  # nothing was released or counted

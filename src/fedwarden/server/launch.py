@@ -293,6 +293,7 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 section.clip_norm,
                 section.noise_multiplier,
                 section.delta,
+                budget=section.epsilon,
                 reproducible=section.reproducible_noise,
             )
         )
