@@ -858,6 +858,13 @@ def client_command(
     insecure: Annotated[
         bool, typer.Option(help="Plaintext channel (a loopback --insecure server only).")
     ] = False,
+    allow_test_mode_noise: Annotated[
+        bool,
+        typer.Option(
+            help="Accept a run config with privacy.reproducible_noise (seeded noise and "
+            "sampling the server can recompute). Test federations only."
+        ),
+    ] = False,
 ) -> None:
     """Join a fedwarden server and train on this site's data until the run ends."""
     import signal
@@ -868,7 +875,12 @@ def client_command(
     _logging_console(level=logging.INFO)
     try:
         client = FederationClient(
-            server, ClientKit.from_dir(identity), data, insecure=insecure, state_dir=state_dir
+            server,
+            ClientKit.from_dir(identity),
+            data,
+            insecure=insecure,
+            state_dir=state_dir,
+            allow_test_mode_noise=allow_test_mode_noise,
         )
         signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
         client.run()

@@ -266,7 +266,8 @@ class PrivacyConfig(Section):
     ``noise_multiplier`` the noise is calibrated so that ``rounds`` rounds spend
     exactly the budget ``epsilon`` at ``delta``. ``mechanism = "local"`` is local
     DP: each client clips to ``clip_norm`` and adds noise
-    ``noise_multiplier * 2 * clip_norm`` itself; each client's epsilon is reported.
+    ``noise_multiplier * 2 * clip_norm`` itself; ``epsilon`` is each client's
+    budget, and a client whose next release would exceed it is no longer sampled.
     ``mechanism = "dp_sgd"`` is sample-level DP-SGD at each silo (Abadi et al.
     2016, with Opacus; PyTorch models): per-example gradients clipped to
     ``max_grad_norm``, noise ``noise_multiplier * max_grad_norm``; ``epsilon`` is
@@ -304,6 +305,11 @@ class PrivacyConfig(Section):
             raise ValueError(
                 "privacy.mechanism 'local' needs privacy.noise_multiplier (noise std is "
                 "noise_multiplier * 2 * clip_norm)"
+            )
+        if self.mechanism == "local" and self.epsilon is None:
+            raise ValueError(
+                "privacy.mechanism 'local' needs privacy.epsilon (each client's budget: a client "
+                "whose next release would exceed it is no longer sampled)"
             )
         if self.adaptive_clipping and self.per_layer_clipping:
             raise ValueError(

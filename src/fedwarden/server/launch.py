@@ -63,7 +63,18 @@ from fedwarden.privacy.accounting import (
 )
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.privacy.silo import SiloPrivacy, calibrate_silo_noise_multiplier
+from fedwarden.privacy.secrecy import (
+    cohort_randomness,
+    commits_cohorts,
+    sampling_secrecy,
+    server_noise,
+)
+from fedwarden.privacy.silo import (
+    ClientBudgets,
+    LocalPrivacy,
+    SiloPrivacy,
+    calibrate_silo_noise_multiplier,
+)
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
@@ -219,7 +230,8 @@ def build_pipeline(
     config: RunConfig,
     trainer: Trainer,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None = None,
+    privacy: UserLevelPrivacy | ClientBudgets | None = None,
+    noise: NoiseSource | None = None,
 ) -> Pipeline:
     """The update pipeline ``config`` asks for, with the simulated attack around its aggregator.
 
@@ -227,7 +239,9 @@ def build_pipeline(
     clip and noisy mean. Under secure aggregation the server sees no update, so
     there is no server-side validation: the clients' encoders clip and check.
     """
-    stages, aggregator = _stages_and_aggregator(config, trainer, dataset, privacy)
+    stages, aggregator = _stages_and_aggregator(
+        config, trainer, dataset, privacy, noise or server_noise(config)
+    )
     attack = build_model_attack(config)
     if attack is not None:
         aggregator = AttackSimulation(
@@ -240,12 +254,9 @@ def _stages_and_aggregator(
     config: RunConfig,
     trainer: Trainer,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
+    noise: NoiseSource,
 ) -> tuple[list[Stage], Aggregator]:
-    section = config.privacy
-    noise = (
-        NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
-    )
     clip_norm = privacy.clip_norm if isinstance(privacy, UserLevelPrivacy) else None
     stages = build_stages(config, trainer.spec, clip_norm)
     if config.secure.kind != "none":
@@ -282,6 +293,7 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 section.clip_norm,
                 section.noise_multiplier,
                 section.delta,
+                budget=section.epsilon,
                 reproducible=section.reproducible_noise,
             )
         )
@@ -427,7 +439,7 @@ def poisoned(config: RunConfig, dataset: FederatedDataset) -> FederatedDataset:
 def build_secure_aggregator(
     config: RunConfig,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
     noise: NoiseSource,
 ) -> Aggregator:
     """SecAgg+ (with the distributed DP mechanism under user-level DP) or CKKS aggregation."""
@@ -489,7 +501,7 @@ def build_distributed_dp(
 
 def build_privacy(
     config: RunConfig, dataset: FederatedDataset, model_size: int, run_dir: RunDirectory | None
-) -> UserLevelPrivacy | SiloPrivacy | None:
+) -> UserLevelPrivacy | ClientBudgets | None:
     """The run's privacy accounting, with its ledger in the run directory (None without it)."""
     section = config.privacy
     ledger_path = None if run_dir is None else run_dir.path / "privacy_ledger.json"
@@ -508,6 +520,20 @@ def build_privacy(
             local_epochs=config.train.local_epochs,
             noise_multiplier=section.noise_multiplier,
             max_grad_norm=section.max_grad_norm,
+        )
+    if section.mechanism == "local":
+        assert section.epsilon is not None and section.noise_multiplier is not None
+        return LocalPrivacy(
+            PrivacyLedger(
+                PrivacyBudget(section.epsilon, section.delta),
+                privacy_unit="client",
+                neighboring="replace_one",
+                path=ledger_path,
+                client_budget=section.epsilon,
+            ),
+            client_ids=dataset.client_ids,
+            noise_multiplier=section.noise_multiplier,
+            clip_norm=section.clip_norm,
         )
     if section.mechanism != "user_level":
         return None
@@ -562,22 +588,6 @@ def build_privacy(
     )
 
 
-def _local_privacy_report(config: RunConfig) -> dict[str, Any]:
-    section = config.privacy
-    assert section.noise_multiplier is not None
-    stage = LocalGaussianNoise(section.clip_norm, section.noise_multiplier, section.delta)
-    return {
-        "mechanism": "local DP, Gaussian on each client's clipped update",
-        "privacy_unit": "client",
-        "neighboring": "replace_one",
-        "accountant": "pld",
-        "delta": section.delta,
-        "noise_multiplier": section.noise_multiplier,
-        "clip_norm": section.clip_norm,
-        "client_epsilon_round": stage.epsilon(1),
-    }
-
-
 @dataclass(frozen=True)
 class Deployment:
     """Where ``fedwarden server`` listens and keeps its state (the grpc runtime, for real).
@@ -602,15 +612,25 @@ class Deployment:
     """The Prometheus series served on the operations endpoint's ``/metrics``."""
 
     @classmethod
-    def local(cls, directory: Path, dataset: FederatedDataset, pki: Path) -> Deployment:
+    def local(
+        cls,
+        directory: Path,
+        dataset: FederatedDataset,
+        pki: Path,
+        *,
+        allow_test_mode_noise: bool = False,
+    ) -> Deployment:
         """Loopback with mutual TLS and one client process per client, files under ``directory``.
 
         ``pki`` keeps the CA and the kits across runs (the store enrols each client's key once).
+        ``allow_test_mode_noise`` lets the local clients accept a test-mode config.
         """
         from fedwarden.governance.audit import load_signing_key
         from fedwarden.runtime.grpc.local_clients import LocalClients
 
-        launcher = LocalClients(directory, dataset, pki)
+        launcher = LocalClients(
+            directory, dataset, pki, allow_test_mode_noise=allow_test_mode_noise
+        )
         tls = launcher.provision()
         audit_key = load_signing_key(launcher.server_kit / "audit.key")
         return cls(
@@ -763,7 +783,7 @@ def _audit_trail(
     store: RunStore,
     run_dir: RunDirectory,
     deployment: Deployment,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
 ) -> ServerAuditTrail | None:
     """The run's audit trail (recording the run when it is new), or None without an audit key."""
     from fedwarden import __version__
@@ -795,6 +815,7 @@ def _audit_trail(
         run_id,
         dp=dp,
         delta=None if dp is None else section.delta,
+        cohort_openings=run_dir.path / "cohort_openings.json" if commits_cohorts(config) else None,
     )
     if new_run:
         trail.run_created(run_dir.read_config(), __version__)
@@ -876,12 +897,16 @@ def _run(
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
     privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
-    pipeline = build_pipeline(config, trainer, dataset, privacy)
+    noise = server_noise(config)
+    pipeline = build_pipeline(config, trainer, dataset, privacy, noise)
     audit = None
     if store is not None and run_dir is not None:
         if deployment is None:
             deployment = Deployment.local(
-                run_dir.path / "deploy", dataset, local_federation(config.runs_dir)
+                run_dir.path / "deploy",
+                dataset,
+                local_federation(config.runs_dir),
+                allow_test_mode_noise=config.privacy.reproducible_noise,
             )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
     monitoring = build_monitoring(
@@ -906,6 +931,7 @@ def _run(
                     client_ids=client_ids,
                     rounds=rounds,
                     seed=config.seed,
+                    cohort_randomness=cohort_randomness(config),
                     min_cohort=config.sampling.min_cohort,
                     deadline_s=config.sampling.deadline_s,
                     evaluate_every=config.evaluate_every,
@@ -923,6 +949,8 @@ def _run(
                 "client_ids": dataset.client_ids,
                 "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
                 "seed": config.seed,
+                "cohort_randomness": cohort_randomness(config),
+                "noise_randomness": noise,
                 "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
                 "backdoor_test": build_backdoor_test(config, dataset),
                 "reputation": build_reputation(config),
@@ -1009,8 +1037,8 @@ def _run(
             extras["attack"] = attack
         if clustered is not None:
             extras["clustering"] = clustered.to_json()
-        if config.privacy.mechanism == "local":
-            extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
+        if config.privacy.mechanism != "none":
+            extras["privacy"] = {**extras.get("privacy", {}), **sampling_secrecy(config)}
         if dataset.num_classes is not None:
             heterogeneity = label_heterogeneity(dataset)
             extras["label_chi2"] = heterogeneity.chi2
