@@ -74,8 +74,14 @@ from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server.clustered import ClusteredTraining
 from fedwarden.server.fedbuff import FedBuffServer
+from fedwarden.server.integrity import (
+    BudgetChange,
+    require_ledger,
+    require_recorded_config,
+    require_spend_kept,
+)
 from fedwarden.server.records import RunResult
-from fedwarden.server.rundir import RunDirectory
+from fedwarden.server.rundir import Checkpoint, RunDirectory
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -488,11 +494,18 @@ def build_distributed_dp(
 
 
 def build_privacy(
-    config: RunConfig, dataset: FederatedDataset, model_size: int, run_dir: RunDirectory | None
+    config: RunConfig,
+    dataset: FederatedDataset,
+    model_size: int,
+    run_dir: RunDirectory | None,
+    budget_changed_by: str | None = None,
 ) -> UserLevelPrivacy | SiloPrivacy | None:
-    """The run's privacy accounting, with its ledger in the run directory (None without it)."""
+    """The run's privacy accounting, with its ledger in the run directory (None without it).
+
+    ``budget_changed_by`` names who changes the budget the ledger was kept under, if anyone.
+    """
     section = config.privacy
-    ledger_path = None if run_dir is None else run_dir.path / "privacy_ledger.json"
+    ledger_path = None if run_dir is None else run_dir.ledger_path
     if section.mechanism == "dp_sgd":
         assert section.epsilon is not None and section.noise_multiplier is not None
         return SiloPrivacy(
@@ -502,6 +515,7 @@ def build_privacy(
                 neighboring="add_remove",
                 path=ledger_path,
                 client_budget=section.epsilon,
+                budget_changed_by=budget_changed_by,
             ),
             silo_sizes={cid: client.num_train for cid, client in dataset.clients.items()},
             batch_size=config.train.batch_size,
@@ -551,6 +565,7 @@ def build_privacy(
         privacy_unit="client",
         neighboring=neighboring,
         path=ledger_path,
+        budget_changed_by=budget_changed_by,
     )
     return UserLevelPrivacy(
         ledger,
@@ -835,13 +850,21 @@ def run(
     stop_after: int | None = None,
     deployment: Deployment | None = None,
     store: RunStore | None = None,
+    budget_change: BudgetChange | None = None,
 ) -> RunResult:
     """Run ``config`` to the end and return its result.
 
     With ``resume``, continue the run in that directory instead: ``config``
-    must be the one stored there (see :func:`resumed`). ``deployment`` and
+    must be the one stored there (see :func:`resumed`), and the run's ledger
+    must agree with every record of it (:mod:`fedwarden.server.integrity`);
+    ``budget_change`` changes its privacy budget explicitly. ``deployment`` and
     ``store`` are the grpc runtime's (see :func:`serve`).
     """
+    if budget_change is not None and resume is None:
+        raise ConfigError(
+            "a privacy budget is changed only when resuming a run (--resume RUN_DIR); a new "
+            "run takes its budget from privacy.epsilon"
+        )
     if resume is not None:
         run_dir: RunDirectory | None = RunDirectory(resume)
     elif write_run_dir:
@@ -856,8 +879,10 @@ def run(
             )
         # The runs directory's store: its registry and audit log span successive runs.
         with open_store(config, deployment) as runs_store:
-            return _run(config, run_dir, observer, stop_after, deployment, runs_store)
-    return _run(config, run_dir, observer, stop_after, deployment, store)
+            return _run(
+                config, run_dir, observer, stop_after, deployment, runs_store, budget_change
+            )
+    return _run(config, run_dir, observer, stop_after, deployment, store, budget_change)
 
 
 def _run(
@@ -867,15 +892,34 @@ def _run(
     stop_after: int | None,
     deployment: Deployment | None,
     store: RunStore | None,
+    budget_change: BudgetChange | None = None,
 ) -> RunResult:
-    resume = None if run_dir is None or run_dir.load_checkpoint() is None else run_dir.path
+    checkpoint = None if run_dir is None else run_dir.load_checkpoint()
+    resume = None if run_dir is None or checkpoint is None else run_dir.path
     clustering = config.clustering
     if clustering.enabled and resume is not None:
         raise ConfigError("a clustered run cannot be resumed yet; start it again")
+    old_epsilon = config.privacy.epsilon
+    if run_dir is not None and checkpoint is not None:
+        require_ledger(run_dir, config, checkpoint)
+        require_recorded_config(run_dir, _recorded_config_hashes(store, run_dir))
+    if budget_change is not None:
+        config = budget_change.apply(config)
+        changed_config_json = config.model_dump_json(indent=1)
     prepared = prepare(config)
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
-    privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
+    privacy = build_privacy(
+        config,
+        dataset,
+        trainer.spec.size,
+        run_dir,
+        None if budget_change is None else budget_change.by,
+    )
+    if run_dir is not None and checkpoint is not None and privacy is not None:
+        require_spend_kept(
+            run_dir, privacy.epsilon(), _recorded_epsilons(store, run_dir, checkpoint)
+        )
     pipeline = build_pipeline(config, trainer, dataset, privacy)
     audit = None
     if store is not None and run_dir is not None:
@@ -884,6 +928,10 @@ def _run(
                 run_dir.path / "deploy", dataset, local_federation(config.runs_dir)
             )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
+    if budget_change is not None and run_dir is not None and old_epsilon is not None:
+        _record_budget_change(
+            run_dir, store, audit, old_epsilon, budget_change, changed_config_json
+        )
     monitoring = build_monitoring(
         config,
         audit,
@@ -1028,6 +1076,65 @@ def _run(
     except BaseException:
         monitoring.run_failed()
         raise
+
+
+def _recorded_config_hashes(store: RunStore | None, run_dir: RunDirectory) -> dict[str, str | None]:
+    """The config hash the store and the signed audit log hold for the run in ``run_dir``."""
+    from fedwarden.governance.audit import recorded_run
+
+    if store is None:
+        return {}
+    run_id = run_dir.path.name
+    row = store.run(run_id)
+    return {
+        "the store": None if row is None else row.config_hash,
+        "the signed audit log": recorded_run(store, run_id).config_hash,
+    }
+
+
+def _recorded_epsilons(
+    store: RunStore | None, run_dir: RunDirectory, checkpoint: Checkpoint
+) -> dict[str, float | None]:
+    """The largest epsilon spent that the checkpoint, the store and the audit log record."""
+    from fedwarden.governance.audit import recorded_run
+
+    recorded: dict[str, float | None] = {
+        "the checkpoint": max(
+            (record.epsilon for record in checkpoint.history if record.epsilon is not None),
+            default=None,
+        )
+    }
+    if store is not None:
+        run_id = run_dir.path.name
+        rows = [row.get("epsilon") for row in store.round_records(run_id)]
+        recorded["the store's round rows"] = max(
+            (float(epsilon) for epsilon in rows if epsilon is not None), default=None
+        )
+        recorded["the signed audit log"] = recorded_run(store, run_id).epsilon_spent
+    return recorded
+
+
+def _record_budget_change(
+    run_dir: RunDirectory,
+    store: RunStore | None,
+    audit: ServerAuditTrail | None,
+    old_epsilon: float,
+    change: BudgetChange,
+    config_json: str,
+) -> None:
+    """Record an explicit budget change in the audit log, the store and ``config.json``."""
+    if audit is not None:
+        audit.budget_changed(old_epsilon, change.epsilon, change.by, config_json)
+    if store is not None:
+        store.change_run_config(run_dir.path.name, config_json)
+    run_dir.write_config(config_json)
+    logger.warning(
+        "%s changed the privacy budget of %s from epsilon=%s to epsilon=%s",
+        change.by,
+        run_dir.path.name,
+        old_epsilon,
+        change.epsilon,
+    )
 
 
 def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
