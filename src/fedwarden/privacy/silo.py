@@ -5,9 +5,9 @@ example of one silo: silo ``k`` with ``n_k`` training examples runs, each
 round, ``local_epochs * max(1, round(n_k / batch))`` steps of the Poisson
 sampled Gaussian mechanism with rate ``q_k = batch / n_k`` and noise
 multiplier ``z`` (the steps :class:`~fedwarden.models.dp_sgd.DpSgdTrainer`
-takes). The server charges each participating silo's ledger after the round,
-and a silo whose next round would exceed its budget is no longer sampled; the
-report names those silos. The run's epsilon is the largest silo's.
+takes). The server charges every silo whose update reached it, accepted or
+not, after the round, and a silo whose next round would exceed its budget is
+no longer sampled; the report names those silos. The run's epsilon is the largest silo's.
 """
 
 from __future__ import annotations
@@ -109,10 +109,16 @@ class SiloPrivacy:
                 self.ledger.budget,
             )
 
-    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
-        """Charge one round of DP-SGD to each silo that trained."""
-        for silo in participants:
-            self.ledger.charge_client(silo, round_index, self.events[silo])
+    def after_round(self, round_index: int, released: Sequence[str], applied: bool) -> None:
+        """Charge one round of DP-SGD to each silo whose update reached the server.
+
+        The update is the silo's release whatever the server then does with it:
+        refused by a check, or left out of a round below ``min_cohort`` (``applied``
+        False), it was still seen, so it is charged (issue 15, finding 6).
+        """
+        for silo in dict.fromkeys(released):
+            if silo in self.events:
+                self.ledger.charge_client(silo, round_index, self.events[silo])
 
     def _largest_spender(self) -> str:
         return max(self.events, key=lambda silo: self.ledger.client_spent(silo).epsilon)

@@ -88,8 +88,12 @@ class RoundPrivacy(Protocol):
     def before_round(self, round_index: int) -> None:
         """Raise ``BudgetExceeded`` if the round's release would overspend."""
 
-    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
-        """Charge the round's release to the ledger."""
+    def after_round(self, round_index: int, released: Sequence[str], applied: bool) -> None:
+        """Charge what the round released to the ledger, whatever became of it.
+
+        ``released`` are the clients whose update reached the server, accepted or
+        rejected; ``applied`` says whether the round's aggregate was released.
+        """
 
     def epsilon(self) -> float:
         """Epsilon spent so far."""
@@ -162,6 +166,13 @@ class RoundTraffic:
     bytes_up: int = 0
     silent_clients: list[str] = field(default_factory=list)
     """Sampled clients that dropped out or failed."""
+    rejected_clients: list[str] = field(default_factory=list)
+    """Clients whose update reached the server and was refused."""
+
+    @property
+    def released(self) -> list[str]:
+        """Clients whose update left them and reached the server, accepted or refused."""
+        return [*self.participants, *self.rejected_clients]
 
     def record_fields(self) -> dict[str, Any]:
         """The :class:`RoundRecord` fields these counts fill."""
@@ -353,10 +364,10 @@ class Server:
             )
         if aggregate is not None:
             self.vector = self.strategy.apply(self.vector, aggregate.mean_update)
-            if self.privacy is not None:
-                self.privacy.after_round(round_index, participants)
         else:
             logger.warning("round %d: %s", round_index, note)
+        if self.privacy is not None:
+            self.privacy.after_round(round_index, traffic.released, applied)
         metrics = self._evaluate_central(round_index)
         self.train_seconds += time.perf_counter() - started
         record = RoundRecord(
@@ -402,6 +413,7 @@ class Server:
     ) -> None:
         """Count a refused update in the round's traffic and in the audit trail."""
         traffic.rejections[reason] += 1
+        traffic.rejected_clients.append(client_id)
         if self.audit is not None:
             self.audit.update_rejected(round_index, client_id, reason)
 
