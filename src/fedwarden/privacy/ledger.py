@@ -247,6 +247,19 @@ class PrivacyLedger:
         self._persist()
         return spend
 
+    def spent_on(self, kind: str) -> float:
+        """The epsilon of the releases of one ``kind`` alone (the largest client's, per client).
+
+        What the privacy report's ``releases`` says each kind cost; 0.0 when none was charged.
+        """
+        run_events = [e.event for e in self._entries if e.kind == kind and e.client_id is None]
+        client_events: dict[str, list[dp_event.DpEvent]] = {}
+        for entry in self._entries:
+            if entry.kind == kind and entry.client_id is not None:
+                client_events.setdefault(entry.client_id, []).append(entry.event)
+        groups = [run_events, *client_events.values()]
+        return max((self._compute(events).epsilon for events in groups if events), default=0.0)
+
     def client_spent(self, client_id: str) -> PrivacySpend:
         """The guarantee of every release charged to ``client_id``'s own data (zero if none)."""
         spend = self._client_spent.get(client_id)

@@ -26,13 +26,21 @@ log; someone who also holds the audit key is not.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, FedwardenError
 from fedwarden.server.rundir import Checkpoint, RunDirectory
+
+if TYPE_CHECKING:
+    from fedwarden.governance.audit import ServerAuditTrail
+    from fedwarden.governance.store import RunStore
+
+logger = logging.getLogger(__name__)
 
 DP_MECHANISMS = ("user_level", "dp_sgd")
 """The mechanisms whose spend is kept in the run's ledger."""
@@ -74,6 +82,31 @@ class BudgetChange:
         values = config.model_dump(mode="json")
         values["privacy"]["epsilon"] = self.epsilon
         return RunConfig.model_validate(values)
+
+    def record(
+        self,
+        run_dir: RunDirectory,
+        store: RunStore | None,
+        audit: ServerAuditTrail | None,
+        old_epsilon: float,
+        config_json: str,
+    ) -> None:
+        """Record the change in the audit log, the store and ``config.json`` (the changed config).
+
+        The ledger records it in its ``budget_history`` when it is opened with ``by``.
+        """
+        if audit is not None:
+            audit.budget_changed(old_epsilon, self.epsilon, self.by, config_json)
+        if store is not None:
+            store.change_run_config(run_dir.path.name, config_json)
+        run_dir.write_config(config_json)
+        logger.warning(
+            "%s changed the privacy budget of %s from epsilon=%s to epsilon=%s",
+            self.by,
+            run_dir.path.name,
+            old_epsilon,
+            self.epsilon,
+        )
 
 
 def config_hash(config_json: str) -> str:
@@ -119,3 +152,39 @@ def require_spend_kept(
                 "releases (or was edited), and resuming from it would understate the privacy "
                 "spent. Restore the ledger from a backup"
             )
+
+
+def recorded_config_hashes(store: RunStore | None, run_dir: RunDirectory) -> dict[str, str | None]:
+    """The config hash the store and the signed audit log hold for the run in ``run_dir``."""
+    from fedwarden.governance.audit import recorded_run
+
+    if store is None:
+        return {}
+    run_id = run_dir.path.name
+    row = store.run(run_id)
+    return {
+        "the store": None if row is None else row.config_hash,
+        "the signed audit log": recorded_run(store, run_id).config_hash,
+    }
+
+
+def recorded_epsilons(
+    store: RunStore | None, run_dir: RunDirectory, checkpoint: Checkpoint
+) -> dict[str, float | None]:
+    """The largest epsilon spent that the checkpoint, the store and the audit log record."""
+    from fedwarden.governance.audit import recorded_run
+
+    recorded: dict[str, float | None] = {
+        "the checkpoint": max(
+            (record.epsilon for record in checkpoint.history if record.epsilon is not None),
+            default=None,
+        )
+    }
+    if store is not None:
+        run_id = run_dir.path.name
+        rows = [row.get("epsilon") for row in store.round_records(run_id)]
+        recorded["the store's round rows"] = max(
+            (float(epsilon) for epsilon in rows if epsilon is not None), default=None
+        )
+        recorded["the signed audit log"] = recorded_run(store, run_id).epsilon_spent
+    return recorded

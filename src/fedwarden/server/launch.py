@@ -42,6 +42,7 @@ from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
 from fedwarden.pipeline.compress import Codec, CompressUpdate
 from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
+from fedwarden.pipeline.releases import ReleasePolicy, WithholdClientStatistics, release_inventory
 from fedwarden.pipeline.robust import (
     AnomalyRule,
     Bulyan,
@@ -76,12 +77,14 @@ from fedwarden.server.clustered import ClusteredTraining
 from fedwarden.server.fedbuff import FedBuffServer
 from fedwarden.server.integrity import (
     BudgetChange,
+    recorded_config_hashes,
+    recorded_epsilons,
     require_ledger,
     require_recorded_config,
     require_spend_kept,
 )
 from fedwarden.server.records import RunResult
-from fedwarden.server.rundir import Checkpoint, RunDirectory
+from fedwarden.server.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -291,8 +294,10 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 reproducible=section.reproducible_noise,
             )
         )
+    policy = ReleasePolicy.of(config)
+    withhold: list[Stage] = [WithholdClientStatistics(policy)] if policy.protected else []
     if config.secure.kind != "none":
-        return stages
+        return stages + withhold
     stages += build_compression(config, spec.size)
     stages.append(ValidateUpdate(spec.size, config.pipeline.max_update_norm))
     if section.mechanism == "user_level":
@@ -303,7 +308,7 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 per_layer=spec if section.per_layer_clipping else None,
             )
         )
-    return stages
+    return stages + withhold
 
 
 def build_aggregator(config: RunConfig) -> Aggregator:
@@ -902,13 +907,14 @@ def _run(
     old_epsilon = config.privacy.epsilon
     if run_dir is not None and checkpoint is not None:
         require_ledger(run_dir, config, checkpoint)
-        require_recorded_config(run_dir, _recorded_config_hashes(store, run_dir))
+        require_recorded_config(run_dir, recorded_config_hashes(store, run_dir))
     if budget_change is not None:
         config = budget_change.apply(config)
         changed_config_json = config.model_dump_json(indent=1)
     prepared = prepare(config)
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
+    policy = ReleasePolicy.of(config)
     privacy = build_privacy(
         config,
         dataset,
@@ -918,7 +924,7 @@ def _run(
     )
     if run_dir is not None and checkpoint is not None and privacy is not None:
         require_spend_kept(
-            run_dir, privacy.epsilon(), _recorded_epsilons(store, run_dir, checkpoint)
+            run_dir, privacy.epsilon(), recorded_epsilons(store, run_dir, checkpoint)
         )
     pipeline = build_pipeline(config, trainer, dataset, privacy)
     audit = None
@@ -929,9 +935,7 @@ def _run(
             )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
     if budget_change is not None and run_dir is not None and old_epsilon is not None:
-        _record_budget_change(
-            run_dir, store, audit, old_epsilon, budget_change, changed_config_json
-        )
+        budget_change.record(run_dir, store, audit, old_epsilon, changed_config_json)
     monitoring = build_monitoring(
         config,
         audit,
@@ -982,6 +986,9 @@ def _run(
                 "privacy": privacy,
                 "audit": audit,
                 "monitors": [monitoring, *_round_rows(store, run_dir)],
+                "client_evaluation_off": None
+                if policy.federated_evaluation
+                else policy.why_no_federated_evaluation("the end-of-run client evaluation"),
             }
             asynchronous = config.asynchronous
             server = (
@@ -1059,6 +1066,12 @@ def _run(
             extras["clustering"] = clustered.to_json()
         if config.privacy.mechanism == "local":
             extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
+        if policy.protected:
+            extras.setdefault("privacy", {})["releases"] = release_inventory(
+                config,
+                None if privacy is None else privacy.ledger,
+                config.rollout.pilot_clients,
+            )
         if dataset.num_classes is not None:
             heterogeneity = label_heterogeneity(dataset)
             extras["label_chi2"] = heterogeneity.chi2
@@ -1076,65 +1089,6 @@ def _run(
     except BaseException:
         monitoring.run_failed()
         raise
-
-
-def _recorded_config_hashes(store: RunStore | None, run_dir: RunDirectory) -> dict[str, str | None]:
-    """The config hash the store and the signed audit log hold for the run in ``run_dir``."""
-    from fedwarden.governance.audit import recorded_run
-
-    if store is None:
-        return {}
-    run_id = run_dir.path.name
-    row = store.run(run_id)
-    return {
-        "the store": None if row is None else row.config_hash,
-        "the signed audit log": recorded_run(store, run_id).config_hash,
-    }
-
-
-def _recorded_epsilons(
-    store: RunStore | None, run_dir: RunDirectory, checkpoint: Checkpoint
-) -> dict[str, float | None]:
-    """The largest epsilon spent that the checkpoint, the store and the audit log record."""
-    from fedwarden.governance.audit import recorded_run
-
-    recorded: dict[str, float | None] = {
-        "the checkpoint": max(
-            (record.epsilon for record in checkpoint.history if record.epsilon is not None),
-            default=None,
-        )
-    }
-    if store is not None:
-        run_id = run_dir.path.name
-        rows = [row.get("epsilon") for row in store.round_records(run_id)]
-        recorded["the store's round rows"] = max(
-            (float(epsilon) for epsilon in rows if epsilon is not None), default=None
-        )
-        recorded["the signed audit log"] = recorded_run(store, run_id).epsilon_spent
-    return recorded
-
-
-def _record_budget_change(
-    run_dir: RunDirectory,
-    store: RunStore | None,
-    audit: ServerAuditTrail | None,
-    old_epsilon: float,
-    change: BudgetChange,
-    config_json: str,
-) -> None:
-    """Record an explicit budget change in the audit log, the store and ``config.json``."""
-    if audit is not None:
-        audit.budget_changed(old_epsilon, change.epsilon, change.by, config_json)
-    if store is not None:
-        store.change_run_config(run_dir.path.name, config_json)
-    run_dir.write_config(config_json)
-    logger.warning(
-        "%s changed the privacy budget of %s from epsilon=%s to epsilon=%s",
-        change.by,
-        run_dir.path.name,
-        old_epsilon,
-        change.epsilon,
-    )
 
 
 def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
@@ -1168,6 +1122,10 @@ def _pilot_clients(config: RunConfig, dataset: FederatedDataset) -> list[str]:
     from fedwarden.server.rollout import draw_pilot
 
     count = config.rollout.pilot_clients
+    policy = ReleasePolicy.of(config)
+    if count and not policy.federated_evaluation:
+        logger.warning(policy.why_no_federated_evaluation("the pilot evaluation"))
+        return []
     return draw_pilot(dataset.client_ids, count, config.seed) if count else []
 
 

@@ -193,7 +193,11 @@ class RoundTraffic:
 
 
 class Server:
-    """Runs rounds of federated training over a runtime."""
+    """Runs rounds of federated training over a runtime.
+
+    ``client_evaluation_off`` says why the end-of-run evaluation on every client is
+    skipped (a protected run: :mod:`fedwarden.pipeline.releases`); None runs it.
+    """
 
     def __init__(
         self,
@@ -217,6 +221,7 @@ class Server:
         reputation: Reputation | None = None,
         audit: RoundAudit | None = None,
         monitors: Sequence[RoundMonitor] = (),
+        client_evaluation_off: str | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -236,6 +241,7 @@ class Server:
         self.reputation = reputation
         self.audit = audit
         self.monitors = list(monitors)
+        self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.rng = np.random.default_rng(seed)
@@ -279,7 +285,11 @@ class Server:
                 logger.warning("training stops: %s", refusal)
                 last = self.rounds
                 break
-        client_metrics = self.evaluate_clients(finetune) if last == self.rounds else {}
+        client_metrics = {}
+        if last == self.rounds and self.client_evaluation_off is not None:
+            logger.warning(self.client_evaluation_off)
+        elif last == self.rounds:
+            client_metrics = self.evaluate_clients(finetune)
         if self.run_dir is not None and last == self.rounds:
             self.run_dir.save_model(self.trainer.spec, self.vector)
             self.run_dir.save_plots(self.history)
