@@ -244,7 +244,8 @@ def test_quickstart_epsilon_is_dp_accountings_for_the_steps_each_hospital_ran() 
     result = run(config, write_run_dir=False)
     summary = result.to_json()
     assert summary["privacy_unit"] == "example" and summary["retired_silos"] == []
-    assert summary["pipeline"] == ["secure_sum"]  # the server saw only sums
+    # the server saw only sums, and no client statistic beside them
+    assert summary["pipeline"] == ["withhold_client_statistics", "secure_sum"]
     assert summary["secure_aggregation"]["threshold"] == 2
     assert result.rounds == config.rounds and config.sampling.cohort_size == 3
     # Every hospital is in every round's cohort of three, so each ran every round's steps.
@@ -342,7 +343,10 @@ def test_secure_aggregation_trains_the_same_model_as_plain_aggregation(kind: str
     values = _digits_run(seed=5, rounds=4, clients=8, cohort=6)
     plain = run(RunConfig.from_mapping(values), write_run_dir=False)
     secure = run(RunConfig.from_mapping({**values, "secure": {"kind": kind}}), write_run_dir=False)
-    assert secure.extras["pipeline"] == ["secure_sum" if kind == "secagg" else "he_mean"]
+    assert secure.extras["pipeline"] == [
+        "withhold_client_statistics",
+        "secure_sum" if kind == "secagg" else "he_mean",
+    ]
     # Quantization (SecAgg+) and CKKS errors are ~1e-7 per coordinate: the same model.
     for plain_round, secure_round in zip(plain.history, secure.history, strict=True):
         assert secure_round.loss == pytest.approx(plain_round.loss, rel=1e-3)
@@ -367,7 +371,8 @@ def test_distributed_dp_under_secure_aggregation_spends_the_accountants_epsilon(
     }
     summary = run(RunConfig.from_mapping(values), write_run_dir=False).to_json()
     secure = summary["secure_aggregation"]
-    assert summary["pipeline"] == ["secure_sum"] and secure["distributed_dp"]
+    assert summary["pipeline"] == ["withhold_client_statistics", "secure_sum"]
+    assert secure["distributed_dp"]
     assert summary["accountant"] == "rdp" and summary["neighboring"] == "replace_one"
     mechanism = DistributedDiscreteGaussian.calibrated(
         0.5,

@@ -182,15 +182,31 @@ def test_reopening_with_another_privacy_unit_or_relation_is_refused(tmp_path: Pa
         run_ledger(path=path, neighboring="replace_one")
 
 
-def test_a_changed_budget_is_allowed_and_kept_in_the_files_history(tmp_path: Path) -> None:
+def test_a_budget_raised_in_the_config_alone_is_refused_not_adopted(tmp_path: Path) -> None:
     path = tmp_path / "privacy_ledger.json"
     first = run_ledger(budget=2.0, path=path)
     first.charge(0, "model_update", UPDATE)
-    raised = run_ledger(budget=4.0, path=path)
+    kept = path.read_text()
+    with pytest.raises(ConfigError, match=r"kept under the budget epsilon=2.0.*explicitly"):
+        run_ledger(budget=4.0, path=path)
+    assert path.read_text() == kept
+
+
+def test_an_explicit_budget_change_is_kept_with_its_author_in_the_files_history(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "privacy_ledger.json"
+    first = run_ledger(budget=2.0, path=path)
+    first.charge(0, "model_update", UPDATE)
+    raised = run_ledger(budget=4.0, path=path, budget_changed_by="dana")
     assert raised.budget == PrivacyBudget(4.0, DELTA)
     assert raised.spent() == first.spent()
     history = json.loads(path.read_text())["budget_history"]
-    assert [(item["epsilon"], item["from_entry"]) for item in history] == [(2.0, 0), (4.0, 1)]
+    assert [(item["epsilon"], item["from_entry"], item["changed_by"]) for item in history] == [
+        (2.0, 0, None),
+        (4.0, 1, "dana"),
+    ]
+    assert raised.report()["budget_history"] == history
 
 
 def test_a_damaged_ledger_file_is_refused_not_reset(tmp_path: Path) -> None:
@@ -298,6 +314,16 @@ def test_report_is_json_ready_and_states_unit_relation_and_what_is_left() -> Non
         "max_client_epsilon": None,
         "client_epsilons": {},
         "entries": 1,
+        "budget_history": [
+            {
+                "epsilon": 8.0,
+                "delta": DELTA,
+                "client_budget": None,
+                "changed_by": None,
+                "from_entry": 0,
+                "recorded_at": report["budget_history"][0]["recorded_at"],
+            }
+        ],
     }
 
 

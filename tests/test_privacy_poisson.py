@@ -70,7 +70,7 @@ def ledger_steps(num_examples: int, batch_size: int, local_epochs: int) -> int:
         noise_multiplier=1.0,
         max_grad_norm=1.0,
     )
-    privacy.after_round(0, ["silo"])
+    privacy.after_round(0, ["silo"], applied=True)
     (entry,) = ledger.entries
     return composed_steps(entry.event, min(1.0, batch_size / num_examples))
 

@@ -8,20 +8,23 @@ import numpy as np
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import rdp_privacy_accountant
+from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
 from fakes import RecordingRuntime, ScriptedTrainer
 from fedwarden.core.messages import TrainConfig
 from fedwarden.data import FederatedDataset
-from fedwarden.pipeline import Pipeline, ValidateUpdate
+from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
 from fedwarden.pipeline.dp_mean import GaussianMean
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.silo import SiloPrivacy
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime import Workload
 from fedwarden.server import Server
-from fedwarden.strategies import FedAvg, PoissonSampler
+from fedwarden.strategies import FedAvg, PoissonSampler, UniformSampler
 
 RATE, Z, DELTA = 0.5, 1.0, 1e-5
 
@@ -130,3 +133,87 @@ def test_every_accepted_contribution_is_clipped_to_the_rounds_norm(
     for instruction in runtime.delivered:
         update = runtime.engine.fit(vector, instruction)
         assert np.linalg.norm(update.update.astype(np.float64)) <= privacy.clip_norm.value
+
+
+def _silo_server(
+    dataset: FederatedDataset, trainer: ScriptedTrainer, min_cohort: int
+) -> tuple[Server, SiloPrivacy]:
+    """Every client a silo of 64 examples running DP-SGD with batches of 16 (one epoch)."""
+    privacy = SiloPrivacy(
+        PrivacyLedger(PrivacyBudget(100.0, DELTA), privacy_unit="example", client_budget=100.0),
+        silo_sizes=dict.fromkeys(dataset.client_ids, 64),
+        batch_size=16,
+        local_epochs=1,
+        noise_multiplier=Z,
+        max_grad_norm=1.0,
+    )
+    runtime = RecordingRuntime()
+    pipeline = Pipeline([ValidateUpdate(trainer.spec.size)], StreamingWeightedMean())
+    server = Server(
+        trainer=trainer,
+        strategy=FedAvg(TrainConfig(1, 16, 0.1)),
+        sampler=UniformSampler(len(dataset.clients)),
+        pipeline=pipeline,
+        runtime=runtime,
+        client_ids=dataset.client_ids,
+        rounds=1,
+        seed=0,
+        min_cohort=min_cohort,
+        privacy=privacy,
+    )
+    runtime.start(Workload(dataset, trainer, pipeline.stages, 0))
+    return server, privacy
+
+
+def _one_round_of_dp_sgd() -> float:
+    """dp-accounting's epsilon for 4 steps of the Poisson-sampled Gaussian at q = 16 / 64."""
+    accountant = RdpAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
+    accountant.compose(
+        dp_event.SelfComposedDpEvent(
+            dp_event.PoissonSampledDpEvent(0.25, dp_event.GaussianDpEvent(Z)), 4
+        )
+    )
+    return float(accountant.get_epsilon(DELTA))
+
+
+def test_a_silos_rejected_dp_sgd_update_is_still_charged_to_it(
+    digits_clients: FederatedDataset,
+) -> None:
+    rejected = digits_clients.client_ids[1]
+    server, privacy = _silo_server(digits_clients, ScriptedTrainer(nan=frozenset({rejected})), 1)
+
+    record = server.run_round(0)
+
+    assert record.applied and record.rejection_reasons == {"non_finite": 1}
+    for silo in digits_clients.client_ids:
+        spend = privacy.ledger.client_spent(silo)
+        assert spend.epsilon_rdp == pytest.approx(_one_round_of_dp_sgd(), rel=1e-6), silo
+
+
+def test_silo_updates_of_a_round_below_min_cohort_are_still_charged(
+    digits_clients: FederatedDataset,
+) -> None:
+    server, privacy = _silo_server(
+        digits_clients, ScriptedTrainer(), len(digits_clients.clients) + 1
+    )
+
+    record = server.run_round(0)
+
+    assert not record.applied
+    assert record.epsilon == pytest.approx(privacy.ledger.client_spent("client_0").epsilon)
+    for silo in digits_clients.client_ids:
+        spend = privacy.ledger.client_spent(silo)
+        assert spend.epsilon_rdp == pytest.approx(_one_round_of_dp_sgd(), rel=1e-6), silo
+
+
+def test_a_user_level_round_that_released_no_aggregate_is_not_charged(
+    digits_clients: FederatedDataset,
+) -> None:
+    privacy = _privacy(digits_clients, 100.0, None)
+    server = _server(digits_clients, privacy, RecordingRuntime())
+    server.min_cohort = len(digits_clients.clients) + 1
+
+    record = server.run_round(0)
+
+    assert not record.applied and record.participants > 0
+    assert privacy.ledger.entries == ()

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedwarden.core.config import RunConfig, load_config
 from fedwarden.core.errors import FedwardenError
+from fedwarden.server.integrity import BudgetChange
 from fedwarden.server.launch import resumed
 from fedwarden.server.launch import run as run_config
 from fedwarden.server.records import RoundRecord, RunResult
@@ -266,10 +267,26 @@ def run_command(
     runs_dir: Annotated[
         Path | None, typer.Option(help="Where run directories are created.")
     ] = None,
+    budget_epsilon: Annotated[
+        float | None,
+        typer.Option(help="With --resume: change the run's privacy budget to this epsilon."),
+    ] = None,
+    budget_changed_by: Annotated[
+        str | None,
+        typer.Option(help="Who changes the budget (recorded in the ledger and audit log)."),
+    ] = None,
 ) -> None:
     """Train a federated model as described by CONFIG."""
     console = _logging_console(stderr=as_json)
     try:
+        budget_change = None
+        if budget_epsilon is not None or budget_changed_by is not None:
+            if budget_epsilon is None or budget_changed_by is None or resume is None:
+                raise FedwardenError(
+                    "a budget change needs --resume RUN_DIR, --budget-epsilon E and "
+                    "--budget-changed-by NAME together"
+                )
+            budget_change = BudgetChange(budget_epsilon, budget_changed_by)
         if resume is not None:
             if config is not None:
                 raise FedwardenError("give either CONFIG or --resume RUN_DIR, not both")
@@ -277,7 +294,9 @@ def run_command(
         else:
             settings, start = _config_for(config, rounds, runtime, workers, runs_dir), 0
         with ConsoleObserver(console, settings.rounds, start) as observer:
-            result = run_config(settings, resume=resume, observer=observer)
+            result = run_config(
+                settings, resume=resume, observer=observer, budget_change=budget_change
+            )
     except FedwardenError as error:
         raise _error_exit(error) from None
     for line in _summary_lines(result):

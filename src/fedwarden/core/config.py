@@ -292,6 +292,12 @@ class PrivacyConfig(Section):
     count_noise_multiplier: Annotated[float, Field(gt=0)] = 10.0
     reproducible_noise: bool = False
     """Test mode only: noise from a seeded stream, logged loudly. Never for a real release."""
+    public_example_counts: bool = False
+    """Declare each client's example count public: sent in clear and stored beside its update.
+
+    Under differential privacy or secure aggregation counts are otherwise withheld (inside the
+    secure sum, or every client weighs the same); DP-SGD's per-silo accounting always uses them.
+    """
 
     @model_validator(mode="after")
     def _consistent(self) -> PrivacyConfig:

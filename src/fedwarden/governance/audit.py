@@ -336,13 +336,18 @@ class ModelRolledBack(AuditEvent):
 
 @dataclass(frozen=True)
 class BudgetChanged(AuditEvent):
-    """``by`` changed the run's privacy budget from ``old_epsilon`` to ``new_epsilon``."""
+    """``by`` changed the run's privacy budget from ``old_epsilon`` to ``new_epsilon``.
+
+    ``config_hash`` is the SHA-256 of the run's config after the change (None in entries
+    written before it was recorded): a resumed run's config must match it.
+    """
 
     kind: ClassVar[str] = "budget_changed"
     run_id: str
     old_epsilon: float
     new_epsilon: float
     by: str
+    config_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -883,6 +888,29 @@ def pseudonym(salt: bytes, client_id: str) -> str:
     return PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
 
 
+@dataclass(frozen=True)
+class RecordedRun:
+    """What the audit log holds about one run that a resume must agree with."""
+
+    config_hash: str | None
+    """The SHA-256 of the config the run was created with, or changed to by a budget change."""
+    epsilon_spent: float | None
+    """The largest cumulative epsilon any of its completed rounds recorded."""
+
+
+def recorded_run(store: RunStore, run_id: str) -> RecordedRun:
+    """The config hash and the largest epsilon spent that the audit log records for ``run_id``."""
+    config_hash: str | None = None
+    epsilon: float | None = None
+    for entry in read_entries(store):
+        event = entry.event()
+        if isinstance(event, RunCreated | BudgetChanged) and event.run_id == run_id:
+            config_hash = event.config_hash or config_hash
+        elif isinstance(event, RoundCompleted) and event.run_id == run_id:
+            epsilon = _largest(epsilon, event.epsilon_spent)
+    return RecordedRun(config_hash, epsilon)
+
+
 def audit_report(
     store: RunStore, public_key: Ed25519PublicKey, *, admin: bool = False
 ) -> dict[str, Any]:
@@ -1269,6 +1297,13 @@ class ServerAuditTrail:
         """Record a new run with the SHA-256 of its configuration."""
         config_hash = hashlib.sha256(config_json.encode()).hexdigest()
         self.log.append(RunCreated(self.run_id, config_hash, package_version))
+
+    def budget_changed(
+        self, old_epsilon: float, new_epsilon: float, by: str, config_json: str
+    ) -> None:
+        """Record that ``by`` changed the budget, with the SHA-256 of the changed config."""
+        config_hash = hashlib.sha256(config_json.encode()).hexdigest()
+        self.log.append(BudgetChanged(self.run_id, old_epsilon, new_epsilon, by, config_hash))
 
     def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
         if self.cohort_openings is None:

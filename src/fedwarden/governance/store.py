@@ -499,6 +499,18 @@ class RunStore:
             ).one_or_none()
         return None if row is None else _as(RunRow, row)
 
+    def change_run_config(self, run_id: str, config_json: str) -> None:
+        """Replace the config of run ``run_id`` and its hash: an explicit, audited budget change."""
+        config_hash = hashlib.sha256(config_json.encode()).hexdigest()
+        with self._write() as connection:
+            self._require_run(connection, run_id)
+            connection.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(config_json=config_json, config_hash=config_hash)
+            )
+        logger.info("run %s now has the config %s", run_id, config_hash)
+
     def find_unfinished_run(self, name: str) -> RunRow | None:
         """The latest run called ``name`` that is still ``running``, or None."""
         with self._read() as connection:

@@ -54,6 +54,7 @@ from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.pipeline.releases import withheld
 from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
@@ -209,7 +210,12 @@ class SecureSumClient:
         return client_step_bytes(answer_step(self._round, message))
 
     def protect(self, update: ClientUpdate) -> ClientUpdate:
-        """``update`` encoded and masked: its payload is the masked ring vector."""
+        """``update`` encoded and masked: its payload is the masked ring vector.
+
+        Nothing computed from the client's data travels beside it in clear: its
+        example count is inside the masked vector (as its weight) and only public
+        metrics are kept (:func:`~fedwarden.pipeline.releases.withheld`).
+        """
         if self._round is None or self._encoding is None:
             raise SecAggError(
                 "not_started",
@@ -217,12 +223,13 @@ class SecureSumClient:
                 "cannot mask an update",
             )
         masked = self._round.mask_input(self._encoding.encode(update, self.noise))
+        clear = withheld(update, keep_example_count=False)
         return ClientUpdate(
             update.round_index,
             update.client_id,
             np.empty(0, dtype=VECTOR_DTYPE),
-            update.num_examples,
-            update.metrics,
+            clear.num_examples,
+            clear.metrics,
             update.train_seconds,
             payload=masked.masked.tobytes(),
             payload_header={"secagg_round_seed": masked.round_seed.hex()},

@@ -14,8 +14,10 @@ The ledger is a JSON file rewritten atomically on every charge (temporary file,
 fsync, ``os.replace``, fsync of the directory), so a crash leaves either the
 old or the new ledger, never a partial one, and a restarted run (``--resume``)
 continues from what was spent instead of from zero. The file fixes the privacy
-unit and the neighbouring relation; the budget may change between runs, and
-every change is kept in the file's ``budget_history``.
+unit and the neighbouring relation. The budget changes only when the caller
+says who changes it (``budget_changed_by``); a ledger opened with another
+budget and no name is refused, and every change is kept, with its author, in
+the file's ``budget_history``.
 
 Two kinds of entries share the file: run-level entries (``client_id`` None),
 whose composition is the run's guarantee, and per-client entries, a silo's
@@ -126,6 +128,7 @@ class PrivacyLedger:
         neighboring: Neighboring = "add_remove",
         path: Path | None = None,
         client_budget: float | None = None,
+        budget_changed_by: str | None = None,
     ) -> None:
         if privacy_unit not in get_args(PrivacyUnit):
             raise ConfigError(
@@ -155,7 +158,7 @@ class PrivacyLedger:
         self._client_spent: dict[str, PrivacySpend] = {}
         if self._path is not None and self._path.exists():
             self._load(self._path)
-        self._record_budget()
+        self._record_budget(budget_changed_by)
 
     @property
     def budget(self) -> PrivacyBudget:
@@ -244,6 +247,19 @@ class PrivacyLedger:
         self._persist()
         return spend
 
+    def spent_on(self, kind: str) -> float:
+        """The epsilon of the releases of one ``kind`` alone (the largest client's, per client).
+
+        What the privacy report's ``releases`` says each kind cost; 0.0 when none was charged.
+        """
+        run_events = [e.event for e in self._entries if e.kind == kind and e.client_id is None]
+        client_events: dict[str, list[dp_event.DpEvent]] = {}
+        for entry in self._entries:
+            if entry.kind == kind and entry.client_id is not None:
+                client_events.setdefault(entry.client_id, []).append(entry.event)
+        groups = [run_events, *client_events.values()]
+        return max((self._compute(events).epsilon for events in groups if events), default=0.0)
+
     def client_spent(self, client_id: str) -> PrivacySpend:
         """The guarantee of every release charged to ``client_id``'s own data (zero if none)."""
         spend = self._client_spent.get(client_id)
@@ -281,6 +297,7 @@ class PrivacyLedger:
             "max_client_epsilon": max(client_epsilons.values(), default=None),
             "client_epsilons": client_epsilons,
             "entries": len(self._entries),
+            "budget_history": list(self.budget_history),
         }
 
     def _compute(self, events: Sequence[dp_event.DpEvent]) -> PrivacySpend:
@@ -293,8 +310,17 @@ class PrivacyLedger:
             )
         self._entries.append(entry)
 
-    def _record_budget(self) -> None:
-        """Start the budget history, or extend it when this run's budget differs from the file's."""
+    @property
+    def budget_history(self) -> tuple[dict[str, Any], ...]:
+        """Every budget the ledger was kept under, from which entry, and who set it."""
+        return tuple(dict(item) for item in self._history)
+
+    def _record_budget(self, changed_by: str | None) -> None:
+        """Start the budget history, or extend it with a change that ``changed_by`` asked for.
+
+        A budget that differs from the file's without a name is refused: raising the budget
+        in a config file must not silently extend what the run may spend.
+        """
         current = {
             "epsilon": self._budget.epsilon,
             "delta": self._budget.delta,
@@ -304,10 +330,19 @@ class PrivacyLedger:
         if last is not None and all(last[key] == value for key, value in current.items()):
             return
         if last is not None:
+            if not changed_by:
+                raise ConfigError(
+                    f"privacy ledger {self._path} was kept under the budget epsilon="
+                    f"{last['epsilon']}, delta={last['delta']}, client_budget="
+                    f"{last['client_budget']}, but this run declares epsilon={current['epsilon']},"
+                    f" delta={current['delta']}, client_budget={current['client_budget']}; a "
+                    "budget changes only explicitly (`fedwarden run --resume RUN_DIR "
+                    "--budget-epsilon E --budget-changed-by NAME`), never by editing the config"
+                )
             logger.warning(
-                "privacy budget of %s changed from epsilon=%s, delta=%s, client_budget=%s to "
-                "epsilon=%s, delta=%s, client_budget=%s after %d releases; recorded in the "
-                "ledger's budget_history",
+                "%s changed the privacy budget of %s from epsilon=%s, delta=%s, "
+                "client_budget=%s to epsilon=%s, delta=%s, client_budget=%s after %d releases",
+                changed_by,
                 self._path,
                 last["epsilon"],
                 last["delta"],
@@ -318,6 +353,7 @@ class PrivacyLedger:
         self._history.append(
             {
                 **current,
+                "changed_by": changed_by,
                 "from_entry": len(self._entries),
                 "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(),
             }

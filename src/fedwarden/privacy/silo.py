@@ -6,9 +6,9 @@ round, ``PoissonSampling(n_k, batch).steps(local_epochs)`` steps of the
 Poisson sampled Gaussian mechanism with rate ``q_k = batch / n_k`` and noise
 multiplier ``z``: the one step count that
 :class:`~fedwarden.models.dp_sgd.DpSgdTrainer` takes and the calibration
-plans for. The server charges each participating silo's ledger after the
-round, and a silo whose next round would exceed its budget is no longer
-sampled; the report names those silos. The run's epsilon is the largest silo's.
+plans for. The server charges every silo whose update reached it, accepted or
+not, after the round, and a silo whose next round would exceed its budget is
+no longer sampled; the report names those silos. The run's epsilon is the largest silo's.
 """
 
 from __future__ import annotations
@@ -96,10 +96,16 @@ class ClientBudgets:
                 self.ledger.budget,
             )
 
-    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
-        """Charge one round's release to each client that took part."""
-        for silo in participants:
-            self.ledger.charge_client(silo, round_index, self.events[silo])
+    def after_round(self, round_index: int, released: Sequence[str], applied: bool) -> None:
+        """Charge one round of DP-SGD to each silo whose update reached the server.
+
+        The update is the silo's release whatever the server then does with it:
+        refused by a check, or left out of a round below ``min_cohort`` (``applied``
+        False), it was still seen, so it is charged (issue 15, finding 6).
+        """
+        for silo in dict.fromkeys(released):
+            if silo in self.events:
+                self.ledger.charge_client(silo, round_index, self.events[silo])
 
     def _largest_spender(self) -> str:
         return max(self.events, key=lambda silo: self.ledger.client_spent(silo).epsilon)

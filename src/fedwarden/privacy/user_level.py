@@ -107,8 +107,15 @@ class UserLevelPrivacy:
         """Refuse (``BudgetExceeded``) a round that would overspend, before anyone is sampled."""
         self.ledger.check([event for _, event in self.round_releases()], f"round {round_index + 1}")
 
-    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
-        """Charge the round's releases (called once the aggregate is released)."""
+    def after_round(self, round_index: int, released: Sequence[str], applied: bool) -> None:
+        """Charge the round's releases when its aggregate was released (``applied``).
+
+        Under user-level DP what leaves the trusted aggregation is the noisy
+        aggregate; a round aborted before it (too few updates, unmasking failed)
+        released nothing and is not charged.
+        """
+        if not applied:
+            return
         for kind, event in self.round_releases():
             note = f"z={self.noise_multiplier:g}, C={self.clip_norm.value:.6g}"
             self.ledger.charge(round_index, kind, event, note)

@@ -42,6 +42,7 @@ from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
 from fedwarden.pipeline.compress import Codec, CompressUpdate
 from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
+from fedwarden.pipeline.releases import ReleasePolicy, WithholdClientStatistics, release_inventory
 from fedwarden.pipeline.robust import (
     AnomalyRule,
     Bulyan,
@@ -85,6 +86,14 @@ from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server.clustered import ClusteredTraining
 from fedwarden.server.fedbuff import FedBuffServer
+from fedwarden.server.integrity import (
+    BudgetChange,
+    recorded_config_hashes,
+    recorded_epsilons,
+    require_ledger,
+    require_recorded_config,
+    require_spend_kept,
+)
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 
@@ -297,8 +306,10 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 reproducible=section.reproducible_noise,
             )
         )
+    policy = ReleasePolicy.of(config)
+    withhold: list[Stage] = [WithholdClientStatistics(policy)] if policy.protected else []
     if config.secure.kind != "none":
-        return stages
+        return stages + withhold
     stages += build_compression(config, spec.size)
     stages.append(ValidateUpdate(spec.size, config.pipeline.max_update_norm))
     if section.mechanism == "user_level":
@@ -309,7 +320,7 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 per_layer=spec if section.per_layer_clipping else None,
             )
         )
-    return stages
+    return stages + withhold
 
 
 def build_aggregator(config: RunConfig) -> Aggregator:
@@ -500,11 +511,18 @@ def build_distributed_dp(
 
 
 def build_privacy(
-    config: RunConfig, dataset: FederatedDataset, model_size: int, run_dir: RunDirectory | None
+    config: RunConfig,
+    dataset: FederatedDataset,
+    model_size: int,
+    run_dir: RunDirectory | None,
+    budget_changed_by: str | None = None,
 ) -> UserLevelPrivacy | ClientBudgets | None:
-    """The run's privacy accounting, with its ledger in the run directory (None without it)."""
+    """The run's privacy accounting, with its ledger in the run directory (None without it).
+
+    ``budget_changed_by`` names who changes the budget the ledger was kept under, if anyone.
+    """
     section = config.privacy
-    ledger_path = None if run_dir is None else run_dir.path / "privacy_ledger.json"
+    ledger_path = None if run_dir is None else run_dir.ledger_path
     if section.mechanism == "dp_sgd":
         assert section.epsilon is not None and section.noise_multiplier is not None
         return SiloPrivacy(
@@ -514,6 +532,7 @@ def build_privacy(
                 neighboring="add_remove",
                 path=ledger_path,
                 client_budget=section.epsilon,
+                budget_changed_by=budget_changed_by,
             ),
             silo_sizes={cid: client.num_train for cid, client in dataset.clients.items()},
             batch_size=config.train.batch_size,
@@ -577,6 +596,7 @@ def build_privacy(
         privacy_unit="client",
         neighboring=neighboring,
         path=ledger_path,
+        budget_changed_by=budget_changed_by,
     )
     return UserLevelPrivacy(
         ledger,
@@ -856,13 +876,21 @@ def run(
     stop_after: int | None = None,
     deployment: Deployment | None = None,
     store: RunStore | None = None,
+    budget_change: BudgetChange | None = None,
 ) -> RunResult:
     """Run ``config`` to the end and return its result.
 
     With ``resume``, continue the run in that directory instead: ``config``
-    must be the one stored there (see :func:`resumed`). ``deployment`` and
+    must be the one stored there (see :func:`resumed`), and the run's ledger
+    must agree with every record of it (:mod:`fedwarden.server.integrity`);
+    ``budget_change`` changes its privacy budget explicitly. ``deployment`` and
     ``store`` are the grpc runtime's (see :func:`serve`).
     """
+    if budget_change is not None and resume is None:
+        raise ConfigError(
+            "a privacy budget is changed only when resuming a run (--resume RUN_DIR); a new "
+            "run takes its budget from privacy.epsilon"
+        )
     if resume is not None:
         run_dir: RunDirectory | None = RunDirectory(resume)
     elif write_run_dir:
@@ -877,8 +905,10 @@ def run(
             )
         # The runs directory's store: its registry and audit log span successive runs.
         with open_store(config, deployment) as runs_store:
-            return _run(config, run_dir, observer, stop_after, deployment, runs_store)
-    return _run(config, run_dir, observer, stop_after, deployment, store)
+            return _run(
+                config, run_dir, observer, stop_after, deployment, runs_store, budget_change
+            )
+    return _run(config, run_dir, observer, stop_after, deployment, store, budget_change)
 
 
 def _run(
@@ -888,15 +918,35 @@ def _run(
     stop_after: int | None,
     deployment: Deployment | None,
     store: RunStore | None,
+    budget_change: BudgetChange | None = None,
 ) -> RunResult:
-    resume = None if run_dir is None or run_dir.load_checkpoint() is None else run_dir.path
+    checkpoint = None if run_dir is None else run_dir.load_checkpoint()
+    resume = None if run_dir is None or checkpoint is None else run_dir.path
     clustering = config.clustering
     if clustering.enabled and resume is not None:
         raise ConfigError("a clustered run cannot be resumed yet; start it again")
+    old_epsilon = config.privacy.epsilon
+    if run_dir is not None and checkpoint is not None:
+        require_ledger(run_dir, config, checkpoint)
+        require_recorded_config(run_dir, recorded_config_hashes(store, run_dir))
+    if budget_change is not None:
+        config = budget_change.apply(config)
+        changed_config_json = config.model_dump_json(indent=1)
     prepared = prepare(config)
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
-    privacy = build_privacy(config, dataset, trainer.spec.size, run_dir)
+    policy = ReleasePolicy.of(config)
+    privacy = build_privacy(
+        config,
+        dataset,
+        trainer.spec.size,
+        run_dir,
+        None if budget_change is None else budget_change.by,
+    )
+    if run_dir is not None and checkpoint is not None and privacy is not None:
+        require_spend_kept(
+            run_dir, privacy.epsilon(), recorded_epsilons(store, run_dir, checkpoint)
+        )
     noise = server_noise(config)
     pipeline = build_pipeline(config, trainer, dataset, privacy, noise)
     audit = None
@@ -909,6 +959,8 @@ def _run(
                 allow_test_mode_noise=config.privacy.reproducible_noise,
             )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
+    if budget_change is not None and run_dir is not None and old_epsilon is not None:
+        budget_change.record(run_dir, store, audit, old_epsilon, changed_config_json)
     monitoring = build_monitoring(
         config,
         audit,
@@ -962,6 +1014,9 @@ def _run(
                 "privacy": privacy,
                 "audit": audit,
                 "monitors": [monitoring, *_round_rows(store, run_dir)],
+                "client_evaluation_off": None
+                if policy.federated_evaluation
+                else policy.why_no_federated_evaluation("the end-of-run client evaluation"),
             }
             asynchronous = config.asynchronous
             server = (
@@ -1039,6 +1094,12 @@ def _run(
             extras["clustering"] = clustered.to_json()
         if config.privacy.mechanism != "none":
             extras["privacy"] = {**extras.get("privacy", {}), **sampling_secrecy(config)}
+        if policy.protected:
+            extras.setdefault("privacy", {})["releases"] = release_inventory(
+                config,
+                None if privacy is None else privacy.ledger,
+                config.rollout.pilot_clients,
+            )
         if dataset.num_classes is not None:
             heterogeneity = label_heterogeneity(dataset)
             extras["label_chi2"] = heterogeneity.chi2
@@ -1089,6 +1150,10 @@ def _pilot_clients(config: RunConfig, dataset: FederatedDataset) -> list[str]:
     from fedwarden.server.rollout import draw_pilot
 
     count = config.rollout.pilot_clients
+    policy = ReleasePolicy.of(config)
+    if count and not policy.federated_evaluation:
+        logger.warning(policy.why_no_federated_evaluation("the pilot evaluation"))
+        return []
     return draw_pilot(dataset.client_ids, count, config.seed) if count else []
 
 

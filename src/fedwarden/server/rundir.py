@@ -70,6 +70,11 @@ class RunDirectory:
         """Where clients' persistent state is kept."""
         return self.path / "client_state"
 
+    @property
+    def ledger_path(self) -> Path:
+        """The run's privacy ledger (see :class:`~fedwarden.privacy.ledger.PrivacyLedger`)."""
+        return self.path / "privacy_ledger.json"
+
     def write_config(self, config_json: str) -> None:
         """Keep the validated config, so ``--resume`` rebuilds the same run."""
         _write_atomic(self.path / "config.json", config_json.encode())

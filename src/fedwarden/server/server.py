@@ -90,8 +90,12 @@ class RoundPrivacy(Protocol):
     def before_round(self, round_index: int) -> None:
         """Raise ``BudgetExceeded`` if the round's release would overspend."""
 
-    def after_round(self, round_index: int, participants: Sequence[str]) -> None:
-        """Charge the round's release to the ledger."""
+    def after_round(self, round_index: int, released: Sequence[str], applied: bool) -> None:
+        """Charge what the round released to the ledger, whatever became of it.
+
+        ``released`` are the clients whose update reached the server, accepted or
+        rejected; ``applied`` says whether the round's aggregate was released.
+        """
 
     def epsilon(self) -> float:
         """Epsilon spent so far."""
@@ -164,6 +168,13 @@ class RoundTraffic:
     bytes_up: int = 0
     silent_clients: list[str] = field(default_factory=list)
     """Sampled clients that dropped out or failed."""
+    rejected_clients: list[str] = field(default_factory=list)
+    """Clients whose update reached the server and was refused."""
+
+    @property
+    def released(self) -> list[str]:
+        """Clients whose update left them and reached the server, accepted or refused."""
+        return [*self.participants, *self.rejected_clients]
 
     def record_fields(self) -> dict[str, Any]:
         """The :class:`RoundRecord` fields these counts fill."""
@@ -184,7 +195,11 @@ class RoundTraffic:
 
 
 class Server:
-    """Runs rounds of federated training over a runtime."""
+    """Runs rounds of federated training over a runtime.
+
+    ``client_evaluation_off`` says why the end-of-run evaluation on every client is
+    skipped (a protected run: :mod:`fedwarden.pipeline.releases`); None runs it.
+    """
 
     def __init__(
         self,
@@ -210,6 +225,7 @@ class Server:
         monitors: Sequence[RoundMonitor] = (),
         cohort_randomness: NoiseSource | None = None,
         noise_randomness: NoiseSource | None = None,
+        client_evaluation_off: str | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -229,6 +245,7 @@ class Server:
         self.reputation = reputation
         self.audit = audit
         self.monitors = list(monitors)
+        self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
         self.cohort_randomness = cohort_randomness or NoiseSource.seeded(seed, COHORT_STREAM)
@@ -276,7 +293,11 @@ class Server:
                 logger.warning("training stops: %s", refusal)
                 last = self.rounds
                 break
-        client_metrics = self.evaluate_clients(finetune) if last == self.rounds else {}
+        client_metrics = {}
+        if last == self.rounds and self.client_evaluation_off is not None:
+            logger.warning(self.client_evaluation_off)
+        elif last == self.rounds:
+            client_metrics = self.evaluate_clients(finetune)
         if self.run_dir is not None and last == self.rounds:
             self.run_dir.save_model(self.trainer.spec, self.vector)
             self.run_dir.save_plots(self.history)
@@ -361,10 +382,10 @@ class Server:
             )
         if aggregate is not None:
             self.vector = self.strategy.apply(self.vector, aggregate.mean_update)
-            if self.privacy is not None:
-                self.privacy.after_round(round_index, participants)
         else:
             logger.warning("round %d: %s", round_index, note)
+        if self.privacy is not None:
+            self.privacy.after_round(round_index, traffic.released, applied)
         metrics = self._evaluate_central(round_index)
         self.train_seconds += time.perf_counter() - started
         record = RoundRecord(
@@ -410,6 +431,7 @@ class Server:
     ) -> None:
         """Count a refused update in the round's traffic and in the audit trail."""
         traffic.rejections[reason] += 1
+        traffic.rejected_clients.append(client_id)
         if self.audit is not None:
             self.audit.update_rejected(round_index, client_id, reason)
 
