@@ -150,6 +150,11 @@ class SecAggServer:
         return dict(self._graph)
 
     @property
+    def graph_seed(self) -> bytes:
+        """The hash of every advertisement, which names this protocol instance in signatures."""
+        return self._graph_seed
+
+    @property
     def acknowledged(self) -> tuple[str, ...]:
         """Survivors that signed the survivor list in round 3 (asked for shares in round 4)."""
         return tuple(sorted(self._acknowledged))
