@@ -250,15 +250,20 @@ def updates(cohort: list[str], size: int) -> list[ClientUpdate]:
 
 
 def cheating_round(
-    monkeypatch: pytest.MonkeyPatch, tamper: int, slot: slice, modulus_bits: int = 32
+    monkeypatch: pytest.MonkeyPatch,
+    tamper: int,
+    slot: slice,
+    distributed_dp: DistributedDiscreteGaussian | None = None,
 ) -> SecureSum:
     """A simulated SecureSum round in which client c0 adds ``tamper`` to ``slot`` after masking."""
     cohort = [f"c{index}" for index in range(5)]
+    modulus_bits = 32
     secure = SecureSum(
         SecAggParameters(modulus_bits),
         clip_norm=1.0,
         noise=NoiseSource.secure(),
         max_weight=50,
+        distributed_dp=distributed_dp,
         client_threads=1,
     )
     secure.start(16, cohort)
@@ -296,6 +301,12 @@ def test_an_out_of_range_masked_input_aborts_or_is_left_out(
 ) -> None:
     secure = cheating_round(monkeypatch, 1 << 29, slice(0, 16))
     with pytest.raises(RoundAborted, match=r"above the clip norm 1\.0"):
+        secure.result()
+    noisy = DistributedDiscreteGaussian.calibrated(
+        clip_norm=1.0, noise_multiplier=1.0, dimension=16, cohort_size=5, min_survivors=3
+    )
+    secure = cheating_round(monkeypatch, 1 << 29, slice(0, 16), distributed_dp=noisy)
+    with pytest.raises(RoundAborted, match="beyond the"):
         secure.result()
 
     cohort = cohort_of(5)

@@ -510,4 +510,7 @@ class SecureSum(Aggregator):
         if resolved is not None:
             report["num_neighbours"] = resolved.num_neighbours
             report["threshold"] = resolved.threshold
+        server = self._server or (self.last_round.server if self.last_round else None)
+        if server is not None and server.misbehaving:
+            report["excluded_clients"] = dict(server.misbehaving)
         return report
