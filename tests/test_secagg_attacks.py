@@ -19,6 +19,7 @@ from fedwarden.core.messages import ClientUpdate
 from fedwarden.deploy.pki import init_ca, issue, load_identity
 from fedwarden.pipeline.secure import RoundEncoding, SecureSum, SecureSumClient
 from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.secure import secagg_client
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.encoding import RingEncoder
 from fedwarden.secure.secagg import (
@@ -38,7 +39,7 @@ from fedwarden.secure.secagg import (
 )
 from fedwarden.secure.secagg_messages import consistency_payload
 from fedwarden.secure.secagg_wire import StartRound, server_step_bytes
-from fedwarden.secure.shamir import PRIME, Share
+from fedwarden.secure.shamir import PRIME, Share, split_secret
 from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
 
 # --- a malicious server -----------------------------------------------------------------------
@@ -368,3 +369,22 @@ def test_a_forged_share_is_identified_excluded_and_the_round_still_sums_exactly(
         server.unmask()
     assert aborted.value.reason == "too_few_shares"
     assert server.misbehaving == {"client-00": "forged_share"}
+
+
+def test_a_dealer_whose_signed_shares_disagree_aborts_the_round_and_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every dealer adds x^t to its shares: a degree-t polynomial no t-of-n sharing allows."""
+
+    def inconsistent(secret: bytes, threshold: int, holders: list[int]) -> tuple[Share, ...]:
+        shares = split_secret(secret, threshold, holders)
+        return tuple(Share(s.x, (s.y + s.x**threshold) % PRIME) for s in shares)
+
+    monkeypatch.setattr(secagg_client, "split_secret", inconsistent)
+    server, clients, request = unmasking(5, 3)
+    for client in clients.values():
+        server.receive_unmasking_response(client.unmask(request))
+    with pytest.raises(SecAggAborted, match=r"'client-00'.* dealt inconsistent shares") as aborted:
+        server.unmask()
+    assert aborted.value.reason == "dealer_cheated"
+    assert server.misbehaving == {}  # no holder is blamed for shares its dealer signed
