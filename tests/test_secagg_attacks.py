@@ -37,7 +37,7 @@ from fedwarden.secure.secagg import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from fedwarden.secure.secagg_messages import consistency_payload
+from fedwarden.secure.secagg_messages import consistency_payload, survivor_list_digest
 from fedwarden.secure.secagg_wire import StartRound, server_step_bytes
 from fedwarden.secure.shamir import PRIME, Share, split_secret
 from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
@@ -66,7 +66,8 @@ def test_equivocating_survivor_lists_do_not_reveal_both_secrets_of_a_client() ->
         check = ConsistencyCheck(ROUND_SEED, survivors)
         signed = [clients[client].check_consistency(check) for client in honest]
         for client in corrupted:
-            payload = consistency_payload(server.graph_seed, client, survivors)
+            listed = survivor_list_digest(survivors)
+            payload = consistency_payload(server.graph_seed, client, listed)
             signed.append(ConsistencyAck(ROUND_SEED, client, identities[client].sign(payload)))
         return signed
 

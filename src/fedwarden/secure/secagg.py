@@ -230,11 +230,14 @@ class InProcessParticipants:
     def exchange(self, messages: Mapping[str, ServerMessage]) -> dict[str, ClientMessage]:
         """Each listed client handles its message; refusals count as dropping out."""
         replies: dict[str, ClientMessage] = {}
+        sizes: dict[int, int] = {}  # a message sent to many clients is sized once
         for client_id, message in messages.items():
             client = self.clients.get(client_id)
             if client is None or client_id in self.vanish:
                 continue
-            self.bytes_down += payload_bytes(message)
+            if id(message) not in sizes:
+                sizes[id(message)] = payload_bytes(message)
+            self.bytes_down += sizes[id(message)]
             try:
                 reply = self.timed(answer_step, client, message)
             except SecAggRefused as refusal:

@@ -66,6 +66,7 @@ from fedwarden.secure.secagg_messages import (
     self_mask_commitment,
     share_digest,
     share_payload,
+    survivor_list_digest,
     verifies,
 )
 from fedwarden.secure.secagg_parameters import neighbour_graph
@@ -145,6 +146,7 @@ class SecAggClient:
         self._graph: dict[str, frozenset[str]] = {}
         self._neighbours: frozenset[str] = frozenset()
         self._peer_keys: dict[str, KeyAdvertisement] = {}
+        self._encryption_secrets: dict[str, bytes] = {}
         self._own_shares: tuple[RevealedShare, RevealedShare] | None = None
         self._held_shares: dict[str, tuple[RevealedShare, RevealedShare]] = {}
         self._acknowledged: tuple[str, ...] = ()
@@ -306,7 +308,7 @@ class SecAggClient:
                 f"than the threshold t={threshold}; a sum over so few clients is not revealed",
             )
         signature = self._identity.sign(
-            consistency_payload(self._graph_seed, self.client_id, survivors)
+            consistency_payload(self._graph_seed, self.client_id, survivor_list_digest(survivors))
         )
         self._acknowledged = survivors
         self._stage = Stage.UNMASK
@@ -361,24 +363,40 @@ class SecAggClient:
     # helpers ------------------------------------------------------------------------------
 
     def _check_signed_survivors(self, request: UnmaskingRequest, owners: set[str]) -> None:
-        """Refuse unless each owner's share holders gave ``t`` valid signatures of the list."""
-        wanted = set().union(*((self._graph[owner] | {owner}) for owner in owners))
-        signers = set()
-        for ack in request.signatures:
-            if ack.client_id in wanted and ack.client_id not in signers:
-                payload = consistency_payload(self._graph_seed, ack.client_id, request.survivors)
-                if verifies(self._peer_identities[ack.client_id], ack.signature, payload):
-                    signers.add(ack.client_id)
+        """Refuse unless each owner's share holders gave ``t`` valid signatures of the list.
+
+        Signatures are verified until every owner has ``t`` of them; a signer counts once.
+        """
         threshold = self._setup.threshold
-        for owner in sorted(owners):
-            count = len(signers & (self._graph[owner] | {owner}))
-            if count < threshold:
-                self._refuse(
-                    "unsigned_survivors",
-                    f"only {count} of {owner!r}'s share holders signed this survivor list, fewer "
-                    f"than t={threshold}; a server showing others another list could rebuild "
-                    f"both of {owner!r}'s secrets, so nothing is revealed",
-                )
+        holders = {owner: self._graph[owner] | {owner} for owner in owners}
+        counts = dict.fromkeys(owners, 0)
+        short = set(owners)
+        survivors = survivor_list_digest(request.survivors)
+        checked: set[str] = set()
+        for ack in request.signatures:
+            signer = ack.client_id
+            if not short:
+                break
+            if signer in checked or signer not in self._peer_identities:
+                continue
+            credited = [owner for owner in short if signer in holders[owner]]
+            if not credited:
+                continue
+            payload = consistency_payload(self._graph_seed, signer, survivors)
+            if not verifies(self._peer_identities[signer], ack.signature, payload):
+                continue
+            checked.add(signer)
+            for owner in credited:
+                counts[owner] += 1
+                if counts[owner] >= threshold:
+                    short.discard(owner)
+        for owner in sorted(short):
+            self._refuse(
+                "unsigned_survivors",
+                f"only {counts[owner]} of {owner!r}'s share holders signed this survivor list, "
+                f"fewer than t={threshold}; a server showing others another list could rebuild "
+                f"both of {owner!r}'s secrets, so nothing is revealed",
+            )
 
     def _signed_pair(
         self, holder: str, seed_share: bytes, key_share: bytes
@@ -460,9 +478,11 @@ class SecAggClient:
 
     def _share_cipher(self, peer: str, sender: str, recipient: str) -> ChaCha20Poly1305:
         """The AEAD for shares from ``sender`` to ``recipient``: one key per ordered pair."""
-        shared = exchange(
-            self._encryption_key, self._peer_keys[peer].encryption_public_key, self._bad_key
-        )
+        shared = self._encryption_secrets.get(peer)
+        if shared is None:
+            public = self._peer_keys[peer].encryption_public_key
+            shared = exchange(self._encryption_key, public, self._bad_key)
+            self._encryption_secrets[peer] = shared
         return share_key(shared, self._setup.round_seed, sender, recipient)
 
     def _encoded_input(

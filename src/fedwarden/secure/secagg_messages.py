@@ -65,6 +65,7 @@ __all__ = [
     "self_mask_commitment",
     "share_digest",
     "share_payload",
+    "survivor_list_digest",
     "verifies",
 ]
 
@@ -77,6 +78,7 @@ _COMMIT = b"fedwarden/secagg/v2/self-mask-commitment"
 _GRAPH = b"fedwarden/secagg/v2/graph-seed"
 _SHARE = b"fedwarden/secagg/v2/share"
 _CONSISTENCY = b"fedwarden/secagg/v2/consistency-check"
+_SURVIVORS = b"fedwarden/secagg/v2/survivor-list"
 SELF_MASK = b"self-mask-seed"
 """Label of a share of a client's self-mask seed ``b_u`` in :func:`share_payload`."""
 MASKING_KEY = b"masking-key"
@@ -330,9 +332,14 @@ def share_payload(
     return encode(_SHARE, graph, owner, holder, self_mask_digest, masking_key_digest)
 
 
-def consistency_payload(graph: bytes, client_id: str, survivors: Sequence[str]) -> bytes:
-    """What a survivor signs in round 3: the survivor list, bound to this protocol instance."""
-    return encode(_CONSISTENCY, graph, client_id, *survivors)
+def survivor_list_digest(survivors: Sequence[str]) -> bytes:
+    """The digest of a survivor list, which round 3 signatures cover."""
+    return digest(_SURVIVORS, *survivors)
+
+
+def consistency_payload(graph: bytes, client_id: str, survivors: bytes) -> bytes:
+    """What a survivor signs in round 3: the survivor list's digest, bound to this instance."""
+    return encode(_CONSISTENCY, graph, client_id, survivors)
 
 
 def verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:

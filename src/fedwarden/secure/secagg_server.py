@@ -60,6 +60,7 @@ from fedwarden.secure.secagg_messages import (
     self_mask_commitment,
     share_digest,
     share_payload,
+    survivor_list_digest,
     verifies,
 )
 from fedwarden.secure.secagg_parameters import SecAggParameters, neighbour_graph
@@ -277,7 +278,9 @@ class SecAggServer:
             self._acknowledged,
             set(self._survivors),
         )
-        payload = consistency_payload(self._graph_seed, sender, self._survivors)
+        payload = consistency_payload(
+            self._graph_seed, sender, survivor_list_digest(self._survivors)
+        )
         if not verifies(self._identities[sender], message.signature, payload):
             self._reject(
                 "bad_signature", sender, "its signature of the survivor list does not verify"
