@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.deploy.pki import init_ca, issue, load_identity
@@ -25,6 +26,7 @@ from fedwarden.secure.encoding import RingEncoder
 from fedwarden.secure.secagg import (
     ConsistencyAck,
     ConsistencyCheck,
+    InProcessSecureSum,
     MaskedInput,
     NeighbourKeys,
     RoundSetup,
@@ -40,6 +42,7 @@ from fedwarden.secure.secagg import (
 from fedwarden.secure.secagg_messages import consistency_payload, survivor_list_digest
 from fedwarden.secure.secagg_wire import StartRound, server_step_bytes
 from fedwarden.secure.shamir import PRIME, Share, split_secret
+from fedwarden.server import run
 from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
 
 # --- a malicious server -----------------------------------------------------------------------
@@ -389,3 +392,40 @@ def test_a_dealer_whose_signed_shares_disagree_aborts_the_round_and_is_named(
         server.unmask()
     assert aborted.value.reason == "dealer_cheated"
     assert server.misbehaving == {}  # no holder is blamed for shares its dealer signed
+
+
+def test_a_cheating_client_costs_its_round_and_the_run_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first masked input of the run overflows the weight slot; later rounds are honest."""
+    honest_mask = InProcessSecureSum.mask
+    cheated: list[str] = []
+
+    def mask(
+        self: InProcessSecureSum, client_id: str, encoded: npt.NDArray[np.unsignedinteger]
+    ) -> MaskedInput:
+        masked = honest_mask(self, client_id, encoded)
+        if cheated:
+            return masked
+        cheated.append(client_id)
+        values = masked.masked.astype(np.uint64)
+        values[-1] = (values[-1] + (1 << 31)) % (1 << 32)
+        return replace(masked, masked=values.astype(np.uint32))
+
+    monkeypatch.setattr(InProcessSecureSum, "mask", mask)
+    config = RunConfig.from_mapping(
+        {
+            "seed": 4,
+            "rounds": 3,
+            "data": {"source": "digits", "num_clients": 6},
+            "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+            "sampling": {"cohort_size": 6},
+            "runtime": {"workers": 1},
+            "secure": {"kind": "secagg"},
+        }
+    )
+    result = run(config, write_run_dir=False)
+    assert len(cheated) == 1
+    assert [record.applied for record in result.history] == [False, True, True]
+    assert "decoded total weight is -" in result.history[0].note
+    assert "the model is unchanged" in result.history[0].note
