@@ -33,6 +33,12 @@ from fedwarden.secure.secagg import (
     neighbour_graph,
     secure_threshold,
 )
+from fedwarden.secure.secagg_wire import (
+    client_step_bytes,
+    read_client_step,
+    read_server_step,
+    server_step_bytes,
+)
 from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
 
 
@@ -422,3 +428,29 @@ def test_forged_unsigned_and_unenrolled_key_advertisements_are_rejected() -> Non
             setup_server.receive_advertisement(message)
         assert rejected.value.reason == reason
     setup_server.receive_advertisement(advertisement)
+
+
+def test_every_protocol_message_crosses_the_wire_unchanged() -> None:
+    """Signatures, commitments and paired digests survive secagg.proto both ways."""
+    cohort = cohort_of(5)
+    server, clients, _ = set_up_round(cohort, 4, SecAggParameters(32, 4, 3, 0))
+    mask_all(server, clients, 4)
+    check = server.close_masked_inputs()
+    for client in cohort:
+        ack = clients[client].check_consistency(check)
+        assert read_client_step(client_step_bytes(ack)) == ack
+        server.receive_consistency_ack(ack)
+    request = server.close_consistency()
+    assert read_server_step(server_step_bytes(request)) == request
+    assert len(request.signatures) == 5
+    response = clients["client-00"].unmask(request)
+    assert read_client_step(client_step_bytes(response)) == response
+    assert all(item.signature and item.paired_digest for item in response.self_mask_shares)
+    advertisement = SecAggClient(
+        "client-00",
+        server.setup,
+        identity=(key := Ed25519PrivateKey.generate()),
+        peer_identities={client: key.public_key() for client in cohort},
+    ).advertise_keys()
+    assert read_client_step(client_step_bytes(advertisement)) == advertisement
+    assert len(advertisement.self_mask_commitment) == 32
