@@ -884,15 +884,29 @@ def client_command(
             "sampling the server can recompute). Test federations only."
         ),
     ] = False,
+    secagg_min_cohort: Annotated[
+        int, typer.Option(help="Refuse secure-aggregation rounds with fewer clients.")
+    ] = 3,
+    secagg_corrupted_clients: Annotated[
+        int,
+        typer.Option(
+            help="Clients that may collude with the server: refuse rounds whose threshold "
+            "does not exceed (k + 1 + this) / 2."
+        ),
+    ] = 0,
 ) -> None:
     """Join a fedwarden server and train on this site's data until the run ends."""
     import signal
 
     from fedwarden.runtime.grpc.client import FederationClient
     from fedwarden.runtime.grpc.credentials import ClientKit
+    from fedwarden.secure.secagg_policy import SecAggPolicy
 
     _logging_console(level=logging.INFO)
     try:
+        policy = SecAggPolicy(
+            min_cohort_size=secagg_min_cohort, corrupted_clients=secagg_corrupted_clients
+        )
         client = FederationClient(
             server,
             ClientKit.from_dir(identity),
@@ -900,6 +914,7 @@ def client_command(
             insecure=insecure,
             state_dir=state_dir,
             allow_test_mode_noise=allow_test_mode_noise,
+            secagg_policy=policy,
         )
         signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
         client.run()

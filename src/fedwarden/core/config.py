@@ -329,9 +329,10 @@ class SecureConfig(Section):
 
     ``kind = "secagg"`` is SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020):
     each update is clipped to ``clip_norm``, stochastically quantized to
-    integers mod ``2^modulus_bits`` and masked; ``num_neighbours`` (k) and
-    ``threshold`` (t) default to values sized for the cohort (see
-    :class:`fedwarden.secure.secagg.SecAggParameters`). With
+    integers mod ``2^modulus_bits`` and masked; ``num_neighbours`` (k),
+    ``threshold`` (t) and ``corrupted_clients`` (c, clients that may collude
+    with a lying server; t must exceed (k + 1 + c) / 2) default to values sized
+    for the cohort (see :mod:`fedwarden.secure.secagg_parameters`). With
     ``privacy.mechanism = "user_level"`` the clients add the noise themselves
     (the distributed discrete Gaussian, Kairouz et al. 2021), clip to
     ``privacy.clip_norm``, and the ledger charges the noise of ``t`` survivors.
@@ -343,6 +344,7 @@ class SecureConfig(Section):
     modulus_bits: Annotated[int, Field(ge=8, le=62)] = 32
     num_neighbours: Annotated[int, Field(ge=1)] | None = None
     threshold: Annotated[int, Field(ge=2)] | None = None
+    corrupted_clients: Annotated[int, Field(ge=0)] | None = None
     clip_norm: Annotated[float, Field(gt=0)] = 10.0
     """L2 bound of each update inside the ring (without user-level DP)."""
 

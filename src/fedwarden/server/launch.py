@@ -471,9 +471,11 @@ def build_secure_aggregator(
 
 
 def secagg_parameters(config: RunConfig) -> SecAggParameters:
-    """The ring size, neighbour count and threshold ``config.secure`` names."""
+    """The ring size, neighbour count, threshold and corrupted clients ``config.secure`` names."""
     secure = config.secure
-    return SecAggParameters(secure.modulus_bits, secure.num_neighbours, secure.threshold)
+    return SecAggParameters(
+        secure.modulus_bits, secure.num_neighbours, secure.threshold, secure.corrupted_clients
+    )
 
 
 def build_distributed_dp(

@@ -58,6 +58,7 @@ from fedwarden.runtime.grpc.wire import (
     sign,
     version_message,
 )
+from fedwarden.secure.secagg_policy import SecAggPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ class FederationClient:
     run config asking for ``privacy.reproducible_noise`` (noise, masks and
     batches anyone holding the seed can recompute, the server included) is
     refused unless it is set.
+    ``secagg_policy`` is what this site accepts in a secure-aggregation round
+    (its own setting; the server cannot lower it); peers' identities come from
+    certificates checked against the kit's CA.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class FederationClient:
         insecure: bool = False,
         state_dir: Path | None = None,
         allow_test_mode_noise: bool = False,
+        secagg_policy: SecAggPolicy | None = None,
     ) -> None:
         self.address = address
         self.kit = kit
@@ -150,6 +155,7 @@ class FederationClient:
         self.insecure = insecure
         self.state_dir = state_dir
         self.allow_test_mode_noise = allow_test_mode_noise
+        self.secagg_policy = secagg_policy
         self.stop = threading.Event()
         self._engine: tuple[str, ClientEngine] | None = None
         self._models: dict[str, Vector] = {}
@@ -277,7 +283,13 @@ class FederationClient:
                 if config.privacy.reproducible_noise
                 else NoiseSource.secure()
             )
-            self._secure = SecureSumClient(self.client_id, self.kit.identity, noise)
+            self._secure = SecureSumClient(
+                self.client_id,
+                self.kit.identity,
+                noise,
+                ca_certificate=self.kit.tls.root_certificate,
+                policy=self.secagg_policy,
+            )
         engine = ClientEngine(Workload(dataset, trainer, stages, config.seed, self.state_dir))
         self._engine = (reply.run_id, engine)
         self._models.clear()

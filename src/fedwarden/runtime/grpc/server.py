@@ -238,6 +238,7 @@ class GrpcRuntime(Runtime):
         self._delivered: set[tuple[int, str]] = set()
         self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue()
         self._models: dict[str, _Model] = {}
+        self._certificates: dict[str, bytes] = {}
         self._asynchronous: dict[str, str] = {}
         self._current_round = -1
         self._spool_kept_from = 0
@@ -423,6 +424,15 @@ class GrpcRuntime(Runtime):
             if enrolled is not None:
                 keys[client_id] = enrolled.public_key
         return keys
+
+    def peer_certificates(self, clients: Sequence[str]) -> dict[str, bytes]:
+        """The TLS certificates (PEM) ``clients`` presented when they joined (none --insecure)."""
+        with self._lock:
+            return {
+                client_id: self._certificates[client_id]
+                for client_id in clients
+                if client_id in self._certificates
+            }
 
     def _begin_round(self, round_index: int, cohort: list[str]) -> None:
         """Record the round's cohort; forget the spool of rounds the server has checkpointed."""
@@ -664,6 +674,11 @@ class GrpcRuntime(Runtime):
         try:
             public_key = self._identity_of(context, request)
             self.store.enroll(client_id, _raw(public_key), self._enrolment_source())
+            if self.tls is not None:
+                with self._lock:
+                    self._certificates[client_id] = bytes(
+                        context.auth_context()["x509_pem_cert"][0]
+                    )
         except (PkiError, ValueError) as error:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
         except EnrolmentConflict as error:
