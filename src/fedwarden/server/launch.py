@@ -690,6 +690,7 @@ def build_runtime(
         return RayRuntime(config.runtime.workers, config.runtime.address)
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
+    from fedwarden.runtime.grpc.limits import ServerLimits
     from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
 
     if run_dir is None or store is None or deployment is None:
@@ -710,6 +711,11 @@ def build_runtime(
         expected_clients=dataset.client_ids,
         heartbeat_s=config.runtime.heartbeat_s,
         join_timeout_s=config.runtime.join_timeout_s,
+        limits=ServerLimits.for_clients(
+            len(dataset.client_ids),
+            stream_deadline_s=config.runtime.stream_deadline_s,
+            calls_per_peer=config.runtime.calls_per_client,
+        ),
         launcher=deployment.launcher,
         listening=deployment.listening,
     )

@@ -42,10 +42,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -74,6 +73,7 @@ from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
+from fedwarden.runtime.grpc.limits import PeerLimiter, ServerLimits, StreamStalled, StreamWatchdog
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
     CHUNK_DATA_TAG,
@@ -92,6 +92,8 @@ from fedwarden.runtime.grpc.wire import (
 
 logger = logging.getLogger(__name__)
 
+Message = TypeVar("Message")
+
 SERVICE = "fedwarden.v1.Federation"
 LOST_AFTER_HEARTBEATS = 3
 """A client silent for this many heartbeat periods is lost."""
@@ -100,6 +102,10 @@ MAX_EXPIRED_TASKS = 100_000
 """Closed-unanswered tasks remembered, to tell a late honest answer from a replay."""
 MAX_PROTOCOL_BYTES = 16 << 20
 """Largest answer to a protocol step (secure aggregation's are kilobytes)."""
+MAX_QUEUED_REFUSALS = 256
+"""Refusals waiting for the round loop; more are counted and logged, not queued."""
+MAX_QUEUED_ANSWERS = 10_000
+"""Room for answers to open tasks (the server opens far fewer at once)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,7 @@ class GrpcRuntime(Runtime):
         launcher: ClientLauncher | None = None,
         listening: threading.Event | None = None,
         step_deadline_s: float = 120.0,
+        limits: ServerLimits | None = None,
     ) -> None:
         if tls is None:
             check_insecure_address(address)
@@ -226,6 +233,11 @@ class GrpcRuntime(Runtime):
         """How long a protocol step waits for answers when the caller sets no deadline."""
         self.listening = listening or threading.Event()
         """Set once the service accepts connections."""
+        self.limits = limits or ServerLimits.for_clients(len(self.expected_clients))
+        self.limiter = PeerLimiter(self.limits)
+        """Admits calls within the global and per-peer caps; counts those it refuses."""
+        self.watchdog: StreamWatchdog | None = None
+        """Cancels streams that stall (created when the server starts listening)."""
         self.port: int | None = None
         self.rejections: Counter[str] = Counter()
         """Refused uploads by reason, over the server's life."""
@@ -236,7 +248,9 @@ class GrpcRuntime(Runtime):
         self._open: dict[str, _OpenTask] = {}
         self._expired: dict[str, str] = {}
         self._delivered: set[tuple[int, str]] = set()
-        self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue()
+        self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue(
+            MAX_QUEUED_REFUSALS + MAX_QUEUED_ANSWERS
+        )
         self._models: dict[str, _Model] = {}
         self._asynchronous: dict[str, str] = {}
         self._current_round = -1
@@ -250,13 +264,8 @@ class GrpcRuntime(Runtime):
         if self._server is not None:
             assert self.port is not None
             return self.port
-        server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=2 * len(self.expected_clients) + 16,
-                thread_name_prefix="fedwarden-grpc",
-            ),
-            options=grpc_options(),
-        )
+        server = self.limits.server(grpc_options(), self.limiter, "fedwarden-grpc")
+        self.watchdog = StreamWatchdog()
         server.add_generic_rpc_handlers((self._handlers(),))
         if self.tls is None:
             port = server.add_insecure_port(self.address)
@@ -310,6 +319,8 @@ class GrpcRuntime(Runtime):
             self.launcher.stop()
         if self._server is not None:
             self._server.stop(grace=5.0).wait()
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
     def connected_clients(self) -> list[str]:
         """The clients with an open session right now."""
@@ -696,11 +707,18 @@ class GrpcRuntime(Runtime):
     def _connect(
         self, signals: Iterator[pb.ClientSignal], context: grpc.ServicerContext
     ) -> Iterator[pb.Task]:
-        """The session stream: read the hello, then push tasks and read heartbeats."""
+        """The session stream: read the hello, then push tasks and read heartbeats.
+
+        Heartbeats after the hello need no deadline here: a session silent
+        for three heartbeat periods is ended, which ends the stream.
+        """
+        signals = self._watched(signals, context, "session", chunks_bounded=False)
         try:
             first = next(signals)
         except StopIteration:
             return
+        except StreamStalled as error:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with a hello")
         client_id = self._authenticate(first.hello, context)
@@ -744,6 +762,25 @@ class GrpcRuntime(Runtime):
         finally:
             self._end_session(session)
 
+    def _watched(
+        self,
+        messages: Iterator[Message],
+        context: grpc.ServicerContext,
+        what: str,
+        *,
+        chunks_bounded: bool,
+    ) -> Iterator[Message]:
+        """``messages`` with the stream deadline on the first (and, if bounded, every next)."""
+        assert self.watchdog is not None
+        deadline = self.limits.stream_deadline_s
+        return self.watchdog.watch(
+            messages,
+            context,
+            deadline,
+            deadline if chunks_bounded else None,
+            f"{what} from {context.peer()}",
+        )
+
     def _end_session(self, session: _Session) -> None:
         session.closed.set()
         session.tasks.put(None)
@@ -761,14 +798,33 @@ class GrpcRuntime(Runtime):
         self._post(failure, failed.task_id)
 
     def _post(self, reply: Reply, task_id: str | None) -> None:
-        """Hand a reply (and the task it answers) to the exchange waiting for it."""
+        """Hand a reply (and the task it answers) to the exchange waiting for it.
+
+        Answers to open tasks are bounded by the tasks the server opened; a
+        refusal (``task_id`` None) is dropped once ``MAX_QUEUED_REFUSALS`` wait.
+        """
+        if task_id is None and self._replies.qsize() >= MAX_QUEUED_REFUSALS:
+            logger.warning(
+                "%d refusals wait for the round loop; not queueing another", MAX_QUEUED_REFUSALS
+            )
+            return
         self._replies.put((reply, task_id))
 
     def _download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """Stream the current global vector, one ``Chunk`` message (framed bytes) at a time."""
+        """Stream the current global vector; a peer that stops reading is cut off."""
         self._peer_id(context)
+        assert self.watchdog is not None
+        pieces = self._model_chunks(request, context)
+        yield from self.watchdog.pace(
+            pieces, context, self.limits.stream_deadline_s, f"download by {context.peer()}"
+        )
+
+    def _model_chunks(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """The requested global vector, one ``Chunk`` message (framed bytes) at a time."""
         with self._lock:
             model = self._models.get(request.version)
         if model is None or request.run_id != self.run.run_id:
@@ -785,10 +841,13 @@ class GrpcRuntime(Runtime):
     ) -> pb.UploadReceipt:
         """Check the header, spool and hash the body, verify the signature, record, receipt."""
         peer = self._peer_id(context)
+        stream = self._watched(stream, context, "upload", chunks_bounded=True)
         try:
             first = next(stream)
         except StopIteration:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
+        except StreamStalled as error:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if isinstance(first, memoryview) or first.WhichOneof("kind") != "header":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
         assert isinstance(first, pb.UploadChunk)
@@ -804,6 +863,9 @@ class GrpcRuntime(Runtime):
         except UploadRefused as refusal:
             self._release(task)
             return self._refuse(header, refusal)
+        except StreamStalled as error:
+            self._release(task)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         except (ProtocolError, grpc.RpcError) as error:
             self._release(task)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
