@@ -59,7 +59,7 @@ class ServerLimits:
     """Calls in progress at once per peer (an honest client needs Connect, Download, Upload)."""
     stream_deadline_s: float = 30.0
     """Seconds a stream may wait for its first message, and for each next chunk."""
-    streams_per_connection: int = 16
+    streams_per_connection: int = 100
     """HTTP/2 streams one connection may have open (more wait on the client's side)."""
     connection_idle_s: float = 300.0
     """A connection without any call for this long is closed."""

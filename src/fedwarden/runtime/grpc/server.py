@@ -16,8 +16,11 @@ rounds; this runtime only moves its messages over gRPC (``federation.proto``).
   streamed chunk by chunk into a spool file while its SHA-256 is computed;
   then the signature is verified against the enrolled key. A refused upload
   (``forged``, ``replayed``, ``duplicate``, ``corrupted``, ``impersonation``,
-  ``unknown_task``) is counted, logged and recorded in the store, and never
-  aggregated. An accepted update is fsynced and recorded in the store before
+  ``unknown_task``) is never aggregated; it is counted against the
+  authenticated sender, never the client its header names, and recorded (one
+  by one for the sender's own open task, at a bounded rate otherwise).
+- **Bounds** (:mod:`fedwarden.runtime.grpc.limits`): calls in progress are
+  capped in all and per peer, and stalled streams are cut. An accepted update is fsynced and recorded in the store before
   the client gets its receipt, so a server killed afterwards still has it:
   on restart the round's accepted updates are read back from the spool and
   only the clients that had not delivered are asked again.
@@ -102,6 +105,9 @@ MAX_EXPIRED_TASKS = 100_000
 """Closed-unanswered tasks remembered, to tell a late honest answer from a replay."""
 MAX_PROTOCOL_BYTES = 16 << 20
 """Largest answer to a protocol step (secure aggregation's are kilobytes)."""
+MAX_RECORDED_REFUSALS = 10
+"""Refused uploads answering no open task of their sender, recorded one by one per peer and
+round; the rest are counted, and recorded as one row when the round ends."""
 MAX_QUEUED_REFUSALS = 256
 """Refusals waiting for the round loop; more are counted and logged, not queued."""
 MAX_QUEUED_ANSWERS = 10_000
@@ -241,6 +247,10 @@ class GrpcRuntime(Runtime):
         self.port: int | None = None
         self.rejections: Counter[str] = Counter()
         """Refused uploads by reason, over the server's life."""
+        self.refusals_by_peer: dict[str, Counter[str]] = {}
+        """Refused uploads by the peer that sent them (its certificate's name), and reason."""
+        self._recorded_refusals: Counter[str] = Counter()
+        self._unrecorded_refusals: dict[str, Counter[str]] = {}
         self._server: grpc.Server | None = None
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
@@ -319,6 +329,7 @@ class GrpcRuntime(Runtime):
             self.launcher.stop()
         if self._server is not None:
             self._server.stop(grace=5.0).wait()
+        self._record_unrecorded()
         if self.watchdog is not None:
             self.watchdog.stop()
 
@@ -438,6 +449,7 @@ class GrpcRuntime(Runtime):
     def _begin_round(self, round_index: int, cohort: list[str]) -> None:
         """Record the round's cohort; forget the spool of rounds the server has checkpointed."""
         self.store.round_started(self.run.run_id, round_index, cohort)
+        self._record_unrecorded()
         self._forget_before(round_index)
         with self._lock:
             self._current_round = round_index
@@ -841,6 +853,7 @@ class GrpcRuntime(Runtime):
     ) -> pb.UploadReceipt:
         """Check the header, spool and hash the body, verify the signature, record, receipt."""
         peer = self._peer_id(context)
+        sender = peer if peer is not None else f"unauthenticated {context.peer()}"
         stream = self._watched(stream, context, "upload", chunks_bounded=True)
         try:
             first = next(stream)
@@ -855,14 +868,14 @@ class GrpcRuntime(Runtime):
         try:
             task = self._claim(header, peer)
         except UploadRefused as refusal:
-            return self._refuse(header, refusal)
+            return self._refuse(sender, None, refusal)
         except ProtocolError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
             reply = self._receive(task, header, stream)
         except UploadRefused as refusal:
             self._release(task)
-            return self._refuse(header, refusal)
+            return self._refuse(sender, task, refusal)
         except StreamStalled as error:
             self._release(task)
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
@@ -923,20 +936,56 @@ class GrpcRuntime(Runtime):
             if task.task_id in self._open:
                 task.receiving = False
 
-    def _refuse(self, header: pb.UploadHeader, refusal: UploadRefused) -> pb.UploadReceipt:
-        """Count, log and record a refused upload; tell the client why."""
+    def _refuse(
+        self, sender: str, task: _OpenTask | None, refusal: UploadRefused
+    ) -> pb.UploadReceipt:
+        """Count a refused upload against its sender; record it; tell the client why.
+
+        ``sender`` is the authenticated certificate's name (under --insecure,
+        the connection), never the name a header claims. A refusal of an upload
+        for the sender's own open ``task`` is recorded and audited one by one; the
+        rest are recorded up to ``MAX_RECORDED_REFUSALS`` per peer and round,
+        then counted (:meth:`_record_unrecorded` writes the count).
+        """
         self.rejections[refusal.reason] += 1
-        logger.warning("upload refused (%s): %s", refusal.reason, refusal)
-        self.store.record_rejection(
-            self.run.run_id, header.round_index, header.client_id, refusal.reason, str(refusal)
-        )
-        if refusal.reason != "late":
-            # A late answer is an honest client's, for a round already closed without it.
-            refused = UpdateRefused(
-                header.round_index, header.client_id, refusal.reason, str(refusal)
+        receipt = pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
+        with self._lock:
+            self.refusals_by_peer.setdefault(sender, Counter())[refusal.reason] += 1
+            recorded = task is not None or self._recorded_refusals[sender] < MAX_RECORDED_REFUSALS
+            if task is None and recorded:
+                self._recorded_refusals[sender] += 1
+            elif not recorded:
+                self._unrecorded_refusals.setdefault(sender, Counter())[refusal.reason] += 1
+        if not recorded:
+            logger.debug(
+                "upload from %s refused (%s), counted: %s", sender, refusal.reason, refusal
             )
+            return receipt
+        logger.warning("upload from %s refused (%s): %s", sender, refusal.reason, refusal)
+        round_index = None if task is None else task.round_index
+        self.store.record_rejection(
+            self.run.run_id, round_index, sender, refusal.reason, str(refusal)
+        )
+        if task is not None:
+            refused = UpdateRefused(task.round_index, sender, refusal.reason, str(refusal))
             self._post(refused, None)
-        return pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
+        return receipt
+
+    def _record_unrecorded(self) -> None:
+        """Record, one row per peer, the refusals counted but not recorded since the last call."""
+        with self._lock:
+            unrecorded, self._unrecorded_refusals = self._unrecorded_refusals, {}
+            self._recorded_refusals.clear()
+        for sender, reasons in unrecorded.items():
+            counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+            self.store.record_rejection(
+                self.run.run_id,
+                None,
+                sender,
+                "rate_limited",
+                f"{reasons.total()} further refused uploads ({counts}) counted, not recorded "
+                "one by one",
+            )
 
     def _receive(
         self,
