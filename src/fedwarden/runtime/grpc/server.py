@@ -18,12 +18,13 @@ rounds; this runtime only moves its messages over gRPC (``federation.proto``).
   (``forged``, ``replayed``, ``duplicate``, ``corrupted``, ``impersonation``,
   ``unknown_task``) is never aggregated; it is counted against the
   authenticated sender, never the client its header names, and recorded (one
-  by one for the sender's own open task, at a bounded rate otherwise).
+  by one for the sender's own open task, at a bounded rate otherwise). An
+  accepted update is fsynced and recorded in the store before the client
+  gets its receipt, so a server killed afterwards still has it: on restart
+  the round's accepted updates are read back from the spool and only the
+  clients that had not delivered are asked again.
 - **Bounds** (:mod:`fedwarden.runtime.grpc.limits`): calls in progress are
-  capped in all and per peer, and stalled streams are cut. An accepted update is fsynced and recorded in the store before
-  the client gets its receipt, so a server killed afterwards still has it:
-  on restart the round's accepted updates are read back from the spool and
-  only the clients that had not delivered are asked again.
+  capped in all and per peer, and stalled streams are cut.
 - **Memory.** The model is served from one read-only copy per round; an
   upload occupies one chunk in memory while it arrives; accepted updates are
   memory-mapped from the spool, so the server's footprint stays O(model).
