@@ -23,6 +23,7 @@ from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.data import load_dataset
 from fedwarden.deploy.pki import init_ca, issue
+from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime.grpc import federation_pb2 as pb
@@ -170,9 +171,14 @@ def deployment_at(
     store = RunStore.sqlite(root / "store.db")
     store.create_run(RUN_ID, "test", "{}", str(root))
     trainer = softmax_regression(dataset.num_features, 10)
+    kit = pki / "servers" / "server"
+    tls = None if insecure else TlsKit.from_dir(kit)
     runtime = GrpcRuntime(
         "127.0.0.1:0",
-        tls=None if insecure else TlsKit.from_dir(pki / "servers" / "server"),
+        tls=tls,
+        revocations=None
+        if tls is None
+        else RevocationList(kit / REVOCATION_LIST, tls.root_certificate),
         store=store,
         run=RunDescription(RUN_ID, "{}", dataset.num_features, 10),
         spool_dir=root / "spool",

@@ -399,6 +399,28 @@ def pki_issue_command(
             console.print(f"  {label}: {escape(str(path))}")
 
 
+@pki_app.command("revoke")
+def pki_revoke_command(
+    name: Annotated[str, typer.Argument(help="The client whose certificate is revoked.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Directory holding the CA.")],
+) -> None:
+    """Revoke a client's certificate: its serial joins the CA-signed revocation list.
+
+    The list (revoked.pem) is written to DIR and to every server kit in DIR;
+    a running server reads it again at once. Copy it to servers kept elsewhere.
+    """
+    from fedwarden.deploy.revocation import revoke
+
+    try:
+        written = revoke(directory, name)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    console.print(f"revoked client {escape(name)}'s certificate; revocation list written to:")
+    for path in written:
+        console.print(f"  {escape(str(path))}")
+
+
 audit_app = typer.Typer(
     help="The signed, hash-chained audit log of a run store: verify it, report on it, "
     "delegate and revoke signing keys.",
@@ -780,6 +802,7 @@ def server_command(
     """
     import signal
 
+    from fedwarden.deploy.revocation import REVOCATION_LIST
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.health import serve_health
     from fedwarden.server.launch import Deployment, serve
@@ -804,6 +827,7 @@ def server_command(
             store,
             audit_key=audit_key,
             audit_public_key=audit_public_key,
+            revocation_list=None if identity is None else identity / REVOCATION_LIST,
         )
         health = serve_health(
             health_address, deployment.listening.is_set, deployment.metrics.exposition

@@ -35,6 +35,7 @@ from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
+from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
@@ -595,6 +596,8 @@ class Deployment:
     """Signs the audit log (``audit.key`` of the server kit); None: no audit log."""
     audit_public_key: Path | None = None
     """Where the audit log's public key (``audit.pub``) lies, to print how to verify it."""
+    revocation_list: Path | None = None
+    """The CA's revocation list (``revoked.pem`` of the server kit), re-read as it changes."""
     listening: threading.Event = field(default_factory=threading.Event)
     launcher: LocalClients | None = None
     """Local client processes to start (``fedwarden run`` on the grpc runtime)."""
@@ -618,6 +621,7 @@ class Deployment:
             tls,
             audit_key=audit_key,
             audit_public_key=launcher.server_kit / "audit.pub",
+            revocation_list=launcher.server_kit / REVOCATION_LIST,
             launcher=launcher,
         )
 
@@ -711,6 +715,9 @@ def build_runtime(
         expected_clients=dataset.client_ids,
         heartbeat_s=config.runtime.heartbeat_s,
         join_timeout_s=config.runtime.join_timeout_s,
+        revocations=None
+        if deployment.tls is None or deployment.revocation_list is None
+        else RevocationList(deployment.revocation_list, deployment.tls.root_certificate),
         limits=ServerLimits.for_clients(
             len(dataset.client_ids),
             stream_deadline_s=config.runtime.stream_deadline_s,

@@ -67,6 +67,7 @@ from fedwarden.core.messages import (
 )
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.deploy.pki import PkiError, identity_from_certificate
+from fedwarden.deploy.revocation import RevocationList
 from fedwarden.governance.store import (
     AcceptedUpdate,
     DuplicateUpdate,
@@ -172,6 +173,8 @@ class _Session:
     """One connected client: its task queue and when it was last heard from."""
 
     client_id: str
+    certificate: bytes | None = None
+    """The client's TLS certificate (PEM), checked against the revocation list while it lasts."""
     tasks: queue.Queue[pb.Task | None] = field(default_factory=queue.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     closed: threading.Event = field(default_factory=threading.Event)
@@ -224,6 +227,7 @@ class GrpcRuntime(Runtime):
         listening: threading.Event | None = None,
         step_deadline_s: float = 120.0,
         limits: ServerLimits | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         if tls is None:
             check_insecure_address(address)
@@ -243,6 +247,8 @@ class GrpcRuntime(Runtime):
         self.limits = limits or ServerLimits.for_clients(len(self.expected_clients))
         self.limiter = PeerLimiter(self.limits)
         """Admits calls within the global and per-peer caps; counts those it refuses."""
+        self.revocations = revocations
+        """The CA's revoked certificates, refused on every call (None: nothing is revoked)."""
         self.watchdog: StreamWatchdog | None = None
         """Cancels streams that stall (created when the server starts listening)."""
         self.port: int | None = None
@@ -612,7 +618,11 @@ class GrpcRuntime(Runtime):
     def _alive(self, session: _Session) -> bool:
         """Whether the session is open and its client spoke within three heartbeat periods."""
         silence = time.monotonic() - session.last_seen
-        return not session.closed.is_set() and silence <= LOST_AFTER_HEARTBEATS * self.heartbeat_s
+        return (
+            not session.closed.is_set()
+            and silence <= LOST_AFTER_HEARTBEATS * self.heartbeat_s
+            and not self._revoked(session.certificate)
+        )
 
     def _close_tasks(self, open_ids: dict[str, str]) -> list[str]:
         """Close the open tasks at the deadline; their clients."""
@@ -698,23 +708,66 @@ class GrpcRuntime(Runtime):
         return "certificate" if self.tls is not None else "insecure-first-use"
 
     def _peer_id(self, context: grpc.ServicerContext) -> str | None:
-        """The TLS peer's certificate common name (None when serving --insecure)."""
+        """The TLS peer's certificate common name (None when serving --insecure).
+
+        A revoked certificate is refused here, on every call: its client's
+        session is ended and its identity key's enrolment revoked.
+        """
         if self.tls is None:
             return None
         names = context.auth_context().get("x509_common_name")
         if not names:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate was presented")
-        return names[0].decode()
+        client_id = names[0].decode()
+        certificate = self._certificate(context)
+        if self._revoked(certificate):
+            self._shut_out(client_id, certificate)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {client_id!r} is revoked; ask the operator for a new kit",
+            )
+        return str(client_id)
+
+    @staticmethod
+    def _certificate(context: grpc.ServicerContext) -> bytes | None:
+        """The TLS peer's certificate (PEM), if it presented one."""
+        pem = context.auth_context().get("x509_pem_cert")
+        return bytes(pem[0]) if pem else None
+
+    def _revoked(self, certificate: bytes | None) -> bool:
+        """Whether ``certificate`` is on the revocation list."""
+        if self.revocations is None or certificate is None:
+            return False
+        return self.revocations.is_revoked(certificate)
+
+    def _shut_out(self, client_id: str, certificate: bytes | None) -> None:
+        """End a revoked client's session; revoke its enrolment if its key is the certificate's."""
+        with self._lock:
+            session = self._sessions.get(client_id)
+        if session is not None and session.certificate == certificate:
+            self._end_session(session)
+        if certificate is None:
+            return
+        try:
+            identity = _raw(identity_from_certificate(certificate))
+        except PkiError:
+            return
+        enrolled = self.store.enrolled(client_id)
+        if enrolled is not None and enrolled.public_key == identity:
+            logger.warning(
+                "client %s presented a revoked certificate; enrolment revoked", client_id
+            )
+            self.store.revoke(client_id)
 
     def _identity_of(
         self, context: grpc.ServicerContext, request: pb.JoinRequest
     ) -> Ed25519PublicKey:
         """The identity key a client proves: from its certificate, or (insecure) its Join."""
         if self.tls is not None:
-            pem = context.auth_context().get("x509_pem_cert")
-            if not pem:
+            pem = self._certificate(context)
+            if pem is None:
                 raise PkiError("the client's certificate is not available to the server")
-            return identity_from_certificate(pem[0])
+            return identity_from_certificate(pem)
         return Ed25519PublicKey.from_public_bytes(bytes(request.identity_public_key))
 
     def _connect(
@@ -735,7 +788,7 @@ class GrpcRuntime(Runtime):
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with a hello")
         client_id = self._authenticate(first.hello, context)
-        session = _Session(client_id)
+        session = _Session(client_id, self._certificate(context))
         with self._connected:
             previous = self._sessions.get(client_id)
             if previous is not None:
