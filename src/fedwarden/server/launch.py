@@ -81,6 +81,7 @@ from fedwarden.server.rundir import RunDirectory
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
@@ -946,7 +947,11 @@ def _run(
                 "observer": observer,
                 "privacy": privacy,
                 "audit": audit,
-                "monitors": [monitoring, *_round_rows(store, run_dir)],
+                "monitors": [
+                    monitoring,
+                    *_round_rows(store, run_dir),
+                    *_anchoring(store, run_dir, audit, deployment),
+                ],
             }
             asynchronous = config.asynchronous
             server = (
@@ -1043,6 +1048,22 @@ def _run(
         raise
 
 
+def _anchoring(
+    store: RunStore | None,
+    run_dir: RunDirectory | None,
+    audit: ServerAuditTrail | None,
+    deployment: Deployment | None,
+) -> list[AnchorEveryRound]:
+    """The writer of the audit log's root-signed anchor into the run directory, every round."""
+    from fedwarden.governance.anchor import ANCHOR_FILE, AnchorEveryRound
+
+    if store is None or run_dir is None or audit is None or deployment is None:
+        return []
+    if deployment.audit_key is None:
+        return []
+    return [AnchorEveryRound(store, deployment.audit_key, run_dir.path / ANCHOR_FILE)]
+
+
 def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
     """The run store's recorder of completed rounds, when the run has a store."""
     from fedwarden.governance.store import RoundRows
@@ -1055,12 +1076,16 @@ def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[Ro
 def _governance_report(
     store: RunStore, audit: ServerAuditTrail, run_dir: RunDirectory, deployment: Deployment
 ) -> dict[str, str | None]:
-    """Write the store's HTML audit report into the run directory; where everything is."""
+    """Write the HTML audit report and a last anchor into the run directory; where all is."""
     from fedwarden.governance.audit import audit_report, render_html
 
     report = run_dir.path / "audit_report.html"
     report.write_text(render_html(audit_report(store, audit.log.public_key)))
+    anchors = _anchoring(store, run_dir, audit, deployment)
+    for writer in anchors:
+        writer.anchor()
     return {
+        "audit_anchor": str(anchors[0].path) if anchors else None,
         "store": store.url,
         "audit_public_key": (
             None if deployment.audit_public_key is None else str(deployment.audit_public_key)
