@@ -235,6 +235,9 @@ def _governance_lines(extras: dict[str, Any]) -> list[str]:
     verify = f"fedwarden audit verify {store}"
     if key is not None:
         verify += f" --public-key {shlex.quote(key)}"
+    anchor = governance.get("audit_anchor")
+    if anchor is not None:
+        verify += f" --anchor {shlex.quote(anchor)}"
     lines += [
         f"audit log: in the run store {escape(governance['store'])}",
         f"  {escape(verify)}",
@@ -442,6 +445,28 @@ def pki_issue_command(
             console.print(f"  {label}: {escape(str(path))}")
 
 
+@pki_app.command("revoke")
+def pki_revoke_command(
+    name: Annotated[str, typer.Argument(help="The client whose certificate is revoked.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Directory holding the CA.")],
+) -> None:
+    """Revoke a client's certificate: its serial joins the CA-signed revocation list.
+
+    The list (revoked.pem) is written to DIR and to every server kit in DIR;
+    a running server reads it again at once. Copy it to servers kept elsewhere.
+    """
+    from fedwarden.deploy.revocation import revoke
+
+    try:
+        written = revoke(directory, name)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    console.print(f"revoked client {escape(name)}'s certificate; revocation list written to:")
+    for path in written:
+        console.print(f"  {escape(str(path))}")
+
+
 audit_app = typer.Typer(
     help="The signed, hash-chained audit log of a run store: verify it, report on it, "
     "delegate and revoke signing keys.",
@@ -535,14 +560,25 @@ def audit_privacy_command(
 def audit_verify_command(
     store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
     public_key: Annotated[Path, typer.Option(help="PEM Ed25519 public key of the audit log.")],
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            help="A root-signed anchor (audit-anchor.json of a run directory): the log must "
+            "still hold the entries it recorded, so a deleted tail is detected."
+        ),
+    ] = None,
 ) -> None:
-    """Check every entry's hash, link and signature; exit 1 naming the first bad entry."""
+    """Check every entry's hash, link and signature; exit 1 naming the first bad entry.
+
+    Without --anchor, deleting the newest entries leaves a valid, shorter chain.
+    """
+    from fedwarden.governance.anchor import verify_anchored
     from fedwarden.governance.audit import load_public_key, verify
 
     try:
         key = load_public_key(public_key)
         with _existing_store(store_url) as store:
-            result = verify(store, key)
+            result = verify(store, key) if anchor is None else verify_anchored(store, key, anchor)
     except FedwardenError as error:
         raise _error_exit(error) from None
     if not result.ok:
@@ -551,7 +587,12 @@ def audit_verify_command(
             escape(result.problem),
         )
         raise typer.Exit(1)
-    Console().print(f"OK: {result.entries} audit entries verified, last hash {result.last_hash}")
+    console = Console(soft_wrap=True)
+    console.print(f"OK: {result.entries} audit entries verified, last hash {result.last_hash}")
+    if anchor is None:
+        console.print("(no --anchor: a deleted tail of newest entries would not show)")
+    else:
+        console.print(f"every entry anchored in {escape(str(anchor))} is there")
 
 
 @audit_app.command("report")
@@ -823,6 +864,7 @@ def server_command(
     """
     import signal
 
+    from fedwarden.deploy.revocation import REVOCATION_LIST
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.health import serve_health
     from fedwarden.server.launch import Deployment, serve
@@ -847,6 +889,7 @@ def server_command(
             store,
             audit_key=audit_key,
             audit_public_key=audit_public_key,
+            revocation_list=None if identity is None else identity / REVOCATION_LIST,
         )
         health = serve_health(
             health_address, deployment.listening.is_set, deployment.metrics.exposition

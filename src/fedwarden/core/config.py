@@ -453,6 +453,10 @@ class RuntimeConfig(Section):
     """grpc: how often clients signal they are alive; silent for three periods means lost."""
     join_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     """grpc: how long the server waits for every client to join before the first round."""
+    stream_deadline_s: Annotated[float, Field(gt=0)] = 30.0
+    """grpc: a stream's first message and each next chunk arrive within this, or it is cut."""
+    calls_per_client: Annotated[int, Field(ge=4)] = 8
+    """grpc: calls one client (certificate) may have in progress at once; more are refused."""
 
 
 class RolloutConfig(Section):

@@ -35,6 +35,7 @@ from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
+from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
@@ -100,6 +101,7 @@ from fedwarden.server.rundir import RunDirectory
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
@@ -627,6 +629,8 @@ class Deployment:
     """Signs the audit log (``audit.key`` of the server kit); None: no audit log."""
     audit_public_key: Path | None = None
     """Where the audit log's public key (``audit.pub``) lies, to print how to verify it."""
+    revocation_list: Path | None = None
+    """The CA's revocation list (``revoked.pem`` of the server kit), re-read as it changes."""
     listening: threading.Event = field(default_factory=threading.Event)
     launcher: LocalClients | None = None
     """Local client processes to start (``fedwarden run`` on the grpc runtime)."""
@@ -660,6 +664,7 @@ class Deployment:
             tls,
             audit_key=audit_key,
             audit_public_key=launcher.server_kit / "audit.pub",
+            revocation_list=launcher.server_kit / REVOCATION_LIST,
             launcher=launcher,
         )
 
@@ -732,6 +737,7 @@ def build_runtime(
         return RayRuntime(config.runtime.workers, config.runtime.address)
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
+    from fedwarden.runtime.grpc.limits import ServerLimits
     from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
 
     if run_dir is None or store is None or deployment is None:
@@ -752,6 +758,14 @@ def build_runtime(
         expected_clients=dataset.client_ids,
         heartbeat_s=config.runtime.heartbeat_s,
         join_timeout_s=config.runtime.join_timeout_s,
+        revocations=None
+        if deployment.tls is None or deployment.revocation_list is None
+        else RevocationList(deployment.revocation_list, deployment.tls.root_certificate),
+        limits=ServerLimits.for_clients(
+            len(dataset.client_ids),
+            stream_deadline_s=config.runtime.stream_deadline_s,
+            calls_per_peer=config.runtime.calls_per_client,
+        ),
         launcher=deployment.launcher,
         listening=deployment.listening,
     )
@@ -1015,7 +1029,11 @@ def _run(
                 "observer": observer,
                 "privacy": privacy,
                 "audit": audit,
-                "monitors": [monitoring, *_round_rows(store, run_dir)],
+                "monitors": [
+                    monitoring,
+                    *_round_rows(store, run_dir),
+                    *_anchoring(store, run_dir, audit, deployment),
+                ],
                 "client_evaluation_off": None
                 if policy.federated_evaluation
                 else policy.why_no_federated_evaluation("the end-of-run client evaluation"),
@@ -1121,6 +1139,22 @@ def _run(
         raise
 
 
+def _anchoring(
+    store: RunStore | None,
+    run_dir: RunDirectory | None,
+    audit: ServerAuditTrail | None,
+    deployment: Deployment | None,
+) -> list[AnchorEveryRound]:
+    """The writer of the audit log's root-signed anchor into the run directory, every round."""
+    from fedwarden.governance.anchor import ANCHOR_FILE, AnchorEveryRound
+
+    if store is None or run_dir is None or audit is None or deployment is None:
+        return []
+    if deployment.audit_key is None:
+        return []
+    return [AnchorEveryRound(store, deployment.audit_key, run_dir.path / ANCHOR_FILE)]
+
+
 def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
     """The run store's recorder of completed rounds, when the run has a store."""
     from fedwarden.governance.store import RoundRows
@@ -1133,12 +1167,16 @@ def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[Ro
 def _governance_report(
     store: RunStore, audit: ServerAuditTrail, run_dir: RunDirectory, deployment: Deployment
 ) -> dict[str, str | None]:
-    """Write the store's HTML audit report into the run directory; where everything is."""
+    """Write the HTML audit report and a last anchor into the run directory; where all is."""
     from fedwarden.governance.audit import audit_report, render_html
 
     report = run_dir.path / "audit_report.html"
     report.write_text(render_html(audit_report(store, audit.log.public_key)))
+    anchors = _anchoring(store, run_dir, audit, deployment)
+    for writer in anchors:
+        writer.anchor()
     return {
+        "audit_anchor": str(anchors[0].path) if anchors else None,
         "store": store.url,
         "audit_public_key": (
             None if deployment.audit_public_key is None else str(deployment.audit_public_key)
