@@ -314,10 +314,16 @@ def test_canary_client_audit_of_user_level_dp_stays_below_the_ledgers_epsilon() 
 
 @pytest.mark.slow
 def test_canary_client_audit_sees_the_canaries_when_the_noise_is_tiny() -> None:
-    """The audit is not blind: with z = 0.05 the bound is far above the noisy run's."""
+    """The audit is not blind: with z = 0.05 the bound is far above the noisy run's.
+
+    With 200 canaries one run cannot certify much more than 2 (39 of 40 or 94 of 100
+    guesses right give 1.65 to 1.8, depending on the cohorts drawn), so the tiny-noise
+    bound is required above 1.5 and the noisy run's below 1.
+    """
     noisy = canary_audit(2.0, "all_iterates")
     tiny = canary_audit(0.05, "all_iterates")
-    assert noisy.lower_bound < 1.0 < 2.0 < tiny.lower_bound <= tiny.claimed_epsilon
+    bounds = (noisy.lower_bound, tiny.lower_bound)
+    assert noisy.lower_bound < 1.0 < 1.5 < tiny.lower_bound <= tiny.claimed_epsilon, bounds
     assert noisy.epsilon_estimate is not None and tiny.epsilon_estimate is not None
     assert tiny.epsilon_estimate > 3 * noisy.epsilon_estimate
 
