@@ -10,6 +10,7 @@ table and every log line for them.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,8 +82,9 @@ def test_an_unprotected_run_withholds_nothing() -> None:
 
 
 def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_its_releases(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="fedwarden")
     rounds, rate, noise_multiplier = 3, 0.5, 1.0
     config = RunConfig.from_mapping(
         {
@@ -99,6 +101,8 @@ def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_
     result = run(config, write_run_dir=False)
     assert all(record.train_loss is None for record in result.history)
     assert result.client_accuracy is None
+    said = caplog.text
+    assert "train_loss is off" in said and "end-of-run client evaluation is off" in said
     releases = {item["release"]: item for item in result.to_json()["releases"]}
     assert set(releases) == {"model_update", "example_count", "train_loss", "client_evaluation"}
     assert releases["train_loss"]["protection"].startswith("withheld")

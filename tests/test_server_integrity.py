@@ -205,3 +205,25 @@ def test_a_budget_change_needs_a_name_and_a_resumed_dp_run(tmp_path: Path) -> No
         BudgetChange(30.0, " ")
     with pytest.raises(ConfigError, match="only when resuming"):
         run(_config(tmp_path), budget_change=BudgetChange(30.0, "dana"))
+
+
+def test_the_command_line_changes_a_budget_only_with_a_name(tmp_path: Path) -> None:
+    run_dir = _interrupted(tmp_path)
+    unnamed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--budget-epsilon", "30"])
+    assert unnamed.exit_code != 0
+    assert "--budget-changed-by NAME" in " ".join(unnamed.output.split())
+    assert (
+        RunConfig.model_validate_json((run_dir / "config.json").read_text()).privacy.epsilon
+        == BUDGET
+    )
+
+    named = CliRunner().invoke(
+        app,
+        ["run", "--resume", str(run_dir), "--budget-epsilon", "30", "--budget-changed-by", "dana"],
+    )
+    assert named.exit_code == 0, named.output
+    ledger = json.loads((run_dir / "privacy_ledger.json").read_text())
+    assert ledger["budget"]["epsilon"] == 30.0
+    assert ledger["budget_history"][-1]["changed_by"] == "dana"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 4 and summary["budget_epsilon"] == 30.0

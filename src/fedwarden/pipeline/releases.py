@@ -76,6 +76,14 @@ class ReleasePolicy:
             "the central test set's figures instead"
         )
 
+    def why_no_train_loss(self) -> str:
+        """The message that says why a protected run reports no training loss."""
+        return (
+            "train_loss is off: under differential privacy or secure aggregation each client's "
+            "training loss would leave it in clear and uncharged, so clients keep it; the run "
+            "reports the central test set's loss instead"
+        )
+
 
 def withheld(update: ClientUpdate, keep_example_count: bool) -> ClientUpdate:
     """``update`` with only public metrics, and its example count unless ``keep_example_count``."""

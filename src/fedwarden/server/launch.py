@@ -915,6 +915,8 @@ def _run(
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
     policy = ReleasePolicy.of(config)
+    if policy.protected:
+        logger.info(policy.why_no_train_loss())
     privacy = build_privacy(
         config,
         dataset,
