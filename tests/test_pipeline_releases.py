@@ -208,3 +208,5 @@ def test_user_level_dp_under_secagg_over_grpc_stores_and_logs_no_per_client_stat
     assert releases["example_count"]["protection"].startswith("inside the secure sum")
     assert releases["train_loss"]["epsilon"] is None
     assert summary["client_accuracy"] is None
+    printed = " ".join(run_.server_output().split())
+    assert "release train_loss: withheld" in printed

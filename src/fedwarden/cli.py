@@ -160,7 +160,10 @@ def _summary_lines(result: RunResult) -> list[str]:
             for name in _PRIVACY_FIELDS
             if privacy.get(name) is not None
         )
-        lines.append(f"privacy: {privacy['mechanism']}; {shown}")
+        lines.append(f"privacy: {privacy.get('mechanism', 'none')}; {shown}")
+        for release in privacy.get("releases", ()):
+            cost = "" if release["epsilon"] is None else f" (epsilon {_number(release['epsilon'])})"
+            lines.append(f"  release {release['release']}: {release['protection']}{cost}")
     attack = result.extras.get("attack")
     if attack:
         lines.append(
