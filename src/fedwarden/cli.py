@@ -325,6 +325,10 @@ def query_command(
     privacy_unit: Annotated[str, typer.Option(help="client (user-level) or example.")] = "client",
     neighboring: Annotated[str, typer.Option(help="add_remove or replace_one.")] = "add_remove",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    budget_changed_by: Annotated[
+        str | None,
+        typer.Option(help="Who changes the ledger's budget to the config's (recorded in it)."),
+    ] = None,
 ) -> None:
     """Answer one federated analytics query with differential privacy, charged to the ledger."""
     from fedwarden.privacy.analytics import query_command as answer
@@ -343,6 +347,7 @@ def query_command(
             ledger_path=ledger,
             privacy_unit=privacy_unit,  # type: ignore[arg-type]
             neighboring=neighboring,  # type: ignore[arg-type]
+            budget_changed_by=budget_changed_by,
         )
     except FedwardenError as error:
         raise _error_exit(error) from None

@@ -336,8 +336,9 @@ class PrivacyLedger:
                     f"{last['epsilon']}, delta={last['delta']}, client_budget="
                     f"{last['client_budget']}, but this run declares epsilon={current['epsilon']},"
                     f" delta={current['delta']}, client_budget={current['client_budget']}; a "
-                    "budget changes only explicitly (`fedwarden run --resume RUN_DIR "
-                    "--budget-epsilon E --budget-changed-by NAME`), never by editing the config"
+                    "budget changes only explicitly, naming who changes it (`fedwarden run "
+                    "--resume RUN_DIR --budget-epsilon E --budget-changed-by NAME`, or "
+                    "`fedwarden query ... --budget-changed-by NAME`), never by editing a config"
                 )
             logger.warning(
                 "%s changed the privacy budget of %s from epsilon=%s, delta=%s, "
