@@ -30,7 +30,7 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.store import RunStore
 from fedwarden.server import RunDirectory, run
 from fedwarden.server.integrity import BudgetChange, ResumeRefused
-from fedwarden.server.launch import resumed
+from fedwarden.server.launch import Deployment, resumed, serve
 
 BUDGET = 20.0
 
@@ -227,3 +227,22 @@ def test_the_command_line_changes_a_budget_only_with_a_name(tmp_path: Path) -> N
     assert ledger["budget_history"][-1]["changed_by"] == "dana"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 4 and summary["budget_epsilon"] == 30.0
+
+
+def test_a_deployed_run_restarted_with_a_raised_budget_is_refused_unless_changed_explicitly(
+    tmp_path: Path,
+) -> None:
+    stored = _config(tmp_path).model_copy(
+        update={"runtime": _config(tmp_path).runtime.model_copy(update={"kind": "grpc"})}
+    )
+    run_dir = RunDirectory.create(tmp_path / "runs", stored.name)
+    run_dir.write_config(stored.model_dump_json(indent=1))
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    with RunStore(store_url) as store:
+        store.create_run(run_dir.path.name, stored.name, run_dir.read_config(), str(run_dir.path))
+    raised = BudgetChange(1000.0, "mallory").apply(stored)
+    deployment = Deployment("127.0.0.1:0", None, store_url)
+    with pytest.raises(ConfigError, match=r"started with another config.*--budget-changed-by"):
+        serve(raised, deployment)
+    with pytest.raises(ConfigError, match="started with another config"):
+        serve(raised, deployment, budget_change=BudgetChange(30.0, "dana"))

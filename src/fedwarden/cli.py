@@ -258,14 +258,7 @@ def run_command(
     """Train a federated model as described by CONFIG."""
     console = _logging_console(stderr=as_json)
     try:
-        budget_change = None
-        if budget_epsilon is not None or budget_changed_by is not None:
-            if budget_epsilon is None or budget_changed_by is None or resume is None:
-                raise FedwardenError(
-                    "a budget change needs --resume RUN_DIR, --budget-epsilon E and "
-                    "--budget-changed-by NAME together"
-                )
-            budget_change = BudgetChange(budget_epsilon, budget_changed_by)
+        budget_change = _budget_change(budget_epsilon, budget_changed_by)
         if resume is not None:
             if config is not None:
                 raise FedwardenError("give either CONFIG or --resume RUN_DIR, not both")
@@ -282,6 +275,17 @@ def run_command(
         console.print(line, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
+
+
+def _budget_change(epsilon: float | None, changed_by: str | None) -> BudgetChange | None:
+    """The explicit budget change the command line asks for, if any."""
+    if epsilon is None and changed_by is None:
+        return None
+    if epsilon is None or changed_by is None:
+        raise FedwardenError(
+            "a budget change needs --budget-epsilon E and --budget-changed-by NAME together"
+        )
+    return BudgetChange(epsilon, changed_by)
 
 
 def _config_for(
@@ -799,11 +803,20 @@ def server_command(
     insecure: Annotated[
         bool, typer.Option(help="Serve without TLS (loopback addresses only).")
     ] = False,
+    budget_epsilon: Annotated[
+        float | None,
+        typer.Option(help="Change the unfinished run's privacy budget to this epsilon."),
+    ] = None,
+    budget_changed_by: Annotated[
+        str | None,
+        typer.Option(help="Who changes the budget (recorded in the ledger and audit log)."),
+    ] = None,
 ) -> None:
     """Serve a federated run to `fedwarden client` processes over gRPC with mutual TLS.
 
     Started again after a crash with the same config and store, it continues
-    the unfinished run from its last completed round.
+    the unfinished run from its last completed round; with --budget-epsilon and
+    --budget-changed-by (and that epsilon in CONFIG) it changes its budget first.
     """
     import signal
 
@@ -815,6 +828,7 @@ def server_command(
     try:
         if (identity is None) != insecure:
             raise FedwardenError("give --identity SERVER_KIT, or --insecure (loopback only)")
+        budget_change = _budget_change(budget_epsilon, budget_changed_by)
         settings = load_config(config).model_copy(
             update={"runtime": load_config(config).runtime.model_copy(update={"kind": "grpc"})}
         )
@@ -837,7 +851,7 @@ def server_command(
         )
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         with ConsoleObserver(console, settings.rounds, 0) as observer:
-            result = serve(settings, deployment, observer=observer)
+            result = serve(settings, deployment, observer=observer, budget_change=budget_change)
         health.shutdown()
     except FedwardenError as error:
         raise _error_exit(error) from None
