@@ -354,7 +354,7 @@ def test_clustering_is_refused_where_per_client_accuracies_may_not_leave_the_cli
             "name": "clustered-local-dp",
             "rounds": 4,
             "data": {"source": "digits", "num_clients": 4},
-            "privacy": {"mechanism": "local", "noise_multiplier": 1.0},
+            "privacy": {"mechanism": "local", "noise_multiplier": 1.0, "epsilon": 8.0},
             "clustering": {"enabled": True, "warmup_rounds": 1},
             "runtime": {"workers": 1},
         }
