@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakes import RecordingRuntime, ScriptedTrainer
-from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import FitInstruction, TrainConfig
 from fedwarden.core.params import Vector
@@ -24,7 +23,6 @@ from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime import ClientEngine, LocalRuntime, Runtime, Workload
 from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server import CentralTestSet, Server
-from fedwarden.server import run as run_config
 from fedwarden.server.clustered import (
     ClusteredTraining,
     ServerFactory,
@@ -346,18 +344,3 @@ def test_clustering_is_refused_before_training_under_secure_aggregation_or_centr
     assert runtime.delivered == []
     with pytest.raises(ConfigError, match="cluster_rounds=0"):
         ClusteredTraining(procedure.make_server, cluster_rounds=0, max_clusters=2).run(private)
-
-
-def test_clustering_is_refused_where_per_client_accuracies_may_not_leave_the_clients() -> None:
-    config = RunConfig.from_mapping(
-        {
-            "name": "clustered-local-dp",
-            "rounds": 4,
-            "data": {"source": "digits", "num_clients": 4},
-            "privacy": {"mechanism": "local", "noise_multiplier": 1.0, "epsilon": 8.0},
-            "clustering": {"enabled": True, "warmup_rounds": 1},
-            "runtime": {"workers": 1},
-        }
-    )
-    with pytest.raises(ConfigError, match="end-of-run client evaluation is off"):
-        run_config(config, write_run_dir=False)

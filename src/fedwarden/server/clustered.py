@@ -291,11 +291,6 @@ class ClusteredTraining:
                 "the clusters are published, which the privacy accountant does not cover; "
                 "turn off clustering or central differential privacy"
             )
-        if server.client_evaluation_off is not None:
-            raise ConfigError(
-                "clustering places and reports clients by their accuracy on their own data, but "
-                f"{server.client_evaluation_off}; turn off clustering or the protection"
-            )
         pipeline = server.pipeline
         hiding = [stage.name for stage in pipeline.stages if stage.hides_individual_updates]
         if pipeline.aggregator.hides_individual_updates:
