@@ -12,9 +12,11 @@ the survivors' updates. Three ways to compute it, on the same vectors:
   each client uploads ``4 d`` bytes.
 * **fedwarden**: :class:`~fedwarden.secure.secagg.InProcessSecureSum` (SecAgg+,
   Bonawitz et al. CCS 2017 over the neighbour graph of Bell et al. CCS 2020)
-  with default parameters (``k = 42``, ``t = 16`` for ``n = 100``, ring
-  ``2^32``). Clients clip to L2 norm 1 and quantize with
-  :class:`~fedwarden.secure.encoding.RingEncoder` (the finest step for ``n``);
+  with default parameters (``k = 99``, ``t = 56`` for ``n = 100``: ``c = 10``
+  tolerated corrupted clients and ``t > (k + 1 + c) / 2``; ring ``2^32``),
+  identity-signed advertisements, shares and survivor lists. Clients clip to
+  L2 norm 1 and quantize with :class:`~fedwarden.secure.encoding.RingEncoder`
+  (the finest step for ``n``);
   the server decodes the ring sum. In this process, the survivors encode and
   mask on one thread per core (as the pipeline's ``SecureSum`` does; Flower
   likewise runs one ClientApp actor per core), and the server adds each masked

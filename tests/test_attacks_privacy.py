@@ -167,7 +167,10 @@ def test_audit_result_flags_a_bound_above_the_claim() -> None:
 
 def test_audit_refuses_a_config_without_dp_sgd_or_a_pytorch_model() -> None:
     local = RunConfig.from_mapping(
-        {"privacy": {"mechanism": "local", "noise_multiplier": 1.0}, "model": {"kind": "mlp"}}
+        {
+            "privacy": {"mechanism": "local", "noise_multiplier": 1.0, "epsilon": 8.0},
+            "model": {"kind": "mlp"},
+        }
     )
     with pytest.raises(ConfigError, match="dp_sgd"):
         audit_privacy(local)

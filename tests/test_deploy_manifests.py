@@ -32,7 +32,7 @@ MANIFESTS = REPOSITORY / "deploy" / "k8s"
 README = REPOSITORY / "deploy" / "README.md"
 DOCKERFILE = REPOSITORY / "Dockerfile"
 DOCKERIGNORE = REPOSITORY / ".dockerignore"
-MAKEFILE = REPOSITORY / "Makefile"
+CONSTRAINTS = REPOSITORY / "lock" / "constraints.txt"
 NAMESPACE = "fedwarden"
 
 EXPECTED_KINDS = {
@@ -603,11 +603,11 @@ def test_dockerfile_runs_as_the_non_root_user_the_pods_require() -> None:
         assert container.spec["securityContext"]["allowPrivilegeEscalation"] is False
 
 
-def test_dockerfile_builds_on_python_3_11_slim_with_the_makefiles_cpu_torch() -> None:
+def test_dockerfile_builds_on_python_3_11_slim_with_the_locks_cpu_torch() -> None:
     instructions = dockerfile_instructions()
     bases = [rest.split()[0] for name, rest in instructions if name == "FROM"]
     assert bases and all(base == "python:3.11-slim" for base in bases)
-    (torch_pin,) = re.findall(r"^TORCH := (\S+)$", MAKEFILE.read_text(), flags=re.MULTILINE)
+    (torch_pin,) = re.findall(r"^(torch==\S+)$", CONSTRAINTS.read_text(), flags=re.MULTILINE)
     runs = [rest for name, rest in instructions if name == "RUN"]
     torch_install = next(index for index, rest in enumerate(runs) if torch_pin in rest.split())
     assert "https://download.pytorch.org/whl/cpu" in runs[torch_install].split()

@@ -8,13 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from dp_accounting import dp_event
+from dp_accounting.dp_event import DpEvent
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedwarden.core.config import RunConfig, load_config
+from fedwarden.core.messages import TrainConfig
 from fedwarden.server import RunDirectory, run
 
 pytestmark = pytest.mark.slow
@@ -210,10 +216,23 @@ def test_personalization_example_reaches_90_percent_central_accuracy() -> None:
     assert result.personalized_accuracy is not None
 
 
-def test_quickstart_spends_exactly_the_calibrated_dp_sgd_budget_at_each_hospital() -> None:
+def dp_sgd_silo_event(num_examples: int, train: TrainConfig, rounds: int, z: float) -> DpEvent:
+    """A silo's DP-SGD over ``rounds`` rounds, written from the algorithm, not fedwarden's code.
+
+    Each epoch is n / batch steps rounded to the nearest integer (halves up), each step the
+    Gaussian mechanism on a Poisson sample of rate batch / n (no sampling at rate 1).
+    """
+    per_epoch = max(1, (2 * num_examples + train.batch_size) // (2 * train.batch_size))
+    rate = min(1.0, train.batch_size / num_examples)
+    step: DpEvent = dp_event.GaussianDpEvent(z)
+    if rate < 1.0:
+        step = dp_event.PoissonSampledDpEvent(rate, step)
+    return dp_event.SelfComposedDpEvent(step, rounds * train.local_epochs * per_epoch)
+
+
+def test_quickstart_epsilon_is_dp_accountings_for_the_steps_each_hospital_ran() -> None:
+    """The oracle is dp-accounting's accountants called here, never fedwarden's accounting."""
     from fedwarden.data import load_dataset
-    from fedwarden.privacy.accounting import compute_spend
-    from fedwarden.privacy.silo import dp_sgd_round_event
 
     deployed = load_config(ROOT / "examples" / "quickstart.toml")
     assert deployed.runtime.kind == "grpc"  # make demo; the same training simulated here
@@ -222,18 +241,29 @@ def test_quickstart_spends_exactly_the_calibrated_dp_sgd_budget_at_each_hospital
     values["rollout"] = {}
     config = RunConfig.from_mapping(values)
     assert config.privacy.noise_multiplier is None  # calibrated from the budget at start
-    summary = run(config, write_run_dir=False).to_json()
+    result = run(config, write_run_dir=False)
+    summary = result.to_json()
     assert summary["privacy_unit"] == "example" and summary["retired_silos"] == []
     # the server saw only sums, and no client statistic beside them
     assert summary["pipeline"] == ["withhold_client_statistics", "secure_sum"]
     assert summary["secure_aggregation"]["threshold"] == 2
-    sizes = [c.num_train for c in load_dataset(config.data, config.seed).clients.values()]
-    round_event = dp_sgd_round_event(
-        min(sizes), config.train.batch_size, config.train.local_epochs, summary["noise_multiplier"]
-    )
-    oracle = compute_spend([round_event] * config.rounds, config.privacy.delta)
-    assert summary["epsilon"] == pytest.approx(oracle.epsilon, rel=1e-12)
-    assert oracle.epsilon == pytest.approx(3.0, abs=1e-3) and oracle.epsilon <= 3.0
+    assert result.rounds == config.rounds and config.sampling.cohort_size == 3
+    # Every hospital is in every round's cohort of three, so each ran every round's steps.
+    train = TrainConfig(config.train.local_epochs, config.train.batch_size, 0.0)
+    delta, z = config.privacy.delta, summary["noise_multiplier"]
+    pld, rdp = {}, {}
+    for client_id, client in load_dataset(config.data, config.seed).clients.items():
+        event = dp_sgd_silo_event(client.num_train, train, config.rounds, z)
+        pld[client_id] = pld_privacy_accountant.PLDAccountant().compose(event).get_epsilon(delta)
+        rdp[client_id] = rdp_privacy_accountant.RdpAccountant().compose(event).get_epsilon(delta)
+    largest = max(pld, key=pld.__getitem__)
+    assert summary["accountant"] == "pld"
+    assert summary["epsilon"] == pytest.approx(pld[largest], rel=1e-3)
+    assert summary["epsilon_rdp"] == pytest.approx(rdp[largest], rel=1e-6)
+    for client_id, epsilon in summary["client_epsilons"].items():
+        assert epsilon == pytest.approx(pld[client_id], rel=1e-3)
+    # The published budget: calibrated so the smallest hospital spends epsilon = 3 and no more.
+    assert pld[largest] == pytest.approx(3.0, rel=2e-3) and summary["epsilon"] <= 3.0
     # The non-private run of the same config reaches 0.94 (README, privacy-utility table).
     assert summary["accuracy"] >= 0.85
 
@@ -409,3 +439,27 @@ def test_user_level_dp_run_reports_its_privacy_and_a_resume_keeps_the_spend(
     assert len(ledger["entries"]) == 6
     stored = json.loads((Path(result.run_dir or "") / "summary.json").read_text())
     assert stored["epsilon"] == summary["epsilon"]
+
+
+def test_fedwarden_version_names_the_installed_version() -> None:
+    completed = _cli("--version")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"fedwarden {metadata.version('fedwarden')}"
+
+
+def test_outside_a_terminal_each_round_is_one_plain_line_that_never_wraps(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "dp.toml"
+    config.write_text(
+        _config_text('source = "digits"\nnum_clients = 6', tmp_path / "runs", rounds=3)
+        + '[privacy]\nmechanism = "user_level"\nepsilon = 8.0\nclip_norm = 1.0\n'
+    )
+    completed = _cli("run", str(config))
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    rows = [line for line in lines if line.startswith(" ") and "epsilon" in line]
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert all(len(row) > 80 for row in rows)  # longer than the 80 columns rich assumes
+    alerts = [line for line in lines if "alert privacy_budget" in line]
+    assert alerts and all(line.endswith("(100%)") for line in alerts)  # one line each

@@ -132,7 +132,8 @@ def write_keys(folder: Path) -> tuple[Path, Path]:
 def test_event_payload_is_canonical_json_with_sorted_keys_and_no_spaces() -> None:
     event = RoundStarted("run-1", 3, ("bob", "alice"), {"z": 1, "a": 2.5})
     assert canonical_json(event.payload()) == (
-        '{"cohort":["bob","alice"],"dp":{"a":2.5,"z":1},"round_index":3,"run_id":"run-1"}'
+        '{"cohort":["bob","alice"],"cohort_commitment":null,"dp":{"a":2.5,"z":1},'
+        '"round_index":3,"run_id":"run-1"}'
     )
     assert event.kind == "round_started"
 

@@ -8,6 +8,7 @@ names the versions it passed with.
 from __future__ import annotations
 
 import re
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -40,8 +41,16 @@ def locked(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """Every distribution in this environment but fedwarden itself (an editable install)."""
-    found = {normalized(dist.metadata["Name"]): dist.version for dist in metadata.distributions()}
+    """Every distribution installed in this environment but fedwarden itself (editable).
+
+    Only the environment's own site-packages are read: some packages put folders of their
+    own on ``sys.path`` once imported (Ray its vendored ``thirdparty_files``).
+    """
+    site_packages = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    found = {
+        normalized(dist.metadata["Name"]): dist.version
+        for dist in metadata.distributions(path=site_packages)
+    }
     found.pop("fedwarden", None)
     return found
 
@@ -71,3 +80,9 @@ def test_the_demo_lock_is_a_subset_of_the_test_lock() -> None:
 @pytest.mark.parametrize("name", ["demo", "test", "bench"])
 def test_every_lock_pins_the_cpu_build_of_torch(name: str) -> None:
     assert locked(LOCK_DIR / f"requirements-{name}.txt")["torch"] == "2.13.0+cpu"
+
+
+def test_packages_that_extend_the_import_path_do_not_count_as_installed() -> None:
+    import ray  # noqa: F401  (puts ray/thirdparty_files on sys.path)
+
+    assert set(installed()) <= set(locked(LOCK_DIR / "requirements-test.txt"))

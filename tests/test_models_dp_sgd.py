@@ -17,9 +17,10 @@ from fedwarden.core.errors import ConfigError, DataError, SpecMismatchError
 from fedwarden.core.messages import FitResult, TrainConfig
 from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData
-from fedwarden.models.dp_sgd import RDP_ORDERS, DpSgdTrainer, PoissonSampling
+from fedwarden.models.dp_sgd import RDP_ORDERS, DpSgdTrainer
 from fedwarden.models.torch import Loss, ModuleFactory, mlp
 from fedwarden.models.trainer import ClientContext, ClientState
+from fedwarden.privacy.poisson import PoissonSampling
 from fedwarden.privacy.randomness import NoiseSource
 from harness import digits_silos, fedavg_in_process
 
@@ -131,29 +132,74 @@ def test_noise_on_the_sum_has_std_z_times_c_divided_by_the_expected_batch(
     assert abs(np.mean(noise_sum)) < 4 * z * clip * np.sqrt(steps / 2000)
 
 
-def test_poisson_batches_come_from_client_rng_with_rate_batch_size_over_n() -> None:
+def batches_seen(trainer: DpSgdTrainer, data: ClientData, train: TrainConfig, seed: int) -> list:
+    """The inputs of every batch one fit of ``trainer`` trains on, with ``client.rng`` seeded."""
+    seen: list[np.ndarray] = []
+    hook = trainer.module.register_forward_hook(
+        lambda _m, inputs, _o: seen.append(inputs[0].numpy().copy())
+    )
+    try:
+        fit(trainer, trainer.initial_vector(0), data, train, seed=seed)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_poisson_batches_in_test_mode_come_from_the_fits_test_stream_at_rate_batch_over_n() -> None:
     trainer = dp_trainer()
     data = blobs("a", 20)
-    seen: list[np.ndarray] = []
-    trainer.module.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].numpy()))
-    result = fit(trainer, trainer.initial_vector(0), data, TrainConfig(2, 2, 0.1), seed=11)
+    seen = batches_seen(trainer, data, TrainConfig(2, 2, 0.1), seed=11)
 
     sampling = PoissonSampling(20, 2)
     assert (sampling.rate, sampling.expected_batch_size, sampling.steps_per_epoch) == (0.1, 2, 10)
-    rng = np.random.default_rng(11)
-    rng.integers(2**63)  # the key of the fit's test-mode noise
-    rng.integers(2**63)  # the seed of PyTorch's generator
-    masks = [rng.random(20) < 0.1 for _ in range(20)]
-    assert len(seen) == result.metrics["dp_sgd_steps"] == 20
+    key = int(np.random.default_rng(11).integers(2**63))  # the fit's test-mode key
+    stream = NoiseSource.for_testing(key)
+    masks = []
+    for _ in range(20):  # each step: the batch's coins, then the noise on the model's 195 weights
+        masks.append(stream.bernoulli(0.1, 20))
+        stream.gaussian(trainer.spec.size, 1.0)
+    assert len(seen) == 20
     assert any(not mask.any() for mask in masks)  # empty batches are steps too
     for mask, inputs in zip(masks, seen, strict=True):
         assert np.array_equal(inputs, data.x_train[mask])
-    assert np.all(np.isfinite(result.update))
 
 
-def test_epoch_length_rounds_one_over_q_and_q_is_capped_at_one() -> None:
-    assert PoissonSampling(300, 32).steps_per_epoch == 9  # 1 / q = 9.375
-    assert PoissonSampling(310, 20).steps_per_epoch == 16  # 15.5 rounds to even
+def test_the_same_public_seed_draws_different_batches_outside_test_mode() -> None:
+    """The attack of issue 15: a reader of the config recomputes every batch from the seed."""
+    data = blobs("a", 40)
+    train = TrainConfig(1, 4, 0.1)
+    secure = DpSgdTrainer(SMALL_MLP, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    first = batches_seen(secure, data, train, seed=3)
+    second = batches_seen(secure, data, train, seed=3)
+    assert len(first) == len(second) == 10
+    differs = [not np.array_equal(a, b) for a, b in zip(first, second, strict=True)]
+    assert sum(differs) >= 8  # two equal Poisson(0.1) batches of 40 examples are rare
+    rng = np.random.default_rng(3)  # what the seed-holder would recompute (the old batch masks)
+    rng.integers(2**63)
+    rng.integers(2**63)
+    predicted = [data.x_train[rng.random(40) < 0.1] for _ in range(10)]
+    matches = [np.array_equal(p, b) for p, b in zip(predicted, first, strict=True)]
+    assert sum(matches) <= 2
+
+
+def test_test_mode_draws_the_same_batches_for_the_same_seed_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = blobs("a", 40)
+    train = TrainConfig(1, 4, 0.1)
+    with caplog.at_level(logging.WARNING, logger="fedwarden.privacy"):
+        first = batches_seen(dp_trainer(), data, train, seed=3)
+    assert "REPRODUCIBLE (test mode" in caplog.text
+    second = batches_seen(dp_trainer(), data, train, seed=3)
+    other = batches_seen(dp_trainer(), data, train, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_epoch_length_rounds_n_over_batch_halves_up_and_q_is_capped_at_one() -> None:
+    assert PoissonSampling(300, 32).steps_per_epoch == 9  # n / batch = 9.375
+    assert PoissonSampling(310, 20).steps_per_epoch == 16  # 15.5
+    assert PoissonSampling(196, 8).steps_per_epoch == 25  # 24.5: round() would give 24
     small = PoissonSampling(10, 32)
     assert (small.rate, small.expected_batch_size, small.steps_per_epoch) == (1.0, 10.0, 1)
 
@@ -233,10 +279,10 @@ def test_production_noise_is_secure_and_not_reproducible() -> None:
     second = fit(secure, vector, blobs("a"), train, seed=3)
     assert not np.array_equal(first.update, second.update)
     noiseless = DpSgdTrainer(SMALL_MLP, noise_multiplier=0.0, max_grad_norm=1.0, delta=1e-5)
-    assert np.array_equal(
+    assert not np.array_equal(
         fit(noiseless, vector, blobs("a"), train, seed=3).update,
         fit(noiseless, vector, blobs("a"), train, seed=3).update,
-    )  # the same seed gives the same batches: only the noise differs
+    )  # without noise only the batches differ: they are secret too
 
 
 def test_batch_norm_is_refused_with_a_pointer_to_group_norm() -> None:

@@ -130,6 +130,31 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile() -> 
     assert mean.round_parameters() == {"clip_norm": clip_norm.value}
 
 
+def test_adaptive_clippings_count_gets_integer_discrete_gaussian_noise() -> None:
+    """The docs promise the exact discrete sampler for the count, not float Gaussian noise."""
+    z, expected, rounds = 3.0, 10, 400
+    noises = []
+    for round_index in range(rounds):
+        clip_norm = ClipNorm(1.0)
+        mean = GaussianMean(
+            noise_multiplier=0.1,
+            clip_norm=clip_norm,
+            expected_cohort_size=expected,
+            noise=NoiseSource.for_testing(round_index),
+            adaptive=AdaptiveClipping(0.5, 1.0, count_noise_multiplier=z),
+        )
+        mean.start(3, [f"c{index}" for index in range(expected)])
+        for index in range(4):
+            mean.add(_update(np.zeros(3), f"c{index}", unclipped=1.0))
+        mean.result()
+        # C <- C exp(-(noisy_count / expected - 0.5)): recover noisy_count, then its noise.
+        noisy_count = (0.5 - np.log(clip_norm.value)) * expected
+        noises.append(noisy_count - 4)
+    assert all(abs(noise - round(noise)) < 1e-9 for noise in noises)  # integers
+    assert np.var(noises) == pytest.approx(z**2, rel=0.2)
+    assert abs(np.mean(noises)) < 5 * z / np.sqrt(rounds)
+
+
 def test_local_dp_noise_is_z_times_2c_and_each_clients_epsilon_composes() -> None:
     from dp_accounting import dp_event
     from dp_accounting.pld import pld_privacy_accountant
@@ -155,3 +180,19 @@ def test_local_dp_noise_is_z_times_2c_and_each_clients_epsilon_composes() -> Non
     assert first.metrics[CLIENT_EPSILON] == pytest.approx(pld_epsilon(1), rel=1e-3)
     assert second.metrics[CLIENT_EPSILON] == pytest.approx(pld_epsilon(2), rel=1e-3)
     assert int(context.state["local_dp/releases"][0]) == 2
+
+
+def test_a_local_dp_client_refuses_a_release_past_its_own_budget_even_if_asked() -> None:
+    """The attack: a server whose ledger was reset keeps sampling the client."""
+    from fedwarden.pipeline.local_dp import RELEASES_KEY, LocalBudgetExhausted, LocalGaussianNoise
+
+    z, clip_norm, delta = 3.0, 0.5, 1e-5
+    unlimited = LocalGaussianNoise(clip_norm, z, delta)
+    budget = (unlimited.epsilon(2) + unlimited.epsilon(3)) / 2  # two releases fit, not three
+    stage = LocalGaussianNoise(clip_norm, z, delta, budget=budget, reproducible=True)
+    context = _context(clip_norm)
+    for _ in range(2):
+        stage.client_half(_update(np.zeros(10)), context)
+    with pytest.raises(LocalBudgetExhausted, match=r"refuses local-DP release 3.*past its budget"):
+        stage.client_half(_update(np.zeros(10)), context)
+    assert int(context.state[RELEASES_KEY][0]) == 2  # nothing was released or counted

@@ -78,7 +78,9 @@ def test_an_example_count_goes_on_only_into_a_secure_sum_or_when_declared_public
 def test_an_unprotected_run_withholds_nothing() -> None:
     assert not _policy().protected
     assert _policy(secure={"kind": "secagg"}).protected
-    assert _policy(privacy={"mechanism": "local", "noise_multiplier": 1.0}).protected
+    assert _policy(
+        privacy={"mechanism": "local", "noise_multiplier": 1.0, "epsilon": 8.0}
+    ).protected
 
 
 def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_its_releases(

@@ -132,14 +132,16 @@ def test_a_copied_secure_source_draws_fresh_entropy_and_a_test_source_refuses_to
         pickle.dumps(NoiseSource.for_testing(1))
 
 
-# --- no predictable generator anywhere in the privacy package ------------------------------
+# --- no predictable generator on any path a privacy guarantee relies on ---------------------
 
 PREDICTABLE_MODULES = {"random", "numpy.random"}
 PREDICTABLE_NAMES = {"default_rng", "RandomState", "Generator", "MT19937", "PCG64"}
+TORCH_GENERATORS = {"manual_seed", "rand", "randn", "randint", "randperm", "normal", "bernoulli"}
 
 
 def predictable_randomness_uses(source: str) -> list[str]:
-    """Imports of ``random`` or ``numpy.random``, ``<anything>.random``, and generator names."""
+    """Imports of ``random`` or ``numpy.random``, ``<anything>.random``, generator names,
+    and PyTorch's seeded samplers (``torch.randn``, ``torch.manual_seed``, ...)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -149,7 +151,14 @@ def predictable_randomness_uses(source: str) -> list[str]:
                 node.module == "numpy" and any(alias.name == "random" for alias in node.names)
             ):
                 found.append(f"from {node.module} import ...")
-        elif isinstance(node, ast.Attribute) and node.attr == "random":
+        elif isinstance(node, ast.Attribute) and (
+            node.attr == "random"
+            or (
+                node.attr in TORCH_GENERATORS
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "torch"
+            )
+        ):
             found.append(f"{ast.unparse(node)}")
         elif isinstance(node, ast.Name) and node.id in PREDICTABLE_NAMES:
             found.append(node.id)
@@ -161,19 +170,55 @@ def test_the_detector_finds_every_way_to_reach_a_predictable_generator() -> None
     assert predictable_randomness_uses("from numpy import random") == ["from numpy import ..."]
     assert predictable_randomness_uses("import numpy as np\nnp.random.normal(0, 1)")
     assert predictable_randomness_uses("from numpy.random import default_rng")
+    assert predictable_randomness_uses("torch.randn(3)") == ["torch.randn"]
+    assert predictable_randomness_uses("torch.manual_seed(0)") == ["torch.manual_seed"]
     assert predictable_randomness_uses('"""np.random is forbidden"""') == []
 
 
-def test_no_module_of_the_privacy_package_uses_numpy_random_or_the_random_module() -> None:
-    package = Path(fedwarden.privacy.__file__).parent
+SEEDED_RANDOMNESS_ALLOWED = {
+    "attacks/data_poisoning.py": "simulated attackers choose whom to poison: no guarantee",
+    "attacks/dp_audit.py": "the auditor's canaries and coin flips, not the audited release",
+    "attacks/inversion.py": "the attacker's own initialization of its reconstruction",
+    "attacks/membership.py": "the attacker's shadow splits",
+    "attacks/model_poisoning.py": "simulated malicious updates: no guarantee",
+    "core/messages.py": "client_seed derives a client's training generator and test-mode keys",
+    "data/partitioners.py": "simulation: how a public data set is cut into clients",
+    "data/sources.py": "simulation: synthetic data and train/test splits",
+    "models/batching.py": "the epoch order of non-private training (DP-SGD uses poisson.py)",
+    "models/dp_sgd.py": "client.rng only keys the test-mode stream; batches and noise are secure",
+    "models/numpy.py": "model initialization from the public seed",
+    "models/sklearn.py": "non-private training's shuffling",
+    "models/torch.py": "non-private training's shuffling and initialization",
+    "models/trainer.py": "the ClientContext.rng type: the client's non-private training generator",
+    "runtime/engine.py": "seeds each client's non-private training generator",
+    "serve/app.py": "which prediction request goes to the candidate model: no guarantee",
+    "server/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
+    "vertical/architecture.py": "initialization of split models from the public seed",
+    "vertical/remote.py": "split learning's public batches: its accounting composes every "
+    "batch in parallel and takes no amplification from sampling",
+    "vertical/split.py": "split learning's public batches (see vertical/remote.py)",
+}
+"""Every module that may use a seeded generator, and why no privacy guarantee relies on it."""
+
+
+def test_no_module_of_the_package_uses_a_seeded_generator_except_those_allowed_and_why() -> None:
+    """Privacy noise, secure masks, DP-SGD batches and DP cohorts all draw from NoiseSource.
+
+    The scan covers the whole package: the leaks of issue 15 (DP-SGD batches,
+    cohorts) lived outside ``privacy/``. An allowed module that no longer uses
+    a seeded generator fails too, so the list stays exact.
+    """
+    package = Path(fedwarden.__file__).parent
     modules = sorted(package.rglob("*.py"))
-    assert package / "randomness.py" in modules
+    assert package / "privacy" / "randomness.py" in modules
     offenders = {
-        str(path.relative_to(package)): uses
+        path.relative_to(package).as_posix()
         for path in modules
-        if (uses := predictable_randomness_uses(path.read_text()))
+        if predictable_randomness_uses(path.read_text())
     }
-    assert offenders == {}
+    assert offenders == set(SEEDED_RANDOMNESS_ALLOWED)
+    guarded = ("privacy/", "secure/", "pipeline/", "strategies/", "server/server.py")
+    assert not [module for module in offenders if module.startswith(guarded)]
 
 
 # --- uniform floats and integers -----------------------------------------------------------
@@ -302,3 +347,41 @@ def test_sizes_must_be_non_negative_integers() -> None:
             source.uniform(bad)  # type: ignore[arg-type]
     with pytest.raises(PrivacyNoiseError, match="count must be a non-negative int"):
         source.random_bytes(-1)
+
+
+def test_a_seeded_stream_resumed_at_its_position_continues_where_it_stood() -> None:
+    uninterrupted = NoiseSource.seeded(7, "cohort")
+    uninterrupted.uniform(13)
+    position = uninterrupted.position
+    expected = uninterrupted.gaussian(100, 1.0)
+    resumed = NoiseSource.seeded(7, "cohort")
+    assert position is not None
+    resumed.seek(position)
+    assert np.array_equal(resumed.gaussian(100, 1.0), expected)
+    assert NoiseSource.secure().position is None
+
+
+def test_streams_of_one_seed_with_different_names_are_unrelated() -> None:
+    assert NoiseSource.seeded(7).random_bytes(32) == NoiseSource.for_testing(7).random_bytes(32)
+    assert NoiseSource.seeded(7, "cohort").random_bytes(32) != NoiseSource.seeded(7).random_bytes(
+        32
+    )
+
+
+def test_a_secure_source_has_no_position_to_seek() -> None:
+    with pytest.raises(PrivacyNoiseError, match="never reproducible"):
+        NoiseSource.secure().seek(0)
+
+
+def test_subset_is_a_uniform_sorted_subset_of_the_requested_size() -> None:
+    source = NoiseSource.seeded(3)
+    draws = 3000
+    counts = np.zeros(10)
+    for _ in range(draws):
+        chosen = source.subset(10, 3)
+        assert chosen == sorted(set(chosen)) and len(chosen) == 3
+        counts[chosen] += 1
+    tolerance = 5 * np.sqrt(0.3 * 0.7 / draws)
+    np.testing.assert_allclose(counts / draws, 0.3, atol=tolerance)
+    with pytest.raises(PrivacyNoiseError, match="cannot choose 4 of 3"):
+        source.subset(3, 4)

@@ -8,27 +8,15 @@ client never would: tampered signatures, replays, duplicates, altered bytes.
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from fedwarden.core.config import DataConfig
-from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
-from fedwarden.data import load_dataset
-from fedwarden.deploy.pki import init_ca, issue
-from fedwarden.governance.store import RunStore
-from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime.grpc import federation_pb2 as pb
-from fedwarden.runtime.grpc.client import _Stubs, open_channel, signed_upload, upload_stream
-from fedwarden.runtime.grpc.credentials import ClientKit, TlsKit
-from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
 from fedwarden.runtime.grpc.wire import (
     CHUNK_DATA_TAG,
     MAX_MESSAGE_BYTES,
@@ -43,117 +31,14 @@ from fedwarden.runtime.grpc.wire import (
     read_upload_chunk,
     sign,
     signature_valid,
-    version_message,
 )
-from fedwarden.server.records import RoundRecord
-from fedwarden.server.server import Server
-from grpc_federation import wait_for
-from harness import start_server
-
-RUN_ID = "run-under-test"
-
-
-@dataclass
-class Site:
-    """One client session the test drives by hand: tasks arrive on a queue."""
-
-    kit: ClientKit
-    stubs: _Stubs
-    tasks: queue.Queue[pb.Task]
-    channel: grpc.Channel
-
-    def next_task(self) -> pb.Task:
-        return self.tasks.get(timeout=30)
-
-    def model(self, task: pb.Task) -> np.ndarray:
-        request = pb.DownloadRequest(run_id=task.run_id, version=task.model.version)
-        data = b"".join(self.stubs.download(request))
-        return np.frombuffer(data, dtype=VECTOR_DTYPE)
-
-    def honest_upload(self, task: pb.Task) -> tuple[pb.UploadHeader, bytes]:
-        vector = self.model(task)
-        update = ClientUpdate(
-            task.round_index, self.kit.client_id, np.full_like(vector, 0.01), num_examples=10
-        )
-        header, body = signed_upload(task, self.kit.client_id, update, self.kit.identity)
-        return header, bytes(body)
-
-    def send(self, header: pb.UploadHeader, body: bytes) -> pb.UploadReceipt:
-        receipt: pb.UploadReceipt = self.stubs.upload(upload_stream(header, memoryview(body)))
-        return receipt
-
-
-@dataclass
-class Deployment:
-    server: Server
-    runtime: GrpcRuntime
-    store: RunStore
-    pki: Path
-
-    def site(self, client_id: str) -> Site:
-        kit = ClientKit.from_dir(self.pki / "clients" / client_id)
-        channel = open_channel(f"127.0.0.1:{self.runtime.port}", kit)
-        stubs = _Stubs.on(channel)
-        hello = pb.JoinRequest(version=version_message(), client_id=client_id)
-        stubs.join(hello, timeout=10)
-        tasks: queue.Queue[pb.Task] = queue.Queue()
-
-        def signals() -> Iterator[pb.ClientSignal]:
-            yield pb.ClientSignal(hello=hello)
-            while True:
-                threading.Event().wait(0.5)
-                yield pb.ClientSignal(heartbeat=pb.Heartbeat())
-
-        call = stubs.connect(signals())
-
-        def read() -> None:
-            try:
-                for task in call:
-                    tasks.put(task)
-            except grpc.RpcError:
-                return
-
-        threading.Thread(target=read, daemon=True).start()
-        wait_for(
-            lambda: client_id in self.runtime.connected_clients(), 10, f"{client_id}'s session"
-        )
-        return Site(kit, stubs, tasks, channel)
-
-    def round_in_background(self, round_index: int) -> queue.Queue[RoundRecord]:
-        done: queue.Queue[RoundRecord] = queue.Queue()
-        thread = threading.Thread(
-            target=lambda: done.put(self.server.run_round(round_index)), daemon=True
-        )
-        thread.start()
-        return done
+from grpc_deployment import RUN_ID, Deployment, deployment_at
 
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    dataset = load_dataset(DataConfig(source="digits", num_clients=2), seed=0)
-    pki = tmp_path / "pki"
-    init_ca(pki, "test")
-    issue(pki, "server", "server")
-    for client_id in dataset.client_ids:
-        issue(pki, "client", client_id)
-    store = RunStore.sqlite(tmp_path / "store.db")
-    store.create_run(RUN_ID, "test", "{}", str(tmp_path))
-    trainer = softmax_regression(dataset.num_features, 10)
-    runtime = GrpcRuntime(
-        "127.0.0.1:0",
-        tls=TlsKit.from_dir(pki / "servers" / "server"),
-        store=store,
-        run=RunDescription(RUN_ID, "{}", dataset.num_features, 10),
-        spool_dir=tmp_path / "spool",
-        expected_clients=dataset.client_ids,
-        heartbeat_s=1.0,
-        join_timeout_s=0.1,
-    )
-    runtime.serve()
-    server = start_server(dataset, trainer, runtime, rounds=3, deadline_s=20)
-    yield Deployment(server, runtime, store, pki)
-    runtime.close()
-    store.close()
+    with deployment_at(tmp_path) as running:
+        yield running
 
 
 def test_tampered_signature_is_refused_counted_and_never_aggregated(deployment) -> None:
@@ -191,7 +76,8 @@ def test_replayed_and_duplicate_updates_are_refused_and_counted(deployment) -> N
     assert first.send(old_header, old_body).accepted
     assert first.send(old_header, old_body).reason == "duplicate"
     assert second.send(*second.honest_upload(second.next_task())).accepted
-    assert done.get(timeout=30).rejection_reasons == {"duplicate": 1}
+    # Refusals that answer no open task of the sender are counted, not brought to the round.
+    assert done.get(timeout=30).rejection_reasons == {}
     done = deployment.round_in_background(1)
     task = first.next_task()
     assert first.send(old_header, old_body).reason == "replayed"
@@ -208,7 +94,8 @@ def test_replayed_and_duplicate_updates_are_refused_and_counted(deployment) -> N
     assert second.send(*second.honest_upload(second.next_task())).accepted
     record = done.get(timeout=30)
     assert record.participants == 2
-    assert record.rejection_reasons == {"replayed": 2, "forged": 1}
+    assert record.rejection_reasons == {"forged": 1}
+    assert deployment.runtime.rejections == {"duplicate": 1, "replayed": 2, "forged": 1}
     assert deployment.store.rejection_counts(RUN_ID) == {"duplicate": 1, "replayed": 2, "forged": 1}
 
 
@@ -220,7 +107,8 @@ def test_a_client_cannot_upload_as_another(deployment) -> None:
     assert first.send(header, body).reason == "impersonation"
     assert second.send(header, body).accepted
     assert first.send(*first.honest_upload(first.next_task())).accepted
-    assert done.get(timeout=30).rejection_reasons == {"impersonation": 1}
+    assert done.get(timeout=30).rejection_reasons == {}
+    assert deployment.runtime.refusals_by_peer == {"client_0": {"impersonation": 1}}
 
 
 def test_oversized_and_mis_sized_uploads_are_refused_and_the_server_keeps_serving(

@@ -26,17 +26,20 @@ from fedwarden.secure.secagg import (
     SecAggClient,
     SecAggError,
     SecAggParameters,
+    SecAggPolicy,
     SecAggRefused,
     SecAggServer,
     UnmaskingRequest,
     neighbour_graph,
+    secure_threshold,
 )
-
-ROUND_SEED = bytes(range(32))
-
-
-def cohort_of(size: int) -> list[str]:
-    return [f"client-{index:02d}" for index in range(size)]
+from fedwarden.secure.secagg_wire import (
+    client_step_bytes,
+    read_client_step,
+    read_server_step,
+    server_step_bytes,
+)
+from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
 
 
 def inputs_for(cohort: Sequence[str], length: int, modulus_bits: int) -> dict[str, np.ndarray]:
@@ -53,31 +56,8 @@ def exact_sum(values: Sequence[np.ndarray], modulus_bits: int) -> list[int]:
     return [sum(int(v[i]) for v in values) % (1 << modulus_bits) for i in range(len(values[0]))]
 
 
-def set_up_round(
-    cohort: Sequence[str], length: int, params: SecAggParameters, drop: Sequence[str] = ()
-) -> tuple[SecAggServer, dict[str, SecAggClient]]:
-    """Rounds 0 and 1 by hand; clients in ``drop`` vanish after advertising keys."""
-    server = SecAggServer(cohort, length, params, round_seed=ROUND_SEED)
-    clients = {client: SecAggClient(client, server.setup) for client in cohort}
-    for client in clients.values():
-        server.receive_advertisement(client.advertise_keys())
-    neighbour_keys = server.close_advertisements()
-    for client_id, client in clients.items():
-        if client_id not in drop:
-            server.receive_shares(client.share_keys(neighbour_keys[client_id]))
-    for client_id, delivery in server.close_sharing().items():
-        clients[client_id].receive_shares(delivery)
-    return server, clients
-
-
-def mask_all(server: SecAggServer, clients: dict[str, SecAggClient], length: int) -> None:
-    """Round 2 for every client, with all-ones inputs."""
-    for client in clients.values():
-        server.receive_masked_input(client.mask_input(np.ones(length, dtype=np.uint64)))
-
-
 def valid_neighbour_counts(size: int) -> list[int]:
-    return [k for k in range(1, size) if (k * size) % 2 == 0]
+    return [k for k in range(2, size) if (k * size) % 2 == 0]
 
 
 # --- exact sums under dropouts ---------------------------------------------------------------
@@ -110,32 +90,43 @@ def test_sum_is_exact_or_the_round_aborts_for_every_dropout_pattern(
 ) -> None:
     cohort = cohort_of(size)
     num_neighbours = data.draw(st.sampled_from(valid_neighbour_counts(size)), label="k")
-    threshold = data.draw(st.integers(2, num_neighbours + 1), label="t")
+    threshold = data.draw(
+        st.integers(secure_threshold(num_neighbours, 0), num_neighbours + 1), label="t"
+    )
     modulus_bits = data.draw(st.sampled_from([1, 8, 32, 33, 62]), label="b")
     subsets = st.lists(st.sampled_from(cohort), unique=True, max_size=size // 3)
     drop_setup = set(data.draw(subsets, label="dropped during setup"))
     never_submit = set(data.draw(subsets, label="dropped before masked input"))
     drop_unmask = set(data.draw(subsets, label="dropped during unmasking"))
-    params = SecAggParameters(modulus_bits, num_neighbours, threshold)
+    params = SecAggParameters(modulus_bits, num_neighbours, threshold, corrupted_clients=0)
     length = 50
     inputs = inputs_for(cohort, length, modulus_bits)
 
     sharers = set(cohort) - drop_setup
     survivors = sharers - never_submit
     responders = survivors - drop_unmask
-    graph = neighbour_graph(sorted(cohort), num_neighbours, ROUND_SEED)
+    secure_sum = InProcessSecureSum(
+        cohort,
+        length,
+        params,
+        round_seed=ROUND_SEED,
+        policy=SecAggPolicy(modulus_bits=modulus_bits),
+    )
+    if len(sharers) < threshold:
+        event("aborts")
+        with pytest.raises(SecAggAborted):
+            secure_sum.setup(drop_setup)
+        return
+    secure_sum.setup(drop_setup)
+    graph = secure_sum.server.graph
     expect_sum = recoverable(graph, threshold, sharers, survivors, responders)
-
-    secure_sum = InProcessSecureSum(cohort, length, params, round_seed=ROUND_SEED)
     event("aborts" if not expect_sum else "sums")
     if not expect_sum:
         with pytest.raises(SecAggAborted):
-            secure_sum.setup(drop_setup)
             for client in sorted(survivors):
                 secure_sum.submit(client, inputs[client])
             secure_sum.finish(drop_unmask)
         return
-    secure_sum.setup(drop_setup)
     for client in sorted(survivors):
         secure_sum.submit(client, inputs[client])
     total = secure_sum.finish(drop_unmask)
@@ -144,11 +135,12 @@ def test_sum_is_exact_or_the_round_aborts_for_every_dropout_pattern(
     assert total.tolist() == exact_sum([inputs[client] for client in survivors], modulus_bits)
 
 
-@pytest.mark.parametrize("num_neighbours", [7, 2], ids=["classic SecAgg", "SecAgg+ sparse"])
+@pytest.mark.parametrize("num_neighbours", [7, 4], ids=["classic SecAgg", "SecAgg+ sparse"])
 def test_classic_and_sparse_graphs_both_sum_exactly(num_neighbours: int) -> None:
     cohort = cohort_of(8)
     inputs = inputs_for(cohort, 40, 32)
-    secure_sum = InProcessSecureSum(cohort, 40, SecAggParameters(32, num_neighbours, 2))
+    params = SecAggParameters(32, num_neighbours, secure_threshold(num_neighbours, 0), 0)
+    secure_sum = InProcessSecureSum(cohort, 40, params)
     secure_sum.setup()
     for client in cohort[1:]:
         secure_sum.submit(client, inputs[client])
@@ -169,8 +161,8 @@ def test_with_fewer_than_t_survivors_the_round_aborts_and_reveals_no_sum() -> No
 
 def test_dropouts_during_unmasking_leaving_fewer_than_t_shares_abort_for_good() -> None:
     cohort = cohort_of(6)
-    params = SecAggParameters(32, 5, 4)
-    server, clients = set_up_round(cohort, 8, params)
+    params = SecAggParameters(32, 5, 4, 0)
+    server, clients, _ = set_up_round(cohort, 8, params)
     mask_all(server, clients, 8)
     check = server.close_masked_inputs()
     for client_id in cohort[:3]:  # three answer; t = 4 shares are needed for every secret
@@ -206,17 +198,24 @@ def test_neighbour_graph_changes_with_the_round_seed() -> None:
     assert len(graphs) > 1
 
 
-def test_default_parameters_are_the_largest_threshold_meeting_the_design_abort_bound() -> None:
+def test_default_threshold_outvotes_any_equivocation_and_k_is_the_least_meeting_the_bound() -> None:
+    """Recomputes the defaults with SciPy: c = n // 10, t = floor((k+1+c)/2) + 1, k least."""
     survive = float(1 - DESIGN_DROPOUT)
-    for size in (20, 100, 1000):
+    expected = {5: (0, 4, 3), 20: (2, 19, 12), 100: (10, 99, 56), 1000: (100, 504, 303)}
+    for size, (corrupted, num_neighbours, threshold) in expected.items():
         resolved = SecAggParameters().resolved(size)
-        k, t = resolved.num_neighbours, resolved.threshold
-        assert k is not None and t is not None
-        assert k == min(size - 1, 6 * math.ceil(math.log2(size)))
-        assert 1 < t <= math.ceil(2 * (k + 1) / 3)
-        assert size * stats.binom.cdf(t - 1, k, survive) <= float(DESIGN_ABORT_PROBABILITY)
-        if t < math.ceil(2 * (k + 1) / 3):
-            assert size * stats.binom.cdf(t, k, survive) > float(DESIGN_ABORT_PROBABILITY)
+        k, t, c = resolved.num_neighbours, resolved.threshold, resolved.corrupted_clients
+        assert (c, k, t) == (corrupted, num_neighbours, threshold)
+        assert c == size // 10
+        # Two lists each signed by t of the k + 1 holders share more than c signers.
+        assert 2 * t - (k + 1) > c and t > c and t <= k + 1
+        meets = size * stats.binom.cdf(t - 1, k, survive) <= float(DESIGN_ABORT_PROBABILITY)
+        assert meets or k == size - 1
+        for smaller in range(2, k):
+            if (smaller * size) % 2 == 0:
+                t_smaller = (smaller + 1 + c) // 2 + 1
+                bound = size * stats.binom.cdf(t_smaller - 1, smaller, survive)
+                assert t_smaller > smaller + 1 or bound > float(DESIGN_ABORT_PROBABILITY)
 
 
 @pytest.mark.parametrize(
@@ -225,6 +224,8 @@ def test_default_parameters_are_the_largest_threshold_meeting_the_design_abort_b
         (SecAggParameters(num_neighbours=9), 8, "num_neighbours=9 exceeds n - 1 = 7"),
         (SecAggParameters(num_neighbours=3), 7, "k \\* n = 21 is odd"),
         (SecAggParameters(num_neighbours=4, threshold=6), 9, "threshold=6 must satisfy"),
+        (SecAggParameters(num_neighbours=19, threshold=5), 20, "threshold=5 must satisfy"),
+        (SecAggParameters(num_neighbours=19, threshold=11, corrupted_clients=2), 20, "12 <= t"),
         (SecAggParameters(), 1, "at least|2\\.\\."),
     ],
 )
@@ -249,7 +250,8 @@ def test_out_of_range_parameters_are_refused(fields: dict[str, int]) -> None:
 def unmasking_stage(size: int = 5) -> tuple[SecAggServer, dict[str, SecAggClient]]:
     """A classic-SecAgg round of ``size`` with the last client dropped before masked input."""
     cohort = cohort_of(size)
-    server, clients = set_up_round(cohort, 6, SecAggParameters(32, size - 1, 2))
+    params = SecAggParameters(32, size - 1, secure_threshold(size - 1, 0), 0)
+    server, clients, _ = set_up_round(cohort, 6, params)
     for client_id in cohort[:-1]:
         server.receive_masked_input(clients[client_id].mask_input(np.ones(6, dtype=np.uint64)))
     check = server.close_masked_inputs()
@@ -287,7 +289,7 @@ def test_a_client_refuses_survivors_other_than_those_it_acknowledged() -> None:
 
 def test_a_client_refuses_a_consistency_check_with_fewer_than_t_survivors() -> None:
     cohort = cohort_of(5)
-    _, clients = set_up_round(cohort, 4, SecAggParameters(32, 4, 3))
+    _, clients, _ = set_up_round(cohort, 4, SecAggParameters(32, 4, 3, 0))
     clients["client-00"].mask_input(np.zeros(4, dtype=np.uint64))
     with pytest.raises(SecAggRefused) as refused:
         clients["client-00"].check_consistency(
@@ -297,7 +299,7 @@ def test_a_client_refuses_a_consistency_check_with_fewer_than_t_survivors() -> N
 
 
 def test_inputs_outside_the_ring_are_refused_before_masking() -> None:
-    _, clients = set_up_round(cohort_of(3), 4, SecAggParameters(8, 2, 2))
+    _, clients, _ = set_up_round(cohort_of(3), 4, SecAggParameters(8, 2, 2, 0))
     with pytest.raises(SecAggError, match="outside the ring"):
         clients["client-00"].mask_input(np.array([0, 1, 256, 3], dtype=np.uint64))
 
@@ -307,7 +309,7 @@ def test_inputs_outside_the_ring_are_refused_before_masking() -> None:
 
 def test_a_masked_vector_is_uniform_and_uncorrelated_with_the_input() -> None:
     length = 1 << 16
-    _, clients = set_up_round(cohort_of(3), length, SecAggParameters(32, 2, 2))
+    _, clients, _ = set_up_round(cohort_of(3), length, SecAggParameters(32, 2, 2, 0))
     zeros = clients["client-00"].mask_input(np.zeros(length, dtype=np.uint64)).masked
     assert zeros.dtype == np.uint32
     # Bytes and top bytes of a uniform 32-bit word are uniform over 256 values; the loose
@@ -336,8 +338,14 @@ def test_upload_is_within_1_1_times_a_float32_vector() -> None:
 
 def test_unknown_duplicate_and_wrong_round_advertisements_are_rejected() -> None:
     cohort = cohort_of(3)
-    server = SecAggServer(cohort, 4, SecAggParameters(32, 2, 2), round_seed=ROUND_SEED)
-    client = SecAggClient("client-00", server.setup)
+    identities = enrolled(cohort)
+    public = {client: key.public_key() for client, key in identities.items()}
+    server = SecAggServer(
+        cohort, 4, SecAggParameters(32, 2, 2, 0), round_seed=ROUND_SEED, identities=public
+    )
+    client = SecAggClient(
+        "client-00", server.setup, identity=identities["client-00"], peer_identities=public
+    )
     advertisement = client.advertise_keys()
     server.receive_advertisement(advertisement)
     cases = [
@@ -352,19 +360,20 @@ def test_unknown_duplicate_and_wrong_round_advertisements_are_rejected() -> None
 
 
 def test_late_and_dropped_out_senders_are_rejected_and_not_summed() -> None:
-    cohort = cohort_of(4)
-    server, clients = set_up_round(cohort, 4, SecAggParameters(32, 3, 2), drop=["client-03"])
-    stranger = MaskedInput(ROUND_SEED, "client-03", np.ones(4, dtype=np.uint32))
+    cohort = cohort_of(5)
+    params = SecAggParameters(32, 4, 3, 0)
+    server, clients, _ = set_up_round(cohort, 4, params, drop=["client-04"])
+    stranger = MaskedInput(ROUND_SEED, "client-04", np.ones(4, dtype=np.uint32))
     with pytest.raises(UpdateRejected) as rejected:
         server.receive_masked_input(stranger)
     assert rejected.value.reason == "dropped_out"
-    for client_id in cohort[:2]:
+    for client_id in cohort[:3]:
         server.receive_masked_input(clients[client_id].mask_input(np.ones(4, dtype=np.uint64)))
     with pytest.raises(UpdateRejected) as rejected:
         server.receive_masked_input(MaskedInput(ROUND_SEED, "client-00", np.ones(4, np.uint32)))
     assert rejected.value.reason == "duplicate"
     check = server.close_masked_inputs()
-    late = clients["client-02"].mask_input(np.full(4, 7, dtype=np.uint64))
+    late = clients["client-03"].mask_input(np.full(4, 7, dtype=np.uint64))
     with pytest.raises(UpdateRejected) as rejected:
         server.receive_masked_input(late)
     assert rejected.value.reason == "late"
@@ -373,18 +382,14 @@ def test_late_and_dropped_out_senders_are_rejected_and_not_summed() -> None:
     request = server.close_consistency()
     for client_id in check.survivors:
         server.receive_unmasking_response(clients[client_id].unmask(request))
-    assert server.unmask().tolist() == [2, 2, 2, 2]
-
-
-def enrolled(cohort: Sequence[str]) -> dict[str, Ed25519PrivateKey]:
-    return {client: Ed25519PrivateKey.generate() for client in cohort}
+    assert server.unmask().tolist() == [3, 3, 3, 3]
 
 
 def test_signed_rounds_sum_exactly() -> None:
     cohort = cohort_of(5)
     inputs = inputs_for(cohort, 12, 32)
     secure_sum = InProcessSecureSum(
-        cohort, 12, SecAggParameters(32, 4, 3), identities=enrolled(cohort)
+        cohort, 12, SecAggParameters(32, 4, 3, 0), identities=enrolled(cohort)
     )
     secure_sum.setup()
     for client in cohort[:4]:
@@ -394,22 +399,58 @@ def test_signed_rounds_sum_exactly() -> None:
 
 def test_forged_unsigned_and_unenrolled_key_advertisements_are_rejected() -> None:
     cohort = cohort_of(3)
-    identities = enrolled(cohort[:2])
+    identities = enrolled(cohort)
     public = {client: key.public_key() for client, key in identities.items()}
+    enrolled_two = {client: public[client] for client in cohort[:2]}
     setup_server = SecAggServer(
-        cohort, 4, SecAggParameters(32, 2, 2), round_seed=ROUND_SEED, identities=public
+        cohort, 4, SecAggParameters(32, 2, 2, 0), round_seed=ROUND_SEED, identities=enrolled_two
     )
-    honest = SecAggClient("client-00", setup_server.setup, identity=identities["client-00"])
-    advertisement = honest.advertise_keys()
-    impostor = SecAggClient("client-01", setup_server.setup, identity=identities["client-00"])
+
+    def client(client_id: str, key: Ed25519PrivateKey) -> SecAggClient:
+        return SecAggClient(
+            client_id,
+            setup_server.setup,
+            identity=key,
+            peer_identities={**public, client_id: key.public_key()},
+        )
+
+    advertisement = client("client-00", identities["client-00"]).advertise_keys()
+    impostor = client("client-01", identities["client-00"])
     cases: list[tuple[KeyAdvertisement, str]] = [
         (replace(advertisement, masking_public_key=os.urandom(32)), "bad_signature"),
+        (replace(advertisement, self_mask_commitment=os.urandom(32)), "bad_signature"),
         (impostor.advertise_keys(), "bad_signature"),
-        (replace(advertisement, signature=b""), "unsigned"),
-        (SecAggClient("client-02", setup_server.setup).advertise_keys(), "not_enrolled"),
+        (replace(advertisement, signature=b""), "bad_signature"),
+        (client("client-02", identities["client-02"]).advertise_keys(), "not_enrolled"),
     ]
     for message, reason in cases:
         with pytest.raises(UpdateRejected) as rejected:
             setup_server.receive_advertisement(message)
         assert rejected.value.reason == reason
     setup_server.receive_advertisement(advertisement)
+
+
+def test_every_protocol_message_crosses_the_wire_unchanged() -> None:
+    """Signatures, commitments and paired digests survive secagg.proto both ways."""
+    cohort = cohort_of(5)
+    server, clients, _ = set_up_round(cohort, 4, SecAggParameters(32, 4, 3, 0))
+    mask_all(server, clients, 4)
+    check = server.close_masked_inputs()
+    for client in cohort:
+        ack = clients[client].check_consistency(check)
+        assert read_client_step(client_step_bytes(ack)) == ack
+        server.receive_consistency_ack(ack)
+    request = server.close_consistency()
+    assert read_server_step(server_step_bytes(request)) == request
+    assert len(request.signatures) == 5
+    response = clients["client-00"].unmask(request)
+    assert read_client_step(client_step_bytes(response)) == response
+    assert all(item.signature and item.paired_digest for item in response.self_mask_shares)
+    advertisement = SecAggClient(
+        "client-00",
+        server.setup,
+        identity=(key := Ed25519PrivateKey.generate()),
+        peer_identities={client: key.public_key() for client in cohort},
+    ).advertise_keys()
+    assert read_client_step(client_step_bytes(advertisement)) == advertisement
+    assert len(advertisement.self_mask_commitment) == 32

@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -48,13 +49,30 @@ _COLUMNS = (
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        Console().print(f"fedwarden {metadata.version('fedwarden')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
     """fedwarden: privacy-preserving federated learning."""
 
 
 class ConsoleObserver:
-    """Progress bars (rounds; clients within the round) and one table row per round."""
+    """Progress bars (rounds; clients within the round) and one table row per round.
+
+    On a terminal a row is cut to the terminal's width; elsewhere (a log, CI) each row is
+    one plain line, never wrapped, whatever its length.
+    """
 
     def __init__(self, console: Console, rounds: int, start: int) -> None:
         self.console = console
@@ -68,7 +86,7 @@ class ConsoleObserver:
         )
         self.rounds_task = self.progress.add_task("rounds", total=rounds, completed=start)
         self.clients_task = self.progress.add_task("clients", total=0)
-        self.console.print(" ".join(f"{name:>{width}}" for name, width in _COLUMNS))
+        self._print(" ".join(f"{name:>{width}}" for name, width in _COLUMNS))
 
     def round_started(self, round_index: int, cohort_size: int) -> None:
         self.progress.reset(self.clients_task, total=cohort_size)
@@ -79,7 +97,13 @@ class ConsoleObserver:
 
     def round_finished(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds_task)
-        self.progress.console.print(_format_row(record))
+        self._print(_format_row(record))
+
+    def _print(self, line: str) -> None:
+        if self.console.is_terminal:
+            self.progress.console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
+        else:
+            self.progress.console.print(line, soft_wrap=True)
 
     def __enter__(self) -> ConsoleObserver:
         self.progress.start()
@@ -214,6 +238,9 @@ def _governance_lines(extras: dict[str, Any]) -> list[str]:
     verify = f"fedwarden audit verify {store}"
     if key is not None:
         verify += f" --public-key {shlex.quote(key)}"
+    anchor = governance.get("audit_anchor")
+    if anchor is not None:
+        verify += f" --anchor {shlex.quote(anchor)}"
     lines += [
         f"audit log: in the run store {escape(governance['store'])}",
         f"  {escape(verify)}",
@@ -430,6 +457,28 @@ def pki_issue_command(
             console.print(f"  {label}: {escape(str(path))}")
 
 
+@pki_app.command("revoke")
+def pki_revoke_command(
+    name: Annotated[str, typer.Argument(help="The client whose certificate is revoked.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Directory holding the CA.")],
+) -> None:
+    """Revoke a client's certificate: its serial joins the CA-signed revocation list.
+
+    The list (revoked.pem) is written to DIR and to every server kit in DIR;
+    a running server reads it again at once. Copy it to servers kept elsewhere.
+    """
+    from fedwarden.deploy.revocation import revoke
+
+    try:
+        written = revoke(directory, name)
+    except FedwardenError as error:
+        raise _error_exit(error) from None
+    console = Console()
+    console.print(f"revoked client {escape(name)}'s certificate; revocation list written to:")
+    for path in written:
+        console.print(f"  {escape(str(path))}")
+
+
 audit_app = typer.Typer(
     help="The signed, hash-chained audit log of a run store: verify it, report on it, "
     "delegate and revoke signing keys.",
@@ -523,14 +572,25 @@ def audit_privacy_command(
 def audit_verify_command(
     store_url: Annotated[str, typer.Argument(help=_STORE_URL_HELP)],
     public_key: Annotated[Path, typer.Option(help="PEM Ed25519 public key of the audit log.")],
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            help="A root-signed anchor (audit-anchor.json of a run directory): the log must "
+            "still hold the entries it recorded, so a deleted tail is detected."
+        ),
+    ] = None,
 ) -> None:
-    """Check every entry's hash, link and signature; exit 1 naming the first bad entry."""
+    """Check every entry's hash, link and signature; exit 1 naming the first bad entry.
+
+    Without --anchor, deleting the newest entries leaves a valid, shorter chain.
+    """
+    from fedwarden.governance.anchor import verify_anchored
     from fedwarden.governance.audit import load_public_key, verify
 
     try:
         key = load_public_key(public_key)
         with _existing_store(store_url) as store:
-            result = verify(store, key)
+            result = verify(store, key) if anchor is None else verify_anchored(store, key, anchor)
     except FedwardenError as error:
         raise _error_exit(error) from None
     if not result.ok:
@@ -539,7 +599,12 @@ def audit_verify_command(
             escape(result.problem),
         )
         raise typer.Exit(1)
-    Console().print(f"OK: {result.entries} audit entries verified, last hash {result.last_hash}")
+    console = Console(soft_wrap=True)
+    console.print(f"OK: {result.entries} audit entries verified, last hash {result.last_hash}")
+    if anchor is None:
+        console.print("(no --anchor: a deleted tail of newest entries would not show)")
+    else:
+        console.print(f"every entry anchored in {escape(str(anchor))} is there")
 
 
 @audit_app.command("report")
@@ -820,6 +885,7 @@ def server_command(
     """
     import signal
 
+    from fedwarden.deploy.revocation import REVOCATION_LIST
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.health import serve_health
     from fedwarden.server.launch import Deployment, serve
@@ -845,6 +911,7 @@ def server_command(
             store,
             audit_key=audit_key,
             audit_public_key=audit_public_key,
+            revocation_list=None if identity is None else identity / REVOCATION_LIST,
         )
         health = serve_health(
             health_address, deployment.listening.is_set, deployment.metrics.exposition
@@ -875,17 +942,44 @@ def client_command(
     insecure: Annotated[
         bool, typer.Option(help="Plaintext channel (a loopback --insecure server only).")
     ] = False,
+    allow_test_mode_noise: Annotated[
+        bool,
+        typer.Option(
+            help="Accept a run config with privacy.reproducible_noise (seeded noise and "
+            "sampling the server can recompute). Test federations only."
+        ),
+    ] = False,
+    secagg_min_cohort: Annotated[
+        int, typer.Option(help="Refuse secure-aggregation rounds with fewer clients.")
+    ] = 3,
+    secagg_corrupted_clients: Annotated[
+        int,
+        typer.Option(
+            help="Clients that may collude with the server: refuse rounds whose threshold "
+            "does not exceed (k + 1 + this) / 2."
+        ),
+    ] = 0,
 ) -> None:
     """Join a fedwarden server and train on this site's data until the run ends."""
     import signal
 
     from fedwarden.runtime.grpc.client import FederationClient
     from fedwarden.runtime.grpc.credentials import ClientKit
+    from fedwarden.secure.secagg_policy import SecAggPolicy
 
     _logging_console(level=logging.INFO)
     try:
+        policy = SecAggPolicy(
+            min_cohort_size=secagg_min_cohort, corrupted_clients=secagg_corrupted_clients
+        )
         client = FederationClient(
-            server, ClientKit.from_dir(identity), data, insecure=insecure, state_dir=state_dir
+            server,
+            ClientKit.from_dir(identity),
+            data,
+            insecure=insecure,
+            state_dir=state_dir,
+            allow_test_mode_noise=allow_test_mode_noise,
+            secagg_policy=policy,
         )
         signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
         client.run()
@@ -1188,13 +1282,19 @@ def _vertical_identity(
 
 
 def _logging_console(level: int = logging.WARNING, stderr: bool = True) -> Console:
-    """The console that log lines (and progress) go to."""
+    """The console that log lines (and progress) go to.
+
+    On a terminal rich lays log lines out; elsewhere each record is one plain line.
+    """
     console = Console(stderr=stderr)
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # dp-accounting's RDP code logs, through absl, each Renyi order it drops for not
     # converging; the figure it returns already accounts for that.
     logging.getLogger("absl").setLevel(logging.ERROR)

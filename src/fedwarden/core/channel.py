@@ -32,6 +32,10 @@ class ClientChannel(Protocol):
         """The enrolled Ed25519 identity public keys (raw 32 bytes) of ``clients``."""
         ...
 
+    def peer_certificates(self, clients: Sequence[str]) -> dict[str, bytes]:
+        """The certificates (PEM) of ``clients``, for each client to check against its own CA."""
+        ...
+
 
 class AsynchronousClients(Protocol):
     """Fit tasks on several model versions at once, answered as they finish."""

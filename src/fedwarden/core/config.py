@@ -266,7 +266,8 @@ class PrivacyConfig(Section):
     ``noise_multiplier`` the noise is calibrated so that ``rounds`` rounds spend
     exactly the budget ``epsilon`` at ``delta``. ``mechanism = "local"`` is local
     DP: each client clips to ``clip_norm`` and adds noise
-    ``noise_multiplier * 2 * clip_norm`` itself; each client's epsilon is reported.
+    ``noise_multiplier * 2 * clip_norm`` itself; ``epsilon`` is each client's
+    budget, and a client whose next release would exceed it is no longer sampled.
     ``mechanism = "dp_sgd"`` is sample-level DP-SGD at each silo (Abadi et al.
     2016, with Opacus; PyTorch models): per-example gradients clipped to
     ``max_grad_norm``, noise ``noise_multiplier * max_grad_norm``; ``epsilon`` is
@@ -311,6 +312,11 @@ class PrivacyConfig(Section):
                 "privacy.mechanism 'local' needs privacy.noise_multiplier (noise std is "
                 "noise_multiplier * 2 * clip_norm)"
             )
+        if self.mechanism == "local" and self.epsilon is None:
+            raise ValueError(
+                "privacy.mechanism 'local' needs privacy.epsilon (each client's budget: a client "
+                "whose next release would exceed it is no longer sampled)"
+            )
         if self.adaptive_clipping and self.per_layer_clipping:
             raise ValueError(
                 "adaptive clipping tracks one flat clip norm; turn off per_layer_clipping"
@@ -323,9 +329,10 @@ class SecureConfig(Section):
 
     ``kind = "secagg"`` is SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020):
     each update is clipped to ``clip_norm``, stochastically quantized to
-    integers mod ``2^modulus_bits`` and masked; ``num_neighbours`` (k) and
-    ``threshold`` (t) default to values sized for the cohort (see
-    :class:`fedwarden.secure.secagg.SecAggParameters`). With
+    integers mod ``2^modulus_bits`` and masked; ``num_neighbours`` (k),
+    ``threshold`` (t) and ``corrupted_clients`` (c, clients that may collude
+    with a lying server; t must exceed (k + 1 + c) / 2) default to values sized
+    for the cohort (see :mod:`fedwarden.secure.secagg_parameters`). With
     ``privacy.mechanism = "user_level"`` the clients add the noise themselves
     (the distributed discrete Gaussian, Kairouz et al. 2021), clip to
     ``privacy.clip_norm``, and the ledger charges the noise of ``t`` survivors.
@@ -337,6 +344,7 @@ class SecureConfig(Section):
     modulus_bits: Annotated[int, Field(ge=8, le=62)] = 32
     num_neighbours: Annotated[int, Field(ge=1)] | None = None
     threshold: Annotated[int, Field(ge=2)] | None = None
+    corrupted_clients: Annotated[int, Field(ge=0)] | None = None
     clip_norm: Annotated[float, Field(gt=0)] = 10.0
     """L2 bound of each update inside the ring (without user-level DP)."""
 
@@ -440,11 +448,15 @@ class RuntimeConfig(Section):
     workers: Annotated[int, Field(ge=1)] | None = None
     """Worker processes (local) or actors (ray); default one per core."""
     address: str | None = None
-    """Ray cluster address (``ray://host:10001`` or ``auto``); default starts a local one."""
+    """Ray cluster address (``host:6379``, ``ray://host:10001``, ``auto``); default: a local one."""
     heartbeat_s: Annotated[float, Field(gt=0)] = 30.0
     """grpc: how often clients signal they are alive; silent for three periods means lost."""
     join_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     """grpc: how long the server waits for every client to join before the first round."""
+    stream_deadline_s: Annotated[float, Field(gt=0)] = 30.0
+    """grpc: a stream's first message and each next chunk arrive within this, or it is cut."""
+    calls_per_client: Annotated[int, Field(ge=4)] = 8
+    """grpc: calls one client (certificate) may have in progress at once; more are refused."""
 
 
 class RolloutConfig(Section):

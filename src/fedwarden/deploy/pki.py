@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -320,6 +320,30 @@ def verify_chain(
                 f"usage lacks {purpose}Auth); issue one with: fedwarden pki issue {purpose} NAME"
             )
     return certificate
+
+
+def peer_identities(
+    certificates: Mapping[str, bytes], ca_pem: bytes
+) -> dict[str, Ed25519PublicKey]:
+    """The identity keys of peers whose client certificates chain to ``ca_pem``, by client id.
+
+    Each certificate must be issued by this CA for TLS client authentication,
+    be valid now, name the client id as its common name and bind an identity
+    key to its fingerprint URI; otherwise :class:`PkiError` names the peer and
+    what failed. A client uses this on certificates a server relays, so it
+    trusts its own CA and never the server's word.
+    """
+    identities = {}
+    for client_id, pem in certificates.items():
+        try:
+            certificate = verify_chain(pem, ca_pem, "client")
+            name = _common_name(certificate)
+            if name != client_id:
+                raise PkiError(f"the certificate relayed for {client_id!r} names {name!r}")
+            identities[client_id] = identity_from_certificate(pem)
+        except PkiError as error:
+            raise PkiError(f"peer {client_id!r}: {error}") from None
+    return identities
 
 
 def _load_ca(root: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

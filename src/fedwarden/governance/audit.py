@@ -164,13 +164,20 @@ class RunCreated(AuditEvent):
 
 @dataclass(frozen=True)
 class RoundStarted(AuditEvent):
-    """Round ``round_index`` sampled ``cohort``; ``dp`` holds its DP mechanism's parameters."""
+    """Round ``round_index`` sampled ``cohort``; ``dp`` holds its DP mechanism's parameters.
+
+    When the run's guarantee is amplified by cohort sampling, ``cohort`` is
+    empty and ``cohort_commitment`` holds :func:`commit_cohort`'s salted
+    SHA-256 of it instead: a reader of the log cannot see who was sampled,
+    and the operator, who keeps the salts, can still prove it.
+    """
 
     kind: ClassVar[str] = "round_started"
     run_id: str
     round_index: int
     cohort: tuple[str, ...]
     dp: Mapping[str, Any] | None
+    cohort_commitment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -956,6 +963,7 @@ def audit_report(
                 "round_index": event.round_index,
                 "started_at": entry.timestamp,
                 "cohort": sorted(client(member) for member in event.cohort),
+                "cohort_commitment": event.cohort_commitment,
                 "dp": None if event.dp is None else dict(event.dp),
                 "participants": None,
                 "applied": None,
@@ -1231,13 +1239,43 @@ def render_pdf(report: Mapping[str, Any]) -> bytes:
 # Keys.
 
 
+COHORT_SALT_BYTES = 32
+"""Bytes of secret salt per committed cohort: 256 bits, so no cohort can be guessed and checked."""
+
+
+def commit_cohort(salt: bytes, cohort: Sequence[str]) -> str:
+    """The hex SHA-256 of ``salt`` and the sorted cohort as canonical JSON: a hiding commitment.
+
+    Hiding because the 256-bit salt is secret (a reader cannot test guessed
+    cohorts against it), binding because SHA-256 is collision resistant.
+    """
+    return hashlib.sha256(salt + canonical_json(sorted(cohort)).encode()).hexdigest()
+
+
+def _keep_cohort_opening(path: Path, round_index: int, salt: bytes, cohort: Sequence[str]) -> None:
+    """Add round ``round_index``'s opening (salt and cohort) to the operator's file (0600)."""
+    openings = json.loads(path.read_text()) if path.exists() else {}
+    openings[str(round_index)] = {"salt": salt.hex(), "cohort": sorted(cohort)}
+    staged = path.with_name(path.name + ".tmp")
+    write_private_file(staged, canonical_json(openings).encode())
+    staged.replace(path)  # atomic: a crash leaves the old openings or the new, never neither
+
+
+def open_cohort(commitment: str, salt_hex: str, cohort: Sequence[str]) -> bool:
+    """Whether ``cohort`` with ``salt_hex`` opens ``commitment``: the proof an admin can give."""
+    return hmac.compare_digest(commit_cohort(bytes.fromhex(salt_hex), cohort), commitment)
+
+
 class ServerAuditTrail:
     """The events of one run's rounds, appended to the audit log as the server reports them.
 
     ``dp`` is the run's DP mechanism description (noise multiplier, clip norm,
     sampling; None without DP) recorded with every round start; each completed
     round records the run's cumulative epsilon after it and ``delta``;
-    quarantined clients are recorded as they are quarantined.
+    quarantined clients are recorded as they are quarantined. With
+    ``cohort_openings`` (a file the operator keeps), every round start records
+    a commitment to its cohort instead of the cohort, and the opening (salt and
+    cohort) goes to that file only.
     """
 
     def __init__(
@@ -1247,11 +1285,13 @@ class ServerAuditTrail:
         *,
         dp: Mapping[str, Any] | None = None,
         delta: float | None = None,
+        cohort_openings: Path | None = None,
     ) -> None:
         self.log = log
         self.run_id = run_id
         self.dp = dp
         self.delta = delta
+        self.cohort_openings = cohort_openings
 
     def run_created(self, config_json: str, package_version: str) -> None:
         """Record a new run with the SHA-256 of its configuration."""
@@ -1266,7 +1306,13 @@ class ServerAuditTrail:
         self.log.append(BudgetChanged(self.run_id, old_epsilon, new_epsilon, by, config_hash))
 
     def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
-        self.log.append(RoundStarted(self.run_id, round_index, tuple(cohort), self.dp))
+        if self.cohort_openings is None:
+            self.log.append(RoundStarted(self.run_id, round_index, tuple(cohort), self.dp))
+            return
+        salt = secrets.token_bytes(COHORT_SALT_BYTES)
+        commitment = commit_cohort(salt, cohort)
+        _keep_cohort_opening(self.cohort_openings, round_index, salt, cohort)
+        self.log.append(RoundStarted(self.run_id, round_index, (), self.dp, commitment))
 
     def alert_raised(self, alert: Alert) -> None:
         """Record a monitoring alert of this run: the alert sink of training and of serving.

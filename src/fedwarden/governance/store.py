@@ -551,7 +551,8 @@ class RunStore:
     def enroll(self, client_id: str, public_key: bytes, source: str) -> EnrolledClient:
         """Enrol a client with its Ed25519 identity key; enrolling the same key again is a no-op.
 
-        Raises :class:`EnrolmentConflict` if the client is enrolled with another key.
+        Raises :class:`EnrolmentConflict` if the client is enrolled with another key, or if
+        this key's enrolment (of any client) was revoked: a revoked key stays revoked.
         """
         if len(public_key) != IDENTITY_KEY_BYTES:
             raise StoreError(
@@ -560,6 +561,19 @@ class RunStore:
             )
         try:
             with self._write() as connection:
+                revoked_at = connection.execute(
+                    select(func.max(clients.c.revoked_at)).where(
+                        clients.c.public_key == bytes(public_key),
+                        clients.c.revoked_at.is_not(None),
+                    )
+                ).scalar()
+                if revoked_at is not None:
+                    raise EnrolmentConflict(
+                        f"client {client_id!r} presents an identity key whose enrolment was "
+                        f"revoked {revoked_at:%Y-%m-%d %H:%M} UTC; a revoked key is never "
+                        "enrolled again: issue the client a new kit (`fedwarden pki issue client "
+                        f"{client_id} --force`)"
+                    )
                 existing = self._active_enrolment(connection, client_id)
                 if existing is None:
                     enrolment = EnrolledClient(client_id, bytes(public_key), source, _now())

@@ -7,8 +7,10 @@ Differential Privacy Library in PyTorch"). Each step of local training:
 1. draws a batch by Poisson sampling: every example of the client joins
    independently with rate ``q = batch_size / n`` (``n`` the client's training
    examples, ``q`` capped at 1), Opacus's ``DPDataLoader`` semantics without a
-   ``DataLoader``: the mask is drawn from ``client.rng``, and an empty batch is
-   a step too (it adds pure noise);
+   ``DataLoader``: the mask is drawn from the same secure source as the noise
+   (as Opacus's ``secure_mode``), never from the seeded ``client.rng``, since
+   amplification by sampling assumes nobody knows the batches; an empty batch
+   is a step too (it adds pure noise);
 2. computes per-sample gradients (Opacus's ``GradSampleModule``);
 3. clips each one to L2 norm ``max_grad_norm`` (``C``) and sums them,
    adds Gaussian noise of standard deviation ``noise_multiplier * C`` (``z C``)
@@ -18,19 +20,23 @@ Differential Privacy Library in PyTorch"). Each step of local training:
    decay and FedProx's proximal term applied to the privatized gradient, which
    is post-processing).
 
-One local epoch is ``round(1 / q) = round(n / batch_size)`` steps (at least
-one): the expected number of steps for each example to be seen once. Opacus's
-own ``DPDataLoader`` instead takes ``q = 1 / ceil(n / batch_size)`` and
-``ceil(n / batch_size)`` steps; the difference is below one step per epoch.
+One local epoch is :meth:`~fedwarden.privacy.poisson.PoissonSampling.steps_per_epoch`
+steps, ``n / batch_size`` rounded (halves up, at least one): the expected
+number of steps for each example to be seen once, and the count the ledger
+charges and the calibration plans for. Opacus's own ``DPDataLoader`` instead
+takes ``q = 1 / ceil(n / batch_size)`` and ``ceil(n / batch_size)`` steps; the
+difference is below one step per epoch.
 
 Only the noise differs from Opacus: :class:`NoiseSourceDPOptimizer` draws it
 from :class:`~fedwarden.privacy.randomness.NoiseSource` (cryptographically
 secure, Holohan & Braghin 2021's sum of Gaussians) instead of
-``torch.normal``. Production uses ``NoiseSource.secure()``. Passing a test-mode
-source (``NoiseSource.for_testing``) makes each fit draw its noise from
-``NoiseSource.for_testing(key)`` with ``key`` taken from ``client.rng``, so the
-noise, like the rest of training, depends only on (run seed, round, client)
-and a fit is reproducible bit for bit on any worker.
+``torch.normal``. Production uses ``NoiseSource.secure()`` for the noise and
+the batches alike, so two runs with the same seed draw different batches: a DP
+run is not bit-reproducible, by design. Passing a test-mode source
+(``NoiseSource.for_testing``) makes each fit draw its noise and its batches
+from ``NoiseSource.for_testing(key)`` with ``key`` taken from ``client.rng``,
+so they depend only on (run seed, round, client) and a fit is reproducible bit
+for bit on any worker; every such fit logs that it is in test mode.
 
 Accounting is Opacus's RDP accountant, one per client (Mironov et al. 2019,
 "Rényi Differential Privacy of the Sampled Gaussian Mechanism"; conversion to
@@ -66,7 +72,6 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,7 +84,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedwarden.core.errors import ConfigError, DataError, SpecMismatchError
+from fedwarden.core.errors import ConfigError, SpecMismatchError
 from fedwarden.core.messages import CLIENT_EPSILON, FitResult, TrainConfig
 from fedwarden.core.params import Vector
 from fedwarden.models.torch import (
@@ -91,13 +96,13 @@ from fedwarden.models.torch import (
     TorchTrainer,
 )
 from fedwarden.models.trainer import ClientContext, ClientState
+from fedwarden.privacy.poisson import PoissonSampling
 from fedwarden.privacy.randomness import NoiseSource
 
 __all__ = [
     "RDP_ORDERS",
     "DpSgdTrainer",
     "NoiseSourceDPOptimizer",
-    "PoissonSampling",
     "client_epsilon",
 ]
 
@@ -113,48 +118,6 @@ STEPS = STATE_PREFIX + "steps"
 
 _BACKWARD_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect"
 """PyTorch's warning when the first layer's inputs need no gradient; harmless for Opacus's hooks."""
-
-
-@dataclass(frozen=True)
-class PoissonSampling:
-    """Poisson sampling of a client's examples for DP-SGD, as Opacus's ``DPDataLoader`` does.
-
-    Each example joins a batch independently with probability ``rate =
-    min(1, batch_size / num_examples)``; the expected batch size ``rate *
-    num_examples`` is DP-SGD's fixed denominator, and one epoch is
-    ``round(1 / rate)`` steps (at least one).
-    """
-
-    num_examples: int
-    batch_size: int
-
-    def __post_init__(self) -> None:
-        if self.num_examples < 1:
-            raise DataError(
-                "the client has no training examples, so DP-SGD's sampling rate batch_size / n is "
-                "undefined; leave clients without data out of the cohort"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be at least 1 for DP-SGD")
-
-    @property
-    def rate(self) -> float:
-        """The probability ``q`` that an example is in a given batch."""
-        return min(1.0, self.batch_size / self.num_examples)
-
-    @property
-    def expected_batch_size(self) -> float:
-        """``q n``: what the sum of clipped gradients and noise is divided by."""
-        return self.rate * self.num_examples
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """``round(1 / q)``, at least 1: the expected steps to visit each example once."""
-        return max(1, round(1.0 / self.rate))
-
-    def batch(self, rng: np.random.Generator) -> np.ndarray[Any, np.dtype[np.intp]]:
-        """Indices of one Poisson-sampled batch, in increasing order (possibly empty)."""
-        return np.flatnonzero(rng.random(self.num_examples) < self.rate)
 
 
 class NoiseSourceDPOptimizer(DPOptimizer):
@@ -375,8 +338,8 @@ class DpSgdTrainer(TorchTrainer):
         module.train()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _BACKWARD_HOOK_WARNING, UserWarning)
-            for _ in range(train.local_epochs * sampling.steps_per_epoch):
-                batch = torch.from_numpy(sampling.batch(rng))
+            for _ in range(sampling.steps(train.local_epochs)):
+                batch = torch.from_numpy(sampling.batch(optimizer.noise_source))
                 optimizer.zero_grad(set_to_none=True)
                 criterion(module(inputs[batch]), targets[batch], "mean").backward()
                 if optimizer.pre_step():

@@ -230,7 +230,9 @@ class TorchTrainer:
             self._restore_optimizer(client.state)
         for group in self._optimizer.param_groups:
             group["lr"] = train.learning_rate
-        torch.default_generator.manual_seed(int(client.rng.integers(2**63)))
+        # PyTorch's own randomness (dropout) is seeded from a child of the client's
+        # generator, leaving its stream, and so the batch order, as the NumPy trainer sees it.
+        torch.default_generator.manual_seed(int(client.rng.spawn(1)[0].integers(2**63)))
         corrections = (
             None
             if client.gradient_correction is None

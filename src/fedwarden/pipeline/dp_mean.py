@@ -8,11 +8,18 @@ number that arrived, so the denominator reveals nothing either.
 
 Andrew et al. 2021 ("Differentially Private Learning with Adaptive
 Clipping", Algorithm 1): each client also reports whether its update was
-within ``C``; the server releases that count with Gaussian noise of standard
+within ``C``; the server releases that count with noise of standard
 deviation ``count_noise_multiplier`` (sensitivity 1) and moves ``C``
 geometrically towards the ``target_quantile`` of update norms:
 ``C <- C * exp(-learning_rate * (unclipped_fraction - target_quantile))``.
 Both releases are charged to the privacy ledger by the caller.
+
+The count is an integer, so its noise is the exact discrete Gaussian of
+Canonne, Kamath & Steinke (2020) (:func:`~fedwarden.privacy.discrete.discrete_gaussian`),
+with no floating-point gap to attack (Mironov 2012). With variance ``sigma**2``
+it satisfies the same ``1 / (2 sigma**2)``-concentrated DP as the continuous
+Gaussian (CKS 2020, Theorem 4), so its RDP is the ``GaussianDpEvent`` the
+ledger charges.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import ClassVar
 
 import numpy as np
@@ -29,6 +37,7 @@ from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.pipeline.clip import ClipNorm
 from fedwarden.pipeline.stage import Aggregate, Aggregator
+from fedwarden.privacy.discrete import discrete_gaussian
 from fedwarden.privacy.randomness import NoiseSource
 
 
@@ -86,9 +95,8 @@ class GaussianMean(Aggregator):
         return Aggregate(mean, self.expected_cohort_size, self._count)
 
     def _adapt_clip_norm(self, adaptive: AdaptiveClipping) -> None:
-        noisy_count = self._unclipped + float(
-            self.noise.gaussian(1, adaptive.count_noise_multiplier)[0]
-        )
+        sigma_squared = Fraction(adaptive.count_noise_multiplier) ** 2
+        noisy_count = round(self._unclipped) + discrete_gaussian(sigma_squared, self.noise)
         fraction = noisy_count / self.expected_cohort_size
         self.clip_norm.value *= math.exp(
             -adaptive.learning_rate * (fraction - adaptive.target_quantile)

@@ -19,7 +19,16 @@ the runtime's channel, the same :func:`~fedwarden.secure.secagg.setup_round`
 and :func:`~fedwarden.secure.secagg.finish_round` drive the protocol through
 it (messages as ``secagg.proto`` bytes, signed like every upload), and each
 client process encodes and masks its own update with :class:`SecureSumClient`;
-the server only ever receives masked ring vectors.
+the server only ever receives masked ring vectors. The server relays the
+cohort's certificates; each client takes its peers' identity keys from them
+after checking them against its own enrolment CA, and refuses a round its own
+:class:`~fedwarden.secure.secagg_policy.SecAggPolicy` does not allow.
+
+One malicious client cannot end the run: a ring sum that does not decode
+(a total weight out of range) or decodes to more than the survivors could
+have sent (a weight above ``survivors * max_weight``, or a mean longer than
+the clip norm allows) aborts the round with the reason; the model is
+unchanged and the run goes on.
 
 - **Plain secure sum**: each client clips its update to ``clip_norm``,
   weights it and quantizes it stochastically to ``Z_{2^b}``
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -54,6 +64,7 @@ from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.deploy.pki import PkiError, peer_identities
 from fedwarden.pipeline.releases import withheld
 from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.randomness import NoiseSource
@@ -69,6 +80,8 @@ from fedwarden.secure.secagg import (
     SecAggClient,
     SecAggError,
     SecAggParameters,
+    SecAggPolicy,
+    SecAggRefused,
     SecAggServer,
     ServerMessage,
     answer_step,
@@ -141,22 +154,22 @@ class RemoteParticipants:
     """The round's SecAgg+ clients in other processes, reached through a runtime's channel.
 
     Messages cross as ``secagg.proto`` bytes; round 0's setup travels with the
-    round's encoding and the cohort's enrolled identity keys. A reply that
-    does not parse counts as a dropout.
+    round's encoding and the cohort's certificates (PEM). A reply that does
+    not parse counts as a dropout.
     """
 
     def __init__(
-        self, channel: ClientChannel, encoding: RoundEncoding, identities: Mapping[str, bytes]
+        self, channel: ClientChannel, encoding: RoundEncoding, certificates: Mapping[str, bytes]
     ) -> None:
         self.channel = channel
         self.encoding = encoding
-        self.identities = dict(identities)
+        self.certificates = dict(certificates)
 
     def exchange(self, messages: Mapping[str, ServerMessage]) -> dict[str, ClientMessage]:
         """Send each client its message over the channel; parse the answers."""
         wire = {
             client: server_step_bytes(
-                StartRound(message, self.encoding.to_json(), self.identities)
+                StartRound(message, self.encoding.to_json(), self.certificates)
                 if isinstance(message, RoundSetup)
                 else message
             )
@@ -179,14 +192,25 @@ class SecureSumClient:
     Answers the server's protocol steps and, in round 2, encodes (with the
     round's :class:`RoundEncoding`, noise from ``noise``) and masks this
     client's update. Its secrets never leave it except as the protocol allows.
+    It trusts peers' identity keys only from certificates that chain to
+    ``ca_certificate`` (its own kit's CA), and takes part only in rounds its
+    ``policy`` allows.
     """
 
     def __init__(
-        self, client_id: str, identity: Ed25519PrivateKey | None, noise: NoiseSource
+        self,
+        client_id: str,
+        identity: Ed25519PrivateKey,
+        noise: NoiseSource,
+        *,
+        ca_certificate: bytes,
+        policy: SecAggPolicy | None = None,
     ) -> None:
         self.client_id = client_id
         self.identity = identity
         self.noise = noise
+        self.ca_certificate = ca_certificate
+        self.policy = policy or SecAggPolicy()
         self._round: SecAggClient | None = None
         self._encoding: RoundEncoding | None = None
 
@@ -194,14 +218,31 @@ class SecureSumClient:
         """The answer to one protocol step (``secagg.proto`` bytes both ways)."""
         message = read_server_step(data)
         if isinstance(message, StartRound):
-            peers = {
-                client: Ed25519PublicKey.from_public_bytes(key)
-                for client, key in message.peer_identities.items()
-            }
-            self._encoding = RoundEncoding.from_json(message.encoding_json)
-            self._round = SecAggClient(
-                self.client_id, message.setup, identity=self.identity, peer_identities=peers or None
+            self._round = self._encoding = None
+            encoding = RoundEncoding.from_json(message.encoding_json)
+            self.policy.check_encoding(
+                self.client_id,
+                modulus_bits=(
+                    encoding.distributed_dp or encoding.ring or message.setup
+                ).modulus_bits,
+                distributed_dp=encoding.distributed_dp,
+                reproducible_noise=self.noise.reproducible,
             )
+            try:
+                peers = peer_identities(message.peer_certificates, self.ca_certificate)
+            except PkiError as error:
+                raise SecAggRefused(
+                    "untrusted_certificate",
+                    f"client {self.client_id!r} refuses the round: {error}",
+                ) from None
+            self._round = SecAggClient(
+                self.client_id,
+                message.setup,
+                identity=self.identity,
+                peer_identities=peers,
+                policy=self.policy,
+            )
+            self._encoding = encoding
             return client_step_bytes(self._round.advertise_keys())
         if self._round is None:
             raise SecAggError(
@@ -314,6 +355,7 @@ class SecureSum(Aggregator):
         """Rounds 0 and 1 with the deployed clients (an abort surfaces in :meth:`result`)."""
         assert self._channel is not None and self._encoding is not None
         identities = self._channel.identity_keys(cohort)
+        certificates = self._channel.peer_certificates(cohort)
         self._server = SecAggServer(
             cohort,
             length,
@@ -323,7 +365,7 @@ class SecureSum(Aggregator):
                 for client, key in identities.items()
             },
         )
-        self._participants = RemoteParticipants(self._channel, self._encoding, identities)
+        self._participants = RemoteParticipants(self._channel, self._encoding, certificates)
         try:
             setup_round(self._server, self._participants)
         except SecAggAborted as abort:
@@ -397,23 +439,55 @@ class SecureSum(Aggregator):
         return self.last_round.mask(update.client_id, encoded)
 
     def result(self) -> Aggregate:
-        """Unmask the survivors' sum and decode it (``RoundAborted`` below ``t`` survivors)."""
+        """Unmask and decode the survivors' sum; ``RoundAborted`` with the reason if it cannot.
+
+        Aborts below ``t`` survivors, and when the sum does not decode to what
+        the survivors' encoders could have produced (a malicious client's
+        out-of-range masked input): the model is then left unchanged.
+        """
         assert self._encoding is not None
         try:
             ring_sum, count = self._unmask()
         except SecAggAborted as abort:
             raise RoundAborted(f"secure aggregation aborted: {abort}") from abort
+        try:
+            return self._decode(ring_sum, count)
+        except RingEncodingError as error:
+            raise RoundAborted(
+                f"secure aggregation: the survivors' sum does not decode ({error}); a client sent "
+                "a masked input outside what its encoder can produce. The round is aborted and "
+                "the model unchanged."
+            ) from error
+
+    def _decode(self, ring_sum: npt.NDArray[np.uint64], count: int) -> Aggregate:
+        """The aggregate from a ring sum, after checking it is one ``count`` clients could send."""
+        assert self._encoding is not None
         encoding = self._encoding
         if encoding.distributed_dp is not None:
             total = encoding.distributed_dp.decode(ring_sum, encoding.rotation_seed)
             denominator = float(encoding.distributed_dp.cohort_size)
             return Aggregate((total / denominator).astype(VECTOR_DTYPE), denominator, count)
-        assert encoding.ring is not None
-        decoded = encoding.ring.decode(ring_sum)
+        ring = encoding.ring
+        assert ring is not None
+        decoded = ring.decode(ring_sum)
         if decoded.weight == 0:
             raise RoundAborted("secure aggregation: the surviving updates carry no weight")
-        mean = (decoded.total / decoded.weight).astype(VECTOR_DTYPE)
-        return Aggregate(mean, float(decoded.weight), count)
+        if decoded.weight > count * ring.max_weight:
+            raise RingEncodingError(
+                f"a total weight of {decoded.weight} exceeds {count} survivors x max_weight "
+                f"{ring.max_weight}"
+            )
+        mean = decoded.total / decoded.weight
+        # Each update has norm <= C, so their weighted mean does; rounding adds at most
+        # sqrt(d) times the per-coordinate error bound.
+        slack = math.sqrt(mean.size) * ring.sum_error_bound(count) / decoded.weight
+        norm = float(np.linalg.norm(mean))
+        if norm > ring.clip_norm + slack:
+            raise RingEncodingError(
+                f"the decoded mean has norm {norm:.6g}, above the clip norm {ring.clip_norm} plus "
+                f"the quantization bound {slack:.3g}"
+            )
+        return Aggregate(mean.astype(VECTOR_DTYPE), float(decoded.weight), count)
 
     def _unmask(self) -> tuple[npt.NDArray[np.uint64], int]:
         """Rounds 3 and 4: the ring sum of the survivors' inputs and how many they are."""
@@ -443,4 +517,7 @@ class SecureSum(Aggregator):
         if resolved is not None:
             report["num_neighbours"] = resolved.num_neighbours
             report["threshold"] = resolved.threshold
+        server = self._server or (self.last_round.server if self.last_round else None)
+        if server is not None and server.misbehaving:
+            report["excluded_clients"] = dict(server.misbehaving)
         return report

@@ -97,6 +97,9 @@ class _ByteStream(Protocol):
         ...
 
 
+_CHACHA20_BLOCK = 64
+"""Bytes of keystream per ChaCha20 block (one step of its 32-bit block counter)."""
+
 _DIRECT_READ_LIMIT = 256
 """Requests up to this many bytes are read straight from ``os.urandom``."""
 
@@ -114,16 +117,30 @@ class _OperatingSystemEntropy:
 
 
 class _ChaCha20Keystream:
-    """The ChaCha20 keystream under ``SHA-256(seed)``: deterministic, for tests only."""
+    """The ChaCha20 keystream under ``SHA-256(seed[, stream])``: deterministic, for tests only.
 
-    def __init__(self, seed: int) -> None:
+    It counts the bytes it has given out (:attr:`position`) and can :meth:`seek`
+    back to any of them, so a checkpoint can record where the stream stood and
+    a resumed run continue it instead of starting it again.
+    """
+
+    def __init__(self, seed: int, stream: str = "") -> None:
         seed_bytes = seed.to_bytes(seed.bit_length() // 8 + 1, "big", signed=True)
-        key = hashlib.sha256(seed_bytes).digest()
-        cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
-        self._encryptor = cipher.encryptor()
+        self._key = hashlib.sha256(seed_bytes + stream.encode()).digest()
+        self.position = 0
+        self.seek(0)
+
+    def seek(self, position: int) -> None:
+        """Continue the keystream from its ``position``-th byte."""
+        block, skip = divmod(position, _CHACHA20_BLOCK)
+        counter = block.to_bytes(4, "little") + bytes(12)
+        self._encryptor = Cipher(algorithms.ChaCha20(self._key, counter), mode=None).encryptor()
+        self._encryptor.update(bytes(skip))
+        self.position = position
 
     def read(self, count: int) -> bytes:
         """The next ``count`` bytes of the keystream (encrypting zeros yields the keystream)."""
+        self.position += count
         return self._encryptor.update(bytes(count))
 
     def __reduce__(self) -> NoReturn:
@@ -166,20 +183,55 @@ class NoiseSource:
         return cls(_OperatingSystemEntropy(), reproducible=False)
 
     @classmethod
-    def for_testing(cls, seed: int) -> NoiseSource:
-        """A deterministic ChaCha20 keystream keyed by ``SHA-256(seed)``; logs a loud WARNING."""
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise PrivacyNoiseError(f"the test-mode seed must be an int, got {seed!r}.")
+    def for_testing(cls, seed: int, stream: str = "") -> NoiseSource:
+        """A deterministic ChaCha20 keystream keyed by ``SHA-256(seed, stream)``; logs a WARNING.
+
+        ``stream`` names what the randomness is for (``"cohort"``, ...), so two
+        uses that share a seed never share a keystream.
+        """
+        source = cls.seeded(seed, stream)
         logger.warning(
             "privacy noise is REPRODUCIBLE (test mode, seed=%d): never use this for a real release",
             seed,
         )
-        return cls(_ChaCha20Keystream(seed), reproducible=True)
+        return source
+
+    @classmethod
+    def seeded(cls, seed: int, stream: str = "") -> NoiseSource:
+        """The same keystream as :meth:`for_testing`, without the warning.
+
+        Only for choices no privacy guarantee relies on: which clients train in
+        a run without differential privacy, whose reproducibility from the
+        seed is a feature. Anything a DP guarantee rests on draws from
+        :meth:`secure`, or in test mode from :meth:`for_testing`.
+        """
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise PrivacyNoiseError(f"the test-mode seed must be an int, got {seed!r}.")
+        return cls(_ChaCha20Keystream(seed, stream), reproducible=True)
 
     @property
     def reproducible(self) -> bool:
         """True for a test-mode source, whose noise anyone knowing the seed can recompute."""
         return self._reproducible
+
+    @property
+    def position(self) -> int | None:
+        """Bytes a reproducible source has given out so far (None for a secure one)."""
+        return self._stream.position if isinstance(self._stream, _ChaCha20Keystream) else None
+
+    def seek(self, position: int) -> None:
+        """Continue a reproducible source from ``position`` (what :attr:`position` said earlier).
+
+        A resumed run calls it with the position its checkpoint recorded, so
+        it draws what the uninterrupted run would have drawn.
+        """
+        if not isinstance(self._stream, _ChaCha20Keystream):
+            raise PrivacyNoiseError(
+                "a secure NoiseSource has no position to seek: its bytes are never reproducible."
+            )
+        if not isinstance(position, int) or position < 0:
+            raise PrivacyNoiseError(f"position must be a non-negative int, got {position!r}.")
+        self._stream.seek(position)
 
     def __repr__(self) -> str:
         kind = "for_testing" if self._reproducible else "secure"
@@ -265,6 +317,22 @@ class NoiseSource:
             candidate = int.from_bytes(self._stream.read(width), "big") >> surplus
             if candidate < n:
                 return candidate
+
+    def subset(self, population: int, size: int) -> list[int]:
+        """A uniformly random ``size``-subset of ``range(population)``, in increasing order.
+
+        The first ``size`` steps of a Fisher-Yates shuffle (Knuth, TAOCP vol. 2,
+        Algorithm 3.4.2P), each index drawn exactly uniformly by :meth:`randbelow`.
+        """
+        if not isinstance(size, int) or not 0 <= size <= population:
+            raise PrivacyNoiseError(
+                f"cannot choose {size!r} of {population!r} items: size must be in [0, population]."
+            )
+        order = list(range(population))
+        for index in range(size):
+            swap = index + self.randbelow(population - index)
+            order[index], order[swap] = order[swap], order[index]
+        return sorted(order[:size])
 
     def bernoulli(self, probability: float, size: int) -> npt.NDArray[np.bool_]:
         """Independent coins, each True with probability exactly ``probability``.

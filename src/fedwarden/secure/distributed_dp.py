@@ -479,7 +479,11 @@ class DistributedDiscreteGaussian:
         return to_ring(rounded, self.modulus_bits)
 
     def decode(self, ring_sum: RingArray, rotation_seed: bytes) -> FloatArray:
-        """The float64 noisy sum of the clipped updates, from the ring sum (KLS Algorithm 2)."""
+        """The float64 noisy sum of the clipped updates, from the ring sum (KLS Algorithm 2).
+
+        Raises :class:`RingEncodingError` for a sum no cohort of honest encoders
+        produces (a coordinate beyond :attr:`largest_sum`).
+        """
         if (
             not isinstance(ring_sum, np.ndarray)
             or ring_sum.dtype != np.uint64
@@ -491,6 +495,14 @@ class DistributedDiscreteGaussian:
                 f"{getattr(ring_sum, 'shape', None)} and dtype {getattr(ring_sum, 'dtype', None)}"
             )
         signed = from_ring(ring_sum, self.modulus_bits).astype(np.float64)
+        largest = float(np.max(np.abs(signed))) if signed.size else 0.0
+        if largest > self.largest_sum:
+            raise RingEncodingError(
+                f"a coordinate of the ring sum is {largest:.0f}, beyond the {self.largest_sum} "
+                f"that {self.cohort_size} clients' rounded, noised vectors reach (except with "
+                f"probability {self.wrap_probability}): a client sent a vector its encoder cannot "
+                "produce"
+            )
         unrotated = unrotate(signed, rotation_seed)
         return unrotated[: self.dimension] * self.granularity
 

@@ -14,45 +14,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64warden/secure/secagg.proto\x12\x13\x66\x65\x64warden.secagg.v1\"\x81\x01\n\nRoundSetup\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63ohort\x18\x02 \x03(\t\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x14\n\x0cmodulus_bits\x18\x04 \x01(\r\x12\x16\n\x0enum_neighbours\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\"\xd8\x01\n\nStartRound\x12.\n\x05setup\x18\x01 \x01(\x0b\x32\x1f.fedwarden.secagg.v1.RoundSetup\x12\x15\n\rencoding_json\x18\x02 \x01(\t\x12L\n\x0fpeer_identities\x18\x03 \x03(\x0b\x32\x33.fedwarden.secagg.v1.StartRound.PeerIdentitiesEntry\x1a\x35\n\x13PeerIdentitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x87\x01\n\x10KeyAdvertisement\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x1d\n\x15\x65ncryption_public_key\x18\x03 \x01(\x0c\x12\x1a\n\x12masking_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"b\n\rNeighbourKeys\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12=\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32%.fedwarden.secagg.v1.KeyAdvertisement\"j\n\x0e\x45ncryptedShare\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\"h\n\nSharedKeys\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x33\n\x06shares\x18\x03 \x03(\x0b\x32#.fedwarden.secagg.v1.EncryptedShare\"X\n\rShareDelivery\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x33\n\x06shares\x18\x02 \x03(\x0b\x32#.fedwarden.secagg.v1.EncryptedShare\"7\n\x0eSharesReceived\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\"9\n\x10\x43onsistencyCheck\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"J\n\x0e\x43onsistencyAck\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"J\n\x10UnmaskingRequest\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\xb7\x01\n\x11UnmaskingResponse\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12<\n\x10self_mask_shares\x18\x03 \x03(\x0b\x32\".fedwarden.secagg.v1.RevealedShare\x12=\n\x11secret_key_shares\x18\x04 \x03(\x0b\x32\".fedwarden.secagg.v1.RevealedShare\"\xae\x02\n\nServerStep\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.fedwarden.secagg.v1.StartRoundH\x00\x12<\n\x0eneighbour_keys\x18\x02 \x01(\x0b\x32\".fedwarden.secagg.v1.NeighbourKeysH\x00\x12\x36\n\x08\x64\x65livery\x18\x03 \x01(\x0b\x32\".fedwarden.secagg.v1.ShareDeliveryH\x00\x12\x36\n\x05\x63heck\x18\x04 \x01(\x0b\x32%.fedwarden.secagg.v1.ConsistencyCheckH\x00\x12\x38\n\x07request\x18\x05 \x01(\x0b\x32%.fedwarden.secagg.v1.UnmaskingRequestH\x00\x42\x06\n\x04step\"\xb0\x02\n\nClientStep\x12>\n\radvertisement\x18\x01 \x01(\x0b\x32%.fedwarden.secagg.v1.KeyAdvertisementH\x00\x12\x31\n\x06shared\x18\x02 \x01(\x0b\x32\x1f.fedwarden.secagg.v1.SharedKeysH\x00\x12\x37\n\x08received\x18\x03 \x01(\x0b\x32#.fedwarden.secagg.v1.SharesReceivedH\x00\x12\x32\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32#.fedwarden.secagg.v1.ConsistencyAckH\x00\x12:\n\x08response\x18\x05 \x01(\x0b\x32&.fedwarden.secagg.v1.UnmaskingResponseH\x00\x42\x06\n\x04stepb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64warden/secure/secagg.proto\x12\x13\x66\x65\x64warden.secagg.v1\"\x81\x01\n\nRoundSetup\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63ohort\x18\x02 \x03(\t\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x14\n\x0cmodulus_bits\x18\x04 \x01(\r\x12\x16\n\x0enum_neighbours\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\"\xe4\x01\n\nStartRound\x12.\n\x05setup\x18\x01 \x01(\x0b\x32\x1f.fedwarden.secagg.v1.RoundSetup\x12\x15\n\rencoding_json\x18\x02 \x01(\t\x12P\n\x11peer_certificates\x18\x04 \x03(\x0b\x32\x35.fedwarden.secagg.v1.StartRound.PeerCertificatesEntry\x1a\x37\n\x15PeerCertificatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01J\x04\x08\x03\x10\x04\"\xa5\x01\n\x10KeyAdvertisement\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x1d\n\x15\x65ncryption_public_key\x18\x03 \x01(\x0c\x12\x1a\n\x12masking_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x1c\n\x14self_mask_commitment\x18\x06 \x01(\x0c\"b\n\rNeighbourKeys\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12=\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32%.fedwarden.secagg.v1.KeyAdvertisement\"j\n\x0e\x45ncryptedShare\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\"h\n\nSharedKeys\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x33\n\x06shares\x18\x03 \x03(\x0b\x32#.fedwarden.secagg.v1.EncryptedShare\"X\n\rShareDelivery\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x33\n\x06shares\x18\x02 \x03(\x0b\x32#.fedwarden.secagg.v1.EncryptedShare\"7\n\x0eSharesReceived\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\"9\n\x10\x43onsistencyCheck\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"J\n\x0e\x43onsistencyAck\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x83\x01\n\x10UnmaskingRequest\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.fedwarden.secagg.v1.ConsistencyAck\"W\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x15\n\rpaired_digest\x18\x04 \x01(\x0c\"\xb7\x01\n\x11UnmaskingResponse\x12\x12\n\nround_seed\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12<\n\x10self_mask_shares\x18\x03 \x03(\x0b\x32\".fedwarden.secagg.v1.RevealedShare\x12=\n\x11secret_key_shares\x18\x04 \x03(\x0b\x32\".fedwarden.secagg.v1.RevealedShare\"\xae\x02\n\nServerStep\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.fedwarden.secagg.v1.StartRoundH\x00\x12<\n\x0eneighbour_keys\x18\x02 \x01(\x0b\x32\".fedwarden.secagg.v1.NeighbourKeysH\x00\x12\x36\n\x08\x64\x65livery\x18\x03 \x01(\x0b\x32\".fedwarden.secagg.v1.ShareDeliveryH\x00\x12\x36\n\x05\x63heck\x18\x04 \x01(\x0b\x32%.fedwarden.secagg.v1.ConsistencyCheckH\x00\x12\x38\n\x07request\x18\x05 \x01(\x0b\x32%.fedwarden.secagg.v1.UnmaskingRequestH\x00\x42\x06\n\x04step\"\xb0\x02\n\nClientStep\x12>\n\radvertisement\x18\x01 \x01(\x0b\x32%.fedwarden.secagg.v1.KeyAdvertisementH\x00\x12\x31\n\x06shared\x18\x02 \x01(\x0b\x32\x1f.fedwarden.secagg.v1.SharedKeysH\x00\x12\x37\n\x08received\x18\x03 \x01(\x0b\x32#.fedwarden.secagg.v1.SharesReceivedH\x00\x12\x32\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32#.fedwarden.secagg.v1.ConsistencyAckH\x00\x12:\n\x08response\x18\x05 \x01(\x0b\x32&.fedwarden.secagg.v1.UnmaskingResponseH\x00\x42\x06\n\x04stepb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedwarden.secure.secagg_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_STARTROUND_PEERIDENTITIESENTRY']._options = None
-  _globals['_STARTROUND_PEERIDENTITIESENTRY']._serialized_options = b'8\001'
+  _globals['_STARTROUND_PEERCERTIFICATESENTRY']._options = None
+  _globals['_STARTROUND_PEERCERTIFICATESENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDSETUP']._serialized_start=55
   _globals['_ROUNDSETUP']._serialized_end=184
   _globals['_STARTROUND']._serialized_start=187
-  _globals['_STARTROUND']._serialized_end=403
-  _globals['_STARTROUND_PEERIDENTITIESENTRY']._serialized_start=350
-  _globals['_STARTROUND_PEERIDENTITIESENTRY']._serialized_end=403
-  _globals['_KEYADVERTISEMENT']._serialized_start=406
-  _globals['_KEYADVERTISEMENT']._serialized_end=541
-  _globals['_NEIGHBOURKEYS']._serialized_start=543
-  _globals['_NEIGHBOURKEYS']._serialized_end=641
-  _globals['_ENCRYPTEDSHARE']._serialized_start=643
-  _globals['_ENCRYPTEDSHARE']._serialized_end=749
-  _globals['_SHAREDKEYS']._serialized_start=751
-  _globals['_SHAREDKEYS']._serialized_end=855
-  _globals['_SHAREDELIVERY']._serialized_start=857
-  _globals['_SHAREDELIVERY']._serialized_end=945
-  _globals['_SHARESRECEIVED']._serialized_start=947
-  _globals['_SHARESRECEIVED']._serialized_end=1002
-  _globals['_CONSISTENCYCHECK']._serialized_start=1004
-  _globals['_CONSISTENCYCHECK']._serialized_end=1061
-  _globals['_CONSISTENCYACK']._serialized_start=1063
-  _globals['_CONSISTENCYACK']._serialized_end=1137
-  _globals['_UNMASKINGREQUEST']._serialized_start=1139
-  _globals['_UNMASKINGREQUEST']._serialized_end=1213
-  _globals['_REVEALEDSHARE']._serialized_start=1215
-  _globals['_REVEALEDSHARE']._serialized_end=1260
-  _globals['_UNMASKINGRESPONSE']._serialized_start=1263
-  _globals['_UNMASKINGRESPONSE']._serialized_end=1446
-  _globals['_SERVERSTEP']._serialized_start=1449
-  _globals['_SERVERSTEP']._serialized_end=1751
-  _globals['_CLIENTSTEP']._serialized_start=1754
-  _globals['_CLIENTSTEP']._serialized_end=2058
+  _globals['_STARTROUND']._serialized_end=415
+  _globals['_STARTROUND_PEERCERTIFICATESENTRY']._serialized_start=354
+  _globals['_STARTROUND_PEERCERTIFICATESENTRY']._serialized_end=409
+  _globals['_KEYADVERTISEMENT']._serialized_start=418
+  _globals['_KEYADVERTISEMENT']._serialized_end=583
+  _globals['_NEIGHBOURKEYS']._serialized_start=585
+  _globals['_NEIGHBOURKEYS']._serialized_end=683
+  _globals['_ENCRYPTEDSHARE']._serialized_start=685
+  _globals['_ENCRYPTEDSHARE']._serialized_end=791
+  _globals['_SHAREDKEYS']._serialized_start=793
+  _globals['_SHAREDKEYS']._serialized_end=897
+  _globals['_SHAREDELIVERY']._serialized_start=899
+  _globals['_SHAREDELIVERY']._serialized_end=987
+  _globals['_SHARESRECEIVED']._serialized_start=989
+  _globals['_SHARESRECEIVED']._serialized_end=1044
+  _globals['_CONSISTENCYCHECK']._serialized_start=1046
+  _globals['_CONSISTENCYCHECK']._serialized_end=1103
+  _globals['_CONSISTENCYACK']._serialized_start=1105
+  _globals['_CONSISTENCYACK']._serialized_end=1179
+  _globals['_UNMASKINGREQUEST']._serialized_start=1182
+  _globals['_UNMASKINGREQUEST']._serialized_end=1313
+  _globals['_REVEALEDSHARE']._serialized_start=1315
+  _globals['_REVEALEDSHARE']._serialized_end=1402
+  _globals['_UNMASKINGRESPONSE']._serialized_start=1405
+  _globals['_UNMASKINGRESPONSE']._serialized_end=1588
+  _globals['_SERVERSTEP']._serialized_start=1591
+  _globals['_SERVERSTEP']._serialized_end=1893
+  _globals['_CLIENTSTEP']._serialized_start=1896
+  _globals['_CLIENTSTEP']._serialized_end=2200
 # @@protoc_insertion_point(module_scope)

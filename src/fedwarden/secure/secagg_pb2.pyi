@@ -22,8 +22,8 @@ class RoundSetup(_message.Message):
     def __init__(self, round_seed: _Optional[bytes] = ..., cohort: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., modulus_bits: _Optional[int] = ..., num_neighbours: _Optional[int] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class StartRound(_message.Message):
-    __slots__ = ("setup", "encoding_json", "peer_identities")
-    class PeerIdentitiesEntry(_message.Message):
+    __slots__ = ("setup", "encoding_json", "peer_certificates")
+    class PeerCertificatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -32,25 +32,27 @@ class StartRound(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     SETUP_FIELD_NUMBER: _ClassVar[int]
     ENCODING_JSON_FIELD_NUMBER: _ClassVar[int]
-    PEER_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    PEER_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     setup: RoundSetup
     encoding_json: str
-    peer_identities: _containers.ScalarMap[str, bytes]
-    def __init__(self, setup: _Optional[_Union[RoundSetup, _Mapping]] = ..., encoding_json: _Optional[str] = ..., peer_identities: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    peer_certificates: _containers.ScalarMap[str, bytes]
+    def __init__(self, setup: _Optional[_Union[RoundSetup, _Mapping]] = ..., encoding_json: _Optional[str] = ..., peer_certificates: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class KeyAdvertisement(_message.Message):
-    __slots__ = ("round_seed", "client_id", "encryption_public_key", "masking_public_key", "signature")
+    __slots__ = ("round_seed", "client_id", "encryption_public_key", "masking_public_key", "signature", "self_mask_commitment")
     ROUND_SEED_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MASKING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     round_seed: bytes
     client_id: str
     encryption_public_key: bytes
     masking_public_key: bytes
     signature: bytes
-    def __init__(self, round_seed: _Optional[bytes] = ..., client_id: _Optional[str] = ..., encryption_public_key: _Optional[bytes] = ..., masking_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    self_mask_commitment: bytes
+    def __init__(self, round_seed: _Optional[bytes] = ..., client_id: _Optional[str] = ..., encryption_public_key: _Optional[bytes] = ..., masking_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., self_mask_commitment: _Optional[bytes] = ...) -> None: ...
 
 class NeighbourKeys(_message.Message):
     __slots__ = ("round_seed", "advertisements")
@@ -119,22 +121,28 @@ class ConsistencyAck(_message.Message):
     def __init__(self, round_seed: _Optional[bytes] = ..., client_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskingRequest(_message.Message):
-    __slots__ = ("round_seed", "survivors", "dropped")
+    __slots__ = ("round_seed", "survivors", "dropped", "signatures")
     ROUND_SEED_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     round_seed: bytes
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, round_seed: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+    signatures: _containers.RepeatedCompositeFieldContainer[ConsistencyAck]
+    def __init__(self, round_seed: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., signatures: _Optional[_Iterable[_Union[ConsistencyAck, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
-    __slots__ = ("owner", "share")
+    __slots__ = ("owner", "share", "signature", "paired_digest")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PAIRED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     owner: str
     share: bytes
-    def __init__(self, owner: _Optional[str] = ..., share: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    paired_digest: bytes
+    def __init__(self, owner: _Optional[str] = ..., share: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., paired_digest: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskingResponse(_message.Message):
     __slots__ = ("round_seed", "client_id", "self_mask_shares", "secret_key_shares")

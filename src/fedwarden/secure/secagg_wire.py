@@ -2,7 +2,8 @@
 
 The server's messages travel as a ``ServerStep``; round 0's :class:`RoundSetup`
 travels inside a :class:`StartRound` that also says how to encode an update
-and which identity keys sign the cohort's key advertisements. A client's
+and relays the cohort's certificates, from which each client takes its peers'
+identity keys after checking them itself. A client's
 reply travels as a ``ClientStep``. Parsing refuses anything that is not a
 well-formed message of the expected kind with :class:`SecAggWireError`.
 """
@@ -41,11 +42,11 @@ class SecAggWireError(FedwardenError):
 
 @dataclass(frozen=True)
 class StartRound:
-    """Round 0 on the wire: the setup, the update encoding, and the peers' identity keys."""
+    """Round 0 on the wire: the setup, the update encoding, and the cohort's certificates (PEM)."""
 
     setup: RoundSetup
     encoding_json: str
-    peer_identities: Mapping[str, bytes]
+    peer_certificates: Mapping[str, bytes]
 
 
 def server_step_bytes(message: StartRound | ServerMessage) -> bytes:
@@ -54,7 +55,7 @@ def server_step_bytes(message: StartRound | ServerMessage) -> bytes:
     if isinstance(message, StartRound):
         step.start.setup.CopyFrom(_setup(message.setup))
         step.start.encoding_json = message.encoding_json
-        step.start.peer_identities.update(message.peer_identities)
+        step.start.peer_certificates.update(message.peer_certificates)
     elif isinstance(message, NeighbourKeys):
         step.neighbour_keys.round_seed = message.round_seed
         step.neighbour_keys.advertisements.extend(_advertisement(a) for a in message.advertisements)
@@ -68,6 +69,7 @@ def server_step_bytes(message: StartRound | ServerMessage) -> bytes:
         step.request.round_seed = message.round_seed
         step.request.survivors.extend(message.survivors)
         step.request.dropped.extend(message.dropped)
+        step.request.signatures.extend(_ack(ack) for ack in message.signatures)
     else:
         raise TypeError(f"{type(message).__name__} is not a server message (send a StartRound)")
     return step.SerializeToString()
@@ -89,7 +91,7 @@ def read_server_step(data: bytes) -> StartRound | ServerMessage:
                 setup.threshold,
             ),
             step.start.encoding_json,
-            dict(step.start.peer_identities),
+            dict(step.start.peer_certificates),
         )
     if kind == "neighbour_keys":
         keys = step.neighbour_keys
@@ -105,7 +107,10 @@ def read_server_step(data: bytes) -> StartRound | ServerMessage:
     if kind == "request":
         request = step.request
         return UnmaskingRequest(
-            request.round_seed, tuple(request.survivors), tuple(request.dropped)
+            request.round_seed,
+            tuple(request.survivors),
+            tuple(request.dropped),
+            tuple(_read_ack(ack) for ack in request.signatures),
         )
     raise SecAggWireError("a secure-aggregation server step holds no message")
 
@@ -123,9 +128,7 @@ def client_step_bytes(message: ClientMessage) -> bytes:
         step.received.round_seed = message.round_seed
         step.received.client_id = message.client_id
     elif isinstance(message, ConsistencyAck):
-        step.ack.round_seed = message.round_seed
-        step.ack.client_id = message.client_id
-        step.ack.signature = message.signature
+        step.ack.CopyFrom(_ack(message))
     else:
         step.response.round_seed = message.round_seed
         step.response.client_id = message.client_id
@@ -148,14 +151,14 @@ def read_client_step(data: bytes) -> ClientMessage:
     if kind == "received":
         return SharesReceived(step.received.round_seed, step.received.client_id)
     if kind == "ack":
-        return ConsistencyAck(step.ack.round_seed, step.ack.client_id, step.ack.signature)
+        return _read_ack(step.ack)
     if kind == "response":
         response = step.response
         return UnmaskingResponse(
             response.round_seed,
             response.client_id,
-            tuple(RevealedShare(r.owner, r.share) for r in response.self_mask_shares),
-            tuple(RevealedShare(r.owner, r.share) for r in response.secret_key_shares),
+            tuple(_read_revealed(r) for r in response.self_mask_shares),
+            tuple(_read_revealed(r) for r in response.secret_key_shares),
         )
     raise SecAggWireError("a secure-aggregation client step holds no message")
 
@@ -188,6 +191,7 @@ def _advertisement(message: KeyAdvertisement) -> pb.KeyAdvertisement:
         client_id=message.client_id,
         encryption_public_key=message.encryption_public_key,
         masking_public_key=message.masking_public_key,
+        self_mask_commitment=message.self_mask_commitment,
         signature=message.signature,
     )
 
@@ -198,6 +202,7 @@ def _read_advertisement(message: pb.KeyAdvertisement) -> KeyAdvertisement:
         message.client_id,
         message.encryption_public_key,
         message.masking_public_key,
+        message.self_mask_commitment,
         message.signature,
     )
 
@@ -219,4 +224,23 @@ def _read_share(share: pb.EncryptedShare) -> EncryptedShare:
 
 
 def _revealed(revealed: RevealedShare) -> pb.RevealedShare:
-    return pb.RevealedShare(owner=revealed.owner, share=revealed.share)
+    return pb.RevealedShare(
+        owner=revealed.owner,
+        share=revealed.share,
+        signature=revealed.signature,
+        paired_digest=revealed.paired_digest,
+    )
+
+
+def _read_revealed(revealed: pb.RevealedShare) -> RevealedShare:
+    return RevealedShare(revealed.owner, revealed.share, revealed.signature, revealed.paired_digest)
+
+
+def _ack(ack: ConsistencyAck) -> pb.ConsistencyAck:
+    return pb.ConsistencyAck(
+        round_seed=ack.round_seed, client_id=ack.client_id, signature=ack.signature
+    )
+
+
+def _read_ack(ack: pb.ConsistencyAck) -> ConsistencyAck:
+    return ConsistencyAck(ack.round_seed, ack.client_id, ack.signature)

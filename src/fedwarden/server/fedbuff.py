@@ -155,10 +155,10 @@ class FedBuffServer(Server):
         ]
         if not idle:
             return 0
-        chosen = self.rng.choice(len(idle), size=min(wanted, len(idle)), replace=False)
+        chosen = self.cohort_randomness.subset(len(idle), min(wanted, len(idle)))
         train = self.strategy.train_config(round_index)
         parameters = self.pipeline.aggregator.round_parameters()
-        for position in sorted(int(index) for index in chosen):
+        for position in chosen:
             client = idle[position]
             instruction = FitInstruction(round_index, client, train, parameters)
             self.clients.dispatch(self._versions[round_index], instruction)

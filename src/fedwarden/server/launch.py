@@ -35,6 +35,7 @@ from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
+from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
@@ -64,7 +65,18 @@ from fedwarden.privacy.accounting import (
 )
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.privacy.silo import SiloPrivacy, calibrate_silo_noise_multiplier
+from fedwarden.privacy.secrecy import (
+    cohort_randomness,
+    commits_cohorts,
+    sampling_secrecy,
+    server_noise,
+)
+from fedwarden.privacy.silo import (
+    ClientBudgets,
+    LocalPrivacy,
+    SiloPrivacy,
+    calibrate_silo_noise_multiplier,
+)
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
@@ -89,6 +101,7 @@ from fedwarden.server.rundir import RunDirectory
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
@@ -228,7 +241,8 @@ def build_pipeline(
     config: RunConfig,
     trainer: Trainer,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None = None,
+    privacy: UserLevelPrivacy | ClientBudgets | None = None,
+    noise: NoiseSource | None = None,
 ) -> Pipeline:
     """The update pipeline ``config`` asks for, with the simulated attack around its aggregator.
 
@@ -236,7 +250,9 @@ def build_pipeline(
     clip and noisy mean. Under secure aggregation the server sees no update, so
     there is no server-side validation: the clients' encoders clip and check.
     """
-    stages, aggregator = _stages_and_aggregator(config, trainer, dataset, privacy)
+    stages, aggregator = _stages_and_aggregator(
+        config, trainer, dataset, privacy, noise or server_noise(config)
+    )
     attack = build_model_attack(config)
     if attack is not None:
         aggregator = AttackSimulation(
@@ -249,12 +265,9 @@ def _stages_and_aggregator(
     config: RunConfig,
     trainer: Trainer,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
+    noise: NoiseSource,
 ) -> tuple[list[Stage], Aggregator]:
-    section = config.privacy
-    noise = (
-        NoiseSource.for_testing(config.seed) if section.reproducible_noise else NoiseSource.secure()
-    )
     clip_norm = privacy.clip_norm if isinstance(privacy, UserLevelPrivacy) else None
     stages = build_stages(config, trainer.spec, clip_norm)
     if config.secure.kind != "none":
@@ -291,6 +304,7 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
                 section.clip_norm,
                 section.noise_multiplier,
                 section.delta,
+                budget=section.epsilon,
                 reproducible=section.reproducible_noise,
             )
         )
@@ -438,7 +452,7 @@ def poisoned(config: RunConfig, dataset: FederatedDataset) -> FederatedDataset:
 def build_secure_aggregator(
     config: RunConfig,
     dataset: FederatedDataset,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
     noise: NoiseSource,
 ) -> Aggregator:
     """SecAgg+ (with the distributed DP mechanism under user-level DP) or CKKS aggregation."""
@@ -459,9 +473,11 @@ def build_secure_aggregator(
 
 
 def secagg_parameters(config: RunConfig) -> SecAggParameters:
-    """The ring size, neighbour count and threshold ``config.secure`` names."""
+    """The ring size, neighbour count, threshold and corrupted clients ``config.secure`` names."""
     secure = config.secure
-    return SecAggParameters(secure.modulus_bits, secure.num_neighbours, secure.threshold)
+    return SecAggParameters(
+        secure.modulus_bits, secure.num_neighbours, secure.threshold, secure.corrupted_clients
+    )
 
 
 def build_distributed_dp(
@@ -504,7 +520,7 @@ def build_privacy(
     model_size: int,
     run_dir: RunDirectory | None,
     budget_changed_by: str | None = None,
-) -> UserLevelPrivacy | SiloPrivacy | None:
+) -> UserLevelPrivacy | ClientBudgets | None:
     """The run's privacy accounting, with its ledger in the run directory (None without it).
 
     ``budget_changed_by`` names who changes the budget the ledger was kept under, if anyone.
@@ -527,6 +543,20 @@ def build_privacy(
             local_epochs=config.train.local_epochs,
             noise_multiplier=section.noise_multiplier,
             max_grad_norm=section.max_grad_norm,
+        )
+    if section.mechanism == "local":
+        assert section.epsilon is not None and section.noise_multiplier is not None
+        return LocalPrivacy(
+            PrivacyLedger(
+                PrivacyBudget(section.epsilon, section.delta),
+                privacy_unit="client",
+                neighboring="replace_one",
+                path=ledger_path,
+                client_budget=section.epsilon,
+            ),
+            client_ids=dataset.client_ids,
+            noise_multiplier=section.noise_multiplier,
+            clip_norm=section.clip_norm,
         )
     if section.mechanism != "user_level":
         return None
@@ -582,22 +612,6 @@ def build_privacy(
     )
 
 
-def _local_privacy_report(config: RunConfig) -> dict[str, Any]:
-    section = config.privacy
-    assert section.noise_multiplier is not None
-    stage = LocalGaussianNoise(section.clip_norm, section.noise_multiplier, section.delta)
-    return {
-        "mechanism": "local DP, Gaussian on each client's clipped update",
-        "privacy_unit": "client",
-        "neighboring": "replace_one",
-        "accountant": "pld",
-        "delta": section.delta,
-        "noise_multiplier": section.noise_multiplier,
-        "clip_norm": section.clip_norm,
-        "client_epsilon_round": stage.epsilon(1),
-    }
-
-
 @dataclass(frozen=True)
 class Deployment:
     """Where ``fedwarden server`` listens and keeps its state (the grpc runtime, for real).
@@ -615,6 +629,8 @@ class Deployment:
     """Signs the audit log (``audit.key`` of the server kit); None: no audit log."""
     audit_public_key: Path | None = None
     """Where the audit log's public key (``audit.pub``) lies, to print how to verify it."""
+    revocation_list: Path | None = None
+    """The CA's revocation list (``revoked.pem`` of the server kit), re-read as it changes."""
     listening: threading.Event = field(default_factory=threading.Event)
     launcher: LocalClients | None = None
     """Local client processes to start (``fedwarden run`` on the grpc runtime)."""
@@ -622,15 +638,25 @@ class Deployment:
     """The Prometheus series served on the operations endpoint's ``/metrics``."""
 
     @classmethod
-    def local(cls, directory: Path, dataset: FederatedDataset, pki: Path) -> Deployment:
+    def local(
+        cls,
+        directory: Path,
+        dataset: FederatedDataset,
+        pki: Path,
+        *,
+        allow_test_mode_noise: bool = False,
+    ) -> Deployment:
         """Loopback with mutual TLS and one client process per client, files under ``directory``.
 
         ``pki`` keeps the CA and the kits across runs (the store enrols each client's key once).
+        ``allow_test_mode_noise`` lets the local clients accept a test-mode config.
         """
         from fedwarden.governance.audit import load_signing_key
         from fedwarden.runtime.grpc.local_clients import LocalClients
 
-        launcher = LocalClients(directory, dataset, pki)
+        launcher = LocalClients(
+            directory, dataset, pki, allow_test_mode_noise=allow_test_mode_noise
+        )
         tls = launcher.provision()
         audit_key = load_signing_key(launcher.server_kit / "audit.key")
         return cls(
@@ -638,6 +664,7 @@ class Deployment:
             tls,
             audit_key=audit_key,
             audit_public_key=launcher.server_kit / "audit.pub",
+            revocation_list=launcher.server_kit / REVOCATION_LIST,
             launcher=launcher,
         )
 
@@ -710,6 +737,7 @@ def build_runtime(
         return RayRuntime(config.runtime.workers, config.runtime.address)
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
+    from fedwarden.runtime.grpc.limits import ServerLimits
     from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
 
     if run_dir is None or store is None or deployment is None:
@@ -730,6 +758,14 @@ def build_runtime(
         expected_clients=dataset.client_ids,
         heartbeat_s=config.runtime.heartbeat_s,
         join_timeout_s=config.runtime.join_timeout_s,
+        revocations=None
+        if deployment.tls is None or deployment.revocation_list is None
+        else RevocationList(deployment.revocation_list, deployment.tls.root_certificate),
+        limits=ServerLimits.for_clients(
+            len(dataset.client_ids),
+            stream_deadline_s=config.runtime.stream_deadline_s,
+            calls_per_peer=config.runtime.calls_per_client,
+        ),
         launcher=deployment.launcher,
         listening=deployment.listening,
     )
@@ -783,7 +819,7 @@ def _audit_trail(
     store: RunStore,
     run_dir: RunDirectory,
     deployment: Deployment,
-    privacy: UserLevelPrivacy | SiloPrivacy | None,
+    privacy: UserLevelPrivacy | ClientBudgets | None,
 ) -> ServerAuditTrail | None:
     """The run's audit trail (recording the run when it is new), or None without an audit key."""
     from fedwarden import __version__
@@ -815,6 +851,7 @@ def _audit_trail(
         run_id,
         dp=dp,
         delta=None if dp is None else section.delta,
+        cohort_openings=run_dir.path / "cohort_openings.json" if commits_cohorts(config) else None,
     )
     if new_run:
         trail.run_created(run_dir.read_config(), __version__)
@@ -944,12 +981,16 @@ def _run(
         require_spend_kept(
             run_dir, privacy.epsilon(), recorded_epsilons(store, run_dir, checkpoint)
         )
-    pipeline = build_pipeline(config, trainer, dataset, privacy)
+    noise = server_noise(config)
+    pipeline = build_pipeline(config, trainer, dataset, privacy, noise)
     audit = None
     if store is not None and run_dir is not None:
         if deployment is None:
             deployment = Deployment.local(
-                run_dir.path / "deploy", dataset, local_federation(config.runs_dir)
+                run_dir.path / "deploy",
+                dataset,
+                local_federation(config.runs_dir),
+                allow_test_mode_noise=config.privacy.reproducible_noise,
             )
         audit = _audit_trail(config, store, run_dir, deployment, privacy)
     if budget_change is not None and run_dir is not None and old_epsilon is not None:
@@ -976,6 +1017,7 @@ def _run(
                     client_ids=client_ids,
                     rounds=rounds,
                     seed=config.seed,
+                    cohort_randomness=cohort_randomness(config),
                     min_cohort=config.sampling.min_cohort,
                     deadline_s=config.sampling.deadline_s,
                     evaluate_every=config.evaluate_every,
@@ -993,6 +1035,8 @@ def _run(
                 "client_ids": dataset.client_ids,
                 "rounds": clustering.warmup_rounds if clustering.enabled else config.rounds,
                 "seed": config.seed,
+                "cohort_randomness": cohort_randomness(config),
+                "noise_randomness": noise,
                 "central_test": CentralTestSet(dataset.x_test, dataset.y_test),
                 "backdoor_test": build_backdoor_test(config, dataset),
                 "reputation": build_reputation(config),
@@ -1003,7 +1047,11 @@ def _run(
                 "observer": observer,
                 "privacy": privacy,
                 "audit": audit,
-                "monitors": [monitoring, *_round_rows(store, run_dir)],
+                "monitors": [
+                    monitoring,
+                    *_round_rows(store, run_dir),
+                    *_anchoring(store, run_dir, audit, deployment),
+                ],
                 "client_evaluation_off": None
                 if policy.federated_evaluation
                 else policy.why_no_federated_evaluation("the end-of-run client evaluation"),
@@ -1082,8 +1130,8 @@ def _run(
             extras["attack"] = attack
         if clustered is not None:
             extras["clustering"] = clustered.to_json()
-        if config.privacy.mechanism == "local":
-            extras["privacy"] = {**_local_privacy_report(config), **extras.get("privacy", {})}
+        if config.privacy.mechanism != "none":
+            extras["privacy"] = {**extras.get("privacy", {}), **sampling_secrecy(config)}
         if policy.protected:
             extras.setdefault("privacy", {})["releases"] = release_inventory(
                 config,
@@ -1109,6 +1157,22 @@ def _run(
         raise
 
 
+def _anchoring(
+    store: RunStore | None,
+    run_dir: RunDirectory | None,
+    audit: ServerAuditTrail | None,
+    deployment: Deployment | None,
+) -> list[AnchorEveryRound]:
+    """The writer of the audit log's root-signed anchor into the run directory, every round."""
+    from fedwarden.governance.anchor import ANCHOR_FILE, AnchorEveryRound
+
+    if store is None or run_dir is None or audit is None or deployment is None:
+        return []
+    if deployment.audit_key is None:
+        return []
+    return [AnchorEveryRound(store, deployment.audit_key, run_dir.path / ANCHOR_FILE)]
+
+
 def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:
     """The run store's recorder of completed rounds, when the run has a store."""
     from fedwarden.governance.store import RoundRows
@@ -1121,12 +1185,16 @@ def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[Ro
 def _governance_report(
     store: RunStore, audit: ServerAuditTrail, run_dir: RunDirectory, deployment: Deployment
 ) -> dict[str, str | None]:
-    """Write the store's HTML audit report into the run directory; where everything is."""
+    """Write the HTML audit report and a last anchor into the run directory; where all is."""
     from fedwarden.governance.audit import audit_report, render_html
 
     report = run_dir.path / "audit_report.html"
     report.write_text(render_html(audit_report(store, audit.log.public_key)))
+    anchors = _anchoring(store, run_dir, audit, deployment)
+    for writer in anchors:
+        writer.anchor()
     return {
+        "audit_anchor": str(anchors[0].path) if anchors else None,
         "store": store.url,
         "audit_public_key": (
             None if deployment.audit_public_key is None else str(deployment.audit_public_key)

@@ -36,6 +36,8 @@ from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.robust import Reputation
 from fedwarden.pipeline.stage import Pipeline
 from fedwarden.privacy.ledger import BudgetExceeded
+from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.secrecy import COHORT_STREAM
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
@@ -221,6 +223,8 @@ class Server:
         reputation: Reputation | None = None,
         audit: RoundAudit | None = None,
         monitors: Sequence[RoundMonitor] = (),
+        cohort_randomness: NoiseSource | None = None,
+        noise_randomness: NoiseSource | None = None,
         client_evaluation_off: str | None = None,
     ) -> None:
         self.trainer = trainer
@@ -244,7 +248,8 @@ class Server:
         self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
-        self.rng = np.random.default_rng(seed)
+        self.cohort_randomness = cohort_randomness or NoiseSource.seeded(seed, COHORT_STREAM)
+        self.noise_randomness = noise_randomness
         self.history: list[RoundRecord] = []
         self.train_seconds = 0.0
         self.max_client_epsilon: float | None = None
@@ -254,7 +259,10 @@ class Server:
         self.trainer.spec.check_vector(checkpoint.vector)
         self.vector = np.array(checkpoint.vector, dtype=np.float32)
         self.strategy.load_state_dict(checkpoint.strategy_state)
-        self.rng.bit_generator.state = checkpoint.sampler_state
+        for name, source in self._reproducible_streams().items():
+            position = checkpoint.sampler_state.get(name)
+            if isinstance(position, int):
+                source.seek(position)
         self.history = list(checkpoint.history)
         self.train_seconds = checkpoint.train_seconds
         if self.privacy is not None and checkpoint.privacy_state:
@@ -319,7 +327,7 @@ class Server:
             population = self.privacy.eligible(self.client_ids)
         if self.reputation is not None:
             population = self.reputation.eligible(population)
-        cohort = self.sampler.sample(population, self.rng)
+        cohort = self.sampler.sample(population, self.cohort_randomness)
         if self.observer is not None:
             self.observer.round_started(round_index, len(cohort))
         if self.audit is not None:
@@ -503,8 +511,22 @@ class Server:
         )
         self.run_dir.write_metrics(self.history)
 
+    def _reproducible_streams(self) -> dict[str, NoiseSource]:
+        """The seeded streams of cohorts and noise, by checkpoint key (secure ones have no state).
+
+        Saving where they stand lets a resumed test-mode run draw what the
+        uninterrupted run would have drawn, bit for bit.
+        """
+        streams = {"position": self.cohort_randomness, "noise_position": self.noise_randomness}
+        return {
+            name: source
+            for name, source in streams.items()
+            if source is not None and source.reproducible
+        }
+
     def _sampler_state(self) -> dict[str, Any]:
-        return dict(self.rng.bit_generator.state)
+        """Where each seeded stream stands."""
+        return {name: source.position for name, source in self._reproducible_streams().items()}
 
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""

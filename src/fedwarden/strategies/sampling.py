@@ -5,6 +5,13 @@ scheme DP-FedAvg's accounting assumes (McMahan et al. 2018); fixed-size
 uniform sampling without replacement is Flower's and FedAvg's default;
 stratified sampling keeps each group's share of the population (urban and
 rural hospitals, regions, device classes).
+
+Every sampler draws from a :class:`~fedwarden.privacy.randomness.NoiseSource`.
+When a DP guarantee is amplified by sampling, the cohort must be as secret as
+the noise (the amplification theorems assume the adversary does not know who
+was sampled), so the server passes ``NoiseSource.secure()``: the same public
+seed then gives different cohorts. Only runs without DP, and DP runs in test
+mode, draw from a seeded keystream.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedwarden.core.errors import ConfigError
+from fedwarden.privacy.randomness import NoiseSource
 
 
 class Sampler(ABC):
-    """Draws a cohort from the eligible clients with the server's generator."""
+    """Draws a cohort from the eligible clients with the server's randomness."""
 
     @abstractmethod
-    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+    def sample(self, client_ids: Sequence[str], randomness: NoiseSource) -> list[str]:
         """The cohort, in the population's order."""
 
 
@@ -31,11 +39,10 @@ class UniformSampler(Sampler):
     def __init__(self, cohort_size: int) -> None:
         self.cohort_size = cohort_size
 
-    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+    def sample(self, client_ids: Sequence[str], randomness: NoiseSource) -> list[str]:
         """Uniform draw without replacement."""
         size = min(self.cohort_size, len(client_ids))
-        chosen = np.sort(rng.choice(len(client_ids), size=size, replace=False))
-        return [client_ids[i] for i in chosen.tolist()]
+        return [client_ids[i] for i in randomness.subset(len(client_ids), size)]
 
 
 class PoissonSampler(Sampler):
@@ -44,9 +51,9 @@ class PoissonSampler(Sampler):
     def __init__(self, rate: float) -> None:
         self.rate = rate
 
-    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+    def sample(self, client_ids: Sequence[str], randomness: NoiseSource) -> list[str]:
         """Independent Bernoulli(rate) draw per client."""
-        chosen = np.flatnonzero(rng.random(len(client_ids)) < self.rate)
+        chosen = np.flatnonzero(randomness.bernoulli(self.rate, len(client_ids)))
         return [client_ids[i] for i in chosen.tolist()]
 
 
@@ -62,7 +69,7 @@ class StratifiedSampler(Sampler):
         self.attribute = attribute
         self.strata = strata
 
-    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+    def sample(self, client_ids: Sequence[str], randomness: NoiseSource) -> list[str]:
         """Proportional allocation, then uniform draws inside each stratum."""
         missing = [cid for cid in client_ids if cid not in self.strata]
         if missing:
@@ -83,5 +90,5 @@ class StratifiedSampler(Sampler):
         chosen: list[int] = []
         for name, count in zip(names, seats, strict=True):
             members = groups[name]
-            chosen.extend(members[i] for i in rng.choice(len(members), size=count, replace=False))
+            chosen.extend(members[i] for i in randomness.subset(len(members), int(count)))
         return [client_ids[i] for i in sorted(chosen)]

@@ -58,6 +58,7 @@ from fedwarden.runtime.grpc.wire import (
     sign,
     version_message,
 )
+from fedwarden.secure.secagg_policy import SecAggPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ BACKOFF_MAX_S = 30.0
 
 
 JOIN_TIMEOUT_S = 30.0
+
+
+class ReproducibleNoiseRefused(FedwardenError):
+    """The server asked for test-mode (seeded) privacy noise, which this client did not allow."""
 
 
 class RunOver(FedwardenError):
@@ -123,6 +128,13 @@ class FederationClient:
 
     ``kit`` holds the TLS certificate and identity key; with ``insecure`` the
     channel is plaintext and only the identity key of ``kit`` is used.
+    ``allow_test_mode_noise`` is this site's own choice, never the server's: a
+    run config asking for ``privacy.reproducible_noise`` (noise, masks and
+    batches anyone holding the seed can recompute, the server included) is
+    refused unless it is set.
+    ``secagg_policy`` is what this site accepts in a secure-aggregation round
+    (its own setting; the server cannot lower it); peers' identities come from
+    certificates checked against the kit's CA.
     """
 
     def __init__(
@@ -133,6 +145,8 @@ class FederationClient:
         *,
         insecure: bool = False,
         state_dir: Path | None = None,
+        allow_test_mode_noise: bool = False,
+        secagg_policy: SecAggPolicy | None = None,
     ) -> None:
         self.address = address
         self.kit = kit
@@ -140,6 +154,8 @@ class FederationClient:
         self.data_path = data_path
         self.insecure = insecure
         self.state_dir = state_dir
+        self.allow_test_mode_noise = allow_test_mode_noise
+        self.secagg_policy = secagg_policy
         self.stop = threading.Event()
         self._engine: tuple[str, ClientEngine] | None = None
         self._models: dict[str, Vector] = {}
@@ -241,6 +257,7 @@ class FederationClient:
         from fedwarden.server.launch import build_stages, build_trainer
 
         config = RunConfig.model_validate_json(reply.run_config_json)
+        self._check_noise_mode(config)
         num_classes = reply.num_classes or None
         data = load_client_file(
             self.data_path, self.client_id, config.data, config.seed, num_classes
@@ -266,11 +283,41 @@ class FederationClient:
                 if config.privacy.reproducible_noise
                 else NoiseSource.secure()
             )
-            self._secure = SecureSumClient(self.client_id, self.kit.identity, noise)
+            self._secure = SecureSumClient(
+                self.client_id,
+                self.kit.identity,
+                noise,
+                ca_certificate=self.kit.tls.root_certificate,
+                policy=self.secagg_policy,
+            )
         engine = ClientEngine(Workload(dataset, trainer, stages, config.seed, self.state_dir))
         self._engine = (reply.run_id, engine)
         self._models.clear()
         return engine
+
+    def _check_noise_mode(self, config: RunConfig) -> None:
+        """Refuse a run in test mode unless this site allowed it; say loudly when it did.
+
+        In test mode every noise, mask and batch a client draws is keyed by the
+        config's seed, which the server chose and knows: it could subtract the
+        noise and the sampling would amplify nothing. A client never takes that
+        setting from the party its privacy protects it from.
+        """
+        if not config.privacy.reproducible_noise:
+            return
+        if not self.allow_test_mode_noise:
+            raise ReproducibleNoiseRefused(
+                f"{self.client_id} refuses run {config.name!r}: its config sets "
+                "privacy.reproducible_noise = true, so every noise and sample this client draws "
+                "would be computable from the seed the server chose. Ask the server to turn test "
+                "mode off, or start `fedwarden client --allow-test-mode-noise` on a test "
+                "federation only"
+            )
+        logger.warning(
+            "TEST MODE: run %r uses reproducible privacy noise seeded by the server's config; "
+            "this client's releases have no differential privacy against the server",
+            config.name,
+        )
 
     def _answer(self, stubs: _Stubs, engine: ClientEngine, task: pb.Task) -> None:
         """Download the task's model, train or evaluate, and upload the signed result."""

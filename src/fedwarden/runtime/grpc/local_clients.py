@@ -26,12 +26,24 @@ STOP_GRACE_S = 15.0
 
 
 class LocalClients:
-    """Provisions and starts one ``fedwarden client`` process per client of ``dataset``."""
+    """Provisions and starts one ``fedwarden client`` process per client of ``dataset``.
 
-    def __init__(self, directory: Path, dataset: FederatedDataset, pki: Path) -> None:
+    ``allow_test_mode_noise`` passes ``--allow-test-mode-noise`` to every client:
+    whoever runs the whole federation on one machine has chosen test mode.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        dataset: FederatedDataset,
+        pki: Path,
+        *,
+        allow_test_mode_noise: bool = False,
+    ) -> None:
         self.directory = directory
         self.dataset = dataset
         self.pki = pki
+        self.allow_test_mode_noise = allow_test_mode_noise
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -75,6 +87,7 @@ class LocalClients:
                 str(self.pki / "clients" / client_id),
                 "--state-dir",
                 str(self.directory / "client_state" / client_id),
+                *(["--allow-test-mode-noise"] if self.allow_test_mode_noise else []),
             ]
             with open(logs / f"{client_id}.log", "ab") as log:
                 self.processes[client_id] = subprocess.Popen(

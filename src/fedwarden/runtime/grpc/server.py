@@ -16,11 +16,15 @@ rounds; this runtime only moves its messages over gRPC (``federation.proto``).
   streamed chunk by chunk into a spool file while its SHA-256 is computed;
   then the signature is verified against the enrolled key. A refused upload
   (``forged``, ``replayed``, ``duplicate``, ``corrupted``, ``impersonation``,
-  ``unknown_task``) is counted, logged and recorded in the store, and never
-  aggregated. An accepted update is fsynced and recorded in the store before
-  the client gets its receipt, so a server killed afterwards still has it:
-  on restart the round's accepted updates are read back from the spool and
-  only the clients that had not delivered are asked again.
+  ``unknown_task``) is never aggregated; it is counted against the
+  authenticated sender, never the client its header names, and recorded (one
+  by one for the sender's own open task, at a bounded rate otherwise). An
+  accepted update is fsynced and recorded in the store before the client
+  gets its receipt, so a server killed afterwards still has it: on restart
+  the round's accepted updates are read back from the spool and only the
+  clients that had not delivered are asked again.
+- **Bounds** (:mod:`fedwarden.runtime.grpc.limits`): calls in progress are
+  capped in all and per peer, and stalled streams are cut.
 - **Memory.** The model is served from one read-only copy per round; an
   upload occupies one chunk in memory while it arrives; accepted updates are
   memory-mapped from the spool, so the server's footprint stays O(model).
@@ -42,10 +46,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -64,6 +67,7 @@ from fedwarden.core.messages import (
 )
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.deploy.pki import PkiError, identity_from_certificate
+from fedwarden.deploy.revocation import RevocationList
 from fedwarden.governance.store import (
     AcceptedUpdate,
     DuplicateUpdate,
@@ -74,6 +78,7 @@ from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
+from fedwarden.runtime.grpc.limits import PeerLimiter, ServerLimits, StreamStalled, StreamWatchdog
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
     CHUNK_DATA_TAG,
@@ -92,6 +97,8 @@ from fedwarden.runtime.grpc.wire import (
 
 logger = logging.getLogger(__name__)
 
+Message = TypeVar("Message")
+
 SERVICE = "fedwarden.v1.Federation"
 LOST_AFTER_HEARTBEATS = 3
 """A client silent for this many heartbeat periods is lost."""
@@ -100,6 +107,13 @@ MAX_EXPIRED_TASKS = 100_000
 """Closed-unanswered tasks remembered, to tell a late honest answer from a replay."""
 MAX_PROTOCOL_BYTES = 16 << 20
 """Largest answer to a protocol step (secure aggregation's are kilobytes)."""
+MAX_RECORDED_REFUSALS = 10
+"""Refused uploads answering no open task of their sender, recorded one by one per peer and
+round; the rest are counted, and recorded as one row when the round ends."""
+MAX_QUEUED_REFUSALS = 256
+"""Refusals waiting for the round loop; more are counted and logged, not queued."""
+MAX_QUEUED_ANSWERS = 10_000
+"""Room for answers to open tasks (the server opens far fewer at once)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,8 @@ class _Session:
     """One connected client: its task queue and when it was last heard from."""
 
     client_id: str
+    certificate: bytes | None = None
+    """The client's TLS certificate (PEM), checked against the revocation list while it lasts."""
     tasks: queue.Queue[pb.Task | None] = field(default_factory=queue.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     closed: threading.Event = field(default_factory=threading.Event)
@@ -210,6 +226,8 @@ class GrpcRuntime(Runtime):
         launcher: ClientLauncher | None = None,
         listening: threading.Event | None = None,
         step_deadline_s: float = 120.0,
+        limits: ServerLimits | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         if tls is None:
             check_insecure_address(address)
@@ -226,9 +244,20 @@ class GrpcRuntime(Runtime):
         """How long a protocol step waits for answers when the caller sets no deadline."""
         self.listening = listening or threading.Event()
         """Set once the service accepts connections."""
+        self.limits = limits or ServerLimits.for_clients(len(self.expected_clients))
+        self.limiter = PeerLimiter(self.limits)
+        """Admits calls within the global and per-peer caps; counts those it refuses."""
+        self.revocations = revocations
+        """The CA's revoked certificates, refused on every call (None: nothing is revoked)."""
+        self.watchdog: StreamWatchdog | None = None
+        """Cancels streams that stall (created when the server starts listening)."""
         self.port: int | None = None
         self.rejections: Counter[str] = Counter()
         """Refused uploads by reason, over the server's life."""
+        self.refusals_by_peer: dict[str, Counter[str]] = {}
+        """Refused uploads by the peer that sent them (its certificate's name), and reason."""
+        self._recorded_refusals: Counter[str] = Counter()
+        self._unrecorded_refusals: dict[str, Counter[str]] = {}
         self._server: grpc.Server | None = None
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
@@ -236,8 +265,11 @@ class GrpcRuntime(Runtime):
         self._open: dict[str, _OpenTask] = {}
         self._expired: dict[str, str] = {}
         self._delivered: set[tuple[int, str]] = set()
-        self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue()
+        self._replies: queue.Queue[tuple[Reply, str | None]] = queue.Queue(
+            MAX_QUEUED_REFUSALS + MAX_QUEUED_ANSWERS
+        )
         self._models: dict[str, _Model] = {}
+        self._certificates: dict[str, bytes] = {}
         self._asynchronous: dict[str, str] = {}
         self._current_round = -1
         self._spool_kept_from = 0
@@ -250,13 +282,8 @@ class GrpcRuntime(Runtime):
         if self._server is not None:
             assert self.port is not None
             return self.port
-        server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=2 * len(self.expected_clients) + 16,
-                thread_name_prefix="fedwarden-grpc",
-            ),
-            options=grpc_options(),
-        )
+        server = self.limits.server(grpc_options(), self.limiter, "fedwarden-grpc")
+        self.watchdog = StreamWatchdog()
         server.add_generic_rpc_handlers((self._handlers(),))
         if self.tls is None:
             port = server.add_insecure_port(self.address)
@@ -310,6 +337,9 @@ class GrpcRuntime(Runtime):
             self.launcher.stop()
         if self._server is not None:
             self._server.stop(grace=5.0).wait()
+        self._record_unrecorded()
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
     def connected_clients(self) -> list[str]:
         """The clients with an open session right now."""
@@ -424,9 +454,19 @@ class GrpcRuntime(Runtime):
                 keys[client_id] = enrolled.public_key
         return keys
 
+    def peer_certificates(self, clients: Sequence[str]) -> dict[str, bytes]:
+        """The TLS certificates (PEM) ``clients`` presented when they joined (none --insecure)."""
+        with self._lock:
+            return {
+                client_id: self._certificates[client_id]
+                for client_id in clients
+                if client_id in self._certificates
+            }
+
     def _begin_round(self, round_index: int, cohort: list[str]) -> None:
         """Record the round's cohort; forget the spool of rounds the server has checkpointed."""
         self.store.round_started(self.run.run_id, round_index, cohort)
+        self._record_unrecorded()
         self._forget_before(round_index)
         with self._lock:
             self._current_round = round_index
@@ -588,7 +628,11 @@ class GrpcRuntime(Runtime):
     def _alive(self, session: _Session) -> bool:
         """Whether the session is open and its client spoke within three heartbeat periods."""
         silence = time.monotonic() - session.last_seen
-        return not session.closed.is_set() and silence <= LOST_AFTER_HEARTBEATS * self.heartbeat_s
+        return (
+            not session.closed.is_set()
+            and silence <= LOST_AFTER_HEARTBEATS * self.heartbeat_s
+            and not self._revoked(session.certificate)
+        )
 
     def _close_tasks(self, open_ids: dict[str, str]) -> list[str]:
         """Close the open tasks at the deadline; their clients."""
@@ -664,6 +708,11 @@ class GrpcRuntime(Runtime):
         try:
             public_key = self._identity_of(context, request)
             self.store.enroll(client_id, _raw(public_key), self._enrolment_source())
+            if self.tls is not None:
+                with self._lock:
+                    self._certificates[client_id] = bytes(
+                        context.auth_context()["x509_pem_cert"][0]
+                    )
         except (PkiError, ValueError) as error:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
         except EnrolmentConflict as error:
@@ -674,37 +723,87 @@ class GrpcRuntime(Runtime):
         return "certificate" if self.tls is not None else "insecure-first-use"
 
     def _peer_id(self, context: grpc.ServicerContext) -> str | None:
-        """The TLS peer's certificate common name (None when serving --insecure)."""
+        """The TLS peer's certificate common name (None when serving --insecure).
+
+        A revoked certificate is refused here, on every call: its client's
+        session is ended and its identity key's enrolment revoked.
+        """
         if self.tls is None:
             return None
         names = context.auth_context().get("x509_common_name")
         if not names:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate was presented")
-        return names[0].decode()
+        client_id = names[0].decode()
+        certificate = self._certificate(context)
+        if self._revoked(certificate):
+            self._shut_out(client_id, certificate)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {client_id!r} is revoked; ask the operator for a new kit",
+            )
+        return str(client_id)
+
+    @staticmethod
+    def _certificate(context: grpc.ServicerContext) -> bytes | None:
+        """The TLS peer's certificate (PEM), if it presented one."""
+        pem = context.auth_context().get("x509_pem_cert")
+        return bytes(pem[0]) if pem else None
+
+    def _revoked(self, certificate: bytes | None) -> bool:
+        """Whether ``certificate`` is on the revocation list."""
+        if self.revocations is None or certificate is None:
+            return False
+        return self.revocations.is_revoked(certificate)
+
+    def _shut_out(self, client_id: str, certificate: bytes | None) -> None:
+        """End a revoked client's session; revoke its enrolment if its key is the certificate's."""
+        with self._lock:
+            session = self._sessions.get(client_id)
+        if session is not None and session.certificate == certificate:
+            self._end_session(session)
+        if certificate is None:
+            return
+        try:
+            identity = _raw(identity_from_certificate(certificate))
+        except PkiError:
+            return
+        enrolled = self.store.enrolled(client_id)
+        if enrolled is not None and enrolled.public_key == identity:
+            logger.warning(
+                "client %s presented a revoked certificate; enrolment revoked", client_id
+            )
+            self.store.revoke(client_id)
 
     def _identity_of(
         self, context: grpc.ServicerContext, request: pb.JoinRequest
     ) -> Ed25519PublicKey:
         """The identity key a client proves: from its certificate, or (insecure) its Join."""
         if self.tls is not None:
-            pem = context.auth_context().get("x509_pem_cert")
-            if not pem:
+            pem = self._certificate(context)
+            if pem is None:
                 raise PkiError("the client's certificate is not available to the server")
-            return identity_from_certificate(pem[0])
+            return identity_from_certificate(pem)
         return Ed25519PublicKey.from_public_bytes(bytes(request.identity_public_key))
 
     def _connect(
         self, signals: Iterator[pb.ClientSignal], context: grpc.ServicerContext
     ) -> Iterator[pb.Task]:
-        """The session stream: read the hello, then push tasks and read heartbeats."""
+        """The session stream: read the hello, then push tasks and read heartbeats.
+
+        Heartbeats after the hello need no deadline here: a session silent
+        for three heartbeat periods is ended, which ends the stream.
+        """
+        signals = self._watched(signals, context, "session", chunks_bounded=False)
         try:
             first = next(signals)
         except StopIteration:
             return
+        except StreamStalled as error:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with a hello")
         client_id = self._authenticate(first.hello, context)
-        session = _Session(client_id)
+        session = _Session(client_id, self._certificate(context))
         with self._connected:
             previous = self._sessions.get(client_id)
             if previous is not None:
@@ -744,6 +843,25 @@ class GrpcRuntime(Runtime):
         finally:
             self._end_session(session)
 
+    def _watched(
+        self,
+        messages: Iterator[Message],
+        context: grpc.ServicerContext,
+        what: str,
+        *,
+        chunks_bounded: bool,
+    ) -> Iterator[Message]:
+        """``messages`` with the stream deadline on the first (and, if bounded, every next)."""
+        assert self.watchdog is not None
+        deadline = self.limits.stream_deadline_s
+        return self.watchdog.watch(
+            messages,
+            context,
+            deadline,
+            deadline if chunks_bounded else None,
+            f"{what} from {context.peer()}",
+        )
+
     def _end_session(self, session: _Session) -> None:
         session.closed.set()
         session.tasks.put(None)
@@ -761,14 +879,33 @@ class GrpcRuntime(Runtime):
         self._post(failure, failed.task_id)
 
     def _post(self, reply: Reply, task_id: str | None) -> None:
-        """Hand a reply (and the task it answers) to the exchange waiting for it."""
+        """Hand a reply (and the task it answers) to the exchange waiting for it.
+
+        Answers to open tasks are bounded by the tasks the server opened; a
+        refusal (``task_id`` None) is dropped once ``MAX_QUEUED_REFUSALS`` wait.
+        """
+        if task_id is None and self._replies.qsize() >= MAX_QUEUED_REFUSALS:
+            logger.warning(
+                "%d refusals wait for the round loop; not queueing another", MAX_QUEUED_REFUSALS
+            )
+            return
         self._replies.put((reply, task_id))
 
     def _download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """Stream the current global vector, one ``Chunk`` message (framed bytes) at a time."""
+        """Stream the current global vector; a peer that stops reading is cut off."""
         self._peer_id(context)
+        assert self.watchdog is not None
+        pieces = self._model_chunks(request, context)
+        yield from self.watchdog.pace(
+            pieces, context, self.limits.stream_deadline_s, f"download by {context.peer()}"
+        )
+
+    def _model_chunks(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """The requested global vector, one ``Chunk`` message (framed bytes) at a time."""
         with self._lock:
             model = self._models.get(request.version)
         if model is None or request.run_id != self.run.run_id:
@@ -785,10 +922,14 @@ class GrpcRuntime(Runtime):
     ) -> pb.UploadReceipt:
         """Check the header, spool and hash the body, verify the signature, record, receipt."""
         peer = self._peer_id(context)
+        sender = peer if peer is not None else f"unauthenticated {context.peer()}"
+        stream = self._watched(stream, context, "upload", chunks_bounded=True)
         try:
             first = next(stream)
         except StopIteration:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
+        except StreamStalled as error:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if isinstance(first, memoryview) or first.WhichOneof("kind") != "header":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
         assert isinstance(first, pb.UploadChunk)
@@ -796,14 +937,17 @@ class GrpcRuntime(Runtime):
         try:
             task = self._claim(header, peer)
         except UploadRefused as refusal:
-            return self._refuse(header, refusal)
+            return self._refuse(sender, None, refusal)
         except ProtocolError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
             reply = self._receive(task, header, stream)
         except UploadRefused as refusal:
             self._release(task)
-            return self._refuse(header, refusal)
+            return self._refuse(sender, task, refusal)
+        except StreamStalled as error:
+            self._release(task)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         except (ProtocolError, grpc.RpcError) as error:
             self._release(task)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -861,20 +1005,56 @@ class GrpcRuntime(Runtime):
             if task.task_id in self._open:
                 task.receiving = False
 
-    def _refuse(self, header: pb.UploadHeader, refusal: UploadRefused) -> pb.UploadReceipt:
-        """Count, log and record a refused upload; tell the client why."""
+    def _refuse(
+        self, sender: str, task: _OpenTask | None, refusal: UploadRefused
+    ) -> pb.UploadReceipt:
+        """Count a refused upload against its sender; record it; tell the client why.
+
+        ``sender`` is the authenticated certificate's name (under --insecure,
+        the connection), never the name a header claims. A refusal of an upload
+        for the sender's own open ``task`` is recorded and audited one by one; the
+        rest are recorded up to ``MAX_RECORDED_REFUSALS`` per peer and round,
+        then counted (:meth:`_record_unrecorded` writes the count).
+        """
         self.rejections[refusal.reason] += 1
-        logger.warning("upload refused (%s): %s", refusal.reason, refusal)
-        self.store.record_rejection(
-            self.run.run_id, header.round_index, header.client_id, refusal.reason, str(refusal)
-        )
-        if refusal.reason != "late":
-            # A late answer is an honest client's, for a round already closed without it.
-            refused = UpdateRefused(
-                header.round_index, header.client_id, refusal.reason, str(refusal)
+        receipt = pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
+        with self._lock:
+            self.refusals_by_peer.setdefault(sender, Counter())[refusal.reason] += 1
+            recorded = task is not None or self._recorded_refusals[sender] < MAX_RECORDED_REFUSALS
+            if task is None and recorded:
+                self._recorded_refusals[sender] += 1
+            elif not recorded:
+                self._unrecorded_refusals.setdefault(sender, Counter())[refusal.reason] += 1
+        if not recorded:
+            logger.debug(
+                "upload from %s refused (%s), counted: %s", sender, refusal.reason, refusal
             )
+            return receipt
+        logger.warning("upload from %s refused (%s): %s", sender, refusal.reason, refusal)
+        round_index = None if task is None else task.round_index
+        self.store.record_rejection(
+            self.run.run_id, round_index, sender, refusal.reason, str(refusal)
+        )
+        if task is not None:
+            refused = UpdateRefused(task.round_index, sender, refusal.reason, str(refusal))
             self._post(refused, None)
-        return pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
+        return receipt
+
+    def _record_unrecorded(self) -> None:
+        """Record, one row per peer, the refusals counted but not recorded since the last call."""
+        with self._lock:
+            unrecorded, self._unrecorded_refusals = self._unrecorded_refusals, {}
+            self._recorded_refusals.clear()
+        for sender, reasons in unrecorded.items():
+            counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+            self.store.record_rejection(
+                self.run.run_id,
+                None,
+                sender,
+                "rate_limited",
+                f"{reasons.total()} further refused uploads ({counts}) counted, not recorded "
+                "one by one",
+            )
 
     def _receive(
         self,
