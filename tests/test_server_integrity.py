@@ -246,3 +246,19 @@ def test_a_deployed_run_restarted_with_a_raised_budget_is_refused_unless_changed
         serve(raised, deployment)
     with pytest.raises(ConfigError, match="started with another config"):
         serve(raised, deployment, budget_change=BudgetChange(30.0, "dana"))
+
+
+def test_a_local_dp_run_cannot_be_resumed_without_its_ledger_either(tmp_path: Path) -> None:
+    values = _config(tmp_path).model_dump()
+    values["privacy"] = {"mechanism": "local", "noise_multiplier": 2.0, "epsilon": BUDGET}
+    result = run(RunConfig.from_mapping(values), stop_after=2)
+    assert result.run_dir is not None
+    run_dir = Path(result.run_dir)
+    _raise_the_budget_in(run_dir, 1000.0)
+    with pytest.raises(ConfigError, match=r"kept under the budget epsilon=20.0.*explicitly"):
+        _resume(run_dir)
+    (run_dir / "privacy_ledger.json").unlink()
+    with pytest.raises(
+        ResumeRefused, match=r"no privacy_ledger.json.*restart the budget from zero"
+    ):
+        _resume(run_dir)

@@ -553,6 +553,7 @@ def build_privacy(
                 neighboring="replace_one",
                 path=ledger_path,
                 client_budget=section.epsilon,
+                budget_changed_by=budget_changed_by,
             ),
             client_ids=dataset.client_ids,
             noise_multiplier=section.noise_multiplier,
