@@ -10,6 +10,7 @@ table and every log line for them.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,8 +84,9 @@ def test_an_unprotected_run_withholds_nothing() -> None:
 
 
 def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_its_releases(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="fedwarden")
     rounds, rate, noise_multiplier = 3, 0.5, 1.0
     config = RunConfig.from_mapping(
         {
@@ -101,6 +103,8 @@ def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_
     result = run(config, write_run_dir=False)
     assert all(record.train_loss is None for record in result.history)
     assert result.client_accuracy is None
+    said = caplog.text
+    assert "train_loss is off" in said and "end-of-run client evaluation is off" in said
     releases = {item["release"]: item for item in result.to_json()["releases"]}
     assert set(releases) == {"model_update", "example_count", "train_loss", "client_evaluation"}
     assert releases["train_loss"]["protection"].startswith("withheld")
@@ -206,3 +210,35 @@ def test_user_level_dp_under_secagg_over_grpc_stores_and_logs_no_per_client_stat
     assert releases["example_count"]["protection"].startswith("inside the secure sum")
     assert releases["train_loss"]["epsilon"] is None
     assert summary["client_accuracy"] is None
+    printed = " ".join(run_.server_output().split())
+    assert "release train_loss: withheld" in printed
+
+
+def test_a_local_dp_run_lists_each_clients_charged_updates(tmp_path: Path) -> None:
+    rounds, noise_multiplier = 2, 2.0
+    config = RunConfig.from_mapping(
+        {
+            "name": "local-releases",
+            "seed": 5,
+            "rounds": rounds,
+            "data": {"source": "digits", "num_clients": 4},
+            "sampling": {"scheme": "uniform", "cohort_size": 4},
+            "privacy": {
+                "mechanism": "local",
+                "noise_multiplier": noise_multiplier,
+                "epsilon": 50.0,
+            },
+            "runtime": {"workers": 1},
+        }
+    )
+    result = run(config, write_run_dir=False)
+    summary = result.to_json()
+    releases = {item["release"]: item for item in summary["releases"]}
+    assert releases["model_update"]["protection"].startswith("Gaussian noise added by each")
+    assert releases["example_count"]["protection"].startswith("withheld")
+    assert releases["client_epsilon"]["protection"].startswith("public")
+    # Every client took part in both rounds: two Gaussian releases of sensitivity 2C each.
+    oracle = PLDAccountant(NeighboringRelation.REPLACE_ONE)
+    oracle.compose(dp_event.GaussianDpEvent(2 * noise_multiplier), rounds)
+    assert releases["model_update"]["epsilon"] == pytest.approx(oracle.get_epsilon(1e-5), rel=1e-3)
+    assert all(record.train_loss is None for record in result.history)

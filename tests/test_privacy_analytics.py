@@ -12,6 +12,7 @@ from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 
+from fedwarden.core.errors import ConfigError
 from fedwarden.data.dataset import ClientData, FederatedDataset
 from fedwarden.privacy.accounting import Neighboring
 from fedwarden.privacy.analytics import (
@@ -475,6 +476,21 @@ def test_query_command_answers_from_the_configs_data_and_keeps_one_ledger(tmp_pa
     with pytest.raises(BudgetExceeded):
         query_command(config, "count", epsilon=1.5, delta=1e-6, ledger_path=ledger_path)
     assert second.as_dict()["query"] == "mean:feature=label,lower=0,upper=9,max_contribution=100"
+
+
+def test_a_budget_raised_in_the_config_alone_buys_no_more_queries(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    text = "seed = 4\n[data]\nsource = 'digits'\nnum_clients = 5\n[privacy]\ndelta = 1e-6\n"
+    config.write_text(text + "epsilon = 1.5\n")
+    ledger_path = tmp_path / "privacy_ledger.json"
+    query_command(config, "count", epsilon=1.0, delta=1e-6, ledger_path=ledger_path)
+    config.write_text(text + "epsilon = 100.0\n")
+    with pytest.raises(ConfigError, match="budget changes only explicitly"):
+        query_command(config, "count", epsilon=1.0, delta=1e-6, ledger_path=ledger_path)
+    raised = query_command(
+        config, "count", epsilon=1.0, delta=1e-6, ledger_path=ledger_path, budget_changed_by="dana"
+    )
+    assert raised.ledger_epsilon_total == pytest.approx(2.0, rel=1e-2)
 
 
 def test_query_command_needs_a_budget_in_the_config(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.store import RunStore
 from fedwarden.server import RunDirectory, run
 from fedwarden.server.integrity import BudgetChange, ResumeRefused
-from fedwarden.server.launch import resumed
+from fedwarden.server.launch import Deployment, resumed, serve
 
 BUDGET = 20.0
 
@@ -205,3 +205,60 @@ def test_a_budget_change_needs_a_name_and_a_resumed_dp_run(tmp_path: Path) -> No
         BudgetChange(30.0, " ")
     with pytest.raises(ConfigError, match="only when resuming"):
         run(_config(tmp_path), budget_change=BudgetChange(30.0, "dana"))
+
+
+def test_the_command_line_changes_a_budget_only_with_a_name(tmp_path: Path) -> None:
+    run_dir = _interrupted(tmp_path)
+    unnamed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--budget-epsilon", "30"])
+    assert unnamed.exit_code != 0
+    assert "--budget-changed-by NAME" in " ".join(unnamed.output.split())
+    assert (
+        RunConfig.model_validate_json((run_dir / "config.json").read_text()).privacy.epsilon
+        == BUDGET
+    )
+
+    named = CliRunner().invoke(
+        app,
+        ["run", "--resume", str(run_dir), "--budget-epsilon", "30", "--budget-changed-by", "dana"],
+    )
+    assert named.exit_code == 0, named.output
+    ledger = json.loads((run_dir / "privacy_ledger.json").read_text())
+    assert ledger["budget"]["epsilon"] == 30.0
+    assert ledger["budget_history"][-1]["changed_by"] == "dana"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 4 and summary["budget_epsilon"] == 30.0
+
+
+def test_a_deployed_run_restarted_with_a_raised_budget_is_refused_unless_changed_explicitly(
+    tmp_path: Path,
+) -> None:
+    stored = _config(tmp_path).model_copy(
+        update={"runtime": _config(tmp_path).runtime.model_copy(update={"kind": "grpc"})}
+    )
+    run_dir = RunDirectory.create(tmp_path / "runs", stored.name)
+    run_dir.write_config(stored.model_dump_json(indent=1))
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    with RunStore(store_url) as store:
+        store.create_run(run_dir.path.name, stored.name, run_dir.read_config(), str(run_dir.path))
+    raised = BudgetChange(1000.0, "mallory").apply(stored)
+    deployment = Deployment("127.0.0.1:0", None, store_url)
+    with pytest.raises(ConfigError, match=r"started with another config.*--budget-changed-by"):
+        serve(raised, deployment)
+    with pytest.raises(ConfigError, match="started with another config"):
+        serve(raised, deployment, budget_change=BudgetChange(30.0, "dana"))
+
+
+def test_a_local_dp_run_cannot_be_resumed_without_its_ledger_either(tmp_path: Path) -> None:
+    values = _config(tmp_path).model_dump()
+    values["privacy"] = {"mechanism": "local", "noise_multiplier": 2.0, "epsilon": BUDGET}
+    result = run(RunConfig.from_mapping(values), stop_after=2)
+    assert result.run_dir is not None
+    run_dir = Path(result.run_dir)
+    _raise_the_budget_in(run_dir, 1000.0)
+    with pytest.raises(ConfigError, match=r"kept under the budget epsilon=20.0.*explicitly"):
+        _resume(run_dir)
+    (run_dir / "privacy_ledger.json").unlink()
+    with pytest.raises(
+        ResumeRefused, match=r"no privacy_ledger.json.*restart the budget from zero"
+    ):
+        _resume(run_dir)

@@ -184,7 +184,10 @@ def _summary_lines(result: RunResult) -> list[str]:
             for name in _PRIVACY_FIELDS
             if privacy.get(name) is not None
         )
-        lines.append(f"privacy: {privacy['mechanism']}; {shown}")
+        lines.append(f"privacy: {privacy.get('mechanism', 'none')}; {shown}")
+        for release in privacy.get("releases", ()):
+            cost = "" if release["epsilon"] is None else f" (epsilon {_number(release['epsilon'])})"
+            lines.append(f"  release {release['release']}: {release['protection']}{cost}")
     attack = result.extras.get("attack")
     if attack:
         lines.append(
@@ -282,14 +285,7 @@ def run_command(
     """Train a federated model as described by CONFIG."""
     console = _logging_console(stderr=as_json)
     try:
-        budget_change = None
-        if budget_epsilon is not None or budget_changed_by is not None:
-            if budget_epsilon is None or budget_changed_by is None or resume is None:
-                raise FedwardenError(
-                    "a budget change needs --resume RUN_DIR, --budget-epsilon E and "
-                    "--budget-changed-by NAME together"
-                )
-            budget_change = BudgetChange(budget_epsilon, budget_changed_by)
+        budget_change = _budget_change(budget_epsilon, budget_changed_by)
         if resume is not None:
             if config is not None:
                 raise FedwardenError("give either CONFIG or --resume RUN_DIR, not both")
@@ -306,6 +302,17 @@ def run_command(
         console.print(line, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
+
+
+def _budget_change(epsilon: float | None, changed_by: str | None) -> BudgetChange | None:
+    """The explicit budget change the command line asks for, if any."""
+    if epsilon is None and changed_by is None:
+        return None
+    if epsilon is None or changed_by is None:
+        raise FedwardenError(
+            "a budget change needs --budget-epsilon E and --budget-changed-by NAME together"
+        )
+    return BudgetChange(epsilon, changed_by)
 
 
 def _config_for(
@@ -349,6 +356,10 @@ def query_command(
     privacy_unit: Annotated[str, typer.Option(help="client (user-level) or example.")] = "client",
     neighboring: Annotated[str, typer.Option(help="add_remove or replace_one.")] = "add_remove",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    budget_changed_by: Annotated[
+        str | None,
+        typer.Option(help="Who changes the ledger's budget to the config's (recorded in it)."),
+    ] = None,
 ) -> None:
     """Answer one federated analytics query with differential privacy, charged to the ledger."""
     from fedwarden.privacy.analytics import query_command as answer
@@ -367,6 +378,7 @@ def query_command(
             ledger_path=ledger,
             privacy_unit=privacy_unit,  # type: ignore[arg-type]
             neighboring=neighboring,  # type: ignore[arg-type]
+            budget_changed_by=budget_changed_by,
         )
     except FedwardenError as error:
         raise _error_exit(error) from None
@@ -856,11 +868,20 @@ def server_command(
     insecure: Annotated[
         bool, typer.Option(help="Serve without TLS (loopback addresses only).")
     ] = False,
+    budget_epsilon: Annotated[
+        float | None,
+        typer.Option(help="Change the unfinished run's privacy budget to this epsilon."),
+    ] = None,
+    budget_changed_by: Annotated[
+        str | None,
+        typer.Option(help="Who changes the budget (recorded in the ledger and audit log)."),
+    ] = None,
 ) -> None:
     """Serve a federated run to `fedwarden client` processes over gRPC with mutual TLS.
 
     Started again after a crash with the same config and store, it continues
-    the unfinished run from its last completed round.
+    the unfinished run from its last completed round; with --budget-epsilon and
+    --budget-changed-by (and that epsilon in CONFIG) it changes its budget first.
     """
     import signal
 
@@ -873,6 +894,7 @@ def server_command(
     try:
         if (identity is None) != insecure:
             raise FedwardenError("give --identity SERVER_KIT, or --insecure (loopback only)")
+        budget_change = _budget_change(budget_epsilon, budget_changed_by)
         settings = load_config(config).model_copy(
             update={"runtime": load_config(config).runtime.model_copy(update={"kind": "grpc"})}
         )
@@ -896,7 +918,7 @@ def server_command(
         )
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         with ConsoleObserver(console, settings.rounds, 0) as observer:
-            result = serve(settings, deployment, observer=observer)
+            result = serve(settings, deployment, observer=observer, budget_change=budget_change)
         health.shutdown()
     except FedwardenError as error:
         raise _error_exit(error) from None

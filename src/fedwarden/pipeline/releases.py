@@ -76,6 +76,14 @@ class ReleasePolicy:
             "the central test set's figures instead"
         )
 
+    def why_no_train_loss(self) -> str:
+        """The message that says why a protected run reports no training loss."""
+        return (
+            "train_loss is off: under differential privacy or secure aggregation each client's "
+            "training loss would leave it in clear and uncharged, so clients keep it; the run "
+            "reports the central test set's loss instead"
+        )
+
 
 def withheld(update: ClientUpdate, keep_example_count: bool) -> ClientUpdate:
     """``update`` with only public metrics, and its example count unless ``keep_example_count``."""
@@ -113,9 +121,8 @@ def release_inventory(
     """
     policy = ReleasePolicy.of(config)
     privacy = config.privacy
-    charged_as = "dp_sgd" if privacy.mechanism == "dp_sgd" else "model_update"
     releases: list[dict[str, Any]] = [
-        _release("model_update", _update_protection(config), _cost(ledger, charged_as))
+        _release("model_update", _update_protection(config), _update_cost(config, ledger))
     ]
     if privacy.mechanism == "user_level" and privacy.adaptive_clipping:
         releases.append(
@@ -172,10 +179,17 @@ def _update_protection(config: RunConfig) -> str:
         return "DP-SGD at each silo (Abadi et al. 2016), charged to the silo"
     if mechanism == "local":
         prefix = "inside the secure sum, and " if secure != "none" else ""
-        return prefix + "Gaussian noise added by each client (local DP); each client's epsilon"
+        return prefix + "Gaussian noise added by each client (local DP), charged to the client"
     if secure != "none":
         return "inside the secure sum: the server learns only the cohort's sum; not noised"
     return "in clear: no differential privacy or secure sum"
+
+
+def _update_cost(config: RunConfig, ledger: PrivacyLedger | None) -> float | None:
+    """The model updates' epsilon: the run's (user-level), or the largest client's own."""
+    if ledger is None or config.privacy.mechanism not in ("dp_sgd", "local"):
+        return _cost(ledger, "model_update")
+    return max((ledger.client_spent(c).epsilon for c in ledger.client_ids), default=0.0)
 
 
 def _cost(ledger: PrivacyLedger | None, kind: str) -> float | None:

@@ -741,6 +741,7 @@ def query_command(
     ledger_path: Path,
     privacy_unit: PrivacyUnit = "client",
     neighboring: Neighboring = "add_remove",
+    budget_changed_by: str | None = None,
 ) -> QueryResult:
     """What ``fedwarden query CONFIG QUERY`` does: load the config's data and answer one query.
 
@@ -750,7 +751,9 @@ def query_command(
     ``privacy_ledger.json`` works too, with the run's unit and neighbouring
     relation). The noise is secure unless the config sets
     ``privacy.reproducible_noise`` (test mode: seeded with the config's seed
-    plus the number of ledger entries, so each query gets its own noise).
+    plus the number of ledger entries, so each query gets its own noise). A config whose
+    budget differs from the ledger's is refused unless ``budget_changed_by`` names who
+    changes it.
     """
     from fedwarden.core.config import load_config
     from fedwarden.data.sources import load_dataset
@@ -767,6 +770,7 @@ def query_command(
         privacy_unit=privacy_unit,
         neighboring=neighboring,
         path=ledger_path,
+        budget_changed_by=budget_changed_by,
     )
     if config.privacy.reproducible_noise:
         source = NoiseSource.for_testing(config.seed + len(ledger.entries))

@@ -260,6 +260,11 @@ class PrivacyLedger:
         groups = [run_events, *client_events.values()]
         return max((self._compute(events).epsilon for events in groups if events), default=0.0)
 
+    @property
+    def client_ids(self) -> tuple[str, ...]:
+        """The clients charged for releases on their own data, sorted."""
+        return tuple(sorted(self._client_events))
+
     def client_spent(self, client_id: str) -> PrivacySpend:
         """The guarantee of every release charged to ``client_id``'s own data (zero if none)."""
         spend = self._client_spent.get(client_id)
@@ -279,8 +284,7 @@ class PrivacyLedger:
         """The ledger's part of the privacy report, JSON-ready."""
         spent = self.spent()
         client_epsilons = {
-            client_id: self.client_spent(client_id).epsilon
-            for client_id in sorted(self._client_events)
+            client_id: self.client_spent(client_id).epsilon for client_id in self.client_ids
         }
         return {
             "epsilon": spent.epsilon,
@@ -336,8 +340,9 @@ class PrivacyLedger:
                     f"{last['epsilon']}, delta={last['delta']}, client_budget="
                     f"{last['client_budget']}, but this run declares epsilon={current['epsilon']},"
                     f" delta={current['delta']}, client_budget={current['client_budget']}; a "
-                    "budget changes only explicitly (`fedwarden run --resume RUN_DIR "
-                    "--budget-epsilon E --budget-changed-by NAME`), never by editing the config"
+                    "budget changes only explicitly, naming who changes it (`fedwarden run "
+                    "--resume RUN_DIR --budget-epsilon E --budget-changed-by NAME`, or "
+                    "`fedwarden query ... --budget-changed-by NAME`), never by editing a config"
                 )
             logger.warning(
                 "%s changed the privacy budget of %s from epsilon=%s, delta=%s, "

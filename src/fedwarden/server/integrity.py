@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DP_MECHANISMS = ("user_level", "dp_sgd")
+DP_MECHANISMS = ("user_level", "dp_sgd", "local")
 """The mechanisms whose spend is kept in the run's ledger."""
 
 _RELATIVE_TOLERANCE = 1e-9

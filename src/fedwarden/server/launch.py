@@ -553,6 +553,7 @@ def build_privacy(
                 neighboring="replace_one",
                 path=ledger_path,
                 client_budget=section.epsilon,
+                budget_changed_by=budget_changed_by,
             ),
             client_ids=dataset.client_ids,
             noise_multiplier=section.noise_multiplier,
@@ -859,12 +860,17 @@ def _audit_trail(
 
 
 def serve(
-    config: RunConfig, deployment: Deployment, observer: RoundObserver | None = None
+    config: RunConfig,
+    deployment: Deployment,
+    observer: RoundObserver | None = None,
+    budget_change: BudgetChange | None = None,
 ) -> RunResult:
     """``fedwarden server``: run ``config`` over gRPC, continuing its unfinished run if any.
 
     The store remembers the run; a server killed mid-run and started again
     with the same config and store continues from the last completed round.
+    ``budget_change`` changes the unfinished run's budget explicitly: ``config``
+    must then be its stored config with that budget.
     """
     with open_store(config, deployment) as store:
         unfinished = store.find_unfinished_run(config.name)
@@ -873,14 +879,25 @@ def serve(
             stored = RunConfig.model_validate_json(
                 RunDirectory(Path(unfinished.run_dir)).read_config()
             )
-            if stored != config:
+            expected = stored if budget_change is None else budget_change.apply(stored)
+            if expected != config:
                 raise ConfigError(
                     f"run {config.name!r} ({unfinished.run_id}) is unfinished and was started "
-                    "with another config; restore that config, or give this run another name"
+                    "with another config; restore that config, or give this run another name "
+                    "(a privacy budget changes only with --budget-epsilon E "
+                    "--budget-changed-by NAME)"
                 )
             resume = Path(unfinished.run_dir)
+            config = stored
             logger.warning("continuing unfinished run %s", unfinished.run_id)
-        return run(config, resume=resume, observer=observer, deployment=deployment, store=store)
+        return run(
+            config,
+            resume=resume,
+            observer=observer,
+            deployment=deployment,
+            store=store,
+            budget_change=budget_change,
+        )
 
 
 def run(
@@ -952,6 +969,8 @@ def _run(
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = _pilot_clients(config, dataset)
     policy = ReleasePolicy.of(config)
+    if policy.protected:
+        logger.info(policy.why_no_train_loss())
     privacy = build_privacy(
         config,
         dataset,
