@@ -965,8 +965,9 @@ def serve_command(
     root_public_key: Annotated[
         Path | None,
         typer.Option(
-            help="The audit log's root public key (the server kit's audit.pub), when "
-            "--audit-key is a delegated key."
+            help="The audit log's root public key (the server kit's audit.pub): the served "
+            "weights must match their audited registration, and --audit-key may be a "
+            "delegated key."
         ),
     ] = None,
     webhook: Annotated[
