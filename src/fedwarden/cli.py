@@ -902,7 +902,8 @@ def dashboard_command(
         str,
         typer.Option(
             envvar="FEDWARDEN_DASHBOARD_TOKEN",
-            help="Bearer token that authorizes promote and rollback (16 characters or more).",
+            help="Bearer token that every API request (reads, promote, rollback) must carry "
+            "(16 characters or more); the page asks for it.",
         ),
     ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
