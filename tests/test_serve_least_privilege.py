@@ -10,6 +10,7 @@ weights whose SHA-256 the root-signed audit log recorded at registration.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, insert, update
+from sqlalchemy import create_engine, delete, insert, make_url, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from fedwarden.core.config import RunConfig
@@ -34,14 +35,17 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.registry import ModelRegistry, ModelVersion
 from fedwarden.governance.store import (
     RunStore,
+    StoreAccess,
     accepted_updates,
     audit_log,
     model_versions,
     model_weights,
+    postgres_grants,
 )
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.serve.app import create_app
 from fedwarden.serve.provenance import ProvenanceError
+from test_governance_store import postgres_server, store_url  # noqa: F401  (fixtures)
 
 ROOT_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(3, 35)))
 RUN_ID = "digits-run"
@@ -50,22 +54,38 @@ RUN_ID = "digits-run"
 @dataclass
 class Registered:
     url: str
-    path: Path
     production: ModelVersion
     weights: np.ndarray
     serving_key: Ed25519PrivateKey
 
+    def as_service(self, access: StoreAccess) -> RunStore:
+        """The store as the prediction service opens it: with ``access``, as its own role."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "postgresql":
+            role = f"serving_{access}_{next(_roles)}"
+            admin = create_engine(url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as connection:
+                connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+                for grant in postgres_grants(role, access):
+                    connection.execute(text(grant))
+            admin.dispose()
+            url = url.set(username=role, password=None)
+        return RunStore(url, access)
+
+
+_roles = itertools.count()
+WRITE_REFUSED = "not authorized|permission denied|readonly|read-only"
+
 
 @pytest.fixture
-def registered(tmp_path: Path) -> Iterator[Registered]:
+def registered(tmp_path: Path, store_url: str) -> Iterator[Registered]:  # noqa: F811
     """A store holding one audited softmax model on digits, in production."""
-    path = tmp_path / "fedwarden.db"
     config = RunConfig.from_mapping(
         {"name": "digits", "data": {"source": "digits"}, "model": {"kind": "softmax"}}
     )
     spec = softmax_regression(64, 10).spec
     weights = np.random.default_rng(0).normal(size=spec.size).astype(np.float32)
-    with RunStore.sqlite(path) as store:
+    with RunStore(store_url) as store:
         store.create_run(RUN_ID, "digits", config.model_dump_json(), str(tmp_path))
         run = store.run(RUN_ID)
         assert run is not None
@@ -86,22 +106,22 @@ def registered(tmp_path: Path) -> Iterator[Registered]:
         production = registry.promote(version.reference, by="test")
         serving = tmp_path / "serving.key"
         delegate_signer(log, serving, ("alert_raised",), name="serving", by="test")
-    yield Registered(f"sqlite:///{path}", path, production, weights, load_signing_key(serving))
+    yield Registered(store_url, production, weights, load_signing_key(serving))
 
 
 def test_the_services_store_refuses_every_write(registered: Registered) -> None:
-    with RunStore(registered.url, "read_only") as store:
+    with registered.as_service("read_only") as store:
         assert store.run(RUN_ID) is not None
-        with pytest.raises(SQLAlchemyError, match="readonly"):
+        with pytest.raises(SQLAlchemyError, match=WRITE_REFUSED):
             store.enroll("mallory", bytes(32), "certificate")
-        with pytest.raises(SQLAlchemyError, match="readonly"), store.transaction() as connection:
+        with pytest.raises(SQLAlchemyError, match=WRITE_REFUSED), store.transaction() as connection:
             connection.execute(update(model_weights).values(weights=b"\0" * 2600))
 
 
 def test_the_services_audit_path_appends_alerts_and_can_do_nothing_else(
     registered: Registered,
 ) -> None:
-    with RunStore(registered.url, "audit_append") as appender:
+    with registered.as_service("audit_append") as appender:
         log = AuditLog(appender, registered.serving_key, root_public_key=ROOT_KEY.public_key())
         log.append(AlertRaised(RUN_ID, None, "drift_psi", "feature 3", None, "digits@1.0.0", 3))
         with pytest.raises(AuditError, match="may sign only alert_raised, not round_started"):
@@ -124,13 +144,13 @@ def test_the_services_audit_path_appends_alerts_and_can_do_nothing_else(
         ]
         for attack in attacks:
             with (
-                pytest.raises(SQLAlchemyError, match="not authorized"),
+                pytest.raises(SQLAlchemyError, match=WRITE_REFUSED),
                 appender.transaction() as connection,
             ):
                 connection.execute(attack)
-        with pytest.raises(SQLAlchemyError, match="not authorized"):
+        with pytest.raises(SQLAlchemyError, match=WRITE_REFUSED):
             appender.enroll("mallory", bytes(32), "certificate")
-        with pytest.raises(SQLAlchemyError, match="not authorized"):
+        with pytest.raises(SQLAlchemyError, match=WRITE_REFUSED):
             appender.revoke("client_0")
     with RunStore(registered.url) as store:
         assert verify(store, ROOT_KEY.public_key()).ok
@@ -154,7 +174,7 @@ def test_weights_replaced_together_with_the_registrys_hash_are_not_served(
 
 
 def test_audited_weights_are_served(registered: Registered) -> None:
-    with RunStore(registered.url, "read_only") as store:
+    with registered.as_service("read_only") as store:
         app = create_app(
             ModelRegistry(store, None), "digits@production", root_public_key=ROOT_KEY.public_key()
         )

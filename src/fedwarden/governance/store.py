@@ -407,6 +407,27 @@ def _open_postgres_read_only(dbapi_connection: Any, connection_record: Any) -> N
     dbapi_connection.commit()
 
 
+def postgres_grants(role: str, access: StoreAccess) -> list[str]:
+    """The SQL that gives a PostgreSQL ``role`` exactly ``access`` to the store's tables.
+
+    Run it as the tables' owner, once the store exists; the role needs no other privilege.
+    ``read_only`` may select from every table; ``audit_append`` may also insert audit entries
+    (and draw their ids), and change nothing.
+    """
+    if access == "full" or not role.isidentifier():
+        raise StoreError(
+            f"grants are for a read_only or audit_append role with a plain name, not {access} "
+            f"for {role!r}"
+        )
+    grants = [f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"]
+    if access == "audit_append":
+        grants += [
+            f"GRANT INSERT ON audit_log TO {role}",
+            f"GRANT USAGE ON SEQUENCE audit_log_entry_id_seq TO {role}",
+        ]
+    return grants
+
+
 def _begin_sqlite_transaction(connection: Connection) -> None:
     """Start a SQLite transaction explicitly (the driver no longer does it)."""
     connection.exec_driver_sql("BEGIN")
@@ -422,8 +443,8 @@ class RunStore:
     class: ``read_only`` opens a SQLite file ``mode=ro`` (PostgreSQL: read-only session
     transactions); ``audit_append`` lets a SQLite connection read and insert into
     ``audit_log``, nothing else (an authorizer refuses every other write). On PostgreSQL,
-    give such a process a role with only those grants (``SELECT`` on the tables it reads,
-    ``INSERT`` on ``audit_log`` and its sequence). Neither creates tables.
+    connect such a process as a role with only those grants (:func:`postgres_grants`); the
+    database enforces them. Neither creates tables.
     """
 
     def __init__(self, url: str | URL, access: StoreAccess = "full") -> None:
