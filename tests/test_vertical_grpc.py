@@ -794,3 +794,28 @@ def test_the_train_command_charges_releases_to_its_budget_and_prints_its_delta(
     for party in FEATURE_PARTIES:
         assert f"epsilon charged to {party}: {expected:.4f} (delta 1e-06)" in result.output
     assert timed_out.exit_code != 0 and "DEADLINE_EXCEEDED" in timed_out.output
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ArchitectureSpec("logistic", (10, 10), 12, seed=0),
+        ArchitectureSpec("mlp", (10, 10), 2, cut_width=10, seed=0),
+    ],
+    ids=["logistic with classes >= columns", "mlp with cut width >= columns"],
+)
+def test_a_party_without_a_release_refuses_a_bottom_model_that_would_expose_its_rows(
+    tables: dict[str, PartyTable], kits: Kits, spec: ArchitectureSpec
+) -> None:
+    # With as many cut columns as raw ones and a bottom the label party built from its own
+    # seed, the activations W x + b give back x by least squares (issue 17, finding 7).
+    with (
+        party_servers(tables, kits, parties=["clinic"]) as addresses,
+        connected(addresses, kits.driver) as (remote,),
+    ):
+        align_as_leader(LABEL_PARTY, tables[LABEL_PARTY].identifiers, [remote])
+        with pytest.raises(VerticalError, match="would expose its raw rows"):
+            remote.prepare(spec, 1)
+        with pytest.raises(VerticalError, match="no bottom model yet"):
+            remote.start(TrainingPlan())
+        remote.prepare(ArchitectureSpec("logistic", (10, 10), 2, seed=0), 1)

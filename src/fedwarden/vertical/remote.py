@@ -19,7 +19,9 @@ one, and this module only carries its messages.
   agreed order).
 - **Training**: ``Prepare`` sends the public :class:`ArchitectureSpec` and the
   party's position, so the party builds the same initial bottom as an
-  in-process run with the same seed; then ``Start``, ``Forward`` and
+  in-process run with the same seed (a party without a DP release refuses a
+  bottom with as many cut columns as it has columns: the label party, which
+  can rebuild it, would invert the activations to the raw rows); then ``Start``, ``Forward`` and
   ``Backward`` carry exactly the :class:`CutActivation` and
   :class:`CutGradient` arrays, as raw float32 bytes.
 - **Wire checks**: every array must be two-dimensional with both dimensions
@@ -515,6 +517,13 @@ class FeaturePartyServer:
                 f"party {self.name!r} holds {columns} columns but was asked to run bottom "
                 f"{message.position} of an architecture for column counts "
                 f"{list(spec.column_counts)}"
+            )
+        if self._release is None and spec.cut_columns >= columns:
+            raise VerticalError(
+                f"party {self.name!r} refuses a bottom of {spec.cut_columns} cut columns over "
+                f"its {columns}: without a DP release, activations at least as wide as the "
+                "columns, from a bottom the label party can rebuild, would expose its raw rows; "
+                f"propose fewer than {columns} cut columns, or serve the party with a release"
             )
         bottom = spec.build().bottoms[message.position]
         self._party = FeatureParty(
