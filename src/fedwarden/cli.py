@@ -1039,6 +1039,13 @@ def vertical_party_command(
     delta: Annotated[
         float | None, typer.Option(help="DP release: the delta of that budget (required).")
     ] = None,
+    bottom_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of this party's bottom model (default: a secret one; the label party's "
+            "proposed seed is never used)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a feature party (its columns and bottom model) to the label party over gRPC.
 
@@ -1077,6 +1084,7 @@ def vertical_party_command(
             driver=driver,
             release=release,
             budget=budget,
+            bottom_seed=bottom_seed,
         )
         port = server.serve()
     except FedwardenError as error:
