@@ -117,6 +117,7 @@ def grpc_accuracy(tables: dict[str, PartyTable], spec: ArchitectureSpec, kits: P
             address="127.0.0.1:0",
             tls=TlsKit.from_dir(kits / "servers" / party),
             driver=LABEL_PARTY,
+            bottom_seed=spec.seed,  # the in-process run's seed, for a like-for-like comparison
         )
         for party in list(COLUMNS)[1:]
     ]

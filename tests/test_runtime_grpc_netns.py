@@ -12,7 +12,6 @@ network namespaces cannot be created (no CAP_NET_ADMIN / CAP_SYS_ADMIN).
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -256,5 +255,4 @@ def test_a_late_upload_from_a_cut_off_site_is_not_counted_as_a_rejection_in_a_la
         if record["rejected"]
     }
     assert rejections == {}, f"rounds counting rejected uploads: {rejections}"
-    output = " ".join(partitioned_run.server_output.split())
-    assert re.search(r"upload from client_\w+ refused \(late\)", output), output[-2000:]
+    assert "upload refused (late)" in " ".join(partitioned_run.server_output.split())

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from dp_accounting import dp_event
 from google.protobuf.message import Message
 from sklearn.datasets import load_breast_cancer
@@ -126,8 +127,13 @@ def party_servers(
     budget: PrivacyBudget | None = None,
     noise: NoiseSource | None = None,
     parties: Sequence[str] = FEATURE_PARTIES,
+    bottom_seed: int | None = None,
 ) -> Iterator[dict[str, str]]:
-    """Feature-party servers on 127.0.0.1 (mutual TLS, bank only); their addresses by name."""
+    """Feature-party servers on 127.0.0.1 (mutual TLS, bank only); their addresses by name.
+
+    ``bottom_seed`` is each party's own choice of seed (None: secret); the
+    runs compared with an in-process run give the seed that run uses.
+    """
     servers = {
         party: FeaturePartyServer(
             party,
@@ -139,6 +145,7 @@ def party_servers(
             release=release,
             budget=budget,
             noise=noise,
+            bottom_seed=bottom_seed,
         )
         for party in parties
     }
@@ -243,7 +250,10 @@ def test_grpc_run_equals_the_in_process_run_and_is_within_two_points_of_centrali
 ) -> None:
     spec = SPECS[name]
     local = in_process_run(tables, spec, PLAN)
-    with party_servers(tables, kits) as addresses, connected(addresses, kits.driver) as remotes:
+    with (
+        party_servers(tables, kits, bottom_seed=spec.seed) as addresses,
+        connected(addresses, kits.driver) as remotes,
+    ):
         remote = grpc_run(tables, remotes, spec, PLAN)
 
     aligned = align_rows({party: table.identifiers for party, table in tables.items()})
@@ -463,7 +473,11 @@ def test_dp_over_grpc_charges_the_ledger_what_the_in_process_run_charges(
     local.split.predict(held_out_split(len(local.identifiers))[1])
     with (
         party_servers(
-            tables, kits, release=release, budget=PrivacyBudget(100.0, 1e-5)
+            tables,
+            kits,
+            release=release,
+            budget=PrivacyBudget(100.0, 1e-5),
+            bottom_seed=spec.seed,
         ) as addresses,
         connected(addresses, kits.driver) as remotes,
     ):
@@ -525,6 +539,7 @@ def test_party_processes_serve_the_label_party_the_same_run_as_in_one_process(
                 "--identity", str(kits.directory / "ca" / "servers" / party),
                 "--address", f"127.0.0.1:{port}",
                 "--driver", LABEL_PARTY,
+                "--bottom-seed", str(spec.seed),
             ]  # fmt: skip
             with open(tmp_path / f"{party}.log", "wb") as log:  # the child keeps its own copy
                 processes.append(
@@ -794,3 +809,50 @@ def test_the_train_command_charges_releases_to_its_budget_and_prints_its_delta(
     for party in FEATURE_PARTIES:
         assert f"epsilon charged to {party}: {expected:.4f} (delta 1e-06)" in result.output
     assert timed_out.exit_code != 0 and "DEADLINE_EXCEEDED" in timed_out.output
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ArchitectureSpec("logistic", (10, 10), 12, seed=0),
+        ArchitectureSpec("mlp", (10, 10), 2, cut_width=10, seed=0),
+    ],
+    ids=["logistic with classes >= columns", "mlp with cut width >= columns"],
+)
+def test_a_party_without_a_release_refuses_a_bottom_model_that_would_expose_its_rows(
+    tables: dict[str, PartyTable], kits: Kits, spec: ArchitectureSpec
+) -> None:
+    # With as many cut columns as raw ones and a bottom the label party built from its own
+    # seed, the activations W x + b give back x by least squares (issue 17, finding 7).
+    with (
+        party_servers(tables, kits, parties=["clinic"]) as addresses,
+        connected(addresses, kits.driver) as (remote,),
+    ):
+        align_as_leader(LABEL_PARTY, tables[LABEL_PARTY].identifiers, [remote])
+        with pytest.raises(VerticalError, match="would expose its raw rows"):
+            remote.prepare(spec, 1)
+        with pytest.raises(VerticalError, match="no bottom model yet"):
+            remote.start(TrainingPlan())
+        remote.prepare(ArchitectureSpec("logistic", (10, 10), 2, seed=0), 1)
+
+
+def test_the_party_builds_its_bottom_from_its_own_seed_not_the_label_partys(
+    tables: dict[str, PartyTable], kits: Kits
+) -> None:
+    # Knowing the seed, the label party knows the bottom's weights (issue 17, finding 7).
+    spec = ArchitectureSpec("logistic", (10, 10), 2, seed=0)
+    with (
+        party_servers(tables, kits, parties=["clinic"]) as addresses,
+        connected(addresses, kits.driver) as (remote,),
+    ):
+        aligned = align_as_leader(LABEL_PARTY, tables[LABEL_PARTY].identifiers, [remote])
+        remote.prepare(spec, 1)
+        rows = np.arange(8)
+        released = remote.forward(rows, LABEL_PARTY, training=False).values
+    clinic = tables["clinic"]
+    table_rows = [clinic.identifiers.index(aligned.identifiers[row]) for row in rows]
+    features = torch.from_numpy(clinic.features[table_rows].astype(np.float32))
+    with torch.no_grad():
+        rebuilt = spec.build().bottoms[1](features).numpy()
+    assert released.shape == rebuilt.shape
+    assert not np.allclose(released, rebuilt, atol=1e-3)

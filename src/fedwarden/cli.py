@@ -994,7 +994,8 @@ def dashboard_command(
         str,
         typer.Option(
             envvar="FEDWARDEN_DASHBOARD_TOKEN",
-            help="Bearer token that authorizes promote and rollback (16 characters or more).",
+            help="Bearer token that every API request (reads, promote, rollback) must carry "
+            "(16 characters or more); the page asks for it.",
         ),
     ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -1057,8 +1058,9 @@ def serve_command(
     root_public_key: Annotated[
         Path | None,
         typer.Option(
-            help="The audit log's root public key (the server kit's audit.pub), when "
-            "--audit-key is a delegated key."
+            help="The audit log's root public key (the server kit's audit.pub): the served "
+            "weights must match their audited registration, and --audit-key may be a "
+            "delegated key."
         ),
     ] = None,
     webhook: Annotated[
@@ -1129,6 +1131,13 @@ def vertical_party_command(
     delta: Annotated[
         float | None, typer.Option(help="DP release: the delta of that budget (required).")
     ] = None,
+    bottom_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of this party's bottom model (default: a secret one; the label party's "
+            "proposed seed is never used)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a feature party (its columns and bottom model) to the label party over gRPC.
 
@@ -1167,6 +1176,7 @@ def vertical_party_command(
             driver=driver,
             release=release,
             budget=budget,
+            bottom_seed=bottom_seed,
         )
         port = server.serve()
     except FedwardenError as error:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -360,6 +361,73 @@ def _enable_sqlite_durability(dbapi_connection: Any, connection_record: Any) -> 
     cursor.close()
 
 
+StoreAccess = Literal["full", "read_only", "audit_append"]
+"""What a process may do to the store: anything, read, or read and append audit entries."""
+
+_READING_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_TRANSACTION,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_SAVEPOINT,
+    }
+)
+_CONNECTION_PRAGMAS = frozenset({"journal_mode", "synchronous", "foreign_keys", "query_only"})
+
+
+def _audit_appends_only(
+    action: int, first: str | None, second: str | None, database: str | None, source: str | None
+) -> int:
+    """SQLite authorizer: reads, connection settings and inserts into ``audit_log``; no other."""
+    if action in _READING_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_INSERT and first == "audit_log":
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (second is None or first in _CONNECTION_PRAGMAS):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _restrict_to_audit_appends(dbapi_connection: Any, connection_record: Any) -> None:
+    """Install :func:`_audit_appends_only` on a new SQLite connection."""
+    dbapi_connection.set_authorizer(_audit_appends_only)
+
+
+def _open_sqlite_read_only(dbapi_connection: Any, connection_record: Any) -> None:
+    """A SQLite connection opened ``mode=ro``: explicit transactions, and queries only."""
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA query_only=ON")
+
+
+def _open_postgres_read_only(dbapi_connection: Any, connection_record: Any) -> None:
+    """A PostgreSQL session whose transactions are all read-only."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    dbapi_connection.commit()
+
+
+def postgres_grants(role: str, access: StoreAccess) -> list[str]:
+    """The SQL that gives a PostgreSQL ``role`` exactly ``access`` to the store's tables.
+
+    Run it as the tables' owner, once the store exists; the role needs no other privilege.
+    ``read_only`` may select from every table; ``audit_append`` may also insert audit entries
+    (and draw their ids), and change nothing.
+    """
+    if access == "full" or not role.isidentifier():
+        raise StoreError(
+            f"grants are for a read_only or audit_append role with a plain name, not {access} "
+            f"for {role!r}"
+        )
+    grants = [f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"]
+    if access == "audit_append":
+        grants += [
+            f"GRANT INSERT ON audit_log TO {role}",
+            f"GRANT USAGE ON SEQUENCE audit_log_entry_id_seq TO {role}",
+        ]
+    return grants
+
+
 def _begin_sqlite_transaction(connection: Connection) -> None:
     """Start a SQLite transaction explicitly (the driver no longer does it)."""
     connection.exec_driver_sql("BEGIN")
@@ -370,10 +438,18 @@ class RunStore:
 
     Safe to call from several threads (the gRPC server's): every write is one transaction,
     serialised by a lock, and commits before the method returns.
+
+    ``access`` narrows what this process may do, enforced by the database, not by this
+    class: ``read_only`` opens a SQLite file ``mode=ro`` (PostgreSQL: read-only session
+    transactions); ``audit_append`` lets a SQLite connection read and insert into
+    ``audit_log``, nothing else (an authorizer refuses every other write). On PostgreSQL,
+    connect such a process as a role with only those grants (:func:`postgres_grants`); the
+    database enforces them. Neither creates tables.
     """
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, access: StoreAccess = "full") -> None:
         database_url = make_url(url)
+        self.access = access
         self._write_lock = threading.Lock()
         if database_url.get_backend_name() == "sqlite":
             if database_url.database in (None, "", ":memory:"):
@@ -381,16 +457,28 @@ class RunStore:
                     f"run store URL {database_url} names no database file; an in-memory "
                     "database would lose every run at exit. Use sqlite:///path/to/fedwarden.db."
                 )
+            if access == "read_only":
+                database_url = database_url.set(
+                    database=f"file:{database_url.database}", query={"mode": "ro", "uri": "true"}
+                )
             self._engine = create_engine(
                 database_url,
                 connect_args={"check_same_thread": False, "timeout": 30.0},
                 pool_pre_ping=True,
             )
-            event.listen(self._engine, "connect", _enable_sqlite_durability)
+            if access == "read_only":
+                event.listen(self._engine, "connect", _open_sqlite_read_only)
+            else:
+                event.listen(self._engine, "connect", _enable_sqlite_durability)
+            if access == "audit_append":
+                event.listen(self._engine, "connect", _restrict_to_audit_appends)
             event.listen(self._engine, "begin", _begin_sqlite_transaction)
         else:
             self._engine = create_engine(database_url, pool_pre_ping=True)
-        metadata.create_all(self._engine)
+            if access == "read_only":
+                event.listen(self._engine, "connect", _open_postgres_read_only)
+        if access == "full":
+            metadata.create_all(self._engine)
         logger.info("opened run store %s", database_url.render_as_string(hide_password=True))
 
     @property

@@ -21,16 +21,23 @@
 ``GET /healthz``
     whether the store answers;
 
+every ``/api`` request needs ``Authorization: Bearer <token>`` (403 otherwise): the data
+names clients, cohorts, run directories and audit payloads. The audit log's verification is
+cached until a stored entry changes (:class:`VerificationCache`);
+
 and one page at ``/`` (with its script and style sheet, no external assets) that draws the
 charts as inline SVG from the JSON API. :func:`serve_dashboard` serves it with uvicorn.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import secrets
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -46,7 +53,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from fedwarden.core.errors import FedwardenError
-from fedwarden.governance.audit import AuditLog, read_entries, verify
+from fedwarden.governance.audit import (
+    AuditEntry,
+    AuditLog,
+    VerificationResult,
+    canonical_json,
+    read_entries,
+    verify,
+)
 from fedwarden.governance.registry import (
     DEFAULT_THRESHOLD,
     ModelRegistry,
@@ -422,10 +436,43 @@ def _client_statuses(store: RunStore, run_id: str, points: list[RoundPoint]) -> 
     ]
 
 
-def _audit_view(store: RunStore, public_key: Ed25519PublicKey | None, limit: int) -> AuditView:
+class VerificationCache:
+    """The log's verification, recomputed only when a stored entry changed (or was added).
+
+    The key is the SHA-256 of every stored entry's fields, so any change to the
+    rows (not only a new head) verifies again; an unchanged log costs one hash
+    pass instead of one Ed25519 check per entry on every request.
+    """
+
+    def __init__(self, public_key: Ed25519PublicKey | None) -> None:
+        self.public_key = public_key
+        self.computed = 0
+        """How many times the log was verified (not answered from the cache)."""
+        self._lock = threading.Lock()
+        self._cached: tuple[str, VerificationResult] | None = None
+
+    def result(self, store: RunStore, entries: list[AuditEntry]) -> VerificationResult | None:
+        """The verification of ``store``'s log as ``entries`` read it (None without a key)."""
+        if self.public_key is None:
+            return None
+        digest = hashlib.sha256()
+        for entry in entries:
+            digest.update(canonical_json(dataclasses.asdict(entry)).encode())
+        key = digest.hexdigest()
+        with self._lock:
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1]
+            result = verify(store, self.public_key)
+            self.computed += 1
+            self._cached = (key, result)
+        return result
+
+
+def _audit_view(store: RunStore, verified: VerificationCache, limit: int) -> AuditView:
     """The latest ``limit`` entries, newest first, and the verification of the whole log."""
     entries = read_entries(store)
-    if public_key is None:
+    result = verified.result(store, entries)
+    if result is None:
         verification = Verification(
             checked=False,
             ok=None,
@@ -435,7 +482,6 @@ def _audit_view(store: RunStore, public_key: Ed25519PublicKey | None, limit: int
             last_hash=None,
         )
     else:
-        result = verify(store, public_key)
         verification = Verification(
             checked=True,
             ok=result.ok,
@@ -486,6 +532,9 @@ def _model_view(version: ModelVersion) -> ModelView:
 
 
 _BEARER = HTTPBearer(auto_error=False, description="The dashboard token.")
+_DENIED: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "Missing or wrong bearer token."}
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body is not valid JSON."},
     403: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
@@ -538,18 +587,26 @@ def create_app(
     script = (_STATIC / "dashboard.js").read_text(encoding="utf-8")
     style = (_STATIC / "dashboard.css").read_text(encoding="utf-8")
 
-    def require_change_allowed(
+    def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
-        """Refuse a registry change without the bearer token (403) or the signing key (409)."""
+        """Refuse a request without the bearer token (403): reads show client ids and payloads."""
         if credentials is None or not secrets.compare_digest(
             credentials.credentials.encode(), token.encode()
         ):
             raise HTTPException(
-                403, "registry changes need the dashboard token: Authorization: Bearer <token>"
+                403, "the dashboard's data needs its token: Authorization: Bearer <token>"
             )
+
+    def require_change_allowed(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        """Refuse a registry change without the token (403) or the audit signing key (409)."""
+        require_token(credentials)
         if audit is None:
             raise HTTPException(409, _READ_ONLY)
+
+    verified = VerificationCache(public_key)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -563,6 +620,8 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
+
+    app.state.verification = verified
 
     @app.middleware("http")
     async def security_headers(
@@ -595,7 +654,7 @@ def create_app(
             count = connection.execute(select(func.count()).select_from(runs)).scalar_one()
         return HealthStatus(status="ok", runs=count)
 
-    @app.get("/api/runs", tags=["runs"])
+    @app.get("/api/runs", tags=["runs"], dependencies=[Depends(require_token)], responses=_DENIED)
     def list_runs() -> list[RunSummary]:
         """Every run of the store, newest first."""
         return _read_runs(store)
@@ -603,7 +662,8 @@ def create_app(
     @app.get(
         "/api/runs/{run_id}/rounds",
         tags=["runs"],
-        responses={404: {"model": ErrorBody, "description": "No such run."}},
+        dependencies=[Depends(require_token)],
+        responses={**_DENIED, 404: {"model": ErrorBody, "description": "No such run."}},
     )
     def run_rounds(run_id: str) -> RunRounds:
         """The run's completed rounds: accuracy, loss, epsilon against budget, traffic."""
@@ -629,7 +689,8 @@ def create_app(
     @app.get(
         "/api/runs/{run_id}/clients",
         tags=["runs"],
-        responses={404: {"model": ErrorBody, "description": "No such run."}},
+        dependencies=[Depends(require_token)],
+        responses={**_DENIED, 404: {"model": ErrorBody, "description": "No such run."}},
     )
     def run_clients(run_id: str) -> RunClients:
         """Each client of the run with its cohorts, accepted updates, refusals and flags."""
@@ -641,14 +702,16 @@ def create_app(
             points = []
         return RunClients(run_id=run_id, clients=_client_statuses(store, run_id, points))
 
-    @app.get("/api/audit", tags=["audit"])
+    @app.get("/api/audit", tags=["audit"], dependencies=[Depends(require_token)], responses=_DENIED)
     def audit_log(
         limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_ENTRIES)] = DEFAULT_AUDIT_ENTRIES,
     ) -> AuditView:
         """The latest ``limit`` audit entries, newest first, and whether the log verifies."""
-        return _audit_view(store, public_key, limit)
+        return _audit_view(store, verified, limit)
 
-    @app.get("/api/models", tags=["registry"])
+    @app.get(
+        "/api/models", tags=["registry"], dependencies=[Depends(require_token)], responses=_DENIED
+    )
     def list_models() -> RegistryView:
         """Every registered version with its stage, and whether stages may be changed here."""
         return RegistryView(

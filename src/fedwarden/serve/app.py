@@ -27,6 +27,10 @@ Trust: give the service a delegated audit key, not the deployment's root ``audit
 service (an internet-facing process) can forge alert entries, and nothing else: a forged
 registration, promotion, round or privacy figure fails verification, and ``fedwarden audit
 revoke`` withdraws the key. A service given the root key itself can sign any audit entry.
+The store is opened read-only, and alerts are appended through a connection that may insert
+audit entries and nothing else, so the service cannot change weights, enrolments or spooled
+payloads either; with ``--root-public-key`` it serves only weights whose SHA-256 the audit
+log recorded when they were registered (:mod:`fedwarden.serve.provenance`).
 
 The model is rebuilt from the registry: its flat weights and ParamSpec, and the kind of model
 from the config of the run that trained it (``softmax``: NumPy multinomial logistic
@@ -50,6 +54,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import BackgroundTasks, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -58,14 +63,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from sqlalchemy.exc import SQLAlchemyError
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.governance.audit import AuditLog, ServerAuditTrail
 from fedwarden.governance.registry import ModelRegistry, ModelVersion
+from fedwarden.governance.store import RunStore, StoreAccess
 from fedwarden.monitor.alerts import AlertSink, deliver, webhook
 from fedwarden.serve.drift import DriftMonitor, DriftReference
+from fedwarden.serve.provenance import check_weights_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +144,24 @@ def resolve_version(registry: ModelRegistry, reference: str) -> ModelVersion:
     return found
 
 
-def load_served_model(registry: ModelRegistry, reference: str) -> ServedModel:
-    """Rebuild the version ``reference`` from its weights, ParamSpec and run config."""
+def load_served_model(
+    registry: ModelRegistry, reference: str, root_public_key: Ed25519PublicKey | None = None
+) -> ServedModel:
+    """Rebuild the version ``reference`` from its weights, ParamSpec and run config.
+
+    With the audit log's ``root_public_key``, the weights must be those its audited
+    registration recorded (:func:`~fedwarden.serve.provenance.check_weights_provenance`).
+    """
     version = resolve_version(registry, reference)
     vector = registry.weights(version.reference)
+    if root_public_key is None:
+        logger.warning(
+            "serving %s checked against the registry's own hash only: give the root public "
+            "key (audit.pub) to check it against its audited registration",
+            version.reference,
+        )
+    else:
+        check_weights_provenance(registry.store, version, vector, root_public_key)
     spec = ParamSpec.from_json(version.spec_json)
     run = registry.store.run(version.run_id)
     if run is None:
@@ -437,16 +459,18 @@ def create_app(
     drift: DriftMonitor | None = None,
     audit: AuditLog | None = None,
     alert_sinks: Sequence[AlertSink] = (),
+    root_public_key: Ed25519PublicKey | None = None,
 ) -> FastAPI:
     """The prediction service for version ``reference`` (``MODEL@production`` or ``MODEL@X.Y.Z``).
 
     ``shadow`` is a candidate version that ``shadow_share`` of requests also go to (chosen
     with a generator seeded by ``shadow_seed``); ``drift`` monitors the served inputs. Each
     new drift alert, with the served version as its ``model_version``, is logged, appended to
-    ``audit`` (the run store's audit log) and handed to every one of ``alert_sinks``.
+    ``audit`` (the run store's audit log) and handed to every one of ``alert_sinks``. With
+    ``root_public_key``, served weights must match their audited registration.
     """
-    primary = load_served_model(registry, reference)
-    candidate = None if shadow is None else load_served_model(registry, shadow)
+    primary = load_served_model(registry, reference, root_public_key)
+    candidate = None if shadow is None else load_served_model(registry, shadow, root_public_key)
     if candidate is not None and candidate.declared.num_features != primary.declared.num_features:
         raise ServeError(
             f"shadow {candidate.reference} takes {candidate.declared.num_features} features, "
@@ -618,20 +642,20 @@ def serve_model(
     with ``root_public_key`` the log's root public key (the server kit's ``audit.pub``):
     whoever controls this process can then forge alert entries only, and the key can be
     revoked. Without ``root_public_key``, ``audit_key`` is taken as the root key itself, with
-    which this process could sign any audit entry.
+    which this process could sign any audit entry. ``root_public_key`` also has the served
+    weights checked against their audited registration.
+
+    The store is opened read-only; drift alerts are appended through a second connection
+    that may insert audit entries and do nothing else (:class:`RunStore`'s ``access``).
     """
     import uvicorn
 
     from fedwarden.governance.audit import load_public_key, load_signing_key
-    from fedwarden.governance.store import RunStore
 
-    if root_public_key is not None and audit_key is None:
-        raise ServeError(
-            "a root public key is given without --audit-key; give the delegated key that "
-            "records drift alerts, or leave out the root public key"
-        )
     alert_sinks = () if webhook_url is None else (webhook(webhook_url),)
-    store = RunStore(store_url)
+    root = None if root_public_key is None else load_public_key(root_public_key)
+    store = _open_store(store_url, "read_only")
+    appender = None if audit_key is None else _open_store(store_url, "audit_append")
     drift = (
         None
         if drift_reference is None
@@ -640,14 +664,8 @@ def serve_model(
     try:
         audit = (
             None
-            if audit_key is None
-            else AuditLog(
-                store,
-                load_signing_key(audit_key),
-                root_public_key=None
-                if root_public_key is None
-                else load_public_key(root_public_key),
-            )
+            if audit_key is None or appender is None
+            else AuditLog(appender, load_signing_key(audit_key), root_public_key=root)
         )
         app = create_app(
             ModelRegistry(store, None),
@@ -657,7 +675,23 @@ def serve_model(
             drift=drift,
             audit=audit,
             alert_sinks=alert_sinks,
+            root_public_key=root,
         )
         uvicorn.run(app, host=host, port=port)
     finally:
         store.close()
+        if appender is not None:
+            appender.close()
+
+
+def _open_store(store_url: str, access: StoreAccess) -> RunStore:
+    """The existing store at ``store_url``, opened with only ``access``."""
+    try:
+        store = RunStore(store_url, access)
+        with store.reading():
+            return store
+    except SQLAlchemyError as error:
+        raise ServeError(
+            f"cannot open the run store {store_url!r} ({access}): {error.__class__.__name__}; "
+            "give the URL of the store the server wrote"
+        ) from None

@@ -51,6 +51,11 @@ from fedwarden.secure.psi import (
 
 logger = logging.getLogger(__name__)
 
+PSI_REQUEST_FACTOR = 4
+"""A follower answers a PSI request of at most this many times its own ids."""
+MAX_ALIGNMENTS = 3
+"""Alignments a follower runs per session (a restart of the party starts a new one)."""
+
 
 @dataclass(frozen=True)
 class AlignedRows:
@@ -140,19 +145,46 @@ class AlignmentPeer(Protocol):
 
 
 class AlignmentFollower:
-    """A non-leader party's half of the alignment: it holds the ids and learns its aligned rows."""
+    """A non-leader party's half of the alignment: it holds the ids and learns its aligned rows.
 
-    def __init__(self, name: str, identifiers: Sequence[Identifier]) -> None:
+    The leader (the label party) learns which ids of its PSI request this party
+    holds; a request of every id it can guess would enumerate this party's id
+    space. So a request may hold at most ``request_factor`` times this party's
+    ids, and a session at most ``max_alignments`` alignments: whatever the
+    leader does, it probes at most their product times this party's ids.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        identifiers: Sequence[Identifier],
+        *,
+        request_factor: int = PSI_REQUEST_FACTOR,
+        max_alignments: int = MAX_ALIGNMENTS,
+    ) -> None:
         _refuse_duplicates(name, identifiers)
         self.name = name
         self._identifiers = list(identifiers)
+        self.request_factor = request_factor
+        self.max_request = request_factor * len(self._identifiers)
+        """The most ids a leader's PSI request may hold."""
+        self.max_alignments = max_alignments
+        self.alignments = 0
+        """Alignments begun this session."""
         self._sender: PsiSender | None = None
         self._receiver: PsiReceiver | None = None
         self.rows: npt.NDArray[np.int64] | None = None
         """This party's rows in the agreed order, once :meth:`finish_final` has run."""
 
     def offer(self) -> PsiOffer:
-        """Phase 1: a fresh PSI sender's offer over this party's ids."""
+        """Phase 1: a fresh PSI sender's offer over this party's ids (one alignment more)."""
+        if self.alignments >= self.max_alignments:
+            raise DataError(
+                f"party {self.name!r} has run its {self.max_alignments} alignments for this "
+                "session; each lets the leader probe its ids, so more are refused: restart the "
+                "party to align again"
+            )
+        self.alignments += 1
         self._sender = PsiSender(self._identifiers, "intersection")
         return self._sender.offer()
 
@@ -164,6 +196,12 @@ class AlignmentFollower:
                 "the leader must call offer() first"
             )
         sender, self._sender = self._sender, None
+        if len(request.points) > self.max_request:
+            raise DataError(
+                f"party {self.name!r} refuses a PSI request of {len(request.points)} ids, more "
+                f"than {self.max_request} ({self.request_factor} times its own): so large a "
+                "request would enumerate its id space"
+            )
         return sender.respond(request)
 
     def final_request(self, offer: PsiOffer) -> PsiRequest:

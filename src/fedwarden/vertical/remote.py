@@ -18,10 +18,12 @@ one, and this module only carries its messages.
   blinded points cross, and each party's receipt (row count, SHA-256 of the
   agreed order).
 - **Training**: ``Prepare`` sends the public :class:`ArchitectureSpec` and the
-  party's position, so the party builds the same initial bottom as an
-  in-process run with the same seed; then ``Start``, ``Forward`` and
-  ``Backward`` carry exactly the :class:`CutActivation` and
-  :class:`CutGradient` arrays, as raw float32 bytes.
+  party's position; the party builds its bottom from its own seed (a secret
+  one unless it was started with one), never the proposed one, and without a
+  DP release refuses a bottom with as many cut columns as it has columns
+  (whoever knows its weights would invert the activations to the raw rows);
+  then ``Start``, ``Forward`` and ``Backward`` carry exactly the
+  :class:`CutActivation` and :class:`CutGradient` arrays, as raw float32 bytes.
 - **Wire checks**: every array must be two-dimensional with both dimensions
   at least 1, its bytes must match its shape, and its values must be finite;
   the driver also checks that an activation has its architecture's cut width;
@@ -58,10 +60,11 @@ one, and this module only carries its messages.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, TypeVar, cast, get_args
 
@@ -312,7 +315,9 @@ class FeaturePartyServer:
     ``driver`` is required and only the client whose certificate bears that
     name is answered. A ``release`` needs the party's own ``budget``, which
     it enforces per row (:class:`RowBudget`). ``noise`` draws the release's
-    noise (secure by default).
+    noise (secure by default). ``bottom_seed`` initialises the bottom model:
+    the party's choice, never the label party's proposal (None: a secret seed
+    drawn at each ``Prepare``, so the label party does not know the weights).
     """
 
     def __init__(
@@ -327,6 +332,7 @@ class FeaturePartyServer:
         release: GaussianRelease | None = None,
         budget: PrivacyBudget | None = None,
         noise: NoiseSource | None = None,
+        bottom_seed: int | None = None,
     ) -> None:
         if tls is None:
             check_insecure_address(address)
@@ -363,6 +369,7 @@ class FeaturePartyServer:
         if release is not None and budget is not None:
             self._budget = RowBudget(name, release, budget, self._features.shape[0])
         self._noise = noise if noise is not None else NoiseSource.secure()
+        self._bottom_seed = bottom_seed
         self._party: FeatureParty | None = None
         self._party_rows: Rows | None = None
         """The table rows of the prepared party's aligned rows, in the agreed order."""
@@ -516,7 +523,15 @@ class FeaturePartyServer:
                 f"{message.position} of an architecture for column counts "
                 f"{list(spec.column_counts)}"
             )
-        bottom = spec.build().bottoms[message.position]
+        if self._release is None and spec.cut_columns >= columns:
+            raise VerticalError(
+                f"party {self.name!r} refuses a bottom of {spec.cut_columns} cut columns over "
+                f"its {columns}: without a DP release, activations at least as wide as the "
+                "columns, from a bottom the label party can rebuild, would expose its raw rows; "
+                f"propose fewer than {columns} cut columns, or serve the party with a release"
+            )
+        seed = self._bottom_seed if self._bottom_seed is not None else secrets.randbits(63)
+        bottom = replace(spec, seed=seed).build().bottoms[message.position]
         self._party = FeatureParty(
             self.name, self._features[aligned], bottom, release=self._release, noise=self._noise
         )

@@ -39,8 +39,12 @@ function formatTime(value) {
   return value ? value.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "") : "\u2014";
 }
 
+function token() {
+  return document.getElementById("token").value;
+}
+
 async function getJson(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const response = await fetch(path, { headers: { Accept: "application/json", Authorization: `Bearer ${token()}` } });
   if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
   return response.json();
 }
@@ -213,10 +217,9 @@ function drawAudit(data) {
 }
 
 function registryRequest(path, body) {
-  const token = document.getElementById("token").value;
   return fetch(path, {
     method: "POST",
-    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token()}` },
     body: JSON.stringify(body),
   });
 }
@@ -287,6 +290,11 @@ function drawModels(data) {
 
 async function refresh() {
   const status = document.getElementById("load-status");
+  if (!token()) {
+    status.className = "muted";
+    status.textContent = "enter the dashboard token (in the registry form) to load the data";
+    return;
+  }
   try {
     const [runs, audit, models] = await Promise.all([getJson("/api/runs"), getJson("/api/audit"), getJson("/api/models")]);
     if (!runs.some((run) => run.run_id === selectedRunId)) selectedRunId = runs.length ? runs[0].run_id : null;
@@ -309,6 +317,7 @@ async function refresh() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("token").addEventListener("change", refresh);
   refresh();
   const seconds = Number(document.body.dataset.refreshSeconds);
   if (seconds > 0) setInterval(refresh, seconds * 1000);

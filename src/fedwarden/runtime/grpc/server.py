@@ -1027,10 +1027,10 @@ class GrpcRuntime(Runtime):
                 self._unrecorded_refusals.setdefault(sender, Counter())[refusal.reason] += 1
         if not recorded:
             logger.debug(
-                "upload from %s refused (%s), counted: %s", sender, refusal.reason, refusal
+                "upload refused (%s) from %s, counted: %s", refusal.reason, sender, refusal
             )
             return receipt
-        logger.warning("upload from %s refused (%s): %s", sender, refusal.reason, refusal)
+        logger.warning("upload refused (%s) from %s: %s", refusal.reason, sender, refusal)
         round_index = None if task is None else task.round_index
         self.store.record_rejection(
             self.run.run_id, round_index, sender, refusal.reason, str(refusal)
