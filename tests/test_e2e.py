@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -458,7 +459,7 @@ def test_outside_a_terminal_each_round_is_one_plain_line_that_never_wraps(
     completed = _cli("run", str(config))
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
-    rows = [line for line in lines if line.startswith(" ") and "epsilon" in line]
+    rows = [line for line in lines if re.match(r"\s+\d+\s", line) and "epsilon" in line]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]
     assert all(len(row) > 80 for row in rows)  # longer than the 80 columns rich assumes
     alerts = [line for line in lines if "alert privacy_budget" in line]
