@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from fedwarden.core.config import DataConfig
 from fedwarden.data import FederatedDataset, load_dataset
+from grpc_federation import Federation
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +29,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Callable[..., Federation]]:
+    """Make server-and-client-process federations under ``tmp_path``; all stopped after."""
+    created: list[Federation] = []
+
+    def make(**settings: object) -> Federation:
+        made = Federation.create(tmp_path, **settings)
+        created.append(made)
+        return made
+
+    yield make
+    for made in created:
+        made.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,20 +117,6 @@ def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_
 
 
 # The process test: user-level DP under SecAgg+ over gRPC.
-
-
-@pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Callable[..., Federation]]:
-    created: list[Federation] = []
-
-    def make(**settings: object) -> Federation:
-        made = Federation.create(tmp_path, **settings)
-        created.append(made)
-        return made
-
-    yield make
-    for made in created:
-        made.stop()
 
 
 def _every_row(store_url: str) -> dict[str, list[dict[str, Any]]]:

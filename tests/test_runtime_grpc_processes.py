@@ -12,7 +12,6 @@ import signal
 import socket
 import ssl
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -29,20 +28,6 @@ from fedwarden.runtime.grpc.wire import version_message
 from grpc_federation import Federation, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Callable[..., Federation]]:
-    created: list[Federation] = []
-
-    def make(**settings: object) -> Federation:
-        made = Federation.create(tmp_path, **settings)
-        created.append(made)
-        return made
-
-    yield make
-    for made in created:
-        made.stop()
 
 
 def _round_started(federation: Federation, client_id: str, round_index: int) -> bool:
