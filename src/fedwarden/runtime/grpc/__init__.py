@@ -1,0 +1,1 @@
+"""The grpc runtime: server and client processes over gRPC with mutual TLS."""
