@@ -219,6 +219,45 @@ def test_every_event_round_trips_exactly_through_json(event: dp_event.DpEvent) -
     assert event_to_json(rebuilt) == event_to_json(event)
 
 
+# The bytes a ledger stores for an event; a change here breaks every ledger already written.
+STORED_EVENTS = [
+    (
+        poisson_gaussian(0.1, 1.1, 20),
+        '{"type": "SelfComposedDpEvent", "event": {"type": "PoissonSampledDpEvent", '
+        '"sampling_probability": 0.1, "event": {"type": "GaussianDpEvent", '
+        '"noise_multiplier": 1.1}}, "count": 20}',
+    ),
+    (
+        fixed_size_gaussian(1000, 10, 1.1),
+        '{"type": "SelfComposedDpEvent", "event": {"type": "SampledWithoutReplacementDpEvent", '
+        '"source_dataset_size": 1000, "sample_size": 10, "event": {"type": "GaussianDpEvent", '
+        '"noise_multiplier": 1.1}}, "count": 1}',
+    ),
+    (
+        dp_event.DiscreteLaplaceDpEvent(0.1, 7),
+        '{"type": "DiscreteLaplaceDpEvent", "noise_parameter": 0.1, "sensitivity": 7}',
+    ),
+    (
+        dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.1), dp_event.NoOpDpEvent()]),
+        '{"type": "ComposedDpEvent", "events": [{"type": "GaussianDpEvent", '
+        '"noise_multiplier": 1.1}, {"type": "NoOpDpEvent"}]}',
+    ),
+    (
+        dp_event.MixtureOfGaussiansDpEvent(1.0, (0.0, 1.0), [0.25, 0.75]),
+        '{"type": "MixtureOfGaussiansDpEvent", "standard_deviation": 1.0, '
+        '"sensitivities": {"tuple": [0.0, 1.0]}, "sampling_probs": [0.25, 0.75]}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("event", "stored"), STORED_EVENTS, ids=lambda item: type(item).__name__)
+def test_the_stored_json_of_an_event_is_pinned_byte_for_byte(
+    event: dp_event.DpEvent, stored: str
+) -> None:
+    assert json.dumps(event_to_json(event)) == stored
+    assert event_from_json(json.loads(stored)) == event
+
+
 def test_the_round_trip_covers_every_dp_event_class() -> None:
     classes = {
         cls
