@@ -15,21 +15,21 @@ from dp_accounting.privacy_accountant import NeighboringRelation
 from fedwarden.core.errors import ConfigError
 from fedwarden.data.dataset import ClientData, FederatedDataset
 from fedwarden.privacy.accounting import Neighboring
-from fedwarden.privacy.analytics import (
+from fedwarden.privacy.analytics import QueryResult, query_command, run_query
+from fedwarden.privacy.analytics_mechanisms import (
     SUM_GRID_STEPS,
+    client_contribution,
+    plan_releases,
+)
+from fedwarden.privacy.analytics_queries import (
     Count,
     Histogram,
     Mean,
     Quantile,
     Query,
     QueryError,
-    QueryResult,
     Sum,
-    client_contribution,
     parse_query,
-    plan_releases,
-    query_command,
-    run_query,
 )
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger, PrivacyUnit
 from fedwarden.privacy.randomness import NoiseSource

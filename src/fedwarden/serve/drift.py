@@ -44,7 +44,8 @@ from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.monitor.alerts import Alert
-from fedwarden.privacy.analytics import Histogram, run_query
+from fedwarden.privacy.analytics import run_query
+from fedwarden.privacy.analytics_queries import Histogram
 from fedwarden.privacy.ledger import PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 
