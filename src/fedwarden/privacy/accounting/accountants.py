@@ -1,60 +1,19 @@
-"""Privacy accounting: what a run's releases cost, computed by Google's dp-accounting.
+"""The accountants: what a set of DP events costs, by dp-accounting's PLD and RDP accountants.
 
-A release is described by a ``dp_accounting.dp_event.DpEvent`` (what happened)
-and accounted by two of dp-accounting's accountants (how much it cost):
-
-- the privacy loss distribution (PLD) accountant, the reported figure
-  (Koskela, Jalko & Honkela 2020; Doroshenko, Ghazi, Kamath, Kumar & Manurangsi
-  2022, "Connect the Dots: Tighter Discrete Approximations of Privacy Loss
-  Distributions");
-- the Renyi DP (RDP) accountant, always computed as a cross-check (Mironov 2017;
-  Mironov, Talwar & Zhang 2019 for the Poisson-sampled Gaussian; Wang, Balle &
-  Kasiviswanathan 2019 for sampling without replacement), converted to
-  (epsilon, delta) with Proposition 12 of Canonne, Kamath & Steinke 2020
-  (arXiv:2004.00010). The older conversion ``min_a rdp(a) + log(1/delta)/(a-1)``
-  is looser: it is where the often-quoted epsilon of 3.01 for TF Privacy's MNIST
-  DP-SGD example comes from; this conversion gives 2.597.
-
-Units. In fedwarden ``noise_multiplier`` is always the noise standard deviation
-divided by the clipping bound C of one privacy unit's contribution: the pipeline
-adds N(0, (z C)^2) to a sum of contributions clipped to C (McMahan et al. 2018).
-Under ``add_remove`` neighbours C is the sensitivity of that sum. Under
-``replace_one`` neighbours it is 2C. dp-accounting's PLD accountant doubles the
-sensitivity itself for ``replace_one``; its RDP accountant reads a Gaussian's or
-Laplace's noise multiplier as noise over the sensitivity of the relation at
-hand, so under ``replace_one`` the RDP accountant is given z / 2 (see
-:func:`_as_rdp_sees_it`). Both accountants then describe the same mechanism.
-
-Pure-DP releases. dp-accounting's RDP accountant has no formula for
-``DiscreteLaplaceDpEvent`` (the exact integer noise of the analytics queries).
-Such a release with noise parameter a and sensitivity D is (a D)-DP, and every
-epsilon-DP mechanism is dominated by binary randomized response with the same
-epsilon (Kairouz, Oh & Viswanath 2015), so its RDP cross-check is that of
-``RandomizedResponseDpEvent(2 / (1 + e^(a D)), 2)`` under replace-one
-neighbours: a sound upper bound whatever the relation the epsilon is stated
-for. The PLD accountant accounts it exactly (under ``add_remove``).
-
-Speed. A run charges the same few events hundreds of times. Identical events
-are grouped; the PLD accountant builds each distinct event's privacy loss
-distribution once (kept in a small cache), and a round only self-composes it
-for its count (one FFT power) and composes the groups. The discretization
-interval is dp-accounting's default 1e-4 while the RDP epsilon is below 2, and
-about 1e-4 of the RDP epsilon above (a power of two, so it changes a handful
-of times in a run): the PLD stays a pessimistic upper bound, within about 1e-4
-relative of the default accountant's, and wide loss distributions (large
-epsilon) stay small. The RDP curve of each distinct event is computed once and
-the curves are added in charge order, so the RDP figure is bit-for-bit the one
-dp-accounting's ``RdpAccountant`` returns when given the same events one by one.
+:func:`compute_spend` composes events (PLD reported, RDP always computed as a
+cross-check); :func:`calibrate_noise_multiplier` and :func:`calibrate_release`
+search the smallest noise that meets a target. The package docstring states
+the units, the pure-DP cross-check and how identical events are grouped and
+cached for speed.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import numbers
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -65,8 +24,8 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedwarden.core.errors import ConfigError
-
-logger = logging.getLogger(__name__)
+from fedwarden.privacy.accounting.events import check_steps, fixed_size_gaussian, poisson_gaussian
+from fedwarden.privacy.accounting.serialization import event_to_json
 
 Neighboring = Literal["add_remove", "replace_one"]
 AccountantName = Literal["pld", "rdp"]
@@ -122,64 +81,6 @@ class PrivacySpend:
     accountant: AccountantName
     epsilon_rdp: float
     epsilon_pld: float | None
-
-
-def poisson_gaussian(
-    sampling_rate: float, noise_multiplier: float, steps: int = 1
-) -> dp_event.DpEvent:
-    """``steps`` releases of a Poisson-sampled Gaussian sum.
-
-    The sampled Gaussian of Abadi et al. 2016 (DP-SGD) and McMahan et al. 2018 (DP-FedAvg).
-
-    Each unit (client for DP-FedAvg, example for DP-SGD) is in a release's sample
-    independently with probability ``sampling_rate``; the sum of clipped
-    contributions gets N(0, (noise_multiplier * C)^2) noise. A rate of 1 is no
-    sampling: the event is then the Gaussian mechanism itself.
-    """
-    _check_sampling_rate(sampling_rate)
-    _check_noise_multiplier(noise_multiplier)
-    _check_steps(steps)
-    gaussian = dp_event.GaussianDpEvent(noise_multiplier)
-    if sampling_rate == 1:
-        return dp_event.SelfComposedDpEvent(gaussian, steps)
-    return dp_event.SelfComposedDpEvent(
-        dp_event.PoissonSampledDpEvent(sampling_rate, gaussian), steps
-    )
-
-
-def fixed_size_gaussian(
-    population: int, cohort_size: int, noise_multiplier: float, steps: int = 1
-) -> dp_event.DpEvent:
-    """``steps`` releases of a Gaussian sum over a fixed-size cohort.
-
-    Sampling without replacement as analysed by Wang, Balle & Kasiviswanathan 2019.
-
-    Each release draws ``cohort_size`` distinct units uniformly from
-    ``population``. Only the RDP accountant can account it, and only with
-    ``replace_one`` neighbours (the population size is public);
-    ``noise_multiplier`` is noise over the clipping bound C, as everywhere in
-    fedwarden (the RDP accountant is given z / 2, see the module docstring).
-    """
-    if not isinstance(population, numbers.Integral) or not isinstance(
-        cohort_size, numbers.Integral
-    ):
-        raise ConfigError(
-            f"population ({population!r}) and cohort_size ({cohort_size!r}) must be whole "
-            "numbers of units"
-        )
-    if not 1 <= cohort_size <= population:
-        raise ConfigError(
-            f"cohort_size must be between 1 and the population ({population}), got "
-            f"{cohort_size}; a cohort is drawn without replacement from the population"
-        )
-    _check_noise_multiplier(noise_multiplier)
-    _check_steps(steps)
-    return dp_event.SelfComposedDpEvent(
-        dp_event.SampledWithoutReplacementDpEvent(
-            int(population), int(cohort_size), dp_event.GaussianDpEvent(noise_multiplier)
-        ),
-        steps,
-    )
 
 
 def compute_spend(
@@ -241,7 +142,7 @@ def calibrate_noise_multiplier(
             "without a finite target no noise is needed"
         )
     _check_delta(delta)
-    _check_steps(rounds, what="rounds")
+    check_steps(rounds, what="rounds")
     _check_neighboring(neighboring)
     fixed_size = population is not None or cohort_size is not None
     if fixed_size and (population is None or cohort_size is None):
@@ -308,22 +209,6 @@ def calibrate_release(
         tol=_CALIBRATION_TOLERANCE * lower,
     )
     return float(noise_multiplier)
-
-
-def event_to_json(event: dp_event.DpEvent) -> dict[str, Any]:
-    """A JSON-ready dict of ``event``: its class name under ``"type"`` and its fields, nested."""
-    if not isinstance(event, dp_event.DpEvent):
-        raise ConfigError(f"expected a dp_accounting DpEvent, got {type(event).__name__}")
-    encoded = _encode_value(event)
-    assert isinstance(encoded, dict)
-    return encoded
-
-
-def event_from_json(data: Mapping[str, Any]) -> dp_event.DpEvent:
-    """The DpEvent that :func:`event_to_json` wrote, rebuilt exactly (equal to the original)."""
-    if not isinstance(data, Mapping) or "type" not in data:
-        raise ConfigError(f"a stored DP event must be an object with a 'type' key, got {data!r}")
-    return _decode_event(data)
 
 
 class _SpendAccountant(privacy_accountant.PrivacyAccountant):
@@ -586,68 +471,6 @@ def _contains(event: dp_event.DpEvent, kind: type[Any]) -> bool:
     return False
 
 
-def _encode_value(value: Any) -> Any:
-    """JSON form of one event field: events as objects, tuples tagged, numbers as they are."""
-    if isinstance(value, dp_event.DpEvent):
-        cls = type(value)
-        if getattr(dp_event, cls.__name__, None) is not cls:
-            raise ConfigError(
-                f"{cls.__module__}.{cls.__name__} is not one of dp_accounting.dp_event's "
-                "classes; only those can be stored in a ledger"
-            )
-        encoded: dict[str, Any] = {"type": cls.__name__}
-        for field in attr.fields(cls):
-            encoded[field.name] = _encode_value(getattr(value, field.name))
-        return encoded
-    if value is None or isinstance(value, bool | str | float):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, list):
-        return [_encode_value(item) for item in value]
-    if isinstance(value, tuple):
-        return {"tuple": [_encode_value(item) for item in value]}
-    raise ConfigError(
-        f"cannot store a DP event field of type {type(value).__name__} ({value!r}); event "
-        "fields must be numbers, strings, lists, tuples or events"
-    )
-
-
-def _decode_value(value: Any) -> Any:
-    """The field value that :func:`_encode_value` wrote."""
-    if isinstance(value, Mapping):
-        if "type" in value:
-            return _decode_event(value)
-        if set(value) == {"tuple"} and isinstance(value["tuple"], list):
-            return tuple(_decode_value(item) for item in value["tuple"])
-        raise ConfigError(f"a stored DP event holds an unreadable field value {value!r}")
-    if isinstance(value, list):
-        return [_decode_value(item) for item in value]
-    return value
-
-
-def _decode_event(data: Mapping[str, Any]) -> dp_event.DpEvent:
-    """One event from its JSON object; only dp_accounting.dp_event classes are built."""
-    name = data["type"]
-    cls = getattr(dp_event, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, dp_event.DpEvent)):
-        raise ConfigError(
-            f"unknown DP event type {name!r}; a stored event must name a class of "
-            "dp_accounting.dp_event (was the ledger written by a newer dp-accounting?)"
-        )
-    fields = {field.name for field in attr.fields(cls)}
-    given = {key: value for key, value in data.items() if key != "type"}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise ConfigError(f"stored {name} has unknown fields {unknown}; it knows {sorted(fields)}")
-    try:
-        return cls(**{key: _decode_value(value) for key, value in given.items()})
-    except TypeError as error:
-        raise ConfigError(f"stored {name} cannot be rebuilt from {dict(given)}: {error}") from error
-
-
 def _check_delta(delta: float) -> None:
     if not (isinstance(delta, numbers.Real) and 0 < delta < 1):
         raise ConfigError(
@@ -662,24 +485,3 @@ def _check_neighboring(neighboring: str) -> None:
             f"neighboring must be one of {list(get_args(Neighboring))}, got {neighboring!r}: "
             "'add_remove' for Poisson sampling, 'replace_one' for fixed-size cohorts"
         )
-
-
-def _check_sampling_rate(sampling_rate: float) -> None:
-    if not (isinstance(sampling_rate, numbers.Real) and 0 < sampling_rate <= 1):
-        raise ConfigError(
-            f"sampling_rate must be in (0, 1], got {sampling_rate!r}: the probability that a "
-            "unit takes part in a release (1 = every unit, no sampling)"
-        )
-
-
-def _check_noise_multiplier(noise_multiplier: float) -> None:
-    if not (isinstance(noise_multiplier, numbers.Real) and noise_multiplier > 0):
-        raise ConfigError(
-            f"noise_multiplier must be > 0, got {noise_multiplier!r}; a release without noise "
-            "has no differential privacy guarantee"
-        )
-
-
-def _check_steps(steps: int, what: str = "steps") -> None:
-    if not (isinstance(steps, numbers.Integral) and steps >= 1):
-        raise ConfigError(f"{what} must be a whole number >= 1, got {steps!r}")
