@@ -191,7 +191,7 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "models/torch.py": "non-private training's shuffling and initialization",
     "models/trainer.py": "the ClientContext.rng type: the client's non-private training generator",
     "runtime/engine.py": "seeds each client's non-private training generator",
-    "serve/app.py": "which prediction request goes to the candidate model: no guarantee",
+    "serve/shadow.py": "which prediction request goes to the candidate model: no guarantee",
     "server/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
     "vertical/architecture.py": "initialization of split models from the public seed",
     "vertical/remote.py": "split learning's public batches: its accounting composes every "

@@ -44,13 +44,14 @@ from fedwarden.models.numpy import softmax_regression
 from fedwarden.monitor.alerts import Alert, AlertError
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.serve.app import ServeError, create_app, load_served_model, serve_model
+from fedwarden.serve.app import create_app, serve_model
 from fedwarden.serve.drift import (
     DriftMonitor,
     DriftReference,
     reference_from_arrays,
     reference_from_federation,
 )
+from fedwarden.serve.model import ServeError, load_served_model
 
 MONITORED = (19, 20, 27, 28, 36, 43)
 """Digit pixels that vary across images (the borders are almost always 0)."""
