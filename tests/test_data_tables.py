@@ -142,3 +142,14 @@ def test_deployed_client_with_fewer_text_classes_than_the_run_must_list_them(
     config = DataConfig(classes=["bird", "cat", "dog"], client_test_fraction=0.0)
     client = load_client_file(site, "site", config, seed=0, num_classes=3)
     assert client.y_train.tolist() == [1, 2]
+
+
+def test_sites_whose_columns_differ_in_order_are_refused(tmp_path: Path) -> None:
+    write_site(tmp_path / "a.csv", {"age": [30.0], "bmi": [21.0], "label": [0]})
+    write_site(tmp_path / "b.csv", {"bmi": [25.0], "age": [40.0], "label": [1]})
+    with pytest.raises(
+        DataError, match=r"b\.csv has the feature columns \['bmi', 'age'\] but .*a\.csv has"
+    ):
+        load_dataset(folder_config(tmp_path), seed=0)
+    config = folder_config(tmp_path, features=["age", "bmi"])
+    assert load_dataset(config, seed=0).clients["b"].x_train.tolist() == [[40.0, 25.0]]

@@ -67,16 +67,23 @@ def client_name(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def read_arrays(path: Path, config: DataConfig, allowed: Sequence[str]) -> dict[str, Array]:
-    """The checked arrays of one client file or folder (``allowed`` names those it may hold)."""
-    if path.is_dir():
-        arrays = (
-            read_hf_dataset(path, config) if is_hf_folder(path) else read_image_folder(path, config)
-        )
+def read_arrays(
+    path: Path, config: DataConfig, allowed: Sequence[str]
+) -> tuple[dict[str, Array], tuple[str, ...] | None]:
+    """The checked arrays of one client file or folder, and its feature columns if named.
+
+    ``allowed`` names the arrays it may hold; the feature columns (tables and
+    Hugging Face data sets) let :func:`check_same_columns` compare sites.
+    """
+    columns: tuple[str, ...] | None = None
+    if path.is_dir() and is_hf_folder(path):
+        arrays, columns = read_hf_dataset(path, config)
+    elif path.is_dir():
+        arrays = read_image_folder(path, config)
     elif path.suffix == ".npz":
         arrays = read_npz(path, allowed)
     elif path.suffix in TABLE_SUFFIXES:
-        arrays = read_table(path, config)
+        arrays, columns = read_table(path, config)
     else:
         raise DataError(
             f"{path} is not a client file fedwarden reads; use .npz, .csv, .parquet, an image "
@@ -89,7 +96,22 @@ def read_arrays(path: Path, config: DataConfig, allowed: Sequence[str]) -> dict[
             "have; save the central test set as one split"
         )
     check_arrays(path, arrays, text_labels=path.suffix != ".npz")
-    return arrays
+    return arrays, columns
+
+
+def check_same_columns(columns: Mapping[Path, tuple[str, ...] | None]) -> None:
+    """Refuse tables whose feature columns differ from the first table's, in name or order."""
+    named = {path: names for path, names in columns.items() if names is not None}
+    if not named:
+        return
+    first_path, first = next(iter(named.items()))
+    for path, names in named.items():
+        if names != first:
+            raise DataError(
+                f"{path} has the feature columns {list(names)[:20]} but {first_path} has "
+                f"{list(first)[:20]}; every site needs the same features in the same order "
+                "(name them in data.features)"
+            )
 
 
 def encode_labels(

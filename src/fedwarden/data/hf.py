@@ -39,8 +39,8 @@ def is_hf_folder(folder: Path) -> bool:
     return any((folder / marker).exists() for marker in HF_MARKERS)
 
 
-def read_hf_dataset(folder: Path, config: DataConfig) -> dict[str, Array]:
-    """``x``, ``y`` (and ``x_test``, ``y_test`` from a ``test`` split) of a saved data set."""
+def read_hf_dataset(folder: Path, config: DataConfig) -> tuple[dict[str, Array], tuple[str, ...]]:
+    """``x``, ``y`` (``x_test``, ``y_test`` from a ``test`` split) and the feature columns."""
     try:
         import datasets
     except ImportError:
@@ -63,14 +63,16 @@ def read_hf_dataset(folder: Path, config: DataConfig) -> dict[str, Array]:
             f"{folder} holds the splits {sorted(loaded)}; a client's DatasetDict holds "
             "'train' and optionally 'test' (its own test split)"
         )
-    arrays = _split_arrays(loaded["train"], f"{folder} (split 'train')", config)
+    arrays, features = _split_arrays(loaded["train"], f"{folder} (split 'train')", config)
     if "test" in loaded:
-        test = _split_arrays(loaded["test"], f"{folder} (split 'test')", config)
+        test, _ = _split_arrays(loaded["test"], f"{folder} (split 'test')", config)
         arrays.update(x_test=test["x"], y_test=test["y"])
-    return arrays
+    return arrays, features
 
 
-def _split_arrays(split: Dataset, where: str, config: DataConfig) -> dict[str, Array]:
+def _split_arrays(
+    split: Dataset, where: str, config: DataConfig
+) -> tuple[dict[str, Array], tuple[str, ...]]:
     """One split's ``x`` and ``y``: an ``Image`` column decoded, or table columns converted."""
     import datasets
 
@@ -109,4 +111,4 @@ def _split_arrays(split: Dataset, where: str, config: DataConfig) -> dict[str, A
         label_array = label_array.astype(np.int64)
     elif label_array.dtype.kind != "f":
         label_array = label_array.astype(str)
-    return {"x": np.stack(vectors), "y": label_array}
+    return {"x": np.stack(vectors), "y": label_array}, (image_column,)

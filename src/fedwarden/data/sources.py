@@ -37,6 +37,7 @@ from fedwarden.core.errors import DataError
 from fedwarden.data.client_files import (
     CLIENT_ARRAYS,
     central_test_entry,
+    check_same_columns,
     check_same_features,
     client_entries,
     client_name,
@@ -193,11 +194,14 @@ def _load_npz_folder(config: DataConfig, seed: int) -> FederatedDataset:
             "numpy.savez(path, x=features, y=labels), or a .csv, .parquet, image folder or "
             "save_to_disk folder per client (names starting with '_' are skipped)"
         )
-    every_file = {path: read_arrays(path, config, CLIENT_ARRAYS) for path in client_paths}
+    read = {path: read_arrays(path, config, CLIENT_ARRAYS) for path in client_paths}
     central_path = central_test_entry(folder)
     if central_path is not None:
-        every_file[central_path] = read_arrays(central_path, config, ("x", "y"))
-    every_file, num_text_classes = encode_labels(every_file, config.classes)
+        read[central_path] = read_arrays(central_path, config, ("x", "y"))
+    check_same_columns({path: columns for path, (_, columns) in read.items()})
+    every_file, num_text_classes = encode_labels(
+        {path: arrays for path, (arrays, _) in read.items()}, config.classes
+    )
     check_same_features(every_file)
     num_classes = num_text_classes or infer_num_classes(every_file)
     label_dtype = np.int64 if num_classes is not None else np.float32
@@ -252,9 +256,8 @@ def load_client_file(
     labels numbered by ``data.classes``), or floats for regression
     (``num_classes`` None).
     """
-    files, _ = encode_labels(
-        {path: read_arrays(path, config, CLIENT_ARRAYS)}, config.classes, num_classes
-    )
+    own_arrays, _ = read_arrays(path, config, CLIENT_ARRAYS)
+    files, _ = encode_labels({path: own_arrays}, config.classes, num_classes)
     arrays = files[path]
     label_dtype = np.int64 if num_classes is not None else np.float32
     x, y = arrays["x"].astype(np.float32), arrays["y"].astype(label_dtype)

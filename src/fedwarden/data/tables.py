@@ -38,14 +38,20 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 logger = logging.getLogger(__name__)
 
 
-def read_table(path: Path, config: DataConfig) -> dict[str, Array]:
-    """``x`` and ``y`` from the CSV or Parquet file at ``path`` (format from its suffix)."""
+def read_table(path: Path, config: DataConfig) -> tuple[dict[str, Array], tuple[str, ...]]:
+    """``x`` and ``y`` from the CSV or Parquet file at ``path``, and its feature columns."""
     frame = _read_frame(path)
     return table_arrays(frame, str(path), config)
 
 
-def table_arrays(frame: pd.DataFrame, where: str, config: DataConfig) -> dict[str, Array]:
-    """``x`` (float32, categories one-hot) and ``y`` from a table read from ``where``."""
+def table_arrays(
+    frame: pd.DataFrame, where: str, config: DataConfig
+) -> tuple[dict[str, Array], tuple[str, ...]]:
+    """``x`` (float32, categories one-hot) and ``y`` of a table, and its feature columns.
+
+    The feature columns, in order, let the caller check that every site's
+    table lines its features up the same way.
+    """
     columns = [str(column) for column in frame.columns]
     frame.columns = columns
     if config.target not in columns:
@@ -76,7 +82,7 @@ def table_arrays(frame: pd.DataFrame, where: str, config: DataConfig) -> dict[st
         or [np.zeros((len(frame), 0), dtype=np.float32)],
         axis=1,
     )
-    return {"x": x, "y": _labels(frame[config.target], config.target, where)}
+    return {"x": x, "y": _labels(frame[config.target], config.target, where)}, tuple(features)
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
