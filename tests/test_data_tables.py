@@ -153,3 +153,10 @@ def test_sites_whose_columns_differ_in_order_are_refused(tmp_path: Path) -> None
         load_dataset(folder_config(tmp_path), seed=0)
     config = folder_config(tmp_path, features=["age", "bmi"])
     assert load_dataset(config, seed=0).clients["b"].x_train.tolist() == [[40.0, 25.0]]
+
+
+def test_two_entries_for_one_client_are_refused(tmp_path: Path) -> None:
+    write_site(tmp_path / "a.csv", {"x": [1.0], "label": [0]})
+    write_site(tmp_path / "a.parquet", {"x": [2.0], "label": [1]})
+    with pytest.raises(DataError, match=r"holds more than one entry for client 'a'"):
+        load_dataset(folder_config(tmp_path), seed=0)

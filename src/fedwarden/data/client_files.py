@@ -3,12 +3,11 @@
 A client is one entry of the per-client folder (or the ``--data`` of a
 deployed client), its format told by its suffix or its contents:
 
-============================  ===============================================
-``<client>.npz``              arrays ``x``, ``y`` and optional ``x_test``, ``y_test``
-``<client>.csv``, ``.parquet``  a table: :mod:`fedwarden.data.tables`
-``<client>/`` with class dirs   an image folder: :mod:`fedwarden.data.images`
-``<client>/`` from save_to_disk a Hugging Face data set: :mod:`fedwarden.data.hf`
-============================  ===============================================
+- ``<client>.npz``: arrays ``x``, ``y`` and optional ``x_test``, ``y_test``;
+- ``<client>.csv`` or ``<client>.parquet``: a table (:mod:`fedwarden.data.tables`);
+- ``<client>/`` with one subfolder per class: images (:mod:`fedwarden.data.images`);
+- ``<client>/`` written by ``save_to_disk``: a Hugging Face data set
+  (:mod:`fedwarden.data.hf`).
 
 Every format yields the same arrays (``x`` examples x features as float32,
 ``y`` one label per example), checked alike; text labels (class names) are
@@ -43,11 +42,19 @@ CLIENT_SUFFIXES = (".npz", *TABLE_SUFFIXES)
 
 def client_entries(folder: Path) -> list[Path]:
     """The clients of a per-client folder, sorted; names starting with ``_`` or ``.`` are not."""
-    return sorted(
+    entries = sorted(
         path
         for path in folder.iterdir()
         if path.name[0] not in "_." and (path.is_dir() or path.suffix in CLIENT_SUFFIXES)
     )
+    names = [client_name(path) for path in entries]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(
+            f"{folder} holds more than one entry for client {twice[0]!r}; keep one file or "
+            "folder per client"
+        )
+    return entries
 
 
 def central_test_entry(folder: Path) -> Path | None:
