@@ -108,8 +108,8 @@ class Federation:
             )
         return self.server
 
-    def start_client(self, client_id: str) -> subprocess.Popen[bytes]:
-        """``fedwarden client`` for one site, logging to ``<client>.log``."""
+    def start_client(self, client_id: str, data: Path | None = None) -> subprocess.Popen[bytes]:
+        """``fedwarden client`` for one site on its ``.npz`` (or ``data``), logging to its log."""
         command = [
             sys.executable,
             "-m",
@@ -118,7 +118,7 @@ class Federation:
             "--server",
             self.address,
             "--data",
-            str(self.root / "data" / f"{client_id}.npz"),
+            str(data or self.root / "data" / f"{client_id}.npz"),
             "--identity",
             str(self.pki / "clients" / client_id),
         ]

@@ -288,7 +288,7 @@ def test_npz_folder_missing_folder_is_refused(tmp_path: Path) -> None:
 
 def test_npz_folder_without_client_files_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "_test.npz", x=np.zeros((2, 3)), y=np.zeros(2, dtype=int))
-    with pytest.raises(DataError, match=r"holds no client \.npz files"):
+    with pytest.raises(DataError, match=r"holds no clients"):
         load_dataset(npz_config(tmp_path), seed=0)
 
 

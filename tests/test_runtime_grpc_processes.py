@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
+import pandas as pd
 import pytest
 from cryptography.hazmat.primitives import serialization
 
@@ -61,6 +63,26 @@ def test_one_server_and_five_clients_complete_three_rounds_over_mutual_tls(feder
         "model_registered"
     ]
     assert run.summary()["registered_model"] == "deployed@1.0.0"
+
+
+def test_client_started_with_a_csv_table_joins_and_trains(federation) -> None:
+    run = federation(sites=2, rounds=2, data={"target": "label"})
+    csv_site, npz_site = run.sites
+    with np.load(run.root / "data" / f"{csv_site}.npz") as arrays:
+        x = np.concatenate([arrays["x"], arrays["x_test"]])
+        y = np.concatenate([arrays["y"], arrays["y_test"]])
+    table = pd.DataFrame(x, columns=[f"pixel_{index}" for index in range(x.shape[1])])
+    table["label"] = y
+    site_csv = run.root / "site.csv"
+    table.to_csv(site_csv, index=False)
+    run.start_server()
+    run.start_client(csv_site, data=site_csv)
+    run.start_client(npz_site)
+    assert run.wait_server() == 0, run.server_output()
+    records = run.completed_rounds()
+    assert [record["participants"] for record in records] == [2, 2]
+    assert all(record["applied"] for record in records)
+    assert run.clients[csv_site].wait(timeout=30) == 0, run.client_log(csv_site).read_text()
 
 
 def _verified_audit_kinds(run: Federation) -> list[str]:

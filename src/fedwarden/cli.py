@@ -932,7 +932,14 @@ def server_command(
 @app.command("client")
 def client_command(
     server: Annotated[str, typer.Option(help="The server's HOST:PORT.")],
-    data: Annotated[Path, typer.Option(help="This site's data: an .npz with x and y.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="This site's data: an .npz with x and y, a .csv or .parquet table "
+            "(data.target names the label), an image folder (one subfolder per class) or a "
+            "Hugging Face save_to_disk folder."
+        ),
+    ],
     identity: Annotated[
         Path, typer.Option(help="Client startup kit (tls.crt, tls.key, ca.crt, identity.key).")
     ],

@@ -54,7 +54,22 @@ class DataConfig(Section):
     client_test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
     """Share of each client's data held out as its local test split."""
     path: Path | None = None
-    """The folder of per-client ``.npz`` files (``source = "npz_folder"``)."""
+    """The per-client folder (``source = "npz_folder"``): ``<client>.npz``, ``.csv``,
+    ``.parquet``, an image folder or a Hugging Face ``save_to_disk`` folder per client."""
+    target: str = "label"
+    """The label column of CSV, Parquet and Hugging Face clients."""
+    features: tuple[str, ...] | None = None
+    """Feature columns, in order (default: every column but the target)."""
+    categories: dict[str, tuple[str, ...]] = {}
+    """Categorical feature columns and their categories, one-hot encoded in this order."""
+    missing: Literal["refuse", "drop"] = "refuse"
+    """A row with a missing value is refused (column and row named) or dropped."""
+    classes: tuple[str, ...] | None = None
+    """Class names in label order for text labels and image subfolders (default: sorted)."""
+    image_shape: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (32, 32)
+    """Height and width every image is resized to."""
+    image_mode: Literal["L", "RGB"] = "RGB"
+    """Pillow mode images are converted to: ``"L"`` (grayscale) or ``"RGB"``."""
     synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
     synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
     synthetic_features: Annotated[int, Field(ge=1)] = 60

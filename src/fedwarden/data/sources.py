@@ -7,7 +7,8 @@ Three kinds of source:
   rest dealt to clients by :func:`fedwarden.data.partitioners.partition`;
 - the Synthetic(alpha, beta) generator of FedProx (Li et al. 2020), naturally
   federated with one model and one feature distribution per device;
-- a folder of per-client ``.npz`` files, for real federated data.
+- a folder with one entry per client (``.npz``, CSV or Parquet table, image
+  folder or Hugging Face ``save_to_disk`` folder), for real federated data.
 
 Every client's examples are split into train and test by
 ``client_test_fraction`` unless the client's file brings its own test split,
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +34,17 @@ import numpy.typing as npt
 
 from fedwarden.core.config import DataConfig
 from fedwarden.core.errors import DataError
+from fedwarden.data.client_files import (
+    CLIENT_ARRAYS,
+    central_test_entry,
+    check_same_columns,
+    check_same_features,
+    client_entries,
+    client_name,
+    encode_labels,
+    infer_num_classes,
+    read_arrays,
+)
 from fedwarden.data.dataset import Array, ClientData, FederatedDataset
 from fedwarden.data.partitioners import partition, shuffled_by_class
 
@@ -46,14 +57,8 @@ cap keeps a 1,000-device simulation to a few hundred thousand examples while
 about 99% of devices keep their uncapped size.
 """
 
-NPZ_CLIENT_ARRAYS = ("x", "y", "x_test", "y_test")
-"""Arrays a client's ``<client_id>.npz`` may hold (``x`` and ``y`` are required)."""
-
-NPZ_CENTRAL_TEST_FILE = "_test.npz"
-"""Optional file in an npz folder with the central test set's ``x`` and ``y``."""
-
-NPZ_ATTRIBUTES_FILE = "attributes.json"
-"""Optional file in an npz folder mapping client id to ``{attribute: value}`` strings."""
+ATTRIBUTES_FILE = "attributes.json"
+"""Optional file in a per-client folder mapping client id to ``{attribute: value}`` strings."""
 
 DIGITS_MAX_PIXEL = 16.0
 """Largest pixel value of scikit-learn's 8x8 digits (the scale needs no statistics)."""
@@ -161,46 +166,54 @@ def _generate_synthetic(config: DataConfig, seed: int) -> FederatedDataset:
 
 
 def _load_npz_folder(config: DataConfig, seed: int) -> FederatedDataset:
-    """One client per ``<client_id>.npz`` file in ``config.path``, in sorted order.
+    """One client per entry of ``config.path``, in sorted order, in any client format.
 
-    Each file holds ``x`` (examples x features) and ``y`` (one label per
-    example), and optionally its own ``x_test`` and ``y_test``; without them,
-    ``client_test_fraction`` of its examples are held out. Files whose names
-    start with ``_`` are not clients; ``_test.npz`` (``x``, ``y``) is the
-    central test set, which otherwise is the concatenation of the clients'
-    test splits. ``attributes.json`` may map client ids to string attributes.
-    Integer labels make a classification task with ``max label + 1`` classes;
-    float labels make a regression task. Files are read without pickle.
+    A client is ``<client_id>.npz`` (``x``, ``y`` and optionally its own
+    ``x_test`` and ``y_test``), ``<client_id>.csv`` or ``.parquet`` (a table),
+    or a ``<client_id>/`` folder (one subfolder of images per class, or a
+    Hugging Face ``save_to_disk`` folder): see
+    :mod:`fedwarden.data.client_files`. Without its own test split,
+    ``client_test_fraction`` of a client's examples are held out. Entries
+    whose names start with ``_`` are not clients; ``_test`` (in any format)
+    is the central test set, which otherwise is the concatenation of the
+    clients' test splits. ``attributes.json`` may map client ids to string
+    attributes. Integer labels make a classification task with ``max label +
+    1`` classes, text labels one with a class per name; float labels make a
+    regression task. Files are read without pickle.
     """
     folder = config.path
     if folder is None or not folder.is_dir():
         raise DataError(
             f"data.path {folder} is not a folder; point data.path at the folder that holds one "
-            "<client_id>.npz file per client"
+            "<client_id>.npz (or .csv, .parquet, image or save_to_disk folder) per client"
         )
-    client_files = sorted(path for path in folder.glob("*.npz") if not path.name.startswith("_"))
-    if not client_files:
+    client_paths = client_entries(folder)
+    if not client_paths:
         raise DataError(
-            f"{folder} holds no client .npz files; save one <client_id>.npz per client with "
-            "numpy.savez(path, x=features, y=labels) (names starting with '_' are skipped)"
+            f"{folder} holds no clients; save one <client_id>.npz per client with "
+            "numpy.savez(path, x=features, y=labels), or a .csv, .parquet, image folder or "
+            "save_to_disk folder per client (names starting with '_' are skipped)"
         )
-    client_arrays = {path: _read_npz(path, NPZ_CLIENT_ARRAYS) for path in client_files}
-    central_file = folder / NPZ_CENTRAL_TEST_FILE
-    central_arrays = _read_npz(central_file, ("x", "y")) if central_file.exists() else None
-    every_file = dict(client_arrays)
-    if central_arrays is not None:
-        every_file[central_file] = central_arrays
-    _check_same_features(every_file)
-    num_classes = _infer_num_classes(every_file)
+    read = {path: read_arrays(path, config, CLIENT_ARRAYS) for path in client_paths}
+    central_path = central_test_entry(folder)
+    if central_path is not None:
+        read[central_path] = read_arrays(central_path, config, ("x", "y"))
+    check_same_columns({path: columns for path, (_, columns) in read.items()})
+    every_file, num_text_classes = encode_labels(
+        {path: arrays for path, (arrays, _) in read.items()}, config.classes
+    )
+    check_same_features(every_file)
+    num_classes = num_text_classes or infer_num_classes(every_file)
     label_dtype = np.int64 if num_classes is not None else np.float32
     split_rng = np.random.default_rng(seed)
     clients = []
-    for path, arrays in client_arrays.items():
+    for path in client_paths:
+        arrays = every_file[path]
         x, y = arrays["x"].astype(np.float32), arrays["y"].astype(label_dtype)
         if "x_test" in arrays:
             clients.append(
                 ClientData(
-                    path.stem,
+                    client_name(path),
                     x,
                     y,
                     arrays["x_test"].astype(np.float32),
@@ -208,16 +221,16 @@ def _load_npz_folder(config: DataConfig, seed: int) -> FederatedDataset:
                 )
             )
         else:
-            clients.append(_split_client(path.stem, x, y, config, split_rng))
+            clients.append(_split_client(client_name(path), x, y, config, split_rng))
     x_test: Array
     y_test: Array
-    if central_arrays is not None:
-        x_test = central_arrays["x"].astype(np.float32)
-        y_test = central_arrays["y"].astype(label_dtype)
+    if central_path is not None:
+        x_test = every_file[central_path]["x"].astype(np.float32)
+        y_test = every_file[central_path]["y"].astype(label_dtype)
     else:
         x_test, y_test = _pooled_test_splits(clients)
     attributes = _read_attributes(
-        folder / NPZ_ATTRIBUTES_FILE, [path.stem for path in client_files]
+        folder / ATTRIBUTES_FILE, [client_name(path) for path in client_paths]
     )
     return _assemble(folder.name, clients, x_test, y_test, num_classes, attributes)
 
@@ -234,14 +247,18 @@ def save_client_file(client: ClientData, path: Path) -> None:
 def load_client_file(
     path: Path, client_id: str, config: DataConfig, seed: int, num_classes: int | None
 ) -> ClientData:
-    """A deployed client's own data: one ``.npz`` with ``x``, ``y`` and optional test arrays.
+    """A deployed client's own data: an ``.npz``, a table or a folder, as in a per-client folder.
 
-    Without ``x_test``/``y_test``, ``client_test_fraction`` of its examples
-    are held out at random (seeded by the run seed). Labels are class indices
-    below ``num_classes``, or floats for regression (``num_classes`` None).
+    The format comes from the suffix or the folder's contents (see
+    :mod:`fedwarden.data.client_files`). Without its own test split,
+    ``client_test_fraction`` of its examples are held out at random (seeded
+    by the run seed). Labels are class indices below ``num_classes`` (text
+    labels numbered by ``data.classes``), or floats for regression
+    (``num_classes`` None).
     """
-    arrays = _read_npz(path, NPZ_CLIENT_ARRAYS)
-    _check_arrays(path, arrays)
+    own_arrays, _ = read_arrays(path, config, CLIENT_ARRAYS)
+    files, _ = encode_labels({path: own_arrays}, config.classes, num_classes)
+    arrays = files[path]
     label_dtype = np.int64 if num_classes is not None else np.float32
     x, y = arrays["x"].astype(np.float32), arrays["y"].astype(label_dtype)
     if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -344,113 +361,6 @@ def _size_quartiles(sizes: Sequence[int]) -> list[str]:
     return [f"q{quartile}" for quartile in quartiles]
 
 
-def _read_npz(path: Path, allowed: Sequence[str]) -> dict[str, Array]:
-    """The arrays of one ``.npz`` file, read without pickle and checked for shape and type."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DataError(
-                    f"{path} holds a single array, not an .npz archive; save it with "
-                    "numpy.savez(path, x=features, y=labels)"
-                )
-            unknown = sorted(set(archive.files) - set(allowed))
-            if unknown:
-                raise DataError(
-                    f"{path} holds arrays {unknown} that are not read; name them "
-                    f"{', '.join(allowed)} (or remove them)"
-                )
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise DataError(
-            f"{path} cannot be read as an .npz archive without pickle ({error}); save plain "
-            "numeric arrays with numpy.savez"
-        ) from None
-    _check_arrays(path, arrays)
-    return arrays
-
-
-def _check_arrays(path: Path, arrays: Mapping[str, Array]) -> None:
-    """Refuse missing, unpaired, non-numeric, non-finite or misshapen arrays in one file."""
-    missing = [name for name in ("x", "y") if name not in arrays]
-    if missing:
-        raise DataError(
-            f"{path} has no array {' or '.join(missing)} (it holds {sorted(arrays)}); save "
-            "features as x and labels as y with numpy.savez(path, x=..., y=...)"
-        )
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(
-            f"{path} holds only one of x_test and y_test; save both, or neither to split the "
-            "client's examples by client_test_fraction"
-        )
-    for name, array in arrays.items():
-        if array.dtype.kind not in "biuf":
-            raise DataError(
-                f"{path}: array {name} has dtype {array.dtype}, which is not numeric; save "
-                "features and labels as numbers"
-            )
-        if not np.isfinite(array).all():
-            raise DataError(
-                f"{path}: array {name} holds NaN or infinite values; clean or drop those "
-                "examples before saving"
-            )
-    for features, labels in (("x", "y"), ("x_test", "y_test")):
-        if features not in arrays:
-            continue
-        x, y = arrays[features], arrays[labels]
-        if x.ndim < 2 or y.ndim != 1:
-            raise DataError(
-                f"{path}: {features} has shape {x.shape} and {labels} has shape {y.shape}; "
-                f"{features} needs one row per example (examples x features) and {labels} one "
-                "label per example"
-            )
-        if len(x) != len(y):
-            raise DataError(
-                f"{path}: {features} has {len(x)} rows but {labels} has {len(y)} labels; each "
-                "example needs exactly one label"
-            )
-    if len(arrays["y"]) == 0:
-        raise DataError(f"{path} holds no examples; drop the file or add the client's data")
-
-
-def _check_same_features(files: Mapping[Path, Mapping[str, Array]]) -> None:
-    """Refuse files whose examples do not all have the first file's feature shape."""
-    first_path, first_arrays = next(iter(files.items()))
-    expected = first_arrays["x"].shape[1:]
-    for path, arrays in files.items():
-        for name in ("x", "x_test"):
-            if name in arrays and arrays[name].shape[1:] != expected:
-                raise DataError(
-                    f"{path}: {name} has shape {arrays[name].shape} but {first_path}: x has "
-                    f"shape {first_arrays['x'].shape}; every client must use the same features "
-                    "(the same size after the first axis)"
-                )
-
-
-def _infer_num_classes(files: Mapping[Path, Mapping[str, Array]]) -> int | None:
-    """``max label + 1`` when every file's labels are integers, ``None`` when all are floats."""
-    label_arrays = {
-        path: arrays[name]
-        for path, arrays in files.items()
-        for name in ("y", "y_test")
-        if name in arrays
-    }
-    integer = [path for path, y in label_arrays.items() if y.dtype.kind in "biu"]
-    floating = [path for path, y in label_arrays.items() if y.dtype.kind == "f"]
-    if integer and floating:
-        raise DataError(
-            f"{integer[0]} has integer labels but {floating[0]} has float labels; save every "
-            "file's labels as integers (classification) or all as floats (regression)"
-        )
-    if floating:
-        return None
-    for path, y in label_arrays.items():
-        if len(y) and y.min() < 0:
-            raise DataError(
-                f"{path} has the negative label {y.min()}; classes must be numbered from 0"
-            )
-    return max(int(y.max()) for y in label_arrays.values() if len(y)) + 1
-
-
 def _read_attributes(path: Path, client_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     """Client attributes from ``attributes.json``, or none when the file is absent."""
     if not path.exists():
@@ -465,7 +375,7 @@ def _read_attributes(path: Path, client_ids: Sequence[str]) -> dict[str, dict[st
     unknown = sorted(set(attributes) - set(client_ids))
     if unknown:
         raise DataError(
-            f"{path} names clients {unknown[:5]} that have no .npz file; known clients start "
+            f"{path} names clients {unknown[:5]} that are not in the folder; known clients start "
             f"{list(client_ids)[:5]}"
         )
     for client_id, values in attributes.items():
