@@ -550,8 +550,9 @@ def test_party_processes_serve_the_label_party_the_same_run_as_in_one_process(
             wait_listening(int(address.rsplit(":", 1)[1]), process)
         with connected(addresses, kits.driver) as remotes:
             result = train_label_party(
-                LABEL_PARTY, tables[LABEL_PARTY], remotes, kind="logistic", plan=plan
-            )
+                LABEL_PARTY, tables[LABEL_PARTY], remotes, kind="logistic", plan=plan,
+                label_epsilon=None,  # the in-process run trains on the true labels
+            )  # fmt: skip
     finally:
         for process in processes:
             process.terminate()

@@ -91,6 +91,11 @@ from fedwarden.secure.psi import (
 from fedwarden.vertical import vertical_pb2 as vpb
 from fedwarden.vertical.alignment import AlignmentFollower, align_as_leader
 from fedwarden.vertical.architecture import ArchitectureKind, ArchitectureSpec
+from fedwarden.vertical.label_dp import (
+    DEFAULT_LABEL_EPSILON,
+    REPORT_DELTA,
+    LabelRandomizedResponse,
+)
 from fedwarden.vertical.messages import CutActivation, CutGradient, VerticalError
 from fedwarden.vertical.release import GaussianRelease, release_events
 from fedwarden.vertical.split import (
@@ -855,9 +860,12 @@ class VerticalResult:
     losses: tuple[float, ...]
     accuracy: float
     epsilon: Mapping[str, float]
-    """Epsilon charged to each party that released under DP (empty without DP)."""
+    """Epsilon charged to each feature party that released under DP (empty without DP)."""
     delta: float | None
-    """The delta of every epsilon: the driver's budget's (None without DP)."""
+    """The delta of every epsilon: the driver's budget's (None without any DP)."""
+    label_epsilon: float | None = None
+    """Label DP epsilon charged to the label party (the accountant's figure at ``delta``);
+    None: label DP was turned off, and every feature party could read the training labels."""
 
 
 def train_label_party(
@@ -871,6 +879,8 @@ def train_label_party(
     split_seed: int = 7,
     architecture_seed: int = 0,
     budget: PrivacyBudget | None = None,
+    label_epsilon: float | None = DEFAULT_LABEL_EPSILON,
+    noise: NoiseSource | None = None,
 ) -> VerticalResult:
     """Align by PSI, train split learning with the remote parties, and test on held-out rows.
 
@@ -880,6 +890,12 @@ def train_label_party(
     ledger in which each releasing party may spend ``budget`` (required when
     a party releases); training that would exceed it is refused before it
     starts. The charges are returned.
+
+    The labels are protected by label DP at ``label_epsilon``
+    (:mod:`fedwarden.vertical.label_dp`, randomized labels drawn from
+    ``noise``, secure by default), charged to the label party's entries of the
+    same ledger (against ``budget`` too, when given). ``label_epsilon`` None
+    turns it off: a warning is logged and the result says so.
     """
     if table.labels is None:
         raise DataError(f"the label party {name!r} needs labels in its table")
@@ -908,24 +924,47 @@ def train_label_party(
         classes=max(int(labels.max()) + 1, 2),
         seed=architecture_seed,
     )
+    label_dp = None
+    if label_epsilon is None:
+        logger.warning(
+            "label DP is OFF (opted out): every feature party can read the training labels "
+            "from the cut-layer gradients the label party %r sends",
+            name,
+        )
+    else:
+        label_dp = LabelRandomizedResponse(label_epsilon, spec.classes)
     for position, party in enumerate(parties, start=1):
         party.prepare(spec, position)
     architecture = spec.build()
     own = FeatureParty(name, table.features[own_rows], architecture.bottoms[0])
     ledger = None
-    if releasing and budget is not None:
+    if budget is not None and (releasing or label_dp is not None):
         ledger = PrivacyLedger(
             budget,
             privacy_unit="example",
             neighboring="replace_one",
             client_budget=budget.epsilon,
         )
+    elif label_dp is not None:
+        ledger = PrivacyLedger(
+            PrivacyBudget(label_dp.epsilon, REPORT_DELTA),
+            privacy_unit="example",
+            neighboring="replace_one",
+        )
     bottoms: list[BottomParty] = [own, *parties]
-    split = SplitLearning(bottoms, LabelParty(name, labels, architecture.top), ledger=ledger)
+    label_party = LabelParty(name, labels, architecture.top, label_dp=label_dp, noise=noise)
+    split = SplitLearning(bottoms, label_party, ledger=ledger)
     order = np.random.default_rng(split_seed).permutation(len(own_rows))
     losses = split.fit(order[:cut], plan)
     accuracy = split.accuracy(order[cut:])
     if ledger is None:
         return VerticalResult(len(own_rows), tuple(losses), accuracy, {}, None)
     epsilon = {party.name: ledger.client_spent(party.name).epsilon for party in releasing}
-    return VerticalResult(len(own_rows), tuple(losses), accuracy, epsilon, ledger.budget.delta)
+    return VerticalResult(
+        len(own_rows),
+        tuple(losses),
+        accuracy,
+        epsilon,
+        ledger.budget.delta,
+        None if label_dp is None else ledger.client_spent(name).epsilon,
+    )
