@@ -22,14 +22,17 @@ sends is clipped row by row and noised, its model update is a DP-SGD step
 every pass's events (:func:`~fedwarden.vertical.release.release_events`) are
 charged to that party's entries in the
 :class:`~fedwarden.privacy.ledger.PrivacyLedger` (see
-:mod:`fedwarden.vertical.release` for what exactly is protected).
+:mod:`fedwarden.vertical.release` for what exactly is protected). With
+label DP on the :class:`LabelParty` it trains on labels randomized once
+(:mod:`fedwarden.vertical.label_dp`), charged once to its own ledger entries,
+so the cut gradients it sends do not give the feature parties its labels.
 
 Runtime: :class:`SplitLearning`, run by the label party, drives every step
 and passes the messages between the parties explicitly, recording each
 crossing message in an :class:`~fedwarden.vertical.messages.ExchangeLog`. It
 reaches each feature party through the :class:`BottomParty` interface: a
 :class:`FeatureParty` in this process, or a
-:class:`~fedwarden.vertical.remote.RemoteFeatureParty` that carries the same
+:class:`~fedwarden.vertical.remote.client.RemoteFeatureParty` that carries the same
 calls over gRPC with mutual TLS to a feature party in another process
 (``fedwarden vertical party``). The loop is the same either way.
 
