@@ -27,13 +27,18 @@ from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
 from fedwarden.cli import app
+from fedwarden.core.errors import ConfigError
 from fedwarden.privacy.accounting import compute_spend
-from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget
+from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.vertical import (
+    ArchitectureSpec,
+    FeatureParty,
     FeaturePartyServer,
+    LabelParty,
     PartyTable,
     RemoteFeatureParty,
+    SplitLearning,
     TrainingPlan,
     VerticalResult,
     align_rows,
@@ -208,3 +213,35 @@ def test_the_train_command_reports_label_dp_and_its_opt_out(
     assert "label DP epsilon charged to bank: 2.0000 (delta 1e-05)" in on.output
     assert off.exit_code == 0, off.output
     assert "label DP: OFF (--no-label-dp)" in off.output
+
+
+def test_in_process_label_dp_needs_a_ledger_and_is_charged_once_however_long_training_runs(
+    tables: dict[str, PartyTable],
+) -> None:
+    aligned = align_rows({party: table.identifiers for party, table in tables.items()})
+    architecture = ArchitectureSpec("logistic", (10, 10, 10), 2, seed=0).build()
+    parties = [
+        FeatureParty(party, tables[party].features[aligned.rows[party]], bottom)
+        for party, bottom in zip(COLUMNS, architecture.bottoms, strict=True)
+    ]
+    labels = tables[LABEL_PARTY].labels
+    assert labels is not None
+    response = LabelRandomizedResponse(epsilon=1.0, classes=2)
+    label = LabelParty(
+        LABEL_PARTY, labels[aligned.rows[LABEL_PARTY]], architecture.top, label_dp=response
+    )
+    with pytest.raises(ConfigError, match="label DP is set but no PrivacyLedger"):
+        SplitLearning(parties, label)
+    ledger = PrivacyLedger(
+        PrivacyBudget(1.5, 1e-5), privacy_unit="example", neighboring="replace_one",
+        client_budget=1.5,
+    )  # fmt: skip
+    split = SplitLearning(parties, label, ledger=ledger)
+    rows = np.arange(64)
+    split.fit(rows, TrainingPlan(epochs=2, batch_size=32))
+    split.fit(rows, TrainingPlan(epochs=3, batch_size=32))  # the same randomized labels again
+    charged = [entry for entry in ledger.entries if entry.kind == "label_randomized_response"]
+    assert [(entry.client_id, entry.event) for entry in charged] == [
+        (LABEL_PARTY, response.event())
+    ]
+    assert ledger.client_spent(LABEL_PARTY).epsilon == pytest.approx(1.0, abs=1e-3)
