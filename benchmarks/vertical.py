@@ -21,7 +21,11 @@ ledger charged each feature party. The label party takes no release here.
 Then the same split run over gRPC
 (:mod:`fedwarden.vertical.remote`): ``clinic`` and ``lab`` as feature-party
 servers on loopback with mutual TLS (kits from a throwaway ``fedwarden pki``
-CA), the bank driving, rows aligned by PSI over the wire. Seconds are
+CA), the bank driving, rows aligned by PSI over the wire: without label DP
+(``--no-label-dp``, the same run as in one process) and with the default label
+DP (randomized response on the bank's labels at epsilon 2,
+:mod:`fedwarden.vertical.label_dp`), whose secure randomness makes each run
+differ, so it runs :data:`LABEL_DP_RUNS` times (mean, lowest and highest). Seconds are
 wall-clock on this machine, per epoch for the split runs; CPU seconds (this
 process, which also hosts the party servers' threads) alongside.
 
@@ -62,6 +66,7 @@ from fedwarden.vertical import (
     train_centralized,
     train_label_party,
 )
+from fedwarden.vertical.label_dp import DEFAULT_LABEL_EPSILON
 from fedwarden.vertical.release import release_events
 
 COLUMNS = {"bank": slice(0, 10), "clinic": slice(10, 20), "lab": slice(20, 30)}
@@ -69,6 +74,7 @@ LABEL_PARTY = "bank"
 PLAN = TrainingPlan(epochs=30, batch_size=32, learning_rate=0.01, seed=5)
 DELTA = 1e-5
 EPSILONS = (8.0, 2.0)
+LABEL_DP_RUNS = 5
 
 Blocks = dict[str, npt.NDArray[np.float64]]
 Rows = npt.NDArray[np.int64]
@@ -107,8 +113,16 @@ def aligned_data(
     return blocks, labels[aligned.rows[LABEL_PARTY]], order[:cut], order[cut:]
 
 
-def grpc_accuracy(tables: dict[str, PartyTable], spec: ArchitectureSpec, kits: Path) -> float:
-    """Split-learning test accuracy with clinic and lab served over gRPC with mutual TLS."""
+def grpc_accuracy(
+    tables: dict[str, PartyTable],
+    spec: ArchitectureSpec,
+    kits: Path,
+    label_epsilon: float | None = None,
+) -> float:
+    """Split-learning test accuracy with clinic and lab served over gRPC with mutual TLS.
+
+    ``label_epsilon`` None: without label DP (the opt-out).
+    """
     servers = [
         FeaturePartyServer(
             party,
@@ -137,6 +151,7 @@ def grpc_accuracy(tables: dict[str, PartyTable], spec: ArchitectureSpec, kits: P
                 kind=spec.kind,
                 plan=PLAN,
                 architecture_seed=spec.seed,
+                label_epsilon=label_epsilon,
             )
     finally:
         for server in servers:
@@ -236,6 +251,20 @@ def main() -> None:
                 "split, gRPC + mTLS, with PSI",
                 partial(grpc_accuracy, tables, spec, kits),
                 PLAN.epochs,
+                "  (--no-label-dp)",
+            )
+            wall, cpu = time.perf_counter(), time.process_time()
+            accuracies = [
+                grpc_accuracy(tables, spec, kits, DEFAULT_LABEL_EPSILON)
+                for _ in range(LABEL_DP_RUNS)
+            ]
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            epochs = LABEL_DP_RUNS * PLAN.epochs
+            label = f"  ... label DP epsilon {DEFAULT_LABEL_EPSILON:g}"
+            print(
+                f"  {label:28s} accuracy {np.mean(accuracies):.4f}  {wall / epochs:6.3f} s wall, "
+                f"{cpu / epochs:6.3f} s CPU per epoch  (default; {LABEL_DP_RUNS} runs: "
+                f"{min(accuracies):.4f} to {max(accuracies):.4f})"
             )
             for epsilon in EPSILONS:
                 multiplier = calibrate_noise_multiplier(

@@ -194,9 +194,9 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "serve/shadow.py": "which prediction request goes to the candidate model: no guarantee",
     "server/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
     "vertical/architecture.py": "initialization of split models from the public seed",
-    "vertical/remote.py": "split learning's public batches: its accounting composes every "
-    "batch in parallel and takes no amplification from sampling",
-    "vertical/split.py": "split learning's public batches (see vertical/remote.py)",
+    "vertical/remote/driver.py": "split learning's public batches: its accounting composes "
+    "every batch in parallel and takes no amplification from sampling",
+    "vertical/split.py": "split learning's public batches (see vertical/remote/driver.py)",
 }
 """Every module that may use a seeded generator, and why no privacy guarantee relies on it."""
 

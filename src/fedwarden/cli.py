@@ -1227,6 +1227,21 @@ def vertical_train_command(
         typer.Option(help="Epsilon each DP-releasing party may spend (required with DP)."),
     ] = None,
     delta: Annotated[float, typer.Option(help="The delta of every epsilon.")] = 1e-5,
+    label_epsilon: Annotated[
+        float,
+        typer.Option(
+            help="Label DP epsilon: the labels are randomized (randomized response) before "
+            "training, so the cut gradients do not give them to the feature parties."
+        ),
+    ] = 2.0,
+    no_label_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-label-dp",
+            help="Turn label DP off: every feature party can then read the training labels "
+            "from the gradients (logged as a warning and reported).",
+        ),
+    ] = False,
     timeout: Annotated[
         float,
         typer.Option(
@@ -1239,6 +1254,7 @@ def vertical_train_command(
 
     Parties that release under DP are charged to a ledger with the budget
     (--epsilon, --delta); training that would exceed it is refused before it starts.
+    The labels are protected by label DP (--label-epsilon) unless --no-label-dp.
     """
     from fedwarden.privacy.ledger import PrivacyBudget
     from fedwarden.vertical.remote import (
@@ -1268,6 +1284,7 @@ def vertical_train_command(
                 plan=plan,
                 test_share=test_share,
                 budget=budget,
+                label_epsilon=None if no_label_dp else label_epsilon,
             )
         finally:
             for remote in parties:
@@ -1280,6 +1297,15 @@ def vertical_train_command(
     for party_name, spent in result.epsilon.items():
         console.print(
             f"epsilon charged to {escape(party_name)}: {spent:.4f} (delta {result.delta:g})"
+        )
+    if result.label_epsilon is None:
+        console.print(
+            "label DP: OFF (--no-label-dp): the feature parties could read the training labels"
+        )
+    else:
+        console.print(
+            f"label DP epsilon charged to {escape(label_name)}: {result.label_epsilon:.4f} "
+            f"(delta {result.delta:g})"
         )
 
 

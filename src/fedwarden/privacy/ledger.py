@@ -19,10 +19,15 @@ says who changes it (``budget_changed_by``); a ledger opened with another
 budget and no name is refused, and every change is kept, with its author, in
 the file's ``budget_history``.
 
-Two kinds of entries share the file: run-level entries (``client_id`` None),
-whose composition is the run's guarantee, and per-client entries, a silo's
+Three kinds of entries share the file: run-level entries (``client_id`` None),
+whose composition is the run's guarantee; per-client entries, a silo's
 own releases (e.g. DP-SGD on its examples) against ``client_budget``, composed
-per client and never with other clients' (their data are disjoint).
+per client and never with other clients' (their data are disjoint); and
+per-row entries (``rows`` set), a party's passes over rows of its own table
+(a vertical feature party's released activations), each row composing only
+the entries that released it (parallel composition: rows are distinct
+examples) and checked against ``client_budget`` before the pass
+(:meth:`PrivacyLedger.charge_rows`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
+import numpy.typing as npt
 from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError, FedwardenError
@@ -91,6 +98,8 @@ class LedgerEntry:
     event: dp_event.DpEvent
     note: str = ""
     client_id: str | None = None
+    rows: tuple[int, ...] | None = None
+    """A per-row entry's rows of ``client_id``'s table, each released once by ``event``."""
 
 
 class BudgetExceeded(FedwardenError):
@@ -156,6 +165,12 @@ class PrivacyLedger:
         self._history: list[dict[str, Any]] = []
         self._spent: PrivacySpend | None = None
         self._client_spent: dict[str, PrivacySpend] = {}
+        self._row_kinds: dict[str, dict[str, dp_event.DpEvent]] = {}
+        """Per client with per-row entries: each kind's event (one kind, one event)."""
+        self._row_counts: dict[str, dict[str, npt.NDArray[np.int64]]] = {}
+        """Per client and kind: how many entries of that kind released each row."""
+        self._row_spends: dict[tuple[str, tuple[tuple[str, int], ...]], PrivacySpend] = {}
+        """Spend by client and (kind, count) history: a table's rows share a few histories."""
         if self._path is not None and self._path.exists():
             self._load(self._path)
         self._record_budget(budget_changed_by)
@@ -247,6 +262,104 @@ class PrivacyLedger:
         self._persist()
         return spend
 
+    def charge_rows(
+        self,
+        client_id: str,
+        rows: npt.ArrayLike,
+        round_index: int,
+        kind: str,
+        event: dp_event.DpEvent,
+        what: str,
+    ) -> None:
+        """Record one pass releasing each of the distinct table ``rows`` of ``client_id`` once.
+
+        Each row composes the entries that released it, on its own; a pass
+        that would take any of the rows past ``client_budget`` raises
+        :class:`BudgetExceeded` (naming ``what`` and that row's history) and
+        records nothing. Every entry of one ``kind`` must release the same ``event``.
+        """
+        if self._client_budget is None:
+            raise ConfigError(
+                f"per-row entries of {client_id!r} are checked against client_budget, which this "
+                "ledger lacks; open it with client_budget=EPSILON"
+            )
+        released = np.asarray(rows, dtype=np.int64)
+        if (
+            released.ndim != 1
+            or released.size == 0
+            or len(np.unique(released)) != len(released)
+            or released.min() < 0
+        ):
+            raise ConfigError(
+                f"a pass over {client_id!r}'s table must name one or more distinct rows >= 0, "
+                f"got {released!r}"
+            )
+        kinds = self._row_kinds.setdefault(client_id, {})
+        if kinds.setdefault(kind, event) != event:
+            raise ConfigError(
+                f"per-row entries of kind {kind!r} released {kinds[kind]}, not {event}; give "
+                "each kind of pass its own name"
+            )
+        counts = self._row_counts.setdefault(client_id, {})
+        names = sorted(kinds)
+        table = self._grown(client_id, int(released.max()) + 1)
+        histories = np.stack([table[name][released] for name in names], axis=1)
+        one_pass = np.array([name == kind for name in names], dtype=np.int64)
+        budget = PrivacyBudget(self._client_budget, self._budget.delta)
+        for before in np.unique(histories, axis=0):
+            would_spend = self._row_spend(client_id, names, before + one_pass)
+            if would_spend.epsilon > budget.epsilon:
+                history = ", ".join(f"{n} x{c}" for n, c in zip(names, before, strict=True))
+                raise BudgetExceeded(
+                    f"{what} (one of its rows already released by {history})",
+                    self._row_spend(client_id, names, before),
+                    would_spend,
+                    budget,
+                )
+        counts[kind][released] += 1
+        entry = LedgerEntry(
+            round_index, kind, event, client_id=client_id, rows=tuple(released.tolist())
+        )
+        self._append(entry)
+        self._persist()
+
+    def row_spent(self, client_id: str, row: int) -> PrivacySpend:
+        """The guarantee of every per-row entry that released ``row`` of ``client_id``'s table."""
+        names = sorted(self._row_kinds.get(client_id, {}))
+        counts = self._row_counts.get(client_id, {})
+        history = np.array(
+            [counts[name][row] if row < len(counts[name]) else 0 for name in names],
+            dtype=np.int64,
+        )
+        return self._row_spend(client_id, names, history)
+
+    def _grown(self, client_id: str, rows: int) -> dict[str, npt.NDArray[np.int64]]:
+        """``client_id``'s per-kind row counts, each at least ``rows`` long (new rows at zero)."""
+        counts = self._row_counts.setdefault(client_id, {})
+        for kind in self._row_kinds.get(client_id, {}):
+            current = counts.get(kind, np.zeros(0, dtype=np.int64))
+            if len(current) < rows:
+                current = np.concatenate([current, np.zeros(rows - len(current), dtype=np.int64)])
+            counts[kind] = current
+        return counts
+
+    def _row_spend(
+        self, client_id: str, kinds: Sequence[str], counts: npt.NDArray[np.int64]
+    ) -> PrivacySpend:
+        """The spend of a row released by ``counts[i]`` entries of each of ``kinds``."""
+        history = tuple((kind, int(count)) for kind, count in zip(kinds, counts, strict=True))
+        key = (client_id, history)
+        if key not in self._row_spends:
+            events = self._row_kinds.get(client_id, {})
+            self._row_spends[key] = self._compute(
+                [
+                    dp_event.SelfComposedDpEvent(events[kind], count)
+                    for kind, count in history
+                    if count
+                ]
+            )
+        return self._row_spends[key]
+
     def spent_on(self, kind: str) -> float:
         """The epsilon of the releases of one ``kind`` alone (the largest client's, per client).
 
@@ -255,7 +368,7 @@ class PrivacyLedger:
         run_events = [e.event for e in self._entries if e.kind == kind and e.client_id is None]
         client_events: dict[str, list[dp_event.DpEvent]] = {}
         for entry in self._entries:
-            if entry.kind == kind and entry.client_id is not None:
+            if entry.kind == kind and entry.client_id is not None and entry.rows is None:
                 client_events.setdefault(entry.client_id, []).append(entry.event)
         groups = [run_events, *client_events.values()]
         return max((self._compute(events).epsilon for events in groups if events), default=0.0)
@@ -421,19 +534,26 @@ class PrivacyLedger:
             self._entries.append(entry)
             if entry.client_id is None:
                 self._run_events.append(entry.event)
-            else:
+            elif entry.rows is None:
                 self._client_events.setdefault(entry.client_id, []).append(entry.event)
+            else:
+                self._row_kinds.setdefault(entry.client_id, {})[entry.kind] = entry.event
+                counts = self._grown(entry.client_id, max(entry.rows) + 1)
+                counts[entry.kind][list(entry.rows)] += 1
         self._history = history
 
 
 def _entry_to_json(entry: LedgerEntry) -> dict[str, Any]:
-    return {
+    encoded = {
         "round_index": entry.round_index,
         "kind": entry.kind,
         "client_id": entry.client_id,
         "note": entry.note,
         "event": event_to_json(entry.event),
     }
+    if entry.rows is not None:  # only per-row entries carry it: other entries keep their bytes
+        encoded["rows"] = list(entry.rows)
+    return encoded
 
 
 def _entry_from_json(data: dict[str, Any]) -> LedgerEntry:
@@ -443,6 +563,7 @@ def _entry_from_json(data: dict[str, Any]) -> LedgerEntry:
         event=event_from_json(data["event"]),
         note=str(data.get("note", "")),
         client_id=None if data.get("client_id") is None else str(data["client_id"]),
+        rows=None if data.get("rows") is None else tuple(int(row) for row in data["rows"]),
     )
 
 

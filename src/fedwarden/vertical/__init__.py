@@ -4,7 +4,9 @@ Rows are aligned by private set intersection on entity ids
 (:mod:`fedwarden.vertical.alignment`); a split neural network or a vertical
 logistic regression is then trained across the parties, exchanging only
 cut-layer activations and their gradients (:mod:`fedwarden.vertical.split`),
-optionally under differential privacy (:mod:`fedwarden.vertical.release`).
+optionally under differential privacy (:mod:`fedwarden.vertical.release`), with
+the labels protected from the feature parties by label DP
+(:mod:`fedwarden.vertical.label_dp`, on by default over the network).
 The label party drives training; each feature party lives in the same
 process (:class:`FeatureParty`) or in its own, served over gRPC with mutual
 TLS (:mod:`fedwarden.vertical.remote`, ``fedwarden vertical party``) and
@@ -26,21 +28,21 @@ _EXPORTS = {
     "CutGradient": "fedwarden.vertical.messages",
     "ExchangeLog": "fedwarden.vertical.messages",
     "GaussianRelease": "fedwarden.vertical.release",
+    "LabelRandomizedResponse": "fedwarden.vertical.label_dp",
     "clip_rows": "fedwarden.vertical.release",
     "release_events": "fedwarden.vertical.release",
-    "RowBudget": "fedwarden.vertical.remote",
     "ArchitectureSpec": "fedwarden.vertical.architecture",
     "SplitArchitecture": "fedwarden.vertical.architecture",
     "StackedModel": "fedwarden.vertical.architecture",
     "SumOfLogits": "fedwarden.vertical.architecture",
     "split_logistic": "fedwarden.vertical.architecture",
     "split_mlp": "fedwarden.vertical.architecture",
-    "FeaturePartyServer": "fedwarden.vertical.remote",
-    "PartyTable": "fedwarden.vertical.remote",
-    "RemoteFeatureParty": "fedwarden.vertical.remote",
-    "VerticalResult": "fedwarden.vertical.remote",
-    "load_party_table": "fedwarden.vertical.remote",
-    "train_label_party": "fedwarden.vertical.remote",
+    "FeaturePartyServer": "fedwarden.vertical.remote.server",
+    "PartyTable": "fedwarden.vertical.remote.tables",
+    "RemoteFeatureParty": "fedwarden.vertical.remote.client",
+    "VerticalResult": "fedwarden.vertical.remote.driver",
+    "load_party_table": "fedwarden.vertical.remote.tables",
+    "train_label_party": "fedwarden.vertical.remote.driver",
     "BottomParty": "fedwarden.vertical.split",
     "FeatureParty": "fedwarden.vertical.split",
     "LabelParty": "fedwarden.vertical.split",

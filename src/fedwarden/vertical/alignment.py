@@ -15,7 +15,7 @@ Two ways to run it, with the same result:
 * :func:`align_as_leader`: the leader (the label party) in this process, each
   other party an :class:`AlignmentPeer` anywhere: an :class:`AlignmentFollower`
   in its own process, reached over gRPC by
-  :class:`~fedwarden.vertical.remote.RemoteFeatureParty`. The protocol is that
+  :class:`~fedwarden.vertical.remote.client.RemoteFeatureParty`. The protocol is that
   of ``intersect_parties``: the leader is first the receiver of one
   intersection with each peer, then the sender, holding only the final
   intersection, of one more with each peer, which so learns it too. In each,

@@ -22,14 +22,17 @@ sends is clipped row by row and noised, its model update is a DP-SGD step
 every pass's events (:func:`~fedwarden.vertical.release.release_events`) are
 charged to that party's entries in the
 :class:`~fedwarden.privacy.ledger.PrivacyLedger` (see
-:mod:`fedwarden.vertical.release` for what exactly is protected).
+:mod:`fedwarden.vertical.release` for what exactly is protected). With
+label DP on the :class:`LabelParty` it trains on labels randomized once
+(:mod:`fedwarden.vertical.label_dp`), charged once to its own ledger entries,
+so the cut gradients it sends do not give the feature parties its labels.
 
 Runtime: :class:`SplitLearning`, run by the label party, drives every step
 and passes the messages between the parties explicitly, recording each
 crossing message in an :class:`~fedwarden.vertical.messages.ExchangeLog`. It
 reaches each feature party through the :class:`BottomParty` interface: a
 :class:`FeatureParty` in this process, or a
-:class:`~fedwarden.vertical.remote.RemoteFeatureParty` that carries the same
+:class:`~fedwarden.vertical.remote.client.RemoteFeatureParty` that carries the same
 calls over gRPC with mutual TLS to a feature party in another process
 (``fedwarden vertical party``). The loop is the same either way.
 
@@ -56,6 +59,7 @@ from fedwarden.privacy.accounting import compute_spend
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.vertical.architecture import StackedModel
+from fedwarden.vertical.label_dp import LabelRandomizedResponse
 from fedwarden.vertical.messages import CutActivation, CutGradient, ExchangeLog, VerticalError
 from fedwarden.vertical.release import (
     GaussianRelease,
@@ -223,7 +227,12 @@ class FeatureParty:
 
 
 class LabelParty:
-    """The party holding labels and the top model; it computes the loss and the cut gradients."""
+    """The party holding labels and the top model; it computes the loss and the cut gradients.
+
+    With ``label_dp`` it trains on labels randomized once, here, at
+    construction (:mod:`fedwarden.vertical.label_dp`); its accuracy is still
+    measured against the true labels, which never leave it.
+    """
 
     def __init__(
         self,
@@ -232,19 +241,29 @@ class LabelParty:
         top: nn.Module,
         *,
         release: GaussianRelease | None = None,
+        label_dp: LabelRandomizedResponse | None = None,
         noise: NoiseSource | None = None,
     ) -> None:
         self.name = name
         self._labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         self._top = top
         self._release = release
+        self._label_dp = label_dp
         self._noise = noise if noise is not None else NoiseSource.secure()
+        self._training_labels = self._labels
+        if label_dp is not None:
+            self._training_labels = torch.as_tensor(label_dp.randomize(labels, self._noise))
         self._optimizer: torch.optim.Optimizer | None = None
 
     @property
     def release(self) -> GaussianRelease | None:
         """The DP release applied to the gradients this party sends, or None."""
         return self._release
+
+    @property
+    def label_dp(self) -> LabelRandomizedResponse | None:
+        """The randomized response this party's training labels went through, or None."""
+        return self._label_dp
 
     @property
     def rows(self) -> int:
@@ -272,7 +291,7 @@ class LabelParty:
         inputs = [torch.tensor(message.values, requires_grad=True) for message in activations]
         self._optimizer.zero_grad()
         logits = self._top(torch.cat(inputs, dim=1))
-        targets = self._labels[torch.as_tensor(rows)]
+        targets = self._training_labels[torch.as_tensor(rows)]
         loss = nn.functional.cross_entropy(logits, targets)
         loss.backward()
         if self._release is not None:
@@ -328,10 +347,13 @@ class SplitLearning:
         self._check_parties()
         self._check_ledger()
         self._pass_index = 0 if ledger is None else ledger.next_round_index
+        self._labels_charged = False
+        """Whether the label party's randomized labels were charged (once, at the first fit)."""
 
     def fit(self, rows: Rows, plan: TrainingPlan) -> list[float]:
         """Train on the aligned ``rows`` for ``plan.epochs`` epochs; the mean loss of each epoch."""
         self._check_budget(plan.epochs)
+        self._charge_labels()
         for party in self._parties:
             party.start(plan)
         self._label.start(plan)
@@ -390,6 +412,22 @@ class SplitLearning:
             releases += [(self._label.name, k, e) for k, e in zip(kinds, events, strict=True)]
         return releases
 
+    def _label_events(self) -> list[dp_event.DpEvent]:
+        """The label party's randomized response, until it is charged (it is released once)."""
+        label_dp = self._label.label_dp
+        return [] if label_dp is None or self._labels_charged else [label_dp.event()]
+
+    def _charge_labels(self) -> None:
+        """Charge the randomized labels to the label party's own entries, once."""
+        if self._ledger is None:
+            return
+        for event in self._label_events():
+            spend = self._ledger.charge_client(
+                self._label.name, self._pass_index, event, kind="label_randomized_response"
+            )
+            logger.info("label party %s: label DP epsilon %.4g", self._label.name, spend.epsilon)
+        self._labels_charged = True
+
     def _charge(self, training: bool) -> None:
         """Charge one pass's releases to each sending party's own ledger entries."""
         if self._ledger is None:
@@ -409,6 +447,8 @@ class SplitLearning:
         planned: dict[str, list[dp_event.DpEvent]] = {}
         for party, _, event in self._releases(training=True):
             planned.setdefault(party, []).append(dp_event.SelfComposedDpEvent(event, epochs))
+        if self._label_events():
+            planned.setdefault(self._label.name, []).extend(self._label_events())
         budget = PrivacyBudget(ledger.client_budget, ledger.budget.delta)
         for party, events in planned.items():
             previous = [e.event for e in ledger.entries if e.client_id == party]
@@ -441,12 +481,12 @@ class SplitLearning:
                     "cross, so it takes no release; remove it"
                 )
         releases = any(party.release is not None for party in self._parties) or (
-            self._label.release is not None
+            self._label.release is not None or self._label.label_dp is not None
         )
         if releases and self._ledger is None:
             raise ConfigError(
-                "a GaussianRelease is set but no PrivacyLedger was given; pass ledger= so every "
-                "release is charged"
+                "a GaussianRelease or label DP is set but no PrivacyLedger was given; pass "
+                "ledger= so every release is charged"
             )
 
     def _check_ledger(self) -> None:
