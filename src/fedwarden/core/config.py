@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedwarden.core.alerts import check_webhook_url
 from fedwarden.core.errors import ConfigError
 
 
@@ -400,13 +401,6 @@ class ClusteringConfig(Section):
     distance_threshold: Annotated[float, Field(ge=0, le=2)] | None = 0.5
 
 
-def _webhook_url(url: str) -> str:
-    """The monitoring webhook's one URL rule (fedwarden.monitor.alerts.check_webhook_url)."""
-    from fedwarden.monitor.alerts import check_webhook_url
-
-    return check_webhook_url(url)
-
-
 class MonitoringConfig(Section):
     """Alert rules checked after every round (log, audit log, optional webhook); MLflow."""
 
@@ -417,7 +411,7 @@ class MonitoringConfig(Section):
     """Alert when a client is sampled this many rounds in a row without delivering."""
     budget_warning_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     accuracy_floor: Annotated[float, Field(ge=0, le=1)] | None = None
-    webhook_url: Annotated[str, AfterValidator(_webhook_url)] | None = None
+    webhook_url: Annotated[str, AfterValidator(check_webhook_url)] | None = None
     """Each alert is POSTed here as JSON."""
     mlflow_tracking_uri: Annotated[str, Field(min_length=1)] | None = None
     """MLflow tracking server or store (``http://host:5000``); default ``MLFLOW_TRACKING_URI``."""

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedwarden.core.records import RoundRecord
 from fedwarden.governance.audit import (
     GENESIS_HASH,
     AuditError,
@@ -35,7 +36,6 @@ from fedwarden.governance.audit import (
     verify,
 )
 from fedwarden.governance.store import RunStore
-from fedwarden.server.records import RoundRecord
 
 ANCHOR_FILE = "audit-anchor.json"
 """The latest anchor's file name in a run directory."""

@@ -80,11 +80,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, Select, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from fedwarden.core.alerts import Alert
 from fedwarden.core.errors import FedwardenError
+from fedwarden.core.records import RoundRecord
 from fedwarden.deploy.pki import write_private_file, write_public_file
 from fedwarden.governance.store import RunStore, audit_log, governance_secrets
-from fedwarden.monitor.alerts import Alert
-from fedwarden.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 

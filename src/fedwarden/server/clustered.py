@@ -38,8 +38,8 @@ from fedwarden.core.messages import (
     EvaluateInstruction,
 )
 from fedwarden.core.params import Vector
+from fedwarden.core.records import RoundRecord, RunResult
 from fedwarden.runtime.base import Runtime
-from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.server import Server, weighted_client_metrics
 
 logger = logging.getLogger(__name__)

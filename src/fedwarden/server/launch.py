@@ -32,6 +32,7 @@ from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
 from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.core.records import RunResult
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
@@ -95,16 +96,16 @@ from fedwarden.server.integrity import (
     require_recorded_config,
     require_spend_kept,
 )
-from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from fedwarden.core.alerts import Alert
     from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RoundRows, RunStore
-    from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
+    from fedwarden.monitor.alerts import FederationMetrics, Monitoring
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server

@@ -33,7 +33,7 @@ import numpy as np
 
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.params import ParamSpec, Vector
-from fedwarden.server.records import RoundRecord
+from fedwarden.core.records import RoundRecord
 from fedwarden.strategies.base import StrategyState
 
 
