@@ -24,9 +24,9 @@ from dp_accounting import dp_event
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.messages import CLIENT_EPSILON, CLIENT_EPSILON_ROUND, ClientUpdate
 from fedwarden.models.trainer import ClientContext
-from fedwarden.pipeline.clip import clip_to_norm
 from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.accounting import compute_spend
+from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.randomness import NoiseSource
 
 RELEASES_KEY = "local_dp/releases"

@@ -67,8 +67,8 @@ from scipy.linalg.blas import sdot
 from fedwarden.core.errors import ConfigError, PipelineError, RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE, Vector
-from fedwarden.pipeline.clip import CLIP_MARGIN
 from fedwarden.pipeline.stage import Aggregate, Aggregator
+from fedwarden.privacy.clipping import CLIP_MARGIN
 
 Matrix = npt.NDArray[np.float32]
 """The round's updates, one client per row, float32, C-contiguous."""

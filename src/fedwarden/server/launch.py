@@ -40,9 +40,9 @@ from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
-from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.clip import ClipUpdate
 from fedwarden.pipeline.compress import Codec, CompressUpdate
-from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
+from fedwarden.pipeline.dp_mean import GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
 from fedwarden.pipeline.releases import ReleasePolicy, WithholdClientStatistics, release_inventory
 from fedwarden.pipeline.robust import (
@@ -64,6 +64,7 @@ from fedwarden.privacy.accounting import (
     calibrate_noise_multiplier,
     calibrate_release,
 )
+from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.secrecy import (
@@ -463,6 +464,7 @@ def build_secure_aggregator(
 
         return HomomorphicMean(weighting)
     distributed = privacy.distributed if isinstance(privacy, UserLevelPrivacy) else None
+    assert distributed is None or isinstance(distributed, DistributedDiscreteGaussian)
     return SecureSum(
         secagg_parameters(config),
         clip_norm=config.secure.clip_norm,
