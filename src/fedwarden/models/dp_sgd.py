@@ -151,13 +151,10 @@ class DpSgdTrainer(TorchTrainer):
     def _build(self) -> None:
         """Build the module and optimizer, then wrap them with Opacus once for every fit."""
         super()._build()
-        self._secure_noise = (
-            NoiseSource.secure() if self.noise is None or self.reproducible_noise else self.noise
-        )
         self._grad_sample_module, self._dp_optimizer = private_training(
             self._module,
             self._optimizer,
-            noise_source=self._secure_noise,
+            noise_source=NoiseSource.secure(),
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
         )
@@ -167,10 +164,8 @@ class DpSgdTrainer(TorchTrainer):
         """Train from ``vector`` with DP-SGD; report the client's cumulative ε and steps."""
         sampling = PoissonSampling(len(client.data.y_train), train.batch_size)
         optimizer = self._dp_optimizer
-        optimizer.noise_source = (
-            NoiseSource.for_testing(int(client.rng.integers(2**63)))
-            if self.reproducible_noise
-            else self._secure_noise
+        optimizer.noise_source = NoiseSource.secure_or_testing(
+            self.reproducible_noise, client.test_noise_key
         )
         with accounted_fit(optimizer, client.state, sampling) as accountant:
             result = super().fit(vector, client, train)

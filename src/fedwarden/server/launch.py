@@ -153,7 +153,7 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
                 noise_multiplier=privacy.noise_multiplier,
                 max_grad_norm=privacy.max_grad_norm,
                 delta=privacy.delta,
-                noise=NoiseSource.for_testing(config.seed) if privacy.reproducible_noise else None,
+                noise=NoiseSource.secure_or_testing(privacy.reproducible_noise, config.seed),
             )
         return TorchTrainer(factory)
     if model.kind == "sklearn":
