@@ -48,9 +48,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedwarden.core.messages import TrainConfig
 from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData
-from fedwarden.models.dp_sgd import DpSgdTrainer, NoiseSourceDPOptimizer
+from fedwarden.models.dp_sgd import DpSgdTrainer
 from fedwarden.models.torch import TorchTrainer, mlp
 from fedwarden.models.trainer import ClientContext, Trainer
+from fedwarden.privacy.dp_sgd import NoiseSourceDPOptimizer
 from fedwarden.privacy.randomness import NoiseSource
 
 NUM_EXAMPLES = 320

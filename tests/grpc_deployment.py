@@ -21,6 +21,7 @@ import numpy as np
 from fedwarden.core.config import DataConfig
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.core.records import RoundRecord
 from fedwarden.data import load_dataset
 from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
@@ -31,7 +32,6 @@ from fedwarden.runtime.grpc.client import _Stubs, signed_upload, upload_stream
 from fedwarden.runtime.grpc.credentials import ClientKit, TlsKit
 from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription, grpc_options
 from fedwarden.runtime.grpc.wire import version_message
-from fedwarden.server.records import RoundRecord
 from fedwarden.server.server import Server
 from grpc_federation import wait_for
 from harness import start_server

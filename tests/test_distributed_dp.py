@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedwarden.core.errors import ConfigError
-from fedwarden.pipeline.clip import clip_to_norm
 from fedwarden.privacy.accounting import Neighboring, compute_spend
+from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import (

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedwarden.core.errors import ConfigError
-from fedwarden.pipeline.clip import clip_to_norm
+from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.encoding import (
     RingEncoder,

@@ -17,9 +17,10 @@ from fedwarden.core.errors import ConfigError, DataError, SpecMismatchError
 from fedwarden.core.messages import FitResult, TrainConfig
 from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData
-from fedwarden.models.dp_sgd import RDP_ORDERS, DpSgdTrainer
+from fedwarden.models.dp_sgd import DpSgdTrainer
 from fedwarden.models.torch import Loss, ModuleFactory, mlp
 from fedwarden.models.trainer import ClientContext, ClientState
+from fedwarden.privacy.dp_sgd import RDP_ORDERS
 from fedwarden.privacy.poisson import PoissonSampling
 from fedwarden.privacy.randomness import NoiseSource
 from harness import digits_silos, fedavg_in_process

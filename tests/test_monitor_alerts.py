@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from fedwarden.core.alerts import Alert, AlertError, check_webhook_url
 from fedwarden.core.errors import FedwardenError
+from fedwarden.core.records import RoundRecord
 from fedwarden.governance.audit import (
     AlertRaised,
     AuditEvent,
@@ -30,18 +32,14 @@ from fedwarden.governance.audit import (
 )
 from fedwarden.governance.store import RunStore
 from fedwarden.monitor.alerts import (
-    Alert,
-    AlertError,
     AlertRules,
     AlertThresholds,
     FederationMetrics,
     Monitoring,
-    check_webhook_url,
     deliver,
     webhook,
 )
 from fedwarden.runtime.grpc.health import serve_health
-from fedwarden.server.records import RoundRecord
 
 BASE = RoundRecord(
     round_index=0,

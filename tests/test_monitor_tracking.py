@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.params import ParamSpec
+from fedwarden.core.records import RoundRecord
 from fedwarden.monitor.alerts import Monitoring
 from fedwarden.monitor.tracking import (
     HTTP_LIMITS,
@@ -35,7 +36,6 @@ from fedwarden.monitor.tracking import (
     start_tracking,
 )
 from fedwarden.server.launch import build_monitoring
-from fedwarden.server.records import RoundRecord
 from fedwarden.server.rundir import RunDirectory
 
 RECORD = RoundRecord(

@@ -14,8 +14,9 @@ from fedwarden.core.params import ParamSpec
 from fedwarden.data.dataset import ClientData
 from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline import Pipeline, Stage
-from fedwarden.pipeline.clip import ClipNorm, ClipUpdate, clip_per_layer, clip_to_norm
-from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
+from fedwarden.pipeline.clip import ClipUpdate
+from fedwarden.pipeline.dp_mean import GaussianMean
+from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm, clip_per_layer, clip_to_norm
 from fedwarden.privacy.randomness import NoiseSource
 
 finite_vectors = arrays(

@@ -11,9 +11,10 @@ from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, PipelineError, RoundAborted
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.pipeline import Pipeline, ValidateUpdate
-from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.clip import ClipUpdate
 from fedwarden.pipeline.he_mean import HomomorphicMean
 from fedwarden.pipeline.secure import SecureSum
+from fedwarden.privacy.clipping import ClipNorm
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.encoding import RingEncoder

@@ -185,11 +185,13 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "data/partitioners.py": "simulation: how a public data set is cut into clients",
     "data/sources.py": "simulation: synthetic data and train/test splits",
     "models/batching.py": "the epoch order of non-private training (DP-SGD uses poisson.py)",
-    "models/dp_sgd.py": "client.rng only keys the test-mode stream; batches and noise are secure",
+    "models/dp_sgd.py": "the rng parameter of the TorchTrainer step it overrides, unused: batches "
+    "and noise are secure",
     "models/numpy.py": "model initialization from the public seed",
     "models/sklearn.py": "non-private training's shuffling",
     "models/torch.py": "non-private training's shuffling and initialization",
-    "models/trainer.py": "the ClientContext.rng type: the client's non-private training generator",
+    "models/trainer.py": "the client's non-private training generator, which also keys its "
+    "test-mode noise (ClientContext.test_noise_key)",
     "runtime/engine.py": "seeds each client's non-private training generator",
     "serve/shadow.py": "which prediction request goes to the candidate model: no guarantee",
     "server/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",

@@ -16,8 +16,9 @@ from fakes import RecordingRuntime, ScriptedTrainer
 from fedwarden.core.messages import TrainConfig
 from fedwarden.data import FederatedDataset
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
-from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.clip import ClipUpdate
 from fedwarden.pipeline.dp_mean import GaussianMean
+from fedwarden.privacy.clipping import ClipNorm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.silo import SiloPrivacy

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.core.result import Ok
 
+from fedwarden.core.alerts import Alert, AlertError
 from fedwarden.core.config import RunConfig
 from fedwarden.core.params import ParamSpec
 from fedwarden.data.dataset import FederatedDataset
@@ -41,7 +42,6 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.registry import ModelRegistry, ModelVersion, weights_vector
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
-from fedwarden.monitor.alerts import Alert, AlertError
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.serve.app import create_app, serve_model

@@ -18,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedwarden.core.config import RunConfig, load_config
 from fedwarden.core.errors import FedwardenError
+from fedwarden.core.records import RoundRecord, RunResult
 from fedwarden.server.integrity import BudgetChange
 from fedwarden.server.launch import resumed
 from fedwarden.server.launch import run as run_config
-from fedwarden.server.records import RoundRecord, RunResult
 
 if TYPE_CHECKING:
     from fedwarden.governance.registry import ModelRegistry

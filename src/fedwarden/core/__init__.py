@@ -1,11 +1,16 @@
-"""Core types: the flat vector and its ParamSpec, messages, the run config, errors."""
+"""Core types: the flat vector and its ParamSpec, messages, records, alerts, config, errors."""
 
 from __future__ import annotations
 
 from fedwarden._lazy import lazy_exports
 
 _EXPORTS = {
+    "Alert": "fedwarden.core.alerts",
+    "AlertError": "fedwarden.core.alerts",
+    "RoundRecord": "fedwarden.core.records",
     "RunConfig": "fedwarden.core.config",
+    "RunResult": "fedwarden.core.records",
+    "check_webhook_url": "fedwarden.core.alerts",
     "load_config": "fedwarden.core.config",
     "ConfigError": "fedwarden.core.errors",
     "DataError": "fedwarden.core.errors",

@@ -16,7 +16,6 @@ not. Entries after the anchor are checked by the chain alone.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -26,6 +25,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedwarden.core.files import write_atomic
+from fedwarden.core.records import RoundRecord
 from fedwarden.governance.audit import (
     GENESIS_HASH,
     AuditError,
@@ -35,7 +36,6 @@ from fedwarden.governance.audit import (
     verify,
 )
 from fedwarden.governance.store import RunStore
-from fedwarden.server.records import RoundRecord
 
 ANCHOR_FILE = "audit-anchor.json"
 """The latest anchor's file name in a run directory."""
@@ -96,9 +96,7 @@ def write_anchor(store: RunStore, root_key: Ed25519PrivateKey, path: Path) -> Au
         anchored_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     anchor = replace(anchor, signature=root_key.sign(anchor.document()).hex())
-    partial = path.with_suffix(".part")
-    partial.write_text(json.dumps(asdict(anchor), indent=2) + "\n")
-    os.replace(partial, path)
+    write_atomic(path, (json.dumps(asdict(anchor), indent=2) + "\n").encode())
     return anchor
 
 

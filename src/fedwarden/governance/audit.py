@@ -80,11 +80,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, Select, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from fedwarden.core.alerts import Alert
 from fedwarden.core.errors import FedwardenError
+from fedwarden.core.files import write_atomic
+from fedwarden.core.records import RoundRecord
 from fedwarden.deploy.pki import write_private_file, write_public_file
 from fedwarden.governance.store import RunStore, audit_log, governance_secrets
-from fedwarden.monitor.alerts import Alert
-from fedwarden.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 
@@ -1259,9 +1260,7 @@ def _keep_cohort_opening(path: Path, round_index: int, salt: bytes, cohort: Sequ
     """Add round ``round_index``'s opening (salt and cohort) to the operator's file (0600)."""
     openings = json.loads(path.read_text()) if path.exists() else {}
     openings[str(round_index)] = {"salt": salt.hex(), "cohort": sorted(cohort)}
-    staged = path.with_name(path.name + ".tmp")
-    write_private_file(staged, canonical_json(openings).encode())
-    staged.replace(path)  # atomic: a crash leaves the old openings or the new, never neither
+    write_atomic(path, canonical_json(openings).encode(), private=True)
 
 
 def open_cohort(commitment: str, salt_hex: str, cohort: Sequence[str]) -> bool:

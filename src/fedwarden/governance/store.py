@@ -89,7 +89,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from fedwarden.core.errors import FedwardenError
 
 if TYPE_CHECKING:
-    from fedwarden.server.records import RoundRecord
+    from fedwarden.core.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 

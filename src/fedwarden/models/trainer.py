@@ -41,6 +41,14 @@ class ClientContext:
     gradient_correction: Vector | None = None
     """A vector added to every local gradient (SCAFFOLD's ``c - c_i``), or None."""
 
+    def test_noise_key(self) -> int:
+        """The key of this client's test-mode noise: one draw from ``rng``.
+
+        It depends only on (run seed, round, client), so a test-mode fit is the same on
+        any worker; outside test mode privacy noise never comes from ``rng``.
+        """
+        return int(self.rng.integers(2**63))
+
 
 @runtime_checkable
 class Trainer(Protocol):

@@ -9,8 +9,6 @@ _DASHBOARD = "fedwarden.monitor.dashboard"
 _TRACKING = "fedwarden.monitor.tracking"
 
 _EXPORTS = {
-    "Alert": _ALERTS,
-    "AlertError": _ALERTS,
     "AlertRules": _ALERTS,
     "AlertSink": _ALERTS,
     "AlertThresholds": _ALERTS,
@@ -18,7 +16,6 @@ _EXPORTS = {
     "FederationMetrics": _ALERTS,
     "MlflowTracking": _TRACKING,
     "Monitoring": _ALERTS,
-    "check_webhook_url": _ALERTS,
     "create_app": _DASHBOARD,
     "deliver": _ALERTS,
     "serve_dashboard": _DASHBOARD,

@@ -1,13 +1,12 @@
 """Alerts of training and serving, their sinks, and the Prometheus metrics of a federation.
 
-One :class:`Alert` serves both: the training rules below, and the input drift rules of a
-served model (:mod:`fedwarden.serve.drift`). :func:`deliver` hands each alert to the log and
-then to every sink: the audit log, a webhook (a JSON POST) and the Prometheus counters, as
-configured. A sink that fails is logged and the others still get the alert. A webhook must
-be an ``http://`` or ``https://`` URL (:func:`check_webhook_url`), as ``urllib`` would also
-open ``file://`` and ``ftp://`` ones.
+One :class:`~fedwarden.core.alerts.Alert` serves both: the training rules below, and the input
+drift rules of a served model (:mod:`fedwarden.serve.drift`). :func:`deliver` hands each alert
+to the log and then to every sink: the audit log, a webhook (a JSON POST) and the Prometheus
+counters, as configured. A sink that fails is logged and the others still get the alert.
+A webhook must be an ``http(s)://`` URL (:func:`~fedwarden.core.alerts.check_webhook_url`).
 
-:class:`AlertRules` looks at each completed round and raises an :class:`Alert`
+:class:`AlertRules` looks at each completed round and raises an alert
 when one of these holds (each threshold configurable in ``[monitoring]``):
 
 - ``loss_stalled``: the central loss has not improved for ``loss_patience``
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -40,8 +38,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from fedwarden.core.errors import FedwardenError
-from fedwarden.server.records import RoundRecord
+from fedwarden.core.alerts import Alert, check_webhook_url
+from fedwarden.core.records import RoundRecord
 
 if TYPE_CHECKING:
     from fedwarden.monitor.tracking import MlflowTracking
@@ -49,46 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WEBHOOK_TIMEOUT_S = 5.0
-WEBHOOK_SCHEMES = ("http", "https")
-
-
-class AlertError(FedwardenError, ValueError):
-    """An alert sink cannot be set up as given (a ValueError too, for config validators)."""
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One rule that fired, why, and the context its kind has.
-
-    A training rule gives the round (``round_index``) and, for ``client_silent``, the client
-    (``client_id``). A drift rule (``drift_psi``, ``drift_ks``) gives the served model's
-    version (``model_version``, ``MODEL@X.Y.Z``), the input ``feature``, and the
-    ``statistic`` that crossed its ``threshold``. Fields a kind does not have are None.
-    """
-
-    rule: str
-    message: str
-    round_index: int | None = None
-    client_id: str | None = None
-    model_version: str | None = None
-    feature: int | None = None
-    statistic: float | None = None
-    threshold: float | None = None
-
-    def describe(self) -> str:
-        """The alert in one log line: its rule, its context, and its message."""
-        context = ", ".join(
-            f"{name} {value}"
-            for name, value in (
-                ("round", self.round_index),
-                ("client", self.client_id),
-                ("model", self.model_version),
-                ("feature", self.feature),
-            )
-            if value is not None
-        )
-        return f"alert {self.rule}{f' ({context})' if context else ''}: {self.message}"
-
 
 AlertSink = Callable[[Alert], None]
 """Something that receives each alert: the audit trail, a webhook, a counter, a list in a test."""
@@ -216,33 +174,12 @@ class AlertRules:
         return alerts
 
 
-def check_webhook_url(url: str) -> str:
-    """``url`` if it is an ``http://`` or ``https://`` URL with a host; else raise AlertError.
-
-    The error never quotes the URL, nor any part of it: chat webhooks carry their secret in it.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as error:
-        raise AlertError(
-            f"the alert webhook URL cannot be parsed ({error}); give it as http(s)://HOST/PATH"
-        ) from None
-    if parts.scheme not in WEBHOOK_SCHEMES:
-        raise AlertError(
-            "the alert webhook URL is not an http:// or https:// URL (its scheme is not shown, "
-            "as it may be part of a secret); give it as http(s)://HOST/PATH"
-        )
-    if not parts.hostname:
-        raise AlertError("the alert webhook URL has no host; give it as http(s)://HOST/PATH")
-    return url
-
-
 def webhook(url: str) -> AlertSink:
     """A sink that POSTs each alert as JSON to ``url`` (failures are logged, never raised).
 
-    ``url`` is checked first (:func:`check_webhook_url`). The body is the alert's fields
-    (:class:`Alert`), None fields as null. The URL itself is never logged: chat webhooks
-    carry their secret in it.
+    ``url`` is checked first (:func:`~fedwarden.core.alerts.check_webhook_url`). The body is
+    the alert's fields (:class:`~fedwarden.core.alerts.Alert`), None fields as null. The URL
+    itself is never logged: chat webhooks carry their secret in it.
     """
     check_webhook_url(url)
 

@@ -9,7 +9,7 @@ with it (``fedwarden.run_id``), so that a resumed run continues the same MLflow 
 * params: the run config flattened to dotted keys (``privacy.epsilon``), values as JSON
   (strings as they are); the webhook and tracking URIs are left out, as they may hold secrets;
 * metrics, at step = the round index: :data:`ROUND_METRICS` of each round's
-  :class:`~fedwarden.server.records.RoundRecord` (None values are skipped);
+  :class:`~fedwarden.core.records.RoundRecord` (None values are skipped);
 * at the end: ``model.npz`` and ``param_spec.json`` as artifacts under ``model/``, the
   registered version (``MODEL@X.Y.Z``) as the tag ``fedwarden.registered_version``, and the
   run marked finished; a federated run that raises instead is marked failed.
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedwarden.core.config import RunConfig
-from fedwarden.server.records import RoundRecord
+from fedwarden.core.records import RoundRecord
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

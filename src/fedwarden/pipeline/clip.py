@@ -1,60 +1,25 @@
-"""L2 clipping of updates: the step that bounds each client's contribution.
+"""The clip stage: each update's L2 norm bounded by the round's ``C``, on the client or server.
 
 McMahan et al. 2018 ("Learning Differentially Private Recurrent Language
-Models", Algorithm 1, ``ClipFn``): an update is scaled to L2 norm at most
-``C``, either as one flat vector or per layer (each of L tensors to
-``C / sqrt(L)``, so the whole stays within ``C``). Clipping on the client is
-what secure aggregation needs (the server never sees an update); the server
-then only checks the bound. Clipping on the server needs individual updates.
+Models", Algorithm 1, ``ClipFn``; the clipping itself is
+:mod:`fedwarden.privacy.clipping`). Clipping on the client is what secure
+aggregation needs (the server never sees an update); the server then only
+checks the bound. Clipping on the server needs individual updates.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import numpy as np
 
 from fedwarden.core.errors import UpdateRejected
 from fedwarden.core.messages import ClientUpdate
-from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.core.params import ParamSpec
 from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline.stage import Stage
-
-CLIP_MARGIN = 1e-6
-"""Relative margin by which the scale factor undershoots ``C / norm``: float32
-rounding then cannot leave a clipped vector's norm above ``C``."""
-
-
-def clip_to_norm(vector: Vector, clip_norm: float) -> tuple[Vector, float]:
-    """``vector`` scaled to L2 norm at most ``clip_norm`` (a new array) and its original norm."""
-    norm = float(np.linalg.norm(vector.astype(np.float64)))
-    if norm <= clip_norm:
-        return vector.copy(), norm
-    factor = np.float32(clip_norm / norm * (1.0 - CLIP_MARGIN))
-    return vector * factor, norm
-
-
-def clip_per_layer(vector: Vector, clip_norm: float, spec: ParamSpec) -> tuple[Vector, float]:
-    """Each tensor of ``vector`` clipped to ``clip_norm / sqrt(tensors)``; returns the flat norm."""
-    layer_bound = clip_norm / math.sqrt(len(spec.tensors))
-    clipped = vector.copy()
-    for tensor in spec.views(clipped).values():
-        flat = tensor.reshape(-1)
-        flat[:] = clip_to_norm(flat, layer_bound)[0]
-    return clipped, float(np.linalg.norm(vector.astype(np.float64)))
-
-
-@dataclass
-class ClipNorm:
-    """The clip norm in force this round, shared by the clip stage and the DP aggregator.
-
-    Adaptive clipping moves it between rounds; clients receive it with their
-    instructions (``round_parameters["clip_norm"]``).
-    """
-
-    value: float
+from fedwarden.privacy.clipping import ClipNorm, clip_per_layer, clip_to_norm
 
 
 class ClipUpdate(Stage):

@@ -590,6 +590,4 @@ class CompressUpdate(Stage):
         return replace(update, update=vector, payload=None, payload_header={})
 
     def _source(self, context: ClientContext) -> NoiseSource:
-        if self.reproducible:
-            return NoiseSource.for_testing(int(context.rng.integers(2**63)))
-        return NoiseSource.secure()
+        return NoiseSource.secure_or_testing(self.reproducible, context.test_noise_key)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
@@ -35,19 +34,10 @@ from scipy.linalg.blas import saxpy
 
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE, Vector
-from fedwarden.pipeline.clip import ClipNorm
 from fedwarden.pipeline.stage import Aggregate, Aggregator
+from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.discrete import discrete_gaussian
 from fedwarden.privacy.randomness import NoiseSource
-
-
-@dataclass(frozen=True)
-class AdaptiveClipping:
-    """Andrew et al. 2021's quantile tracking: target, step size, and the count's noise."""
-
-    target_quantile: float = 0.5
-    learning_rate: float = 0.2
-    count_noise_multiplier: float = 10.0
 
 
 class GaussianMean(Aggregator):

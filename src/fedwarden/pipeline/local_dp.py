@@ -24,9 +24,9 @@ from dp_accounting import dp_event
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.messages import CLIENT_EPSILON, CLIENT_EPSILON_ROUND, ClientUpdate
 from fedwarden.models.trainer import ClientContext
-from fedwarden.pipeline.clip import clip_to_norm
 from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.accounting import compute_spend
+from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.randomness import NoiseSource
 
 RELEASES_KEY = "local_dp/releases"
@@ -66,11 +66,7 @@ class LocalGaussianNoise(Stage):
                 f"bring its epsilon to {self.epsilon(releases):.3f}, past its budget "
                 f"{self.budget} at delta={self.delta}. Leave it out of further rounds"
             )
-        noise = (
-            NoiseSource.for_testing(int(context.rng.integers(2**63)))
-            if self.reproducible
-            else NoiseSource.secure()
-        )
+        noise = NoiseSource.secure_or_testing(self.reproducible, context.test_noise_key)
         clipped, _ = clip_to_norm(update.update, self.clip_norm)
         std = self.noise_multiplier * 2.0 * self.clip_norm
         noisy = (clipped.astype(np.float64) + noise.gaussian(clipped.size, std)).astype(np.float32)

@@ -114,15 +114,18 @@ class Pipeline:
         self.aggregator = aggregator
         self._check_compatible()
 
+    def hiding_individual_updates(self) -> list[str]:
+        """Names of the stages, then the aggregator, that hide single updates from the server."""
+        return [part.name for part in self._parts() if part.hides_individual_updates]
+
+    def _parts(self) -> list[Stage | Aggregator]:
+        return [*self.stages, self.aggregator]
+
     def _check_compatible(self) -> None:
-        hiding = [stage.name for stage in self.stages if stage.hides_individual_updates]
-        if self.aggregator.hides_individual_updates:
-            hiding.append(self.aggregator.name)
+        hiding = self.hiding_individual_updates()
         if not hiding:
             return
-        needing = [stage.name for stage in self.stages if stage.needs_individual_updates]
-        if self.aggregator.needs_individual_updates:
-            needing.append(self.aggregator.name)
+        needing = [part.name for part in self._parts() if part.needs_individual_updates]
         if needing:
             raise PipelineError(
                 f"{', '.join(needing)} must see each client's update, but {hiding[0]} "

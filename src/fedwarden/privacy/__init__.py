@@ -1,4 +1,4 @@
-"""Differential privacy: accountants and the one ledger, secure noise, mechanisms, analytics."""
+"""Differential privacy: accountants and the one ledger, clipping, secure noise, mechanisms."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ _EXPORTS = {
     "discrete_gaussian_vector": "fedwarden.privacy.discrete",
     "discrete_laplace": "fedwarden.privacy.discrete",
     "discrete_laplace_vector": "fedwarden.privacy.discrete",
+    "AdaptiveClipping": "fedwarden.privacy.clipping",
+    "ClipNorm": "fedwarden.privacy.clipping",
+    "clip_per_layer": "fedwarden.privacy.clipping",
+    "clip_to_norm": "fedwarden.privacy.clipping",
+    "ClientAddedNoise": "fedwarden.privacy.user_level",
     "CohortSampling": "fedwarden.privacy.user_level",
     "UserLevelPrivacy": "fedwarden.privacy.user_level",
     "ClientBudgets": "fedwarden.privacy.silo",

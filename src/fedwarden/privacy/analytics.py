@@ -251,9 +251,8 @@ def query_command(
         path=ledger_path,
         budget_changed_by=budget_changed_by,
     )
-    if config.privacy.reproducible_noise:
-        source = NoiseSource.for_testing(config.seed + len(ledger.entries))
-    else:
-        source = NoiseSource.secure()
+    source = NoiseSource.secure_or_testing(
+        config.privacy.reproducible_noise, config.seed + len(ledger.entries)
+    )
     dataset = load_dataset(config.data, config.seed)
     return run_query(dataset, parsed, ledger=ledger, epsilon=epsilon, delta=delta, source=source)

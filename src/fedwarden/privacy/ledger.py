@@ -32,12 +32,9 @@ examples) and checked against ``client_budget`` before the pass
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +45,7 @@ import numpy.typing as npt
 from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError, FedwardenError
+from fedwarden.core.files import write_atomic
 from fedwarden.privacy.accounting import (
     Neighboring,
     PrivacySpend,
@@ -494,7 +492,8 @@ class PrivacyLedger:
             "budget_history": self._history,
             "entries": [_entry_to_json(entry) for entry in self._entries],
         }
-        _write_atomically(self._path, json.dumps(payload, indent=1))
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._path, json.dumps(payload, indent=1).encode(), private=True)
 
     def _load(self, path: Path) -> None:
         """Read the entries and budget history of an existing ledger file."""
@@ -565,25 +564,3 @@ def _entry_from_json(data: dict[str, Any]) -> LedgerEntry:
         client_id=None if data.get("client_id") is None else str(data["client_id"]),
         rows=None if data.get("rows") is None else tuple(int(row) for row in data["rows"]),
     )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a crash leaves the old or the new file, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)

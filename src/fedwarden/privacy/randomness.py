@@ -65,6 +65,7 @@ import math
 import numbers
 import operator
 import os
+from collections.abc import Callable
 from fractions import Fraction
 from typing import NoReturn, Protocol
 
@@ -195,6 +196,20 @@ class NoiseSource:
             seed,
         )
         return source
+
+    @classmethod
+    def secure_or_testing(
+        cls, reproducible: bool, key: int | Callable[[], int], stream: str = ""
+    ) -> NoiseSource:
+        """:meth:`secure`, or in test mode (``reproducible``) :meth:`for_testing` under ``key``.
+
+        The one choice between real and test-mode noise. ``key`` may be a function
+        that gives the key (a client's draw from its training generator): it is called
+        only in test mode, so outside it nothing is drawn.
+        """
+        if not reproducible:
+            return cls.secure()
+        return cls.for_testing(key if isinstance(key, int) else key(), stream)
 
     @classmethod
     def seeded(cls, seed: int, stream: str = "") -> NoiseSource:

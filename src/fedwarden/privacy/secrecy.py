@@ -41,18 +41,14 @@ def cohort_randomness(config: RunConfig) -> NoiseSource:
     A test-mode source logs its WARNING when it is created, as the run starts.
     """
     section = config.privacy
-    if section.mechanism != "none" and not section.reproducible_noise:
-        return NoiseSource.secure()
-    if section.reproducible_noise:
-        return NoiseSource.for_testing(config.seed, COHORT_STREAM)
-    return NoiseSource.seeded(config.seed, COHORT_STREAM)
+    if section.mechanism == "none" and not section.reproducible_noise:
+        return NoiseSource.seeded(config.seed, COHORT_STREAM)
+    return NoiseSource.secure_or_testing(section.reproducible_noise, config.seed, COHORT_STREAM)
 
 
 def server_noise(config: RunConfig) -> NoiseSource:
     """The server's own privacy noise (central DP's Gaussian): secure, or the seed in test mode."""
-    if config.privacy.reproducible_noise:
-        return NoiseSource.for_testing(config.seed)
-    return NoiseSource.secure()
+    return NoiseSource.secure_or_testing(config.privacy.reproducible_noise, config.seed)
 
 
 def commits_cohorts(config: RunConfig) -> bool:

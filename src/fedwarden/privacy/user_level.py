@@ -13,24 +13,21 @@ Under secure aggregation the clients add the noise (the distributed discrete
 Gaussian of Kairouz, Liu & Steinke 2021); a round then releases that
 mechanism's sum, charged as the zCDP event of its ``t`` guaranteed survivors
 (:meth:`fedwarden.secure.distributed_dp.DistributedDiscreteGaussian.dp_event`),
-with no amplification by sampling claimed.
+with no amplification by sampling claimed. The accounting needs only what
+:class:`ClientAddedNoise` names, so it does not depend on the secure layer above it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dp_accounting import dp_event
 
-from fedwarden.pipeline.clip import ClipNorm
-from fedwarden.pipeline.dp_mean import AdaptiveClipping
-from fedwarden.privacy.accounting import fixed_size_gaussian, poisson_gaussian
+from fedwarden.privacy.accounting import Neighboring, fixed_size_gaussian, poisson_gaussian
+from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.ledger import PrivacyLedger
-
-if TYPE_CHECKING:
-    from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 
 
 @dataclass(frozen=True)
@@ -68,6 +65,32 @@ class CohortSampling:
         )
 
 
+class ClientAddedNoise(Protocol):
+    """What the accounting reads of noise the clients add under secure aggregation.
+
+    :class:`fedwarden.secure.distributed_dp.DistributedDiscreteGaussian` is one.
+    """
+
+    @property
+    def min_survivors(self) -> int:
+        """The fewest clients whose noise is in every released sum (SecAgg's threshold t)."""
+        ...
+
+    @property
+    def granularity(self) -> float:
+        """The grid step of the integer encoding, in update units."""
+        ...
+
+    @property
+    def local_variance(self) -> int:
+        """Each client's noise variance, in ring units."""
+        ...
+
+    def dp_event(self, neighboring: Neighboring = "add_remove") -> dp_event.DpEvent:
+        """The ledger's event for one round's release."""
+        ...
+
+
 class UserLevelPrivacy:
     """Per-round accounting of user-level DP-FedAvg against one ledger."""
 
@@ -79,7 +102,7 @@ class UserLevelPrivacy:
         sampling: CohortSampling,
         clip_norm: ClipNorm,
         adaptive: AdaptiveClipping | None = None,
-        distributed: DistributedDiscreteGaussian | None = None,
+        distributed: ClientAddedNoise | None = None,
     ) -> None:
         self.ledger = ledger
         self.noise_multiplier = noise_multiplier

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fedwarden.core.files import atomic_file
 from fedwarden.models.trainer import ClientState
 
 _FILE = re.compile(r"^r(\d+)\.npz$")
@@ -17,7 +18,7 @@ _FILE = re.compile(r"^r(\d+)\.npz$")
 class ClientStateStore:
     """Per-client arrays saved after each round the client trains in.
 
-    With a directory, round ``r``'s state of client ``c`` is written atomically
+    With a directory, round ``r``'s state of client ``c`` is written atomically and durably
     to ``<dir>/<c>/r<r>.npz`` and the two newest files are kept, so that a run
     resumed from the checkpoint of round ``R`` can discard states written by a
     round after ``R`` that never completed (:meth:`discard_after`) and still
@@ -49,10 +50,9 @@ class ClientStateStore:
             return
         path = self._path(client_id, round_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
         arrays: dict[str, Any] = state
-        np.savez(partial, **arrays)
-        os.replace(partial, path)
+        with atomic_file(path) as handle:
+            np.savez(handle, **arrays)
         for stale in sorted(self._rounds(client_id))[:-2]:
             self._path(client_id, stale).unlink(missing_ok=True)
 

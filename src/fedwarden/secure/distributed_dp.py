@@ -74,8 +74,8 @@ import numpy.typing as npt
 from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError
-from fedwarden.pipeline.clip import clip_to_norm
 from fedwarden.privacy.accounting import Neighboring
+from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.discrete import discrete_gaussian_vector
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.encoding import (

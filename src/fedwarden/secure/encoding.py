@@ -5,7 +5,7 @@ elements modulo ``2^b``; model updates are float vectors. :class:`RingEncoder`
 maps one to the other and back:
 
 1. **clip**: the update is scaled to L2 norm at most ``clip_norm`` C (McMahan et
-   al. 2018's ``ClipFn``, :func:`~fedwarden.pipeline.clip.clip_to_norm`). Vectors
+   al. 2018's ``ClipFn``, :func:`~fedwarden.privacy.clipping.clip_to_norm`). Vectors
    above C are clipped, not refused: clipping here makes the no-wrap bound hold
    whatever the caller did, and is a no-op after the pipeline's own clipping.
    Every coordinate then lies in ``[-C, C]`` (the L2 bound implies it).
@@ -46,7 +46,7 @@ import numpy.typing as npt
 
 from fedwarden.core.errors import ConfigError, FedwardenError
 from fedwarden.core.params import Vector
-from fedwarden.pipeline.clip import clip_to_norm
+from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.prg import MAX_MODULUS_BITS, reduce_modulo
 

@@ -19,7 +19,7 @@ Two statistics per feature compare the window with the reference:
   compared with ``ks_p_value`` divided by the number of monitored features (Bonferroni), so
   the chance that any feature raises a false KS alert at one check is at most ``ks_p_value``.
 
-An :class:`~fedwarden.monitor.alerts.Alert` (rule ``drift_psi`` or ``drift_ks``, with the
+An :class:`~fedwarden.core.alerts.Alert` (rule ``drift_psi`` or ``drift_ks``, with the
 feature, the statistic and its threshold) is raised when a rule starts to hold for a feature,
 and again only after it has stopped holding; :meth:`DriftMonitor.observe` returns the new
 alerts for the caller to deliver (:func:`fedwarden.monitor.alerts.deliver`: the log, the
@@ -40,10 +40,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from fedwarden.core.alerts import Alert
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.data.dataset import FederatedDataset
-from fedwarden.monitor.alerts import Alert
 from fedwarden.privacy.analytics import run_query
 from fedwarden.privacy.analytics_queries import Histogram
 from fedwarden.privacy.ledger import PrivacyLedger

@@ -6,7 +6,6 @@ from fedwarden.server.clustered import (
     cluster_by_update_similarity,
 )
 from fedwarden.server.launch import prepare, resumed, run
-from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
 
@@ -16,9 +15,7 @@ __all__ = [
     "ClusteredResult",
     "ClusteredTraining",
     "RoundObserver",
-    "RoundRecord",
     "RunDirectory",
-    "RunResult",
     "Server",
     "cluster_by_update_similarity",
     "prepare",

@@ -38,8 +38,8 @@ from fedwarden.core.messages import (
     EvaluateInstruction,
 )
 from fedwarden.core.params import Vector
+from fedwarden.core.records import RoundRecord, RunResult
 from fedwarden.runtime.base import Runtime
-from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.server import Server, weighted_client_metrics
 
 logger = logging.getLogger(__name__)
@@ -291,10 +291,7 @@ class ClusteredTraining:
                 "the clusters are published, which the privacy accountant does not cover; "
                 "turn off clustering or central differential privacy"
             )
-        pipeline = server.pipeline
-        hiding = [stage.name for stage in pipeline.stages if stage.hides_individual_updates]
-        if pipeline.aggregator.hides_individual_updates:
-            hiding.append(pipeline.aggregator.name)
+        hiding = server.pipeline.hiding_individual_updates()
         if hiding:
             raise ConfigError(
                 f"clustering compares each client's update, but {hiding[0]} hides individual "

@@ -29,7 +29,7 @@ import numpy as np
 from fedwarden.core.channel import AsynchronousClients
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
-from fedwarden.server.records import RoundRecord
+from fedwarden.core.records import RoundRecord
 from fedwarden.server.server import RoundTraffic, Server, TrainLoss
 
 logger = logging.getLogger(__name__)

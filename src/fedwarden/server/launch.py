@@ -32,6 +32,7 @@ from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
 from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.core.records import RunResult
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.heterogeneity import label_heterogeneity
 from fedwarden.data.sources import load_dataset
@@ -39,9 +40,9 @@ from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
-from fedwarden.pipeline.clip import ClipNorm, ClipUpdate
+from fedwarden.pipeline.clip import ClipUpdate
 from fedwarden.pipeline.compress import Codec, CompressUpdate
-from fedwarden.pipeline.dp_mean import AdaptiveClipping, GaussianMean
+from fedwarden.pipeline.dp_mean import GaussianMean
 from fedwarden.pipeline.local_dp import LocalGaussianNoise
 from fedwarden.pipeline.releases import ReleasePolicy, WithholdClientStatistics, release_inventory
 from fedwarden.pipeline.robust import (
@@ -63,6 +64,7 @@ from fedwarden.privacy.accounting import (
     calibrate_noise_multiplier,
     calibrate_release,
 )
+from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.secrecy import (
@@ -95,16 +97,16 @@ from fedwarden.server.integrity import (
     require_recorded_config,
     require_spend_kept,
 )
-from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from fedwarden.core.alerts import Alert
     from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
     from fedwarden.governance.store import RoundRows, RunStore
-    from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
+    from fedwarden.monitor.alerts import FederationMetrics, Monitoring
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -151,7 +153,7 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
                 noise_multiplier=privacy.noise_multiplier,
                 max_grad_norm=privacy.max_grad_norm,
                 delta=privacy.delta,
-                noise=NoiseSource.for_testing(config.seed) if privacy.reproducible_noise else None,
+                noise=NoiseSource.secure_or_testing(privacy.reproducible_noise, config.seed),
             )
         return TorchTrainer(factory)
     if model.kind == "sklearn":
@@ -462,6 +464,7 @@ def build_secure_aggregator(
 
         return HomomorphicMean(weighting)
     distributed = privacy.distributed if isinstance(privacy, UserLevelPrivacy) else None
+    assert distributed is None or isinstance(distributed, DistributedDiscreteGaussian)
     return SecureSum(
         secagg_parameters(config),
         clip_norm=config.secure.clip_norm,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from fedwarden.core.errors import ConfigError
+from fedwarden.core.files import write_atomic
 from fedwarden.core.params import ParamSpec, Vector
-from fedwarden.server.records import RoundRecord
+from fedwarden.core.records import RoundRecord
 from fedwarden.strategies.base import StrategyState
 
 
@@ -77,7 +77,7 @@ class RunDirectory:
 
     def write_config(self, config_json: str) -> None:
         """Keep the validated config, so ``--resume`` rebuilds the same run."""
-        _write_atomic(self.path / "config.json", config_json.encode())
+        write_atomic(self.path / "config.json", config_json.encode())
 
     def read_config(self) -> str:
         """The config written by :meth:`write_config`."""
@@ -91,7 +91,7 @@ class RunDirectory:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """The run's final figures, privacy report included, as summary.json."""
-        _write_atomic(self.path / "summary.json", json.dumps(summary, indent=1).encode())
+        write_atomic(self.path / "summary.json", json.dumps(summary, indent=1).encode())
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write the server state after ``checkpoint.round_index`` in one atomic file."""
@@ -106,7 +106,7 @@ class RunDirectory:
         arrays: dict[str, Any] = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
         buffer = io.BytesIO()
         np.savez(buffer, vector=checkpoint.vector, meta=np.array(json.dumps(meta)), **arrays)
-        _write_atomic(self.path / "checkpoint.npz", buffer.getvalue())
+        write_atomic(self.path / "checkpoint.npz", buffer.getvalue())
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The last checkpoint, or None if no round completed."""
@@ -134,22 +134,22 @@ class RunDirectory:
     def write_metrics(self, history: list[RoundRecord]) -> None:
         """Rewrite metrics.csv and metrics.json with every round so far."""
         rows = [record.to_json() for record in history]
-        _write_atomic(self.path / "metrics.json", json.dumps(rows, indent=1).encode())
+        write_atomic(self.path / "metrics.json", json.dumps(rows, indent=1).encode())
         text = io.StringIO()
         if rows:
             writer = csv.DictWriter(text, fieldnames=list(rows[0]))
             writer.writeheader()
             for row in rows:
                 writer.writerow({**row, "rejection_reasons": json.dumps(row["rejection_reasons"])})
-        _write_atomic(self.path / "metrics.csv", text.getvalue().encode())
+        write_atomic(self.path / "metrics.csv", text.getvalue().encode())
 
     def save_model(self, spec: ParamSpec, vector: Vector) -> Path:
         """Write the model as named arrays plus its ParamSpec; returns the model path."""
         buffer = io.BytesIO()
         tensors: dict[str, Any] = spec.views(vector)
         np.savez(buffer, **tensors)
-        _write_atomic(self.path / "model.npz", buffer.getvalue())
-        _write_atomic(self.path / "param_spec.json", spec.to_json().encode())
+        write_atomic(self.path / "model.npz", buffer.getvalue())
+        write_atomic(self.path / "param_spec.json", spec.to_json().encode())
         return self.path / "model.npz"
 
     def save_plots(self, history: list[RoundRecord]) -> None:
@@ -177,13 +177,4 @@ class RunDirectory:
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=100)
             plt.close(figure)
-            _write_atomic(self.path / f"{metric}.png", buffer.getvalue())
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+            write_atomic(self.path / f"{metric}.png", buffer.getvalue())

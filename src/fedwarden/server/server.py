@@ -32,6 +32,7 @@ from fedwarden.core.messages import (
     TrainConfig,
     UpdateRefused,
 )
+from fedwarden.core.records import RoundRecord, RunResult
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.robust import Reputation
 from fedwarden.pipeline.stage import Pipeline
@@ -39,7 +40,6 @@ from fedwarden.privacy.ledger import BudgetExceeded
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.secrecy import COHORT_STREAM
 from fedwarden.runtime.base import Runtime
-from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
 from fedwarden.strategies.base import Strategy
 from fedwarden.strategies.sampling import Sampler

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from fedwarden.core.errors import ConfigError, RoundAborted
 from fedwarden.core.params import VECTOR_DTYPE, Vector
-from fedwarden.pipeline.clip import CLIP_MARGIN
+from fedwarden.privacy.clipping import CLIP_MARGIN
 
 Matrix = npt.NDArray[np.float32]
 """The round's updates, one client per row, float32, C-contiguous."""

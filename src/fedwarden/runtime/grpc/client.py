@@ -278,11 +278,7 @@ class FederationClient:
         stages = tuple(build_stages(config, trainer.spec, None))
         self._secure = None
         if config.secure.kind == "secagg":
-            noise = (
-                NoiseSource.for_testing(config.seed)
-                if config.privacy.reproducible_noise
-                else NoiseSource.secure()
-            )
+            noise = NoiseSource.secure_or_testing(config.privacy.reproducible_noise, config.seed)
             self._secure = SecureSumClient(
                 self.client_id,
                 self.kit.identity,

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -56,6 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedwarden.core.errors import FedwardenError, RuntimeFailure
+from fedwarden.core.files import atomic_file
 from fedwarden.core.messages import (
     ClientEvaluation,
     ClientFailure,
@@ -1072,9 +1072,8 @@ class GrpcRuntime(Runtime):
             return ClientEvaluation(task.client_id, header.num_examples, metadata.metrics)
         path = self.spool_dir / f"round-{task.round_index}" / f"{task.client_id}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
         digest = hashlib.sha256()
-        with open(partial, "wb") as spool:
+        with atomic_file(path) as spool:
             received = 0
             for data in _data_chunks(stream):
                 received += len(data)
@@ -1089,9 +1088,6 @@ class GrpcRuntime(Runtime):
                     "corrupted", f"{task.client_id}'s payload does not match its SHA-256"
                 )
             self._verify(task, header)
-            spool.flush()
-            os.fsync(spool.fileno())
-        os.replace(partial, path)
         try:
             self.store.accept_update(
                 self.run.run_id,
