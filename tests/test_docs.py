@@ -94,7 +94,7 @@ def test_getting_started_page_runs(page: Path, tmp_path: Path) -> None:
                     check(line[2:], tmp_path, f"{where}: {line}")
 
 
-def test_block_conventions() -> None:
+def test_every_getting_started_block_is_run_written_or_shown() -> None:
     """The replay's rules are what the pages use: every block is run, written or shown."""
     assert GETTING_STARTED, "no getting-started pages"
     for page in GETTING_STARTED:
