@@ -17,7 +17,7 @@ WHEELS ?= /opt/wheels
 LOCK_FLAGS := --python-version 3.11 --generate-hashes --find-links $(WHEELS) --emit-find-links \
 	--constraint lock/constraints.txt --quiet
 
-.PHONY: demo test lint bench install install-test lock proto clean
+.PHONY: demo test lint docs bench install install-test lock proto clean
 
 $(UV):
 	$(PYTHON) -m venv $(UV_HOME)
@@ -57,7 +57,12 @@ lint: install-test
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+# The documentation site, built as CI builds it: any warning (a broken link, a page missing
+# from the navigation, a docstring the API reference cannot read) fails the build.
+docs: install-test
+	$(BIN)/mkdocs build --strict --site-dir site
+
+test: lint docs
 	$(BIN)/pytest -q
 
 # Flower and pfl-research pin other versions than the test set (rich, for one), so the peers
@@ -93,4 +98,4 @@ proto: install-test
 	rm -f $(VENV)/.installed-test
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(UV_HOME) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(UV_HOME) runs site .pytest_cache .mypy_cache .ruff_cache
