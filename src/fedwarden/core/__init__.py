@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedwarden._lazy import lazy_exports
 
 _EXPORTS = {
+    "canonical_json": "fedwarden.core.canonical",
     "RunConfig": "fedwarden.core.config",
     "load_config": "fedwarden.core.config",
     "ConfigError": "fedwarden.core.errors",

@@ -80,6 +80,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, Select, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from fedwarden.core import canonical
 from fedwarden.core.errors import FedwardenError
 from fedwarden.deploy.pki import write_private_file, write_public_file
 from fedwarden.governance.store import RunStore, audit_log, governance_secrets
@@ -103,11 +104,9 @@ class AuditError(FedwardenError):
 
 
 def canonical_json(value: Any) -> str:
-    """``value`` as canonical JSON: sorted keys, no whitespace, no NaN or infinity."""
+    """``value`` as the audit log's canonical JSON (UTF-8 text kept); AuditError on NaN."""
     try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        return canonical.canonical_json(value, ascii_only=False)
     except ValueError as error:
         raise AuditError(
             f"cannot record {value!r} in the audit log: {error}; "
