@@ -68,7 +68,19 @@ class AcceptedUpdate:
     accepted_at: datetime
 
 
-_Record = TypeVar("_Record", RunRow, EnrolledClient, AcceptedUpdate)
+@dataclass(frozen=True)
+class RejectionRow:
+    """An update (or a request outside any round) the server refused, and why."""
+
+    run_id: str
+    round_index: int | None
+    client_id: str
+    reason: str
+    message: str
+    rejected_at: datetime
+
+
+_Record = TypeVar("_Record", RunRow, EnrolledClient, AcceptedUpdate, RejectionRow)
 
 
 def select_as(record: type[_Record], table: Table) -> Select[Any]:

@@ -56,6 +56,16 @@ class RoundHistory(StoreEngine):
         with self._read() as connection:
             return self._cohort(connection, run_id, round_index)
 
+    def round_cohorts(self, run_id: str) -> dict[int, list[str]]:
+        """The cohort of each started round of the run, in round order."""
+        with self._read() as connection:
+            rows = connection.execute(
+                select(rounds.c.round_index, rounds.c.cohort_json)
+                .where(rounds.c.run_id == run_id)
+                .order_by(rounds.c.round_index)
+            ).all()
+        return {round_index: list(json.loads(cohort_json)) for round_index, cohort_json in rows}
+
     def round_completed(self, run_id: str, round_index: int, record_json: str) -> None:
         """Mark a started round completed with its record; the same record again is a no-op.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fedwarden.governance.store.engine import StoreEngine
@@ -50,6 +50,20 @@ class RunRecords(StoreEngine):
                 select_as(RunRow, runs).where(runs.c.run_id == run_id)
             ).one_or_none()
         return None if row is None else as_record(RunRow, row)
+
+    def all_runs(self) -> list[RunRow]:
+        """Every run of the store, newest first."""
+        with self._read() as connection:
+            rows = connection.execute(
+                select_as(RunRow, runs).order_by(runs.c.created_at.desc(), runs.c.run_id)
+            ).all()
+        return [as_record(RunRow, row) for row in rows]
+
+    def run_count(self) -> int:
+        """How many runs the store holds."""
+        with self._read() as connection:
+            count: int = connection.execute(select(func.count()).select_from(runs)).scalar_one()
+        return count
 
     def change_run_config(self, run_id: str, config_json: str) -> None:
         """Replace the config of run ``run_id`` and its hash: an explicit, audited budget change."""

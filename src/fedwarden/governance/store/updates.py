@@ -8,7 +8,13 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fedwarden.governance.store.engine import StoreEngine
-from fedwarden.governance.store.records import AcceptedUpdate, DuplicateUpdate, as_record, select_as
+from fedwarden.governance.store.records import (
+    AcceptedUpdate,
+    DuplicateUpdate,
+    RejectionRow,
+    as_record,
+    select_as,
+)
 from fedwarden.governance.store.schema import accepted_updates, rejections, utc_now
 
 logger = logging.getLogger(__name__)
@@ -69,6 +75,16 @@ class UploadJournal(StoreEngine):
             ).all()
         return [as_record(AcceptedUpdate, row) for row in rows]
 
+    def accepted_update_rounds(self, run_id: str) -> list[tuple[str, int]]:
+        """(client id, round index) of every update accepted in the run, in acceptance order."""
+        with self._read() as connection:
+            rows = connection.execute(
+                select(accepted_updates.c.client_id, accepted_updates.c.round_index)
+                .where(accepted_updates.c.run_id == run_id)
+                .order_by(accepted_updates.c.update_id)
+            ).all()
+        return [(client_id, round_index) for client_id, round_index in rows]
+
     def release_payloads(
         self, run_id: str, round_index: int, client_id: str | None = None
     ) -> list[str]:
@@ -119,6 +135,16 @@ class UploadJournal(StoreEngine):
                     rejected_at=utc_now(),
                 )
             )
+
+    def rejection_rows(self, run_id: str) -> list[RejectionRow]:
+        """Every refusal the run recorded, in the order they were recorded."""
+        with self._read() as connection:
+            rows = connection.execute(
+                select_as(RejectionRow, rejections)
+                .where(rejections.c.run_id == run_id)
+                .order_by(rejections.c.rejection_id)
+            ).all()
+        return [as_record(RejectionRow, row) for row in rows]
 
     def rejection_counts(self, run_id: str) -> dict[str, int]:
         """How many refusals of each reason the run has recorded."""
