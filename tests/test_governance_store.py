@@ -448,6 +448,36 @@ def test_rejection_counts_are_per_reason_and_per_run(store: RunStore) -> None:
     assert store.rejection_counts("ghost") == {}
 
 
+def test_rejection_rows_list_each_refusal_of_the_run_in_order(store: RunStore) -> None:
+    store.create_run("run-2", "mnist", "{}", "/runs/mnist-2")
+    store.record_rejection(RUN_ID, 0, "alice", "norm_bound", "norm 12.0 above bound 10.0")
+    store.record_rejection("run-2", 0, "bob", "shape", "expected 10 values")
+    store.record_rejection(RUN_ID, None, "mallory", "not_enrolled", "unknown identity key")
+    rows = store.rejection_rows(RUN_ID)
+    assert [(row.client_id, row.round_index, row.reason, row.message) for row in rows] == [
+        ("alice", 0, "norm_bound", "norm 12.0 above bound 10.0"),
+        ("mallory", None, "not_enrolled", "unknown identity key"),
+    ]
+    assert all(row.run_id == RUN_ID and row.rejected_at.tzinfo is not None for row in rows)
+
+
+def test_run_history_reads_cohorts_and_accepted_updates_of_one_run(store: RunStore) -> None:
+    store.round_started(RUN_ID, 1, ["carol"])
+    store.round_started(RUN_ID, 0, ["alice", "bob"])
+    accept(store, "bob", round_index=0)
+    accept(store, "carol", round_index=1)
+    assert store.round_cohorts(RUN_ID) == {0: ["alice", "bob"], 1: ["carol"]}
+    assert list(store.round_cohorts(RUN_ID)) == [0, 1]
+    assert store.accepted_update_rounds(RUN_ID) == [("bob", 0), ("carol", 1)]
+    assert store.round_cohorts("ghost") == {} and store.accepted_update_rounds("ghost") == []
+
+
+def test_all_runs_lists_the_newest_first_and_run_count_counts_them(store: RunStore) -> None:
+    store.create_run("run-2", "mnist", "{}", "/runs/mnist-2")
+    assert [run.run_id for run in store.all_runs()] == ["run-2", RUN_ID]
+    assert store.run_count() == 2
+
+
 # Restarts.
 
 

@@ -8,6 +8,7 @@ _EXPORTS = {
     "Alert": "fedwarden.core.alerts",
     "AlertError": "fedwarden.core.alerts",
     "RoundRecord": "fedwarden.core.records",
+    "canonical_json": "fedwarden.core.canonical",
     "RunConfig": "fedwarden.core.config",
     "RunResult": "fedwarden.core.records",
     "check_webhook_url": "fedwarden.core.alerts",

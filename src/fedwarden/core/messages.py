@@ -8,13 +8,13 @@ their meaning.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedwarden.core.canonical import canonical_json
 from fedwarden.core.params import Vector
 
 Metrics = Mapping[str, float]
@@ -62,7 +62,7 @@ class FitResult:
 
 def header_bytes(header: Mapping[str, Any]) -> bytes:
     """The canonical JSON encoding of a payload header: exactly what travels and is counted."""
-    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    return canonical_json(header, ascii_only=True, allow_nan=True).encode()
 
 
 @dataclass(frozen=True)

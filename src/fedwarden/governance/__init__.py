@@ -29,6 +29,7 @@ _EXPORTS = {
     "RegistryError": _REGISTRY,
     "RetentionDeletion": _AUDIT,
     "RoundCompleted": _AUDIT,
+    "RejectionRow": _STORE,
     "RoundConflict": _STORE,
     "RoundStarted": _AUDIT,
     "RunCreated": _AUDIT,

@@ -30,6 +30,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedwarden.core import canonical
 from fedwarden.core.errors import FedwardenError
 from fedwarden.runtime.grpc import federation_pb2 as pb
 
@@ -76,8 +77,8 @@ def version_message() -> pb.ProtocolVersion:
 
 
 def canonical_json(value: Mapping[str, Any]) -> str:
-    """Sorted-key, compact JSON: the same value always gives the same bytes to sign."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    """The wire's canonical JSON (non-ASCII escaped, no NaN): the same value, the same bytes."""
+    return canonical.canonical_json(value, ascii_only=True)
 
 
 def signed_bytes(header: pb.UploadHeader) -> bytes:
