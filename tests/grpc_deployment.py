@@ -24,6 +24,7 @@ from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.data import load_dataset
 from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
+from fedwarden.governance.listener import StoreListener
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime.grpc import federation_pb2 as pb
@@ -179,7 +180,7 @@ def deployment_at(
         revocations=None
         if tls is None
         else RevocationList(kit / REVOCATION_LIST, tls.root_certificate),
-        store=store,
+        journal=store,
         run=RunDescription(RUN_ID, "{}", dataset.num_features, 10),
         spool_dir=root / "spool",
         expected_clients=dataset.client_ids,
@@ -189,6 +190,7 @@ def deployment_at(
     )
     runtime.serve()
     server = start_server(dataset, trainer, runtime, rounds=rounds, deadline_s=20)
+    server.recorders.append(StoreListener(store, RUN_ID))
     try:
         yield Deployment(server, runtime, store, pki)
     finally:

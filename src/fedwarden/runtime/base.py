@@ -65,14 +65,6 @@ class Runtime(ABC):
         """A channel for multi-step protocols with remote clients (None: clients are simulated)."""
         return None
 
-    def update_refused(self, round_index: int, client_id: str, reason: str, message: str) -> None:
-        """Note that the server's checks refused an update this runtime delivered.
-
-        The grpc runtime records it beside the accepted upload; simulated runtimes keep no
-        record, and log nothing more than the server already does.
-        """
-        logger.debug("round %d: %s's update refused (%s)", round_index, client_id, reason)
-
     def asynchronous(self) -> AsynchronousClients | None:
         """Asynchronous fit tasks (None: this runtime only runs synchronous cohorts)."""
         return None

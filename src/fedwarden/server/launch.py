@@ -103,6 +103,7 @@ if TYPE_CHECKING:
 
     from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
+    from fedwarden.governance.listener import StoreListener
     from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
     from fedwarden.runtime.grpc.credentials import TlsKit
@@ -748,7 +749,7 @@ def build_runtime(
     return GrpcRuntime(
         deployment.address,
         tls=deployment.tls,
-        store=store,
+        journal=store,
         run=RunDescription(
             run_dir.path.name,
             config.model_dump_json(),
@@ -1053,6 +1054,7 @@ def _run(
                     *_round_rows(store, run_dir),
                     *_anchoring(store, run_dir, audit, deployment),
                 ],
+                "recorders": _store_listener(store, run_dir),
                 "client_evaluation_off": None
                 if policy.federated_evaluation
                 else policy.why_no_federated_evaluation("the end-of-run client evaluation"),
@@ -1181,6 +1183,15 @@ def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[Ro
     if store is None or run_dir is None:
         return []
     return [RoundRows(store, run_dir.path.name)]
+
+
+def _store_listener(store: RunStore | None, run_dir: RunDirectory | None) -> list[StoreListener]:
+    """The run store's recorder of cohorts and refused updates, when the run has a store."""
+    from fedwarden.governance.listener import StoreListener
+
+    if store is None or run_dir is None:
+        return []
+    return [StoreListener(store, run_dir.path.name)]
 
 
 def _governance_report(

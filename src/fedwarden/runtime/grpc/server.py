@@ -10,16 +10,18 @@ rounds; this runtime only moves its messages over gRPC (``federation.proto``).
   open tasks fail as ``worker_lost`` at once, not at the deadline.
 - **Identity.** Under mutual TLS the client's id is its certificate's common
   name and its Ed25519 identity key comes from the same certificate; the key
-  is enrolled in the run store the first time and must match afterwards.
+  is enrolled in the journal (the run store) the first time and must match
+  afterwards.
 - **Uploads.** Each upload's header is checked before its body is read (this
   run, an open task of this client, not already delivered); the body is
   streamed chunk by chunk into a spool file while its SHA-256 is computed;
   then the signature is verified against the enrolled key. A refused upload
   (``forged``, ``replayed``, ``duplicate``, ``corrupted``, ``impersonation``,
   ``unknown_task``) is never aggregated; it is counted against the
-  authenticated sender, never the client its header names, and recorded (one
-  by one for the sender's own open task, at a bounded rate otherwise). An
-  accepted update is fsynced and recorded in the store before the client
+  authenticated sender, never the client its header names, and recorded (by
+  the server's listeners for the sender's own open task, in the journal at a
+  bounded rate otherwise). An accepted update is fsynced and recorded in the
+  journal before the client
   gets its receipt, so a server killed afterwards still has it: on restart
   the round's accepted updates are read back from the spool and only the
   clients that had not delivered are asked again.
@@ -68,16 +70,16 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.deploy.pki import PkiError, identity_from_certificate
 from fedwarden.deploy.revocation import RevocationList
-from fedwarden.governance.store import (
-    AcceptedUpdate,
-    DuplicateUpdate,
-    EnrolmentConflict,
-    RunStore,
-)
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
+from fedwarden.runtime.grpc.journal import (
+    AcceptedUpdate,
+    DuplicateUpdate,
+    EnrolmentConflict,
+    Journal,
+)
 from fedwarden.runtime.grpc.limits import PeerLimiter, ServerLimits, StreamStalled, StreamWatchdog
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
@@ -217,7 +219,7 @@ class GrpcRuntime(Runtime):
         address: str,
         *,
         tls: TlsKit | None,
-        store: RunStore,
+        journal: Journal,
         run: RunDescription,
         spool_dir: Path,
         expected_clients: Sequence[str],
@@ -233,7 +235,7 @@ class GrpcRuntime(Runtime):
             check_insecure_address(address)
         self.address = address
         self.tls = tls
-        self.store = store
+        self.journal = journal
         self.run = run
         self.spool_dir = spool_dir
         self.expected_clients = list(expected_clients)
@@ -362,9 +364,10 @@ class GrpcRuntime(Runtime):
         if not instructions:
             return
         round_index = instructions[0].round_index
-        self._begin_round(round_index, [instruction.client_id for instruction in instructions])
+        self._begin_round(round_index)
         recovered = {
-            row.client_id: row for row in self.store.accepted_updates(self.run.run_id, round_index)
+            row.client_id: row
+            for row in self.journal.accepted_updates(self.run.run_id, round_index)
         }
         tasks = {}
         for instruction in instructions:
@@ -414,13 +417,9 @@ class GrpcRuntime(Runtime):
         """This runtime runs asynchronous fit tasks (:meth:`dispatch`, :meth:`poll`)."""
         return self
 
-    def update_refused(self, round_index: int, client_id: str, reason: str, message: str) -> None:
-        """Record that the server's checks refused an upload this runtime had accepted."""
-        self.store.record_rejection(self.run.run_id, round_index, client_id, reason, message)
-
     def release(self, round_index: int, client_id: str) -> None:
         """Delete the spooled copy of an applied update."""
-        for path in self.store.release_payloads(self.run.run_id, round_index, client_id):
+        for path in self.journal.release_payloads(self.run.run_id, round_index, client_id):
             Path(path).unlink(missing_ok=True)
 
     def exchange(
@@ -449,7 +448,7 @@ class GrpcRuntime(Runtime):
         """The enrolled identity keys of ``clients`` (those enrolled)."""
         keys = {}
         for client_id in clients:
-            enrolled = self.store.enrolled(client_id)
+            enrolled = self.journal.enrolled(client_id)
             if enrolled is not None:
                 keys[client_id] = enrolled.public_key
         return keys
@@ -463,9 +462,8 @@ class GrpcRuntime(Runtime):
                 if client_id in self._certificates
             }
 
-    def _begin_round(self, round_index: int, cohort: list[str]) -> None:
-        """Record the round's cohort; forget the spool of rounds the server has checkpointed."""
-        self.store.round_started(self.run.run_id, round_index, cohort)
+    def _begin_round(self, round_index: int) -> None:
+        """Forget the spool of rounds the server has checkpointed (its listeners record cohorts)."""
         self._record_unrecorded()
         self._forget_before(round_index)
         with self._lock:
@@ -475,7 +473,7 @@ class GrpcRuntime(Runtime):
     def _forget_before(self, round_index: int) -> None:
         """Delete the spooled updates of rounds before ``round_index`` (all checkpointed)."""
         for earlier in range(self._spool_kept_from, round_index):
-            for path in self.store.release_payloads(self.run.run_id, earlier):
+            for path in self.journal.release_payloads(self.run.run_id, earlier):
                 Path(path).unlink(missing_ok=True)
         self._spool_kept_from = max(self._spool_kept_from, round_index)
 
@@ -707,7 +705,7 @@ class GrpcRuntime(Runtime):
             )
         try:
             public_key = self._identity_of(context, request)
-            self.store.enroll(client_id, _raw(public_key), self._enrolment_source())
+            self.journal.enroll(client_id, _raw(public_key), self._enrolment_source())
             if self.tls is not None:
                 with self._lock:
                     self._certificates[client_id] = bytes(
@@ -767,12 +765,12 @@ class GrpcRuntime(Runtime):
             identity = _raw(identity_from_certificate(certificate))
         except PkiError:
             return
-        enrolled = self.store.enrolled(client_id)
+        enrolled = self.journal.enrolled(client_id)
         if enrolled is not None and enrolled.public_key == identity:
             logger.warning(
                 "client %s presented a revoked certificate; enrolment revoked", client_id
             )
-            self.store.revoke(client_id)
+            self.journal.revoke(client_id)
 
     def _identity_of(
         self, context: grpc.ServicerContext, request: pb.JoinRequest
@@ -1008,13 +1006,14 @@ class GrpcRuntime(Runtime):
     def _refuse(
         self, sender: str, task: _OpenTask | None, refusal: UploadRefused
     ) -> pb.UploadReceipt:
-        """Count a refused upload against its sender; record it; tell the client why.
+        """Count a refused upload against its sender; have it recorded; tell the client why.
 
         ``sender`` is the authenticated certificate's name (under --insecure,
         the connection), never the name a header claims. A refusal of an upload
-        for the sender's own open ``task`` is recorded and audited one by one; the
-        rest are recorded up to ``MAX_RECORDED_REFUSALS`` per peer and round,
-        then counted (:meth:`_record_unrecorded` writes the count).
+        for the sender's own open ``task`` goes to the server, whose listeners
+        record and audit it one by one; the rest, which the server never sees,
+        are recorded in the journal up to ``MAX_RECORDED_REFUSALS`` per peer and
+        round, then counted (:meth:`_record_unrecorded` writes the count).
         """
         self.rejections[refusal.reason] += 1
         receipt = pb.UploadReceipt(accepted=False, reason=refusal.reason, message=str(refusal))
@@ -1031,11 +1030,11 @@ class GrpcRuntime(Runtime):
             )
             return receipt
         logger.warning("upload refused (%s) from %s: %s", refusal.reason, sender, refusal)
-        round_index = None if task is None else task.round_index
-        self.store.record_rejection(
-            self.run.run_id, round_index, sender, refusal.reason, str(refusal)
-        )
-        if task is not None:
+        if task is None:
+            self.journal.record_rejection(
+                self.run.run_id, None, sender, refusal.reason, str(refusal)
+            )
+        else:
             refused = UpdateRefused(task.round_index, sender, refusal.reason, str(refusal))
             self._post(refused, None)
         return receipt
@@ -1047,7 +1046,7 @@ class GrpcRuntime(Runtime):
             self._recorded_refusals.clear()
         for sender, reasons in unrecorded.items():
             counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
-            self.store.record_rejection(
+            self.journal.record_rejection(
                 self.run.run_id,
                 None,
                 sender,
@@ -1093,7 +1092,7 @@ class GrpcRuntime(Runtime):
             os.fsync(spool.fileno())
         os.replace(partial, path)
         try:
-            self.store.accept_update(
+            self.journal.accept_update(
                 self.run.run_id,
                 task.round_index,
                 task.client_id,
@@ -1143,7 +1142,7 @@ class GrpcRuntime(Runtime):
 
     def _verify(self, task: _OpenTask, header: pb.UploadHeader) -> None:
         """Refuse an upload whose signature is not the enrolled identity's."""
-        enrolled = self.store.enrolled(task.client_id)
+        enrolled = self.journal.enrolled(task.client_id)
         if enrolled is None or not signature_valid(
             header, Ed25519PublicKey.from_public_bytes(enrolled.public_key)
         ):
