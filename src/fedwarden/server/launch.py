@@ -56,7 +56,7 @@ from fedwarden.pipeline.robust import (
     Reputation,
     TrimmedMean,
 )
-from fedwarden.pipeline.secure import SecureSum
+from fedwarden.pipeline.secure import SecureSum, SecureSumClient
 from fedwarden.pipeline.stage import Aggregator, Stage
 from fedwarden.privacy.accounting import (
     Neighboring,
@@ -106,6 +106,7 @@ if TYPE_CHECKING:
     from fedwarden.governance.listener import StoreListener
     from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import Alert, FederationMetrics, Monitoring
+    from fedwarden.runtime.grpc.client import Site
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -324,6 +325,36 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
             )
         )
     return stages + withhold
+
+
+def build_client(
+    config: RunConfig, dataset: FederatedDataset, site: Site
+) -> tuple[Trainer, list[Stage]]:
+    """A deployed client's trainer and the stages whose client halves it runs.
+
+    The stages of :func:`build_stages`, then, under secure aggregation, the
+    client half of SecAgg+ acting with ``site``'s identity and policy.
+    """
+    trainer = build_trainer(config, dataset)
+    if config.strategy.name == "scaffold":
+        trainer = ScaffoldTrainer(trainer)
+    stages = build_stages(config, trainer.spec, None)
+    if config.secure.kind == "secagg":
+        noise = (
+            NoiseSource.for_testing(config.seed)
+            if config.privacy.reproducible_noise
+            else NoiseSource.secure()
+        )
+        stages.append(
+            SecureSumClient(
+                site.client_id,
+                site.identity,
+                noise,
+                ca_certificate=site.ca_certificate,
+                policy=site.secagg_policy,
+            )
+        )
+    return trainer, stages
 
 
 def build_aggregator(config: RunConfig) -> Aggregator:
