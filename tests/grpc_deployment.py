@@ -30,8 +30,9 @@ from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.client import _Stubs, signed_upload, upload_stream
 from fedwarden.runtime.grpc.credentials import ClientKit, TlsKit
-from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription, grpc_options
-from fedwarden.runtime.grpc.wire import version_message
+from fedwarden.runtime.grpc.server import GrpcRuntime
+from fedwarden.runtime.grpc.service import RunDescription
+from fedwarden.runtime.grpc.wire import grpc_options, version_message
 from fedwarden.server.records import RoundRecord
 from fedwarden.server.server import Server
 from grpc_federation import wait_for

@@ -771,7 +771,8 @@ def build_runtime(
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
     from fedwarden.runtime.grpc.limits import ServerLimits
-    from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
+    from fedwarden.runtime.grpc.server import GrpcRuntime
+    from fedwarden.runtime.grpc.service import RunDescription
 
     if run_dir is None or store is None or deployment is None:
         raise ConfigError(

@@ -51,14 +51,15 @@ from fedwarden.pipeline.stage import Stage
 from fedwarden.runtime.engine import ClientEngine, Workload
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import ClientKit
-from fedwarden.runtime.grpc.server import SERVICE, grpc_options
 from fedwarden.runtime.grpc.wire import (
+    SERVICE,
     UPLOAD_DATA_TAG,
     ProtocolError,
     UploadMetadata,
     check_version,
     chunks,
     framed,
+    grpc_options,
     read_chunk,
     sign,
     version_message,
