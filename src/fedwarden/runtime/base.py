@@ -12,7 +12,6 @@ transport checks refused (the client's instruction stays open).
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -29,8 +28,6 @@ from fedwarden.core.messages import (
 )
 from fedwarden.core.params import Vector
 from fedwarden.runtime.engine import Workload
-
-logger = logging.getLogger(__name__)
 
 
 class Runtime(ABC):

@@ -289,6 +289,7 @@ def fit_task(instruction: FitInstruction) -> pb.Task:
 
 
 def train_message(train: TrainConfig) -> pb.TrainConfig:
+    """A training config as the wire carries it."""
     return pb.TrainConfig(
         local_epochs=train.local_epochs,
         batch_size=train.batch_size,
@@ -298,6 +299,7 @@ def train_message(train: TrainConfig) -> pb.TrainConfig:
 
 
 def lost(task: OpenTask) -> ClientFailure:
+    """The failure of a task whose client was lost."""
     return ClientFailure(
         task.round_index,
         task.client_id,
@@ -307,4 +309,5 @@ def lost(task: OpenTask) -> ClientFailure:
 
 
 def overdue(round_index: int, client_id: str, deadline_s: float) -> ClientFailure:
+    """The failure of a client that missed the deadline."""
     return ClientFailure(round_index, client_id, "deadline", f"did not reply within {deadline_s} s")
