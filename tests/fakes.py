@@ -93,6 +93,20 @@ def one_slow_site(num_features: int, num_classes: int | None) -> ScriptedTrainer
     return ScriptedTrainer(slow=frozenset({"client_4"}), sleep_s=6.0, sleep_every_fit_s=0.2)
 
 
+class RecordingRecorder:
+    """A server's recorder that keeps what it is told (as the run store's listener would)."""
+
+    def __init__(self) -> None:
+        self.cohorts: dict[int, list[str]] = {}
+        self.refused: list[tuple[int, str, str]] = []
+
+    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
+        self.cohorts[round_index] = list(cohort)
+
+    def update_rejected(self, round_index: int, client_id: str, reason: str, message: str) -> None:
+        self.refused.append((round_index, client_id, reason))
+
+
 class RecordingRuntime(Runtime):
     """Runs the client engine in this process and records every instruction it delivers."""
 
@@ -100,7 +114,6 @@ class RecordingRuntime(Runtime):
 
     def __init__(self) -> None:
         self.delivered: list[FitInstruction] = []
-        self.refused: list[tuple[int, str, str]] = []
         self.engine: ClientEngine | None = None
 
     def start(self, workload: Workload) -> None:
@@ -123,9 +136,6 @@ class RecordingRuntime(Runtime):
         assert self.engine is not None
         for instruction in instructions:
             yield self.engine.evaluate(vector, instruction)
-
-    def update_refused(self, round_index: int, client_id: str, reason: str, message: str) -> None:
-        self.refused.append((round_index, client_id, reason))
 
     def close(self) -> None:
         self.engine = None

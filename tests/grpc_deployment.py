@@ -25,13 +25,15 @@ from fedwarden.core.records import RoundRecord
 from fedwarden.data import load_dataset
 from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList
+from fedwarden.governance.listener import StoreListener
 from fedwarden.governance.store import RunStore
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.client import _Stubs, signed_upload, upload_stream
 from fedwarden.runtime.grpc.credentials import ClientKit, TlsKit
-from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription, grpc_options
-from fedwarden.runtime.grpc.wire import version_message
+from fedwarden.runtime.grpc.server import GrpcRuntime
+from fedwarden.runtime.grpc.service import RunDescription
+from fedwarden.runtime.grpc.wire import grpc_options, version_message
 from fedwarden.server.server import Server
 from grpc_federation import wait_for
 from harness import start_server
@@ -179,7 +181,7 @@ def deployment_at(
         revocations=None
         if tls is None
         else RevocationList(kit / REVOCATION_LIST, tls.root_certificate),
-        store=store,
+        journal=store,
         run=RunDescription(RUN_ID, "{}", dataset.num_features, 10),
         spool_dir=root / "spool",
         expected_clients=dataset.client_ids,
@@ -189,6 +191,7 @@ def deployment_at(
     )
     runtime.serve()
     server = start_server(dataset, trainer, runtime, rounds=rounds, deadline_s=20)
+    server.recorders.append(StoreListener(store, RUN_ID))
     try:
         yield Deployment(server, runtime, store, pki)
     finally:

@@ -29,13 +29,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fedwarden.core.errors import FedwardenError
-from fedwarden.governance import (
-    DuplicateUpdate,
-    EnrolmentConflict,
-    RoundConflict,
-    RunStore,
-    StoreError,
-)
+from fedwarden.governance import RoundConflict, RunStore, StoreError
+from fedwarden.runtime.grpc.journal import DuplicateUpdate, EnrolmentConflict
 
 POSTGRES_MISSING = "PostgreSQL server binaries not installed (Debian package postgresql)"
 PSYCOPG_MISSING = "psycopg not installed (pip install 'psycopg[binary]'); PostgreSQL not tested"

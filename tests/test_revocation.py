@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from fedwarden.cli import app
 from fedwarden.deploy.pki import PkiError, init_ca, issue
 from fedwarden.deploy.revocation import REVOCATION_LIST, RevocationList, revoke
-from fedwarden.governance.store import EnrolmentConflict
+from fedwarden.runtime.grpc.journal import EnrolmentConflict
 from grpc_deployment import deployment_at
 
 

@@ -65,7 +65,7 @@ def test_tampered_signature_is_refused_counted_and_never_aggregated(deployment) 
     record = done.get(timeout=30)
     assert record.participants == 2
     assert record.rejection_reasons == {"forged": 2, "corrupted": 1}
-    assert deployment.runtime.rejections == {"forged": 2, "corrupted": 1}
+    assert deployment.runtime.uploads.rejections == {"forged": 2, "corrupted": 1}
     assert deployment.store.rejection_counts(RUN_ID) == {"forged": 2, "corrupted": 1}
     np.testing.assert_allclose(deployment.server.vector - before, 0.01, rtol=1e-5)
 
@@ -96,7 +96,7 @@ def test_replayed_and_duplicate_updates_are_refused_and_counted(deployment) -> N
     record = done.get(timeout=30)
     assert record.participants == 2
     assert record.rejection_reasons == {"forged": 1}
-    assert deployment.runtime.rejections == {"duplicate": 1, "replayed": 2, "forged": 1}
+    assert deployment.runtime.uploads.rejections == {"duplicate": 1, "replayed": 2, "forged": 1}
     assert deployment.store.rejection_counts(RUN_ID) == {"duplicate": 1, "replayed": 2, "forged": 1}
 
 
@@ -109,7 +109,7 @@ def test_a_client_cannot_upload_as_another(deployment) -> None:
     assert second.send(header, body).accepted
     assert first.send(*first.honest_upload(first.next_task())).accepted
     assert done.get(timeout=30).rejection_reasons == {}
-    assert deployment.runtime.refusals_by_peer == {"client_0": {"impersonation": 1}}
+    assert deployment.runtime.uploads.refusals_by_peer == {"client_0": {"impersonation": 1}}
 
 
 def once_released(upload: Callable[[], pb.UploadReceipt]) -> pb.UploadReceipt:

@@ -92,8 +92,7 @@ def test_a_stream_that_never_sends_its_header_is_cut_off_and_its_slot_freed(tmp_
                     call.result(timeout=30)
                 assert stalled.value.code() == grpc.StatusCode.CANCELLED
             wait_for(lambda: deployment.runtime.limiter.in_use() == (0, {}), 10, "freed slots")
-            assert deployment.runtime.watchdog is not None
-            assert deployment.runtime.watchdog.stalled == 2
+            assert deployment.runtime.service.watchdog.stalled == 2
             again = IdleUploads(deployment, "mallory", 2, connections=1)
             with pytest.raises(grpc.RpcError) as stalled:
                 again.calls[0].result(timeout=30)
@@ -353,15 +352,15 @@ def test_soak_idle_slow_and_malformed_streams_leave_honest_rounds_running(
                 assert len(grpc_threads) <= limits.max_concurrent_rpcs
         finally:
             soak.finish()
-        assert runtime.rejections.total() <= sum(soak.opened.values())
+        assert runtime.uploads.rejections.total() <= sum(soak.opened.values())
         with capsys.disabled():
             print(
                 "\nsoak (loopback, bounded):"
                 f"\n  streams opened by kind: {dict(soak.opened)}"
                 f"\n  how they ended: {dict(soak.ended)}"
                 f"\n  refused by the limiter: {dict(runtime.limiter.refused)};"
-                f" cut off by the watchdog: {runtime.watchdog.stalled if runtime.watchdog else 0};"
-                f" uploads refused: {dict(runtime.rejections)}"
+                f" cut off by the watchdog: {runtime.service.watchdog.stalled};"
+                f" uploads refused: {dict(runtime.uploads.rejections)}"
                 f"\n  honest round: undisturbed {undisturbed:.2f} s,"
                 f" under attack median {statistics.median(attacked):.2f} s,"
                 f" slowest {max(attacked):.2f} s over {len(attacked)} rounds"

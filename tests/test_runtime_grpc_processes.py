@@ -25,8 +25,7 @@ from fedwarden.governance.audit import load_public_key, read_entries, verify
 from fedwarden.governance.store import RunStore
 from fedwarden.privacy.accounting import compute_spend, event_from_json
 from fedwarden.runtime.grpc import federation_pb2 as pb
-from fedwarden.runtime.grpc.server import SERVICE
-from fedwarden.runtime.grpc.wire import version_message
+from fedwarden.runtime.grpc.wire import SERVICE, version_message
 from grpc_federation import Federation, wait_for
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from fedwarden.governance.audit import AuditLog, ServerAuditTrail, UpdateRejected, read_entries
 from fedwarden.governance.store import RunStore, rejections
 from fedwarden.runtime.grpc import federation_pb2 as pb
-from fedwarden.runtime.grpc.server import MAX_RECORDED_REFUSALS
+from fedwarden.runtime.grpc.uploads import MAX_RECORDED_REFUSALS
 from grpc_deployment import RUN_ID, deployment_at
 
 CLAIMS = 50
@@ -61,7 +61,9 @@ def test_headers_naming_another_client_are_recorded_against_the_sender_not_the_n
         assert "client_1" not in recorded_against(store)
         assert recorded_against(store) == {"client_0": MAX_RECORDED_REFUSALS}
         assert "client_1" not in audited_against(store)
-        assert deployment.runtime.refusals_by_peer == {"client_0": {"impersonation": CLAIMS}}
+        assert deployment.runtime.uploads.refusals_by_peer == {
+            "client_0": {"impersonation": CLAIMS}
+        }
         deployment.runtime.close()
         assert recorded_against(store) == {"client_0": MAX_RECORDED_REFUSALS + 1}
         assert store.rejection_counts(RUN_ID) == {

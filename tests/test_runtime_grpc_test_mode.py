@@ -13,6 +13,7 @@ from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.client import FederationClient, ReproducibleNoiseRefused
 from fedwarden.runtime.grpc.credentials import ClientKit
+from fedwarden.server.launch import build_client
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -32,7 +33,7 @@ def site(tmp_path: Path, **options: bool) -> FederationClient:
     init_ca(tmp_path / "pki", "test")
     issue(tmp_path / "pki", "client", "hospital-0")
     kit = ClientKit.from_dir(tmp_path / "pki" / "clients" / "hospital-0")
-    return FederationClient("127.0.0.1:1", kit, tmp_path / "missing.npz", **options)
+    return FederationClient("127.0.0.1:1", kit, tmp_path / "missing.npz", build_client, **options)
 
 
 def test_a_server_cannot_switch_a_client_to_test_mode_noise(tmp_path: Path) -> None:

@@ -973,6 +973,7 @@ def client_command(
     from fedwarden.runtime.grpc.client import FederationClient
     from fedwarden.runtime.grpc.credentials import ClientKit
     from fedwarden.secure.secagg_policy import SecAggPolicy
+    from fedwarden.server.launch import build_client
 
     _logging_console(level=logging.INFO)
     try:
@@ -983,6 +984,7 @@ def client_command(
             server,
             ClientKit.from_dir(identity),
             data,
+            build_client,
             insecure=insecure,
             state_dir=state_dir,
             allow_test_mode_noise=allow_test_mode_noise,

@@ -1,14 +1,15 @@
 """What a runtime with remote clients offers beyond rounds: protocol steps and asynchronous tasks.
 
 :class:`ClientChannel` serves aggregators whose protocol needs several
-exchanges per round (secure aggregation); :class:`AsynchronousClients` serves
-servers that do not wait for a cohort (FedBuff).
+exchanges per round (secure aggregation), and :class:`ProtocolHalf` is what
+answers them on a client; :class:`AsynchronousClients` serves servers that do
+not wait for a cohort (FedBuff).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
 from fedwarden.core.params import Vector
@@ -34,6 +35,19 @@ class ClientChannel(Protocol):
 
     def peer_certificates(self, clients: Sequence[str]) -> dict[str, bytes]:
         """The certificates (PEM) of ``clients``, for each client to check against its own CA."""
+        ...
+
+
+@runtime_checkable
+class ProtocolHalf(Protocol):
+    """A client's half of a multi-step protocol: a pipeline stage that answers the steps.
+
+    A deployed client hands each protocol step its server sends to the stage
+    of its pipeline that is one (secure aggregation's client half).
+    """
+
+    def answer(self, message: bytes) -> bytes:
+        """The answer to one step (bytes only the protocol's halves read)."""
         ...
 
 

@@ -9,16 +9,12 @@ _REGISTRY = "fedwarden.governance.registry"
 _STORE = "fedwarden.governance.store"
 
 _EXPORTS = {
-    "AcceptedUpdate": _STORE,
     "AuditEntry": _AUDIT,
     "AuditError": _AUDIT,
     "AuditEvent": _AUDIT,
     "AuditLog": _AUDIT,
     "BudgetChanged": _AUDIT,
     "ClientQuarantined": _AUDIT,
-    "DuplicateUpdate": _STORE,
-    "EnrolledClient": _STORE,
-    "EnrolmentConflict": _STORE,
     "ModelPromoted": _AUDIT,
     "ModelRegistered": _AUDIT,
     "ModelRegistry": _REGISTRY,

@@ -17,7 +17,7 @@ Under any DP mechanism or secure aggregation nothing else travels in clear:
 other metric a trainer reports (its training loss, say) and replaces the
 example count by one unless it is public or inside the secure sum; the secure
 sum's client drops the clear copy after masking
-(:meth:`fedwarden.pipeline.secure.SecureSumClient.protect`). Federated
+(:meth:`fedwarden.pipeline.secure.SecureSumClient.client_half`). Federated
 evaluations (the end-of-run client evaluation, pilots) are off in such runs:
 per-client accuracies and test-set sizes would be released uncharged.
 :func:`release_inventory` is the privacy report's ``releases``: each kind of

@@ -18,8 +18,9 @@ Over the ``grpc`` runtime the clients are real: :meth:`SecureSum.attach` takes
 the runtime's channel, the same :func:`~fedwarden.secure.secagg.setup_round`
 and :func:`~fedwarden.secure.secagg.finish_round` drive the protocol through
 it (messages as ``secagg.proto`` bytes, signed like every upload), and each
-client process encodes and masks its own update with :class:`SecureSumClient`;
-the server only ever receives masked ring vectors. The server relays the
+client process runs :class:`SecureSumClient`, the last stage of its pipeline,
+which answers those steps and encodes and masks its own update; the server
+only ever receives masked ring vectors. The server relays the
 cohort's certificates; each client takes its peers' identity keys from them
 after checking them against its own enrolment CA, and refuses a round its own
 :class:`~fedwarden.secure.secagg_policy.SecAggPolicy` does not allow.
@@ -65,8 +66,9 @@ from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.deploy.pki import PkiError, peer_identities
+from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline.releases import withheld
-from fedwarden.pipeline.stage import Aggregate, Aggregator
+from fedwarden.pipeline.stage import Aggregate, Aggregator, Stage
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
 from fedwarden.secure.encoding import RingEncoder, RingEncodingError
@@ -186,16 +188,20 @@ class RemoteParticipants:
         return replies
 
 
-class SecureSumClient:
+class SecureSumClient(Stage):
     """The client half of :class:`SecureSum` in a deployment: one SecAgg+ round at a time.
 
-    Answers the server's protocol steps and, in round 2, encodes (with the
-    round's :class:`RoundEncoding`, noise from ``noise``) and masks this
-    client's update. Its secrets never leave it except as the protocol allows.
-    It trusts peers' identity keys only from certificates that chain to
-    ``ca_certificate`` (its own kit's CA), and takes part only in rounds its
-    ``policy`` allows.
+    A stage with only a client half, the last a deployed client runs: it
+    answers the server's protocol steps (:meth:`answer`) and, in round 2,
+    encodes (with the round's :class:`RoundEncoding`, noise from ``noise``)
+    and masks this client's update (:meth:`client_half`). Its secrets never
+    leave it except as the protocol allows. It trusts peers' identity keys
+    only from certificates that chain to ``ca_certificate`` (its own kit's
+    CA), and takes part only in rounds its ``policy`` allows.
     """
+
+    name: ClassVar[str] = "secure_sum_client"
+    hides_individual_updates = True
 
     def __init__(
         self,
@@ -250,7 +256,7 @@ class SecureSumClient:
             )
         return client_step_bytes(answer_step(self._round, message))
 
-    def protect(self, update: ClientUpdate) -> ClientUpdate:
+    def client_half(self, update: ClientUpdate, context: ClientContext) -> ClientUpdate:
         """``update`` encoded and masked: its payload is the masked ring vector.
 
         Nothing computed from the client's data travels beside it in clear: its

@@ -12,7 +12,6 @@ transport checks refused (the client's instruction stays open).
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -29,8 +28,6 @@ from fedwarden.core.messages import (
 )
 from fedwarden.core.params import Vector
 from fedwarden.runtime.engine import Workload
-
-logger = logging.getLogger(__name__)
 
 
 class Runtime(ABC):
@@ -64,14 +61,6 @@ class Runtime(ABC):
     def client_channel(self) -> ClientChannel | None:
         """A channel for multi-step protocols with remote clients (None: clients are simulated)."""
         return None
-
-    def update_refused(self, round_index: int, client_id: str, reason: str, message: str) -> None:
-        """Note that the server's checks refused an update this runtime delivered.
-
-        The grpc runtime records it beside the accepted upload; simulated runtimes keep no
-        record, and log nothing more than the server already does.
-        """
-        logger.debug("round %d: %s's update refused (%s)", round_index, client_id, reason)
 
     def asynchronous(self) -> AsynchronousClients | None:
         """Asynchronous fit tasks (None: this runtime only runs synchronous cohorts)."""

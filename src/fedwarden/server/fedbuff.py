@@ -122,9 +122,8 @@ class FedBuffServer(Server):
                     weight = np.float32(staleness_weight(staleness, self.staleness_exponent))
                     accept(replace(checked, update=checked.update * weight))
                 except UpdateRejected as rejection:
-                    self.rejected(traffic, round_index, reply.client_id, rejection.reason)
-                    self.runtime.update_refused(
-                        reply.round_index, reply.client_id, rejection.reason, str(rejection)
+                    self.rejected(
+                        traffic, round_index, reply.client_id, rejection.reason, str(rejection)
                     )
                     logger.warning("server update %d: rejected: %s", round_index, rejection)
                     self.clients.release(reply.round_index, reply.client_id)

@@ -57,7 +57,7 @@ from fedwarden.pipeline.robust import (
     Reputation,
     TrimmedMean,
 )
-from fedwarden.pipeline.secure import SecureSum
+from fedwarden.pipeline.secure import SecureSum, SecureSumClient
 from fedwarden.pipeline.stage import Aggregator, Stage
 from fedwarden.privacy.accounting import (
     Neighboring,
@@ -105,8 +105,10 @@ if TYPE_CHECKING:
     from fedwarden.core.alerts import Alert
     from fedwarden.governance.anchor import AnchorEveryRound
     from fedwarden.governance.audit import ServerAuditTrail
+    from fedwarden.governance.listener import StoreListener
     from fedwarden.governance.store import RoundRows, RunStore
     from fedwarden.monitor.alerts import FederationMetrics, Monitoring
+    from fedwarden.runtime.grpc.client import Site
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.local_clients import LocalClients
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -325,6 +327,32 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
             )
         )
     return stages + withhold
+
+
+def build_client(
+    config: RunConfig, dataset: FederatedDataset, site: Site
+) -> tuple[Trainer, list[Stage]]:
+    """A deployed client's trainer and the stages whose client halves it runs.
+
+    The stages of :func:`build_stages`, then, under secure aggregation, the
+    client half of SecAgg+ acting with ``site``'s identity and policy.
+    """
+    trainer = build_trainer(config, dataset)
+    if config.strategy.name == "scaffold":
+        trainer = ScaffoldTrainer(trainer)
+    stages = build_stages(config, trainer.spec, None)
+    if config.secure.kind == "secagg":
+        noise = NoiseSource.secure_or_testing(config.privacy.reproducible_noise, config.seed)
+        stages.append(
+            SecureSumClient(
+                site.client_id,
+                site.identity,
+                noise,
+                ca_certificate=site.ca_certificate,
+                policy=site.secagg_policy,
+            )
+        )
+    return trainer, stages
 
 
 def build_aggregator(config: RunConfig) -> Aggregator:
@@ -742,7 +770,8 @@ def build_runtime(
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
     from fedwarden.runtime.grpc.limits import ServerLimits
-    from fedwarden.runtime.grpc.server import GrpcRuntime, RunDescription
+    from fedwarden.runtime.grpc.server import GrpcRuntime
+    from fedwarden.runtime.grpc.service import RunDescription
 
     if run_dir is None or store is None or deployment is None:
         raise ConfigError(
@@ -751,7 +780,7 @@ def build_runtime(
     return GrpcRuntime(
         deployment.address,
         tls=deployment.tls,
-        store=store,
+        journal=store,
         run=RunDescription(
             run_dir.path.name,
             config.model_dump_json(),
@@ -1056,6 +1085,7 @@ def _run(
                     *_round_rows(store, run_dir),
                     *_anchoring(store, run_dir, audit, deployment),
                 ],
+                "recorders": _store_listener(store, run_dir),
                 "client_evaluation_off": None
                 if policy.federated_evaluation
                 else policy.why_no_federated_evaluation("the end-of-run client evaluation"),
@@ -1184,6 +1214,15 @@ def _round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[Ro
     if store is None or run_dir is None:
         return []
     return [RoundRows(store, run_dir.path.name)]
+
+
+def _store_listener(store: RunStore | None, run_dir: RunDirectory | None) -> list[StoreListener]:
+    """The run store's recorder of cohorts and refused updates, when the run has a store."""
+    from fedwarden.governance.listener import StoreListener
+
+    if store is None or run_dir is None:
+        return []
+    return [StoreListener(store, run_dir.path.name)]
 
 
 def _governance_report(

@@ -73,6 +73,16 @@ class RoundAudit(Protocol):
         """A round was aggregated (or not), recorded and checkpointed."""
 
 
+class RoundRecorder(Protocol):
+    """Keeps the run's durable record of cohorts and refusals (the run store's listener)."""
+
+    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
+        """A round's cohort was sampled."""
+
+    def update_rejected(self, round_index: int, client_id: str, reason: str, message: str) -> None:
+        """An update was refused and not aggregated; ``message`` says why."""
+
+
 class RoundMonitor(Protocol):
     """Told of every completed round: alert rules and metrics, the store's round rows."""
 
@@ -228,6 +238,7 @@ class Server:
         reputation: Reputation | None = None,
         audit: RoundAudit | None = None,
         monitors: Sequence[RoundMonitor] = (),
+        recorders: Sequence[RoundRecorder] = (),
         cohort_randomness: NoiseSource | None = None,
         noise_randomness: NoiseSource | None = None,
         client_evaluation_off: str | None = None,
@@ -250,6 +261,7 @@ class Server:
         self.reputation = reputation
         self.audit = audit
         self.monitors = list(monitors)
+        self.recorders = list(recorders)
         self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
@@ -339,6 +351,8 @@ class Server:
             self.observer.round_started(round_index, len(cohort))
         if self.audit is not None:
             self.audit.round_started(round_index, cohort)
+        for recorder in self.recorders:
+            recorder.round_started(round_index, cohort)
         self.pipeline.aggregator.start(self.vector.size, cohort)
         train_loss = TrainLoss()
         traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
@@ -427,20 +441,22 @@ class Server:
     ) -> None:
         """Count and log a client that failed, or an upload its transport refused."""
         if isinstance(reply, UpdateRefused):
-            self.rejected(traffic, round_index, reply.client_id, reply.reason)
+            self.rejected(traffic, round_index, reply.client_id, reply.reason, reply.message)
             return
         traffic.failures[reply.reason] += 1
         traffic.silent_clients.append(reply.client_id)
         logger.warning("round %d: client %s %s", round_index, reply.client_id, reply.message)
 
     def rejected(
-        self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str
+        self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str, message: str
     ) -> None:
-        """Count a refused update in the round's traffic and in the audit trail."""
+        """Count a refused update in the round's traffic, the audit trail and the recorders."""
         traffic.rejections[reason] += 1
         traffic.rejected_clients.append(client_id)
         if self.audit is not None:
             self.audit.update_rejected(round_index, client_id, reason)
+        for recorder in self.recorders:
+            recorder.update_rejected(round_index, client_id, reason, message)
 
     def collect_updates(
         self,
@@ -469,9 +485,8 @@ class Server:
                 accepted = self.pipeline.server_half(reply)
                 accept(accepted)
             except UpdateRejected as rejection:
-                self.rejected(traffic, round_index, reply.client_id, rejection.reason)
-                self.runtime.update_refused(
-                    round_index, reply.client_id, rejection.reason, str(rejection)
+                self.rejected(
+                    traffic, round_index, reply.client_id, rejection.reason, str(rejection)
                 )
                 logger.warning("round %d: rejected: %s", round_index, rejection)
                 continue

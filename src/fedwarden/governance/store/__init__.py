@@ -56,10 +56,6 @@ from __future__ import annotations
 
 from fedwarden.governance.store.engine import StoreAccess, StoreEngine, postgres_grants
 from fedwarden.governance.store.records import (
-    AcceptedUpdate,
-    DuplicateUpdate,
-    EnrolledClient,
-    EnrolmentConflict,
     RejectionRow,
     RoundConflict,
     RunRow,
@@ -85,10 +81,6 @@ from fedwarden.governance.store.schema import (
 
 __all__ = [
     "IDENTITY_KEY_BYTES",
-    "AcceptedUpdate",
-    "DuplicateUpdate",
-    "EnrolledClient",
-    "EnrolmentConflict",
     "FinalStatus",
     "RejectionRow",
     "RoundConflict",

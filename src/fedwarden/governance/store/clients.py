@@ -9,13 +9,12 @@ from sqlalchemy.exc import IntegrityError
 
 from fedwarden.governance.store.engine import StoreEngine
 from fedwarden.governance.store.records import (
-    EnrolledClient,
-    EnrolmentConflict,
     StoreError,
     as_record,
     select_as,
 )
 from fedwarden.governance.store.schema import IDENTITY_KEY_BYTES, clients, utc_now
+from fedwarden.runtime.grpc.journal import EnrolledClient, EnrolmentConflict
 
 logger = logging.getLogger(__name__)
 

@@ -10,18 +10,11 @@ from sqlalchemy import Row, Select, Table, select
 
 from fedwarden.core.errors import FedwardenError
 from fedwarden.governance.store.schema import RunStatus
+from fedwarden.runtime.grpc.journal import AcceptedUpdate, EnrolledClient
 
 
 class StoreError(FedwardenError):
     """The run store was asked for something its records do not allow."""
-
-
-class EnrolmentConflict(StoreError):
-    """A client is already enrolled with a different identity key."""
-
-
-class DuplicateUpdate(StoreError):
-    """A client's update for this run and round was already accepted."""
 
 
 class RoundConflict(StoreError):
@@ -41,31 +34,6 @@ class RunRow:
     created_at: datetime
     message: str = ""
     finished_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class EnrolledClient:
-    """A client's active enrolment: the raw 32-byte Ed25519 key its updates are signed with."""
-
-    client_id: str
-    public_key: bytes
-    source: str
-    enrolled_at: datetime
-
-
-@dataclass(frozen=True)
-class AcceptedUpdate:
-    """A client update the server accepted for a round, durably recorded before acknowledging it."""
-
-    run_id: str
-    round_index: int
-    client_id: str
-    digest: str
-    num_examples: int
-    metrics_json: str
-    payload_path: str
-    header_json: str
-    accepted_at: datetime
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from sqlalchemy.exc import IntegrityError
 
 from fedwarden.governance.store.engine import StoreEngine
 from fedwarden.governance.store.records import (
-    AcceptedUpdate,
-    DuplicateUpdate,
     RejectionRow,
     as_record,
     select_as,
 )
 from fedwarden.governance.store.schema import accepted_updates, rejections, utc_now
+from fedwarden.runtime.grpc.journal import AcceptedUpdate, DuplicateUpdate
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,17 @@
 """The ``grpc`` runtime's client half: the ``fedwarden client`` process of one site.
 
-The client dials the server (it may sit behind a NAT), joins, builds its
-model and pipeline halves from the run's config, and keeps one ``Connect``
-stream open: tasks arrive on it the moment a round starts, heartbeats leave
-on it. For a fit task the client downloads the global vector (chunked,
-checked against its SHA-256), trains with the same
+The client dials the server (it may sit behind a NAT), joins, has its
+model and pipeline stages built from the run's config by the
+:class:`ClientBuilder` its caller gives it, and keeps one ``Connect`` stream
+open: tasks arrive on it the moment a round starts, heartbeats leave on it.
+For a fit task the client downloads the global vector (chunked, checked
+against its SHA-256), trains and runs the stages' client halves with the same
 :class:`~fedwarden.runtime.engine.ClientEngine` the simulation runtimes use,
-signs the update with its identity key and streams it back. When the server
-goes away the client reconnects with capped exponential backoff and jitter;
-SIGTERM ends it after the current upload.
+signs the update with its identity key and streams it back. A protocol step
+goes to the stage that answers them (:class:`~fedwarden.core.channel.ProtocolHalf`,
+secure aggregation's client half). When the server goes away the client
+reconnects with capped exponential backoff and jitter; SIGTERM ends it after
+the current upload.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -29,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedwarden import __version__
+from fedwarden.core.channel import ProtocolHalf
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.messages import (
@@ -41,19 +46,20 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.sources import load_client_file
-from fedwarden.pipeline.secure import SecureSumClient
-from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.models.trainer import Trainer
+from fedwarden.pipeline.stage import Stage
 from fedwarden.runtime.engine import ClientEngine, Workload
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.credentials import ClientKit
-from fedwarden.runtime.grpc.server import SERVICE, grpc_options
 from fedwarden.runtime.grpc.wire import (
+    SERVICE,
     UPLOAD_DATA_TAG,
     ProtocolError,
     UploadMetadata,
     check_version,
     chunks,
     framed,
+    grpc_options,
     read_chunk,
     sign,
     version_message,
@@ -79,6 +85,32 @@ class RunOver(FedwardenError):
 
 class SessionLost(FedwardenError):
     """The session stream closed while the run goes on (the server is restarting)."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Who a client is, for the pipeline stages that act in its name (secure aggregation's)."""
+
+    client_id: str
+    identity: Ed25519PrivateKey
+    ca_certificate: bytes
+    """The client's own enrolment CA (PEM): peers' certificates must chain to it."""
+    secagg_policy: SecAggPolicy | None = None
+    """What this site accepts in secure-aggregation rounds (its own setting, not the server's)."""
+
+
+class ClientBuilder(Protocol):
+    """Builds a client's trainer and pipeline stages for a run, from the config it was sent.
+
+    The stages are those whose client halves the client runs, in order (the
+    last may be a :class:`~fedwarden.core.channel.ProtocolHalf`).
+    """
+
+    def __call__(
+        self, config: RunConfig, dataset: FederatedDataset, site: Site
+    ) -> tuple[Trainer, Sequence[Stage]]:
+        """The trainer and stages of ``site`` for ``config``, over its ``dataset``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -128,6 +160,7 @@ class FederationClient:
 
     ``kit`` holds the TLS certificate and identity key; with ``insecure`` the
     channel is plaintext and only the identity key of ``kit`` is used.
+    ``build`` makes the trainer and pipeline stages of each run it joins.
     ``allow_test_mode_noise`` is this site's own choice, never the server's: a
     run config asking for ``privacy.reproducible_noise`` (noise, masks and
     batches anyone holding the seed can recompute, the server included) is
@@ -142,6 +175,7 @@ class FederationClient:
         address: str,
         kit: ClientKit,
         data_path: Path,
+        build: ClientBuilder,
         *,
         insecure: bool = False,
         state_dir: Path | None = None,
@@ -152,6 +186,7 @@ class FederationClient:
         self.kit = kit
         self.client_id = kit.client_id
         self.data_path = data_path
+        self.build = build
         self.insecure = insecure
         self.state_dir = state_dir
         self.allow_test_mode_noise = allow_test_mode_noise
@@ -159,7 +194,7 @@ class FederationClient:
         self.stop = threading.Event()
         self._engine: tuple[str, ClientEngine] | None = None
         self._models: dict[str, Vector] = {}
-        self._secure: SecureSumClient | None = None
+        self._protocol: ProtocolHalf | None = None
         self._joined = False
         self._call: grpc.Future | None = None
 
@@ -254,8 +289,6 @@ class FederationClient:
         """The client's trainer and pipeline halves for this run, built once per run."""
         if self._engine is not None and self._engine[0] == reply.run_id:
             return self._engine[1]
-        from fedwarden.server.launch import build_stages, build_trainer
-
         config = RunConfig.model_validate_json(reply.run_config_json)
         self._check_noise_mode(config)
         num_classes = reply.num_classes or None
@@ -270,22 +303,12 @@ class FederationClient:
             num_features=reply.num_features,
             num_classes=num_classes,
         )
-        trainer = build_trainer(config, dataset)
-        if config.strategy.name == "scaffold":
-            from fedwarden.strategies.scaffold import ScaffoldTrainer
-
-            trainer = ScaffoldTrainer(trainer)
-        stages = tuple(build_stages(config, trainer.spec, None))
-        self._secure = None
-        if config.secure.kind == "secagg":
-            noise = NoiseSource.secure_or_testing(config.privacy.reproducible_noise, config.seed)
-            self._secure = SecureSumClient(
-                self.client_id,
-                self.kit.identity,
-                noise,
-                ca_certificate=self.kit.tls.root_certificate,
-                policy=self.secagg_policy,
-            )
+        site = Site(
+            self.client_id, self.kit.identity, self.kit.tls.root_certificate, self.secagg_policy
+        )
+        trainer, built = self.build(config, dataset, site)
+        stages = tuple(built)
+        self._protocol = next((stage for stage in stages if isinstance(stage, ProtocolHalf)), None)
         engine = ClientEngine(Workload(dataset, trainer, stages, config.seed, self.state_dir))
         self._engine = (reply.run_id, engine)
         self._models.clear()
@@ -320,9 +343,9 @@ class FederationClient:
         kind = task.WhichOneof("kind")
         logger.info("round %d: %s task %s received", task.round_index, kind, task.task_id)
         if kind == "protocol":
-            if self._secure is None:
+            if self._protocol is None:
                 raise ProtocolError("this run has no multi-step aggregation protocol")
-            self._upload(stubs, task, self._secure.answer(task.protocol.message))
+            self._upload(stubs, task, self._protocol.answer(task.protocol.message))
             return
         vector = self._model(stubs, task)
         if kind == "fit":
@@ -331,8 +354,6 @@ class FederationClient:
             parameters = dict(fit.round_parameters)
             instruction = FitInstruction(task.round_index, self.client_id, train, parameters)
             update = engine.fit(vector, instruction)
-            if self._secure is not None:
-                update = self._secure.protect(update)
             self._upload(stubs, task, update)
         else:
             evaluate = task.evaluate

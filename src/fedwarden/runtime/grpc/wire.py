@@ -4,6 +4,8 @@ The protocol itself is ``federation.proto`` beside this module (generated
 ``federation_pb2``; regenerate with ``make proto``). This module holds the
 rules both ends share:
 
+- **Service**: :data:`SERVICE` and the channel options (:func:`grpc_options`)
+  both ends use.
 - **Versions**: :data:`PROTOCOL` is this build's version; peers with another
   major version are refused with a sentence naming both.
 - **Chunks**: a vector travels as its raw ``float32`` buffer cut into
@@ -34,6 +36,9 @@ from fedwarden.core import canonical
 from fedwarden.core.errors import FedwardenError
 from fedwarden.runtime.grpc import federation_pb2 as pb
 
+SERVICE: Final = "fedwarden.v1.Federation"
+"""The gRPC service ``federation.proto`` declares."""
+
 PROTOCOL: Final = (1, 0)
 """(major, minor) of the protocol this build speaks."""
 
@@ -51,6 +56,19 @@ PAYLOAD_KINDS: Final = ("update", "encoded", "evaluation", "protocol")
 answer to a protocol step."""
 
 _DOMAIN: Final = b"fedwarden/v1 upload"
+
+
+def grpc_options() -> list[tuple[str, Any]]:
+    """Channel and server options both ends use: message size caps and keepalive pings."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 class ProtocolError(FedwardenError):

@@ -1,0 +1,96 @@
+"""Asynchronous fit tasks over the grpc runtime (FedBuff): dispatch one, poll for replies.
+
+A synchronous round sends its cohort's tasks and waits for all of them; an
+asynchronous server keeps a few clients training at all times, on whichever
+model version was current when each started, and takes replies as they come.
+Tasks of several versions may be open at once; each version is served until
+the server retires it.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
+from fedwarden.core.params import Vector
+from fedwarden.runtime.grpc.tasks import TaskBoard, fit_task, lost, overdue
+from fedwarden.runtime.grpc.uploads import Uploads
+
+
+class AsynchronousTasks:
+    """The runtime's :class:`~fedwarden.core.channel.AsynchronousClients`."""
+
+    def __init__(self, board: TaskBoard, uploads: Uploads) -> None:
+        self.board = board
+        self.uploads = uploads
+        self._dispatched: dict[str, str] = {}
+        """Open asynchronous tasks: task id -> client."""
+
+    def publish(self, vector: Vector, label: str) -> str:
+        """Serve a copy of ``vector`` to clients as a new model version; its id."""
+        return self.board.publish(vector, label)
+
+    def retire(self, version: str) -> None:
+        """Stop serving a model version."""
+        self.board.retire(version)
+
+    def connected_clients(self) -> list[str]:
+        """The clients with an open session right now."""
+        return self.board.connected_clients()
+
+    def release(self, round_index: int, client_id: str) -> None:
+        """Delete the spooled copy of an applied update."""
+        self.uploads.delete_spooled(round_index, client_id)
+
+    def dispatch(self, version: str, instruction: FitInstruction) -> None:
+        """Send one fit task on model ``version`` without waiting; :meth:`poll` gives its reply."""
+        with self.board.lock:
+            task_id = self.board.send(
+                instruction.client_id,
+                fit_task(instruction),
+                instruction.round_index,
+                "fit",
+                version,
+            )
+            self._dispatched[task_id] = instruction.client_id
+
+    def poll(
+        self, timeout: float, deadline_s: float | None = None
+    ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:
+        """Replies to dispatched tasks that arrived within ``timeout`` seconds.
+
+        Tasks of lost clients, and tasks open longer than ``deadline_s``, come
+        back as failures.
+        """
+        board = self.board
+        replies: list[ClientUpdate | ClientFailure | UpdateRefused] = []
+        for task in board.lost_tasks(self._dispatched):
+            del self._dispatched[task.task_id]
+            replies.append(lost(task))
+        if deadline_s is not None:
+            now = time.monotonic()
+            with board.lock:
+                late = [
+                    board.open[task_id]
+                    for task_id in self._dispatched
+                    if task_id in board.open
+                    and not board.open[task_id].receiving
+                    and now - board.open[task_id].sent_at > deadline_s
+                ]
+                for task in late:
+                    board.expire(task.task_id)
+            for task in late:
+                del self._dispatched[task.task_id]
+                replies.append(overdue(task.round_index, task.client_id, deadline_s))
+        wait = timeout
+        while True:
+            try:
+                reply, answered = board.replies.get(timeout=wait)
+            except queue.Empty:
+                return replies
+            wait = 0.0
+            if answered is not None and self._dispatched.pop(answered, None) is None:
+                continue
+            if isinstance(reply, ClientUpdate | ClientFailure | UpdateRefused):
+                replies.append(reply)
