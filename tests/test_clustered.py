@@ -211,7 +211,7 @@ def urban_and_rural() -> FederatedDataset:
 def _server_factory(
     runtime: Runtime, trainer: ScriptedTrainer, dataset: FederatedDataset
 ) -> ServerFactory:
-    """A FedAvg server over the started ``runtime``, as launch would build one per cluster."""
+    """A FedAvg server over the started ``runtime``, as build_server would build one per cluster."""
 
     def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
         server = Server(

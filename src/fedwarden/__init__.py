@@ -34,7 +34,7 @@ _EXPORTS = {
     "RayRuntime": "fedwarden.runtime",
     "RunResult": "fedwarden.server",
     "Server": "fedwarden.server",
-    "run": "fedwarden.server",
+    "run": "fedwarden.build",
     "FedAdam": "fedwarden.strategies",
     "FedAvg": "fedwarden.strategies",
     "FedAvgM": "fedwarden.strategies",

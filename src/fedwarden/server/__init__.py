@@ -1,11 +1,10 @@
-"""The federated server: rounds, checkpoints, run directories, and building runs from configs."""
+"""The federated server: rounds, checkpoints and run directories."""
 
 from fedwarden.server.clustered import (
     ClusteredResult,
     ClusteredTraining,
     cluster_by_update_similarity,
 )
-from fedwarden.server.launch import prepare, resumed, run
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
 from fedwarden.server.server import CentralTestSet, RoundObserver, Server
@@ -21,7 +20,4 @@ __all__ = [
     "RunResult",
     "Server",
     "cluster_by_update_similarity",
-    "prepare",
-    "resumed",
-    "run",
 ]

@@ -14,7 +14,7 @@ import logging
 import resource
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -121,8 +121,9 @@ class RoundPrivacy(Protocol):
 class CentralTestSet:
     """The server's own held-out data for evaluating the global model.
 
-    A backdoor test set holds triggered examples labelled with the attacker's
-    target, so its accuracy is the backdoor's success rate.
+    An extra test set of a run holds other examples, e.g. triggered ones
+    labelled with a backdoor's target, so its accuracy is the backdoor's
+    success rate.
     """
 
     x: npt.NDArray[np.generic]
@@ -202,6 +203,8 @@ class Server:
     amplification by sampling needs cohorts nobody can recompute.
     ``noise_randomness`` is the pipeline's server-side noise source, passed
     so that a seeded one's position is checkpointed with the cohort stream's.
+    ``extra_tests`` are evaluated beside ``central_test``, the accuracy on each
+    kept under its name: a :class:`RoundRecord` field such as ``backdoor_success``.
     ``client_evaluation_off`` says why the end-of-run evaluation on every client is
     skipped (a protected run: :mod:`fedwarden.pipeline.releases`); None runs it.
     """
@@ -218,7 +221,7 @@ class Server:
         rounds: int,
         seed: int,
         central_test: CentralTestSet | None = None,
-        backdoor_test: CentralTestSet | None = None,
+        extra_tests: Mapping[str, CentralTestSet] | None = None,
         min_cohort: int = 1,
         deadline_s: float | None = None,
         evaluate_every: int = 1,
@@ -240,7 +243,7 @@ class Server:
         self.client_ids = list(client_ids)
         self.rounds = rounds
         self.central_test = central_test
-        self.backdoor_test = backdoor_test
+        self.extra_tests = dict(extra_tests or {})
         self.min_cohort = min_cohort
         self.deadline_s = deadline_s
         self.evaluate_every = evaluate_every
@@ -494,11 +497,8 @@ class Server:
         if self.central_test is None or not due or len(self.central_test.y) == 0:
             return {}
         metrics = dict(self.trainer.evaluate(self.vector, self.central_test.x, self.central_test.y))
-        if self.backdoor_test is not None:
-            triggered = self.trainer.evaluate(
-                self.vector, self.backdoor_test.x, self.backdoor_test.y
-            )
-            metrics["backdoor_success"] = triggered["accuracy"]
+        for name, test_set in self.extra_tests.items():
+            metrics[name] = self.trainer.evaluate(self.vector, test_set.x, test_set.y)["accuracy"]
         return metrics
 
     def _checkpoint(self) -> None:

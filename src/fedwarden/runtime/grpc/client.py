@@ -254,7 +254,8 @@ class FederationClient:
         """The client's trainer and pipeline halves for this run, built once per run."""
         if self._engine is not None and self._engine[0] == reply.run_id:
             return self._engine[1]
-        from fedwarden.server.launch import build_stages, build_trainer
+        from fedwarden.build.models import build_trainer
+        from fedwarden.build.pipeline import build_stages
 
         config = RunConfig.model_validate_json(reply.run_config_json)
         self._check_noise_mode(config)
