@@ -15,12 +15,8 @@ from dp_accounting.pld import pld_privacy_accountant
 from scipy import stats
 from sklearn.datasets import load_digits
 
-from fedwarden.audits.dp_audit import (
-    AuditResult,
-    audit_privacy,
-    canary_cosines,
-    canary_directions,
-)
+from fedwarden.audits.canary_clients import canary_cosines, canary_directions
+from fedwarden.audits.dp_audit import audit_privacy
 from fedwarden.audits.inversion import (
     client_gradient,
     infer_label,
@@ -39,6 +35,7 @@ from fedwarden.audits.membership import (
     tpr_at_fpr,
     train_alone,
 )
+from fedwarden.audits.results import AuditResult
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, DataError
 from fedwarden.core.messages import TrainConfig

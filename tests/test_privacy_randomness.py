@@ -177,6 +177,7 @@ def test_the_detector_finds_every_way_to_reach_a_predictable_generator() -> None
 
 SEEDED_RANDOMNESS_ALLOWED = {
     "attacks/data_poisoning.py": "simulated attackers choose whom to poison: no guarantee",
+    "audits/canary_clients.py": "the auditor's canary directions and coin flips",
     "audits/dp_audit.py": "the auditor's canaries and coin flips, not the audited release",
     "audits/inversion.py": "the attacker's own initialization of its reconstruction",
     "audits/membership.py": "the attacker's shadow splits",

@@ -12,10 +12,10 @@ _EXPORTS = {
     "InversionResult": "fedwarden.audits.inversion",
     "invert": "fedwarden.audits.inversion",
     "reconstruct": "fedwarden.audits.inversion",
-    "AuditResult": "fedwarden.audits.dp_audit",
-    "CanaryTrainer": "fedwarden.audits.dp_audit",
+    "AuditResult": "fedwarden.audits.results",
     "audit_privacy": "fedwarden.audits.dp_audit",
-    "canary_client_audit": "fedwarden.audits.dp_audit",
+    "CanaryTrainer": "fedwarden.audits.canary_clients",
+    "canary_client_audit": "fedwarden.audits.canary_clients",
 }
 
 __all__ = sorted(_EXPORTS)
