@@ -137,7 +137,7 @@ def build_runtime(
             dataset.num_features,
             dataset.num_classes,
         ),
-        spool_dir=run_dir.path / "spool",
+        spool_dir=run_dir.spool_dir,
         expected_clients=dataset.client_ids,
         heartbeat_s=config.runtime.heartbeat_s,
         join_timeout_s=config.runtime.join_timeout_s,
@@ -191,7 +191,7 @@ def audit_trail(
         run_id,
         dp=dp,
         delta=None if dp is None else section.delta,
-        cohort_openings=run_dir.path / "cohort_openings.json" if commits_cohorts(config) else None,
+        cohort_openings=run_dir.cohort_openings_path if commits_cohorts(config) else None,
     )
     if new_run:
         trail.run_created(run_dir.read_config(), __version__)

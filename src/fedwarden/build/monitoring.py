@@ -68,13 +68,13 @@ def anchoring(
     deployment: Deployment | None,
 ) -> list[AnchorEveryRound]:
     """The writer of the audit log's root-signed anchor into the run directory, every round."""
-    from fedwarden.governance.anchor import ANCHOR_FILE, AnchorEveryRound
+    from fedwarden.governance.anchor import AnchorEveryRound
 
     if store is None or run_dir is None or audit is None or deployment is None:
         return []
     if deployment.audit_key is None:
         return []
-    return [AnchorEveryRound(store, deployment.audit_key, run_dir.path / ANCHOR_FILE)]
+    return [AnchorEveryRound(store, deployment.audit_key, run_dir.anchor_path)]
 
 
 def round_rows(store: RunStore | None, run_dir: RunDirectory | None) -> list[RoundRows]:

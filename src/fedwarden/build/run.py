@@ -241,7 +241,7 @@ def _run(
     if store is not None and run_dir is not None:
         if deployment is None:
             deployment = Deployment.local(
-                run_dir.path / "deploy",
+                run_dir.deploy_dir,
                 dataset,
                 local_federation(config.runs_dir),
                 allow_test_mode_noise=config.privacy.reproducible_noise,

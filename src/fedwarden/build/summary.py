@@ -37,7 +37,7 @@ def governance_report(
     """Write the HTML audit report and a last anchor into the run directory; where all is."""
     from fedwarden.governance.audit import audit_report, render_html
 
-    report = run_dir.path / "audit_report.html"
+    report = run_dir.audit_report_path
     report.write_text(render_html(audit_report(store, audit.log.public_key)))
     anchors = anchoring(store, run_dir, audit, deployment)
     for writer in anchors:
@@ -96,8 +96,8 @@ def register_model(
     version = registry.register(
         run_dir.path.name,
         None,
-        run_dir.path / "model.npz",
-        (run_dir.path / "param_spec.json").read_text(),
+        run_dir.model_path,
+        run_dir.param_spec_path.read_text(),
         rounds=result.rounds,
         participants=sum(record.participants for record in result.history),
         dp=audit.dp,
