@@ -453,33 +453,64 @@ class Server:
     ) -> RoundTraffic:
         """Have ``cohort`` train from the global vector; pass each checked update to ``accept``.
 
-        Every reply goes through the pipeline's server halves; failures, and
-        updates the halves or ``accept`` reject (``UpdateRejected``), are
-        counted and logged, never passed on. The global vector is not changed.
+        Every reply goes through :meth:`receive`. The global vector is not changed.
         """
         train = self.strategy.train_config(round_index)
         parameters = self.pipeline.aggregator.round_parameters()
         instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
         traffic = RoundTraffic(sampled=len(cohort), vector_bytes=self.vector.nbytes)
         for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
-            if self.observer is not None:
-                self.observer.client_finished(round_index)
-            if not isinstance(reply, ClientUpdate):
-                self.undelivered(traffic, round_index, reply)
-                continue
-            traffic.bytes_up += reply.payload_bytes
-            try:
-                accepted = self.pipeline.server_half(reply)
-                accept(accepted)
-            except UpdateRejected as rejection:
-                self.rejected(traffic, round_index, reply.client_id, rejection.reason)
-                self.runtime.update_refused(
-                    round_index, reply.client_id, rejection.reason, str(rejection)
-                )
-                logger.warning("round %d: rejected: %s", round_index, rejection)
-                continue
-            traffic.participants.append(accepted.client_id)
+            self.receive(round_index, reply, traffic, lambda update: self.admit(update, accept))
         return traffic
+
+    def admit(self, update: ClientUpdate, accept: Callable[[ClientUpdate], None]) -> ClientUpdate:
+        """Run ``update`` through the pipeline's server halves into ``accept``; what was added.
+
+        Raises ``UpdateRejected`` when a half or ``accept`` refuses it.
+        """
+        checked = self.pipeline.server_half(update)
+        accept(checked)
+        return checked
+
+    def receive(
+        self,
+        round_index: int,
+        reply: ClientUpdate | ClientFailure | UpdateRefused,
+        traffic: RoundTraffic,
+        admit: Callable[[ClientUpdate], ClientUpdate],
+    ) -> ClientUpdate | None:
+        """Count one reply of round ``round_index``; the update ``admit`` accepted, or None.
+
+        Failures, and updates ``admit`` rejects (``UpdateRejected``), are
+        counted and logged (:meth:`undelivered`, :meth:`refused`), never passed on.
+        """
+        if self.observer is not None:
+            self.observer.client_finished(round_index)
+        if not isinstance(reply, ClientUpdate):
+            self.undelivered(traffic, round_index, reply)
+            return None
+        traffic.bytes_up += reply.payload_bytes
+        try:
+            accepted = admit(reply)
+        except UpdateRejected as rejection:
+            self.refused(traffic, round_index, reply, rejection)
+            return None
+        traffic.participants.append(accepted.client_id)
+        return accepted
+
+    def refused(
+        self,
+        traffic: RoundTraffic,
+        round_index: int,
+        update: ClientUpdate,
+        rejection: UpdateRejected,
+    ) -> None:
+        """Count, report to the runtime and log an update the server's checks refused."""
+        self.rejected(traffic, round_index, update.client_id, rejection.reason)
+        self.runtime.update_refused(
+            update.round_index, update.client_id, rejection.reason, str(rejection)
+        )
+        logger.warning("round %d: rejected: %s", round_index, rejection)
 
     def _privacy_extras(self) -> dict[str, Any]:
         report = {} if self.privacy is None else dict(self.privacy.report())
