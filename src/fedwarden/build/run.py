@@ -27,6 +27,7 @@ from fedwarden.build.integrity import (
     require_recorded_config,
     require_spend_kept,
 )
+from fedwarden.build.listeners import RoundObserver, round_listeners
 from fedwarden.build.models import build_trainer
 from fedwarden.build.monitoring import anchoring, build_monitoring, round_rows
 from fedwarden.build.pipeline import (
@@ -60,7 +61,7 @@ from fedwarden.runtime.state import ClientStateStore
 from fedwarden.server.clustered import ClusteredTraining
 from fedwarden.server.records import RunResult
 from fedwarden.server.rundir import RunDirectory
-from fedwarden.server.server import CentralTestSet, RoundObserver, Server
+from fedwarden.server.server import CentralTestSet, Server
 
 if TYPE_CHECKING:
     from fedwarden.governance.store import RunStore
@@ -270,7 +271,7 @@ def _run(
                     runtime,
                     client_ids=client_ids,
                     rounds=rounds,
-                    observer=observer,
+                    listeners=round_listeners(observer),
                 )
                 cluster_server.vector = initial_vector.copy()
                 return cluster_server
@@ -288,13 +289,15 @@ def _run(
                 extra_tests=build_backdoor_tests(config, dataset),
                 reputation=build_reputation(config),
                 run_dir=run_dir,
-                observer=observer,
-                audit=audit,
-                monitors=[
-                    monitoring,
-                    *round_rows(store, run_dir),
-                    *anchoring(store, run_dir, audit, deployment),
-                ],
+                listeners=round_listeners(
+                    observer,
+                    audit,
+                    [
+                        monitoring,
+                        *round_rows(store, run_dir),
+                        *anchoring(store, run_dir, audit, deployment),
+                    ],
+                ),
                 client_evaluation_off=None
                 if policy.federated_evaluation
                 else policy.why_no_federated_evaluation("the end-of-run client evaluation"),

@@ -24,12 +24,10 @@ from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.secrecy import cohort_randomness
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.fedbuff import FedBuffServer
+from fedwarden.server.listeners import RoundListener
 from fedwarden.server.rundir import RunDirectory
 from fedwarden.server.server import (
     CentralTestSet,
-    RoundAudit,
-    RoundMonitor,
-    RoundObserver,
     RoundPrivacy,
     Server,
 )
@@ -50,9 +48,7 @@ def build_server(
     extra_tests: Mapping[str, CentralTestSet] | None = None,
     reputation: Reputation | None = None,
     run_dir: RunDirectory | None = None,
-    observer: RoundObserver | None = None,
-    audit: RoundAudit | None = None,
-    monitors: Sequence[RoundMonitor] = (),
+    listeners: Sequence[RoundListener] = (),
     client_evaluation_off: str | None = None,
 ) -> Server:
     """The server of ``config`` over ``runtime``, training ``client_ids`` for ``rounds``.
@@ -81,10 +77,8 @@ def build_server(
         "deadline_s": config.sampling.deadline_s,
         "evaluate_every": config.evaluate_every,
         "run_dir": run_dir,
-        "observer": observer,
         "privacy": privacy,
-        "audit": audit,
-        "monitors": monitors,
+        "listeners": listeners,
         "client_evaluation_off": client_evaluation_off,
     }
     asynchronous = config.asynchronous

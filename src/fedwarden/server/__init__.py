@@ -5,16 +5,17 @@ from fedwarden.server.clustered import (
     ClusteredTraining,
     cluster_by_update_similarity,
 )
+from fedwarden.server.listeners import RoundListener
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
-from fedwarden.server.server import CentralTestSet, RoundObserver, Server
+from fedwarden.server.server import CentralTestSet, Server
 
 __all__ = [
     "CentralTestSet",
     "Checkpoint",
     "ClusteredResult",
     "ClusteredTraining",
-    "RoundObserver",
+    "RoundListener",
     "RoundRecord",
     "RunDirectory",
     "RunResult",

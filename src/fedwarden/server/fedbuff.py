@@ -82,8 +82,8 @@ class FedBuffServer(Server):
         if round_index not in self._versions:
             self._versions[round_index] = self.clients.publish(self.vector, f"v{round_index}")
             self._dispatched_on_current = set()
-        if self.observer is not None:
-            self.observer.round_started(round_index, self.buffer_size)
+        for listener in self.listeners:
+            listener.buffer_started(round_index, self.buffer_size)
         self.pipeline.aggregator.start(self.vector.size, self.client_ids)
         traffic = RoundTraffic(sampled=0, vector_bytes=self.vector.nbytes)
         train_loss = TrainLoss()

@@ -39,45 +39,13 @@ from fedwarden.privacy.ledger import BudgetExceeded
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.secrecy import COHORT_STREAM
 from fedwarden.runtime.base import Runtime
+from fedwarden.server.listeners import RoundListener
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
 from fedwarden.strategies.base import Strategy
 from fedwarden.strategies.sampling import Sampler
 
 logger = logging.getLogger(__name__)
-
-
-class RoundObserver(Protocol):
-    """Progress callbacks (the CLI draws progress bars and the round table from these)."""
-
-    def round_started(self, round_index: int, cohort_size: int) -> None:
-        """A cohort of ``cohort_size`` clients was sent the global model."""
-
-    def client_finished(self, round_index: int) -> None:
-        """One client of the current round replied (or was dropped)."""
-
-    def round_finished(self, record: RoundRecord) -> None:
-        """The round is aggregated, evaluated and checkpointed."""
-
-
-class RoundAudit(Protocol):
-    """What the server tells the audit trail (``fedwarden.governance.audit.ServerAuditTrail``)."""
-
-    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
-        """A round's cohort was sampled."""
-
-    def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
-        """An update was refused and not aggregated."""
-
-    def round_completed(self, record: RoundRecord) -> None:
-        """A round was aggregated (or not), recorded and checkpointed."""
-
-
-class RoundMonitor(Protocol):
-    """Told of every completed round: alert rules and metrics, the store's round rows."""
-
-    def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
-        """A round finished; ``silent_clients`` were sampled and did not deliver."""
 
 
 class RoundPrivacy(Protocol):
@@ -226,11 +194,9 @@ class Server:
         deadline_s: float | None = None,
         evaluate_every: int = 1,
         run_dir: RunDirectory | None = None,
-        observer: RoundObserver | None = None,
         privacy: RoundPrivacy | None = None,
         reputation: Reputation | None = None,
-        audit: RoundAudit | None = None,
-        monitors: Sequence[RoundMonitor] = (),
+        listeners: Sequence[RoundListener] = (),
         cohort_randomness: NoiseSource | None = None,
         noise_randomness: NoiseSource | None = None,
         client_evaluation_off: str | None = None,
@@ -248,11 +214,9 @@ class Server:
         self.deadline_s = deadline_s
         self.evaluate_every = evaluate_every
         self.run_dir = run_dir
-        self.observer = observer
         self.privacy = privacy
         self.reputation = reputation
-        self.audit = audit
-        self.monitors = list(monitors)
+        self.listeners = list(listeners)
         self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
         self.vector = trainer.initial_vector(seed)
@@ -338,10 +302,8 @@ class Server:
         if self.reputation is not None:
             population = self.reputation.eligible(population)
         cohort = self.sampler.sample(population, self.cohort_randomness)
-        if self.observer is not None:
-            self.observer.round_started(round_index, len(cohort))
-        if self.audit is not None:
-            self.audit.round_started(round_index, cohort)
+        for listener in self.listeners:
+            listener.round_started(round_index, cohort)
         self.pipeline.aggregator.start(self.vector.size, cohort)
         train_loss = TrainLoss()
         traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
@@ -417,12 +379,8 @@ class Server:
         )
         self.history.append(record)
         self._checkpoint()
-        if self.audit is not None:
-            self.audit.round_completed(record)
-        for monitor in self.monitors:
-            monitor.round_completed(record, traffic.silent_clients)
-        if self.observer is not None:
-            self.observer.round_finished(record)
+        for listener in self.listeners:
+            listener.round_completed(record, traffic.silent_clients)
         return record
 
     def undelivered(
@@ -439,11 +397,11 @@ class Server:
     def rejected(
         self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str
     ) -> None:
-        """Count a refused update in the round's traffic and in the audit trail."""
+        """Count a refused update in the round's traffic and tell the listeners."""
         traffic.rejections[reason] += 1
         traffic.rejected_clients.append(client_id)
-        if self.audit is not None:
-            self.audit.update_rejected(round_index, client_id, reason)
+        for listener in self.listeners:
+            listener.update_rejected(round_index, client_id, reason)
 
     def collect_updates(
         self,
@@ -484,8 +442,8 @@ class Server:
         Failures, and updates ``admit`` rejects (``UpdateRejected``), are
         counted and logged (:meth:`undelivered`, :meth:`refused`), never passed on.
         """
-        if self.observer is not None:
-            self.observer.client_finished(round_index)
+        for listener in self.listeners:
+            listener.client_finished(round_index)
         if not isinstance(reply, ClientUpdate):
             self.undelivered(traffic, round_index, reply)
             return None
