@@ -232,13 +232,13 @@ def _canary_scores(
     initial = server.vector.astype(np.float64)
     previous = initial
     largest = np.full(len(directions), -np.inf)
-    for round_index in range(server.rounds):
+    for round_index in range(server.settings.rounds):
         server.run_round(round_index)
         current = server.vector.astype(np.float64)
         if statistic == "all_iterates":
             largest = np.maximum(largest, canary_cosines(directions, current - previous))
         previous = current
-        logger.info("canary-client audit: round %d of %d", round_index + 1, server.rounds)
+        logger.info("canary-client audit: round %d of %d", round_index + 1, server.settings.rounds)
     if statistic == "all_iterates":
         return largest
     return canary_cosines(directions, previous - initial)

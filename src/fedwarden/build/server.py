@@ -30,6 +30,7 @@ from fedwarden.server.server import (
     CentralTestSet,
     RoundPrivacy,
     Server,
+    ServerSettings,
 )
 
 
@@ -59,35 +60,38 @@ def build_server(
     ``central_test`` (see :class:`Server`).
     """
     population = dataset.client_ids if client_ids is None else list(client_ids)
-    settings: dict[str, Any] = {
+    settings = ServerSettings(
+        rounds=config.rounds if rounds is None else rounds,
+        seed=config.seed,
+        min_cohort=config.sampling.min_cohort,
+        deadline_s=config.sampling.deadline_s,
+        evaluate_every=config.evaluate_every,
+        client_evaluation_off=client_evaluation_off,
+    )
+    parts: dict[str, Any] = {
         "trainer": trainer,
         "strategy": build_strategy(config, len(population), trainer),
         "sampler": build_sampler(config, dataset),
         "pipeline": pipeline,
         "runtime": runtime,
         "client_ids": population,
-        "rounds": config.rounds if rounds is None else rounds,
-        "seed": config.seed,
+        "settings": settings,
         "cohort_randomness": cohort_randomness(config),
         "noise_randomness": noise,
         "central_test": central_test,
         "extra_tests": extra_tests or {},
         "reputation": reputation,
-        "min_cohort": config.sampling.min_cohort,
-        "deadline_s": config.sampling.deadline_s,
-        "evaluate_every": config.evaluate_every,
         "run_dir": run_dir,
         "privacy": privacy,
         "listeners": listeners,
-        "client_evaluation_off": client_evaluation_off,
     }
     asynchronous = config.asynchronous
     if not asynchronous.enabled:
-        return Server(**settings)
+        return Server(**parts)
     return FedBuffServer(
         buffer_size=asynchronous.buffer_size,
         concurrency=asynchronous.concurrency or 2 * asynchronous.buffer_size,
         staleness_exponent=asynchronous.staleness_exponent,
         max_staleness=asynchronous.max_staleness,
-        **settings,
+        **parts,
     )

@@ -8,7 +8,7 @@ from fedwarden.server.clustered import (
 from fedwarden.server.listeners import RoundListener
 from fedwarden.server.records import RoundRecord, RunResult
 from fedwarden.server.rundir import Checkpoint, RunDirectory
-from fedwarden.server.server import CentralTestSet, Server
+from fedwarden.server.server import CentralTestSet, Server, ServerSettings
 
 __all__ = [
     "CentralTestSet",
@@ -20,5 +20,6 @@ __all__ = [
     "RunDirectory",
     "RunResult",
     "Server",
+    "ServerSettings",
     "cluster_by_update_similarity",
 ]

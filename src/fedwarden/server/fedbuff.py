@@ -89,7 +89,7 @@ class FedBuffServer(Server):
         train_loss = TrainLoss()
         accept = self.accepting(train_loss)
         buffered: list[tuple[int, str]] = []
-        deadline = None if self.deadline_s is None else started + self.deadline_s
+        deadline = None if self.settings.deadline_s is None else started + self.settings.deadline_s
         while len(traffic.participants) < self.buffer_size:
             traffic.sampled += self._top_up(round_index)
             if not self._in_flight:
@@ -102,7 +102,7 @@ class FedBuffServer(Server):
             if deadline is not None and time.perf_counter() > deadline:
                 break
             if not self._backlog:
-                self._backlog.extend(self.clients.poll(POLL_S, self.deadline_s))
+                self._backlog.extend(self.clients.poll(POLL_S, self.settings.deadline_s))
             while self._backlog and len(traffic.participants) < self.buffer_size:
                 reply = self._backlog.pop(0)
                 self._in_flight.pop(reply.client_id, None)

@@ -163,18 +163,36 @@ class RoundTraffic:
         }
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a server runs its rounds: how many, from which seed, and what each needs.
+
+    A round applies its aggregate only with at least ``min_cohort`` accepted
+    updates; it waits at most ``deadline_s`` for replies (None: no limit);
+    the central test runs every ``evaluate_every`` rounds and after the last.
+    ``client_evaluation_off`` says why the end-of-run evaluation on every
+    client is skipped (a protected run: :mod:`fedwarden.pipeline.releases`);
+    None runs it.
+    """
+
+    rounds: int
+    seed: int
+    min_cohort: int = 1
+    deadline_s: float | None = None
+    evaluate_every: int = 1
+    client_evaluation_off: str | None = None
+
+
 class Server:
-    """Runs rounds of federated training over a runtime.
+    """Runs rounds of federated training over a runtime, as its ``settings`` say.
 
     ``cohort_randomness`` is where cohorts come from; by default a stream
-    seeded by ``seed`` without ``privacy``, and the OS CSPRNG with it, since
+    seeded by the settings' ``seed`` without ``privacy``, and the OS CSPRNG with it, since
     amplification by sampling needs cohorts nobody can recompute.
     ``noise_randomness`` is the pipeline's server-side noise source, passed
     so that a seeded one's position is checkpointed with the cohort stream's.
     ``extra_tests`` are evaluated beside ``central_test``, the accuracy on each
     kept under its name: a :class:`RoundRecord` field such as ``backdoor_success``.
-    ``client_evaluation_off`` says why the end-of-run evaluation on every client is
-    skipped (a protected run: :mod:`fedwarden.pipeline.releases`); None runs it.
     """
 
     def __init__(
@@ -186,20 +204,15 @@ class Server:
         pipeline: Pipeline,
         runtime: Runtime,
         client_ids: Sequence[str],
-        rounds: int,
-        seed: int,
+        settings: ServerSettings,
         central_test: CentralTestSet | None = None,
         extra_tests: Mapping[str, CentralTestSet] | None = None,
-        min_cohort: int = 1,
-        deadline_s: float | None = None,
-        evaluate_every: int = 1,
         run_dir: RunDirectory | None = None,
         privacy: RoundPrivacy | None = None,
         reputation: Reputation | None = None,
         listeners: Sequence[RoundListener] = (),
         cohort_randomness: NoiseSource | None = None,
         noise_randomness: NoiseSource | None = None,
-        client_evaluation_off: str | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -207,21 +220,19 @@ class Server:
         self.pipeline = pipeline
         self.runtime = runtime
         self.client_ids = list(client_ids)
-        self.rounds = rounds
+        self.settings = settings
         self.central_test = central_test
         self.extra_tests = dict(extra_tests or {})
-        self.min_cohort = min_cohort
-        self.deadline_s = deadline_s
-        self.evaluate_every = evaluate_every
         self.run_dir = run_dir
         self.privacy = privacy
         self.reputation = reputation
         self.listeners = list(listeners)
-        self.client_evaluation_off = client_evaluation_off
         pipeline.aggregator.attach(runtime.client_channel())
-        self.vector = trainer.initial_vector(seed)
+        self.vector = trainer.initial_vector(settings.seed)
         self.cohort_randomness = cohort_randomness or (
-            NoiseSource.seeded(seed, COHORT_STREAM) if privacy is None else NoiseSource.secure()
+            NoiseSource.seeded(settings.seed, COHORT_STREAM)
+            if privacy is None
+            else NoiseSource.secure()
         )
         self.noise_randomness = noise_randomness
         self.history: list[RoundRecord] = []
@@ -257,7 +268,7 @@ class Server:
         in total (used to simulate an interruption before ``--resume``).
         """
         started = time.perf_counter()
-        last = self.rounds if stop_after is None else min(self.rounds, stop_after)
+        last = self.settings.rounds if stop_after is None else min(self.settings.rounds, stop_after)
         stopped_early = None
         for round_index in range(self.next_round, last):
             try:
@@ -265,14 +276,14 @@ class Server:
             except BudgetExceeded as refusal:
                 stopped_early = str(refusal)
                 logger.warning("training stops: %s", refusal)
-                last = self.rounds
+                last = self.settings.rounds
                 break
         client_metrics = {}
-        if last == self.rounds and self.client_evaluation_off is not None:
-            logger.warning(self.client_evaluation_off)
-        elif last == self.rounds:
+        if last == self.settings.rounds and self.settings.client_evaluation_off is not None:
+            logger.warning(self.settings.client_evaluation_off)
+        elif last == self.settings.rounds:
             client_metrics = self.evaluate_clients(finetune)
-        if self.run_dir is not None and last == self.rounds:
+        if self.run_dir is not None and last == self.settings.rounds:
             self.run_dir.save_model(self.trainer.spec, self.vector)
             self.run_dir.save_plots(self.history)
         client_rounds = sum(r.participants + r.rejected for r in self.history)
@@ -331,7 +342,7 @@ class Server:
         participants = traffic.participants
         note = ""
         aggregate = None
-        if len(participants) >= self.min_cohort and len(participants) > 0:
+        if len(participants) >= self.settings.min_cohort and len(participants) > 0:
             try:
                 aggregate = aggregator.result()
             except RoundAborted as abort:
@@ -339,7 +350,7 @@ class Server:
         else:
             note = (
                 f"only {len(participants)} accepted update(s), fewer than "
-                f"min_cohort={self.min_cohort}; "
+                f"min_cohort={self.settings.min_cohort}; "
                 "the model is unchanged"
             )
         applied = aggregate is not None
@@ -375,7 +386,7 @@ class Server:
             epsilon=None if self.privacy is None else self.privacy.epsilon(),
             epsilon_projected=None
             if self.privacy is None
-            else self.privacy.projected_epsilon(self.rounds - round_index - 1),
+            else self.privacy.projected_epsilon(self.settings.rounds - round_index - 1),
         )
         self.history.append(record)
         self._checkpoint()
@@ -417,7 +428,7 @@ class Server:
         parameters = self.pipeline.aggregator.round_parameters()
         instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
         traffic = RoundTraffic(sampled=len(cohort), vector_bytes=self.vector.nbytes)
-        for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
+        for reply in self.runtime.fit(self.vector, instructions, self.settings.deadline_s):
             self.receive(round_index, reply, traffic, lambda update: self.admit(update, accept))
         return traffic
 
@@ -482,7 +493,9 @@ class Server:
         return {"privacy": report} if report else {}
 
     def _evaluate_central(self, round_index: int) -> dict[str, float]:
-        due = (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds
+        due = (
+            round_index + 1
+        ) % self.settings.evaluate_every == 0 or round_index + 1 == self.settings.rounds
         if self.central_test is None or not due or len(self.central_test.y) == 0:
             return {}
         metrics = dict(self.trainer.evaluate(self.vector, self.central_test.x, self.central_test.y))
@@ -526,6 +539,8 @@ class Server:
 
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""
-        instructions = [EvaluateInstruction(self.rounds, cid, finetune) for cid in self.client_ids]
+        instructions = [
+            EvaluateInstruction(self.settings.rounds, cid, finetune) for cid in self.client_ids
+        ]
         replies = self.runtime.evaluate(self.vector, instructions)
         return weighted_client_metrics(r for r in replies if isinstance(r, ClientEvaluation))
