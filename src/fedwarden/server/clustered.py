@@ -40,7 +40,8 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import Vector
 from fedwarden.runtime.base import Runtime
 from fedwarden.server.records import RoundRecord, RunResult
-from fedwarden.server.server import Server, weighted_client_metrics
+from fedwarden.server.server import Server
+from fedwarden.server.traffic import weighted_client_metrics
 
 logger = logging.getLogger(__name__)
 

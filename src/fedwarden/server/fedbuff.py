@@ -32,7 +32,8 @@ from fedwarden.core.channel import AsynchronousClients
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
 from fedwarden.server.records import RoundRecord
-from fedwarden.server.server import RoundTraffic, Server, TrainLoss
+from fedwarden.server.server import Server
+from fedwarden.server.traffic import RoundTraffic, TrainLoss
 
 logger = logging.getLogger(__name__)
 
