@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
-from fedwarden.server import run
 
 SCHEMES: dict[str, dict[str, Any]] = {
     "none": {},

@@ -57,6 +57,7 @@ import numpy as np
 
 from benchmarks.peers._constant_update import MODEL_SIZE
 from benchmarks.peers.flower_deployment import FlowerDeploymentFailed, run_flower_deployment
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.runtime.grpc.wire import (
@@ -68,7 +69,6 @@ from fedwarden.runtime.grpc.wire import (
     read_chunk,
     read_upload_chunk,
 )
-from fedwarden.server.launch import run
 
 NUM_CLIENTS: Final = 10
 ROUNDS: Final = 5

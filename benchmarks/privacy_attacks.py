@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedwarden.attacks.dp_audit import audit_privacy
-from fedwarden.attacks.inversion import inversion_model, invert
-from fedwarden.attacks.membership import attack_global_model, lira_attack, pooled
+from fedwarden.audits.dp_audit import audit_privacy
+from fedwarden.audits.inversion import inversion_model, invert
+from fedwarden.audits.membership import attack_global_model, lira_attack, pooled
+from fedwarden.build.run import prepare
 from fedwarden.core.config import RunConfig
 from fedwarden.core.messages import TrainConfig
 from fedwarden.models.torch import TorchTrainer
-from fedwarden.server.launch import prepare
 
 DELTA = 1e-5
 EPSILONS = (math.inf, 8.0, 1.0)

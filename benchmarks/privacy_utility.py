@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.data import load_dataset
 from fedwarden.privacy.accounting import calibrate_noise_multiplier
-from fedwarden.server import run
 
 DELTA = 1e-5
 BATCH = 128

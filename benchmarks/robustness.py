@@ -19,8 +19,8 @@ import argparse
 import logging
 from typing import Any, get_args
 
+from fedwarden.build.run import run
 from fedwarden.core.config import AttackConfig, PipelineConfig, RunConfig
-from fedwarden.server import run
 
 ATTACKS = get_args(AttackConfig.model_fields["kind"].annotation)
 AGGREGATORS = get_args(PipelineConfig.model_fields["aggregator"].annotation)

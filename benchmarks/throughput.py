@@ -32,7 +32,7 @@ from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.runtime import LocalRuntime, Workload
-from fedwarden.server import Server
+from fedwarden.server import Server, ServerSettings
 from fedwarden.strategies import FedAvg, UniformSampler
 
 
@@ -59,8 +59,7 @@ def run_fedwarden(
             pipeline=pipeline,
             runtime=runtime,
             client_ids=dataset.client_ids,
-            rounds=rounds,
-            seed=seed,
+            settings=ServerSettings(rounds=rounds, seed=seed),
         )
         server.vector = trainer.spec.flatten(initial)
         runtime.start(Workload(dataset, trainer, pipeline.stages, seed))

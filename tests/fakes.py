@@ -27,6 +27,7 @@ from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.models.numpy import NumpyTrainer, softmax_regression
 from fedwarden.models.trainer import ClientContext
 from fedwarden.runtime import ClientEngine, Runtime, Workload
+from fedwarden.server.listeners import RoundListener
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def one_slow_site(num_features: int, num_classes: int | None) -> ScriptedTrainer
     return ScriptedTrainer(slow=frozenset({"client_4"}), sleep_s=6.0, sleep_every_fit_s=0.2)
 
 
-class RecordingRecorder:
-    """A server's recorder that keeps what it is told (as the run store's listener would)."""
+class RecordingListener(RoundListener):
+    """A server's listener that keeps each cohort and refusal, as the run store's would."""
 
     def __init__(self) -> None:
         self.cohorts: dict[int, list[str]] = {}

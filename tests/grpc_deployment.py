@@ -191,7 +191,7 @@ def deployment_at(
     )
     runtime.serve()
     server = start_server(dataset, trainer, runtime, rounds=rounds, deadline_s=20)
-    server.recorders.append(StoreListener(store, RUN_ID))
+    server.listeners.append(StoreListener(store, RUN_ID))
     try:
         yield Deployment(server, runtime, store, pki)
     finally:

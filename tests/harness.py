@@ -13,7 +13,7 @@ from fedwarden.data.dataset import ClientData
 from fedwarden.models.trainer import ClientContext, ClientState, Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.runtime import Runtime, Workload
-from fedwarden.server import CentralTestSet, RunDirectory, Server
+from fedwarden.server import CentralTestSet, RunDirectory, Server, ServerSettings
 from fedwarden.strategies import FedAvg, UniformSampler
 
 TRAIN = TrainConfig(local_epochs=1, batch_size=16, learning_rate=0.1)
@@ -41,11 +41,10 @@ def start_server(
         pipeline=pipeline,
         runtime=runtime,
         client_ids=dataset.client_ids,
-        rounds=rounds,
-        seed=seed,
+        settings=ServerSettings(
+            rounds=rounds, seed=seed, min_cohort=min_cohort, deadline_s=deadline_s
+        ),
         central_test=CentralTestSet(dataset.x_test, dataset.y_test),
-        min_cohort=min_cohort,
-        deadline_s=deadline_s,
         run_dir=directory,
     )
     state_dir = None if directory is None else directory.client_state_dir

@@ -15,28 +15,16 @@ from dp_accounting.pld import pld_privacy_accountant
 from scipy import stats
 from sklearn.datasets import load_digits
 
-from fedwarden.attacks.dp_audit import (
-    AuditResult,
-    audit_privacy,
-    canary_cosines,
-    canary_directions,
-    clopper_pearson,
-    gaussian_fit_epsilon,
-    gaussian_pair_epsilon,
-    multi_run_epsilon_lower_bound,
-    one_run_audit,
-    one_run_epsilon_lower_bound,
-    one_run_p_value,
-    threshold_epsilon_lower_bound,
-)
-from fedwarden.attacks.inversion import (
+from fedwarden.audits.canary_clients import canary_cosines, canary_directions
+from fedwarden.audits.dp_audit import audit_privacy
+from fedwarden.audits.inversion import (
     client_gradient,
     infer_label,
     inversion_model,
     invert,
     psnr,
 )
-from fedwarden.attacks.membership import (
+from fedwarden.audits.membership import (
     attack_global_model,
     lira_attack,
     lira_scores,
@@ -47,11 +35,22 @@ from fedwarden.attacks.membership import (
     tpr_at_fpr,
     train_alone,
 )
+from fedwarden.audits.results import AuditResult
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, DataError
 from fedwarden.core.messages import TrainConfig
 from fedwarden.data.dataset import ClientData
 from fedwarden.models.torch import TorchTrainer, mlp
+from fedwarden.privacy.auditing import (
+    clopper_pearson,
+    gaussian_fit_epsilon,
+    gaussian_pair_epsilon,
+    multi_run_epsilon_lower_bound,
+    one_run_audit,
+    one_run_epsilon_lower_bound,
+    one_run_p_value,
+    threshold_epsilon_lower_bound,
+)
 
 DELTA = 1e-5
 

@@ -22,7 +22,7 @@ from fedwarden.pipeline.secure import SecureSum
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime import ClientEngine, LocalRuntime, Runtime, Workload
 from fedwarden.secure.secagg import SecAggParameters
-from fedwarden.server import CentralTestSet, Server
+from fedwarden.server import CentralTestSet, Server, ServerSettings
 from fedwarden.server.clustered import (
     ClusteredTraining,
     ServerFactory,
@@ -211,7 +211,7 @@ def urban_and_rural() -> FederatedDataset:
 def _server_factory(
     runtime: Runtime, trainer: ScriptedTrainer, dataset: FederatedDataset
 ) -> ServerFactory:
-    """A FedAvg server over the started ``runtime``, as launch would build one per cluster."""
+    """A FedAvg server over the started ``runtime``, as build_server would build one per cluster."""
 
     def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
         server = Server(
@@ -221,8 +221,7 @@ def _server_factory(
             pipeline=Pipeline([ValidateUpdate(trainer.spec.size)], StreamingWeightedMean()),
             runtime=runtime,
             client_ids=client_ids,
-            rounds=rounds,
-            seed=0,
+            settings=ServerSettings(rounds=rounds, seed=0),
             central_test=CentralTestSet(dataset.x_test, dataset.y_test),
         )
         server.vector = initial_vector

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
 from sqlalchemy import func, select, update
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.governance.audit import (
     AuditLog,
@@ -35,7 +36,6 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.registry import ModelRegistry, ModelVersion
 from fedwarden.governance.store import RunStore, StoreError, audit_log, runs
 from fedwarden.monitor.dashboard import DashboardError, create_app
-from fedwarden.server.launch import run
 
 TOKEN = "dashboard-token-for-tests-0123456789"
 BUDGET_EPSILON = 50.0

@@ -20,9 +20,10 @@ from dp_accounting.dp_event import DpEvent
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig, load_config
 from fedwarden.core.messages import TrainConfig
-from fedwarden.server import RunDirectory, run
+from fedwarden.server import RunDirectory
 
 pytestmark = pytest.mark.slow
 
@@ -393,8 +394,8 @@ def test_distributed_dp_under_secure_aggregation_spends_the_accountants_epsilon(
 def test_user_level_dp_run_reports_its_privacy_and_a_resume_keeps_the_spend(
     tmp_path: Path,
 ) -> None:
+    from fedwarden.build.run import resumed
     from fedwarden.privacy.accounting import compute_spend, poisson_gaussian
-    from fedwarden.server import resumed
 
     values = {
         "name": "dp",

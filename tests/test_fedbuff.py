@@ -26,6 +26,7 @@ from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.runtime import Runtime, Workload
+from fedwarden.server import ServerSettings
 from fedwarden.server.fedbuff import FedBuffServer, staleness_weight
 from fedwarden.strategies import FedAvg, UniformSampler
 
@@ -116,8 +117,7 @@ def fedbuff(clients: Runtime, rounds: int, buffer_size: int, concurrency: int) -
         pipeline=Pipeline([ValidateUpdate(TRAINER.spec.size)], StreamingWeightedMean()),
         runtime=clients,
         client_ids=sorted(getattr(clients, "value", {"a": 0})),
-        rounds=rounds,
-        seed=0,
+        settings=ServerSettings(rounds=rounds, seed=0),
     )
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedwarden.build.run import run
 from fedwarden.cli import _governance_lines, app
 from fedwarden.core.config import RunConfig
 from fedwarden.governance.anchor import ANCHOR_FILE, AnchorEveryRound, AuditAnchor, verify_anchored
 from fedwarden.governance.audit import AuditError, AuditLog, load_public_key, read_entries, verify
 from fedwarden.governance.store import RunStore
-from fedwarden.server import run
 from test_governance_audit import EVENTS, SIGNING_KEY, runner, tamper, write_keys
 from test_governance_store import postgres_server, store_url  # noqa: F401  (fixtures)
 

@@ -21,6 +21,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fedwarden.build.monitoring import build_monitoring
 from fedwarden.core.config import RunConfig
 from fedwarden.core.params import ParamSpec
 from fedwarden.core.records import RoundRecord
@@ -35,7 +36,6 @@ from fedwarden.monitor.tracking import (
     redact_userinfo,
     start_tracking,
 )
-from fedwarden.server.launch import build_monitoring
 from fedwarden.server.rundir import RunDirectory
 
 RECORD = RoundRecord(
@@ -87,7 +87,7 @@ def only_run(uri: str, experiment: str = "fedwarden") -> Run:
 def test_a_federated_run_logs_its_config_and_every_rounds_metrics_at_its_step(
     tracking_uri: str, tmp_path: Path
 ) -> None:
-    from fedwarden.server.launch import run
+    from fedwarden.build.run import run
 
     config = RunConfig.from_mapping(
         {

@@ -37,7 +37,7 @@ from fedwarden.pipeline.compress import (
 from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
-from fedwarden.server import Server
+from fedwarden.server import Server, ServerSettings
 from fedwarden.strategies import FedAvg, UniformSampler
 from harness import TRAIN
 
@@ -392,8 +392,7 @@ def test_bytes_up_on_the_local_runtime_are_the_compressed_payloads_and_headers(
             pipeline=pipeline,
             runtime=runtime,
             client_ids=cohort,
-            rounds=1,
-            seed=2,
+            settings=ServerSettings(rounds=1, seed=2),
         )
         runtime.start(workload)
         start = server.vector.copy()

@@ -23,6 +23,7 @@ from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 from sqlalchemy import inspect, text
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.core.messages import CLIENT_EPSILON, ClientUpdate
 from fedwarden.data import FederatedDataset
@@ -33,7 +34,6 @@ from fedwarden.pipeline.releases import (
     ReleasePolicy,
     WithholdClientStatistics,
 )
-from fedwarden.server import run
 from grpc_federation import Federation
 
 

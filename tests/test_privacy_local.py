@@ -8,8 +8,8 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
-from fedwarden.server.launch import run
 
 DELTA = 1e-5
 CLIENTS = 4

@@ -177,9 +177,10 @@ def test_the_detector_finds_every_way_to_reach_a_predictable_generator() -> None
 
 SEEDED_RANDOMNESS_ALLOWED = {
     "attacks/data_poisoning.py": "simulated attackers choose whom to poison: no guarantee",
-    "attacks/dp_audit.py": "the auditor's canaries and coin flips, not the audited release",
-    "attacks/inversion.py": "the attacker's own initialization of its reconstruction",
-    "attacks/membership.py": "the attacker's shadow splits",
+    "audits/canary_clients.py": "the auditor's canary directions and coin flips",
+    "audits/dp_audit.py": "the auditor's canaries and coin flips, not the audited release",
+    "audits/inversion.py": "the attacker's own initialization of its reconstruction",
+    "audits/membership.py": "the attacker's shadow splits",
     "attacks/model_poisoning.py": "simulated malicious updates: no guarantee",
     "core/messages.py": "client_seed derives a client's training generator and test-mode keys",
     "data/partitioners.py": "simulation: how a public data set is cut into clients",
@@ -194,7 +195,7 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "test-mode noise (ClientContext.test_noise_key)",
     "runtime/engine.py": "seeds each client's non-private training generator",
     "serve/shadow.py": "which prediction request goes to the candidate model: no guarantee",
-    "server/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
+    "build/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
     "vertical/architecture.py": "initialization of split models from the public seed",
     "vertical/remote/driver.py": "split learning's public batches: its accounting composes "
     "every batch in parallel and takes no amplification from sampling",

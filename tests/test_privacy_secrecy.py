@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.governance.audit import (
     COMMITTED_CLIENT_PREFIX,
@@ -27,7 +28,6 @@ from fedwarden.governance.audit import (
 )
 from fedwarden.governance.store import RunStore
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.server.launch import run
 from fedwarden.strategies import PoissonSampler
 
 POPULATION = [f"client_{i}" for i in range(8)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.silo import SiloPrivacy
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime import Workload
-from fedwarden.server import Server
+from fedwarden.server import Server, ServerSettings
 from fedwarden.strategies import FedAvg, PoissonSampler, UniformSampler
 
 RATE, Z, DELTA = 0.5, 1.0, 1e-5
@@ -75,8 +76,7 @@ def _server(
         pipeline=pipeline,
         runtime=runtime,
         client_ids=dataset.client_ids,
-        rounds=10,
-        seed=0,
+        settings=ServerSettings(rounds=10, seed=0),
         privacy=privacy,
     )
     runtime.start(Workload(dataset, trainer, pipeline.stages, 0))
@@ -157,9 +157,7 @@ def _silo_server(
         pipeline=pipeline,
         runtime=runtime,
         client_ids=dataset.client_ids,
-        rounds=1,
-        seed=0,
-        min_cohort=min_cohort,
+        settings=ServerSettings(rounds=1, seed=0, min_cohort=min_cohort),
         privacy=privacy,
     )
     runtime.start(Workload(dataset, trainer, pipeline.stages, 0))
@@ -212,7 +210,7 @@ def test_a_user_level_round_that_released_no_aggregate_is_not_charged(
 ) -> None:
     privacy = _privacy(digits_clients, 100.0, None)
     server = _server(digits_clients, privacy, RecordingRuntime())
-    server.min_cohort = len(digits_clients.clients) + 1
+    server.settings = replace(server.settings, min_cohort=len(digits_clients.clients) + 1)
 
     record = server.run_round(0)
 

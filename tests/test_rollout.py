@@ -7,12 +7,12 @@ from typing import cast
 
 import pytest
 
+from fedwarden.build.rollout import draw_pilot, run_pilot
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import ClientEvaluation, ClientFailure, EvaluateInstruction
 from fedwarden.core.params import Vector
 from fedwarden.governance import ModelRegistry
 from fedwarden.runtime.base import Runtime
-from fedwarden.server.rollout import draw_pilot, run_pilot
 from test_governance_registry import register, registry, store  # noqa: F401  (fixtures)
 from test_governance_store import postgres_server, store_url  # noqa: F401  (fixtures)
 

@@ -283,8 +283,8 @@ def _healthy(port: int) -> bool:
 def test_fedwarden_run_on_the_grpc_runtime_trains_the_local_runtimes_model(tmp_path: Path) -> None:
     import numpy as np
 
+    from fedwarden.build.run import run as run_config
     from fedwarden.core.config import RunConfig
-    from fedwarden.server.launch import run as run_config
 
     settings = {
         "name": "same",
@@ -315,11 +315,12 @@ def test_fedwarden_run_on_the_grpc_runtime_trains_the_local_runtimes_model(tmp_p
 def test_successive_deployment_runs_pilot_each_candidate_against_production(
     tmp_path: Path,
 ) -> None:
+    from fedwarden.build.deployment import local_federation
+    from fedwarden.build.run import prepare
+    from fedwarden.build.run import run as run_config
     from fedwarden.core.config import RunConfig
     from fedwarden.governance.audit import AuditLog, load_signing_key
     from fedwarden.governance.registry import ModelRegistry
-    from fedwarden.server.launch import local_federation, prepare
-    from fedwarden.server.launch import run as run_config
 
     runs_dir = tmp_path / "runs"
     settings = {

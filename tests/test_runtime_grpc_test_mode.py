@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from fedwarden.build.client import build_client
 from fedwarden.core.config import load_config
 from fedwarden.core.errors import DataError
 from fedwarden.deploy.pki import init_ca, issue
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.client import FederationClient, ReproducibleNoiseRefused
 from fedwarden.runtime.grpc.credentials import ClientKit
-from fedwarden.server.launch import build_client
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
@@ -42,7 +43,6 @@ from fedwarden.secure.secagg import (
 from fedwarden.secure.secagg_messages import consistency_payload, survivor_list_digest
 from fedwarden.secure.secagg_wire import StartRound, server_step_bytes
 from fedwarden.secure.shamir import PRIME, Share, split_secret
-from fedwarden.server import run
 from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
 
 # --- a malicious server -----------------------------------------------------------------------

@@ -80,7 +80,8 @@ def _softmax(scores: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A 3-round gRPC run on digits; its model in production, a perturbed copy as candidate."""
-    from fedwarden.server.launch import local_federation, run
+    from fedwarden.build.deployment import local_federation
+    from fedwarden.build.run import run
 
     runs_dir = tmp_path_factory.mktemp("serve-runs")
     config = RunConfig.from_mapping(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fakes import RecordingRecorder, RecordingRuntime, ScriptedTrainer
+from fakes import RecordingListener, RecordingRuntime, ScriptedTrainer
 from fedwarden.core.messages import FitInstruction
 from fedwarden.data import FederatedDataset
 from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
@@ -39,11 +39,11 @@ def test_a_nan_update_is_rejected_counted_and_never_aggregated(
     assert np.isfinite(server.vector).all()
 
 
-def test_the_recorders_are_told_each_cohort_and_which_update_the_servers_checks_refused(
+def test_the_listeners_are_told_each_cohort_and_which_update_the_servers_checks_refused(
     digits_clients: FederatedDataset,
 ) -> None:
     poisoned = digits_clients.client_ids[2]
-    recorder = RecordingRecorder()
+    listener = RecordingListener()
     server = start_server(
         digits_clients,
         ScriptedTrainer(nan=frozenset({poisoned})),
@@ -51,12 +51,12 @@ def test_the_recorders_are_told_each_cohort_and_which_update_the_servers_checks_
         rounds=2,
         seed=4,
     )
-    server.recorders.append(recorder)
+    server.listeners.append(listener)
     server.run_round(0)
     server.run_round(1)
-    assert sorted(recorder.cohorts) == [0, 1]
-    assert all(poisoned in cohort for cohort in recorder.cohorts.values())
-    assert recorder.refused == [(0, poisoned, "non_finite"), (1, poisoned, "non_finite")]
+    assert sorted(listener.cohorts) == [0, 1]
+    assert all(poisoned in cohort for cohort in listener.cohorts.values())
+    assert listener.refused == [(0, poisoned, "non_finite"), (1, poisoned, "non_finite")]
 
 
 def test_a_round_below_the_minimum_cohort_leaves_the_model_unchanged(

@@ -18,6 +18,9 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from fedwarden.build.deployment import Deployment
+from fedwarden.build.integrity import BudgetChange, ResumeRefused
+from fedwarden.build.run import resumed, run, serve
 from fedwarden.cli import app
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
@@ -28,9 +31,7 @@ from fedwarden.governance.audit import (
     read_entries,
 )
 from fedwarden.governance.store import RunStore
-from fedwarden.server import RunDirectory, run
-from fedwarden.server.integrity import BudgetChange, ResumeRefused
-from fedwarden.server.launch import Deployment, resumed, serve
+from fedwarden.server import RunDirectory
 
 BUDGET = 20.0
 

@@ -2,7 +2,7 @@
 
 Three steps, each a Prefect task when Prefect 3 is installed (a plain call otherwise):
 
-1. ``retrain``: :func:`fedwarden.server.launch.run` on the grpc runtime. A completed run
+1. ``retrain``: :func:`fedwarden.build.run.run` on the grpc runtime. A completed run
    registers its final model as a candidate version and, with ``[rollout] pilot_clients``,
    evaluates the candidate and the production version federatedly on the same pilot clients;
    the store's audit log records the run, its rounds, the registration and the pilot.
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedwarden.build.run import run
 from fedwarden.core.config import load_config
 from fedwarden.core.errors import FedwardenError
 from fedwarden.governance import AuditLog, ModelRegistry, RegistryError, RunStore
@@ -39,7 +40,6 @@ from fedwarden.governance.audit import (
     load_signing_key,
     render_html,
 )
-from fedwarden.server.launch import run
 
 logger = logging.getLogger("nightly_retrain")
 

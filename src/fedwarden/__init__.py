@@ -34,7 +34,7 @@ _EXPORTS = {
     "LocalRuntime": "fedwarden.runtime",
     "RayRuntime": "fedwarden.runtime",
     "Server": "fedwarden.server",
-    "run": "fedwarden.server",
+    "run": "fedwarden.build",
     "FedAdam": "fedwarden.strategies",
     "FedAvg": "fedwarden.strategies",
     "FedAvgM": "fedwarden.strategies",

@@ -16,12 +16,12 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedwarden.build.integrity import BudgetChange
+from fedwarden.build.run import resumed
+from fedwarden.build.run import run as run_config
 from fedwarden.core.config import RunConfig, load_config
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.records import RoundRecord, RunResult
-from fedwarden.server.integrity import BudgetChange
-from fedwarden.server.launch import resumed
-from fedwarden.server.launch import run as run_config
 
 if TYPE_CHECKING:
     from fedwarden.governance.registry import ModelRegistry
@@ -545,7 +545,7 @@ def audit_privacy_command(
     gives an epsilon estimate. Exits 1 when the measured bound exceeds the claim: that is
     a bug in the accounting.
     """
-    from fedwarden.attacks.dp_audit import audit_privacy
+    from fedwarden.audits.dp_audit import audit_privacy
 
     console = _logging_console()
     try:
@@ -885,10 +885,11 @@ def server_command(
     """
     import signal
 
+    from fedwarden.build.deployment import Deployment
+    from fedwarden.build.run import serve
     from fedwarden.deploy.revocation import REVOCATION_LIST
     from fedwarden.runtime.grpc.credentials import TlsKit
     from fedwarden.runtime.grpc.health import serve_health
-    from fedwarden.server.launch import Deployment, serve
 
     console = _logging_console(stderr=True)
     try:
@@ -970,10 +971,10 @@ def client_command(
     """Join a fedwarden server and train on this site's data until the run ends."""
     import signal
 
+    from fedwarden.build.client import build_client
     from fedwarden.runtime.grpc.client import FederationClient
     from fedwarden.runtime.grpc.credentials import ClientKit
     from fedwarden.secure.secagg_policy import SecAggPolicy
-    from fedwarden.server.launch import build_client
 
     _logging_console(level=logging.INFO)
     try:

@@ -24,21 +24,6 @@ _EXPORTS = {
     "Scaling": "fedwarden.attacks.model_poisoning",
     "SignFlip": "fedwarden.attacks.model_poisoning",
     "alie_z": "fedwarden.attacks.model_poisoning",
-    "MembershipResult": "fedwarden.attacks.membership",
-    "attack_global_model": "fedwarden.attacks.membership",
-    "lira_attack": "fedwarden.attacks.membership",
-    "loss_threshold_attack": "fedwarden.attacks.membership",
-    "InversionResult": "fedwarden.attacks.inversion",
-    "invert": "fedwarden.attacks.inversion",
-    "reconstruct": "fedwarden.attacks.inversion",
-    "AuditResult": "fedwarden.attacks.dp_audit",
-    "CanaryTrainer": "fedwarden.attacks.dp_audit",
-    "audit_privacy": "fedwarden.attacks.dp_audit",
-    "canary_client_audit": "fedwarden.attacks.dp_audit",
-    "gaussian_fit_epsilon": "fedwarden.attacks.dp_audit",
-    "clopper_pearson": "fedwarden.attacks.dp_audit",
-    "one_run_epsilon_lower_bound": "fedwarden.attacks.dp_audit",
-    "multi_run_epsilon_lower_bound": "fedwarden.attacks.dp_audit",
 }
 
 __all__ = sorted(_EXPORTS)

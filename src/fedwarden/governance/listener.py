@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedwarden.governance.store import RunStore
+from fedwarden.server.listeners import RoundListener
 
 
-class StoreListener:
-    """Records a run's cohorts and refusals in its :class:`RunStore` (a server recorder)."""
+class StoreListener(RoundListener):
+    """Records a run's cohorts and refusals in its :class:`RunStore` (a server listener)."""
 
     def __init__(self, store: RunStore, run_id: str) -> None:
         self.store = store

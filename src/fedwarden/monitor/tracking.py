@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedwarden.core.config import RunConfig
 from fedwarden.core.records import RoundRecord
+from fedwarden.server.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -59,7 +60,6 @@ ROUND_METRICS = (
 RUN_ID_TAG = "fedwarden.run_id"
 REGISTERED_VERSION_TAG = "fedwarden.registered_version"
 MODEL_ARTIFACT_PATH = "model"
-MODEL_FILES = ("model.npz", "param_spec.json")
 UNTRACKED_PARAMS = frozenset({"monitoring.webhook_url", "monitoring.mlflow_tracking_uri"})
 """Config keys never sent to MLflow: URLs that may carry tokens or passwords."""
 PARAMS_PER_BATCH = 100
@@ -148,7 +148,8 @@ class MlflowTracking:
         """Log the final model's files in ``model_dir`` and the registered version; finish."""
 
         def finish() -> None:
-            files = [] if model_dir is None else [model_dir / name for name in MODEL_FILES]
+            run_dir = None if model_dir is None else RunDirectory(model_dir)
+            files = [] if run_dir is None else [run_dir.model_path, run_dir.param_spec_path]
             for path in files:
                 if path.exists():
                     self.client.log_artifact(self.mlflow_run_id, str(path), MODEL_ARTIFACT_PATH)

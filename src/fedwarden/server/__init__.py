@@ -1,24 +1,22 @@
-"""The federated server: rounds, checkpoints, run directories, and building runs from configs."""
+"""The federated server: rounds, checkpoints and run directories."""
 
 from fedwarden.server.clustered import (
     ClusteredResult,
     ClusteredTraining,
     cluster_by_update_similarity,
 )
-from fedwarden.server.launch import prepare, resumed, run
+from fedwarden.server.listeners import RoundListener
 from fedwarden.server.rundir import Checkpoint, RunDirectory
-from fedwarden.server.server import CentralTestSet, RoundObserver, Server
+from fedwarden.server.server import CentralTestSet, Server, ServerSettings
 
 __all__ = [
     "CentralTestSet",
     "Checkpoint",
     "ClusteredResult",
     "ClusteredTraining",
-    "RoundObserver",
+    "RoundListener",
     "RunDirectory",
     "Server",
+    "ServerSettings",
     "cluster_by_update_similarity",
-    "prepare",
-    "resumed",
-    "run",
 ]

@@ -40,7 +40,8 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import Vector
 from fedwarden.core.records import RoundRecord, RunResult
 from fedwarden.runtime.base import Runtime
-from fedwarden.server.server import Server, weighted_client_metrics
+from fedwarden.server.server import Server
+from fedwarden.server.traffic import weighted_client_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class ClusteredTraining:
 
         1. ``server.run()``: the global model's warm-up rounds and its
            evaluation on every client.
-        2. The probing round (index ``server.rounds``): every client trains
+        2. The probing round (index ``server.settings.rounds``): every client trains
            once from the warm-up model; the pipeline's server halves check
            and decode each update; nothing is aggregated. Clients that fail,
            are rejected or return an update without direction (zero norm)
@@ -264,7 +265,10 @@ class ClusteredTraining:
             results.append(cluster_server.run())
             clustered_evaluations.update(
                 evaluate_each_client(
-                    cluster_server.runtime, cluster_server.vector, cluster, cluster_server.rounds
+                    cluster_server.runtime,
+                    cluster_server.vector,
+                    cluster,
+                    cluster_server.settings.rounds,
                 )
             )
         return ClusteredResult(
@@ -273,7 +277,7 @@ class ClusteredTraining:
             clusters=tuple(clusters),
             cluster_results=tuple(results),
             global_evaluations=evaluate_each_client(
-                server.runtime, server.vector, server.client_ids, server.rounds
+                server.runtime, server.vector, server.client_ids, server.settings.rounds
             ),
             clustered_evaluations=clustered_evaluations,
         )

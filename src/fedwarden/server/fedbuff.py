@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,8 @@ from fedwarden.core.channel import AsynchronousClients
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
 from fedwarden.core.records import RoundRecord
-from fedwarden.server.server import RoundTraffic, Server, TrainLoss
+from fedwarden.server.server import Server
+from fedwarden.server.traffic import RoundTraffic, TrainLoss
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +83,14 @@ class FedBuffServer(Server):
         if round_index not in self._versions:
             self._versions[round_index] = self.clients.publish(self.vector, f"v{round_index}")
             self._dispatched_on_current = set()
-        if self.observer is not None:
-            self.observer.round_started(round_index, self.buffer_size)
+        for listener in self.listeners:
+            listener.buffer_started(round_index, self.buffer_size)
         self.pipeline.aggregator.start(self.vector.size, self.client_ids)
         traffic = RoundTraffic(sampled=0, vector_bytes=self.vector.nbytes)
         train_loss = TrainLoss()
         accept = self.accepting(train_loss)
         buffered: list[tuple[int, str]] = []
-        deadline = None if self.deadline_s is None else started + self.deadline_s
+        deadline = None if self.settings.deadline_s is None else started + self.settings.deadline_s
         while len(traffic.participants) < self.buffer_size:
             traffic.sampled += self._top_up(round_index)
             if not self._in_flight:
@@ -100,41 +103,45 @@ class FedBuffServer(Server):
             if deadline is not None and time.perf_counter() > deadline:
                 break
             if not self._backlog:
-                self._backlog.extend(self.clients.poll(POLL_S, self.deadline_s))
+                self._backlog.extend(self.clients.poll(POLL_S, self.settings.deadline_s))
             while self._backlog and len(traffic.participants) < self.buffer_size:
                 reply = self._backlog.pop(0)
                 self._in_flight.pop(reply.client_id, None)
-                if self.observer is not None:
-                    self.observer.client_finished(round_index)
-                if not isinstance(reply, ClientUpdate):
-                    self.undelivered(traffic, round_index, reply)
-                    continue
-                staleness = round_index - reply.round_index
-                traffic.bytes_up += reply.payload_bytes
-                try:
-                    if self.max_staleness is not None and staleness > self.max_staleness:
-                        raise UpdateRejected(
-                            "stale",
-                            f"{reply.client_id}'s update is {staleness} server updates old, "
-                            f"more than max_staleness={self.max_staleness}",
-                        )
-                    checked = self.pipeline.server_half(reply)
-                    weight = np.float32(staleness_weight(staleness, self.staleness_exponent))
-                    accept(replace(checked, update=checked.update * weight))
-                except UpdateRejected as rejection:
-                    self.rejected(
-                        traffic, round_index, reply.client_id, rejection.reason, str(rejection)
-                    )
-                    logger.warning("server update %d: rejected: %s", round_index, rejection)
-                    self.clients.release(reply.round_index, reply.client_id)
-                    continue
-                traffic.participants.append(checked.client_id)
-                buffered.append((reply.round_index, reply.client_id))
+                admit = partial(self._admit_stale, round_index, accept)
+                if self.receive(round_index, reply, traffic, admit) is not None:
+                    buffered.append((reply.round_index, reply.client_id))
         record = self.conclude_round(round_index, started, traffic, train_loss)
         for version_index, client_id in buffered:
             self.clients.release(version_index, client_id)
         self._retire_unused(round_index)
         return record
+
+    def _admit_stale(
+        self, round_index: int, accept: Callable[[ClientUpdate], None], update: ClientUpdate
+    ) -> ClientUpdate:
+        """Refuse ``update`` if too stale; else admit it down-weighted by its staleness."""
+        staleness = round_index - update.round_index
+        if self.max_staleness is not None and staleness > self.max_staleness:
+            raise UpdateRejected(
+                "stale",
+                f"{update.client_id}'s update is {staleness} server updates old, "
+                f"more than max_staleness={self.max_staleness}",
+            )
+        weight = np.float32(staleness_weight(staleness, self.staleness_exponent))
+        return self.admit(
+            update, lambda checked: accept(replace(checked, update=checked.update * weight))
+        )
+
+    def refused(
+        self,
+        traffic: RoundTraffic,
+        round_index: int,
+        update: ClientUpdate,
+        rejection: UpdateRejected,
+    ) -> None:
+        """As :meth:`Server.refused`, and the refused upload's spooled copy is released."""
+        super().refused(traffic, round_index, update, rejection)
+        self.clients.release(update.round_index, update.client_id)
 
     def _top_up(self, round_index: int) -> int:
         """Dispatch idle connected clients until ``concurrency`` train; how many were sent."""

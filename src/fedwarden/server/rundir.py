@@ -13,6 +13,13 @@ Layout::
         model.npz            final global parameters, one array per tensor
         param_spec.json      the ParamSpec of model.npz's flat vector
         accuracy.png, loss.png
+        spool/               the grpc runtime's spooled uploads
+        deploy/              the local client processes of ``fedwarden run`` on grpc
+        cohort_openings.json the openings of the audit log's cohort commitments
+        audit-anchor.json    the audit log's root-signed anchor
+        audit_report.html    the audit report of a completed run
+
+Every file name is a property of :class:`RunDirectory`; nothing else spells them.
 
 Every file is written to a temporary name and renamed, so a crash leaves
 either the previous or the new version, never half of one.
@@ -66,6 +73,45 @@ class RunDirectory:
         return cls(path)
 
     @property
+    def config_path(self) -> Path:
+        """The validated config the run was started with."""
+        return self.path / "config.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The server state after the last completed round."""
+        return self.path / "checkpoint.npz"
+
+    @property
+    def metrics_json_path(self) -> Path:
+        """One object per completed round."""
+        return self.path / "metrics.json"
+
+    @property
+    def metrics_csv_path(self) -> Path:
+        """One row per completed round."""
+        return self.path / "metrics.csv"
+
+    @property
+    def summary_path(self) -> Path:
+        """The final figures and the privacy report."""
+        return self.path / "summary.json"
+
+    @property
+    def model_path(self) -> Path:
+        """The final global parameters, one array per tensor."""
+        return self.path / "model.npz"
+
+    @property
+    def param_spec_path(self) -> Path:
+        """The ParamSpec of the final model's flat vector."""
+        return self.path / "param_spec.json"
+
+    def plot_path(self, metric: str) -> Path:
+        """The PNG plot of central ``metric`` per round."""
+        return self.path / f"{metric}.png"
+
+    @property
     def client_state_dir(self) -> Path:
         """Where clients' persistent state is kept."""
         return self.path / "client_state"
@@ -75,13 +121,38 @@ class RunDirectory:
         """The run's privacy ledger (see :class:`~fedwarden.privacy.ledger.PrivacyLedger`)."""
         return self.path / "privacy_ledger.json"
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where the grpc runtime spools the uploads it acknowledged."""
+        return self.path / "spool"
+
+    @property
+    def deploy_dir(self) -> Path:
+        """Where ``fedwarden run`` on the grpc runtime keeps its local client processes' files."""
+        return self.path / "deploy"
+
+    @property
+    def cohort_openings_path(self) -> Path:
+        """The openings of the audit log's cohort commitments (kept by the operator)."""
+        return self.path / "cohort_openings.json"
+
+    @property
+    def anchor_path(self) -> Path:
+        """The audit log's root-signed anchor, rewritten every round."""
+        return self.path / "audit-anchor.json"
+
+    @property
+    def audit_report_path(self) -> Path:
+        """The HTML audit report written when the run completes."""
+        return self.path / "audit_report.html"
+
     def write_config(self, config_json: str) -> None:
         """Keep the validated config, so ``--resume`` rebuilds the same run."""
-        write_atomic(self.path / "config.json", config_json.encode())
+        write_atomic(self.config_path, config_json.encode())
 
     def read_config(self) -> str:
         """The config written by :meth:`write_config`."""
-        config = self.path / "config.json"
+        config = self.config_path
         if not config.is_file():
             raise ConfigError(
                 f"{self.path} is not a fedwarden run directory (no config.json); pass the folder "
@@ -91,7 +162,7 @@ class RunDirectory:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """The run's final figures, privacy report included, as summary.json."""
-        write_atomic(self.path / "summary.json", json.dumps(summary, indent=1).encode())
+        write_atomic(self.summary_path, json.dumps(summary, indent=1).encode())
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write the server state after ``checkpoint.round_index`` in one atomic file."""
@@ -106,11 +177,11 @@ class RunDirectory:
         arrays: dict[str, Any] = {f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()}
         buffer = io.BytesIO()
         np.savez(buffer, vector=checkpoint.vector, meta=np.array(json.dumps(meta)), **arrays)
-        write_atomic(self.path / "checkpoint.npz", buffer.getvalue())
+        write_atomic(self.checkpoint_path, buffer.getvalue())
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The last checkpoint, or None if no round completed."""
-        path = self.path / "checkpoint.npz"
+        path = self.checkpoint_path
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as stored:
@@ -134,23 +205,23 @@ class RunDirectory:
     def write_metrics(self, history: list[RoundRecord]) -> None:
         """Rewrite metrics.csv and metrics.json with every round so far."""
         rows = [record.to_json() for record in history]
-        write_atomic(self.path / "metrics.json", json.dumps(rows, indent=1).encode())
+        write_atomic(self.metrics_json_path, json.dumps(rows, indent=1).encode())
         text = io.StringIO()
         if rows:
             writer = csv.DictWriter(text, fieldnames=list(rows[0]))
             writer.writeheader()
             for row in rows:
                 writer.writerow({**row, "rejection_reasons": json.dumps(row["rejection_reasons"])})
-        write_atomic(self.path / "metrics.csv", text.getvalue().encode())
+        write_atomic(self.metrics_csv_path, text.getvalue().encode())
 
     def save_model(self, spec: ParamSpec, vector: Vector) -> Path:
         """Write the model as named arrays plus its ParamSpec; returns the model path."""
         buffer = io.BytesIO()
         tensors: dict[str, Any] = spec.views(vector)
         np.savez(buffer, **tensors)
-        write_atomic(self.path / "model.npz", buffer.getvalue())
-        write_atomic(self.path / "param_spec.json", spec.to_json().encode())
-        return self.path / "model.npz"
+        write_atomic(self.model_path, buffer.getvalue())
+        write_atomic(self.param_spec_path, spec.to_json().encode())
+        return self.model_path
 
     def save_plots(self, history: list[RoundRecord]) -> None:
         """PNG plots of central accuracy and loss per round."""
@@ -177,4 +248,4 @@ class RunDirectory:
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=100)
             plt.close(figure)
-            write_atomic(self.path / f"{metric}.png", buffer.getvalue())
+            write_atomic(self.plot_path(metric), buffer.getvalue())

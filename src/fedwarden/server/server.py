@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,54 +39,13 @@ from fedwarden.privacy.ledger import BudgetExceeded
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.secrecy import COHORT_STREAM
 from fedwarden.runtime.base import Runtime
+from fedwarden.server.listeners import RoundListener
 from fedwarden.server.rundir import Checkpoint, RunDirectory
+from fedwarden.server.traffic import RoundTraffic, TrainLoss, weighted_client_metrics
 from fedwarden.strategies.base import Strategy
 from fedwarden.strategies.sampling import Sampler
 
 logger = logging.getLogger(__name__)
-
-
-class RoundObserver(Protocol):
-    """Progress callbacks (the CLI draws progress bars and the round table from these)."""
-
-    def round_started(self, round_index: int, cohort_size: int) -> None:
-        """A cohort of ``cohort_size`` clients was sent the global model."""
-
-    def client_finished(self, round_index: int) -> None:
-        """One client of the current round replied (or was dropped)."""
-
-    def round_finished(self, record: RoundRecord) -> None:
-        """The round is aggregated, evaluated and checkpointed."""
-
-
-class RoundAudit(Protocol):
-    """What the server tells the audit trail (``fedwarden.governance.audit.ServerAuditTrail``)."""
-
-    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
-        """A round's cohort was sampled."""
-
-    def update_rejected(self, round_index: int, client_id: str, reason: str) -> None:
-        """An update was refused and not aggregated."""
-
-    def round_completed(self, record: RoundRecord) -> None:
-        """A round was aggregated (or not), recorded and checkpointed."""
-
-
-class RoundRecorder(Protocol):
-    """Keeps the run's durable record of cohorts and refusals (the run store's listener)."""
-
-    def round_started(self, round_index: int, cohort: Sequence[str]) -> None:
-        """A round's cohort was sampled."""
-
-    def update_rejected(self, round_index: int, client_id: str, reason: str, message: str) -> None:
-        """An update was refused and not aggregated; ``message`` says why."""
-
-
-class RoundMonitor(Protocol):
-    """Told of every completed round: alert rules and metrics, the store's round rows."""
-
-    def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
-        """A round finished; ``silent_clients`` were sampled and did not deliver."""
 
 
 class RoundPrivacy(Protocol):
@@ -131,89 +89,45 @@ class RoundPrivacy(Protocol):
 class CentralTestSet:
     """The server's own held-out data for evaluating the global model.
 
-    A backdoor test set holds triggered examples labelled with the attacker's
-    target, so its accuracy is the backdoor's success rate.
+    An extra test set of a run holds other examples, e.g. triggered ones
+    labelled with a backdoor's target, so its accuracy is the backdoor's
+    success rate.
     """
 
     x: npt.NDArray[np.generic]
     y: npt.NDArray[np.generic]
 
 
-def weighted_client_metrics(evaluations: Iterable[ClientEvaluation]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the clients' evaluations."""
-    totals: defaultdict[str, float] = defaultdict(float)
-    weight = 0
-    for evaluation in evaluations:
-        weight += evaluation.num_examples
-        for name, value in evaluation.metrics.items():
-            totals[name] += value * evaluation.num_examples
-    return {name: total / weight for name, total in totals.items()} if weight else {}
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a server runs its rounds: how many, from which seed, and what each needs.
 
+    A round applies its aggregate only with at least ``min_cohort`` accepted
+    updates; it waits at most ``deadline_s`` for replies (None: no limit);
+    the central test runs every ``evaluate_every`` rounds and after the last.
+    ``client_evaluation_off`` says why the end-of-run evaluation on every
+    client is skipped (a protected run: :mod:`fedwarden.pipeline.releases`);
+    None runs it.
+    """
 
-@dataclass
-class TrainLoss:
-    """The example-weighted mean of the clients' reported training losses in one round."""
-
-    total: float = 0.0
-    weight: int = 0
-
-    def add(self, update: ClientUpdate) -> None:
-        if "train_loss" in update.metrics:
-            self.total += update.metrics["train_loss"] * update.num_examples
-            self.weight += update.num_examples
-
-    def mean(self) -> float | None:
-        return self.total / self.weight if self.weight else None
-
-
-@dataclass
-class RoundTraffic:
-    """What came back from one round's cohort: accepted clients, failures, rejections, bytes."""
-
-    sampled: int
-    vector_bytes: int
-    participants: list[str] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
-    rejections: Counter[str] = field(default_factory=Counter)
-    bytes_up: int = 0
-    silent_clients: list[str] = field(default_factory=list)
-    """Sampled clients that dropped out or failed."""
-    rejected_clients: list[str] = field(default_factory=list)
-    """Clients whose update reached the server and was refused."""
-
-    @property
-    def released(self) -> list[str]:
-        """Clients whose update left them and reached the server, accepted or refused."""
-        return [*self.participants, *self.rejected_clients]
-
-    def record_fields(self) -> dict[str, Any]:
-        """The :class:`RoundRecord` fields these counts fill."""
-        received = len(self.participants) + sum(self.rejections.values())
-        return {
-            "sampled": self.sampled,
-            "participants": len(self.participants),
-            "dropped": self.failures["deadline"] + self.failures["worker_lost"],
-            "failed": self.failures["error"],
-            "rejected": sum(self.rejections.values()),
-            "rejection_reasons": dict(self.rejections),
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.vector_bytes * self.sampled,
-            "compression_ratio": (
-                received * self.vector_bytes / self.bytes_up if self.bytes_up else None
-            ),
-        }
+    rounds: int
+    seed: int
+    min_cohort: int = 1
+    deadline_s: float | None = None
+    evaluate_every: int = 1
+    client_evaluation_off: str | None = None
 
 
 class Server:
-    """Runs rounds of federated training over a runtime.
+    """Runs rounds of federated training over a runtime, as its ``settings`` say.
 
     ``cohort_randomness`` is where cohorts come from; by default a stream
-    seeded by ``seed`` without ``privacy``, and the OS CSPRNG with it, since
+    seeded by the settings' ``seed`` without ``privacy``, and the OS CSPRNG with it, since
     amplification by sampling needs cohorts nobody can recompute.
     ``noise_randomness`` is the pipeline's server-side noise source, passed
     so that a seeded one's position is checkpointed with the cohort stream's.
-    ``client_evaluation_off`` says why the end-of-run evaluation on every client is
-    skipped (a protected run: :mod:`fedwarden.pipeline.releases`); None runs it.
+    ``extra_tests`` are evaluated beside ``central_test``, the accuracy on each
+    kept under its name: a :class:`RoundRecord` field such as ``backdoor_success``.
     """
 
     def __init__(
@@ -225,23 +139,15 @@ class Server:
         pipeline: Pipeline,
         runtime: Runtime,
         client_ids: Sequence[str],
-        rounds: int,
-        seed: int,
+        settings: ServerSettings,
         central_test: CentralTestSet | None = None,
-        backdoor_test: CentralTestSet | None = None,
-        min_cohort: int = 1,
-        deadline_s: float | None = None,
-        evaluate_every: int = 1,
+        extra_tests: Mapping[str, CentralTestSet] | None = None,
         run_dir: RunDirectory | None = None,
-        observer: RoundObserver | None = None,
         privacy: RoundPrivacy | None = None,
         reputation: Reputation | None = None,
-        audit: RoundAudit | None = None,
-        monitors: Sequence[RoundMonitor] = (),
-        recorders: Sequence[RoundRecorder] = (),
+        listeners: Sequence[RoundListener] = (),
         cohort_randomness: NoiseSource | None = None,
         noise_randomness: NoiseSource | None = None,
-        client_evaluation_off: str | None = None,
     ) -> None:
         self.trainer = trainer
         self.strategy = strategy
@@ -249,24 +155,19 @@ class Server:
         self.pipeline = pipeline
         self.runtime = runtime
         self.client_ids = list(client_ids)
-        self.rounds = rounds
+        self.settings = settings
         self.central_test = central_test
-        self.backdoor_test = backdoor_test
-        self.min_cohort = min_cohort
-        self.deadline_s = deadline_s
-        self.evaluate_every = evaluate_every
+        self.extra_tests = dict(extra_tests or {})
         self.run_dir = run_dir
-        self.observer = observer
         self.privacy = privacy
         self.reputation = reputation
-        self.audit = audit
-        self.monitors = list(monitors)
-        self.recorders = list(recorders)
-        self.client_evaluation_off = client_evaluation_off
+        self.listeners = list(listeners)
         pipeline.aggregator.attach(runtime.client_channel())
-        self.vector = trainer.initial_vector(seed)
+        self.vector = trainer.initial_vector(settings.seed)
         self.cohort_randomness = cohort_randomness or (
-            NoiseSource.seeded(seed, COHORT_STREAM) if privacy is None else NoiseSource.secure()
+            NoiseSource.seeded(settings.seed, COHORT_STREAM)
+            if privacy is None
+            else NoiseSource.secure()
         )
         self.noise_randomness = noise_randomness
         self.history: list[RoundRecord] = []
@@ -302,7 +203,7 @@ class Server:
         in total (used to simulate an interruption before ``--resume``).
         """
         started = time.perf_counter()
-        last = self.rounds if stop_after is None else min(self.rounds, stop_after)
+        last = self.settings.rounds if stop_after is None else min(self.settings.rounds, stop_after)
         stopped_early = None
         for round_index in range(self.next_round, last):
             try:
@@ -310,14 +211,14 @@ class Server:
             except BudgetExceeded as refusal:
                 stopped_early = str(refusal)
                 logger.warning("training stops: %s", refusal)
-                last = self.rounds
+                last = self.settings.rounds
                 break
         client_metrics = {}
-        if last == self.rounds and self.client_evaluation_off is not None:
-            logger.warning(self.client_evaluation_off)
-        elif last == self.rounds:
+        if last == self.settings.rounds and self.settings.client_evaluation_off is not None:
+            logger.warning(self.settings.client_evaluation_off)
+        elif last == self.settings.rounds:
             client_metrics = self.evaluate_clients(finetune)
-        if self.run_dir is not None and last == self.rounds:
+        if self.run_dir is not None and last == self.settings.rounds:
             self.run_dir.save_model(self.trainer.spec, self.vector)
             self.run_dir.save_plots(self.history)
         client_rounds = sum(r.participants + r.rejected for r in self.history)
@@ -347,12 +248,8 @@ class Server:
         if self.reputation is not None:
             population = self.reputation.eligible(population)
         cohort = self.sampler.sample(population, self.cohort_randomness)
-        if self.observer is not None:
-            self.observer.round_started(round_index, len(cohort))
-        if self.audit is not None:
-            self.audit.round_started(round_index, cohort)
-        for recorder in self.recorders:
-            recorder.round_started(round_index, cohort)
+        for listener in self.listeners:
+            listener.round_started(round_index, cohort)
         self.pipeline.aggregator.start(self.vector.size, cohort)
         train_loss = TrainLoss()
         traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
@@ -380,7 +277,7 @@ class Server:
         participants = traffic.participants
         note = ""
         aggregate = None
-        if len(participants) >= self.min_cohort and len(participants) > 0:
+        if len(participants) >= self.settings.min_cohort and len(participants) > 0:
             try:
                 aggregate = aggregator.result()
             except RoundAborted as abort:
@@ -388,7 +285,7 @@ class Server:
         else:
             note = (
                 f"only {len(participants)} accepted update(s), fewer than "
-                f"min_cohort={self.min_cohort}; "
+                f"min_cohort={self.settings.min_cohort}; "
                 "the model is unchanged"
             )
         applied = aggregate is not None
@@ -424,16 +321,12 @@ class Server:
             epsilon=None if self.privacy is None else self.privacy.epsilon(),
             epsilon_projected=None
             if self.privacy is None
-            else self.privacy.projected_epsilon(self.rounds - round_index - 1),
+            else self.privacy.projected_epsilon(self.settings.rounds - round_index - 1),
         )
         self.history.append(record)
         self._checkpoint()
-        if self.audit is not None:
-            self.audit.round_completed(record)
-        for monitor in self.monitors:
-            monitor.round_completed(record, traffic.silent_clients)
-        if self.observer is not None:
-            self.observer.round_finished(record)
+        for listener in self.listeners:
+            listener.round_completed(record, traffic.silent_clients)
         return record
 
     def undelivered(
@@ -450,13 +343,11 @@ class Server:
     def rejected(
         self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str, message: str
     ) -> None:
-        """Count a refused update in the round's traffic, the audit trail and the recorders."""
+        """Count a refused update in the round's traffic and tell the listeners."""
         traffic.rejections[reason] += 1
         traffic.rejected_clients.append(client_id)
-        if self.audit is not None:
-            self.audit.update_rejected(round_index, client_id, reason)
-        for recorder in self.recorders:
-            recorder.update_rejected(round_index, client_id, reason, message)
+        for listener in self.listeners:
+            listener.update_rejected(round_index, client_id, reason, message)
 
     def collect_updates(
         self,
@@ -466,32 +357,61 @@ class Server:
     ) -> RoundTraffic:
         """Have ``cohort`` train from the global vector; pass each checked update to ``accept``.
 
-        Every reply goes through the pipeline's server halves; failures, and
-        updates the halves or ``accept`` reject (``UpdateRejected``), are
-        counted and logged, never passed on. The global vector is not changed.
+        Every reply goes through :meth:`receive`. The global vector is not changed.
         """
         train = self.strategy.train_config(round_index)
         parameters = self.pipeline.aggregator.round_parameters()
         instructions = [FitInstruction(round_index, cid, train, parameters) for cid in cohort]
         traffic = RoundTraffic(sampled=len(cohort), vector_bytes=self.vector.nbytes)
-        for reply in self.runtime.fit(self.vector, instructions, self.deadline_s):
-            if self.observer is not None:
-                self.observer.client_finished(round_index)
-            if not isinstance(reply, ClientUpdate):
-                self.undelivered(traffic, round_index, reply)
-                continue
-            traffic.bytes_up += reply.payload_bytes
-            try:
-                accepted = self.pipeline.server_half(reply)
-                accept(accepted)
-            except UpdateRejected as rejection:
-                self.rejected(
-                    traffic, round_index, reply.client_id, rejection.reason, str(rejection)
-                )
-                logger.warning("round %d: rejected: %s", round_index, rejection)
-                continue
-            traffic.participants.append(accepted.client_id)
+        for reply in self.runtime.fit(self.vector, instructions, self.settings.deadline_s):
+            self.receive(round_index, reply, traffic, lambda update: self.admit(update, accept))
         return traffic
+
+    def admit(self, update: ClientUpdate, accept: Callable[[ClientUpdate], None]) -> ClientUpdate:
+        """Run ``update`` through the pipeline's server halves into ``accept``; what was added.
+
+        Raises ``UpdateRejected`` when a half or ``accept`` refuses it.
+        """
+        checked = self.pipeline.server_half(update)
+        accept(checked)
+        return checked
+
+    def receive(
+        self,
+        round_index: int,
+        reply: ClientUpdate | ClientFailure | UpdateRefused,
+        traffic: RoundTraffic,
+        admit: Callable[[ClientUpdate], ClientUpdate],
+    ) -> ClientUpdate | None:
+        """Count one reply of round ``round_index``; the update ``admit`` accepted, or None.
+
+        Failures, and updates ``admit`` rejects (``UpdateRejected``), are
+        counted and logged (:meth:`undelivered`, :meth:`refused`), never passed on.
+        """
+        for listener in self.listeners:
+            listener.client_finished(round_index)
+        if not isinstance(reply, ClientUpdate):
+            self.undelivered(traffic, round_index, reply)
+            return None
+        traffic.bytes_up += reply.payload_bytes
+        try:
+            accepted = admit(reply)
+        except UpdateRejected as rejection:
+            self.refused(traffic, round_index, reply, rejection)
+            return None
+        traffic.participants.append(accepted.client_id)
+        return accepted
+
+    def refused(
+        self,
+        traffic: RoundTraffic,
+        round_index: int,
+        update: ClientUpdate,
+        rejection: UpdateRejected,
+    ) -> None:
+        """Count, tell the listeners and log an update the server's checks refused."""
+        self.rejected(traffic, round_index, update.client_id, rejection.reason, str(rejection))
+        logger.warning("round %d: rejected: %s", round_index, rejection)
 
     def _privacy_extras(self) -> dict[str, Any]:
         report = {} if self.privacy is None else dict(self.privacy.report())
@@ -505,15 +425,14 @@ class Server:
         return {"privacy": report} if report else {}
 
     def _evaluate_central(self, round_index: int) -> dict[str, float]:
-        due = (round_index + 1) % self.evaluate_every == 0 or round_index + 1 == self.rounds
+        due = (
+            round_index + 1
+        ) % self.settings.evaluate_every == 0 or round_index + 1 == self.settings.rounds
         if self.central_test is None or not due or len(self.central_test.y) == 0:
             return {}
         metrics = dict(self.trainer.evaluate(self.vector, self.central_test.x, self.central_test.y))
-        if self.backdoor_test is not None:
-            triggered = self.trainer.evaluate(
-                self.vector, self.backdoor_test.x, self.backdoor_test.y
-            )
-            metrics["backdoor_success"] = triggered["accuracy"]
+        for name, test_set in self.extra_tests.items():
+            metrics[name] = self.trainer.evaluate(self.vector, test_set.x, test_set.y)["accuracy"]
         return metrics
 
     def _checkpoint(self) -> None:
@@ -552,6 +471,8 @@ class Server:
 
     def evaluate_clients(self, finetune: TrainConfig | None = None) -> dict[str, float]:
         """Example-weighted metrics of the global model over every client's test split."""
-        instructions = [EvaluateInstruction(self.rounds, cid, finetune) for cid in self.client_ids]
+        instructions = [
+            EvaluateInstruction(self.settings.rounds, cid, finetune) for cid in self.client_ids
+        ]
         replies = self.runtime.evaluate(self.vector, instructions)
         return weighted_client_metrics(r for r in replies if isinstance(r, ClientEvaluation))

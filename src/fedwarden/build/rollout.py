@@ -25,7 +25,7 @@ from fedwarden.core.messages import ClientEvaluation, EvaluateInstruction
 from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.governance.registry import ModelRegistry, ModelVersion, PilotEvaluation
 from fedwarden.runtime.base import Runtime
-from fedwarden.server.server import weighted_client_metrics
+from fedwarden.server.traffic import weighted_client_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ import numpy.typing as npt
 import torch
 from sklearn.metrics import roc_auc_score
 
+from fedwarden.build.run import prepare, run
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, DataError
 from fedwarden.core.messages import TrainConfig
@@ -46,6 +47,7 @@ from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData
 from fedwarden.models.torch import TorchTrainer
 from fedwarden.models.trainer import ClientContext
+from fedwarden.server.rundir import RunDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -207,9 +209,6 @@ def attack_global_model(
             f"the membership attack reads a PyTorch model; model.kind is {config.model.kind!r}, "
             "set it to 'mlp'"
         )
-    from fedwarden.server.launch import prepare, run
-    from fedwarden.server.rundir import RunDirectory
-
     prepared = prepare(config)  # calibrates DP-SGD's noise once; the run reuses it
     trainer = prepared.trainer
     if not isinstance(trainer, TorchTrainer):

@@ -132,7 +132,7 @@ def require_recorded_config(run_dir: RunDirectory, recorded: Mapping[str, str | 
     for source, expected in recorded.items():
         if expected is not None and expected != actual:
             raise ResumeRefused(
-                f"{run_dir.path / 'config.json'} (SHA-256 {actual[:12]}) is not the config "
+                f"{run_dir.config_path} (SHA-256 {actual[:12]}) is not the config "
                 f"{source} recorded for this run (SHA-256 {expected[:12]}): a config edited "
                 "after the run began, e.g. with a raised privacy budget, is not resumed. "
                 "Restore config.json; change a budget explicitly with `fedwarden run --resume "

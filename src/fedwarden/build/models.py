@@ -1,0 +1,146 @@
+"""The model adapter, the strategy and the cohort sampler a config names."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+from fedwarden.core.config import RunConfig
+from fedwarden.core.errors import ConfigError
+from fedwarden.core.messages import TrainConfig
+from fedwarden.data.dataset import FederatedDataset
+from fedwarden.models.numpy import softmax_regression
+from fedwarden.models.trainer import Trainer
+from fedwarden.privacy.randomness import NoiseSource
+
+if TYPE_CHECKING:
+    pass
+from fedwarden.strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedOpt,
+    FedProx,
+    FedYogi,
+    PoissonSampler,
+    Sampler,
+    Strategy,
+    StratifiedSampler,
+    UniformSampler,
+)
+from fedwarden.strategies.scaffold import Scaffold, ScaffoldTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
+    """The model adapter named by ``config.model`` for this data set's shape."""
+    model = config.model
+    num_classes = dataset.num_classes
+    if model.kind == "softmax":
+        if num_classes is None:
+            raise ConfigError("model.kind 'softmax' needs a classification data set")
+        return softmax_regression(dataset.num_features, num_classes)
+    if model.kind == "mlp":
+        if num_classes is None:
+            raise ConfigError("model.kind 'mlp' needs a classification data set")
+        from fedwarden.models.torch import TorchTrainer, mlp
+
+        factory = partial(mlp, dataset.num_features, num_classes, model.hidden)
+        privacy = config.privacy
+        if privacy.mechanism == "dp_sgd":
+            from fedwarden.models.dp_sgd import DpSgdTrainer
+
+            assert privacy.noise_multiplier is not None
+            return DpSgdTrainer(
+                factory,
+                noise_multiplier=privacy.noise_multiplier,
+                max_grad_norm=privacy.max_grad_norm,
+                delta=privacy.delta,
+                noise=NoiseSource.secure_or_testing(privacy.reproducible_noise, config.seed),
+            )
+        return TorchTrainer(factory)
+    if model.kind == "sklearn":
+        from fedwarden.models.sklearn import SklearnTrainer
+
+        return SklearnTrainer(
+            model.estimator, num_features=dataset.num_features, num_classes=num_classes
+        )
+    assert model.factory is not None
+    module_name, _, function_name = model.factory.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"model.factory {model.factory!r} cannot be imported ({error}); write it as "
+            '"package.module:function" with the package on PYTHONPATH'
+        ) from None
+    trainer: Trainer = factory(dataset.num_features, num_classes)
+    return trainer
+
+
+def build_strategy(config: RunConfig, population: int, trainer: Trainer) -> Strategy:
+    """The strategy named by ``config.strategy`` with the clients' training config.
+
+    SCAFFOLD needs the model's size (``trainer`` is its :class:`ScaffoldTrainer`)
+    and the share of the ``population`` sampled per round.
+    """
+    section = config.strategy
+    train = TrainConfig(
+        local_epochs=config.train.local_epochs,
+        batch_size=config.train.batch_size,
+        learning_rate=config.train.learning_rate,
+    )
+    if section.name == "scaffold":
+        assert isinstance(trainer, ScaffoldTrainer)
+        sampling = config.sampling
+        fraction = (
+            sampling.rate
+            if sampling.scheme == "poisson"
+            else min(sampling.cohort_size, population) / population
+        )
+        return Scaffold(
+            train,
+            model_size=trainer.model_size,
+            sampled_fraction=fraction,
+            server_learning_rate=section.server_learning_rate or 1.0,
+        )
+    if section.name in ("fedavg", "fedprox", "fedavgm"):
+        server_lr = section.server_learning_rate or 1.0
+        if section.name == "fedavg":
+            return FedAvg(train, server_lr)
+        if section.name == "fedprox":
+            return FedProx(train, section.proximal_mu, server_lr)
+        return FedAvgM(train, server_lr, section.momentum)
+    fedopt_family: dict[str, type[FedOpt]] = {
+        "fedadam": FedAdam,
+        "fedyogi": FedYogi,
+        "fedadagrad": FedAdagrad,
+    }
+    fedopt = fedopt_family[section.name]
+    return fedopt(
+        train,
+        server_learning_rate=section.server_learning_rate or 0.01,
+        beta1=section.beta1,
+        beta2=section.beta2,
+        tau=section.tau,
+    )
+
+
+def build_sampler(config: RunConfig, dataset: FederatedDataset) -> Sampler:
+    """The cohort sampler named by ``config.sampling``."""
+    sampling = config.sampling
+    if sampling.scheme == "poisson":
+        return PoissonSampler(sampling.rate)
+    if sampling.scheme == "stratified":
+        assert sampling.attribute is not None
+        strata = {
+            cid: client.attributes[sampling.attribute]
+            for cid, client in dataset.clients.items()
+            if sampling.attribute in client.attributes
+        }
+        return StratifiedSampler(sampling.cohort_size, sampling.attribute, strata)
+    return UniformSampler(sampling.cohort_size)
