@@ -4,8 +4,9 @@ One module per command group: ``run`` (run, query), ``pki``, ``audit``, ``models
 ``federation`` (server, client), ``services`` (dashboard, serve) and ``vertical``;
 ``console`` is what a run shows, ``common`` what the groups share.
 
-Imports of SQLAlchemy, grpc and the optional packages (PyTorch, FastAPI) stay inside the
-commands that use them, so that ``fedwarden --help`` starts without them.
+Every command is registered when this package is imported, ``fedwarden --help`` included, so
+what would slow that start-up is imported inside the commands that use it, each with its
+reason: SQLAlchemy, grpc, the optional packages (PyTorch, FastAPI) and a few slower modules.
 """
 
 from __future__ import annotations
