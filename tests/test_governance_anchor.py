@@ -16,7 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedwarden.build.run import run
-from fedwarden.cli import _governance_lines, app
+from fedwarden.cli import app
+from fedwarden.cli.console import governance_lines
 from fedwarden.core.config import RunConfig
 from fedwarden.governance.anchor import ANCHOR_FILE, AnchorEveryRound, AuditAnchor, verify_anchored
 from fedwarden.governance.audit import AuditError, AuditLog, load_public_key, read_entries, verify
@@ -142,7 +143,7 @@ def test_a_governed_run_anchors_its_log_and_prints_the_verify_command_that_catch
     governance = result.extras["governance"]
     anchor = Path(governance["audit_anchor"])
     assert anchor.parent == Path(str(result.run_dir))
-    (verify_line,) = [line for line in _governance_lines(result.extras) if "audit verify" in line]
+    (verify_line,) = [line for line in governance_lines(result.extras) if "audit verify" in line]
     command = shlex.split(verify_line.strip())
     assert command[:2] == ["fedwarden", "audit"] and command[-2:] == ["--anchor", str(anchor)]
     intact = runner.invoke(app, command[1:])

@@ -1,0 +1,5 @@
+"""``python -m fedwarden.cli``: the ``fedwarden`` command."""
+
+from fedwarden.cli import app
+
+app()
