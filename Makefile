@@ -56,6 +56,7 @@ lint: install-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The documentation site, built as CI builds it: any warning (a broken link, a page missing
 # from the navigation, a docstring the API reference cannot read) fails the build.
