@@ -33,7 +33,7 @@ from fedwarden.secure.secagg import (
     neighbour_graph,
     secure_threshold,
 )
-from fedwarden.secure.secagg_wire import (
+from fedwarden.secure.secagg.wire import (
     client_step_bytes,
     read_client_step,
     read_server_step,

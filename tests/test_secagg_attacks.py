@@ -21,7 +21,6 @@ from fedwarden.core.messages import ClientUpdate
 from fedwarden.deploy.pki import init_ca, issue, load_identity
 from fedwarden.pipeline.secure import RoundEncoding, SecureSum, SecureSumClient
 from fedwarden.privacy.randomness import NoiseSource
-from fedwarden.secure import secagg_client
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.encoding import RingEncoder
 from fedwarden.secure.secagg import (
@@ -40,8 +39,9 @@ from fedwarden.secure.secagg import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from fedwarden.secure.secagg_messages import consistency_payload, survivor_list_digest
-from fedwarden.secure.secagg_wire import StartRound, server_step_bytes
+from fedwarden.secure.secagg import client as secagg_client
+from fedwarden.secure.secagg.messages import consistency_payload, survivor_list_digest
+from fedwarden.secure.secagg.wire import StartRound, server_step_bytes
 from fedwarden.secure.shamir import PRIME, Share, split_secret
 from secagg_rounds import ROUND_SEED, cohort_of, enrolled, mask_all, set_up_round
 

@@ -16,7 +16,7 @@ from fedwarden.cli.console import ConsoleObserver, logging_console, summary_line
 from fedwarden.core.config import load_config
 from fedwarden.core.errors import FedwardenError
 from fedwarden.deploy.revocation import REVOCATION_LIST
-from fedwarden.secure.secagg_policy import SecAggPolicy
+from fedwarden.secure.secagg.policy import SecAggPolicy
 
 
 def server_command(

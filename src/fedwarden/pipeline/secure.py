@@ -23,7 +23,7 @@ which answers those steps and encodes and masks its own update; the server
 only ever receives masked ring vectors. The server relays the
 cohort's certificates; each client takes its peers' identity keys from them
 after checking them against its own enrolment CA, and refuses a round its own
-:class:`~fedwarden.secure.secagg_policy.SecAggPolicy` does not allow.
+:class:`~fedwarden.secure.secagg.policy.SecAggPolicy` does not allow.
 
 One malicious client cannot end the run: a ring sum that does not decode
 (a total weight out of range) or decodes to more than the survivors could
@@ -90,7 +90,7 @@ from fedwarden.secure.secagg import (
     finish_round,
     setup_round,
 )
-from fedwarden.secure.secagg_wire import (
+from fedwarden.secure.secagg.wire import (
     SecAggWireError,
     StartRound,
     client_step_bytes,

@@ -27,7 +27,7 @@ _EXPORTS = {
     "SecAggClient": "fedwarden.secure.secagg",
     "SecAggError": "fedwarden.secure.secagg",
     "SecAggParameters": "fedwarden.secure.secagg",
-    "SecAggPolicy": "fedwarden.secure.secagg_policy",
+    "SecAggPolicy": "fedwarden.secure.secagg.policy",
     "SecAggRefused": "fedwarden.secure.secagg",
     "SecAggServer": "fedwarden.secure.secagg",
     "ShareDelivery": "fedwarden.secure.secagg",

@@ -84,7 +84,7 @@ class SecureConfig(Section):
     integers mod ``2^modulus_bits`` and masked; ``num_neighbours`` (k),
     ``threshold`` (t) and ``corrupted_clients`` (c, clients that may collude
     with a lying server; t must exceed (k + 1 + c) / 2) default to values sized
-    for the cohort (see :mod:`fedwarden.secure.secagg_parameters`). With
+    for the cohort (see :mod:`fedwarden.secure.secagg.parameters`). With
     ``privacy.mechanism = "user_level"`` the clients add the noise themselves
     (the distributed discrete Gaussian, Kairouz et al. 2021), clip to
     ``privacy.clip_norm``, and the ledger charges the noise of ``t`` survivors.

@@ -64,7 +64,7 @@ from fedwarden.runtime.grpc.wire import (
     sign,
     version_message,
 )
-from fedwarden.secure.secagg_policy import SecAggPolicy
+from fedwarden.secure.secagg.policy import SecAggPolicy
 
 logger = logging.getLogger(__name__)
 

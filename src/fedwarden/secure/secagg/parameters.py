@@ -37,7 +37,7 @@ Default parameters for a cohort of ``n`` (:meth:`SecAggParameters.resolved`)
   not met: small cohorts cannot have both an honest-majority threshold and
   2^-10 aborts at 30% dropout.
 
-Worked values (exact integer arithmetic, ``tests/test_secagg_parameters.py``
+Worked values (exact integer arithmetic, ``tests/test_secagg.py``
 recomputes them with SciPy): ``n = 5``: ``c = 0, k = 4, t = 3``; ``n = 20``:
 ``c = 2, k = 19, t = 12``; ``n = 100``: ``c = 10, k = 99, t = 56``;
 ``n = 1000``: ``c = 100, k = 504, t = 303``. Before the malicious-server rule
@@ -45,7 +45,7 @@ the defaults were ``n = 20: k = 19, t = 5`` and ``n = 100: k = 42, t = 16``,
 and equivocation on the survivor list recovered a client's input.
 
 A client never takes these numbers from the server: its
-:class:`~fedwarden.secure.secagg_policy.SecAggPolicy` is what its own kit or
+:class:`~fedwarden.secure.secagg.policy.SecAggPolicy` is what its own kit or
 local settings allow, and a round below it is refused before the client
 reveals anything.
 """
@@ -60,7 +60,7 @@ from fractions import Fraction
 
 from fedwarden.core.errors import ConfigError
 from fedwarden.secure.prg import MAX_MODULUS_BITS
-from fedwarden.secure.secagg_messages import digest
+from fedwarden.secure.secagg.messages import digest
 
 __all__ = [
     "DESIGN_ABORT_PROBABILITY",
@@ -182,7 +182,7 @@ def neighbour_graph(
     Bell et al. (CCS 2020), Section 3: a random ``k``-regular graph. Here it is
     a circulant (Harary-like) graph over a permutation of the members that
     anyone can recompute from the public ``seed`` (the hash of every key
-    advertisement, :func:`~fedwarden.secure.secagg_messages.graph_seed`):
+    advertisement, :func:`~fedwarden.secure.secagg.messages.graph_seed`):
     members are ordered by ``SHA-256(label, seed, id)``, and position ``i``
     links to ``i +- 1 .. i +- floor(k / 2)`` and, for odd ``k`` and an even
     number ``m`` of members, ``i + m / 2``. With ``k >= m - 1`` it is complete.

@@ -35,13 +35,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fedwarden.secure.prg import SEED_BYTES, apply_masks, reduce_modulo, word_dtype
-from fedwarden.secure.secagg_crypto import (
+from fedwarden.secure.secagg.crypto import (
     NONCE_BYTES,
     exchange,
     pairwise_seed,
     share_key,
 )
-from fedwarden.secure.secagg_messages import (
+from fedwarden.secure.secagg.messages import (
     MASKING_KEY,
     SELF_MASK,
     SIGNATURE_BYTES,
@@ -69,8 +69,8 @@ from fedwarden.secure.secagg_messages import (
     survivor_list_digest,
     verifies,
 )
-from fedwarden.secure.secagg_parameters import neighbour_graph
-from fedwarden.secure.secagg_policy import SecAggPolicy
+from fedwarden.secure.secagg.parameters import neighbour_graph
+from fedwarden.secure.secagg.policy import SecAggPolicy
 from fedwarden.secure.shamir import SHARE_BYTES, ShamirError, Share, split_secret
 
 __all__ = ["SecAggClient", "Stage"]

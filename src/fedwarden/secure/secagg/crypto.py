@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fedwarden.secure.prg import derive_seed
-from fedwarden.secure.secagg_messages import SecAggError, encode
+from fedwarden.secure.secagg.messages import SecAggError, encode
 
 __all__ = ["KEY_BYTES", "NONCE_BYTES", "exchange", "pairwise_seed", "share_key"]
 

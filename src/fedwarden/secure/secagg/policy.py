@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from fedwarden.core.errors import ConfigError
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
-from fedwarden.secure.secagg_messages import RoundSetup, SecAggRefused
-from fedwarden.secure.secagg_parameters import MAX_COHORT, secure_threshold
+from fedwarden.secure.secagg.messages import RoundSetup, SecAggRefused
+from fedwarden.secure.secagg.parameters import MAX_COHORT, secure_threshold
 
 __all__ = ["SecAggPolicy"]
 

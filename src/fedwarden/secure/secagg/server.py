@@ -35,9 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.secure.prg import SEED_BYTES, apply_masks, reduce_modulo, word_dtype
-from fedwarden.secure.secagg_client import Stage
-from fedwarden.secure.secagg_crypto import KEY_BYTES, pairwise_seed
-from fedwarden.secure.secagg_messages import (
+from fedwarden.secure.secagg.client import Stage
+from fedwarden.secure.secagg.crypto import KEY_BYTES, pairwise_seed
+from fedwarden.secure.secagg.messages import (
     MASKING_KEY,
     SELF_MASK,
     ConsistencyAck,
@@ -63,7 +63,7 @@ from fedwarden.secure.secagg_messages import (
     survivor_list_digest,
     verifies,
 )
-from fedwarden.secure.secagg_parameters import SecAggParameters, neighbour_graph
+from fedwarden.secure.secagg.parameters import SecAggParameters, neighbour_graph
 from fedwarden.secure.shamir import ShamirError, Share, combine_shares
 
 __all__ = ["SecAggServer"]
