@@ -75,8 +75,8 @@ $(BENCH_VENV)/.installed: lock/requirements-bench.txt pyproject.toml | $(UV)
 	touch $@
 
 bench: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python benchmarks/throughput.py
-	$(BENCH_VENV)/bin/python benchmarks/aggregation.py
+	$(BENCH_VENV)/bin/python -m benchmarks.throughput
+	$(BENCH_VENV)/bin/python -m benchmarks.aggregation
 
 # Re-resolve every set to the newest versions pyproject.toml allows; then `make test` says
 # whether the upgrade can be taken. The demo's set is resolved inside the test set's pins.

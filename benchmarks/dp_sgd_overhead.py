@@ -24,7 +24,7 @@ It also measures the setup that Opacus adds to a round (``GradSampleModule``
 plus ``DPOptimizer`` construction) on the same model: DpSgdTrainer builds those
 wrappers once and reuses them for every client and round; "before" is its
 round plus that setup, as if it wrapped per round. Times are medians over the
-rounds. Run: ``python benchmarks/dp_sgd_overhead.py [--rounds 30 --epochs 1]``.
+rounds. Run: ``python -m benchmarks.dp_sgd_overhead [--rounds 30 --epochs 1]``.
 """
 
 from __future__ import annotations

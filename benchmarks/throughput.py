@@ -8,8 +8,8 @@ training loop, engine start included; accuracy is the final global model's on
 the central test set. Flower (``flwr``) and pfl (``pfl``) rows appear when the
 ``bench`` extra is installed.
 
-Run: ``python benchmarks/throughput.py`` (all four workloads) or
-``python benchmarks/throughput.py --clients 100 --cohort 0.2 --rounds 5``.
+Run: ``python -m benchmarks.throughput`` (all four workloads) or
+``python -m benchmarks.throughput --clients 100 --cohort 0.2 --rounds 5``.
 """
 
 from __future__ import annotations
