@@ -8,7 +8,7 @@ one image folder per client (``<client>/<class>/<n>.png``) and a central
 sample-level DP-SGD at every client (Opacus; each client's epsilon capped by
 ``--epsilon``), and prints the test accuracy and seconds per round of each::
 
-    python examples/cnn_images.py                 # 4 clients, 10 rounds
+    python examples/cnn_images.py                 # 4 clients, 20 rounds
     python examples/cnn_images.py --device cuda   # on a GPU
 """
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=40, help="images per shape and client")
     parser.add_argument("--size", type=int, default=28, help="image height and width")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--epsilon", type=float, default=8.0, help="each client's DP-SGD budget")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args()
