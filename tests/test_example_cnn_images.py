@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
 import subprocess
@@ -11,9 +12,13 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from torch import nn
 
 from fedwarden.core.config import DataConfig
 from fedwarden.data.images import read_image_folder
+from fedwarden.models.dp_sgd import DpSgdTrainer
+from fedwarden.models.torch import TorchTrainer
+from fedwarden.server.launch import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "cnn_images.py"
@@ -42,6 +47,20 @@ def test_example_draws_one_image_folder_per_client_and_a_central_test_set(
     assert sorted(arrays["y"]) == sorted(["circle", "square", "triangle"] * 3)
     assert arrays["x"].min() >= 0.0 and arrays["x"].max() <= 1.0
     assert len({row.tobytes() for row in np.asarray(arrays["x"])}) == 9
+
+
+@pytest.mark.parametrize("dp_sgd", [False, True])
+def test_example_config_builds_the_cnn_for_the_images_shape(tmp_path: Path, dp_sgd: bool) -> None:
+    script = example()
+    script.write_image_folders(tmp_path, clients=2, per_class=3, size=12)
+    args = argparse.Namespace(rounds=1, size=12, device="cpu", clients=2, epsilon=4.0)
+    config = script.config(tmp_path, args, dp_sgd)
+    trainer = prepare(config).trainer
+    assert type(trainer) is (DpSgdTrainer if dp_sgd else TorchTrainer)
+    layers = list(trainer.module.modules())
+    assert any(isinstance(layer, nn.Conv2d) and layer.in_channels == 1 for layer in layers)
+    unflatten = next(layer for layer in layers if isinstance(layer, nn.Unflatten))
+    assert tuple(unflatten.unflattened_size) == (1, 12, 12)
 
 
 @pytest.mark.slow

@@ -115,3 +115,12 @@ def test_text_model_learns_a_keyword_and_still_ignores_padding(dp_sgd: bool) -> 
         torch.testing.assert_close(
             module(torch.tensor([[4.0, 7.0]])), module(torch.tensor([[4.0, 7.0, 0.0, 0.0]]))
         )
+
+
+@pytest.mark.parametrize("kind", ["cnn", "text"])
+def test_config_accepts_dp_sgd_and_scaffold_for_the_new_models(kind: str) -> None:
+    model = {"kind": kind, "vocabulary_size": 20}
+    dp_sgd = {"model": model, "privacy": {"mechanism": "dp_sgd", "epsilon": 8.0}}
+    assert RunConfig.from_mapping(dp_sgd).model.kind == kind
+    scaffold = {"model": model, "strategy": {"name": "scaffold"}}
+    assert RunConfig.from_mapping(scaffold).strategy.name == "scaffold"
