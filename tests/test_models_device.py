@@ -16,7 +16,7 @@ from fedwarden.core.messages import TrainConfig
 from fedwarden.data.dataset import ClientData
 from fedwarden.models.dp_sgd import DpSgdTrainer
 from fedwarden.models.torch import TorchTrainer, resolve_device
-from fedwarden.models.trainer import ClientContext
+from fedwarden.models.trainer import ClientContext, ClientState
 from fedwarden.privacy.randomness import NoiseSource
 
 TRAIN = TrainConfig(local_epochs=2, batch_size=16, learning_rate=0.1)
@@ -152,3 +152,37 @@ def test_one_fit_on_cuda_matches_the_cpu_fit() -> None:
         on_cpu, cpu_accuracy = _fits_on("cpu", build)
         np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-4)
         assert cuda_accuracy == pytest.approx(cpu_accuracy, abs=1 / 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_client_state_kept_on_cuda_matches_the_cpu() -> None:
+    """Adam's moments and a personal layer go to the client's state and back, from the GPU."""
+
+    def two_fits(device: str) -> tuple[np.ndarray, ClientState]:
+        trainer = TorchTrainer(
+            small_net,
+            optimizer="adam",
+            keep_optimizer_state=True,
+            personal_layers=("2",),
+            device=device,
+        )
+        data = blobs()
+        state: ClientState = {}
+        vector = trainer.initial_vector(0)
+        for round_index in range(2):
+            client = ClientContext("a", data, round_index, np.random.default_rng(1), state)
+            update = trainer.fit(vector, client, TRAIN).update
+        return update, state
+
+    on_cuda, cuda_state = two_fits("cuda")
+    on_cpu, cpu_state = two_fits("cpu")
+    np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-4)
+    assert cuda_state.keys() == cpu_state.keys()
+    assert any(key.startswith("personal/2.") for key in cuda_state)
+    for key, value in cpu_state.items():
+        np.testing.assert_allclose(
+            np.asarray(cuda_state[key], dtype=float),
+            np.asarray(value, dtype=float),
+            rtol=1e-3,
+            atol=1e-4,
+        )

@@ -274,7 +274,7 @@ class TorchTrainer:
             for array, view in zip(self._arrays, self._spec.views(vector).values(), strict=True):
                 np.copyto(array, view)
         else:
-            flat = torch.from_numpy(np.ascontiguousarray(vector)).to(self._device)
+            flat = _tensor(vector, np.float32).to(self._device)
             with torch.no_grad():
                 for t, tensor in zip(self._spec.tensors, self._tensors, strict=True):
                     tensor.copy_(flat[t.offset : t.offset + t.size].view_as(tensor))
@@ -408,9 +408,9 @@ class TorchTrainer:
             param = self._params[int(index)]
             if stored.ndim:
                 _check_stored_shape(key, stored, tuple(param.shape))
-            self._optimizer.state[param][name] = torch.from_numpy(np.array(stored, copy=True)).to(
-                self._device
-            )
+            value = torch.from_numpy(np.array(stored, copy=True))
+            # A scalar (Adam's step count) stays on the CPU, where PyTorch's optimizers keep it.
+            self._optimizer.state[param][name] = value.to(self._device) if stored.ndim else value
 
     def _save_optimizer(self, state: ClientState) -> None:
         """Keep the optimizer's per-parameter tensors in the client's state."""
