@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from functools import partial
 from typing import TYPE_CHECKING
 
 from fedwarden.core.config import RunConfig
@@ -44,12 +43,13 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
         if num_classes is None:
             raise ConfigError("model.kind 'softmax' needs a classification data set")
         return softmax_regression(dataset.num_features, num_classes)
-    if model.kind == "mlp":
+    if model.kind in ("mlp", "cnn", "text"):
         if num_classes is None:
-            raise ConfigError("model.kind 'mlp' needs a classification data set")
-        from fedwarden.models.torch import TorchTrainer, mlp
+            raise ConfigError(f"model.kind {model.kind!r} needs a classification data set")
+        from fedwarden.models.torch import TorchTrainer
+        from fedwarden.models.zoo import module_factory
 
-        factory = partial(mlp, dataset.num_features, num_classes, model.hidden)
+        factory = module_factory(model, config.data, dataset.num_features, num_classes)
         privacy = config.privacy
         if privacy.mechanism == "dp_sgd":
             from fedwarden.models.dp_sgd import DpSgdTrainer
@@ -61,8 +61,9 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
                 max_grad_norm=privacy.max_grad_norm,
                 delta=privacy.delta,
                 noise=NoiseSource.secure_or_testing(privacy.reproducible_noise, config.seed),
+                device=config.train.device,
             )
-        return TorchTrainer(factory)
+        return TorchTrainer(factory, device=config.train.device)
     if model.kind == "sklearn":
         from fedwarden.models.sklearn import SklearnTrainer
 

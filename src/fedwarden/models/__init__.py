@@ -1,7 +1,8 @@
 """Model adapters: the Trainer protocol, NumPy functions, PyTorch and scikit-learn.
 
-The PyTorch adapter lives in :mod:`fedwarden.models.torch` (extra ``torch``) and
-the scikit-learn one in :mod:`fedwarden.models.sklearn`; import them from there.
+The PyTorch adapter lives in :mod:`fedwarden.models.torch` (extra ``torch``), its
+built-in CNN and text classifier in :mod:`fedwarden.models.zoo`, and the
+scikit-learn adapter in :mod:`fedwarden.models.sklearn`; import them from there.
 """
 
 from fedwarden.models.numpy import NumpyTrainer, softmax_regression

@@ -7,7 +7,8 @@ kept in its state) is :mod:`fedwarden.privacy.dp_sgd`, whose docstring gives the
 steps; this module wires it to :class:`~fedwarden.models.torch.TorchTrainer`:
 it refuses (or fixes) layers Opacus cannot train privately, wraps the module and
 optimizer once, and runs each fit's steps with FedProx's proximal term added to
-the privatized gradient (post-processing).
+the privatized gradient (post-processing). On a GPU the client's examples cross
+to the device once per fit and each step's noise once per step.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class DpSgdTrainer(TorchTrainer):
         weight_decay: float = 0.0,
         personal_layers: tuple[str, ...] = (),
         keep_optimizer_state: bool = False,
+        device: str = "cpu",
     ) -> None:
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0.0):
             raise ConfigError(
@@ -106,6 +108,7 @@ class DpSgdTrainer(TorchTrainer):
             weight_decay=weight_decay,
             personal_layers=personal_layers,
             keep_optimizer_state=keep_optimizer_state,
+            device=device,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -196,7 +199,7 @@ class DpSgdTrainer(TorchTrainer):
         module, optimizer = self._grad_sample_module, self._dp_optimizer
         criterion = _CRITERIA[self.loss]
         sampling = PoissonSampling(len(y), train.batch_size)
-        inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+        inputs, targets = self._on_device(x), self._on_device(y)
         mu = train.proximal_mu
         if mu:
             self._anchor()
@@ -204,7 +207,7 @@ class DpSgdTrainer(TorchTrainer):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _BACKWARD_HOOK_WARNING, UserWarning)
             for _ in range(sampling.steps(train.local_epochs)):
-                batch = torch.from_numpy(sampling.batch(optimizer.noise_source))
+                batch = self._on_device(sampling.batch(optimizer.noise_source))
                 optimizer.zero_grad(set_to_none=True)
                 criterion(module(inputs[batch]), targets[batch], "mean").backward()
                 if optimizer.pre_step():

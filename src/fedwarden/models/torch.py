@@ -18,6 +18,12 @@ augmentations) is seeded from the same ``rng`` first (the CPU generator alone:
 whole step of a small model), so a fit is reproducible bit for bit with one
 PyTorch thread.
 
+``device`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``) is resolved by
+:func:`resolve_device` in each process the trainer is built in. On a CUDA
+device the flat vector crosses to the device once per fit and the trained
+tensors come back once, as one flat tensor; batches are copied there as they
+are drawn.
+
 Options follow the papers they come from:
 
 - ``proximal_mu > 0`` adds FedProx's proximal gradient ``mu (w - w_global)``
@@ -32,6 +38,7 @@ Options follow the papers they come from:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -40,6 +47,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from fedwarden.core.config import DEVICE_SETTING
 from fedwarden.core.errors import ConfigError, SpecMismatchError
 from fedwarden.core.messages import FitResult, Metrics, TrainConfig
 from fedwarden.core.params import VECTOR_DTYPE, ParamSpec, Vector
@@ -54,7 +62,9 @@ ModuleFactory = Callable[[], nn.Module]
 Array = npt.NDArray[np.generic]
 FloatArray = npt.NDArray[np.floating[Any]]
 
-__all__ = ["TorchTrainer", "mlp"]
+__all__ = ["TorchTrainer", "mlp", "resolve_device"]
+
+logger = logging.getLogger(__name__)
 
 PERSONAL_PREFIX = "personal/"
 OPTIMIZER_PREFIX = "optimizer/"
@@ -69,7 +79,44 @@ _CONFIG = (
     "weight_decay",
     "personal_layers",
     "keep_optimizer_state",
+    "device",
 )
+
+
+def resolve_device(setting: str) -> torch.device:
+    """The torch device a ``train.device`` setting names on this machine.
+
+    ``"auto"`` is the current CUDA device when ``torch.cuda.is_available()``,
+    else the CPU (said in one log line). ``"cuda"`` or ``"cuda:N"`` on a
+    machine without CUDA, or with fewer devices, is a :class:`ConfigError`.
+    """
+    if DEVICE_SETTING.fullmatch(setting) is None:
+        raise ConfigError(
+            f"train.device={setting!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N' "
+            "(N the device index, e.g. 'cuda:0')"
+        )
+    if setting == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if setting == "auto":
+        if available:
+            return torch.device("cuda")
+        logger.info("train.device='auto': no CUDA device on this machine, training on the CPU")
+        return torch.device("cpu")
+    if not available:
+        raise ConfigError(
+            f"train.device={setting!r} but PyTorch sees no CUDA device on this machine "
+            "(torch.cuda.is_available() is False); set train.device to 'auto' or 'cpu', or "
+            "install a CUDA build of PyTorch where a GPU and its driver are present"
+        )
+    device = torch.device(setting)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"train.device={setting!r} names CUDA device {device.index}, but this machine has "
+            f"{count} (indices 0 to {count - 1})"
+        )
+    return device
 
 
 def mlp(num_features: int, num_classes: int, hidden: tuple[int, ...] = (64,)) -> nn.Sequential:
@@ -87,14 +134,15 @@ def mlp(num_features: int, num_classes: int, hidden: tuple[int, ...] = (64,)) ->
 
 
 class TorchTrainer:
-    """A :class:`~fedwarden.models.trainer.Trainer` for a PyTorch module on the CPU.
+    """A :class:`~fedwarden.models.trainer.Trainer` for a PyTorch module, on the CPU or a GPU.
 
     ``module_factory`` builds the module; the trainer builds it once (and again
     in each process it is unpickled in) and reuses it, and its optimizer, for
     every client. ``loss`` is ``"cross_entropy"`` (class scores against integer
     labels; evaluation adds accuracy) or ``"mse"`` (outputs against float
     targets). The learning rate comes from each round's
-    :class:`~fedwarden.core.messages.TrainConfig`.
+    :class:`~fedwarden.core.messages.TrainConfig`. ``device`` is where it
+    trains (:func:`resolve_device`).
     """
 
     def __init__(
@@ -107,6 +155,7 @@ class TorchTrainer:
         weight_decay: float = 0.0,
         personal_layers: tuple[str, ...] = (),
         keep_optimizer_state: bool = False,
+        device: str = "cpu",
     ) -> None:
         _check_choice("loss", loss, Loss)
         _check_choice("optimizer", optimizer, OptimizerName)
@@ -126,6 +175,7 @@ class TorchTrainer:
         self.weight_decay = weight_decay
         self.personal_layers = tuple(personal_layers)
         self.keep_optimizer_state = keep_optimizer_state
+        self.device = device
         self._build()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -139,11 +189,14 @@ class TorchTrainer:
     def _build(self) -> None:
         """Build the module, the views of its tensors, the spec and the optimizer."""
         module = self._new_module()
-        floating = _floating_state(module)
+        self._spec = ParamSpec.from_arrays(_floating_state(module))
+        self._device = resolve_device(self.device)
+        module = module.to(self._device)
         self._module = module
-        self._spec = ParamSpec.from_arrays(floating)
-        self._arrays = list(floating.values())
-        """Zero-copy NumPy views of the module's floating tensors, in vector order."""
+        self._tensors = _floating_tensors(module)
+        """The module's floating tensors, in vector order."""
+        self._arrays = [_to_numpy(t) for t in self._tensors] if self._device.type == "cpu" else []
+        """Zero-copy NumPy views of those tensors on the CPU (none on another device)."""
         self._integer_buffers = [
             (tensor, tensor.clone())
             for tensor in module.state_dict().values()
@@ -154,11 +207,11 @@ class TorchTrainer:
         self._anchors: list[torch.Tensor] = []
         self._optimizer = self._make_optimizer()
 
-    def _personal_tensors(self) -> list[tuple[str, FloatArray, slice]]:
-        """Name, view and vector slice of every tensor under a personal layer."""
+    def _personal_tensors(self) -> list[tuple[str, torch.Tensor, slice]]:
+        """Name, tensor and vector slice of every tensor under a personal layer."""
         personal = [
-            (t.name, array, slice(t.offset, t.offset + t.size))
-            for t, array in zip(self._spec.tensors, self._arrays, strict=True)
+            (t.name, tensor, slice(t.offset, t.offset + t.size))
+            for t, tensor in zip(self._spec.tensors, self._tensors, strict=True)
             if any(_under(t.name, layer) for layer in self.personal_layers)
         ]
         unmatched = [
@@ -212,9 +265,19 @@ class TorchTrainer:
         return self._spec.flatten(_floating_state(module))
 
     def load(self, vector: Vector) -> nn.Module:
-        """Copy ``vector`` into the trainer's module in place and return the module."""
-        for array, view in zip(self._arrays, self._spec.views(vector).values(), strict=True):
-            np.copyto(array, view)
+        """Copy ``vector`` into the trainer's module in place and return the module.
+
+        On the CPU through the NumPy views; on another device the vector
+        crosses once, as one tensor, and is copied into the tensors there.
+        """
+        if self._device.type == "cpu":
+            for array, view in zip(self._arrays, self._spec.views(vector).values(), strict=True):
+                np.copyto(array, view)
+        else:
+            flat = _tensor(vector, np.float32).to(self._device)
+            with torch.no_grad():
+                for t, tensor in zip(self._spec.tensors, self._tensors, strict=True):
+                    tensor.copy_(flat[t.offset : t.offset + t.size].view_as(tensor))
         for tensor, initial in self._integer_buffers:
             tensor.copy_(initial)
         return self._module
@@ -239,14 +302,27 @@ class TorchTrainer:
             else self._per_parameter(client.gradient_correction)
         )
         train_loss = self._train(x, y, client.rng, train, corrections)
-        update = self._spec.flatten(self._arrays, out=np.empty(self._spec.size, VECTOR_DTYPE))
+        update = self._trained_vector()
         update -= vector
-        for name, array, entries in self._personal:
-            client.state[PERSONAL_PREFIX + name] = array.copy()
+        for name, tensor, entries in self._personal:
+            client.state[PERSONAL_PREFIX + name] = _to_numpy(tensor).copy()
             update[entries] = 0.0
         if self.keep_optimizer_state:
             self._save_optimizer(client.state)
         return FitResult(update, len(y), {"train_loss": train_loss})
+
+    def _trained_vector(self) -> Vector:
+        """The module's tensors as a new flat vector: one copy back from a non-CPU device."""
+        if self._device.type == "cpu":
+            return self._spec.flatten(self._arrays, out=np.empty(self._spec.size, VECTOR_DTYPE))
+        with torch.no_grad():
+            flat = torch.cat([tensor.reshape(-1).to(torch.float32) for tensor in self._tensors])
+        vector: Vector = flat.cpu().numpy()
+        return vector
+
+    def _on_device(self, array: Array) -> torch.Tensor:
+        """``array`` (C-contiguous) as a tensor on the training device; shared memory on the CPU."""
+        return torch.from_numpy(array).to(self._device)
 
     def _train(
         self,
@@ -275,9 +351,7 @@ class TorchTrainer:
             for x_batch, y_batch in shuffled_batches(x, y, train.batch_size, rng):
                 for param in params:
                     param.grad = None
-                loss = criterion(
-                    module(torch.from_numpy(x_batch)), torch.from_numpy(y_batch), "mean"
-                )
+                loss = criterion(module(self._on_device(x_batch)), self._on_device(y_batch), "mean")
                 loss.backward()
                 if mu:
                     self._add_proximal_gradient(mu)
@@ -294,7 +368,7 @@ class TorchTrainer:
         """``vector``'s entries for each trainable parameter, as tensors in parameter order."""
         views = self._spec.views(vector)
         names = [name for name, p in self._module.named_parameters() if p.requires_grad]
-        return [torch.from_numpy(np.ascontiguousarray(views[name])) for name in names]
+        return [self._on_device(np.ascontiguousarray(views[name])) for name in names]
 
     def _anchor(self) -> None:
         """Remember the parameters at the start of local training (FedProx's ``w_global``)."""
@@ -313,11 +387,12 @@ class TorchTrainer:
 
     def _restore_personal(self, state: ClientState) -> None:
         """Load the client's own values of the personal layers, if it trained before."""
-        for name, array, _ in self._personal:
+        for name, tensor, _ in self._personal:
             stored = state.get(PERSONAL_PREFIX + name)
             if stored is not None:
-                _check_stored_shape(PERSONAL_PREFIX + name, stored, array.shape)
-                np.copyto(array, stored)
+                _check_stored_shape(PERSONAL_PREFIX + name, stored, tuple(tensor.shape))
+                with torch.no_grad():
+                    tensor.copy_(torch.from_numpy(np.asarray(stored)).to(tensor))
 
     def _restore_optimizer(self, state: ClientState) -> None:
         """Load the optimizer state the client kept from its previous fit."""
@@ -333,14 +408,16 @@ class TorchTrainer:
             param = self._params[int(index)]
             if stored.ndim:
                 _check_stored_shape(key, stored, tuple(param.shape))
-            self._optimizer.state[param][name] = torch.from_numpy(np.array(stored, copy=True))
+            value = torch.from_numpy(np.array(stored, copy=True))
+            # A scalar (Adam's step count) stays on the CPU, where PyTorch's optimizers keep it.
+            self._optimizer.state[param][name] = value.to(self._device) if stored.ndim else value
 
     def _save_optimizer(self, state: ClientState) -> None:
         """Keep the optimizer's per-parameter tensors in the client's state."""
         for index, param in enumerate(self._params):
             for name, value in self._optimizer.state.get(param, {}).items():
                 if isinstance(value, torch.Tensor):
-                    state[f"{OPTIMIZER_PREFIX}{index}/{name}"] = value.detach().numpy().copy()
+                    state[f"{OPTIMIZER_PREFIX}{index}/{name}"] = _to_numpy(value).copy()
 
     def evaluate(self, vector: Vector, x: Array, y: Array) -> Metrics:
         """Mean loss, and accuracy for ``cross_entropy``, of ``vector`` on ``(x, y)``."""
@@ -352,10 +429,11 @@ class TorchTrainer:
         with torch.inference_mode():
             for start in range(0, len(targets), EVALUATION_CHUNK):
                 chunk = slice(start, start + EVALUATION_CHUNK)
-                outputs = module(inputs[chunk])
-                total += criterion(outputs, targets[chunk], "sum").item()
+                outputs = module(inputs[chunk].to(self._device))
+                target = targets[chunk].to(self._device)
+                total += criterion(outputs, target, "sum").item()
                 if self.loss == "cross_entropy":
-                    correct += int((outputs.argmax(dim=1) == targets[chunk]).sum())
+                    correct += int((outputs.argmax(dim=1) == target).sum())
         if not len(targets):
             return {name: float("nan") for name in _METRICS[self.loss]}
         if self.loss == "mse":
@@ -395,11 +473,22 @@ def _floating_state(module: nn.Module) -> dict[str, FloatArray]:
             continue
         if tensor.device.type != "cpu":
             raise ConfigError(
-                f"tensor {name!r} is on {tensor.device}; TorchTrainer trains on the CPU, so build "
-                "the module there"
+                f"tensor {name!r} is on {tensor.device}; build the module on the CPU and set "
+                "train.device (TorchTrainer's device) to train it on a GPU"
             )
         views[name] = tensor.numpy()
     return views
+
+
+def _floating_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """``module``'s floating ``state_dict`` tensors, in vector order, on whatever device."""
+    return [tensor for tensor in module.state_dict().values() if tensor.is_floating_point()]
+
+
+def _to_numpy(tensor: torch.Tensor) -> FloatArray:
+    """``tensor`` as a NumPy array: a view on the CPU, a copy from another device."""
+    array: FloatArray = tensor.detach().cpu().numpy()
+    return array
 
 
 def _tensor(array: Array, dtype: type[np.generic]) -> torch.Tensor:

@@ -139,16 +139,19 @@ class NoiseSourceDPOptimizer(DPOptimizer):
         """Add N(0, (z C)^2) to every coordinate of the summed clipped gradient (Abadi et al. 2016).
 
         Opacus's ``add_noise`` with one vectorised draw from the noise source
-        for all parameters in place of ``torch.normal`` per parameter.
+        for all parameters in place of ``torch.normal`` per parameter, copied
+        to the parameters' device once.
         """
         params = self.params
         std = self.noise_multiplier * self.max_grad_norm
         noise = self.noise_source.gaussian(sum(p.numel() for p in params), std)
+        device = params[0].summed_grad.device if params else torch.device("cpu")
+        draws = torch.from_numpy(noise).to(device)
         offset = 0
         for p in params:
             _check_processed_flag(p.summed_grad)
             size = p.numel()
-            draw = torch.from_numpy(noise[offset : offset + size]).to(p.summed_grad.dtype)
+            draw = draws[offset : offset + size].to(p.summed_grad.dtype)
             p.grad = (p.summed_grad + draw.view_as(p.summed_grad)).view_as(p)
             offset += size
             _mark_as_processed(p.summed_grad)

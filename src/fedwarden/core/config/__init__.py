@@ -9,6 +9,7 @@ whole run and its cross-section checks in :mod:`.run`.
 """
 
 from fedwarden.core.config.learning import (
+    DEVICE_SETTING,
     AsynchronousConfig,
     AttackConfig,
     ClusteringConfig,
@@ -33,6 +34,7 @@ from fedwarden.core.config.section import (
 )
 
 __all__ = [
+    "DEVICE_SETTING",
     "SECRET_KEYS",
     "AsynchronousConfig",
     "AttackConfig",

@@ -7,12 +7,16 @@ simulated attacks.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedwarden.core.config.section import Section
+
+DEVICE_SETTING = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""The values of ``train.device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
 
 
 class PartitionConfig(Section):
@@ -75,21 +79,32 @@ class ModelConfig(Section):
     """Which model the clients train.
 
     ``kind``: ``softmax`` (NumPy multinomial logistic regression), ``mlp``
-    (PyTorch, needs the ``torch`` extra), ``sklearn`` (a scikit-learn linear
+    (PyTorch, needs the ``torch`` extra), ``cnn`` (a small PyTorch CNN for image
+    folders, shaped by ``data.image_shape`` and ``data.image_mode``), ``text`` (a
+    PyTorch bag of embeddings over token ids, ``vocabulary_size`` and
+    ``embedding_dim``), ``sklearn`` (a scikit-learn linear
     model named by ``estimator``), or ``custom``: ``factory = "module:function"``
     returning a Trainer, called with the data set's feature and class counts.
     """
 
-    kind: Literal["softmax", "mlp", "sklearn", "custom"] = "softmax"
+    kind: Literal["softmax", "mlp", "cnn", "text", "sklearn", "custom"] = "softmax"
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (64,)
     estimator: Literal["sgd_classifier", "sgd_regressor", "logistic_regression"] = "sgd_classifier"
     factory: str | None = None
+    vocabulary_size: Annotated[int, Field(ge=2)] | None = None
+    """Token ids of ``kind = "text"`` run from 1 to ``vocabulary_size - 1``; 0 pads a row."""
+    embedding_dim: Annotated[int, Field(ge=1)] = 64
+    """Width of each token's embedding for ``kind = "text"``."""
 
     @model_validator(mode="after")
     def _factory_for_custom(self) -> ModelConfig:
         if (self.kind == "custom") != (self.factory is not None):
             raise ValueError(
                 "model.factory (\"module:function\") is set exactly when kind = 'custom'"
+            )
+        if self.kind == "text" and self.vocabulary_size is None:
+            raise ValueError(
+                "model.kind 'text' needs model.vocabulary_size, one more than the largest token id"
             )
         return self
 
@@ -100,6 +115,19 @@ class TrainSection(Section):
     local_epochs: Annotated[int, Field(ge=1)] = 1
     batch_size: Annotated[int, Field(ge=1)] = 32
     learning_rate: Annotated[float, Field(gt=0)] = 0.05
+    device: str = "auto"
+    """Where PyTorch models train: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``; resolved on each client's machine."""
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if DEVICE_SETTING.fullmatch(device) is None:
+            raise ValueError(
+                "train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N the CUDA device "
+                "index, e.g. 'cuda:0')"
+            )
+        return device
 
 
 class StrategyConfig(Section):

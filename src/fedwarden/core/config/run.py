@@ -51,10 +51,10 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _privacy_fits_sampling(self) -> RunConfig:
-        if self.privacy.mechanism == "dp_sgd" and self.model.kind != "mlp":
+        if self.privacy.mechanism == "dp_sgd" and self.model.kind not in ("mlp", "cnn", "text"):
             raise ValueError(
                 "privacy.mechanism 'dp_sgd' trains PyTorch models with Opacus: set model.kind "
-                "to 'mlp'"
+                "to 'mlp', 'cnn' or 'text'"
             )
         if self.privacy.mechanism == "user_level" and self.sampling.scheme == "stratified":
             raise ValueError(
@@ -86,10 +86,11 @@ class RunConfig(Section):
     def _scaffold_fits(self) -> RunConfig:
         if self.strategy.name != "scaffold":
             return self
-        if self.model.kind not in ("softmax", "mlp"):
+        if self.model.kind not in ("softmax", "mlp", "cnn", "text"):
             raise ValueError(
                 "strategy 'scaffold' corrects every local gradient step, which the NumPy "
-                "('softmax') and PyTorch ('mlp') trainers do; set model.kind to one of them"
+                "('softmax') and PyTorch ('mlp', 'cnn', 'text') trainers do; set model.kind to "
+                "one of them"
             )
         if self.privacy.mechanism in ("user_level", "dp_sgd"):
             raise ValueError(
