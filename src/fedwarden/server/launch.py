@@ -231,9 +231,9 @@ def build_sampler(config: RunConfig, dataset: FederatedDataset) -> Sampler:
     if sampling.scheme == "stratified":
         assert sampling.attribute is not None
         strata = {
-            cid: client.attributes[sampling.attribute]
-            for cid, client in dataset.clients.items()
-            if sampling.attribute in client.attributes
+            cid: attributes[sampling.attribute]
+            for cid, attributes in dataset.client_attributes.items()
+            if sampling.attribute in attributes
         }
         return StratifiedSampler(sampling.cohort_size, sampling.attribute, strata)
     return UniformSampler(sampling.cohort_size)
@@ -470,7 +470,7 @@ def build_secure_aggregator(
         clip_norm=config.secure.clip_norm,
         noise=noise,
         weighting=weighting,
-        max_weight=max(client.num_train for client in dataset.clients.values()),
+        max_weight=max(dataset.train_sizes.values()),
         distributed_dp=distributed,
     )
 
@@ -541,7 +541,7 @@ def build_privacy(
                 client_budget=section.epsilon,
                 budget_changed_by=budget_changed_by,
             ),
-            silo_sizes={cid: client.num_train for cid, client in dataset.clients.items()},
+            silo_sizes=dict(dataset.train_sizes),
             batch_size=config.train.batch_size,
             local_epochs=config.train.local_epochs,
             noise_multiplier=section.noise_multiplier,
@@ -796,7 +796,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         noise_multiplier = calibrate_silo_noise_multiplier(
             section.epsilon,
             section.delta,
-            silo_sizes=[client.num_train for client in dataset.clients.values()],
+            silo_sizes=list(dataset.train_sizes.values()),
             batch_size=config.train.batch_size,
             local_epochs=config.train.local_epochs,
             rounds=config.rounds,
