@@ -35,6 +35,15 @@ def test_clients_are_the_same_bytes_generated_in_order_or_on_demand_in_any_order
         assert_same_client(client, on_demand[client.client_id])
 
 
+def test_a_resident_copy_holds_the_same_bytes_as_the_on_demand_clients() -> None:
+    dataset = synthetic(30, seed=5)
+    resident = synthetic(30, seed=5).resident()
+    assert not isinstance(resident.clients, OnDemandClients)
+    for cid in dataset.client_ids:
+        assert_same_client(resident.clients[cid], dataset.clients[cid])
+    assert dict(resident.train_sizes) == dict(dataset.train_sizes)
+
+
 def test_a_worker_share_sent_through_pickle_holds_the_recipe_and_builds_the_same_clients() -> None:
     dataset = synthetic(1000, seed=2)
     share = dataset.subset(dataset.client_ids[1::2])

@@ -142,6 +142,17 @@ class FederatedDataset:
             return self.clients.attributes
         return {cid: client.attributes for cid, client in self.clients.items()}
 
+    def resident(self) -> FederatedDataset:
+        """The same data set with every client built once and held in memory.
+
+        Worth it when the population fits and its clients train many times
+        (a benchmark against peers that hold their arrays): workers then
+        receive arrays instead of building each client every round.
+        """
+        if not isinstance(self.clients, OnDemandClients):
+            return self
+        return replace(self, clients={cid: self.clients[cid] for cid in self.clients})
+
     def subset(self, client_ids: list[str]) -> FederatedDataset:
         """The same data set restricted to some clients (what one worker holds).
 
