@@ -76,7 +76,8 @@ def run_once(num_clients: int, cohort_size: int, rounds: int, seed: int) -> dict
         trainer = softmax_regression(dataset.num_features, 10)
         train = TrainConfig(local_epochs=1, batch_size=10, learning_rate=0.05)
         pipeline = Pipeline([ValidateUpdate(trainer.spec.size)], StreamingWeightedMean())
-        with LocalRuntime() as runtime:
+        runtime = LocalRuntime()
+        with runtime:
             server = Server(
                 trainer=trainer,
                 strategy=FedAvg(train),
