@@ -9,8 +9,7 @@ import numpy as np
 
 from fedwarden.core.config import DataConfig
 from fedwarden.core.messages import FitInstruction, TrainConfig
-from fedwarden.data import ClientData, FederatedDataset, load_dataset
-from fedwarden.data.dataset import ClientRecipe, OnDemandClients
+from fedwarden.data import ClientData, ClientRecipe, FederatedDataset, OnDemandClients, load_dataset
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime import ClientEngine, Workload
 
