@@ -3,9 +3,10 @@
 Workload (issue 2): FedProx Synthetic(1, 1) with N clients, softmax regression
 60 -> 10, one local epoch of SGD with batch 10, FedAvg, a cohort of 50% or 20%
 of the clients per round, the same rounds for every framework. Each framework
-gets the same client arrays; throughput is client-rounds per second of the
-training loop, engine start included; accuracy is the final global model's on
-the central test set. Flower (``flwr``) and pfl (``pfl``) rows appear when the
+gets the same client arrays, built once and held in memory (``resident()``);
+throughput is client-rounds per second of the training loop, engine start
+included; accuracy is the final global model's on the central test set.
+Flower (``flwr``) and pfl (``pfl``) rows appear when the
 ``bench`` extra is installed.
 
 Run: ``python -m benchmarks.throughput`` (all four workloads) or
@@ -119,7 +120,7 @@ def benchmark(
     """Every framework on one workload; returns the rows and the ratios."""
     dataset = load_dataset(
         DataConfig(source="synthetic", num_clients=num_clients, client_test_fraction=0.2), seed
-    )
+    ).resident()
     cohort = max(1, round(cohort_fraction * num_clients))
     clients: list[ClientArrays] = [
         (c.x_train.astype(np.float32), c.y_train.astype(np.int64)) for c in dataset.clients.values()

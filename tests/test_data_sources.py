@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from fedwarden.core.config import DataConfig, PartitionConfig
 from fedwarden.core.errors import DataError
 from fedwarden.data import FederatedDataset, load_dataset
-from fedwarden.data.sources import MAX_SYNTHETIC_DEVICE_SIZE
+from fedwarden.data.synthetic import MAX_SYNTHETIC_DEVICE_SIZE
 
 
 def pooled_training_features(dataset: FederatedDataset) -> np.ndarray[Any, Any]:

@@ -184,7 +184,8 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "attacks/model_poisoning.py": "simulated malicious updates: no guarantee",
     "core/messages.py": "client_seed derives a client's training generator and test-mode keys",
     "data/partitioners.py": "simulation: how a public data set is cut into clients",
-    "data/sources.py": "simulation: synthetic data and train/test splits",
+    "data/sources.py": "simulation: bundled data sets' holdout, partition and train/test splits",
+    "data/synthetic.py": "simulation: the Synthetic(alpha, beta) devices, each from its own stream",
     "models/batching.py": "the epoch order of non-private training (DP-SGD uses poisson.py)",
     "models/dp_sgd.py": "the rng parameter of the TorchTrainer step it overrides, unused: batches "
     "and noise are secure",

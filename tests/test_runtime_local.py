@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from fakes import ScriptedTrainer
+from fedwarden.core.config import DataConfig
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction
-from fedwarden.data import FederatedDataset
+from fedwarden.data import FederatedDataset, load_dataset
+from fedwarden.models.numpy import softmax_regression
 from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
 from harness import TRAIN, start_server
 
@@ -41,6 +43,18 @@ def test_seeded_run_is_bit_identical_whatever_the_number_of_workers(
     for workers in (1, 3):
         with LocalRuntime(workers) as runtime:
             server = start_server(digits_clients, ScriptedTrainer(), runtime, cohort_size=5, seed=9)
+            server.run()
+            finals.append(server.vector)
+    np.testing.assert_array_equal(finals[0], finals[1])
+
+
+def test_seeded_run_on_on_demand_synthetic_clients_is_bit_identical_with_1_or_2_workers() -> None:
+    dataset = load_dataset(DataConfig(source="synthetic", num_clients=60), seed=4)
+    finals = []
+    for workers in (1, 2):
+        with LocalRuntime(workers) as runtime:
+            trainer = softmax_regression(60, 10)
+            server = start_server(dataset, trainer, runtime, cohort_size=10, seed=9)
             server.run()
             finals.append(server.vector)
     np.testing.assert_array_equal(finals[0], finals[1])

@@ -139,9 +139,9 @@ def build_sampler(config: RunConfig, dataset: FederatedDataset) -> Sampler:
     if sampling.scheme == "stratified":
         assert sampling.attribute is not None
         strata = {
-            cid: client.attributes[sampling.attribute]
-            for cid, client in dataset.clients.items()
-            if sampling.attribute in client.attributes
+            cid: attributes[sampling.attribute]
+            for cid, attributes in dataset.client_attributes.items()
+            if sampling.attribute in attributes
         }
         return StratifiedSampler(sampling.cohort_size, sampling.attribute, strata)
     return UniformSampler(sampling.cohort_size)

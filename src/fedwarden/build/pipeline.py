@@ -220,7 +220,7 @@ def build_secure_aggregator(
         clip_norm=config.secure.clip_norm,
         noise=noise,
         weighting=weighting,
-        max_weight=max(client.num_train for client in dataset.clients.values()),
+        max_weight=max(dataset.train_sizes.values()),
         distributed_dp=distributed,
     )
 

@@ -91,7 +91,7 @@ def build_privacy(
                 client_budget=section.epsilon,
                 budget_changed_by=budget_changed_by,
             ),
-            silo_sizes={cid: client.num_train for cid, client in dataset.clients.items()},
+            silo_sizes=dict(dataset.train_sizes),
             batch_size=config.train.batch_size,
             local_epochs=config.train.local_epochs,
             noise_multiplier=section.noise_multiplier,

@@ -91,7 +91,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         noise_multiplier = calibrate_silo_noise_multiplier(
             section.epsilon,
             section.delta,
-            silo_sizes=[client.num_train for client in dataset.clients.values()],
+            silo_sizes=list(dataset.train_sizes.values()),
             batch_size=config.train.batch_size,
             local_epochs=config.train.local_epochs,
             rounds=config.rounds,

@@ -6,6 +6,9 @@ from fedwarden._lazy import lazy_exports
 
 _EXPORTS = {
     "ClientData": "fedwarden.data.dataset",
+    "ClientRecipe": "fedwarden.data.dataset",
+    "OnDemandClients": "fedwarden.data.dataset",
+    "SyntheticPopulation": "fedwarden.data.synthetic",
     "FederatedDataset": "fedwarden.data.dataset",
     "LabelHeterogeneity": "fedwarden.data.heterogeneity",
     "label_heterogeneity": "fedwarden.data.heterogeneity",
