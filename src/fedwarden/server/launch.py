@@ -856,6 +856,7 @@ def _audit_trail(
         dp=dp,
         delta=None if dp is None else section.delta,
         cohort_openings=run_dir.path / "cohort_openings.json" if commits_cohorts(config) else None,
+        ledger=None if privacy is None else privacy.ledger,
     )
     if new_run:
         trail.run_created(run_dir.read_config(), __version__)
@@ -1219,6 +1220,16 @@ def _pilot_clients(config: RunConfig, dataset: FederatedDataset) -> list[str]:
     return draw_pilot(dataset.client_ids, count, config.seed) if count else []
 
 
+def _privacy_claim(result: RunResult) -> dict[str, Any]:
+    """What the registry claims the run spent: its reported epsilon, which an auditor recomputes.
+
+    ``epsilon_spent`` is the run's guarantee (the largest client's under per-client budgets);
+    ``fedwarden audit recompute`` rebuilds it from the DP events in the signed audit log.
+    """
+    privacy = result.extras.get("privacy", {})
+    return {"epsilon_spent": privacy.get("epsilon")}
+
+
 def _register_model(
     config: RunConfig,
     store: RunStore,
@@ -1255,7 +1266,7 @@ def _register_model(
         (run_dir.path / "param_spec.json").read_text(),
         rounds=result.rounds,
         participants=sum(record.participants for record in result.history),
-        dp=audit.dp,
+        dp=None if audit.dp is None else {**audit.dp, **_privacy_claim(result)},
         metrics=metrics,
         config_hash=hashlib.sha256(run_dir.read_config().encode()).hexdigest(),
         data_description=data_description,
