@@ -1,0 +1,205 @@
+"""``fedwarden audit recompute``: a version's privacy claim, rebuilt from the signed audit log.
+
+Every test reads a copy of the store of one real run like the quickstart, but tiny: three
+digits silos, DP-SGD at each (epsilon 3), two rounds, the local runtime, its model registered
+as ``tiny@1.0.0``. An auditor holds the store and the log's root public key, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from fedwarden.cli import app
+from fedwarden.core.config import RunConfig
+from fedwarden.governance.audit import (
+    audit_report,
+    load_public_key,
+    read_entries,
+    recompute,
+    recompute_command,
+)
+from fedwarden.governance.store import RunStore, audit_log, model_versions
+from fedwarden.privacy.accounting import compute_spend, event_from_json
+from fedwarden.server.launch import run
+
+REFERENCE = "tiny@1.0.0"
+CLIENTS = 3
+ROUNDS = 2
+runner = CliRunner()
+
+
+@dataclass(frozen=True)
+class AuditedRun:
+    """The finished run: its runs directory, its summary and the log's root public key."""
+
+    runs_dir: Path
+    summary: dict[str, Any]
+    public_key_path: Path
+
+
+@pytest.fixture(scope="module")
+def audited_run(tmp_path_factory: pytest.TempPathFactory) -> AuditedRun:
+    """Two rounds of DP-SGD at three silos, with a store, a signed audit log and a registry."""
+    runs_dir = tmp_path_factory.mktemp("recompute-runs")
+    config = RunConfig.from_mapping(
+        {
+            "name": "tiny",
+            "seed": 7,
+            "rounds": ROUNDS,
+            "data": {"source": "digits", "num_clients": CLIENTS},
+            "model": {"kind": "mlp", "hidden": []},
+            "train": {"local_epochs": 1, "batch_size": 128, "learning_rate": 2.0},
+            "sampling": {"cohort_size": CLIENTS},
+            "privacy": {"mechanism": "dp_sgd", "epsilon": 3.0, "delta": 1e-5},
+            "runtime": {"kind": "local"},
+            "runs_dir": str(runs_dir),
+        }
+    )
+    with RunStore.sqlite(runs_dir / "fedwarden.db") as store:
+        result = run(config, store=store)
+    assert result.run_dir is not None
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    assert summary["registered_model"] == REFERENCE
+    return AuditedRun(
+        runs_dir, summary, runs_dir / "federation" / "pki" / "servers" / "server" / "audit.pub"
+    )
+
+
+@pytest.fixture
+def store_url(audited_run: AuditedRun, tmp_path: Path) -> str:
+    """The URL of a copy of the run's store, which a test may tamper with."""
+    for part in audited_run.runs_dir.glob("fedwarden.db*"):
+        shutil.copy(part, tmp_path / part.name)
+    return f"sqlite:///{tmp_path / 'fedwarden.db'}"
+
+
+def test_recomputed_epsilon_is_the_registrys_claim_and_the_runs_reported_epsilon(
+    audited_run: AuditedRun, store_url: str
+) -> None:
+    with RunStore(store_url) as store:
+        result = recompute(store, load_public_key(audited_run.public_key_path), REFERENCE)
+    assert result.ok, result.reason
+    assert result.accounting_version == version("dp-accounting")
+    (recomputed,) = result.runs
+    assert recomputed.reference == REFERENCE
+    assert recomputed.claimed_epsilon == audited_run.summary["epsilon"]
+    assert recomputed.recomputed_epsilon == pytest.approx(recomputed.claimed_epsilon, rel=1e-9)
+    assert len(recomputed.releases) == CLIENTS * ROUNDS
+    assert {release.client_id for release in recomputed.releases} == {
+        f"client_{index}" for index in range(CLIENTS)
+    }
+    # The oracle: each silo's audited DP-SGD events composed by the accountant; the largest.
+    by_client: dict[str | None, list[Any]] = {}
+    for release in recomputed.releases:
+        by_client.setdefault(release.client_id, []).append(event_from_json(release.event))
+    largest = max(compute_spend(events, 1e-5).epsilon for events in by_client.values())
+    assert recomputed.recomputed_epsilon == largest
+
+
+def test_editing_an_audited_dp_event_fails_naming_its_entry(
+    audited_run: AuditedRun, store_url: str
+) -> None:
+    with RunStore(store_url) as store:
+        entry = next(e for e in read_entries(store) if e.kind == "round_completed")
+        payload = json.loads(entry.payload)
+        dp_sgd = payload["dp_events"][0]["event"]["event"]
+        dp_sgd["event"]["noise_multiplier"] *= 2  # the operator claims twice the noise
+        edited = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        with store.transaction() as connection:
+            connection.execute(
+                update(audit_log)
+                .where(audit_log.c.sequence == entry.sequence)
+                .values(payload=edited)
+            )
+        result = recompute(store, load_public_key(audited_run.public_key_path), REFERENCE)
+    assert not result.ok
+    assert result.runs == ()
+    assert f"entry {entry.sequence} (round_completed with its DP events" in result.reason
+    assert "does not match its hash: it was modified" in result.reason
+
+    outcome = runner.invoke(
+        app,
+        [
+            "audit",
+            "recompute",
+            store_url,
+            REFERENCE,
+            "--public-key",
+            str(audited_run.public_key_path),
+        ],
+    )
+    assert outcome.exit_code == 1
+    assert f"entry {entry.sequence}" in outcome.output
+    assert "FAILED" in outcome.output
+
+
+def test_an_overstated_claim_in_the_registry_fails_naming_the_claim(
+    audited_run: AuditedRun, store_url: str
+) -> None:
+    with RunStore(store_url) as store:
+        with store.reading() as connection:
+            dp = json.loads(connection.execute(select(model_versions.c.dp_json)).scalar_one())
+        dp["epsilon_spent"] = 1.0  # the registry overstates the privacy
+        with store.transaction() as connection:
+            connection.execute(update(model_versions).values(dp_json=json.dumps(dp)))
+        result = recompute(store, load_public_key(audited_run.public_key_path), REFERENCE)
+    assert not result.ok
+    assert result.verification.ok
+    assert f"the registry's claim for {REFERENCE} (epsilon_spent=1.0" in result.reason
+    (recomputed,) = result.runs
+    assert recomputed.claimed_epsilon == 1.0
+    assert recomputed.recomputed_epsilon == pytest.approx(audited_run.summary["epsilon"])
+
+
+def test_cli_recompute_prints_the_figures_and_the_accountants_version(
+    audited_run: AuditedRun, store_url: str
+) -> None:
+    outcome = runner.invoke(
+        app,
+        [
+            "audit",
+            "recompute",
+            store_url,
+            REFERENCE,
+            "--public-key",
+            str(audited_run.public_key_path),
+            "--json",
+        ],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    printed = json.loads(outcome.output)
+    assert printed["ok"] is True
+    assert printed["accountant"] == f"dp-accounting {version('dp-accounting')}"
+    assert len(printed["runs"][0]["releases"]) == CLIENTS * ROUNDS
+
+
+def test_unknown_version_is_refused_with_how_to_name_one(
+    audited_run: AuditedRun, store_url: str
+) -> None:
+    with RunStore(store_url) as store:
+        result = recompute(store, load_public_key(audited_run.public_key_path), "tiny@9.9.9")
+    assert not result.ok
+    assert "no model version 'tiny@9.9.9'" in result.reason
+
+
+def test_audit_report_carries_the_dp_events_and_the_recompute_command(
+    audited_run: AuditedRun, store_url: str
+) -> None:
+    with RunStore(store_url) as store:
+        report = audit_report(store, load_public_key(audited_run.public_key_path))
+        url = store.url
+    (privacy,) = report["privacy"]
+    assert len(privacy["dp_events"]) == CLIENTS * ROUNDS
+    assert all(item["client_id"].startswith("client-") for item in privacy["dp_events"])
+    assert all(item["neighboring"] == "add_remove" for item in privacy["dp_events"])
+    (model,) = report["lineage"]["models"]
+    assert model["recompute_privacy"] == recompute_command(url, REFERENCE)
