@@ -179,7 +179,7 @@ def recompute(store: RunStore, public_key: Ed25519PublicKey, reference: str) -> 
 
 def audited_releases(entries: Sequence[AuditEntry], run_id: str) -> list[AuditedRelease]:
     """Every DP event the log's round entries of ``run_id`` record, in log order."""
-    releases = []
+    releases: list[AuditedRelease] = []
     for entry in entries:
         event = entry.event()
         if isinstance(event, RoundCompleted) and event.run_id == run_id:
