@@ -1,8 +1,9 @@
 """``fedwarden audit recompute``: a version's privacy claim, rebuilt from the signed audit log.
 
-Every test reads a copy of the store of one real run like the quickstart, but tiny: three
-digits silos, DP-SGD at each (epsilon 3), two rounds, the local runtime, its model registered
-as ``tiny@1.0.0``. An auditor holds the store and the log's root public key, nothing else.
+Every test reads a copy of the demo's store: the quickstart as ``make demo`` runs it (three
+digits hospitals, DP-SGD at each under epsilon 3, ten rounds over gRPC with mutual TLS and
+SecAgg+), its model registered as ``quickstart@1.0.0``. An auditor holds the store and the
+log's root public key, nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from fedwarden.cli import app
-from fedwarden.core.config import RunConfig
+from fedwarden.core.config import RunConfig, load_config
 from fedwarden.governance.audit import (
     audit_report,
     load_public_key,
@@ -31,9 +32,12 @@ from fedwarden.governance.store import RunStore, audit_log, model_versions
 from fedwarden.privacy.accounting import compute_spend, event_from_json
 from fedwarden.server.launch import run
 
-REFERENCE = "tiny@1.0.0"
+pytestmark = pytest.mark.slow
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+REFERENCE = "quickstart@1.0.0"
 CLIENTS = 3
-ROUNDS = 2
+ROUNDS = 10
 runner = CliRunner()
 
 
@@ -48,24 +52,17 @@ class AuditedRun:
 
 @pytest.fixture(scope="module")
 def audited_run(tmp_path_factory: pytest.TempPathFactory) -> AuditedRun:
-    """Two rounds of DP-SGD at three silos, with a store, a signed audit log and a registry."""
+    """``make demo``'s run, with its runs directory (store, PKI, run directory) in a tmp folder."""
     runs_dir = tmp_path_factory.mktemp("recompute-runs")
-    config = RunConfig.from_mapping(
-        {
-            "name": "tiny",
-            "seed": 7,
-            "rounds": ROUNDS,
-            "data": {"source": "digits", "num_clients": CLIENTS},
-            "model": {"kind": "mlp", "hidden": []},
-            "train": {"local_epochs": 1, "batch_size": 128, "learning_rate": 2.0},
-            "sampling": {"cohort_size": CLIENTS},
-            "privacy": {"mechanism": "dp_sgd", "epsilon": 3.0, "delta": 1e-5},
-            "runtime": {"kind": "local"},
-            "runs_dir": str(runs_dir),
-        }
+    values = load_config(QUICKSTART).model_dump()
+    values["runs_dir"] = str(runs_dir)
+    config = RunConfig.from_mapping(values)
+    assert (config.runtime.kind, config.rounds, config.privacy.mechanism) == (
+        "grpc",
+        ROUNDS,
+        "dp_sgd",
     )
-    with RunStore.sqlite(runs_dir / "fedwarden.db") as store:
-        result = run(config, store=store)
+    result = run(config)
     assert result.run_dir is not None
     summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
     assert summary["registered_model"] == REFERENCE
@@ -82,7 +79,7 @@ def store_url(audited_run: AuditedRun, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fedwarden.db'}"
 
 
-def test_recomputed_epsilon_is_the_registrys_claim_and_the_runs_reported_epsilon(
+def test_recompute_reproduces_the_quickstarts_epsilon_from_the_demos_store(
     audited_run: AuditedRun, store_url: str
 ) -> None:
     with RunStore(store_url) as store:
@@ -91,7 +88,8 @@ def test_recomputed_epsilon_is_the_registrys_claim_and_the_runs_reported_epsilon
     assert result.accounting_version == version("dp-accounting")
     (recomputed,) = result.runs
     assert recomputed.reference == REFERENCE
-    assert recomputed.claimed_epsilon == audited_run.summary["epsilon"]
+    assert recomputed.claimed_epsilon == audited_run.summary["epsilon"]  # what the demo printed
+    assert recomputed.claimed_epsilon == pytest.approx(3.0, rel=2e-3)
     assert recomputed.recomputed_epsilon == pytest.approx(recomputed.claimed_epsilon, rel=1e-9)
     assert len(recomputed.releases) == CLIENTS * ROUNDS
     assert {release.client_id for release in recomputed.releases} == {
@@ -186,9 +184,9 @@ def test_unknown_version_is_refused_with_how_to_name_one(
     audited_run: AuditedRun, store_url: str
 ) -> None:
     with RunStore(store_url) as store:
-        result = recompute(store, load_public_key(audited_run.public_key_path), "tiny@9.9.9")
+        result = recompute(store, load_public_key(audited_run.public_key_path), "quickstart@9.9.9")
     assert not result.ok
-    assert "no model version 'tiny@9.9.9'" in result.reason
+    assert "no model version 'quickstart@9.9.9'" in result.reason
 
 
 def test_audit_report_carries_the_dp_events_and_the_recompute_command(
