@@ -1,9 +1,10 @@
 """``fedwarden audit recompute``: a version's privacy claim, rebuilt from the signed audit log.
 
-Every test reads a copy of the demo's store: the quickstart as ``make demo`` runs it (three
-digits hospitals, DP-SGD at each under epsilon 3, ten rounds over gRPC with mutual TLS and
-SecAgg+), its model registered as ``quickstart@1.0.0``. An auditor holds the store and the
-log's root public key, nothing else.
+The end-to-end tests read a copy of the demo's store: the quickstart as ``make demo`` runs it
+(three digits hospitals, DP-SGD at each under epsilon 3, ten rounds over gRPC with mutual TLS
+and SecAgg+), its model registered as ``quickstart@1.0.0``. An auditor holds the store and
+the log's root public key, nothing else. The others write a user-level DP run's rounds
+through the server's audit trail, without training.
 """
 
 from __future__ import annotations
@@ -21,18 +22,23 @@ from typer.testing import CliRunner
 
 from fedwarden.cli import app
 from fedwarden.core.config import RunConfig, load_config
+from fedwarden.core.records import RoundRecord
 from fedwarden.governance.audit import (
+    AuditLog,
+    ServerAuditTrail,
     audit_report,
     load_public_key,
     read_entries,
     recompute,
     recompute_command,
 )
+from fedwarden.governance.registry import ModelRegistry
 from fedwarden.governance.store import RunStore, audit_log, model_versions
-from fedwarden.privacy.accounting import compute_spend, event_from_json
+from fedwarden.privacy.accounting import compute_spend, event_from_json, poisson_gaussian
+from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.server.launch import run
-
-pytestmark = pytest.mark.slow
+from test_governance_audit import SIGNING_KEY
+from test_governance_registry import CONFIG_HASH, CONFIG_JSON, SPEC, weights
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
 REFERENCE = "quickstart@1.0.0"
@@ -79,6 +85,7 @@ def store_url(audited_run: AuditedRun, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fedwarden.db'}"
 
 
+@pytest.mark.slow
 def test_recompute_reproduces_the_quickstarts_epsilon_from_the_demos_store(
     audited_run: AuditedRun, store_url: str
 ) -> None:
@@ -103,6 +110,7 @@ def test_recompute_reproduces_the_quickstarts_epsilon_from_the_demos_store(
     assert recomputed.recomputed_epsilon == largest
 
 
+@pytest.mark.slow
 def test_editing_an_audited_dp_event_fails_naming_its_entry(
     audited_run: AuditedRun, store_url: str
 ) -> None:
@@ -140,6 +148,7 @@ def test_editing_an_audited_dp_event_fails_naming_its_entry(
     assert "FAILED" in outcome.output
 
 
+@pytest.mark.slow
 def test_an_overstated_claim_in_the_registry_fails_naming_the_claim(
     audited_run: AuditedRun, store_url: str
 ) -> None:
@@ -158,6 +167,7 @@ def test_an_overstated_claim_in_the_registry_fails_naming_the_claim(
     assert recomputed.recomputed_epsilon == pytest.approx(audited_run.summary["epsilon"])
 
 
+@pytest.mark.slow
 def test_cli_recompute_prints_the_figures_and_the_accountants_version(
     audited_run: AuditedRun, store_url: str
 ) -> None:
@@ -180,6 +190,7 @@ def test_cli_recompute_prints_the_figures_and_the_accountants_version(
     assert len(printed["runs"][0]["releases"]) == CLIENTS * ROUNDS
 
 
+@pytest.mark.slow
 def test_unknown_version_is_refused_with_how_to_name_one(
     audited_run: AuditedRun, store_url: str
 ) -> None:
@@ -189,6 +200,7 @@ def test_unknown_version_is_refused_with_how_to_name_one(
     assert "no model version 'quickstart@9.9.9'" in result.reason
 
 
+@pytest.mark.slow
 def test_audit_report_carries_the_dp_events_and_the_recompute_command(
     audited_run: AuditedRun, store_url: str
 ) -> None:
@@ -201,3 +213,76 @@ def test_audit_report_carries_the_dp_events_and_the_recompute_command(
     assert all(item["neighboring"] == "add_remove" for item in privacy["dp_events"])
     (model,) = report["lineage"]["models"]
     assert model["recompute_privacy"] == recompute_command(url, REFERENCE)
+
+
+def user_level_run(store: RunStore, *, record_events: bool = True) -> float:
+    """Three rounds of user-level DP (model update and clip count), audited; the epsilon spent.
+
+    Without ``record_events`` the trail has no ledger, as before the log recorded DP events.
+    """
+    store.create_run("run-1", "mnist", CONFIG_JSON, "/runs/mnist-1")
+    log = AuditLog(store, SIGNING_KEY)
+    ledger = PrivacyLedger(PrivacyBudget(10.0, 1e-5), privacy_unit="client")
+    trail = ServerAuditTrail(
+        log, "run-1", dp={"mechanism": "user_level"}, delta=1e-5, ledger=ledger
+    )
+    if not record_events:
+        trail.ledger = None
+    for round_index in range(3):
+        ledger.charge(round_index, "model_update", poisson_gaussian(0.1, 1.0))
+        ledger.charge(round_index, "clip_count", poisson_gaussian(0.1, 5.0))
+        trail.round_completed(
+            RoundRecord(
+                round_index,
+                3,
+                3,
+                0,
+                0,
+                0,
+                {},
+                True,
+                None,
+                None,
+                None,
+                0.0,
+                0,
+                0,
+                epsilon=ledger.spent().epsilon,
+            )
+        )
+    epsilon = ledger.spent().epsilon
+    ModelRegistry(store, log).register(
+        "run-1",
+        None,
+        weights(),
+        SPEC.to_json(),
+        rounds=3,
+        participants=9,
+        dp={"mechanism": "user_level", "epsilon_spent": epsilon},
+        metrics={},
+        config_hash=CONFIG_HASH,
+        data_description="digits, 3 clients",
+    )
+    return epsilon
+
+
+def test_run_level_releases_compose_together_into_the_ledgers_epsilon(tmp_path: Path) -> None:
+    with RunStore.sqlite(tmp_path / "fedwarden.db") as store:
+        epsilon = user_level_run(store)
+        result = recompute(store, SIGNING_KEY.public_key(), "mnist@1.0.0")
+    assert result.ok, result.reason
+    (recomputed,) = result.runs
+    assert [release.release for release in recomputed.releases] == [
+        "model_update",
+        "clip_count",
+    ] * 3
+    assert all(release.client_id is None for release in recomputed.releases)
+    assert recomputed.recomputed_epsilon == epsilon == recomputed.claimed_epsilon
+
+
+def test_a_log_without_the_dp_events_cannot_back_a_claim(tmp_path: Path) -> None:
+    with RunStore.sqlite(tmp_path / "fedwarden.db") as store:
+        user_level_run(store, record_events=False)
+        result = recompute(store, SIGNING_KEY.public_key(), "mnist@1.0.0")
+    assert not result.ok
+    assert "record an epsilon but not the DP events behind it" in result.reason
