@@ -166,6 +166,8 @@ def recompute(store: RunStore, public_key: Ed25519PublicKey, reference: str) -> 
             verification,
             (),
         )
+    # Only the entries verified: one appended since (a live server) is read next time.
+    entries = [entry for entry in entries if entry.sequence < verification.entries]
     try:
         lineage = _lineage(store, reference)
     except LookupError as error:
