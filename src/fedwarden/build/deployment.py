@@ -193,6 +193,7 @@ def audit_trail(
         dp=dp,
         delta=None if dp is None else section.delta,
         cohort_openings=run_dir.cohort_openings_path if commits_cohorts(config) else None,
+        ledger=None if privacy is None else privacy.ledger,
     )
     if new_run:
         trail.run_created(run_dir.read_config(), __version__)

@@ -64,6 +64,16 @@ def choose_pilot_clients(config: RunConfig, dataset: FederatedDataset) -> list[s
     return draw_pilot(dataset.client_ids, count, config.seed) if count else []
 
 
+def _privacy_claim(result: RunResult) -> dict[str, Any]:
+    """What the registry claims the run spent: its reported epsilon, which an auditor recomputes.
+
+    ``epsilon_spent`` is the run's guarantee (the largest client's under per-client budgets);
+    ``fedwarden audit recompute`` rebuilds it from the DP events in the signed audit log.
+    """
+    privacy = result.extras.get("privacy", {})
+    return {"epsilon_spent": privacy.get("epsilon")}
+
+
 def register_model(
     config: RunConfig,
     store: RunStore,
@@ -100,7 +110,7 @@ def register_model(
         run_dir.param_spec_path.read_text(),
         rounds=result.rounds,
         participants=sum(record.participants for record in result.history),
-        dp=audit.dp,
+        dp=None if audit.dp is None else {**audit.dp, **_privacy_claim(result)},
         metrics=metrics,
         config_hash=hashlib.sha256(run_dir.read_config().encode()).hexdigest(),
         data_description=data_description,

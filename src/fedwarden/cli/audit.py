@@ -160,6 +160,48 @@ def audit_report_command(
         )
 
 
+@audit_app.command("recompute")
+def audit_recompute_command(
+    store_url: Annotated[str, typer.Argument(help=STORE_URL_HELP)],
+    reference: Annotated[str, typer.Argument(help="The model version, MODEL@X.Y.Z.")],
+    public_key: Annotated[Path, typer.Option(help="PEM Ed25519 public key of the audit log.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the events and figures as JSON.")
+    ] = False,
+) -> None:
+    """Recompute a version's epsilon from the DP events in the signed audit log; check its claim.
+
+    Exit 1 with the reason when the log fails verification (an edited DP event names its
+    entry) or the registry's claim is not what the audited events give.
+    """
+    # Deferred so that SQLAlchemy does not slow `fedwarden --help`.
+    from fedwarden.governance.audit import load_public_key, recompute
+
+    try:
+        key = load_public_key(public_key)
+        with existing_store(store_url) as store:
+            result = recompute(store, key, reference)
+    except FedwardenError as error:
+        raise error_exit(error) from None
+    console = Console(soft_wrap=True)
+    if as_json:
+        console.print_json(data=result.to_json())
+    else:
+        for run in result.runs:
+            console.print(
+                f"{escape(run.reference)}: run {escape(run.run_id)}, "
+                f"{len(run.releases)} audited DP events, epsilon recomputed "
+                f"{run.recomputed_epsilon!r}, claimed {run.claimed_epsilon!r} "
+                f"(delta={run.delta!r}, {run.neighboring})"
+            )
+        console.print(f"accountant: dp-accounting {result.accounting_version}")
+    if not result.ok:
+        Console(stderr=True, soft_wrap=True).print("[red]FAILED[/red]:", escape(result.reason))
+        raise typer.Exit(1)
+    if not as_json:
+        console.print(f"OK: the privacy claim of {escape(reference)} is what the audit log gives")
+
+
 @audit_app.command("delegate")
 def audit_delegate_command(
     store_url: Annotated[str, typer.Argument(help=STORE_URL_HELP)],

@@ -206,9 +206,13 @@ def governance_lines(extras: dict[str, Any]) -> list[str]:
     anchor = governance.get("audit_anchor")
     if anchor is not None:
         verify += f" --anchor {shlex.quote(anchor)}"
+    recompute = f"fedwarden audit recompute {store} {shlex.quote(model)}"
+    if key is not None:
+        recompute += f" --public-key {shlex.quote(key)}"
     lines += [
         f"audit log: in the run store {escape(governance['store'])}",
         f"  {escape(verify)}",
+        f"  {escape(recompute)}",
         f"audit report (HTML): {escape(governance['audit_report'])}",
         "dashboard: FEDWARDEN_DASHBOARD_TOKEN=$(openssl rand -hex 16) "
         + escape(

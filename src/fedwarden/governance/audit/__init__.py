@@ -9,6 +9,7 @@ module                    what it holds
 :mod:`.chain`             :class:`AuditLog`, which appends signed entries, never changes one
 :mod:`.verification`      :func:`verify`: the first entry modified, deleted, inserted, ...
 :mod:`.report`            :func:`audit_report`, pseudonyms, what a resume must agree with
+:mod:`.recompute`         :func:`recompute`: a version's privacy claim, from the log alone
 :mod:`.rendering`         a report as JSON, HTML or PDF
 :mod:`.trail`             :class:`ServerAuditTrail` and the hiding cohort commitments
 :mod:`.keys`              loading the root key, creating delegated keys
@@ -43,6 +44,14 @@ from fedwarden.governance.audit.events import (
     canonical_json,
 )
 from fedwarden.governance.audit.keys import delegate_signer, load_public_key, load_signing_key
+from fedwarden.governance.audit.recompute import (
+    AuditedRelease,
+    Recomputation,
+    RecomputedRun,
+    audited_releases,
+    recompute,
+    recompute_command,
+)
 from fedwarden.governance.audit.rendering import render_html, render_json, render_pdf
 from fedwarden.governance.audit.report import (
     PSEUDONYM_HEX_DIGITS,
@@ -76,12 +85,15 @@ __all__ = [
     "AuditError",
     "AuditEvent",
     "AuditLog",
+    "AuditedRelease",
     "BudgetChanged",
     "ClientQuarantined",
     "ModelPromoted",
     "ModelRegistered",
     "ModelRolledBack",
     "PilotEvaluated",
+    "Recomputation",
+    "RecomputedRun",
     "RecordedRun",
     "RetentionDeletion",
     "RoundCompleted",
@@ -93,6 +105,7 @@ __all__ = [
     "UpdateRejected",
     "VerificationResult",
     "audit_report",
+    "audited_releases",
     "canonical_json",
     "commit_cohort",
     "delegate_signer",
@@ -104,6 +117,8 @@ __all__ = [
     "pseudonym_salt",
     "public_key_hex",
     "read_entries",
+    "recompute",
+    "recompute_command",
     "recorded_run",
     "render_html",
     "render_json",

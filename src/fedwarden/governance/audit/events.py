@@ -109,6 +109,13 @@ class RoundCompleted(AuditEvent):
     ``epsilon_spent`` and ``delta`` are the run's cumulative (epsilon, delta) guarantee after
     this round as its accountant reports it (None without differential privacy); ``applied``
     says whether the aggregate changed the model (False when the round was aborted).
+
+    ``dp_events`` are the releases the round charged to the run's privacy ledger, each
+    ``{"release": kind, "client_id": whose data (None: run-level), "event": the
+    dp-accounting event as :func:`~fedwarden.privacy.accounting.event_to_json` writes it}``,
+    and ``neighboring`` the relation they are accounted under: with ``delta`` they are all an
+    auditor needs to recompute ``epsilon_spent`` (:mod:`.recompute`). Entries written before
+    they were recorded lack them (empty, None).
     """
 
     kind: ClassVar[str] = "round_completed"
@@ -118,6 +125,8 @@ class RoundCompleted(AuditEvent):
     epsilon_spent: float | None
     delta: float | None
     applied: bool
+    dp_events: tuple[Mapping[str, Any], ...] | None = ()
+    neighboring: str | None = None
 
 
 @dataclass(frozen=True)

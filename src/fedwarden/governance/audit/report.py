@@ -1,7 +1,8 @@
 """The audit report: what the verified log says about runs, models, privacy and participants.
 
 :func:`audit_report` summarises the verified log: lineage (runs, rounds, models), privacy
-guarantees (epsilon and delta per run), participant integrity (refusals by reason,
+guarantees (epsilon and delta per run, with the DP events the log records, and for each model
+version the command that recomputes its claim from them), participant integrity (refusals by reason,
 quarantines), the signers (root key, delegations and revocations) and the verification status.
 Client ids are pseudonymized as ``client-`` + the first 12 hex digits of HMAC-SHA256(salt,
 client id), with a random salt kept in the store, unless an administrator asks for them.
@@ -36,6 +37,7 @@ from fedwarden.governance.audit.events import (
     SignerRevoked,
     UpdateRejected,
 )
+from fedwarden.governance.audit.recompute import recompute_command
 from fedwarden.governance.audit.signers import public_key_hex
 from fedwarden.governance.audit.verification import verify
 from fedwarden.governance.store import RunStore, governance_secrets
@@ -127,7 +129,12 @@ def audit_report(
                 "package_version": None,
                 "created_at": None,
                 "rounds": {},
-                "privacy": {"epsilon": None, "delta": None, "budget_changes": []},
+                "privacy": {
+                    "epsilon": None,
+                    "delta": None,
+                    "budget_changes": [],
+                    "dp_events": [],
+                },
                 "rejections_by_reason": {},
                 "quarantined": [],
             },
@@ -162,6 +169,17 @@ def audit_report(
             privacy = record["privacy"]
             privacy["epsilon"] = _largest(privacy["epsilon"], event.epsilon_spent)
             privacy["delta"] = _largest(privacy["delta"], event.delta)
+            privacy["dp_events"].extend(
+                {
+                    "sequence": entry.sequence,
+                    "round_index": event.round_index,
+                    "release": item["release"],
+                    "client_id": None if item["client_id"] is None else client(item["client_id"]),
+                    "neighboring": event.neighboring,
+                    "event": item["event"],
+                }
+                for item in event.dp_events or ()
+            )
         elif isinstance(event, UpdateRejected):
             counts = run(event.run_id)["rejections_by_reason"]
             counts[event.reason] = counts.get(event.reason, 0) + 1
@@ -190,6 +208,7 @@ def audit_report(
                 "registered_at": entry.timestamp,
                 "pilot_evaluations": [],
                 "stage_changes": [],
+                "recompute_privacy": recompute_command(store.url, f"{event.model}@{event.version}"),
             }
         elif isinstance(event, PilotEvaluated):
             _model_record(models, event.model, event.version)["pilot_evaluations"].append(

@@ -24,6 +24,8 @@ from fedwarden.governance.audit.events import (
     UpdateRejected,
     canonical_json,
 )
+from fedwarden.privacy.accounting import event_to_json
+from fedwarden.privacy.ledger import PrivacyLedger
 
 COMMITTED_CLIENT_PREFIX = "committed:"
 """How a rejection names a client of a committed cohort: this prefix, then its commitment."""
@@ -58,8 +60,10 @@ class ServerAuditTrail:
 
     ``dp`` is the run's DP mechanism description (noise multiplier, clip norm,
     sampling; None without DP) recorded with every round start; each completed
-    round records the run's cumulative epsilon after it and ``delta``;
-    quarantined clients are recorded as they are quarantined. With
+    round records the run's cumulative epsilon after it and ``delta`` and, with
+    ``ledger`` (the run's privacy ledger), the DP events the round charged to it,
+    so that the log alone lets an auditor recompute the epsilon; quarantined
+    clients are recorded as they are quarantined. With
     ``cohort_openings`` (a file the operator keeps), every round start records
     a commitment to its cohort instead of the cohort, and the opening (salt and
     cohort) goes to that file only.
@@ -73,12 +77,14 @@ class ServerAuditTrail:
         dp: Mapping[str, Any] | None = None,
         delta: float | None = None,
         cohort_openings: Path | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         self.log = log
         self.run_id = run_id
         self.dp = dp
         self.delta = delta
         self.cohort_openings = cohort_openings
+        self.ledger = ledger
         self._round_salts: dict[int, bytes] = {}
 
     def run_created(self, config_json: str, package_version: str) -> None:
@@ -137,5 +143,26 @@ class ServerAuditTrail:
                 record.epsilon,
                 self.delta if record.epsilon is not None else None,
                 record.applied,
+                self._charged(record.round_index),
+                None if self.ledger is None else self.ledger.neighboring,
             )
+        )
+
+    def _charged(self, round_index: int) -> tuple[dict[str, Any], ...]:
+        """The releases charged to the ledger for round ``round_index``, as the log records them.
+
+        A round re-run after a crash between its charge and its checkpoint was charged twice
+        (both releases happened), and both are recorded. Per-row entries (a vertical party's
+        passes) compose per row and are not a run's epsilon; they are left out.
+        """
+        if self.ledger is None:
+            return ()
+        return tuple(
+            {
+                "release": entry.kind,
+                "client_id": entry.client_id,
+                "event": event_to_json(entry.event),
+            }
+            for entry in self.ledger.entries
+            if entry.round_index == round_index and entry.rows is None
         )
