@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedwarden.core.config import RunConfig
@@ -71,16 +74,33 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
             model.estimator, num_features=dataset.num_features, num_classes=num_classes
         )
     assert model.factory is not None
-    module_name, _, function_name = model.factory.partition(":")
+    trainer: Trainer = _model_factory(model.factory)(dataset.num_features, num_classes)
+    return trainer
+
+
+def _model_factory(reference: str) -> Callable[[int, int | None], Trainer]:
+    """The function ``"module:function"`` names, its module on ``sys.path`` or in this folder.
+
+    The working directory is searched last, as ``python -m`` searches it first: a project's
+    ``model.py`` beside its config is found by ``fedwarden run`` started in that folder, and an
+    installed package of the same name still wins. The local runtime's workers are spawned with
+    this ``sys.path``, so they unpickle the trainer from the same module.
+    """
+    module_name, _, function_name = reference.partition(":")
+    working_directory = str(Path.cwd())
+    if working_directory not in sys.path:
+        sys.path.append(working_directory)
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
+        factory: Callable[[int, int | None], Trainer] = getattr(
+            importlib.import_module(module_name), function_name
+        )
     except (ImportError, AttributeError) as error:
         raise ConfigError(
-            f"model.factory {model.factory!r} cannot be imported ({error}); write it as "
-            '"package.module:function" with the package on PYTHONPATH'
+            f"model.factory {reference!r} cannot be imported ({error}); write it as "
+            '"package.module:function" with the package on PYTHONPATH or in the folder the '
+            "run starts from"
         ) from None
-    trainer: Trainer = factory(dataset.num_features, num_classes)
-    return trainer
+    return factory
 
 
 def build_strategy(config: RunConfig, population: int, trainer: Trainer) -> Strategy:

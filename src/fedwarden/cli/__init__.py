@@ -1,7 +1,8 @@
 """The ``fedwarden`` command. The only package that writes to the console.
 
-One module per command group: ``run`` (run, query), ``pki``, ``audit``, ``models``,
-``federation`` (server, client), ``services`` (dashboard, serve) and ``vertical``;
+One module per command group: ``new`` (a starter project), ``run`` (run, query), ``pki``,
+``audit``, ``models``, ``federation`` (server, client), ``services`` (dashboard, serve) and
+``vertical``;
 ``console`` is what a run shows, ``common`` what the groups share.
 
 Every command is registered when this package is imported, ``fedwarden --help`` included, so
@@ -20,6 +21,7 @@ from rich.console import Console
 from fedwarden.cli.audit import audit_app
 from fedwarden.cli.federation import client_command, server_command
 from fedwarden.cli.models import models_app
+from fedwarden.cli.new import new_command
 from fedwarden.cli.pki import pki_app
 from fedwarden.cli.run import query_command, run_command
 from fedwarden.cli.services import dashboard_command, serve_command
@@ -53,6 +55,7 @@ def main(
     """fedwarden: privacy-preserving federated learning."""
 
 
+app.command("new")(new_command)
 app.command("run")(run_command)
 app.command("query")(query_command)
 app.add_typer(pki_app, name="pki")

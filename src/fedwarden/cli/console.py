@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from fedwarden.core.records import RoundRecord, RunResult
 
@@ -30,13 +31,19 @@ _COLUMNS = (
     ("MB down", 8),
     ("compress", 8),
 )
+# On a narrow terminal these columns go first, in this order; round, accuracy and clients stay.
+_DROPPED_FIRST = ("compress", "MB down", "MB up", "rejected", "dropped", "seconds", "loss")
+# The notes (epsilon, flagged clients, the round's note) fold within at least this width.
+_NOTES_MIN_WIDTH = 20
 
 
 class ConsoleObserver:
     """Progress bars (rounds; clients within the round) and one table row per round.
 
-    On a terminal a row is cut to the terminal's width; elsewhere (a log, CI) each row is
-    one plain line, never wrapped, whatever its length.
+    On a terminal the table fits its width: the columns that matter least are left out
+    until the rest leave room for the notes, which fold onto further lines. Elsewhere (a
+    log, CI) each row is one plain line with every column, never wrapped, whatever its
+    length.
     """
 
     def __init__(self, console: Console, rounds: int, start: int) -> None:
@@ -51,7 +58,11 @@ class ConsoleObserver:
         )
         self.rounds_task = self.progress.add_task("rounds", total=rounds, completed=start)
         self.clients_task = self.progress.add_task("clients", total=0)
-        self._print(" ".join(f"{name:>{width}}" for name, width in _COLUMNS))
+        self.shown = (
+            columns_for_width(console.width) if console.is_terminal else tuple(range(len(_COLUMNS)))
+        )
+        header = tuple(name for name, _ in _COLUMNS)
+        self._print(header, notes=())
 
     def round_started(self, round_index: int, cohort_size: int) -> None:
         self.progress.reset(self.clients_task, total=cohort_size)
@@ -62,13 +73,23 @@ class ConsoleObserver:
 
     def round_finished(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds_task)
-        self._print(_format_row(record))
+        self._print(_cells(record), _notes(record))
 
-    def _print(self, line: str) -> None:
-        if self.console.is_terminal:
-            self.progress.console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
-        else:
-            self.progress.console.print(line, soft_wrap=True)
+    def _print(self, cells: tuple[str, ...], notes: tuple[str, ...]) -> None:
+        row = " ".join(f"{cells[index]:>{_COLUMNS[index][1]}}" for index in self.shown)
+        if not self.console.is_terminal:
+            self.progress.console.print(
+                row + "".join(f"  {note}" for note in notes), soft_wrap=True
+            )
+            return
+        if not notes:
+            self.progress.console.print(row, no_wrap=True, overflow="ellipsis", crop=True)
+            return
+        line = Table.grid(padding=(0, 2))
+        line.add_column(no_wrap=True)
+        line.add_column(overflow="fold")
+        line.add_row(row, "  ".join(notes))
+        self.progress.console.print(line, crop=True)
 
     def __enter__(self) -> ConsoleObserver:
         self.progress.start()
@@ -78,11 +99,24 @@ class ConsoleObserver:
         self.progress.stop()
 
 
-def _format_row(record: RoundRecord) -> str:
+def columns_for_width(width: int) -> tuple[int, ...]:
+    """The columns (indices into the table's) a terminal ``width`` wide shows beside the notes."""
+    shown = list(_COLUMNS)
+    for name in _DROPPED_FIRST:
+        row_width = sum(column_width for _, column_width in shown) + len(shown) - 1
+        if row_width + 2 + _NOTES_MIN_WIDTH <= width:
+            break
+        shown = [column for column in shown if column[0] != name]
+    return tuple(_COLUMNS.index(column) for column in shown)
+
+
+def _cells(record: RoundRecord) -> tuple[str, ...]:
+    """The round's table cells, one per column of ``_COLUMNS``."""
+
     def number(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    cells = (
+    return (
         str(record.round_index + 1),
         number(record.loss, 4),
         number(record.accuracy, 4),
@@ -94,18 +128,25 @@ def _format_row(record: RoundRecord) -> str:
         f"{record.bytes_down / 1e6:.2f}",
         "-" if record.compression_ratio is None else f"{record.compression_ratio:.1f}x",
     )
-    row = " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+
+
+def _notes(record: RoundRecord) -> tuple[str, ...]:
+    """What else the round says, as rich markup: flagged clients, backdoor success, epsilon."""
+    notes = []
     if record.flagged:
-        row += f"  [yellow]flagged: {', '.join(record.flagged)}[/yellow]"
+        notes.append(f"[yellow]flagged: {', '.join(record.flagged)}[/yellow]")
     if record.quarantined:
-        row += f"  [red]quarantined: {', '.join(record.quarantined)}[/red]"
+        notes.append(f"[red]quarantined: {', '.join(record.quarantined)}[/red]")
     if record.backdoor_success is not None:
-        row += f"  backdoor success {record.backdoor_success:.3f}"
+        notes.append(f"backdoor success {record.backdoor_success:.3f}")
     if record.epsilon is not None:
-        row += f"  epsilon {record.epsilon:.3f}"
+        spent = f"epsilon {record.epsilon:.3f}"
         if record.epsilon_projected is not None:
-            row += f" (planned rounds: {record.epsilon_projected:.3f})"
-    return row if not record.note else f"{row}  [yellow]{escape(record.note)}[/yellow]"
+            spent += f" (planned rounds: {record.epsilon_projected:.3f})"
+        notes.append(spent)
+    if record.note:
+        notes.append(f"[yellow]{escape(record.note)}[/yellow]")
+    return tuple(notes)
 
 
 _PRIVACY_FIELDS = (
