@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
+from fedwarden.build.listeners import Audited
 from fedwarden.governance.audit import AuditLog, ServerAuditTrail, UpdateRejected, read_entries
 from fedwarden.governance.store import RunStore, rejections
 from fedwarden.runtime.grpc import federation_pb2 as pb
@@ -41,9 +42,8 @@ def test_headers_naming_another_client_are_recorded_against_the_sender_not_the_n
 ) -> None:
     with deployment_at(tmp_path) as deployment:
         store = deployment.store
-        deployment.server.audit = ServerAuditTrail(
-            AuditLog(store, Ed25519PrivateKey.generate()), RUN_ID
-        )
+        trail = ServerAuditTrail(AuditLog(store, Ed25519PrivateKey.generate()), RUN_ID)
+        deployment.server.listeners.append(Audited(trail))
         attacker, victim = deployment.site("client_0"), deployment.site("client_1")
         done = deployment.round_in_background(0)
         victim_task = victim.next_task()
@@ -77,9 +77,8 @@ def test_a_refused_upload_for_the_senders_own_open_task_is_audited_under_its_cer
 ) -> None:
     with deployment_at(tmp_path) as deployment:
         store = deployment.store
-        deployment.server.audit = ServerAuditTrail(
-            AuditLog(store, Ed25519PrivateKey.generate()), RUN_ID
-        )
+        trail = ServerAuditTrail(AuditLog(store, Ed25519PrivateKey.generate()), RUN_ID)
+        deployment.server.listeners.append(Audited(trail))
         first, second = deployment.site("client_0"), deployment.site("client_1")
         done = deployment.round_in_background(0)
         header, body = first.honest_upload(first.next_task())
