@@ -109,9 +109,14 @@ def test_a_user_level_run_releases_no_train_loss_or_client_evaluation_and_lists_
     assert set(releases) == {"model_update", "example_count", "train_loss", "client_evaluation"}
     assert releases["train_loss"]["protection"].startswith("withheld")
     assert releases["example_count"]["protection"].startswith("withheld")
+    # Cohorts come from secure randomness: a Poisson cohort of 8 clients at rate 0.5 is
+    # empty with probability 1/256, and an empty round releases nothing and is not charged.
+    assert all(record.sampled == 0 for record in result.history if not record.applied)
+    released = sum(record.applied for record in result.history)
+    assert released >= 1
     oracle = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE)
     oracle.compose(
-        dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(noise_multiplier)), rounds
+        dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(noise_multiplier)), released
     )
     assert releases["model_update"]["epsilon"] == pytest.approx(oracle.get_epsilon(1e-5), rel=1e-3)
 

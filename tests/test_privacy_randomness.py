@@ -197,6 +197,7 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "runtime/engine.py": "seeds each client's non-private training generator",
     "serve/shadow.py": "which prediction request goes to the candidate model: no guarantee",
     "build/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
+    "cli/new.py": "how a starter project's sample rows are dealt to its clinics: no guarantee",
     "vertical/architecture.py": "initialization of split models from the public seed",
     "vertical/remote/driver.py": "split learning's public batches: its accounting composes "
     "every batch in parallel and takes no amplification from sampling",
