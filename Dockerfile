@@ -2,20 +2,28 @@
 #   docker run fedwarden:0.1.0 server /etc/fedwarden/config/run.toml --identity ... --store ...
 #   docker run fedwarden:0.1.0 client --server HOST:8443 --data /data/client.npz --identity ...
 # Build and use: deploy/README.md.
+#
+# BASE is any image with Python 3.11 and its venv module (python3 -m venv); the default is the
+# official slim image. Where no registry is reachable, deploy/base-image.sh builds one from
+# Debian's packages. TORCH_INDEX names the index of the CPU build of PyTorch; an empty one, with
+# EXTRAS="", builds an image without PyTorch (NumPy and scikit-learn models only).
+ARG BASE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/fedwarden
+RUN python3 -m venv /opt/fedwarden
 ENV PATH=/opt/fedwarden/bin:$PATH
 # The CPU build of PyTorch first, so the torch extra's range installs nothing more.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN if [ -n "$TORCH_INDEX" ]; then pip install torch==2.13.0 --index-url "$TORCH_INDEX"; fi
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install ".[torch]"
+ARG EXTRAS=torch
+RUN pip install ".${EXTRAS:+[$EXTRAS]}"
 
-FROM python:3.11-slim
+FROM ${BASE}
 RUN groupadd --system --gid 10001 fedwarden \
     && useradd --system --uid 10001 --gid fedwarden --home-dir /var/lib/fedwarden \
         --shell /usr/sbin/nologin fedwarden \

@@ -55,6 +55,8 @@ class Federation:
     server: subprocess.Popen[bytes] | None = None
     clients: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     server_logs: list[Path] = field(default_factory=list)
+    # How ``fedwarden`` is started: this interpreter here, or a command inside a container image.
+    launcher: tuple[str, ...] = (sys.executable, "-m", "fedwarden.cli")
 
     @classmethod
     def create(cls, root: Path, sites: int = 5, **settings: Any) -> Federation:
@@ -88,9 +90,7 @@ class Federation:
         log = self.root / f"server-{len(self.server_logs)}.log"
         self.server_logs.append(log)
         command = [
-            sys.executable,
-            "-m",
-            "fedwarden.cli",
+            *self.launcher,
             "server",
             str(self.root / "run.toml"),
             "--address",
@@ -111,9 +111,7 @@ class Federation:
     def start_client(self, client_id: str, data: Path | None = None) -> subprocess.Popen[bytes]:
         """``fedwarden client`` for one site on its ``.npz`` (or ``data``), logging to its log."""
         command = [
-            sys.executable,
-            "-m",
-            "fedwarden.cli",
+            *self.launcher,
             "client",
             "--server",
             self.address,

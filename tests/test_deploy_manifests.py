@@ -605,13 +605,19 @@ def test_dockerfile_runs_as_the_non_root_user_the_pods_require() -> None:
 
 def test_dockerfile_builds_on_python_3_11_slim_with_the_locks_cpu_torch() -> None:
     instructions = dockerfile_instructions()
+    defaults = dict(
+        rest.split("=", 1) for name, rest in instructions if name == "ARG" and "=" in rest
+    )
     bases = [rest.split()[0] for name, rest in instructions if name == "FROM"]
-    assert bases and all(base == "python:3.11-slim" for base in bases)
+    assert bases and all(base == "${BASE}" for base in bases)
+    assert defaults["BASE"] == "python:3.11-slim"
     (torch_pin,) = re.findall(r"^(torch==\S+)$", CONSTRAINTS.read_text(), flags=re.MULTILINE)
     runs = [rest for name, rest in instructions if name == "RUN"]
     torch_install = next(index for index, rest in enumerate(runs) if torch_pin in rest.split())
-    assert "https://download.pytorch.org/whl/cpu" in runs[torch_install].split()
-    package_install = next(index for index, rest in enumerate(runs) if '".[torch]"' in rest)
+    assert '"$TORCH_INDEX"' in runs[torch_install].split()
+    assert defaults["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    package_install = next(index for index, rest in enumerate(runs) if "${EXTRAS:+" in rest)
+    assert defaults["EXTRAS"] == "torch"
     assert torch_install < package_install
 
 
