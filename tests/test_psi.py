@@ -303,3 +303,22 @@ def test_threaded_blinding_gives_the_same_result() -> None:
     outcome = run(PsiReceiver(receiver_ids, workers=3), PsiSender(sender_ids, workers=2)).outcome
     assert outcome.intersection == set(range(200, 400))
     assert hash_to_group(receiver_ids, workers=3) == hash_to_group(receiver_ids, workers=1)
+
+
+def test_known_overlap_is_found_exactly_and_no_message_carries_an_unblinded_hash() -> None:
+    receiver_ids = [f"entity-{k}" for k in range(0, 600)]
+    sender_ids = [f"entity-{k}" for k in range(400, 1200)]  # entity-400 to entity-599 shared
+    first = run(PsiReceiver(receiver_ids, workers=1), PsiSender(sender_ids, workers=1))
+    assert first.outcome.intersection == {f"entity-{k}" for k in range(400, 600)}
+    # What an eavesdropper or either party sees: no id, no id's hash before blinding...
+    hashes = set(hash_to_group(receiver_ids + sender_ids))
+    plain = {identifier_bytes(item) for item in receiver_ids + sender_ids}
+    wire = [*first.offer.points, *first.request.points, *first.response.double_blinded]
+    assert len(wire) == 800 + 600 + 600
+    assert not hashes & set(wire)
+    assert not plain & set(wire)
+    # ...and nothing that links two runs over the same ids: each party draws a fresh secret.
+    second = run(PsiReceiver(receiver_ids, workers=1), PsiSender(sender_ids, workers=1))
+    assert second.outcome == first.outcome
+    again = [*second.offer.points, *second.request.points, *second.response.double_blinded]
+    assert not set(wire) & set(again)

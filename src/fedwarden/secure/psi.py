@@ -87,20 +87,39 @@ prime-order subgroup, so points carry no twist bit.
 
 Speed
 -----
-Per party and per id: one hash (41 us) and two X25519 (45 us each), about
-130 us, so some 13 CPU seconds a party and 26 for both at 100,000 ids each,
-of which the 400,000 X25519 are 18. The libsodium calls release the
-GIL, so a party spreads them over ``workers`` threads. ``benchmarks/psi.py``
-runs the two parties at once, a process and a core each: on a quiet 2-core
-AMD EPYC they took 14.9 s from start to intersection (28.8 CPU seconds), so
-issue 8's target of 10 s is not met when the two parties share 2 cores, and
-even a free hash would leave 9 s of X25519 there. With 2 cores per party
-(each phase run with 2 threads) the phases took 5.8 + 3.3 s at the sender and
-5.7 + 2.9 s at the receiver: two parties on two 2-core machines finish in
-about 9.2 s. OpenMined's ``openmined-psi`` (ECDH over P-256 in C++) took
-about 47 CPU seconds on the same ids when last measured; it pins
-``protobuf==6.30.2``, which conflicts with our gRPC runtime's protobuf, so it
-is not installed.
+Per party and per id: one hash into the group and two X25519, one on its
+own hash, one on the peer's point. No DH-PSI does with less: moving work
+between the parties (an OPRF whose receiver unblinds) leaves two hashes and
+four scalar multiplications per pair of ids. So these library calls bound
+the cost from below. On the 2-core Intel Xeon of issue 20 (2026-12-06,
+loaded by other jobs), in a tight loop of single calls: libsodium's Elligator
+23 us, its X25519 36 us, so each party needs at least 9.5 CPU seconds at
+100,000 ids, and with both parties on the one 2-core machine the wall time
+is at least the busier party's CPU time: issue 8's 10 s leaves 5% for all
+else. ``benchmarks/psi.py`` measured 10.5 CPU seconds for the busier party
+(20.9 for both; the rest is SHA-512, the Montgomery map in Python and the
+protocol's bookkeeping, about 0.5 s a party, plus the load's noise); the wall
+time there was the load's. On a quiet 2-core AMD EPYC (issue 8) the same run
+took 14.9 s from start to intersection (28.8 CPU seconds).
+
+Two cheaper routes were weighed and refused. OpenSSL's X25519 (through
+``cryptography``) is 34 us here, a bound of 9.1 CPU seconds a party (with
+the blinding switched to it for one run, 10.1 for the busier party, against
+10.5 to 10.9 with libsodium in runs on the same loaded machine): 91% of the
+target before any bookkeeping, so it does not reach it either (P-256, 52 us
+in OpenSSL, is slower still); it holds the GIL, so a party could no longer spread its blinding
+over its cores as it does with libsodium, whose calls release the GIL, on
+``workers`` threads; and on the AMD EPYC it was the slower one (61 us against
+45). A cheaper hash needs a map straight to a Montgomery ``u``: one Legendre
+symbol (X25519's clamped exponent clears the cofactor), where libsodium's map
+to a cofactor-cleared, encoded Edwards point takes five field
+exponentiations; no maintained library exposes it, and Python's ``pow``
+takes 100 us. With 2 cores per party (each phase on 2 threads) the phases
+took 5.8 + 3.3 s at the sender and 5.7 + 2.9 s at the receiver on the AMD
+EPYC: two parties on two 2-core machines finish in about 9.2 s. OpenMined's
+``openmined-psi`` (ECDH over P-256 in C++) took about 47 CPU seconds on the
+same ids when last measured; it pins ``protobuf==6.30.2``, which conflicts
+with our gRPC runtime's protobuf, so it is not installed.
 
 Many parties
 ------------
