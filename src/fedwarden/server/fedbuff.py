@@ -12,7 +12,18 @@ others: its update simply arrives staler. Updates staler than
 ``max_staleness`` are refused (counted as ``stale``).
 
 Each server update is one "round" of the run's records, checkpoints and
-evaluation. Clients still training when the server stops are not waited for.
+evaluation.
+
+A buffer holds at most one update per client: a client whose update is in
+the current buffer is not dispatched again until the buffer is released, and
+a second reply of such a client (a runtime that redelivers) waits for the next
+buffer. With user-level DP (a :class:`~fedwarden.pipeline.dp_mean.GaussianMean`
+aggregator, fixed clip norm) each release is then the noisy sum of at most
+``buffer_size`` updates of norm at most ``C`` (staleness weights are at most 1),
+divided by ``buffer_size``; the privacy accounting checks the budget before a
+buffer opens and charges each release it actually made
+(:mod:`fedwarden.privacy.user_level` says how, and why no amplification by
+sampling is claimed). Clients still training when the server stops are not waited for.
 After a server restart the open tasks are not resumed: their late answers are
 refused and fresh clients are dispatched on the restored model.
 """
@@ -74,12 +85,16 @@ class FedBuffServer(Server):
         self._versions: dict[int, str] = {}
         self._in_flight: dict[str, int] = {}
         self._dispatched_on_current: set[str] = set()
+        self._buffered_clients: set[str] = set()
+        """Clients with an update in the current buffer: none may add a second."""
         self._backlog: list[ClientUpdate | ClientFailure | UpdateRefused] = []
         """Replies that arrived after the buffer filled: they start the next one."""
 
     def run_round(self, round_index: int) -> RoundRecord:
         """Fill the buffer with ``buffer_size`` updates, then apply them as one server update."""
         started = time.perf_counter()
+        if self.privacy is not None:
+            self.privacy.before_round(round_index)
         if round_index not in self._versions:
             self._versions[round_index] = self.clients.publish(self.vector, f"v{round_index}")
             self._dispatched_on_current = set()
@@ -90,6 +105,8 @@ class FedBuffServer(Server):
         train_loss = TrainLoss()
         accept = self.accepting(train_loss)
         buffered: list[tuple[int, str]] = []
+        self._buffered_clients = set()
+        second_replies: list[ClientUpdate | ClientFailure | UpdateRefused] = []
         deadline = None if self.settings.deadline_s is None else started + self.settings.deadline_s
         while len(traffic.participants) < self.buffer_size:
             traffic.sampled += self._top_up(round_index)
@@ -106,10 +123,15 @@ class FedBuffServer(Server):
                 self._backlog.extend(self.clients.poll(POLL_S, self.settings.deadline_s))
             while self._backlog and len(traffic.participants) < self.buffer_size:
                 reply = self._backlog.pop(0)
+                if reply.client_id in self._buffered_clients:
+                    second_replies.append(reply)
+                    continue
                 self._in_flight.pop(reply.client_id, None)
                 admit = partial(self._admit_stale, round_index, accept)
                 if self.receive(round_index, reply, traffic, admit) is not None:
                     buffered.append((reply.round_index, reply.client_id))
+                    self._buffered_clients.add(reply.client_id)
+        self._backlog[:0] = second_replies
         record = self.conclude_round(round_index, started, traffic, train_loss)
         for version_index, client_id in buffered:
             self.clients.release(version_index, client_id)
@@ -149,16 +171,13 @@ class FedBuffServer(Server):
         if wanted <= 0:
             return 0
         population = self.client_ids
+        if self.privacy is not None:
+            population = self.privacy.eligible(population)
         if self.reputation is not None:
             population = self.reputation.eligible(population)
         connected = set(self.clients.connected_clients())
-        idle = [
-            client
-            for client in population
-            if client in connected
-            and client not in self._in_flight
-            and client not in self._dispatched_on_current
-        ]
+        busy = self._in_flight.keys() | self._dispatched_on_current | self._buffered_clients
+        idle = [client for client in population if client in connected and client not in busy]
         if not idle:
             return 0
         chosen = self.cohort_randomness.subset(len(idle), min(wanted, len(idle)))
