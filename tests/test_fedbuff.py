@@ -36,12 +36,16 @@ from fedwarden.models.numpy import softmax_regression
 from fedwarden.pipeline import Aggregator, Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.pipeline.clip import ClipUpdate
 from fedwarden.pipeline.dp_mean import GaussianMean
+from fedwarden.pipeline.secure import SecureSum
+from fedwarden.pipeline.secure_buffer import BufferSecureSum
 from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.clipping import ClipNorm, clip_to_norm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime import Runtime, Workload
+from fedwarden.secure.encoding import RingEncoder
+from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server import ServerSettings
 from fedwarden.server.fedbuff import FedBuffServer, staleness_weight
 from fedwarden.strategies import FedAvg, UniformSampler
@@ -155,7 +159,7 @@ def fedbuff(
     concurrency: int,
     *,
     aggregator: Aggregator | None = None,
-    stages: Sequence[Stage] = (),
+    stages: Sequence[Stage] = (ValidateUpdate(TRAINER.spec.size),),
     privacy: UserLevelPrivacy | None = None,
     min_cohort: int = 1,
 ) -> FedBuffServer:
@@ -166,9 +170,7 @@ def fedbuff(
         trainer=TRAINER,
         strategy=FedAvg(TrainConfig()),
         sampler=UniformSampler(1),
-        pipeline=Pipeline(
-            [ValidateUpdate(TRAINER.spec.size), *stages], aggregator or StreamingWeightedMean()
-        ),
+        pipeline=Pipeline(stages, aggregator or StreamingWeightedMean()),
         runtime=clients,
         client_ids=sorted(getattr(clients, "value", {"a": 0})),
         settings=ServerSettings(rounds=rounds, seed=0, min_cohort=min_cohort),
@@ -272,7 +274,7 @@ def dp_fedbuff(
         buffer_size=2,
         concurrency=2,
         aggregator=aggregator,
-        stages=[ClipUpdate(clip_norm, placement="server")],
+        stages=[ValidateUpdate(TRAINER.spec.size), ClipUpdate(clip_norm, placement="server")],
         privacy=privacy,
         min_cohort=2,
     )
@@ -361,3 +363,79 @@ def test_local_dp_with_fedbuff_is_refused_with_the_reason() -> None:
     }
     with pytest.raises(ConfigError, match="'local' is not accounted for buffered releases"):
         RunConfig.from_mapping(values)
+
+
+def buffer_secure_sum(buffer_size: int, noise: NoiseSource, **parameters: int) -> BufferSecureSum:
+    secure_sum = SecureSum(
+        SecAggParameters(**parameters), clip_norm=1.0, noise=noise, weighting="uniform"
+    )
+    return BufferSecureSum(secure_sum, buffer_size)
+
+
+def test_secagg_over_a_buffer_unmasks_the_exact_sum_of_its_clipped_quantized_updates() -> None:
+    values = {"a": 2.0, "b": -0.1, "c": 0.3, "d": -3.0, "e": 0.05}
+    clients = ScriptedClients(value=values, polls=dict.fromkeys(values, 1))
+    aggregator = buffer_secure_sum(5, NoiseSource.seeded(3, "encoding"))
+    server = fedbuff(
+        clients, rounds=1, buffer_size=5, concurrency=5, aggregator=aggregator, stages=[]
+    )
+    start = server.vector.copy()
+    server.run()
+    assert server.history[0].applied and server.history[0].participants == 5
+
+    # The oracle: each client's encoding (clip to C = 1, stochastic rounding from the same
+    # seeded stream, in arrival order) summed in the ring, then decoded.
+    ring = RingEncoder.finest(1.0, 5, 32, "uniform", 1)
+    twin = NoiseSource.seeded(3, "encoding")
+    arrival = [client for _, client in clients.dispatched]
+    encoded = [
+        ring.encode(np.full(TRAINER.spec.size, values[c], VECTOR_DTYPE), twin, 1).astype(np.uint64)
+        for c in arrival
+    ]
+    decoded = ring.decode(np.sum(encoded, axis=0) % np.uint64(2**32))
+    assert decoded.weight == 5
+    mean = (decoded.total / decoded.weight).astype(VECTOR_DTYPE)
+    np.testing.assert_array_equal(server.vector, start + mean)
+    clipped = sum(
+        clip_to_norm(np.full(TRAINER.spec.size, v, VECTOR_DTYPE), 1.0)[0] for v in values.values()
+    )
+    # ... which is the sum of the clipped updates up to the rounding bound (and float32 ulps).
+    np.testing.assert_allclose(decoded.total, clipped, rtol=0, atol=ring.sum_error_bound(5) + 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "parameters", "reason"),
+    [
+        (1, {}, "needs a cohort of 2"),
+        (3, {"threshold": 4}, r"threshold=4 must satisfy \(k \+ 1 \+ c\) / 2 < t <= k \+ 1"),
+    ],
+)
+def test_secagg_over_a_buffer_too_small_for_its_threshold_is_refused_with_the_rule(
+    buffer_size: int, parameters: dict[str, int], reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason) as refused:
+        buffer_secure_sum(buffer_size, NoiseSource.secure(), **parameters)
+    assert f"FedBuff's buffers of {buffer_size} update(s)" in str(refused.value)
+
+
+def test_a_buffer_released_below_the_secagg_threshold_is_aborted_and_the_model_unchanged() -> None:
+    # A buffer of 5 has t = 3; three clients fail, so only two updates reach it.
+    values = dict.fromkeys("abcde", 0.5)
+    polls: dict[str, int | list[int | None]] = {
+        "a": 1,
+        "b": 1,
+        "c": [None],
+        "d": [None],
+        "e": [None],
+    }
+    clients = ScriptedClients(value=values, polls=polls)
+    aggregator = buffer_secure_sum(5, NoiseSource.secure())
+    server = fedbuff(
+        clients, rounds=1, buffer_size=5, concurrency=5, aggregator=aggregator, stages=[]
+    )
+    start = server.vector.copy()
+    server.run()
+    record = server.history[0]
+    assert not record.applied and record.participants == 2
+    assert "fewer than the threshold t=3" in record.note
+    np.testing.assert_array_equal(server.vector, start)
