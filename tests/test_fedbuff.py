@@ -48,9 +48,14 @@ from fedwarden.secure.encoding import RingEncoder
 from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server import ServerSettings
 from fedwarden.server.fedbuff import FedBuffServer, staleness_weight
+from fedwarden.server.rundir import RunDirectory
 from fedwarden.strategies import FedAvg, UniformSampler
 
 TRAINER = softmax_regression(4, 2)
+
+
+class ServerKilled(Exception):
+    """The server process dies here; the scripted clients keep their tasks."""
 
 
 @dataclass
@@ -66,6 +71,9 @@ class ScriptedClients(Runtime):
     value: dict[str, float]
     polls: dict[str, int | list[int | None]]
     redeliver: frozenset[str] = frozenset()
+    crash_at: int | None = None
+    """The poll at which the server is killed (:class:`ServerKilled`); the clients train on."""
+    resumed: list[tuple[int, str]] = field(default_factory=list)
     name = "scripted"
     published: list[Vector] = field(default_factory=list)
     dispatched: list[tuple[int, str]] = field(default_factory=list)
@@ -89,10 +97,15 @@ class ScriptedClients(Runtime):
         ready = self._clock + (1 if delay is None else delay)
         self._pending.append((ready, instruction, delay is None))
 
+    def resume(self, version: str, instruction: FitInstruction) -> None:
+        self.resumed.append((instruction.round_index, instruction.client_id))
+
     def poll(
         self, timeout: float, deadline_s: float | None = None
     ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:
         self._clock += 1
+        if self._clock == self.crash_at:
+            raise ServerKilled(f"the server is killed at poll {self._clock}")
         ready = [item for item in self._pending if item[0] <= self._clock]
         self._pending = [item for item in self._pending if item[0] > self._clock]
         replies: list[ClientUpdate | ClientFailure | UpdateRefused] = []
@@ -162,6 +175,7 @@ def fedbuff(
     stages: Sequence[Stage] = (ValidateUpdate(TRAINER.spec.size),),
     privacy: UserLevelPrivacy | None = None,
     min_cohort: int = 1,
+    run_dir: RunDirectory | None = None,
 ) -> FedBuffServer:
     return FedBuffServer(
         buffer_size=buffer_size,
@@ -175,6 +189,7 @@ def fedbuff(
         client_ids=sorted(getattr(clients, "value", {"a": 0})),
         settings=ServerSettings(rounds=rounds, seed=0, min_cohort=min_cohort),
         privacy=privacy,
+        run_dir=run_dir,
     )
 
 
@@ -439,3 +454,36 @@ def test_a_buffer_released_below_the_secagg_threshold_is_aborted_and_the_model_u
     assert not record.applied and record.participants == 2
     assert "fewer than the threshold t=3" in record.note
     np.testing.assert_array_equal(server.vector, start)
+
+
+def test_after_a_restart_mid_buffer_the_open_tasks_are_resumed_not_dispatched_afresh(
+    tmp_path: Path,
+) -> None:
+    # Buffer 0 takes a and b while s trains on version 0. Buffer 1 opens with a and b
+    # dispatched on version 1; the server is killed before any of the three replies.
+    clients = ScriptedClients(
+        value={"a": 1.0, "b": 3.0, "s": 4.0},
+        polls={"a": [1, 3], "b": [1, 10], "s": [5]},
+        crash_at=3,
+    )
+    run_dir = RunDirectory(tmp_path)
+    start = fedbuff(clients, rounds=2, buffer_size=2, concurrency=3).vector.copy()
+    with pytest.raises(ServerKilled):
+        fedbuff(clients, rounds=2, buffer_size=2, concurrency=3, run_dir=run_dir).run()
+    assert run_dir.read_open_tasks() == {"a": 1, "b": 1, "s": 0}
+    dispatched_before = list(clients.dispatched)
+
+    clients.crash_at = None
+    restarted = fedbuff(clients, rounds=2, buffer_size=2, concurrency=3, run_dir=run_dir)
+    checkpoint = run_dir.load_checkpoint()
+    assert checkpoint is not None and checkpoint.round_index == 0
+    restarted.restore(checkpoint)
+    restarted.run()
+
+    # The same three tasks are taken up on their own versions; none is sent afresh before
+    # buffer 1 is released with a's update (version 1) and s's (version 0, staleness 1).
+    assert clients.resumed == [(1, "a"), (1, "b"), (0, "s")]
+    assert clients.dispatched == dispatched_before
+    assert [record.participants for record in restarted.history] == [2, 2]
+    expected = start + (1.0 + 3.0) / 2 + (1.0 + 4.0 * staleness_weight(1, 0.5)) / 2
+    np.testing.assert_allclose(restarted.vector, expected, rtol=1e-6)
