@@ -18,6 +18,7 @@ from dp_accounting.dp_event import DpEvent
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 
+from fedwarden.build.pipeline import build_pipeline
 from fedwarden.build.privacy import build_privacy
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
@@ -42,6 +43,7 @@ from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.clipping import ClipNorm, clip_to_norm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
+from fedwarden.privacy.secrecy import sampling_secrecy
 from fedwarden.privacy.user_level import CohortSampling, UserLevelPrivacy
 from fedwarden.runtime import Runtime, Workload
 from fedwarden.secure.encoding import RingEncoder
@@ -332,7 +334,7 @@ def test_fedbuff_dp_epsilon_is_dp_accountings_for_the_releases_it_actually_made(
     oracle = PLDAccountant(NeighboringRelation.REPLACE_ONE)
     oracle.compose(dp_event.ComposedDpEvent(released))
     assert server.privacy is not None
-    assert server.privacy.epsilon() == pytest.approx(oracle.get_epsilon(DELTA), rel=1e-4)
+    assert server.privacy.epsilon() == pytest.approx(oracle.get_epsilon(DELTA), rel=1e-6)
     assert server.history[-1].epsilon == server.privacy.epsilon()
 
 
@@ -350,10 +352,15 @@ def test_fedbuff_with_user_level_dp_charges_unsampled_gaussians_calibrated_to_th
     privacy = build_privacy(config, dataset, TRAINER.spec.size, run_dir=None)
     assert isinstance(privacy, UserLevelPrivacy)
     assert privacy.sampling.expected_cohort_size == 4.0
+    aggregator = build_pipeline(config, TRAINER, dataset, privacy).aggregator
+    assert isinstance(aggregator, GaussianMean) and aggregator.adaptive is None
+    assert aggregator.expected_cohort_size == 4.0 and aggregator.clip_norm is privacy.clip_norm
     assert privacy.ledger.neighboring == "replace_one"
     assert [event for _, event in privacy.round_releases()] == [
         dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(privacy.noise_multiplier), 1)
     ]
+    assert sampling_secrecy(config)["secret"].startswith("nothing: FedBuff's releases")
+    assert "amplification_holds_against" not in sampling_secrecy(config)
     oracle = PLDAccountant(NeighboringRelation.REPLACE_ONE)
     oracle.compose(dp_event.GaussianDpEvent(privacy.noise_multiplier), config.rounds)
     assert oracle.get_epsilon(1e-5) == pytest.approx(4.0, rel=1e-2)
