@@ -99,6 +99,8 @@ class FedBuffServer(Server):
         """Replies that arrived after the buffer filled: they start the next one."""
         self._to_resume: dict[str, int] = {}
         """Tasks open when the server last stopped, by client: taken up once it is connected."""
+        self._recorded_tasks: dict[str, int] | None = None
+        """The open tasks last written to the run directory (None: not written yet)."""
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """As :meth:`Server.restore`, and the tasks open when the server stopped are taken up.
@@ -250,7 +252,10 @@ class FedBuffServer(Server):
         open_tasks = {
             client: index for client, index in self._in_flight.items() if client not in arrived
         }
-        self.run_dir.write_open_tasks({**open_tasks, **self._to_resume})
+        open_tasks.update(self._to_resume)
+        if open_tasks != self._recorded_tasks:
+            self.run_dir.write_open_tasks(open_tasks)
+            self._recorded_tasks = open_tasks
 
     def _retire_unused(self, round_index: int) -> None:
         """Stop serving model versions no training client still needs to download."""
