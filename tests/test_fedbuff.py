@@ -339,7 +339,8 @@ def test_fedbuff_dp_epsilon_is_dp_accountings_for_the_releases_it_actually_made(
 
 
 ASYNCHRONOUS_DP = {
-    "rounds": 20,
+    "rounds": 3,
+    "data": {"source": "digits", "num_clients": 6},
     "runtime": {"kind": "grpc"},
     "asynchronous": {"enabled": True, "buffer_size": 4},
     "privacy": {"mechanism": "user_level", "epsilon": 4.0, "delta": 1e-5, "clip_norm": 0.5},
