@@ -116,11 +116,13 @@ def build_privacy(
         return None
     assert section.epsilon is not None
     population = len(dataset.clients)
-    poisson = config.sampling.scheme == "poisson"
+    buffered = config.asynchronous.enabled
+    poisson = config.sampling.scheme == "poisson" and not buffered
     sampling = CohortSampling(
         population,
         rate=config.sampling.rate if poisson else None,
-        cohort_size=None if poisson else config.sampling.cohort_size,
+        cohort_size=None if poisson or buffered else config.sampling.cohort_size,
+        buffer_size=config.asynchronous.buffer_size if buffered else None,
     )
     neighboring: Neighboring = "add_remove" if poisson else "replace_one"
     adaptive = (
@@ -144,7 +146,7 @@ def build_privacy(
             section.delta,
             config.rounds,
             sampling_rate=sampling.rate,
-            population=None if poisson else population,
+            population=None if poisson or buffered else population,
             cohort_size=sampling.cohort_size,
             neighboring=neighboring,
             per_round_extra=count_release,

@@ -64,6 +64,14 @@ class AsynchronousClients(Protocol):
     def dispatch(self, version: str, instruction: FitInstruction) -> None:
         """Send one fit task on model ``version``; its reply comes from :meth:`poll`."""
 
+    def resume(self, version: str, instruction: FitInstruction) -> None:
+        """Take up a task sent before a server restart; its reply comes from :meth:`poll`.
+
+        ``version`` is the task's own model version, served again. A runtime
+        whose client still holds the task waits for its reply; one that lost
+        the client's session sends the same task again when it reconnects.
+        """
+
     def poll(
         self, timeout: float, deadline_s: float | None = None
     ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:

@@ -152,6 +152,19 @@ class RoundEncoding:
             ) from None
 
 
+def check_encodable(update: ClientUpdate, size: int) -> None:
+    """Refuse (``UpdateRejected``) an update a simulated client's encoder cannot encode."""
+    vector = update.update
+    who = f"client {update.client_id!r}"
+    if vector.shape != (size,):
+        raise UpdateRejected(
+            "shape",
+            f"{who} cannot encode an update of shape {vector.shape}; the model needs ({size},)",
+        )
+    if not np.isfinite(vector).all():
+        raise UpdateRejected("non_finite", f"{who} cannot encode NaN or Inf values")
+
+
 class RemoteParticipants:
     """The round's SecAgg+ clients in other processes, reached through a runtime's channel.
 
@@ -383,16 +396,7 @@ class SecureSum(Aggregator):
             self._receive_remote(update)
             return
         assert self.last_round is not None and self._pool is not None
-        vector = update.update
-        who = f"client {update.client_id!r}"
-        if vector.shape != (self._size,):
-            raise UpdateRejected(
-                "shape",
-                f"{who} cannot encode an update of shape {vector.shape}; the model "
-                f"needs ({self._size},)",
-            )
-        if not np.isfinite(vector).all():
-            raise UpdateRejected("non_finite", f"{who} cannot encode NaN or Inf values")
+        check_encodable(update, self._size)
         self._in_flight.append(self._pool.submit(self._client_round, update))
         while len(self._in_flight) > 2 * self._threads:
             self._receive_oldest()

@@ -71,7 +71,12 @@ def sampling_secrecy(config: RunConfig) -> dict[str, Any]:
             "amplification_holds_against": "nobody who can read the config",
         }
     secrecy: dict[str, Any] = {"test_mode": False, "randomness": "operating-system CSPRNG"}
-    if section.mechanism == "user_level":
+    if section.mechanism == "user_level" and config.asynchronous.enabled:
+        secrecy["secret"] = (
+            "nothing: FedBuff's releases are charged without amplification by sampling, so the "
+            "guarantee does not rely on who filled a buffer"
+        )
+    elif section.mechanism == "user_level":
         secrecy["secret"] = "each round's cohort (the audit log holds a salted commitment)"
         secrecy["amplification_holds_against"] = (
             "readers of the config, the audit log, the reports and the released models"

@@ -15,6 +15,24 @@ mechanism's sum, charged as the zCDP event of its ``t`` guaranteed survivors
 (:meth:`fedwarden.secure.distributed_dp.DistributedDiscreteGaussian.dp_event`),
 with no amplification by sampling claimed. The accounting needs only what
 :class:`ClientAddedNoise` names, so it does not depend on the secure layer above it.
+
+FedBuff (Nguyen et al., AISTATS 2022), asynchronous: every buffer release is
+the Gaussian sum of at most ``K`` clipped updates, each from a different
+client, ``N(0, (z C)^2)`` added once per release, divided by ``K``. Which
+clients fill a buffer is decided by who is idle and who finishes first (the
+scheduler draws uniformly among the idle clients, and a slow client's update
+lands in a later buffer): that is neither Poisson sampling nor a fixed-size
+draw from the population per release, so no known amplification-by-sampling
+bound applies (staleness-dependent participation breaks both analyses;
+Huba et al., MLSys 2022, "Papaya", discuss the same gap for asynchronous DP).
+Each release is therefore charged as the unsampled ``GaussianDpEvent(z)``:
+every client is assumed to be in every release, conservative and correct.
+The neighbours are ``replace_one`` (a client's data replaced, its
+participation and timing unchanged): under add/remove, removing a client
+would shift later arrivals into earlier buffers and change every release
+after it, a cascade no per-release sensitivity bounds. Replacing a client's
+update moves one release's sum by at most ``2C``, which the accountant
+charges for ``replace_one`` (the accounting package's "Units").
 """
 
 from __future__ import annotations
@@ -34,31 +52,40 @@ from fedwarden.privacy.ledger import PrivacyLedger
 class CohortSampling:
     """How cohorts are drawn, as the accountant needs it.
 
-    Exactly one of ``rate`` (Poisson) or ``cohort_size`` (uniform, fixed size)
-    is set; ``population`` is the number of clients.
+    Exactly one of ``rate`` (Poisson), ``cohort_size`` (uniform, fixed size)
+    or ``buffer_size`` (FedBuff's buffers of ``K`` updates, no sampling
+    amplification claimed: the module docstring) is set; ``population`` is the
+    number of clients.
     """
 
     population: int
     rate: float | None = None
     cohort_size: int | None = None
+    buffer_size: int | None = None
 
     @property
     def expected_cohort_size(self) -> float:
-        """``q N`` for Poisson sampling, ``m`` for fixed-size cohorts: DP-FedAvg's denominator."""
+        """``q N`` (Poisson), ``m`` (fixed-size cohorts), ``K`` (buffers): the fixed denominator."""
         if self.rate is not None:
             return self.rate * self.population
+        if self.buffer_size is not None:
+            return float(self.buffer_size)
         assert self.cohort_size is not None
         return float(min(self.cohort_size, self.population))
 
     @property
     def sampling_rate(self) -> float:
-        """Probability that a given client is in a round's cohort."""
+        """Probability that a given client is in a round's cohort (1 for buffers: no claim)."""
+        if self.buffer_size is not None:
+            return 1.0
         return self.expected_cohort_size / self.population
 
     def event(self, noise_multiplier: float) -> dp_event.DpEvent:
         """One round's sampled Gaussian release with this noise multiplier."""
         if self.rate is not None:
             return poisson_gaussian(self.rate, noise_multiplier)
+        if self.buffer_size is not None:
+            return poisson_gaussian(1.0, noise_multiplier)
         assert self.cohort_size is not None
         return fixed_size_gaussian(
             self.population, min(self.cohort_size, self.population), noise_multiplier
@@ -165,6 +192,12 @@ class UserLevelPrivacy:
         distributed = self.distributed
         mechanism = "user-level DP-FedAvg (McMahan et al. 2018)"
         extra: dict[str, Any] = {}
+        if self.sampling.buffer_size is not None:
+            mechanism += (
+                f", over FedBuff's buffers of {self.sampling.buffer_size} updates (Nguyen et al. "
+                "2022), each release charged as an unsampled Gaussian: no amplification by "
+                "sampling claimed"
+            )
         if distributed is not None:
             mechanism += (
                 ", noise added by the clients under secure aggregation: distributed discrete "

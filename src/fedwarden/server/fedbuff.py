@@ -12,9 +12,27 @@ others: its update simply arrives staler. Updates staler than
 ``max_staleness`` are refused (counted as ``stale``).
 
 Each server update is one "round" of the run's records, checkpoints and
-evaluation. Clients still training when the server stops are not waited for.
-After a server restart the open tasks are not resumed: their late answers are
-refused and fresh clients are dispatched on the restored model.
+evaluation. A buffer holds at most one update per client: a client whose update is in
+the current buffer is not dispatched again until the buffer is released, and
+a second reply of such a client (a runtime that redelivers) waits for the next
+buffer. With user-level DP (a :class:`~fedwarden.pipeline.dp_mean.GaussianMean`
+aggregator, fixed clip norm) each release is then the noisy sum of at most
+``buffer_size`` updates of norm at most ``C`` (staleness weights are at most 1),
+divided by ``buffer_size``; the privacy accounting checks the budget before a
+buffer opens and charges each release it actually made
+(:mod:`fedwarden.privacy.user_level` says how, and why no amplification by
+sampling is claimed).
+
+Clients still training when the server stops are not waited for. With a run
+directory the open tasks (each training client and the index of its model
+version) and the model versions they train on are written down as tasks are
+sent and replies arrive (``open_tasks/``). After a restart the server serves
+those versions again, sends their clients no fresh task, and takes each task
+up once its client is connected
+(:meth:`~fedwarden.core.channel.AsynchronousClients.resume`): its update is
+then weighted by its staleness against its own version, as if the server had
+never stopped. Replies that had reached the server but not yet a released
+buffer are lost with its memory; their clients are idle after the restart.
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from fedwarden.core.channel import AsynchronousClients
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
 from fedwarden.core.records import RoundRecord
+from fedwarden.server.rundir import Checkpoint
 from fedwarden.server.server import Server
 from fedwarden.server.traffic import RoundTraffic, TrainLoss
 
@@ -74,13 +93,42 @@ class FedBuffServer(Server):
         self._versions: dict[int, str] = {}
         self._in_flight: dict[str, int] = {}
         self._dispatched_on_current: set[str] = set()
+        self._buffered_clients: set[str] = set()
+        """Clients with an update in the current buffer: none may add a second."""
         self._backlog: list[ClientUpdate | ClientFailure | UpdateRefused] = []
         """Replies that arrived after the buffer filled: they start the next one."""
+        self._to_resume: dict[str, int] = {}
+        """Tasks open when the server last stopped, by client: taken up once it is connected."""
+        self._recorded_tasks: dict[str, int] | None = None
+        """The open tasks last written to the run directory (None: not written yet)."""
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """As :meth:`Server.restore`, and the tasks open when the server stopped are taken up.
+
+        Their model versions are served again from the run directory, their
+        clients get no fresh task meanwhile, and each is resumed (not sent
+        anew) once its client is connected.
+        """
+        super().restore(checkpoint)
+        if self.run_dir is None:
+            return
+        self._to_resume = self.run_dir.read_open_tasks()
+        for index in sorted(set(self._to_resume.values())):
+            vector = self.run_dir.load_model_version(index)
+            self.trainer.spec.check_vector(vector)
+            self._versions[index] = self.clients.publish(vector, f"v{index}")
+        self._dispatched_on_current = {
+            client for client, index in self._to_resume.items() if index == self.next_round
+        }
 
     def run_round(self, round_index: int) -> RoundRecord:
         """Fill the buffer with ``buffer_size`` updates, then apply them as one server update."""
         started = time.perf_counter()
+        if self.privacy is not None:
+            self.privacy.before_round(round_index)
         if round_index not in self._versions:
+            if self.run_dir is not None:
+                self.run_dir.save_model_version(round_index, self.vector)
             self._versions[round_index] = self.clients.publish(self.vector, f"v{round_index}")
             self._dispatched_on_current = set()
         for listener in self.listeners:
@@ -90,6 +138,8 @@ class FedBuffServer(Server):
         train_loss = TrainLoss()
         accept = self.accepting(train_loss)
         buffered: list[tuple[int, str]] = []
+        self._buffered_clients = set()
+        second_replies: list[ClientUpdate | ClientFailure | UpdateRefused] = []
         deadline = None if self.settings.deadline_s is None else started + self.settings.deadline_s
         while len(traffic.participants) < self.buffer_size:
             traffic.sampled += self._top_up(round_index)
@@ -104,12 +154,18 @@ class FedBuffServer(Server):
                 break
             if not self._backlog:
                 self._backlog.extend(self.clients.poll(POLL_S, self.settings.deadline_s))
+                self._record_open_tasks()
             while self._backlog and len(traffic.participants) < self.buffer_size:
                 reply = self._backlog.pop(0)
+                if reply.client_id in self._buffered_clients:
+                    second_replies.append(reply)
+                    continue
                 self._in_flight.pop(reply.client_id, None)
                 admit = partial(self._admit_stale, round_index, accept)
                 if self.receive(round_index, reply, traffic, admit) is not None:
                     buffered.append((reply.round_index, reply.client_id))
+                    self._buffered_clients.add(reply.client_id)
+        self._backlog[:0] = second_replies
         record = self.conclude_round(round_index, started, traffic, train_loss)
         for version_index, client_id in buffered:
             self.clients.release(version_index, client_id)
@@ -145,36 +201,67 @@ class FedBuffServer(Server):
 
     def _top_up(self, round_index: int) -> int:
         """Dispatch idle connected clients until ``concurrency`` train; how many were sent."""
+        connected = set(self.clients.connected_clients())
+        self._resume_open_tasks(connected)
         wanted = self.concurrency - len(self._in_flight)
         if wanted <= 0:
             return 0
         population = self.client_ids
+        if self.privacy is not None:
+            population = self.privacy.eligible(population)
         if self.reputation is not None:
             population = self.reputation.eligible(population)
-        connected = set(self.clients.connected_clients())
-        idle = [
-            client
-            for client in population
-            if client in connected
-            and client not in self._in_flight
-            and client not in self._dispatched_on_current
-        ]
+        busy = (
+            self._in_flight.keys()
+            | self._to_resume.keys()
+            | self._dispatched_on_current
+            | self._buffered_clients
+        )
+        idle = [client for client in population if client in connected and client not in busy]
         if not idle:
             return 0
         chosen = self.cohort_randomness.subset(len(idle), min(wanted, len(idle)))
         train = self.strategy.train_config(round_index)
         parameters = self.pipeline.aggregator.round_parameters()
-        for position in chosen:
-            client = idle[position]
-            instruction = FitInstruction(round_index, client, train, parameters)
-            self.clients.dispatch(self._versions[round_index], instruction)
+        clients = [idle[position] for position in chosen]
+        for client in clients:
             self._in_flight[client] = round_index
             self._dispatched_on_current.add(client)
+        self._record_open_tasks()
+        for client in clients:
+            instruction = FitInstruction(round_index, client, train, parameters)
+            self.clients.dispatch(self._versions[round_index], instruction)
         return len(chosen)
+
+    def _resume_open_tasks(self, connected: set[str]) -> None:
+        """Take up the tasks open before the restart whose clients are connected."""
+        parameters = self.pipeline.aggregator.round_parameters()
+        for client in sorted(self._to_resume.keys() & connected):
+            index = self._to_resume.pop(client)
+            instruction = FitInstruction(
+                index, client, self.strategy.train_config(index), parameters
+            )
+            self.clients.resume(self._versions[index], instruction)
+            self._in_flight[client] = index
+
+    def _record_open_tasks(self) -> None:
+        """Write down the tasks whose replies have not arrived, for a restart to take up."""
+        if self.run_dir is None:
+            return
+        arrived = {reply.client_id for reply in self._backlog}
+        open_tasks = {
+            client: index for client, index in self._in_flight.items() if client not in arrived
+        }
+        open_tasks.update(self._to_resume)
+        if open_tasks != self._recorded_tasks:
+            self.run_dir.write_open_tasks(open_tasks)
+            self._recorded_tasks = open_tasks
 
     def _retire_unused(self, round_index: int) -> None:
         """Stop serving model versions no training client still needs to download."""
-        needed = set(self._in_flight.values())
+        needed = {*self._in_flight.values(), *self._to_resume.values()}
         for version_index in [index for index in self._versions if index <= round_index]:
             if version_index not in needed:
                 self.clients.retire(self._versions.pop(version_index))
+                if self.run_dir is not None:
+                    self.run_dir.delete_model_version(version_index)

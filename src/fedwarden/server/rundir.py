@@ -14,6 +14,7 @@ Layout::
         param_spec.json      the ParamSpec of model.npz's flat vector
         accuracy.png, loss.png
         spool/               the grpc runtime's spooled uploads
+        open_tasks/          FedBuff's open tasks and the model versions they train on
         deploy/              the local client processes of ``fedwarden run`` on grpc
         cohort_openings.json the openings of the audit log's cohort commitments
         audit-anchor.json    the audit log's root-signed anchor
@@ -127,6 +128,11 @@ class RunDirectory:
         return self.path / "spool"
 
     @property
+    def open_tasks_dir(self) -> Path:
+        """FedBuff's open tasks (``tasks.json``) and their model versions (``version-N.npy``)."""
+        return self.path / "open_tasks"
+
+    @property
     def deploy_dir(self) -> Path:
         """Where ``fedwarden run`` on the grpc runtime keeps its local client processes' files."""
         return self.path / "deploy"
@@ -201,6 +207,40 @@ class RunDirectory:
                 privacy_state=meta.get("privacy_state", {}),
                 reputation_state=meta.get("reputation_state", {}),
             )
+
+    def save_model_version(self, index: int, vector: Vector) -> None:
+        """Keep model version ``index`` while tasks train on it (FedBuff)."""
+        self.open_tasks_dir.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, vector, allow_pickle=False)
+        write_atomic(self.open_tasks_dir / f"version-{index}.npy", buffer.getvalue())
+
+    def load_model_version(self, index: int) -> Vector:
+        """Model version ``index`` as :meth:`save_model_version` kept it."""
+        path = self.open_tasks_dir / f"version-{index}.npy"
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} is missing: an open task trains on model version {index}, which the run "
+                "directory no longer holds; the run directory was edited"
+            )
+        vector: Vector = np.load(path, allow_pickle=False)
+        return vector
+
+    def delete_model_version(self, index: int) -> None:
+        """Forget model version ``index`` once no open task trains on it."""
+        (self.open_tasks_dir / f"version-{index}.npy").unlink(missing_ok=True)
+
+    def write_open_tasks(self, tasks: dict[str, int]) -> None:
+        """Record the open tasks: each training client and its model version's index."""
+        self.open_tasks_dir.mkdir(exist_ok=True)
+        write_atomic(self.open_tasks_dir / "tasks.json", json.dumps(tasks, sort_keys=True).encode())
+
+    def read_open_tasks(self) -> dict[str, int]:
+        """The open tasks :meth:`write_open_tasks` recorded last (none if never written)."""
+        path = self.open_tasks_dir / "tasks.json"
+        if not path.is_file():
+            return {}
+        return {str(client): int(index) for client, index in json.loads(path.read_text()).items()}
 
     def write_metrics(self, history: list[RoundRecord]) -> None:
         """Rewrite metrics.csv and metrics.json with every round so far."""

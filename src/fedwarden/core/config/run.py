@@ -171,13 +171,26 @@ class RunConfig(Section):
             problems.append(
                 "runtime.kind must be 'grpc' (clients must train while the server aggregates)"
             )
-        if self.privacy.mechanism != "none":
+        if self.privacy.mechanism not in ("none", "user_level"):
             problems.append(
-                "privacy.mechanism must be 'none' (no accountant here covers updates of mixed "
-                "staleness, nor the privacy spent by updates too stale to use)"
+                f"privacy.mechanism {self.privacy.mechanism!r} is not accounted for buffered "
+                "releases: use 'user_level' (each buffer release charged as an unsampled "
+                "Gaussian) or 'none'"
+            )
+        if self.privacy.mechanism == "user_level" and self.privacy.adaptive_clipping:
+            problems.append(
+                "privacy.adaptive_clipping must be false: its noisy count of unclipped updates "
+                "(Andrew et al. 2021) is analysed for sampled synchronous cohorts, and no "
+                "published accounting covers it over buffers of updates of mixed staleness "
+                "(Nguyen et al. 2022 use a fixed clip norm); set a fixed privacy.clip_norm"
             )
         if self.secure.kind != "none":
-            problems.append("secure.kind must be 'none' (secure aggregation needs a cohort)")
+            problems.append(
+                "secure.kind must be 'none': over grpc a FedBuff client uploads as soon as it "
+                "finishes, before the buffer it lands in is known, so there is no cohort to run "
+                "SecAgg+ in (secure aggregation over each buffer runs in simulation only, "
+                "through the Python API: FedBuffServer with a SecureSum aggregator)"
+            )
         if self.clustering.enabled:
             problems.append("clustering must be off")
         if self.strategy.name == "scaffold":

@@ -55,6 +55,14 @@ class AsynchronousTasks:
             )
             self._dispatched[task_id] = instruction.client_id
 
+    def resume(self, version: str, instruction: FitInstruction) -> None:
+        """Send a task of the server before its restart again, on its own model version.
+
+        The client's session with that server is gone, so is its work: the task
+        is pushed now if the client is connected, else when it reconnects.
+        """
+        self.dispatch(version, instruction)
+
     def poll(
         self, timeout: float, deadline_s: float | None = None
     ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:
