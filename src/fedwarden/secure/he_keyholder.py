@@ -1,0 +1,254 @@
+"""The CKKS key holder: the only party with the secret key, and it decrypts only verified sums.
+
+Issue 21, item 2. The aggregation server holds the public context only; the
+key holder (its own process in a deployment, ``fedwarden keyholder``) answers
+a :class:`~fedwarden.secure.he.DecryptionRequest` only when it can check
+itself, from data the server cannot forge, that the plaintext is a sum of
+enough clients' updates:
+
+1. the request is under this key holder's key;
+2. the round (of that run) was never decrypted before, and it is recorded as
+   decrypted, durably, before the plaintext leaves: two decryptions with
+   overlapping contributors would let the server subtract one from the other;
+3. every contribution is signed, for this run and round, by the identity key
+   of an authorized client (the deployment's client certificates), and no
+   client appears twice;
+4. at least ``min_updates`` distinct clients contributed;
+5. the sum recomputed here from the contributions (public operations only)
+   equals the server's sum, bit for bit; the key holder then decrypts its
+   own recomputation.
+
+This is the "threshold on contributors" check; the server's count is never
+used. In NVIDIA FLARE's HE workflow the clients themselves hold the secret key
+(every client can decrypt, the server cannot); here no client can decrypt, so
+one curious client learns nothing from the others' ciphertexts, at the price
+of one more party that must not collude with the server. Recomputing the sum
+doubles the homomorphic additions and the key holder receives every
+contribution's ciphertext (cohort x model size): acceptable, since additions
+are cheap next to encryption and the key holder is one well-connected party.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
+from fedwarden.core.files import write_atomic
+from fedwarden.secure.he import (
+    CiphertextVector,
+    CkksParameters,
+    DecryptionRequest,
+    PublicContext,
+    add_chunks,
+    read_update,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DecryptionRefused(RoundAborted):
+    """The key holder will not decrypt this request; the message says which check failed.
+
+    A :class:`~fedwarden.core.errors.RoundAborted`: the round's model stays
+    unchanged and nothing is revealed.
+    """
+
+
+class DecryptedRounds:
+    """The rounds a key holder has decrypted, kept in a JSON file (or in memory, for simulation).
+
+    A round is added, and the file replaced atomically and synced, before its
+    plaintext is released, so a crash or restart never allows a second
+    decryption of the same round.
+    """
+
+    def __init__(self, key_id: str, path: Path | None = None) -> None:
+        self.key_id = key_id
+        self.path = path
+        self._rounds: set[tuple[str, int]] = set()
+        if path is not None and path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("key_id") != key_id:
+                raise ConfigError(
+                    f"{path} records decryptions under key {str(saved.get('key_id'))[:12]}..., "
+                    f"not this key holder's {key_id[:12]}...; give each key its own file"
+                )
+            self._rounds = {(run_id, int(index)) for run_id, index in saved["rounds"]}
+
+    def __contains__(self, round_key: tuple[str, int]) -> bool:
+        return round_key in self._rounds
+
+    def add(self, run_id: str, round_index: int) -> None:
+        """Record a decryption of round ``round_index`` of ``run_id`` (durably, with a path)."""
+        self._rounds.add((run_id, round_index))
+        if self.path is not None:
+            document = {"key_id": self.key_id, "rounds": sorted(self._rounds)}
+            write_atomic(self.path, json.dumps(document).encode())
+
+
+class CkksKeyHolder:
+    """Holder of the CKKS secret key: makes the context, exports its public half, decrypts sums.
+
+    ``clients`` maps each authorized client id to its Ed25519 identity key;
+    ``min_updates`` is the fewest distinct clients a decrypted sum must hold
+    (default 2: a "sum" of one would reveal that client's update);
+    ``decrypted_rounds`` is the file that remembers decrypted rounds across
+    restarts (None: in memory, for simulation only).
+    """
+
+    def __init__(
+        self,
+        parameters: CkksParameters | None = None,
+        min_updates: int = 2,
+        clients: Mapping[str, Ed25519PublicKey] | None = None,
+        decrypted_rounds: Path | None = None,
+    ) -> None:
+        self.parameters = parameters or CkksParameters()
+        if min_updates < 1:
+            raise ConfigError(f"CkksKeyHolder.min_updates is {min_updates}; it must be >= 1")
+        self.min_updates = min_updates
+        self._clients: dict[str, Ed25519PublicKey] = dict(clients or {})
+        try:
+            self._context = ts.context(
+                ts.SCHEME_TYPE.CKKS,
+                poly_modulus_degree=self.parameters.poly_modulus_degree,
+                coeff_mod_bit_sizes=list(self.parameters.coeff_mod_bit_sizes),
+            )
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(
+                f"TenSEAL refused the CKKS parameters {self.parameters} ({error}); keep the "
+                "coefficient modulus within the budget for the polynomial degree"
+            ) from error
+        self._context.global_scale = 2.0**self.parameters.scale_bits
+        self._public_context: bytes = self._context.serialize(
+            save_public_key=True,
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+        self._public = PublicContext.load(self._public_context)
+        self.key_id = self._public.key_id
+        self.decrypted = DecryptedRounds(self.key_id, decrypted_rounds)
+
+    def public_context(self) -> bytes:
+        """The context without its secret key, for clients and the aggregation server."""
+        return self._public_context
+
+    def authorize(self, client_id: str, identity: Ed25519PublicKey) -> None:
+        """Accept contributions signed by ``identity`` as client ``client_id``'s."""
+        known = self._clients.get(client_id)
+        if known is not None and known != identity:
+            raise ConfigError(
+                f"client {client_id!r} is already authorized with another identity key; a "
+                "client keeps one identity key for the life of the key"
+            )
+        self._clients[client_id] = identity
+
+    def decrypt(self, request: DecryptionRequest) -> tuple[np.ndarray, float, int]:
+        """Check ``request`` and decrypt its sum: (float32 weighted mean, total weight, clients).
+
+        Raises :class:`DecryptionRefused` naming the failed check; nothing is
+        decrypted then, and the round stays decryptable by a valid request.
+        """
+        where = f"round {request.round_index} of run {request.run_id!r}"
+        if request.total.key_id != self.key_id:
+            raise DecryptionRefused(
+                f"{where}: the sum is under key {request.total.key_id[:12]}..., but this key "
+                f"holder holds {self.key_id[:12]}...; send it to the key holder of its run"
+            )
+        if (request.run_id, request.round_index) in self.decrypted:
+            raise DecryptionRefused(
+                f"{where} was decrypted already; a round is decrypted once, since two "
+                "decryptions of overlapping contributors would reveal their difference"
+            )
+        recomputed = self._recompute(request, where)
+        total = self._read_total(request, where)
+        if [chunk.serialize() for chunk in recomputed] != [chunk.serialize() for chunk in total]:
+            raise DecryptionRefused(
+                f"{where}: the sum sent is not the sum of the {len(request.contributions)} "
+                "contributions listed; send the sum of exactly the contributions you list"
+            )
+        self.decrypted.add(request.run_id, request.round_index)
+        plaintext = np.concatenate(
+            [np.asarray(self._private(chunk).decrypt()) for chunk in recomputed]
+        )
+        total_weight = float(plaintext[-1])
+        if not total_weight > 0:
+            raise DecryptionRefused(
+                f"{where}: the decrypted total weight is {total_weight}; clients must encrypt "
+                "positive weights, so these contributions were not valid updates"
+            )
+        logger.info(
+            "decrypted %s: %d contributors, %d values",
+            where,
+            len(request.contributions),
+            request.total.length,
+        )
+        mean = (plaintext[:-1] / total_weight).astype(np.float32)
+        return mean, total_weight, len(request.contributions)
+
+    def _recompute(self, request: DecryptionRequest, where: str) -> list[CiphertextVector]:
+        """The sum of the request's contributions, after checking each one's signature."""
+        seen: set[str] = set()
+        totals: list[CiphertextVector] = []
+        for contribution in request.contributions:
+            client_id = contribution.update.client_id
+            who = f"{where}: the contribution of client {client_id!r}"
+            if (contribution.run_id, contribution.round_index) != (
+                request.run_id,
+                request.round_index,
+            ):
+                raise DecryptionRefused(
+                    f"{who} is signed for round {contribution.round_index} of run "
+                    f"{contribution.run_id!r}; a contribution counts only in its own round"
+                )
+            if client_id in seen:
+                raise DecryptionRefused(f"{who} is listed twice; each client counts once")
+            identity = self._clients.get(client_id)
+            if identity is None:
+                raise DecryptionRefused(
+                    f"{who} is from a client this key holder does not know; authorize its "
+                    "identity key (its client certificate) first"
+                )
+            if not contribution.signed_by(identity):
+                raise DecryptionRefused(
+                    f"{who} is not signed by that client's identity key; it was forged or altered"
+                )
+            seen.add(client_id)
+        if len(seen) < self.min_updates:
+            raise DecryptionRefused(
+                f"{where}: the sum holds {len(seen)} client(s); this key holder decrypts only "
+                f"sums of at least {self.min_updates}, so no client's update is revealed alone"
+            )
+        for contribution in request.contributions:
+            who = f"{where}: the contribution of client {contribution.update.client_id!r}"
+            try:
+                vectors = read_update(self._public, contribution.update, request.total.length, who)
+                totals = add_chunks(totals, vectors, who)
+            except UpdateRejected as error:
+                raise DecryptionRefused(str(error)) from error
+        return totals
+
+    def _read_total(self, request: DecryptionRequest, where: str) -> list[CiphertextVector]:
+        """The server's sum read under the public context, checked like any update."""
+        return [self._public_chunk(chunk, where) for chunk in request.total.chunks]
+
+    def _public_chunk(self, chunk: bytes, where: str) -> CiphertextVector:
+        try:
+            return ts.ckks_vector_from(self._public.context, chunk)
+        except (ValueError, RuntimeError) as error:
+            raise DecryptionRefused(
+                f"{where}: the sum is not a CKKS ciphertext for this key ({error})"
+            ) from error
+
+    def _private(self, chunk: CiphertextVector) -> Any:
+        """A public-context ciphertext moved to the secret-key context, to decrypt it."""
+        return ts.ckks_vector_from(self._context, chunk.serialize())
