@@ -32,16 +32,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.x509.oid import NameOID
 
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
 from fedwarden.core.files import write_atomic
+from fedwarden.deploy.pki import identity_from_certificate, verify_chain
 from fedwarden.secure.he import (
     CiphertextVector,
     CkksParameters,
@@ -62,6 +64,25 @@ class DecryptionRefused(RoundAborted):
     """
 
 
+def authorized_clients(
+    certificates: Sequence[bytes], ca_certificate: bytes
+) -> dict[str, Ed25519PublicKey]:
+    """The identity key of each client certificate (PEM) the CA issued, by its common name.
+
+    Give the key holder the certificates of the clients that may contribute,
+    and never the aggregation server's own: whoever holds an authorized
+    identity key can add contributions of its own.
+    """
+    clients: dict[str, Ed25519PublicKey] = {}
+    for pem in certificates:
+        certificate = verify_chain(pem, ca_certificate, purpose="client")
+        name = str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+        if name in clients:
+            raise ConfigError(f"two client certificates are named {name!r}; give each one once")
+        clients[name] = identity_from_certificate(pem)
+    return clients
+
+
 class DecryptedRounds:
     """The rounds a key holder has decrypted, kept in a JSON file (or in memory, for simulation).
 
@@ -74,6 +95,8 @@ class DecryptedRounds:
         self.key_id = key_id
         self.path = path
         self._rounds: set[tuple[str, int]] = set()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
             if saved.get("key_id") != key_id:
