@@ -27,7 +27,12 @@ from fedwarden.secure.he import (
     read_update,
     sign_contribution,
 )
-from fedwarden.secure.he_keyholder import CkksKeyHolder, DecryptionRefused
+from fedwarden.secure.he_keyholder import (
+    PUBLIC_CONTEXT_FILE,
+    SECRET_CONTEXT_FILE,
+    CkksKeyHolder,
+    DecryptionRefused,
+)
 
 RUN = "run-7"
 LENGTH = 6
@@ -187,9 +192,14 @@ def test_a_sum_that_is_not_the_sum_of_the_listed_contributions_is_refused(
 
 
 def test_a_round_is_decrypted_once_even_after_the_key_holder_restarts(
-    key_holder: CkksKeyHolder, identities: dict[str, Ed25519PrivateKey]
+    identities: dict[str, Ed25519PrivateKey], tmp_path: Path
 ) -> None:
     """Differencing: decrypt {alice, bob, carol}, then {bob, carol}, subtract; the second fails."""
+    state = tmp_path / "keyholder"
+    clients = {client: key.public_key() for client, key in identities.items()}
+    key_holder = CkksKeyHolder.open(state, clients=clients)
+    assert (state / SECRET_CONTEXT_FILE).stat().st_mode & 0o777 == 0o600
+    assert (state / PUBLIC_CONTEXT_FILE).read_bytes() == key_holder.public_context()
     server = HomomorphicSum(key_holder.public_context())
     contributions = _contributions(key_holder.public_context(), identities)
     key_holder.decrypt(_honest_request(server, list(contributions.values())))
@@ -197,8 +207,12 @@ def test_a_round_is_decrypted_once_even_after_the_key_holder_restarts(
     with pytest.raises(DecryptionRefused, match="decrypted already"):
         key_holder.decrypt(without_alice)
 
-    restarted = key_holder.decrypted.path
-    assert restarted is not None
-    reloaded = type(key_holder.decrypted)(key_holder.key_id, restarted)
-    assert (RUN, 0) in reloaded
-    assert (RUN, 1) not in reloaded
+    restarted = CkksKeyHolder.open(state, clients=clients)
+    assert restarted.key_id == key_holder.key_id
+    with pytest.raises(DecryptionRefused, match="decrypted already"):
+        restarted.decrypt(without_alice)
+    next_round = _contributions(restarted.public_context(), identities, round_index=1)
+    _, _, contributors = restarted.decrypt(
+        _honest_request(server, list(next_round.values()), round_index=1)
+    )
+    assert contributors == 3

@@ -30,6 +30,7 @@ are cheap next to encryption and the key holder is one well-connected party.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,41 @@ class DecryptionRefused(RoundAborted):
     A :class:`~fedwarden.core.errors.RoundAborted`: the round's model stays
     unchanged and nothing is revealed.
     """
+
+
+SECRET_CONTEXT_FILE = "secret_context.bin"
+PARAMETERS_FILE = "parameters.json"
+PUBLIC_CONTEXT_FILE = "public_context.bin"
+"""What clients need: give them this file out of band (never through the aggregation server)."""
+DECRYPTED_ROUNDS_FILE = "decrypted_rounds.json"
+
+
+def _new_context(parameters: CkksParameters) -> Any:
+    """A fresh CKKS context with a new secret key."""
+    try:
+        context = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            poly_modulus_degree=parameters.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes),
+        )
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"TenSEAL refused the CKKS parameters {parameters} ({error}); keep the "
+            "coefficient modulus within the budget for the polynomial degree"
+        ) from error
+    context.global_scale = 2.0**parameters.scale_bits
+    return context
+
+
+def _saved_context(serialized: bytes) -> Any:
+    """A saved CKKS context, which must hold its secret key."""
+    try:
+        context = ts.context_from(serialized)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"the saved CKKS secret context cannot be read ({error})") from error
+    if not context.is_private():
+        raise ConfigError("the saved CKKS context holds no secret key; it is not a key holder's")
+    return context
 
 
 def authorized_clients(
@@ -133,24 +169,18 @@ class CkksKeyHolder:
         min_updates: int = 2,
         clients: Mapping[str, Ed25519PublicKey] | None = None,
         decrypted_rounds: Path | None = None,
+        secret_context: bytes | None = None,
     ) -> None:
         self.parameters = parameters or CkksParameters()
         if min_updates < 1:
             raise ConfigError(f"CkksKeyHolder.min_updates is {min_updates}; it must be >= 1")
         self.min_updates = min_updates
         self._clients: dict[str, Ed25519PublicKey] = dict(clients or {})
-        try:
-            self._context = ts.context(
-                ts.SCHEME_TYPE.CKKS,
-                poly_modulus_degree=self.parameters.poly_modulus_degree,
-                coeff_mod_bit_sizes=list(self.parameters.coeff_mod_bit_sizes),
-            )
-        except (ValueError, RuntimeError) as error:
-            raise ConfigError(
-                f"TenSEAL refused the CKKS parameters {self.parameters} ({error}); keep the "
-                "coefficient modulus within the budget for the polynomial degree"
-            ) from error
-        self._context.global_scale = 2.0**self.parameters.scale_bits
+        self._context = (
+            _new_context(self.parameters)
+            if secret_context is None
+            else _saved_context(secret_context)
+        )
         self._public_context: bytes = self._context.serialize(
             save_public_key=True,
             save_secret_key=False,
@@ -160,6 +190,50 @@ class CkksKeyHolder:
         self._public = PublicContext.load(self._public_context)
         self.key_id = self._public.key_id
         self.decrypted = DecryptedRounds(self.key_id, decrypted_rounds)
+
+    @classmethod
+    def open(
+        cls,
+        state: Path,
+        parameters: CkksParameters | None = None,
+        min_updates: int = 2,
+        clients: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> CkksKeyHolder:
+        """The key holder whose key and decrypted rounds live in the folder ``state``.
+
+        The first time, a key is made (from ``parameters``) and saved there:
+        the secret context with mode 0600, the parameters, and the public
+        context for the clients; afterwards the same key is read back, and the
+        rounds it decrypted before a restart stay decrypted.
+        """
+        secret_file = state / SECRET_CONTEXT_FILE
+        parameters_file = state / PARAMETERS_FILE
+        decrypted = state / DECRYPTED_ROUNDS_FILE
+        if secret_file.exists():
+            values = json.loads(parameters_file.read_text())
+            saved = CkksParameters(
+                values["poly_modulus_degree"],
+                tuple(values["coeff_mod_bit_sizes"]),
+                values["scale_bits"],
+            )
+            if parameters is not None and parameters != saved:
+                raise ConfigError(
+                    f"{state} holds a key made with {saved}, not {parameters}; use that "
+                    "folder's parameters, or a new folder for a new key"
+                )
+            return cls(saved, min_updates, clients, decrypted, secret_file.read_bytes())
+        holder = cls(parameters, min_updates, clients, decrypted)
+        state.mkdir(parents=True, exist_ok=True)
+        secret = holder._context.serialize(
+            save_public_key=True,
+            save_secret_key=True,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+        write_atomic(secret_file, secret, private=True)
+        write_atomic(parameters_file, json.dumps(dataclasses.asdict(holder.parameters)).encode())
+        write_atomic(state / PUBLIC_CONTEXT_FILE, holder.public_context())
+        return holder
 
     def public_context(self) -> bytes:
         """The context without its secret key, for clients and the aggregation server."""
