@@ -207,3 +207,10 @@ def test_a_bad_webhook_url_is_refused_without_echoing_it(url: str) -> None:
     assert url not in str(refused.value) and "T0KEN" not in str(refused.value)
     accepted = RunConfig.from_mapping({"monitoring": {"webhook_url": "https://hooks.example/T"}})
     assert accepted.monitoring.webhook_url == "https://hooks.example/T"
+
+
+def test_homomorphic_aggregation_over_grpc_is_refused_saying_what_runs_instead() -> None:
+    message = config_error({"runtime": {"kind": "grpc"}, "secure": {"kind": "he"}})
+    assert "secure.kind 'he' does not run over the grpc runtime yet" in message
+    assert "fedwarden keyholder serve" in message
+    assert RunConfig.from_mapping({"secure": {"kind": "he"}}).secure.kind == "he"

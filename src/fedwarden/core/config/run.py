@@ -197,9 +197,10 @@ class RunConfig(Section):
             )
         if self.runtime.kind == "grpc" and self.secure.kind == "he":
             raise ValueError(
-                "secure.kind 'he' does not run over the grpc runtime yet (its key holder is "
-                "simulated in process): use secure.kind 'secagg' for deployments, or "
-                "runtime.kind 'local' or 'ray' for homomorphic aggregation"
+                "secure.kind 'he' does not run over the grpc runtime yet: the key holder "
+                "serves on its own (`fedwarden keyholder serve`), but the federation server and "
+                "clients do not carry encrypted contributions; use secure.kind 'secagg' for "
+                "deployments, or runtime.kind 'local' or 'ray' for homomorphic aggregation"
             )
         return self
 

@@ -11,10 +11,10 @@ the mean, or the key holder's refusal as a
 ``public_context()`` and ``decrypt(request)``, so a pipeline stage cannot tell
 an in-process key holder from a remote one.
 
-A Decrypt message carries every contribution's ciphertexts: about 0.1 MB per
+A Decrypt message carries every contribution's ciphertexts: about 0.33 MB per
 4,096 parameters per client. Both ends cap messages at ``max_message_bytes``
-(:data:`MAX_MESSAGE_BYTES` by default); a larger round is refused with the
-cap named, never truncated.
+(:data:`MAX_MESSAGE_BYTES` by default); a larger round is refused by gRPC
+(``RESOURCE_EXHAUSTED``), never truncated.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE: Final = "fedwarden.keyholder.v1.KeyHolder"
 MAX_MESSAGE_BYTES: Final = 256 << 20
-"""Largest message either end accepts: a round of ~2,500 client-chunks of ciphertext."""
+"""Largest message either end accepts: about 780 client-chunks of 4,096 parameters, e.g. 28
+clients x 10^5 parameters."""
 KEYHOLDER_LIMITS: Final = ServerLimits(max_streams=1, join_slots=1, calls_per_peer=2)
 """The key holder's bounds: its one caller makes one call at a time."""
 _FLOAT32: Final = np.dtype("<f4")
