@@ -56,11 +56,11 @@ def main() -> None:
 
     encrypt_seconds = aggregate_seconds = 0.0
     upload_bytes = 0
-    server.start(args.dim, "benchmark", 0)
+    server.start(args.dim, 0)
     for (name, identity), update, weight in zip(identities.items(), updates, weights, strict=True):
         started = time.perf_counter()
         message = encrypt_update(public, name, update, weight)
-        contribution = sign_contribution(message, "benchmark", 0, identity)
+        contribution = sign_contribution(message, 0, identity)
         encrypt_seconds += time.perf_counter() - started
         upload_bytes += message.payload_bytes
         started = time.perf_counter()

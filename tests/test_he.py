@@ -35,7 +35,6 @@ FRESH_ERROR = 2.0**-20
 FLOAT32_ROUNDING = 2.0**-24
 
 
-RUN = "run-1"
 IDENTITIES: dict[str, Ed25519PrivateKey] = {}
 """Each test client's identity key, made on first use."""
 
@@ -58,7 +57,7 @@ def _signed(
     """``message`` signed by its client's identity key, which ``key_holder`` authorizes."""
     identity = IDENTITIES.setdefault(message.client_id, Ed25519PrivateKey.generate())
     key_holder.authorize(message.client_id, identity.public_key())
-    return sign_contribution(message, RUN, round_index, identity)
+    return sign_contribution(message, round_index, identity)
 
 
 def _updates(length: int, count: int, seed: int) -> list[np.ndarray]:
@@ -80,7 +79,7 @@ def test_he_weighted_mean_equals_plain_within_ckks_error(
 ) -> None:
     updates = _updates(length, len(weights), seed=length)
     server = HomomorphicSum(key_holder.public_context())
-    server.start(length, RUN, 0)
+    server.start(length, 0)
     for index, (update, weight) in enumerate(zip(updates, weights, strict=True)):
         message = encrypt_update(public, f"client-{index}", update, weight)
         assert len(message.chunks) == chunk_count(length, SLOTS) == -(-(length + 1) // SLOTS)
@@ -116,7 +115,7 @@ def test_aggregation_server_holds_no_secret_key_and_cannot_decrypt(
     server = HomomorphicSum(key_holder.public_context())
     assert not server.public.context.is_private()
     assert not server.public.context.has_secret_key()
-    server.start(10, RUN, 0)
+    server.start(10, 0)
     server.add(_signed(key_holder, encrypt_update(public, "a", np.ones(10, dtype=np.float32))))
     server.add(_signed(key_holder, encrypt_update(public, "b", np.ones(10, dtype=np.float32))))
     chunk = server.result().total.chunks[0]
@@ -135,7 +134,7 @@ def test_context_holding_the_secret_key_is_refused_by_the_server() -> None:
 def test_update_under_another_key_is_refused(key_holder: CkksKeyHolder) -> None:
     other = PublicContext.load(CkksKeyHolder().public_context())
     server = HomomorphicSum(key_holder.public_context())
-    server.start(8, RUN, 0)
+    server.start(8, 0)
     stranger = encrypt_update(other, "stranger", np.ones(8, dtype=np.float32))
     with pytest.raises(UpdateRejected, match="key") as refused:
         server.add(_signed(key_holder, stranger))
@@ -153,7 +152,7 @@ def test_ciphertext_under_other_parameters_is_refused_even_with_the_right_key_id
         key_id=key_holder.key_id,
     )
     server = HomomorphicSum(key_holder.public_context())
-    server.start(8, RUN, 0)
+    server.start(8, 0)
     with pytest.raises(UpdateRejected, match="chunk 0 is not a CKKS ciphertext") as refused:
         server.add(_signed(key_holder, forged))
     assert refused.value.reason == "ciphertext"
@@ -166,7 +165,7 @@ def test_wrong_length_chunk_count_or_bytes_are_refused_and_leave_the_sum_unchang
     first, second = _updates(length, 2, seed=5)
     good = encrypt_update(public, "good", first, 2.0)
     server = HomomorphicSum(key_holder.public_context())
-    server.start(length, RUN, 0)
+    server.start(length, 0)
     server.add(_signed(key_holder, good))
 
     bad: list[tuple[EncryptedUpdate, str]] = [
@@ -196,7 +195,7 @@ def test_key_holder_refuses_a_sum_under_another_key(
     key_holder: CkksKeyHolder, public: PublicContext
 ) -> None:
     server = HomomorphicSum(key_holder.public_context())
-    server.start(4, RUN, 0)
+    server.start(4, 0)
     for client in ("a", "b"):
         server.add(_signed(key_holder, encrypt_update(public, client, np.ones(4, np.float32))))
     other = CkksKeyHolder(min_updates=1)

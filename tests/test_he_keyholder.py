@@ -34,7 +34,6 @@ from fedwarden.secure.he_keyholder import (
     DecryptionRefused,
 )
 
-RUN = "run-7"
 LENGTH = 6
 CLIENTS = ("alice", "bob", "carol")
 # Two fresh CKKS ciphertexts summed, divided by a total weight >= 1, then rounded to float32:
@@ -71,7 +70,7 @@ def _contributions(
     public = PublicContext.load(public_context)
     return {
         client: sign_contribution(
-            encrypt_update(public, client, update), RUN, round_index, identities[client]
+            encrypt_update(public, client, update), round_index, identities[client]
         )
         for client, update in _updates().items()
     }
@@ -80,7 +79,7 @@ def _contributions(
 def _honest_request(
     server: HomomorphicSum, contributions: list[Contribution], round_index: int = 0
 ) -> DecryptionRequest:
-    server.start(LENGTH, RUN, round_index)
+    server.start(LENGTH, round_index)
     for contribution in contributions:
         server.add(contribution)
     return server.result()
@@ -128,7 +127,7 @@ def test_a_contributor_listed_twice_is_refused(
 ) -> None:
     server = HomomorphicSum(key_holder.public_context())
     alice = _contributions(key_holder.public_context(), identities)["alice"]
-    twice = DecryptionRequest(RUN, 0, _sum_of(server, [alice]), (alice, alice))
+    twice = DecryptionRequest(0, _sum_of(server, [alice]), (alice, alice))
     with pytest.raises(DecryptionRefused, match="listed twice"):
         key_holder.decrypt(twice)
 
@@ -143,14 +142,14 @@ def test_padding_with_unsigned_or_unknown_contributors_is_refused(
     zeros = encrypt_update(public, "bob", np.zeros(LENGTH, dtype=np.float32))
     sybil_key = Ed25519PrivateKey.generate()
     forgeries = {
-        "not signed": Contribution(RUN, 0, zeros, b""),
-        "not signed by that client": sign_contribution(zeros, RUN, 0, sybil_key),
+        "not signed": Contribution(0, zeros, b""),
+        "not signed by that client": sign_contribution(zeros, 0, sybil_key),
         "does not know": sign_contribution(
-            dataclasses.replace(zeros, client_id="sybil"), RUN, 0, sybil_key
+            dataclasses.replace(zeros, client_id="sybil"), 0, sybil_key
         ),
     }
     for message, forged in forgeries.items():
-        request = DecryptionRequest(RUN, 0, _sum_of(server, [alice, forged]), (alice, forged))
+        request = DecryptionRequest(0, _sum_of(server, [alice, forged]), (alice, forged))
         with pytest.raises(DecryptionRefused, match=message):
             key_holder.decrypt(request)
 
@@ -162,12 +161,12 @@ def test_a_contribution_signed_for_another_round_is_refused(
     old = _contributions(key_holder.public_context(), identities, round_index=0)
     new = _contributions(key_holder.public_context(), identities, round_index=1)
     replayed = (old["alice"], new["bob"])
-    request = DecryptionRequest(RUN, 1, _sum_of(server, [old["alice"], new["bob"]]), replayed)
+    request = DecryptionRequest(1, _sum_of(server, [old["alice"], new["bob"]]), replayed)
     with pytest.raises(DecryptionRefused, match="signed for round 0"):
         key_holder.decrypt(request)
     tampered = dataclasses.replace(new["bob"], round_index=0)
     with pytest.raises(DecryptionRefused, match="not signed by that client"):
-        key_holder.decrypt(DecryptionRequest(RUN, 0, request.total, (old["alice"], tampered)))
+        key_holder.decrypt(DecryptionRequest(0, request.total, (old["alice"], tampered)))
 
 
 def test_a_sum_that_is_not_the_sum_of_the_listed_contributions_is_refused(
@@ -182,10 +181,10 @@ def test_a_sum_that_is_not_the_sum_of_the_listed_contributions_is_refused(
         _sum_of(server, [contributions["alice"], contributions["bob"]]),
     ):
         with pytest.raises(DecryptionRefused, match="not the sum of the 3 contributions"):
-            key_holder.decrypt(DecryptionRequest(RUN, 0, total, listed))
+            key_holder.decrypt(DecryptionRequest(0, total, listed))
 
     mean, _, contributors = key_holder.decrypt(
-        DecryptionRequest(RUN, 0, _sum_of(server, list(listed)), listed)
+        DecryptionRequest(0, _sum_of(server, list(listed)), listed)
     )
     assert contributors == 3  # the refusals recorded nothing: the honest request still decrypts
     assert np.max(np.abs(mean - np.mean(list(_updates().values()), axis=0))) <= PRECISION

@@ -33,7 +33,6 @@ from fedwarden.secure.he_keyholder import (
     authorized_clients,
 )
 
-RUN = "run-grpc"
 LENGTH = 5000  # two ciphertext chunks
 CLIENTS = ("alice", "bob")
 PRECISION = 1e-5  # two fresh CKKS ciphertexts, divided by weight 3, rounded to float32
@@ -99,14 +98,13 @@ def test_a_round_decrypts_remotely_and_the_aggregation_server_never_holds_the_ke
     contributions = {
         client: sign_contribution(
             encrypt_update(public, client, updates[client], weights[client]),
-            RUN,
             0,
             deployment.identities[client],
         )
         for client in CLIENTS
     }
 
-    aggregation.start(LENGTH, RUN, 0)
+    aggregation.start(LENGTH, 0)
     aggregation.add(contributions["alice"])
     alone = aggregation.result()
     with pytest.raises(DecryptionRefused, match="holds 1 client"):
@@ -139,15 +137,14 @@ def test_the_aggregation_servers_own_identity_cannot_contribute(
     own_key = load_identity(tmp_path / "pki" / "clients" / "aggregator")
     alice = sign_contribution(
         encrypt_update(public, "alice", np.ones(LENGTH, np.float32)),
-        RUN,
         1,
         deployment.identities["alice"],
     )
     sybil = sign_contribution(
-        encrypt_update(public, "aggregator", np.zeros(LENGTH, np.float32)), RUN, 1, own_key
+        encrypt_update(public, "aggregator", np.zeros(LENGTH, np.float32)), 1, own_key
     )
     aggregation = HomomorphicSum(remote.public_context())
-    aggregation.start(LENGTH, RUN, 1)
+    aggregation.start(LENGTH, 1)
     aggregation.add(alice)
     aggregation.add(sybil)
     with pytest.raises(DecryptionRefused, match="'aggregator' is from a client this key holder"):
@@ -204,11 +201,11 @@ def test_the_keyholder_command_is_its_own_process_and_survives_a_restart(tmp_pat
             public = PublicContext.load((state / PUBLIC_CONTEXT_FILE).read_bytes())
             assert public.key_id == remote.key_id
             aggregation = HomomorphicSum(remote.public_context())
-            aggregation.start(LENGTH, RUN, round_index)
+            aggregation.start(LENGTH, round_index)
             for client in CLIENTS:
                 update = np.full(LENGTH, round_index + 1.0, dtype=np.float32)
                 message = encrypt_update(public, client, update)
-                aggregation.add(sign_contribution(message, RUN, round_index, identities[client]))
+                aggregation.add(sign_contribution(message, round_index, identities[client]))
             requests.append(aggregation.result())
             for request in requests[:-1]:  # rounds decrypted before the restart stay decrypted
                 with pytest.raises(DecryptionRefused, match="decrypted already"):

@@ -11,9 +11,9 @@ et al., 2021), in the shape NVIDIA FLARE's HE filters use:
 * each client calls :func:`encrypt_update` (its update scaled by its weight,
   followed by the weight itself, packed into ciphertext chunks of
   ``poly_modulus_degree / 2`` slots each) and :func:`sign_contribution`: its
-  deployment identity key signs (run, round, client, digest of the
+  deployment identity key signs (round, client, key, digest of the
   ciphertexts), so nobody can reuse the ciphertext in another round or under
-  another name;
+  another name (one key serves one run: a new run gets a new key);
 * the aggregation server runs :class:`HomomorphicSum` (``start``, ``add`` each
   contribution, ``result``): it sums the ciphertexts chunk by chunk and never
   decrypts; its result is a :class:`DecryptionRequest` carrying the sum and the
@@ -149,13 +149,12 @@ class Contribution:
     """Client to server to key holder: one encrypted update, signed for one round of one run.
 
     ``signature`` is the client's Ed25519 identity key's signature of
-    :meth:`signed_record`: (run, round, client, key, length, ciphertext
+    :meth:`signed_record`: (round, client, key, length, ciphertext
     digest). A key holder that knows the client's identity key can check that
     this client made these ciphertexts for this round, without trusting the
     server that forwards them.
     """
 
-    run_id: str
     round_index: int
     update: EncryptedUpdate
     signature: bytes
@@ -163,7 +162,6 @@ class Contribution:
     def signed_record(self) -> bytes:
         """The bytes the client signs: a domain prefix and canonical JSON."""
         record = {
-            "run_id": self.run_id,
             "round_index": self.round_index,
             "client_id": self.update.client_id,
             "key_id": self.update.key_id,
@@ -182,11 +180,11 @@ class Contribution:
 
 
 def sign_contribution(
-    update: EncryptedUpdate, run_id: str, round_index: int, identity: Ed25519PrivateKey
+    update: EncryptedUpdate, round_index: int, identity: Ed25519PrivateKey
 ) -> Contribution:
     """A client's encrypted update, signed with its identity key for one round of one run."""
-    unsigned = Contribution(run_id, round_index, update, b"")
-    return Contribution(run_id, round_index, update, identity.sign(unsigned.signed_record()))
+    unsigned = Contribution(round_index, update, b"")
+    return Contribution(round_index, update, identity.sign(unsigned.signed_record()))
 
 
 @dataclass(frozen=True)
@@ -199,7 +197,6 @@ class DecryptionRequest:
     clients contributed.
     """
 
-    run_id: str
     round_index: int
     total: EncryptedSum
     contributions: tuple[Contribution, ...]
@@ -316,17 +313,15 @@ class HomomorphicSum:
     def __init__(self, public_context: bytes) -> None:
         self.public = PublicContext.load(public_context)
         self._length: int | None = None
-        self._run_id = ""
         self._round_index = 0
         self._totals: list[CiphertextVector] = []
         self._contributions: dict[str, Contribution] = {}
 
-    def start(self, length: int, run_id: str, round_index: int) -> None:
-        """Begin a round of ``run_id`` whose plaintext updates have ``length`` elements."""
+    def start(self, length: int, round_index: int) -> None:
+        """Begin round ``round_index``, whose plaintext updates have ``length`` elements."""
         if length < 0:
             raise ConfigError(f"HomomorphicSum.start got length {length}; it must be >= 0")
         self._length = length
-        self._run_id = run_id
         self._round_index = round_index
         self._totals = []
         self._contributions = {}
@@ -337,11 +332,11 @@ class HomomorphicSum:
             raise ConfigError("HomomorphicSum.add was called before start(length); start the round")
         message = contribution.update
         who = f"encrypted update from client {message.client_id!r}"
-        if (contribution.run_id, contribution.round_index) != (self._run_id, self._round_index):
+        if contribution.round_index != self._round_index:
             raise UpdateRejected(
                 "round",
-                f"{who} is signed for round {contribution.round_index} of run "
-                f"{contribution.run_id!r}, not round {self._round_index} of {self._run_id!r}",
+                f"{who} is signed for round {contribution.round_index}, not round "
+                f"{self._round_index}",
             )
         if message.key_id != self.public.key_id:
             raise UpdateRejected(
@@ -364,9 +359,7 @@ class HomomorphicSum:
             key_id=self.public.key_id,
             chunks=tuple(chunk.serialize() for chunk in self._totals),
         )
-        return DecryptionRequest(
-            self._run_id, self._round_index, total, tuple(self._contributions.values())
-        )
+        return DecryptionRequest(self._round_index, total, tuple(self._contributions.values()))
 
 
 def read_update(

@@ -7,10 +7,10 @@ itself, from data the server cannot forge, that the plaintext is a sum of
 enough clients' updates:
 
 1. the request is under this key holder's key;
-2. the round (of that run) was never decrypted before, and it is recorded as
+2. the round was never decrypted under this key before, and it is recorded as
    decrypted, durably, before the plaintext leaves: two decryptions with
    overlapping contributors would let the server subtract one from the other;
-3. every contribution is signed, for this run and round, by the identity key
+3. every contribution is signed, for this round, by the identity key
    of an authorized client (the deployment's client certificates), and no
    client appears twice;
 4. at least ``min_updates`` distinct clients contributed;
@@ -35,7 +35,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tenseal as ts
@@ -55,6 +55,22 @@ from fedwarden.secure.he import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class KeyHolder(Protocol):
+    """What the aggregation server holds of the key holder: its public context and ``decrypt``.
+
+    :class:`CkksKeyHolder` (in process, simulation) and the gRPC runtime's
+    ``RemoteKeyHolder`` (its own process) both satisfy it.
+    """
+
+    def public_context(self) -> bytes:
+        """The CKKS context without its secret key."""
+        ...
+
+    def decrypt(self, request: DecryptionRequest) -> tuple[np.ndarray, float, int]:
+        """The checked request's weighted mean, total weight and number of contributors."""
+        ...
 
 
 class DecryptionRefused(RoundAborted):
@@ -130,7 +146,7 @@ class DecryptedRounds:
     def __init__(self, key_id: str, path: Path | None = None) -> None:
         self.key_id = key_id
         self.path = path
-        self._rounds: set[tuple[str, int]] = set()
+        self._rounds: set[int] = set()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         if path is not None and path.exists():
@@ -140,14 +156,14 @@ class DecryptedRounds:
                     f"{path} records decryptions under key {str(saved.get('key_id'))[:12]}..., "
                     f"not this key holder's {key_id[:12]}...; give each key its own file"
                 )
-            self._rounds = {(run_id, int(index)) for run_id, index in saved["rounds"]}
+            self._rounds = {int(index) for index in saved["rounds"]}
 
-    def __contains__(self, round_key: tuple[str, int]) -> bool:
-        return round_key in self._rounds
+    def __contains__(self, round_index: object) -> bool:
+        return round_index in self._rounds
 
-    def add(self, run_id: str, round_index: int) -> None:
-        """Record a decryption of round ``round_index`` of ``run_id`` (durably, with a path)."""
-        self._rounds.add((run_id, round_index))
+    def add(self, round_index: int) -> None:
+        """Record a decryption of round ``round_index`` (durably, with a path)."""
+        self._rounds.add(round_index)
         if self.path is not None:
             document = {"key_id": self.key_id, "rounds": sorted(self._rounds)}
             write_atomic(self.path, json.dumps(document).encode())
@@ -255,13 +271,13 @@ class CkksKeyHolder:
         Raises :class:`DecryptionRefused` naming the failed check; nothing is
         decrypted then, and the round stays decryptable by a valid request.
         """
-        where = f"round {request.round_index} of run {request.run_id!r}"
+        where = f"round {request.round_index}"
         if request.total.key_id != self.key_id:
             raise DecryptionRefused(
                 f"{where}: the sum is under key {request.total.key_id[:12]}..., but this key "
                 f"holder holds {self.key_id[:12]}...; send it to the key holder of its run"
             )
-        if (request.run_id, request.round_index) in self.decrypted:
+        if request.round_index in self.decrypted:
             raise DecryptionRefused(
                 f"{where} was decrypted already; a round is decrypted once, since two "
                 "decryptions of overlapping contributors would reveal their difference"
@@ -273,7 +289,7 @@ class CkksKeyHolder:
                 f"{where}: the sum sent is not the sum of the {len(request.contributions)} "
                 "contributions listed; send the sum of exactly the contributions you list"
             )
-        self.decrypted.add(request.run_id, request.round_index)
+        self.decrypted.add(request.round_index)
         plaintext = np.concatenate(
             [np.asarray(self._private(chunk).decrypt()) for chunk in recomputed]
         )
@@ -299,13 +315,10 @@ class CkksKeyHolder:
         for contribution in request.contributions:
             client_id = contribution.update.client_id
             who = f"{where}: the contribution of client {client_id!r}"
-            if (contribution.run_id, contribution.round_index) != (
-                request.run_id,
-                request.round_index,
-            ):
+            if contribution.round_index != request.round_index:
                 raise DecryptionRefused(
-                    f"{who} is signed for round {contribution.round_index} of run "
-                    f"{contribution.run_id!r}; a contribution counts only in its own round"
+                    f"{who} is signed for round {contribution.round_index}; a contribution "
+                    "counts only in its own round"
                 )
             if client_id in seen:
                 raise DecryptionRefused(f"{who} is listed twice; each client counts once")

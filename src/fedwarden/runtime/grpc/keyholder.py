@@ -55,14 +55,12 @@ def request_message(request: DecryptionRequest) -> kpb.DecryptRequest:
     """A :class:`DecryptionRequest` as its protobuf message."""
     return kpb.DecryptRequest(
         version=version_message(),
-        run_id=request.run_id,
         round_index=request.round_index,
         length=request.total.length,
         key_id=request.total.key_id,
         total_chunks=list(request.total.chunks),
         contributions=[
             kpb.Contribution(
-                run_id=item.run_id,
                 round_index=item.round_index,
                 client_id=item.update.client_id,
                 key_id=item.update.key_id,
@@ -78,12 +76,10 @@ def request_message(request: DecryptionRequest) -> kpb.DecryptRequest:
 def request_of(message: kpb.DecryptRequest) -> DecryptionRequest:
     """The :class:`DecryptionRequest` a protobuf message carries (checked by the key holder)."""
     return DecryptionRequest(
-        run_id=message.run_id,
         round_index=message.round_index,
         total=EncryptedSum(message.length, message.key_id, tuple(message.total_chunks)),
         contributions=tuple(
             Contribution(
-                item.run_id,
                 item.round_index,
                 EncryptedUpdate(item.client_id, item.length, item.key_id, tuple(item.chunks)),
                 item.signature,

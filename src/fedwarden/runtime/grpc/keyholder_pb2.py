@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from fedwarden.runtime.grpc import federation_pb2 as fedwarden_dot_runtime_dot_grpc_dot_federation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&fedwarden/runtime/grpc/keyholder.proto\x12\x16\x66\x65\x64warden.keyholder.v1\x1a\'fedwarden/runtime/grpc/federation.proto\"F\n\x14PublicContextRequest\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\"\x81\x01\n\x12PublicContextReply\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x13\n\x0bmin_updates\x18\x04 \x01(\r\"\x89\x01\n\x0c\x43ontribution\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0bround_index\x18\x02 \x01(\r\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x06 \x03(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"\xd8\x01\n\x0e\x44\x65\x63ryptRequest\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0bround_index\x18\x03 \x01(\r\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x14\n\x0ctotal_chunks\x18\x06 \x03(\x0c\x12;\n\rcontributions\x18\x07 \x03(\x0b\x32$.fedwarden.keyholder.v1.Contribution\"H\n\x0c\x44\x65\x63ryptReply\x12\x0c\n\x04mean\x18\x01 \x01(\x0c\x12\x14\n\x0ctotal_weight\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontributors\x18\x03 \x01(\r2\xcf\x01\n\tKeyHolder\x12i\n\rPublicContext\x12,.fedwarden.keyholder.v1.PublicContextRequest\x1a*.fedwarden.keyholder.v1.PublicContextReply\x12W\n\x07\x44\x65\x63rypt\x12&.fedwarden.keyholder.v1.DecryptRequest\x1a$.fedwarden.keyholder.v1.DecryptReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&fedwarden/runtime/grpc/keyholder.proto\x12\x16\x66\x65\x64warden.keyholder.v1\x1a\'fedwarden/runtime/grpc/federation.proto\"F\n\x14PublicContextRequest\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\"\x81\x01\n\x12PublicContextReply\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x13\n\x0bmin_updates\x18\x04 \x01(\r\"y\n\x0c\x43ontribution\x12\x13\n\x0bround_index\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x05 \x03(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\xc8\x01\n\x0e\x44\x65\x63ryptRequest\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.fedwarden.v1.ProtocolVersion\x12\x13\n\x0bround_index\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x14\n\x0ctotal_chunks\x18\x05 \x03(\x0c\x12;\n\rcontributions\x18\x06 \x03(\x0b\x32$.fedwarden.keyholder.v1.Contribution\"H\n\x0c\x44\x65\x63ryptReply\x12\x0c\n\x04mean\x18\x01 \x01(\x0c\x12\x14\n\x0ctotal_weight\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontributors\x18\x03 \x01(\r2\xcf\x01\n\tKeyHolder\x12i\n\rPublicContext\x12,.fedwarden.keyholder.v1.PublicContextRequest\x1a*.fedwarden.keyholder.v1.PublicContextReply\x12W\n\x07\x44\x65\x63rypt\x12&.fedwarden.keyholder.v1.DecryptRequest\x1a$.fedwarden.keyholder.v1.DecryptReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -26,12 +26,12 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_PUBLICCONTEXTREQUEST']._serialized_end=177
   _globals['_PUBLICCONTEXTREPLY']._serialized_start=180
   _globals['_PUBLICCONTEXTREPLY']._serialized_end=309
-  _globals['_CONTRIBUTION']._serialized_start=312
-  _globals['_CONTRIBUTION']._serialized_end=449
-  _globals['_DECRYPTREQUEST']._serialized_start=452
-  _globals['_DECRYPTREQUEST']._serialized_end=668
-  _globals['_DECRYPTREPLY']._serialized_start=670
-  _globals['_DECRYPTREPLY']._serialized_end=742
-  _globals['_KEYHOLDER']._serialized_start=745
-  _globals['_KEYHOLDER']._serialized_end=952
+  _globals['_CONTRIBUTION']._serialized_start=311
+  _globals['_CONTRIBUTION']._serialized_end=432
+  _globals['_DECRYPTREQUEST']._serialized_start=435
+  _globals['_DECRYPTREQUEST']._serialized_end=635
+  _globals['_DECRYPTREPLY']._serialized_start=637
+  _globals['_DECRYPTREPLY']._serialized_end=709
+  _globals['_KEYHOLDER']._serialized_start=712
+  _globals['_KEYHOLDER']._serialized_end=919
 # @@protoc_insertion_point(module_scope)

@@ -25,40 +25,36 @@ class PublicContextReply(_message.Message):
     def __init__(self, version: _Optional[_Union[_federation_pb2.ProtocolVersion, _Mapping]] = ..., public_context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., min_updates: _Optional[int] = ...) -> None: ...
 
 class Contribution(_message.Message):
-    __slots__ = ("run_id", "round_index", "client_id", "key_id", "length", "chunks", "signature")
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("round_index", "client_id", "key_id", "length", "chunks", "signature")
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    run_id: str
     round_index: int
     client_id: str
     key_id: str
     length: int
     chunks: _containers.RepeatedScalarFieldContainer[bytes]
     signature: bytes
-    def __init__(self, run_id: _Optional[str] = ..., round_index: _Optional[int] = ..., client_id: _Optional[str] = ..., key_id: _Optional[str] = ..., length: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, round_index: _Optional[int] = ..., client_id: _Optional[str] = ..., key_id: _Optional[str] = ..., length: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class DecryptRequest(_message.Message):
-    __slots__ = ("version", "run_id", "round_index", "length", "key_id", "total_chunks", "contributions")
+    __slots__ = ("version", "round_index", "length", "key_id", "total_chunks", "contributions")
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     version: _federation_pb2.ProtocolVersion
-    run_id: str
     round_index: int
     length: int
     key_id: str
     total_chunks: _containers.RepeatedScalarFieldContainer[bytes]
     contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
-    def __init__(self, version: _Optional[_Union[_federation_pb2.ProtocolVersion, _Mapping]] = ..., run_id: _Optional[str] = ..., round_index: _Optional[int] = ..., length: _Optional[int] = ..., key_id: _Optional[str] = ..., total_chunks: _Optional[_Iterable[bytes]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+    def __init__(self, version: _Optional[_Union[_federation_pb2.ProtocolVersion, _Mapping]] = ..., round_index: _Optional[int] = ..., length: _Optional[int] = ..., key_id: _Optional[str] = ..., total_chunks: _Optional[_Iterable[bytes]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
 
 class DecryptReply(_message.Message):
     __slots__ = ("mean", "total_weight", "contributors")
