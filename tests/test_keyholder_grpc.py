@@ -239,3 +239,22 @@ def test_the_keyholder_command_refuses_the_aggregation_server_as_a_contributor(
     assert result.exit_code == 2
     assert "names the aggregation server 'aggregator' as a contributor" in result.output
     assert not (tmp_path / "keyholder").exists()
+
+
+def test_a_request_over_the_message_cap_is_refused_whole_and_decrypts_nothing(
+    deployment: Deployment,
+) -> None:
+    small = RemoteKeyHolder(deployment.address, deployment.aggregator, max_message_bytes=1 << 20)
+    public = PublicContext.load(small.public_context())
+    aggregation = HomomorphicSum(small.public_context())
+    aggregation.start(LENGTH, 0)
+    for client in CLIENTS:
+        message = encrypt_update(public, client, np.ones(LENGTH, np.float32))
+        aggregation.add(sign_contribution(message, 0, deployment.identities[client]))
+    request = aggregation.result()
+    assert request.payload_bytes > 1 << 20
+    with pytest.raises(KeyHolderError, match="RESOURCE_EXHAUSTED"):
+        small.decrypt(request)
+    assert 0 not in deployment.key_holder.key_holder.decrypted
+    _, _, contributors = RemoteKeyHolder(deployment.address, deployment.aggregator).decrypt(request)
+    assert contributors == 2
