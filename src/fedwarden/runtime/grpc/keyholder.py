@@ -227,6 +227,9 @@ class RemoteKeyHolder:
     """The aggregation server's handle on a key holder in another process; it holds no key.
 
     ``tls`` is the aggregation server's kit (None: plaintext, loopback only).
+    The first call waits up to ``connect_timeout_s`` for the key holder to
+    come up, so the two processes may start in either order; ``timeout_s``
+    bounds each decryption.
     """
 
     def __init__(
@@ -235,6 +238,7 @@ class RemoteKeyHolder:
         tls: TlsKit | None,
         *,
         timeout_s: float = 600.0,
+        connect_timeout_s: float = 120.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
@@ -249,6 +253,7 @@ class RemoteKeyHolder:
             "PublicContext",
             kpb.PublicContextRequest(version=version_message()),
             kpb.PublicContextReply,
+            wait_s=connect_timeout_s,
         )
         check_version(reply.version, "the key holder")
         self._public_context = bytes(reply.public_context)
@@ -274,7 +279,13 @@ class RemoteKeyHolder:
         """Close the channel."""
         self._channel.close()
 
-    def _call(self, method: str, request: Message, reply_type: type[_Reply]) -> _Reply:
+    def _call(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[_Reply],
+        wait_s: float | None = None,
+    ) -> _Reply:
         """One unary call; a refusal becomes :class:`DecryptionRefused`, a failure an error."""
         callable_ = self._channel.unary_unary(
             f"/{SERVICE}/{method}",
@@ -282,7 +293,10 @@ class RemoteKeyHolder:
             response_deserializer=reply_type.FromString,
         )
         try:
-            reply: _Reply = callable_(request, timeout=self._timeout_s)
+            if wait_s is None:
+                reply: _Reply = callable_(request, timeout=self._timeout_s)
+            else:  # wait for the key holder to come up, then answer
+                reply = callable_(request, timeout=wait_s, wait_for_ready=True)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = error.details() if isinstance(error, grpc.Call) else str(error)
