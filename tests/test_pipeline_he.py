@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedwarden.core.errors import UpdateRejected
+from fedwarden.build.client import build_client
+from fedwarden.core.config import DataConfig, RunConfig
+from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
+from fedwarden.data import load_dataset
 from fedwarden.pipeline.he_mean import EncryptContribution, HomomorphicMean
+from fedwarden.runtime.grpc.client import Site
 from fedwarden.secure.he_keyholder import CkksKeyHolder, DecryptionRefused
 
 SIZE = 300
@@ -97,3 +101,30 @@ def test_a_truncated_payload_is_refused_before_it_touches_the_sum(
     with pytest.raises(UpdateRejected, match="carries") as refused:
         aggregator.add(dataclasses.replace(sent, payload=sent.payload[:-1]))
     assert refused.value.reason == "payload"
+
+
+def test_a_deployed_client_encrypts_only_under_the_key_it_was_given_itself(
+    key_holder: CkksKeyHolder,
+) -> None:
+    """The server sends the run config, never the key: a client without its own file refuses."""
+    config = RunConfig.from_mapping(
+        {
+            "runtime": {"kind": "grpc"},
+            "secure": {
+                "kind": "he",
+                "key_holder": "keyholder.example:8471",
+                "key_holder_identity": "pki/clients/aggregator",
+            },
+        }
+    )
+    dataset = load_dataset(DataConfig(source="digits", num_clients=2), seed=0)
+    identity = Ed25519PrivateKey.generate()
+    without = Site("site-0", identity, b"")
+    with pytest.raises(ConfigError, match="--he-public-context"):
+        build_client(config, dataset, without)
+    _, stages = build_client(
+        config, dataset, dataclasses.replace(without, he_public_context=key_holder.public_context())
+    )
+    last = stages[-1]
+    assert isinstance(last, EncryptContribution)
+    assert last.public.key_id == key_holder.key_id
