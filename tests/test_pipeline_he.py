@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedwarden.build.client import build_client
+from fedwarden.build.run import run
 from fedwarden.core.config import DataConfig, RunConfig
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
@@ -128,3 +130,23 @@ def test_a_deployed_client_encrypts_only_under_the_key_it_was_given_itself(
     last = stages[-1]
     assert isinstance(last, EncryptContribution)
     assert last.public.key_id == key_holder.key_id
+
+
+def test_fedwarden_run_refuses_he_over_grpc_with_client_processes_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """Its local clients could take the key only from the server: the run says how to deploy."""
+    config = RunConfig.from_mapping(
+        {
+            "runs_dir": str(tmp_path / "runs"),
+            "runtime": {"kind": "grpc"},
+            "secure": {
+                "kind": "he",
+                "key_holder": "keyholder.example:8471",
+                "key_holder_identity": "pki/clients/aggregator",
+            },
+        }
+    )
+    with pytest.raises(ConfigError, match="fedwarden client --he-public-context"):
+        run(config)
+    assert not (tmp_path / "runs").exists()
