@@ -8,10 +8,6 @@ clients sign with the identity keys of their deployment certificates.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +23,6 @@ from fedwarden.runtime.grpc.credentials import TlsKit
 from fedwarden.runtime.grpc.keyholder import KeyHolderError, KeyHolderServer, RemoteKeyHolder
 from fedwarden.secure.he import HomomorphicSum, PublicContext, encrypt_update, sign_contribution
 from fedwarden.secure.he_keyholder import (
-    PUBLIC_CONTEXT_FILE,
     CkksKeyHolder,
     DecryptionRefused,
     authorized_clients,
@@ -150,73 +145,6 @@ def test_the_aggregation_servers_own_identity_cannot_contribute(
     with pytest.raises(DecryptionRefused, match="'aggregator' is from a client this key holder"):
         remote.decrypt(aggregation.result())
     remote.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the key holder process exited early"
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"no key holder listening on port {port} after {timeout} s")
-
-
-@pytest.mark.slow
-def test_the_keyholder_command_is_its_own_process_and_survives_a_restart(tmp_path: Path) -> None:
-    """`fedwarden keyholder serve` as a child process: each round decrypts once, across restarts."""
-    pki = tmp_path / "pki"
-    init_ca(pki, "he-federation")
-    issue(pki, "server", "keyholder")
-    issue(pki, "client", "aggregator")
-    for client in CLIENTS:
-        issue(pki, "client", client)
-    state = tmp_path / "keyholder"
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "fedwarden.cli", "keyholder", "serve",
-        "--state", str(state),
-        "--identity", str(pki / "servers" / "keyholder"),
-        "--aggregator", "aggregator",
-        "--address", f"127.0.0.1:{port}",
-        *[f"--client={pki / 'clients' / client / 'tls.crt'}" for client in CLIENTS],
-    ]  # fmt: skip
-    aggregator = TlsKit.from_dir(pki / "clients" / "aggregator")
-    identities = {client: load_identity(pki / "clients" / client) for client in CLIENTS}
-    requests = []
-    for round_index in range(2):
-        with open(tmp_path / f"keyholder-{round_index}.log", "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_listening(port, process)
-            remote = RemoteKeyHolder(f"localhost:{port}", aggregator)
-            # What clients are given out of band: the state folder's public context file.
-            public = PublicContext.load((state / PUBLIC_CONTEXT_FILE).read_bytes())
-            assert public.key_id == remote.key_id
-            aggregation = HomomorphicSum(remote.public_context())
-            aggregation.start(LENGTH, round_index)
-            for client in CLIENTS:
-                update = np.full(LENGTH, round_index + 1.0, dtype=np.float32)
-                message = encrypt_update(public, client, update)
-                aggregation.add(sign_contribution(message, round_index, identities[client]))
-            requests.append(aggregation.result())
-            for request in requests[:-1]:  # rounds decrypted before the restart stay decrypted
-                with pytest.raises(DecryptionRefused, match="decrypted already"):
-                    remote.decrypt(request)
-            mean, _, contributors = remote.decrypt(requests[-1])
-            assert contributors == 2
-            assert np.max(np.abs(mean - (round_index + 1.0))) <= PRECISION
-            remote.close()
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def test_the_keyholder_command_refuses_the_aggregation_server_as_a_contributor(
