@@ -94,7 +94,8 @@ lock: | $(UV)
 proto: install-test
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps "grpcio-tools==1.62.3"
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
-		src/fedwarden/runtime/grpc/federation.proto src/fedwarden/secure/secagg.proto \
+		src/fedwarden/runtime/grpc/federation.proto src/fedwarden/runtime/grpc/keyholder.proto \
+		src/fedwarden/secure/secagg.proto \
 		src/fedwarden/vertical/vertical.proto
 	rm -f $(VENV)/.installed-test
 

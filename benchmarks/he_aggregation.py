@@ -1,7 +1,8 @@
 """CKKS aggregation cost: n clients' d-parameter updates summed under encryption, against plain.
 
-Times the three HE steps of ``fedwarden.secure.he`` (client encryption, the
-aggregation server's ciphertext sum, the key holder's decryption), the bytes
+Times the three HE steps of ``fedwarden.secure.he`` (client encryption and
+signing, the aggregation server's ciphertext sum, the key holder's check, which
+recomputes the sum from the signed contributions, and decryption), the bytes
 each client uploads, and the overhead against a plain float32 weighted sum of
 the same vectors (``np.sum``). Printed next to NVIDIA FLARE's published ~2.7x
 wall-clock overhead of HE for CIFAR-10, which is end-to-end training time
@@ -17,13 +18,10 @@ import argparse
 import time
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedwarden.secure.he import (
-    CkksKeyHolder,
-    HomomorphicSum,
-    PublicContext,
-    encrypt_update,
-)
+from fedwarden.secure.he import HomomorphicSum, PublicContext, encrypt_update, sign_contribution
+from fedwarden.secure.he_keyholder import CkksKeyHolder
 
 FLARE_CIFAR10_OVERHEAD = 2.7
 """NVIDIA FLARE's published HE wall-clock overhead for CIFAR-10 training (issue 4)."""
@@ -47,9 +45,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     updates = [rng.standard_normal(args.dim, dtype=np.float32) for _ in range(args.clients)]
     weights = [float(rng.integers(10, 1000)) for _ in range(args.clients)]
+    identities = {f"client-{index}": Ed25519PrivateKey.generate() for index in range(args.clients)}
 
     started = time.perf_counter()
-    key_holder = CkksKeyHolder()
+    key_holder = CkksKeyHolder(clients={name: key.public_key() for name, key in identities.items()})
     public_bytes = key_holder.public_context()
     public = PublicContext.load(public_bytes)
     server = HomomorphicSum(public_bytes)
@@ -57,20 +56,21 @@ def main() -> None:
 
     encrypt_seconds = aggregate_seconds = 0.0
     upload_bytes = 0
-    server.start(args.dim)
-    for index, (update, weight) in enumerate(zip(updates, weights, strict=True)):
+    server.start(args.dim, 0)
+    for (name, identity), update, weight in zip(identities.items(), updates, weights, strict=True):
         started = time.perf_counter()
-        message = encrypt_update(public, f"client-{index}", update, weight)
+        message = encrypt_update(public, name, update, weight)
+        contribution = sign_contribution(message, 0, identity)
         encrypt_seconds += time.perf_counter() - started
         upload_bytes += message.payload_bytes
         started = time.perf_counter()
-        server.add(message)
+        server.add(contribution)
         aggregate_seconds += time.perf_counter() - started
     started = time.perf_counter()
-    encrypted_sum = server.result()
+    request = server.result()
     aggregate_seconds += time.perf_counter() - started
     started = time.perf_counter()
-    mean, total_weight = key_holder.decrypt(encrypted_sum)
+    mean, total_weight, _ = key_holder.decrypt(request)
     decrypt_seconds = time.perf_counter() - started
 
     plain_timings = []
@@ -87,10 +87,11 @@ def main() -> None:
     print(f"  (N = 8192, primes 60/40/40/60, scale 2^40, {public.slot_count} slots per chunk)")
     rows = [
         ("key holder setup + public context", f"{setup_seconds:.3f} s"),
-        ("client encryption, per client", f"{encrypt_seconds / args.clients:.3f} s"),
-        ("client encryption, all clients", f"{encrypt_seconds:.3f} s"),
+        ("client encryption + signing, per client", f"{encrypt_seconds / args.clients:.3f} s"),
+        ("client encryption + signing, all clients", f"{encrypt_seconds:.3f} s"),
         ("server ciphertext sum", f"{aggregate_seconds:.3f} s"),
-        ("key holder decryption", f"{decrypt_seconds:.3f} s"),
+        ("key holder check (sum recomputed) + decryption", f"{decrypt_seconds:.3f} s"),
+        ("key holder request size", f"{request.payload_bytes / 1e6:.2f} MB"),
         ("plain float32 weighted np.sum (best of 5)", f"{plain_seconds:.4f} s"),
         ("public context size", f"{len(public_bytes) / 1e6:.2f} MB"),
         ("upload per client, HE", f"{upload_bytes / args.clients / 1e6:.2f} MB"),

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ class Federation:
             )
         return self.server
 
-    def start_client(self, client_id: str, data: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_client(
+        self, client_id: str, data: Path | None = None, options: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         """``fedwarden client`` for one site on its ``.npz`` (or ``data``), logging to its log."""
         command = [
             *self.launcher,
@@ -119,6 +121,7 @@ class Federation:
             str(data or self.root / "data" / f"{client_id}.npz"),
             "--identity",
             str(self.pki / "clients" / client_id),
+            *options,
         ]
         with open(self.client_log(client_id), "ab") as output:
             process = subprocess.Popen(
@@ -127,9 +130,9 @@ class Federation:
         self.clients[client_id] = process
         return process
 
-    def start_clients(self) -> None:
+    def start_clients(self, options: Sequence[str] = ()) -> None:
         for client_id in self.sites:
-            self.start_client(client_id)
+            self.start_client(client_id, options=options)
 
     def client_log(self, client_id: str) -> Path:
         return self.root / f"{client_id}.log"

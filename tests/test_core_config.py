@@ -207,3 +207,18 @@ def test_a_bad_webhook_url_is_refused_without_echoing_it(url: str) -> None:
     assert url not in str(refused.value) and "T0KEN" not in str(refused.value)
     accepted = RunConfig.from_mapping({"monitoring": {"webhook_url": "https://hooks.example/T"}})
     assert accepted.monitoring.webhook_url == "https://hooks.example/T"
+
+
+def test_homomorphic_aggregation_over_grpc_needs_a_key_holder_process() -> None:
+    message = config_error({"runtime": {"kind": "grpc"}, "secure": {"kind": "he"}})
+    assert "secure.kind 'he' over the grpc runtime needs its key holder" in message
+    assert "fedwarden keyholder serve" in message
+    remote = {"key_holder": "keyholder.example:8471", "key_holder_identity": "pki/aggregator"}
+    config = RunConfig.from_mapping(
+        {"runtime": {"kind": "grpc"}, "secure": {"kind": "he", **remote}}
+    )
+    assert config.secure.key_holder == "keyholder.example:8471"
+    assert config.secure.key_holder_identity == Path("pki/aggregator")
+    message = config_error({"secure": {"kind": "he", **remote}})
+    assert "simulated runs keep their key holder in process" in message
+    assert RunConfig.from_mapping({"secure": {"kind": "he"}}).secure.key_holder is None

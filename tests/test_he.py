@@ -7,17 +7,20 @@ import dataclasses
 import numpy as np
 import pytest
 import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
+from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.secure.he import (
-    CkksKeyHolder,
     CkksParameters,
+    Contribution,
     EncryptedUpdate,
     HomomorphicSum,
     PublicContext,
     chunk_count,
     encrypt_update,
+    sign_contribution,
 )
+from fedwarden.secure.he_keyholder import CkksKeyHolder, DecryptionRefused
 
 SLOTS = 4096
 
@@ -32,16 +35,29 @@ FRESH_ERROR = 2.0**-20
 FLOAT32_ROUNDING = 2.0**-24
 
 
-@pytest.fixture(scope="module")
+IDENTITIES: dict[str, Ed25519PrivateKey] = {}
+"""Each test client's identity key, made on first use."""
+
+
+@pytest.fixture
 def key_holder() -> CkksKeyHolder:
-    """One key holder (N = 8192, primes 60/40/40/60, scale 2^40) for the module."""
+    """A fresh key holder (N = 8192, primes 60/40/40/60, scale 2^40): every round is new to it."""
     return CkksKeyHolder()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def public(key_holder: CkksKeyHolder) -> PublicContext:
     """The clients' view of the key holder's context."""
     return PublicContext.load(key_holder.public_context())
+
+
+def _signed(
+    key_holder: CkksKeyHolder, message: EncryptedUpdate, round_index: int = 0
+) -> Contribution:
+    """``message`` signed by its client's identity key, which ``key_holder`` authorizes."""
+    identity = IDENTITIES.setdefault(message.client_id, Ed25519PrivateKey.generate())
+    key_holder.authorize(message.client_id, identity.public_key())
+    return sign_contribution(message, round_index, identity)
 
 
 def _updates(length: int, count: int, seed: int) -> list[np.ndarray]:
@@ -63,15 +79,16 @@ def test_he_weighted_mean_equals_plain_within_ckks_error(
 ) -> None:
     updates = _updates(length, len(weights), seed=length)
     server = HomomorphicSum(key_holder.public_context())
-    server.start(length)
+    server.start(length, 0)
     for index, (update, weight) in enumerate(zip(updates, weights, strict=True)):
         message = encrypt_update(public, f"client-{index}", update, weight)
         assert len(message.chunks) == chunk_count(length, SLOTS) == -(-(length + 1) // SLOTS)
-        server.add(message)
-    encrypted_sum = server.result()
-    assert encrypted_sum.num_updates == len(weights)
+        server.add(_signed(key_holder, message))
+    request = server.result()
+    assert len(request.contributions) == len(weights)
 
-    mean, total_weight = key_holder.decrypt(encrypted_sum)
+    mean, total_weight, contributors = key_holder.decrypt(request)
+    assert contributors == len(weights)
 
     plain_sum = sum(w * u.astype(np.float64) for u, w in zip(updates, weights, strict=True))
     plain_weight = sum(weights)
@@ -98,10 +115,10 @@ def test_aggregation_server_holds_no_secret_key_and_cannot_decrypt(
     server = HomomorphicSum(key_holder.public_context())
     assert not server.public.context.is_private()
     assert not server.public.context.has_secret_key()
-    server.start(10)
-    server.add(encrypt_update(public, "a", np.ones(10, dtype=np.float32)))
-    server.add(encrypt_update(public, "b", np.ones(10, dtype=np.float32)))
-    chunk = server.result().chunks[0]
+    server.start(10, 0)
+    server.add(_signed(key_holder, encrypt_update(public, "a", np.ones(10, dtype=np.float32))))
+    server.add(_signed(key_holder, encrypt_update(public, "b", np.ones(10, dtype=np.float32))))
+    chunk = server.result().total.chunks[0]
     with pytest.raises(ValueError, match="secret"):
         ts.ckks_vector_from(server.public.context, chunk).decrypt()
 
@@ -117,9 +134,10 @@ def test_context_holding_the_secret_key_is_refused_by_the_server() -> None:
 def test_update_under_another_key_is_refused(key_holder: CkksKeyHolder) -> None:
     other = PublicContext.load(CkksKeyHolder().public_context())
     server = HomomorphicSum(key_holder.public_context())
-    server.start(8)
+    server.start(8, 0)
+    stranger = encrypt_update(other, "stranger", np.ones(8, dtype=np.float32))
     with pytest.raises(UpdateRejected, match="key") as refused:
-        server.add(encrypt_update(other, "stranger", np.ones(8, dtype=np.float32)))
+        server.add(_signed(key_holder, stranger))
     assert refused.value.reason == "key"
 
 
@@ -134,9 +152,9 @@ def test_ciphertext_under_other_parameters_is_refused_even_with_the_right_key_id
         key_id=key_holder.key_id,
     )
     server = HomomorphicSum(key_holder.public_context())
-    server.start(8)
+    server.start(8, 0)
     with pytest.raises(UpdateRejected, match="chunk 0 is not a CKKS ciphertext") as refused:
-        server.add(forged)
+        server.add(_signed(key_holder, forged))
     assert refused.value.reason == "ciphertext"
 
 
@@ -147,8 +165,8 @@ def test_wrong_length_chunk_count_or_bytes_are_refused_and_leave_the_sum_unchang
     first, second = _updates(length, 2, seed=5)
     good = encrypt_update(public, "good", first, 2.0)
     server = HomomorphicSum(key_holder.public_context())
-    server.start(length)
-    server.add(good)
+    server.start(length, 0)
+    server.add(_signed(key_holder, good))
 
     bad: list[tuple[EncryptedUpdate, str]] = [
         (encrypt_update(public, "short", first[:-1]), "length"),
@@ -159,27 +177,29 @@ def test_wrong_length_chunk_count_or_bytes_are_refused_and_leave_the_sum_unchang
     ]
     for message, reason in bad:
         with pytest.raises(UpdateRejected) as refused:
-            server.add(message)
+            server.add(_signed(key_holder, message))
         assert refused.value.reason == reason
         assert message.client_id in str(refused.value)
+    with pytest.raises(UpdateRejected) as refused:
+        server.add(_signed(key_holder, encrypt_update(public, "late", second), round_index=1))
+    assert refused.value.reason == "round"
 
-    server.add(encrypt_update(public, "also-good", second, 6.0))
-    mean, total_weight = key_holder.decrypt(server.result())
+    server.add(_signed(key_holder, encrypt_update(public, "also-good", second, 6.0)))
+    mean, total_weight, _ = key_holder.decrypt(server.result())
     expected = (2.0 * first.astype(np.float64) + 6.0 * second) / 8.0
     assert abs(total_weight - 8.0) <= 2 * FRESH_ERROR
     assert np.max(np.abs(mean - expected)) <= 2 * FRESH_ERROR * 3.0 / 7.9 + 3.0 * FLOAT32_ROUNDING
 
 
-def test_key_holder_refuses_a_foreign_sum_or_a_sum_of_one_update(
+def test_key_holder_refuses_a_sum_under_another_key(
     key_holder: CkksKeyHolder, public: PublicContext
 ) -> None:
     server = HomomorphicSum(key_holder.public_context())
-    server.start(4)
-    server.add(encrypt_update(public, "alone", np.ones(4, dtype=np.float32)))
-    with pytest.raises(RoundAborted, match="at least 2"):
-        key_holder.decrypt(server.result())
+    server.start(4, 0)
+    for client in ("a", "b"):
+        server.add(_signed(key_holder, encrypt_update(public, client, np.ones(4, np.float32))))
     other = CkksKeyHolder(min_updates=1)
-    with pytest.raises(ConfigError, match="key holder of its run"):
+    with pytest.raises(DecryptionRefused, match="key holder of its run"):
         other.decrypt(server.result())
 
 

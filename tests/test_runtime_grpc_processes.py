@@ -11,6 +11,8 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from fedwarden.governance.store import RunStore
 from fedwarden.privacy.accounting import compute_spend, event_from_json
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.wire import SERVICE, version_message
-from grpc_federation import Federation, wait_for
+from grpc_federation import Federation, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -366,3 +368,53 @@ def test_successive_deployment_runs_pilot_each_candidate_against_production(
     assert recorded.production_accuracy == second["pilot"]["production_accuracy"]
     pilots = [index for index, kind in enumerate(kinds) if kind == "pilot_evaluated"]
     assert len(pilots) == 2 and pilots[0] < kinds.index("model_promoted") < pilots[1]
+
+
+def test_homomorphic_aggregation_runs_with_the_key_holder_as_its_own_process(
+    federation, tmp_path: Path
+) -> None:
+    """Server, two clients and `fedwarden keyholder serve` over mutual TLS: the server holds no key.
+
+    The server's log and run directory never see a secret context; the model
+    trains as in clear (CKKS errors ~1e-7), and the key holder decrypted each
+    round exactly once.
+    """
+    key_holder_port = free_port()
+    aggregator = tmp_path / "pki" / "clients" / "aggregator"
+    run = federation(
+        sites=2,
+        rounds=2,
+        secure={
+            "kind": "he",
+            "key_holder": f"localhost:{key_holder_port}",
+            "key_holder_identity": str(aggregator),
+        },
+    )
+    issue(run.pki, "client", "aggregator")
+    issue(run.pki, "server", "keyholder")
+    state = tmp_path / "keyholder"
+    command = [
+        sys.executable, "-m", "fedwarden.cli", "keyholder", "serve",
+        "--state", str(state),
+        "--identity", str(run.pki / "servers" / "keyholder"),
+        "--aggregator", "aggregator",
+        "--address", f"127.0.0.1:{key_holder_port}",
+        *[f"--client={run.pki / 'clients' / site / 'tls.crt'}" for site in run.sites],
+    ]  # fmt: skip
+    with open(tmp_path / "keyholder.log", "wb") as log:
+        key_holder = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        run.start_server()  # it waits for the key holder to come up
+        wait_for(lambda: (state / "public_context.bin").exists(), 120, "the key holder's key")
+        run.start_clients(options=["--he-public-context", str(state / "public_context.bin")])
+        assert run.wait_server() == 0, run.server_output()
+    finally:
+        key_holder.terminate()
+        key_holder.wait(timeout=30)
+    records = run.completed_rounds()
+    assert [record["participants"] for record in records] == [2, 2]
+    assert all(record["applied"] for record in records)
+    assert records[-1]["accuracy"] > records[0]["accuracy"]
+    decrypted = json.loads((state / "decrypted_rounds.json").read_text())
+    assert len(set(decrypted["rounds"])) == 2  # each of the two rounds, once
+    assert not any("secret_context" in path.name for path in run.run_dir().rglob("*"))

@@ -49,7 +49,7 @@ from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian
 from fedwarden.secure.secagg import SecAggParameters
 
 if TYPE_CHECKING:
-    pass
+    from fedwarden.runtime.grpc.keyholder import RemoteKeyHolder
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def build_secure_aggregator(
     if config.secure.kind == "he":
         from fedwarden.pipeline.he_mean import HomomorphicMean
 
-        return HomomorphicMean(weighting)
+        return HomomorphicMean(weighting, key_holder=remote_key_holder(config))
     distributed = privacy.distributed if isinstance(privacy, UserLevelPrivacy) else None
     assert distributed is None or isinstance(distributed, DistributedDiscreteGaussian)
     return SecureSum(
@@ -223,6 +223,18 @@ def build_secure_aggregator(
         max_weight=max(dataset.train_sizes.values()),
         distributed_dp=distributed,
     )
+
+
+def remote_key_holder(config: RunConfig) -> RemoteKeyHolder | None:
+    """The key holder process ``config.secure`` names (None: an in-process one, simulation)."""
+    address, identity = config.secure.key_holder, config.secure.key_holder_identity
+    if address is None or identity is None:
+        return None
+    # Deferred, as the grpc runtime is: gRPC would slow every simulated run's start.
+    from fedwarden.runtime.grpc.credentials import TlsKit
+    from fedwarden.runtime.grpc.keyholder import RemoteKeyHolder
+
+    return RemoteKeyHolder(address, TlsKit.from_dir(identity))
 
 
 def secagg_parameters(config: RunConfig) -> SecAggParameters:

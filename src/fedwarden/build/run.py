@@ -178,6 +178,14 @@ def run(
             "a privacy budget is changed only when resuming a run (--resume RUN_DIR); a new "
             "run takes its budget from privacy.epsilon"
         )
+    if config.runtime.kind == "grpc" and deployment is None and config.secure.kind == "he":
+        raise ConfigError(
+            "fedwarden run starts its own client processes, but homomorphic aggregation over "
+            "grpc needs a key holder that knows the clients' certificates and clients that took "
+            "its public context from it: deploy with `fedwarden keyholder serve`, `fedwarden "
+            "server` and `fedwarden client --he-public-context`, or simulate with runtime.kind "
+            "'local'"
+        )
     if resume is not None:
         run_dir: RunDirectory | None = RunDirectory(resume)
     elif write_run_dir:

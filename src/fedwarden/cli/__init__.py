@@ -1,8 +1,8 @@
 """The ``fedwarden`` command. The only package that writes to the console.
 
 One module per command group: ``new`` (a starter project), ``run`` (run, query), ``pki``,
-``audit``, ``models``, ``federation`` (server, client), ``services`` (dashboard, serve) and
-``vertical``;
+``audit``, ``models``, ``federation`` (server, client), ``services`` (dashboard, serve),
+``vertical`` and ``keyholder``;
 ``console`` is what a run shows, ``common`` what the groups share.
 
 Every command is registered when this package is imported, ``fedwarden --help`` included, so
@@ -20,6 +20,7 @@ from rich.console import Console
 
 from fedwarden.cli.audit import audit_app
 from fedwarden.cli.federation import client_command, server_command
+from fedwarden.cli.keyholder import keyholder_app
 from fedwarden.cli.models import models_app
 from fedwarden.cli.new import new_command
 from fedwarden.cli.pki import pki_app
@@ -66,3 +67,4 @@ app.command("client")(client_command)
 app.command("dashboard")(dashboard_command)
 app.command("serve")(serve_command)
 app.add_typer(vertical_app, name="vertical")
+app.add_typer(keyholder_app, name="keyholder")

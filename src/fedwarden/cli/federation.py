@@ -132,6 +132,15 @@ def client_command(
             "does not exceed (k + 1 + this) / 2."
         ),
     ] = 0,
+    he_public_context: Annotated[
+        Path | None,
+        typer.Option(
+            help="The CKKS key holder's public_context.bin, from the key holder itself (needed "
+            "when the run uses secure.kind 'he').",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Join a fedwarden server and train on this site's data until the run ends."""
     # Deferred so that grpc and SQLAlchemy do not slow `fedwarden --help`.
@@ -153,6 +162,7 @@ def client_command(
             state_dir=state_dir,
             allow_test_mode_noise=allow_test_mode_noise,
             secagg_policy=policy,
+            he_public_context=None if he_public_context is None else he_public_context.read_bytes(),
         )
         signal.signal(signal.SIGTERM, lambda *_: client.shutdown())
         client.run()

@@ -41,13 +41,17 @@ _EXPORTS = {
     "DecodedSum": "fedwarden.secure.encoding",
     "DistributedDiscreteGaussian": "fedwarden.secure.distributed_dp",
     "new_rotation_seed": "fedwarden.secure.distributed_dp",
-    "CkksKeyHolder": "fedwarden.secure.he",
+    "CkksKeyHolder": "fedwarden.secure.he_keyholder",
     "CkksParameters": "fedwarden.secure.he",
+    "Contribution": "fedwarden.secure.he",
+    "DecryptionRefused": "fedwarden.secure.he_keyholder",
+    "DecryptionRequest": "fedwarden.secure.he",
     "EncryptedSum": "fedwarden.secure.he",
     "EncryptedUpdate": "fedwarden.secure.he",
     "HomomorphicSum": "fedwarden.secure.he",
     "PublicContext": "fedwarden.secure.he",
     "encrypt_update": "fedwarden.secure.he",
+    "sign_contribution": "fedwarden.secure.he",
     "payload_bytes": "fedwarden.secure.secagg",
 }
 

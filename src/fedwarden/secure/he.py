@@ -1,47 +1,51 @@
 """Homomorphic-encryption aggregation: clients encrypt, the server sums ciphertexts blind.
 
-Issue 4, item 7 (``secure = "he"``). CKKS (Cheon, Kim, Kim & Song, "Homomorphic
-Encryption for Arithmetic of Approximate Numbers", ASIACRYPT 2017) through
-TenSEAL (Benaissa et al., 2021), in the shape NVIDIA FLARE's HE filters use:
+Issue 4, item 7 (``secure = "he"``) and issue 21, item 2 (the key holder as its
+own party). CKKS (Cheon, Kim, Kim & Song, "Homomorphic Encryption for
+Arithmetic of Approximate Numbers", ASIACRYPT 2017) through TenSEAL (Benaissa
+et al., 2021), in the shape NVIDIA FLARE's HE filters use:
 
-* a :class:`CkksKeyHolder` creates the context and exports a *public* context
-  (no secret key) for the clients and the aggregation server; only the key
-  holder decrypts, and only sums;
-* each client calls :func:`encrypt_update`: its update scaled by its weight,
+* a key holder (:mod:`fedwarden.secure.he_keyholder`) creates the context and
+  exports a *public* context (no secret key) for the clients and the
+  aggregation server;
+* each client calls :func:`encrypt_update` (its update scaled by its weight,
   followed by the weight itself, packed into ciphertext chunks of
-  ``poly_modulus_degree / 2`` slots each;
+  ``poly_modulus_degree / 2`` slots each) and :func:`sign_contribution`: its
+  deployment identity key signs (round, client, key, digest of the
+  ciphertexts), so nobody can reuse the ciphertext in another round or under
+  another name (one key serves one run: a new run gets a new key);
 * the aggregation server runs :class:`HomomorphicSum` (``start``, ``add`` each
-  update, ``result``): it sums the ciphertexts chunk by chunk, holding
-  O(model size) memory, and never decrypts;
-* the key holder's :meth:`CkksKeyHolder.decrypt` turns the encrypted sum into
-  the weighted-mean vector and the total weight.
-
-Threat model: an honest-but-curious aggregation server that does not collude
-with the key holder. The key fingerprint on each message catches updates made
-under another run's key (a configuration mistake); it cannot stop a malicious
-client from encrypting garbage under the right key, and the key holder trusts
-the server's count of summed updates. CKKS decryption is approximate: Li &
-Micciancio (EUROCRYPT 2021) show that publishing exact CKKS decryptions can
-leak the secret key; the key holder releases only a float32 rounding of the
-mean, which is not a proven defence, so keep the key for one federation only.
+  contribution, ``result``): it sums the ciphertexts chunk by chunk and never
+  decrypts; its result is a :class:`DecryptionRequest` carrying the sum and the
+  signed contributions it claims to hold;
+* the key holder verifies the request (signatures, distinct authorized
+  clients, at least its own minimum, a round never decrypted before, the sum
+  recomputed from the contributions) and only then decrypts.
 
 Messages are frozen dataclasses holding TenSEAL's own serialization (never
-pickle). Encryption randomness comes from Microsoft SEAL's default PRNG
-(BLAKE2 seeded from the operating system's random source).
+pickle); a reader skips fields it does not know, and a field's meaning never
+changes (a new meaning is a new field). Encryption randomness comes from
+Microsoft SEAL's default PRNG (BLAKE2 seeded from the operating system's
+random source). Threat model and its limits: ``SECURITY.md``, "Homomorphic
+aggregation".
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal as ts
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
+from fedwarden.core.canonical import canonical_json
+from fedwarden.core.errors import ConfigError, UpdateRejected
 
 CiphertextVector = Any
 """A ``tenseal.CKKSVector`` (TenSEAL ships no type information)."""
@@ -115,20 +119,94 @@ class EncryptedUpdate:
 
 @dataclass(frozen=True)
 class EncryptedSum:
-    """Aggregation server to key holder: the chunk-wise sum of ``num_updates`` encrypted updates.
-
-    Its plaintext is ``[sum of weight * update, total weight]``.
-    """
+    """A chunk-wise sum of encrypted updates: ``[sum of weight * update, total weight]``."""
 
     length: int
     key_id: str
-    num_updates: int
     chunks: tuple[bytes, ...]
 
     @property
     def payload_bytes(self) -> int:
         """Bytes the ciphertexts occupy on the wire."""
         return sum(len(chunk) for chunk in self.chunks)
+
+
+CONTRIBUTION_DOMAIN = b"fedwarden-he-contribution-v1\x00"
+"""Prefix of every signed contribution record, so the signature means nothing elsewhere."""
+
+
+def ciphertext_digest(update: EncryptedUpdate) -> bytes:
+    """SHA-256 over an update's chunks, each preceded by its length (unambiguous framing)."""
+    digest = hashlib.sha256()
+    for chunk in update.chunks:
+        digest.update(struct.pack(">Q", len(chunk)))
+        digest.update(chunk)
+    return digest.digest()
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """Client to server to key holder: one encrypted update, signed for one round of one run.
+
+    ``signature`` is the client's Ed25519 identity key's signature of
+    :meth:`signed_record`: (round, client, key, length, ciphertext
+    digest). A key holder that knows the client's identity key can check that
+    this client made these ciphertexts for this round, without trusting the
+    server that forwards them.
+    """
+
+    round_index: int
+    update: EncryptedUpdate
+    signature: bytes
+
+    def signed_record(self) -> bytes:
+        """The bytes the client signs: a domain prefix and canonical JSON."""
+        record = {
+            "round_index": self.round_index,
+            "client_id": self.update.client_id,
+            "key_id": self.update.key_id,
+            "length": self.update.length,
+            "ciphertext_sha256": ciphertext_digest(self.update).hex(),
+        }
+        return CONTRIBUTION_DOMAIN + canonical_json(record, ascii_only=True).encode()
+
+    def signed_by(self, public_key: Ed25519PublicKey) -> bool:
+        """Whether ``public_key`` signed this contribution's record."""
+        try:
+            public_key.verify(self.signature, self.signed_record())
+        except InvalidSignature:
+            return False
+        return True
+
+
+def sign_contribution(
+    update: EncryptedUpdate, round_index: int, identity: Ed25519PrivateKey
+) -> Contribution:
+    """A client's encrypted update, signed with its identity key for one round of one run."""
+    unsigned = Contribution(round_index, update, b"")
+    return Contribution(round_index, update, identity.sign(unsigned.signed_record()))
+
+
+@dataclass(frozen=True)
+class DecryptionRequest:
+    """Aggregation server to key holder: a round's encrypted sum and the contributions behind it.
+
+    The key holder trusts neither the sum nor the list: it checks every
+    contribution's signature, recomputes the sum from them, and decrypts only
+    if the recomputed sum equals ``total`` and enough distinct authorized
+    clients contributed.
+    """
+
+    round_index: int
+    total: EncryptedSum
+    contributions: tuple[Contribution, ...]
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of ciphertext the request carries (the sum and every contribution)."""
+        return self.total.payload_bytes + sum(
+            item.update.payload_bytes for item in self.contributions
+        )
 
 
 @dataclass(frozen=True)
@@ -220,147 +298,99 @@ def _read_chunks(
 
 
 class HomomorphicSum:
-    """The aggregation server's streaming sum of encrypted updates; it never decrypts.
+    """The aggregation server's sum of encrypted contributions; it never decrypts.
 
-    Same shape as the pipeline's ``Aggregator``: ``start(length)``, ``add`` each
-    update, then ``result()``. Memory is one running sum, O(model size). An
-    update is checked in full (key, length, chunk count, every ciphertext)
-    before it touches the sum, so a refused one leaves the sum unchanged.
+    Same shape as the pipeline's ``Aggregator``: ``start(length, ...)``,
+    ``add`` each contribution, then ``result()``. It holds one running sum and
+    the contributions themselves, which the key holder needs to recompute the
+    sum: O(cohort x model size) ciphertext, the price of a key holder that
+    counts contributors itself. A contribution is checked in full (round, key,
+    length, chunk count, every ciphertext) before it touches the sum, so a
+    refused one leaves the sum unchanged. Signatures are the key holder's to
+    check (and the transport's: the gRPC server checks each upload's).
     """
 
     def __init__(self, public_context: bytes) -> None:
         self.public = PublicContext.load(public_context)
         self._length: int | None = None
+        self._round_index = 0
         self._totals: list[CiphertextVector] = []
-        self._contributors: set[str] = set()
+        self._contributions: dict[str, Contribution] = {}
 
-    def start(self, length: int) -> None:
-        """Begin a round whose plaintext updates have ``length`` elements."""
+    def start(self, length: int, round_index: int) -> None:
+        """Begin round ``round_index``, whose plaintext updates have ``length`` elements."""
         if length < 0:
             raise ConfigError(f"HomomorphicSum.start got length {length}; it must be >= 0")
         self._length = length
+        self._round_index = round_index
         self._totals = []
-        self._contributors = set()
+        self._contributions = {}
 
-    def add(self, message: EncryptedUpdate) -> None:
-        """Check one encrypted update and add it chunk-wise into the running sum."""
+    def add(self, contribution: Contribution) -> None:
+        """Check one signed contribution and add its ciphertexts chunk-wise into the running sum."""
         if self._length is None:
             raise ConfigError("HomomorphicSum.add was called before start(length); start the round")
+        message = contribution.update
         who = f"encrypted update from client {message.client_id!r}"
+        if contribution.round_index != self._round_index:
+            raise UpdateRejected(
+                "round",
+                f"{who} is signed for round {contribution.round_index}, not round "
+                f"{self._round_index}",
+            )
         if message.key_id != self.public.key_id:
             raise UpdateRejected(
                 "key",
                 f"{who} was encrypted under key {message.key_id[:12]}..., not this run's "
                 f"{self.public.key_id[:12]}...; the client must use this run's public context",
             )
-        if message.client_id in self._contributors:
+        if message.client_id in self._contributions:
             raise UpdateRejected("duplicate", f"{who} arrived twice this round; only one counts")
-        if message.length != self._length:
-            raise UpdateRejected(
-                "length", f"{who} has {message.length} elements; the model has {self._length}"
-            )
-        sizes = _chunk_sizes(self._length, self.public.slot_count)
-        if len(message.chunks) != len(sizes):
-            raise UpdateRejected(
-                "chunks",
-                f"{who} has {len(message.chunks)} ciphertext chunks; {len(sizes)} are needed for "
-                f"{self._length} elements plus the weight at {self.public.slot_count} slots each",
-            )
-        vectors = _read_chunks(self.public.context, message.chunks, sizes, who)
-        if self._totals:
-            try:
-                self._totals = [
-                    total + vector for total, vector in zip(self._totals, vectors, strict=True)
-                ]
-            except (ValueError, RuntimeError) as error:
-                raise UpdateRejected(
-                    "ciphertext",
-                    f"{who} cannot be added to the running sum ({error}); "
-                    "re-encrypt it with the run's public context and default scale",
-                ) from error
-        else:
-            self._totals = vectors
-        self._contributors.add(message.client_id)
+        vectors = read_update(self.public, message, self._length, who)
+        self._totals = add_chunks(self._totals, vectors, who)
+        self._contributions[message.client_id] = contribution
 
-    def result(self) -> EncryptedSum:
-        """The round's encrypted sum, for the key holder; valid after at least one ``add``."""
+    def result(self) -> DecryptionRequest:
+        """The round's encrypted sum and its contributions, for the key holder."""
         if self._length is None or not self._totals:
             raise ConfigError("HomomorphicSum.result has no updates to sum; add at least one")
-        return EncryptedSum(
+        total = EncryptedSum(
             length=self._length,
             key_id=self.public.key_id,
-            num_updates=len(self._contributors),
-            chunks=tuple(total.serialize() for total in self._totals),
+            chunks=tuple(chunk.serialize() for chunk in self._totals),
         )
+        return DecryptionRequest(self._round_index, total, tuple(self._contributions.values()))
 
 
-class CkksKeyHolder:
-    """Holder of the CKKS secret key: makes the context, exports its public half, decrypts sums.
-
-    ``min_updates`` is the fewest updates a sum must hold before it is
-    decrypted (default 2): decrypting a "sum" of one would reveal that
-    client's update.
-    """
-
-    def __init__(self, parameters: CkksParameters | None = None, min_updates: int = 2) -> None:
-        self.parameters = parameters or CkksParameters()
-        if min_updates < 1:
-            raise ConfigError(f"CkksKeyHolder.min_updates is {min_updates}; it must be >= 1")
-        self.min_updates = min_updates
-        try:
-            self._context = ts.context(
-                ts.SCHEME_TYPE.CKKS,
-                poly_modulus_degree=self.parameters.poly_modulus_degree,
-                coeff_mod_bit_sizes=list(self.parameters.coeff_mod_bit_sizes),
-            )
-        except (ValueError, RuntimeError) as error:
-            raise ConfigError(
-                f"TenSEAL refused the CKKS parameters {self.parameters} ({error}); keep the "
-                "coefficient modulus within the budget for the polynomial degree"
-            ) from error
-        self._context.global_scale = 2.0**self.parameters.scale_bits
-        self._public_context: bytes = self._context.serialize(
-            save_public_key=True,
-            save_secret_key=False,
-            save_galois_keys=False,
-            save_relin_keys=False,
+def read_update(
+    public: PublicContext, message: EncryptedUpdate, length: int, who: str
+) -> list[CiphertextVector]:
+    """Check an encrypted update's length and chunk count, then read its ciphertexts."""
+    if message.length != length:
+        raise UpdateRejected(
+            "length", f"{who} has {message.length} elements; the model has {length}"
         )
-        self.key_id = _key_fingerprint(self._public_context)
+    sizes = _chunk_sizes(length, public.slot_count)
+    if len(message.chunks) != len(sizes):
+        raise UpdateRejected(
+            "chunks",
+            f"{who} has {len(message.chunks)} ciphertext chunks; {len(sizes)} are needed for "
+            f"{length} elements plus the weight at {public.slot_count} slots each",
+        )
+    return _read_chunks(public.context, message.chunks, sizes, who)
 
-    def public_context(self) -> bytes:
-        """The context without its secret key, for clients and the aggregation server."""
-        return self._public_context
 
-    def decrypt(self, message: EncryptedSum) -> tuple[np.ndarray, float]:
-        """Decrypt an encrypted sum into the weighted-mean vector (float32) and the total weight."""
-        if message.key_id != self.key_id:
-            raise ConfigError(
-                f"the encrypted sum is under key {message.key_id[:12]}..., but this key holder "
-                f"holds {self.key_id[:12]}...; send it to the key holder of its run"
-            )
-        if message.num_updates < self.min_updates:
-            raise RoundAborted(
-                f"the encrypted sum holds {message.num_updates} update(s); this key holder "
-                f"decrypts only sums of at least {self.min_updates}, so one client's update is "
-                "never revealed"
-            )
-        sizes = _chunk_sizes(message.length, self.parameters.slot_count)
-        if len(message.chunks) != len(sizes):
-            raise ConfigError(
-                f"the encrypted sum has {len(message.chunks)} chunks; {len(sizes)} are needed "
-                f"for {message.length} elements plus the weight"
-            )
-        try:
-            vectors = _read_chunks(self._context, message.chunks, sizes, "the encrypted sum")
-        except UpdateRejected as error:
-            raise ConfigError(
-                f"{error}; the sum must come from this run's HomomorphicSum"
-            ) from error
-        plaintext = np.concatenate([np.asarray(vector.decrypt()) for vector in vectors])
-        total_weight = float(plaintext[-1])
-        if not total_weight > 0:
-            raise ConfigError(
-                f"the decrypted total weight is {total_weight}; clients must encrypt positive "
-                "weights, so this sum was not formed from valid updates"
-            )
-        return (plaintext[:-1] / total_weight).astype(np.float32), total_weight
+def add_chunks(
+    totals: list[CiphertextVector], vectors: list[CiphertextVector], who: str
+) -> list[CiphertextVector]:
+    """``totals + vectors`` chunk-wise (``vectors`` alone when ``totals`` is empty)."""
+    if not totals:
+        return vectors
+    try:
+        return [total + vector for total, vector in zip(totals, vectors, strict=True)]
+    except (ValueError, RuntimeError) as error:
+        raise UpdateRejected(
+            "ciphertext",
+            f"{who} cannot be added to the running sum ({error}); "
+            "re-encrypt it with the run's public context and default scale",
+        ) from error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -89,7 +90,9 @@ class SecureConfig(Section):
     (the distributed discrete Gaussian, Kairouz et al. 2021), clip to
     ``privacy.clip_norm``, and the ledger charges the noise of ``t`` survivors.
     ``kind = "he"`` sums CKKS ciphertexts (TenSEAL) that only a separate key
-    holder can decrypt.
+    holder can decrypt: in process for the simulated runtimes, and over the
+    grpc runtime ``fedwarden keyholder serve`` at ``key_holder``, called with
+    the aggregation server's client kit ``key_holder_identity``.
     """
 
     kind: Literal["none", "secagg", "he"] = "none"
@@ -99,3 +102,7 @@ class SecureConfig(Section):
     corrupted_clients: Annotated[int, Field(ge=0)] | None = None
     clip_norm: Annotated[float, Field(gt=0)] = 10.0
     """L2 bound of each update inside the ring (without user-level DP)."""
+    key_holder: str | None = None
+    """HOST:PORT of the CKKS key holder (``fedwarden keyholder serve``); grpc runtime only."""
+    key_holder_identity: Path | None = None
+    """Client startup kit with which the aggregation server calls the key holder."""

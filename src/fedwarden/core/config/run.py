@@ -208,11 +208,18 @@ class RunConfig(Section):
                 "rollout.pilot_clients needs runtime.kind 'grpc': pilot evaluations are recorded "
                 "in the deployment's model registry, which simulated runtimes do not keep"
             )
-        if self.runtime.kind == "grpc" and self.secure.kind == "he":
+        remote = (self.secure.key_holder, self.secure.key_holder_identity)
+        if self.runtime.kind == "grpc" and self.secure.kind == "he" and None in remote:
             raise ValueError(
-                "secure.kind 'he' does not run over the grpc runtime yet (its key holder is "
-                "simulated in process): use secure.kind 'secagg' for deployments, or "
-                "runtime.kind 'local' or 'ray' for homomorphic aggregation"
+                "secure.kind 'he' over the grpc runtime needs its key holder, a separate "
+                "process the server cannot read: start `fedwarden keyholder serve` and set "
+                "secure.key_holder (its HOST:PORT) and secure.key_holder_identity (the client kit "
+                "the server calls it with, from `fedwarden pki issue client`)"
+            )
+        if remote != (None, None) and (self.runtime.kind != "grpc" or self.secure.kind != "he"):
+            raise ValueError(
+                "secure.key_holder and secure.key_holder_identity are for secure.kind 'he' on "
+                "the grpc runtime; simulated runs keep their key holder in process"
             )
         return self
 

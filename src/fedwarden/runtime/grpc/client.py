@@ -97,6 +97,8 @@ class Site:
     """The client's own enrolment CA (PEM): peers' certificates must chain to it."""
     secagg_policy: SecAggPolicy | None = None
     """What this site accepts in secure-aggregation rounds (its own setting, not the server's)."""
+    he_public_context: bytes | None = None
+    """The CKKS key holder's public context, which this site got from the key holder itself."""
 
 
 class ClientBuilder(Protocol):
@@ -168,6 +170,10 @@ class FederationClient:
     ``secagg_policy`` is what this site accepts in a secure-aggregation round
     (its own setting; the server cannot lower it); peers' identities come from
     certificates checked against the kit's CA.
+    ``he_public_context`` is the key holder's public context (its
+    ``public_context.bin``) for homomorphic aggregation, taken from the key
+    holder out of band and never from the server, which could substitute a
+    key of its own.
     """
 
     def __init__(
@@ -181,6 +187,7 @@ class FederationClient:
         state_dir: Path | None = None,
         allow_test_mode_noise: bool = False,
         secagg_policy: SecAggPolicy | None = None,
+        he_public_context: bytes | None = None,
     ) -> None:
         self.address = address
         self.kit = kit
@@ -191,6 +198,7 @@ class FederationClient:
         self.state_dir = state_dir
         self.allow_test_mode_noise = allow_test_mode_noise
         self.secagg_policy = secagg_policy
+        self.he_public_context = he_public_context
         self.stop = threading.Event()
         self._engine: tuple[str, ClientEngine] | None = None
         self._models: dict[str, Vector] = {}
@@ -304,7 +312,11 @@ class FederationClient:
             num_classes=num_classes,
         )
         site = Site(
-            self.client_id, self.kit.identity, self.kit.tls.root_certificate, self.secagg_policy
+            self.client_id,
+            self.kit.identity,
+            self.kit.tls.root_certificate,
+            self.secagg_policy,
+            self.he_public_context,
         )
         trainer, built = self.build(config, dataset, site)
         stages = tuple(built)
