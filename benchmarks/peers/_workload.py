@@ -84,8 +84,10 @@ class RoundAccuracy:
     """The global model's central test accuracy after ``round_number`` rounds.
 
     Round 0 is the initial model, scored when the framework is about to train its
-    first round, so its ``seconds`` is the framework's start-up. ``seconds`` counts
-    from the start of the run's clock and leaves out every central evaluation.
+    first round, so its ``seconds`` is the framework's start-up (except Flower's:
+    its ServerApp scores round 0 while Ray is still starting beside it).
+    ``seconds`` counts from the start of the run's clock and leaves out every
+    central evaluation.
     """
 
     round_number: int
