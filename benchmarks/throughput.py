@@ -23,11 +23,19 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from benchmarks.peers._workload import LOCAL_BATCH_SIZE, LOCAL_EPOCHS, ClientArrays, PeerResult
+from benchmarks.peers._workload import (
+    LOCAL_BATCH_SIZE,
+    LOCAL_EPOCHS,
+    NUM_CLASSES,
+    AccuracyTrace,
+    ClientArrays,
+    PeerResult,
+)
 from fedwarden.core.config import DataConfig
 from fedwarden.core.messages import TrainConfig
-from fedwarden.core.params import ParamSpec
+from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.data import FederatedDataset, load_dataset
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
@@ -46,11 +54,18 @@ def run_fedwarden(
     cohort_size: int,
     lr: float,
     seed: int,
+    trace: AccuracyTrace | None = None,
 ) -> PeerResult:
-    """fedwarden's local runtime (one worker per core) on the workload."""
+    """fedwarden's local runtime (one worker per core) on the workload.
+
+    With a ``trace``, the global model is scored once the workers have started
+    (round 0) and after every round, and that time is left out of ``wall_s``.
+    """
     train = TrainConfig(LOCAL_EPOCHS, LOCAL_BATCH_SIZE, lr)
     pipeline = Pipeline([ValidateUpdate(trainer.spec.size)], StreamingWeightedMean())
     initial = _peers_initial_parameters(seed, trainer.spec)
+    if trace is not None:
+        trace.start()
     started = time.perf_counter()
     with LocalRuntime() as runtime:
         server = Server(
@@ -64,9 +79,13 @@ def run_fedwarden(
         )
         server.vector = trainer.spec.flatten(initial)
         runtime.start(Workload(dataset, trainer, pipeline.stages, seed))
+        if trace is not None:
+            trace.record(0, *_linear_layer(trainer.spec, server.vector))
         for round_index in range(rounds):
             server.run_round(round_index)
-        wall = time.perf_counter() - started
+            if trace is not None:
+                trace.record(round_index + 1, *_linear_layer(trainer.spec, server.vector))
+        wall = time.perf_counter() - started - (0.0 if trace is None else trace.evaluation_seconds)
     accuracy = trainer.evaluate(server.vector, dataset.x_test, dataset.y_test)["accuracy"]
     return {
         "framework": label,
@@ -74,6 +93,16 @@ def run_fedwarden(
         "accuracy": accuracy,
         "wall_s": wall,
     }
+
+
+def _linear_layer(spec: ParamSpec, vector: Vector) -> tuple[Vector, Vector]:
+    """The softmax regression's weight ``[classes, features]`` and bias held in ``vector``.
+
+    The NumPy model stores its weight ``features x classes``, PyTorch's
+    ``nn.Linear`` ``classes x features``; the peers' evaluation takes the latter.
+    """
+    weight, bias = spec.views(vector).values()
+    return (weight if weight.shape[0] == NUM_CLASSES else weight.T), bias
 
 
 def _peers_initial_parameters(seed: int, spec: ParamSpec) -> list[np.ndarray]:
@@ -91,13 +120,14 @@ def _peers_initial_parameters(seed: int, spec: ParamSpec) -> list[np.ndarray]:
     return [weight.copy(), linear.bias.detach().numpy().copy()]
 
 
-def _torch_linear_trainer(num_features: int, num_classes: int) -> Trainer:
+def torch_linear_trainer(num_features: int, num_classes: int) -> Trainer:
     from fedwarden.models.torch import TorchTrainer, mlp
 
     return TorchTrainer(partial(mlp, num_features, num_classes, ()))
 
 
-def _peers() -> dict[str, Callable[..., PeerResult]]:
+def peers() -> dict[str, Callable[..., PeerResult]]:
+    """The installed peer runners by name (``flwr``, ``pfl``); empty without the bench extra."""
     peers: dict[str, Callable[..., PeerResult]] = {}
     try:
         from benchmarks.peers.flower_sim import run_flower
@@ -114,26 +144,41 @@ def _peers() -> dict[str, Callable[..., PeerResult]]:
     return peers
 
 
+def synthetic_workload(
+    num_clients: int, seed: int
+) -> tuple[FederatedDataset, list[ClientArrays], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Build the Synthetic(1, 1) population once: fedwarden's data set and the peers' arrays.
+
+    Every client is built and held in memory (``resident()``), so all frameworks
+    train on the same arrays and none pays for generating them.
+    """
+    dataset = load_dataset(
+        DataConfig(source="synthetic", num_clients=num_clients, client_test_fraction=0.2), seed
+    ).resident()
+    clients: list[ClientArrays] = [
+        (c.x_train.astype(np.float32), c.y_train.astype(np.int64)) for c in dataset.clients.values()
+    ]
+    return dataset, clients, dataset.x_test.astype(np.float32), dataset.y_test.astype(np.int64)
+
+
+def cohort_of(num_clients: int, cohort_fraction: float) -> int:
+    """Clients per round for a cohort of ``cohort_fraction`` of ``num_clients`` (at least one)."""
+    return max(1, round(cohort_fraction * num_clients))
+
+
 def benchmark(
     num_clients: int, cohort_fraction: float, rounds: int, lr: float, seed: int, skip: set[str]
 ) -> dict[str, Any]:
     """Every framework on one workload; returns the rows and the ratios."""
-    dataset = load_dataset(
-        DataConfig(source="synthetic", num_clients=num_clients, client_test_fraction=0.2), seed
-    ).resident()
-    cohort = max(1, round(cohort_fraction * num_clients))
-    clients: list[ClientArrays] = [
-        (c.x_train.astype(np.float32), c.y_train.astype(np.int64)) for c in dataset.clients.values()
-    ]
-    x_test = dataset.x_test.astype(np.float32)
-    y_test = dataset.y_test.astype(np.int64)
+    dataset, clients, x_test, y_test = synthetic_workload(num_clients, seed)
+    cohort = cohort_of(num_clients, cohort_fraction)
     options: dict[str, Any] = {"rounds": rounds, "cohort_size": cohort, "lr": lr, "seed": seed}
     rows = [run_fedwarden(dataset, softmax_regression(60, 10), "fedwarden (NumPy)", **options)]
     if "torch" not in skip:
         rows.append(
-            run_fedwarden(dataset, _torch_linear_trainer(60, 10), "fedwarden (PyTorch)", **options)
+            run_fedwarden(dataset, torch_linear_trainer(60, 10), "fedwarden (PyTorch)", **options)
         )
-    for name, peer in _peers().items():
+    for name, peer in peers().items():
         if name not in skip:
             rows.append(peer(clients, x_test, y_test, **options))
     ours = rows[0]["client_rounds_per_s"]

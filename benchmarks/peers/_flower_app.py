@@ -19,7 +19,7 @@ Imports Flower and PyTorch at the top: import this module only through
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import TypeVar
@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.peers._softmax_regression import SoftmaxRegression
-from benchmarks.peers._workload import LOCAL_BATCH_SIZE, LOCAL_EPOCHS
+from benchmarks.peers._workload import LOCAL_BATCH_SIZE, LOCAL_EPOCHS, AccuracyTrace
 from fedwarden.core.errors import FedwardenError
 
 WEIGHT_KEY = "num-examples"
@@ -119,8 +119,14 @@ def build_server_app(
     seed: int,
     data_path: str,
     initial_model: SoftmaxRegression,
+    trace: AccuracyTrace | None = None,
 ) -> tuple[ServerApp, FinalModel]:
-    """Build the ServerApp that runs ``rounds`` of FedAvg and where its final model lands."""
+    """Build the ServerApp that runs ``rounds`` of FedAvg and where its final model lands.
+
+    With a ``trace``, the strategy's central evaluation (``evaluate_fn``, called
+    by Flower with round 0 before training and after each round) records the
+    global model's accuracy there.
+    """
     server_app = ServerApp()
     final_model = FinalModel()
 
@@ -137,10 +143,21 @@ def build_server_app(
             initial_arrays=ArrayRecord(initial_model.state_dict()),
             num_rounds=rounds,
             train_config=ConfigRecord({"lr": float(lr), "seed": seed, "data-path": data_path}),
+            evaluate_fn=None if trace is None else _central_evaluation(trace),
         )
         final_model.arrays = result.arrays
 
     return server_app, final_model
+
+
+def _central_evaluation(trace: AccuracyTrace) -> Callable[[int, ArrayRecord], None]:
+    """Flower's ``evaluate_fn`` that records the global model's accuracy in ``trace``."""
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> None:
+        state = arrays.to_torch_state_dict()
+        trace.record(server_round, state["linear.weight"].numpy(), state["linear.bias"].numpy())
+
+    return evaluate
 
 
 def _setting(config: ConfigRecord, key: str, kind: type[Setting]) -> Setting:

@@ -51,11 +51,11 @@ def initial_model(model_class: type[Model], num_features: int, seed: int) -> Mod
         return model_class(num_features)
 
 
-def accuracy(
-    model: nn.Module, features: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]
-) -> float:
-    """Return the fraction of ``features`` whose arg-max logit equals ``labels``."""
-    model.eval()
-    with torch.no_grad():
-        predictions = model(torch.as_tensor(features, dtype=torch.float32)).argmax(dim=1)
-    return float((predictions.numpy() == labels).mean())
+def linear_layer(
+    model: SoftmaxRegression,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Return ``model``'s weight ``[NUM_CLASSES, d]`` and bias as NumPy copies."""
+    return (
+        model.linear.weight.detach().numpy().copy(),
+        model.linear.bias.detach().numpy().copy(),
+    )

@@ -18,13 +18,15 @@ whether or not the ``bench`` extra is installed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
-from fedwarden.core.errors import ConfigError
+from fedwarden.core.errors import ConfigError, FedwardenError
 
 LOCAL_BATCH_SIZE: Final = 10
 """Examples per local SGD step (the last minibatch of an epoch may be smaller)."""
@@ -49,15 +51,85 @@ class PeerResult(TypedDict):
 
     ``client_rounds_per_s`` is ``rounds * cohort_size / wall_s``; ``wall_s``
     covers the training loop including the framework's simulation engine start
-    and stop, but not Python imports, data conversion before the engine starts
-    or the final evaluation; ``accuracy`` is the final global model's accuracy
-    on the central test set.
+    and stop, but not Python imports, data conversion before the engine starts,
+    the central evaluations of an :class:`AccuracyTrace` or the final
+    evaluation; ``accuracy`` is the final global model's accuracy on the
+    central test set (:func:`central_accuracy`).
     """
 
     framework: str
     client_rounds_per_s: float
     accuracy: float
     wall_s: float
+
+
+def central_accuracy(
+    weight: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32],
+    x_test: npt.NDArray[np.float32],
+    y_test: npt.NDArray[np.int64],
+) -> float:
+    """Return the fraction of ``x_test`` whose arg-max logit ``x W^T + b`` equals ``y_test``.
+
+    ``weight`` is laid out as PyTorch's ``nn.Linear`` holds it, ``[NUM_CLASSES, d]``.
+    Every framework's model is scored by this one function, so accuracies differ
+    only by the model, never by how it was evaluated.
+    """
+    logits = x_test @ np.asarray(weight, dtype=np.float32).T + np.asarray(bias, dtype=np.float32)
+    return float((logits.argmax(axis=1) == y_test).mean())
+
+
+@dataclass(frozen=True)
+class RoundAccuracy:
+    """The global model's central test accuracy after ``round_number`` rounds.
+
+    Round 0 is the initial model, scored when the framework is about to train its
+    first round, so its ``seconds`` is the framework's start-up (except Flower's:
+    its ServerApp scores round 0 while Ray is still starting beside it).
+    ``seconds`` counts from the start of the run's clock and leaves out every
+    central evaluation.
+    """
+
+    round_number: int
+    accuracy: float
+    seconds: float
+
+
+class AccuracyTrace:
+    """Central accuracy after every round, on a clock that stops while it evaluates.
+
+    A benchmark runner calls :meth:`start` where its wall clock starts and
+    :meth:`record` with the global model whenever a round has been applied (and
+    once with round 0 before the first). The time spent scoring is kept apart in
+    ``evaluation_seconds``, so time to a target accuracy is training time alone
+    whatever each framework's evaluation hook costs.
+    """
+
+    def __init__(self, x_test: npt.NDArray[np.float32], y_test: npt.NDArray[np.int64]) -> None:
+        self._x_test = x_test
+        self._y_test = y_test
+        self._started: float | None = None
+        self.evaluation_seconds = 0.0
+        self.rounds: list[RoundAccuracy] = []
+
+    def start(self) -> None:
+        """Start the clock: the framework's run begins now."""
+        self._started = time.perf_counter()
+
+    def record(
+        self,
+        round_number: int,
+        weight: npt.NDArray[np.float32],
+        bias: npt.NDArray[np.float32],
+    ) -> None:
+        """Score the global model after ``round_number`` rounds, off the clock."""
+        if self._started is None:
+            raise FedwardenError("AccuracyTrace.record was called before start()")
+        scoring_started = time.perf_counter()
+        seconds = scoring_started - self._started - self.evaluation_seconds
+        accuracy = central_accuracy(weight, bias, self._x_test, self._y_test)
+        self.rounds.append(RoundAccuracy(round_number, accuracy, seconds))
+        self.evaluation_seconds += time.perf_counter() - scoring_started
 
 
 def missing_bench_extra(framework: str, error: ImportError) -> ImportError:

@@ -30,8 +30,10 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.peers._workload import (
+    AccuracyTrace,
     ClientArrays,
     PeerResult,
+    central_accuracy,
     check_workload,
     missing_bench_extra,
     peer_result,
@@ -51,13 +53,17 @@ def run_flower(
     cohort_size: int,
     lr: float,
     seed: int,
+    trace: AccuracyTrace | None = None,
 ) -> PeerResult:
     """Train softmax regression with FedAvg on Flower's Simulation Engine and time it.
 
     ``wall_s`` runs from just before ``flwr.simulation.run_simulation`` (so it
     includes starting Ray and its actor pool) to its return (after Ray is shut
     down); writing the client data to a temporary file happens before it, the
-    central evaluation of the final model after it.
+    central evaluation of the final model after it. With a ``trace``, the
+    ServerApp scores the global model before the first round and after every
+    round through the strategy's ``evaluate_fn`` (Flower's central evaluation),
+    and that time is left out of ``wall_s``.
 
     Raises:
         ImportError: if Flower, Ray or PyTorch is not installed.
@@ -75,8 +81,8 @@ def run_flower(
         from benchmarks.peers import _flower_app
         from benchmarks.peers._softmax_regression import (
             SoftmaxRegression,
-            accuracy,
             initial_model,
+            linear_layer,
         )
     except ImportError as error:
         raise missing_bench_extra("Flower", error) from error
@@ -98,8 +104,11 @@ def run_flower(
             seed=seed,
             data_path=str(data_path),
             initial_model=model,
+            trace=trace,
         )
         with _quiet_logs("flwr", "ray"):
+            if trace is not None:
+                trace.start()
             start = time.perf_counter()
             try:
                 run_simulation(
@@ -113,7 +122,9 @@ def run_flower(
                 # Ray was not running before the call, so nothing of the caller's stops.
                 if ray.is_initialized():
                     ray.shutdown()
-            wall_s = time.perf_counter() - start
+            wall_s = (
+                time.perf_counter() - start - (0.0 if trace is None else trace.evaluation_seconds)
+            )
 
     if final_model.arrays is None:
         raise FedwardenError(
@@ -126,7 +137,7 @@ def run_flower(
         rounds=rounds,
         cohort_size=cohort_size,
         wall_s=wall_s,
-        accuracy=accuracy(model, x_test, y_test),
+        accuracy=central_accuracy(*linear_layer(model), x_test, y_test),
     )
 
 

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import version
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +48,10 @@ import numpy.typing as npt
 from benchmarks.peers._workload import (
     LOCAL_BATCH_SIZE,
     LOCAL_EPOCHS,
+    AccuracyTrace,
     ClientArrays,
     PeerResult,
+    central_accuracy,
     check_workload,
     missing_bench_extra,
     peer_result,
@@ -87,6 +90,7 @@ def run_pfl(
     cohort_size: int,
     lr: float,
     seed: int,
+    trace: AccuracyTrace | None = None,
 ) -> PeerResult:
     """Train softmax regression with pfl's FederatedAveraging on a SimulatedBackend and time it.
 
@@ -95,6 +99,9 @@ def run_pfl(
     and building the model happen before it, as in the Flower benchmark (the
     first PyTorch optimizer also imports ``torch._dynamo``, one to two seconds
     of import time); the central evaluation of the final model comes after it.
+    With a ``trace``, a pfl training-process callback scores the global model
+    before the first central iteration and after each one, and that time is
+    left out of ``wall_s``.
 
     Raises:
         ImportError: if pfl or PyTorch is not installed.
@@ -111,8 +118,8 @@ def run_pfl(
         from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
         from pfl.model.pytorch import PyTorchModel
 
-        from benchmarks.peers._pfl_model import PflSoftmaxRegression
-        from benchmarks.peers._softmax_regression import accuracy, initial_model
+        from benchmarks.peers._pfl_model import CentralAccuracyCallback, PflSoftmaxRegression
+        from benchmarks.peers._softmax_regression import initial_model, linear_layer
     except ImportError as error:
         raise missing_bench_extra("pfl", error) from error
 
@@ -135,6 +142,8 @@ def run_pfl(
         central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0),
     )
     with _one_torch_thread():
+        if trace is not None:
+            trace.start()
         start = time.perf_counter()
         training_data = FederatedDataset(
             make_user_dataset, UniformCohortSampler(len(clients), cohort_size, rng)
@@ -158,15 +167,18 @@ def run_pfl(
             ),
             model_eval_params=NNEvalHyperParams(local_batch_size=None),
             send_metrics_to_platform=False,
+            callbacks=None if trace is None else [CentralAccuracyCallback(trace)],
         )
-        wall_s = time.perf_counter() - start
+        wall_s = time.perf_counter() - start - (0.0 if trace is None else trace.evaluation_seconds)
 
     return peer_result(
         f"pfl {version('pfl')}",
         rounds=rounds,
         cohort_size=cohort_size,
         wall_s=wall_s,
-        accuracy=accuracy(trained.pytorch_model, x_test, y_test),
+        accuracy=central_accuracy(
+            *linear_layer(cast(PflSoftmaxRegression, trained.pytorch_model)), x_test, y_test
+        ),
     )
 
 
