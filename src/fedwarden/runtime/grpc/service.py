@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.limits import (
@@ -87,26 +88,23 @@ class FederationService:
         """Ends streams that stall."""
 
     def handlers(self) -> grpc.GenericRpcHandler:
+        """The four calls; requests arrive as bytes, parsed by the handlers (:func:`parse`)."""
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 "Join": grpc.unary_unary_rpc_method_handler(
                     self._bounded(self._join, streaming=False),
-                    request_deserializer=pb.JoinRequest.FromString,
                     response_serializer=pb.JoinReply.SerializeToString,
                 ),
                 "Connect": grpc.stream_stream_rpc_method_handler(
                     self._bounded(self._connect, streaming=True),
-                    request_deserializer=pb.ClientSignal.FromString,
                     response_serializer=pb.Task.SerializeToString,
                 ),
                 "Download": grpc.unary_stream_rpc_method_handler(
                     self._bounded(self._download, streaming=True),
-                    request_deserializer=pb.DownloadRequest.FromString,
                 ),
                 "Upload": grpc.stream_unary_rpc_method_handler(
                     self._bounded(self._upload, streaming=True),
-                    request_deserializer=read_upload_chunk,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
             },
@@ -135,8 +133,9 @@ class FederationService:
 
         return bounded
 
-    async def _join(self, request: pb.JoinRequest, context: Context) -> pb.JoinReply:
+    async def _join(self, raw: bytes, context: Context) -> pb.JoinReply:
         """Negotiate the version, authenticate and enrol the client, and describe the run."""
+        request = parse(pb.JoinRequest.FromString, raw)
         client_id = await self.workers.run(self.sessions.authenticate, request, Caller.of(context))
         logger.info("client %s joined (fedwarden %s)", client_id, request.software_version)
         run = self.run
@@ -150,14 +149,16 @@ class FederationService:
             chunk_bytes=CHUNK_BYTES,
         )
 
-    async def _connect(self, signals: AsyncIterator[pb.ClientSignal], context: Context) -> None:
+    async def _connect(self, signals: AsyncIterator[bytes], context: Context) -> None:
         """The session stream, its first message under the stream deadline."""
-        watched = self._watched(signals, context, "session", chunks_bounded=False)
+        parsed = parse_each(pb.ClientSignal.FromString, signals)
+        watched = self._watched(parsed, context, "session", chunks_bounded=False)
         async for task in self.sessions.connect(watched, Caller.of(context), self.workers):
             await context.write(task)
 
-    async def _download(self, request: pb.DownloadRequest, context: Context) -> None:
+    async def _download(self, raw: bytes, context: Context) -> None:
         """Stream the requested global vector; a peer that stops reading is cut off."""
+        request = parse(pb.DownloadRequest.FromString, raw)
         await self.workers.run(self.sessions.peer_id, Caller.of(context))
         with self.board.lock:
             model = self.board.models.get(request.version)
@@ -171,13 +172,12 @@ class FederationService:
             chunk = framed(CHUNK_DATA_TAG, piece)
             await self.deadlines.send(context, chunk, self.limits.stream_deadline_s, what)
 
-    async def _upload(
-        self, stream: AsyncIterator[pb.UploadChunk | memoryview], context: Context
-    ) -> pb.UploadReceipt:
+    async def _upload(self, stream: AsyncIterator[bytes], context: Context) -> pb.UploadReceipt:
         """Authenticate the peer, then receive its upload under the stream deadlines."""
         caller = Caller.of(context)
         peer = await self.workers.run(self.sessions.peer_id, caller)
-        watched = self._watched(stream, context, "upload", chunks_bounded=True)
+        parsed = parse_each(read_upload_chunk, stream)
+        watched = self._watched(parsed, context, "upload", chunks_bounded=True)
         return await self.uploads.receive_upload(peer, caller.address, watched, self.workers)
 
     def _watched(
@@ -196,3 +196,21 @@ class FederationService:
             deadline if chunks_bounded else None,
             f"{what} from {context.peer()}",
         )
+
+
+def parse(parser: Callable[[bytes], Request], raw: bytes) -> Request:
+    """A request parsed from its bytes; a malformed one refuses the call (``INVALID_ARGUMENT``)."""
+    try:
+        return parser(raw)
+    except DecodeError as error:
+        raise CallRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"a malformed request message: {error}"
+        ) from None
+
+
+async def parse_each(
+    parser: Callable[[bytes], Request], stream: AsyncIterator[bytes]
+) -> AsyncIterator[Request]:
+    """Each message of a request stream, parsed as :func:`parse` does."""
+    async for raw in stream:
+        yield parse(parser, raw)
