@@ -8,12 +8,13 @@ send garbage. Honest clients must still join and the round must complete.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ import pytest
 
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.client import _Stubs
-from fedwarden.runtime.grpc.limits import ServerLimits, StreamStalled, StreamWatchdog
+from fedwarden.runtime.grpc.limits import ServerLimits, StreamDeadlines, StreamStalled
 from grpc_deployment import Deployment, Site, deployment_at
 from grpc_federation import wait_for
 
@@ -90,13 +91,13 @@ def test_a_stream_that_never_sends_its_header_is_cut_off_and_its_slot_freed(tmp_
             for call in attack.calls:
                 with pytest.raises(grpc.RpcError) as stalled:
                     call.result(timeout=30)
-                assert stalled.value.code() == grpc.StatusCode.CANCELLED
+                assert stalled.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             wait_for(lambda: deployment.runtime.limiter.in_use() == (0, {}), 10, "freed slots")
-            assert deployment.runtime.service.watchdog.stalled == 2
+            assert deployment.runtime.service.deadlines.stalled == 2
             again = IdleUploads(deployment, "mallory", 2, connections=1)
             with pytest.raises(grpc.RpcError) as stalled:
                 again.calls[0].result(timeout=30)
-            assert stalled.value.code() == grpc.StatusCode.CANCELLED
+            assert stalled.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             again.close()
         finally:
             attack.close()
@@ -121,55 +122,56 @@ def test_an_upload_that_stalls_after_its_header_frees_the_task_for_an_honest_ret
         with pytest.raises(grpc.RpcError) as stalled:
             first.stubs.upload(header_then_nothing(), timeout=30)
         stop.set()
-        assert stalled.value.code() == grpc.StatusCode.CANCELLED
+        assert stalled.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert first.send(header, body).accepted
         assert second.answer().accepted
         assert done.get(timeout=30).participants == 2
 
 
-class FakeContext:
-    """A call's context as the watchdog sees it: cancelling wakes a blocked read."""
+class SlowReader:
+    """A call's context as the deadlines see it: the peer takes one response, then no more."""
 
     def __init__(self) -> None:
-        self.cancelled = threading.Event()
+        self.taken: list[bytes] = []
 
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-
-class Cancelled(grpc.RpcError):
-    """What reading a cancelled call raises."""
+    async def write(self, response: bytes) -> None:
+        if self.taken:
+            await asyncio.Event().wait()
+        self.taken.append(response)
 
 
-def test_the_watchdog_cancels_a_peer_that_stops_taking_responses() -> None:
-    watchdog = StreamWatchdog()
-    context = FakeContext()
-    responses = watchdog.pace(iter([b"a", b"b"]), context, 0.2, "download")  # type: ignore[arg-type]
-    assert next(responses) == b"a"
-    assert context.cancelled.wait(10)
-    assert next(responses) == b"b"
+def test_a_peer_that_stops_taking_responses_is_cut_off() -> None:
+    deadlines = StreamDeadlines()
+    reader = SlowReader()
+
+    async def download() -> None:
+        for chunk in (b"a", b"b"):
+            await deadlines.send(reader, chunk, 0.2, "download")  # type: ignore[arg-type]
+
     with pytest.raises(StreamStalled, match="download stalled"):
-        next(responses)
-    watchdog.stop()
+        asyncio.run(download())
+    assert reader.taken == [b"a"]
+    assert deadlines.stalled == 1
 
 
-def test_the_watchdog_gives_a_working_handler_its_time_and_a_silent_peer_none() -> None:
-    watchdog = StreamWatchdog()
-    context = FakeContext()
+def test_the_deadlines_give_a_working_handler_its_time_and_a_silent_peer_none() -> None:
+    deadlines = StreamDeadlines()
+    received: list[int] = []
 
-    def peer() -> Iterator[int]:
+    async def peer() -> AsyncIterator[int]:
         yield 1
-        if context.cancelled.wait(10):
-            raise Cancelled()
+        yield 2
+        await asyncio.Event().wait()
 
-    messages = watchdog.watch(peer(), context, 0.2, 0.2, "upload")  # type: ignore[arg-type]
-    assert next(messages) == 1
-    threading.Event().wait(0.5)
-    assert not context.cancelled.is_set()
+    async def upload() -> None:
+        async for message in deadlines.watch(peer(), 0.2, 0.2, "upload"):
+            received.append(message)
+            await asyncio.sleep(0.5)
+
     with pytest.raises(StreamStalled, match="upload stalled"):
-        next(messages)
-    assert watchdog.stalled == 1
-    watchdog.stop()
+        asyncio.run(upload())
+    assert received == [1, 2]
+    assert deadlines.stalled == 1
 
 
 SOAK_SECONDS = 20.0
@@ -359,7 +361,7 @@ def test_soak_idle_slow_and_malformed_streams_leave_honest_rounds_running(
                 f"\n  streams opened by kind: {dict(soak.opened)}"
                 f"\n  how they ended: {dict(soak.ended)}"
                 f"\n  refused by the limiter: {dict(runtime.limiter.refused)};"
-                f" cut off by the watchdog: {runtime.service.watchdog.stalled};"
+                f" cut off at a deadline: {runtime.service.deadlines.stalled};"
                 f" uploads refused: {dict(runtime.uploads.rejections)}"
                 f"\n  honest round: undisturbed {undisturbed:.2f} s,"
                 f" under attack median {statistics.median(attacked):.2f} s,"

@@ -1,17 +1,21 @@
 """Bounds that keep one peer from exhausting the grpc server (issue 17, finding 1).
 
-The thread-per-stream gRPC server gives every call in progress a thread.
-Unbounded, one certified client (or, under ``--insecure``, any local process)
-that opens Upload streams and never sends a header holds every thread, and an
-honest ``Join`` waits until its deadline. These bounds keep the server serving:
+The federation service runs on ``grpc.aio``: a call waiting on its peer is a
+coroutine, not a thread, so connected-but-idle devices cost memory only, and
+the blocking work (journal, spool, signatures) runs on a fixed pool of
+threads (:class:`~fedwarden.runtime.grpc.serving.AsyncServer`). Unbounded, one
+certified client (or, under ``--insecure``, any local process) that opens
+Upload streams and never sends a header would still hold memory and stream
+slots for ever. These bounds keep the server serving:
 
-- **Global cap** (:meth:`ServerLimits.server`): ``maximum_concurrent_rpcs`` is
-  the streams plus the slots kept for ``Join``, with one thread per admitted
-  call; an excess call is refused at once (``RESOURCE_EXHAUSTED``), not queued.
-- **Stream and per-peer caps** (:class:`PeerLimiter`, an interceptor): streams
-  never take the ``Join`` slots, and one peer holds at most ``calls_per_peer``.
-- **Deadlines** (:class:`StreamWatchdog`): a stream's first message and each
-  next chunk arrive within ``stream_deadline_s``, or the call is cancelled.
+- **Global cap**: ``maximum_concurrent_rpcs`` is the streams plus the slots
+  kept for ``Join``; an excess call is refused at once (``RESOURCE_EXHAUSTED``),
+  not queued.
+- **Stream and per-peer caps** (:class:`PeerLimiter`): streams never take the
+  ``Join`` slots, and one peer holds at most ``calls_per_peer``.
+- **Deadlines** (:class:`StreamDeadlines`): a stream's first message and each
+  next chunk arrive within ``stream_deadline_s``, and a download's reader takes
+  each chunk within it, or the call ends (``DEADLINE_EXCEEDED``).
 - **Connections** (:meth:`ServerLimits.server_options`): streams per
   connection, and idle and age limits, so no connection lives for ever.
 
@@ -20,16 +24,20 @@ under ``--insecure`` nobody is authenticated, so a peer is one connection
 (its address and port). A local process that opens many connections can
 still fill the stream slots of an insecure server until the deadline frees
 them: ``--insecure`` is for loopback tests only.
+
+The vertical parties' service (a few unary calls between two or three
+parties) stays on the thread-per-call ``grpc.server``
+(:meth:`ServerLimits.server`), admitted by the same :class:`PeerLimiter`
+through its interceptor.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import logging
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,6 +53,14 @@ Message = TypeVar("Message")
 
 class StreamStalled(FedwardenError):
     """A stream's peer did not send (or take) its next message within the deadline."""
+
+
+class CallRefused(FedwardenError):
+    """A call is refused with a gRPC status; the service ends the call with it."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -67,9 +83,12 @@ class ServerLimits:
     """A connection older than this is asked to reconnect (calls in progress get a grace)."""
     connection_grace_s: float = 600.0
     """How long calls on an aged-out connection may still run."""
+    worker_threads: int = 8
+    """Threads for the asynchronous server's blocking work (journal, spool, signatures),
+    however many clients are connected."""
 
     def __post_init__(self) -> None:
-        if min(self.max_streams, self.join_slots, self.calls_per_peer) < 1:
+        if min(self.max_streams, self.join_slots, self.calls_per_peer, self.worker_threads) < 1:
             raise ValueError("server limits must allow at least one call of each kind")
 
     @classmethod
@@ -94,7 +113,7 @@ class ServerLimits:
     def server(
         self, options: list[tuple[str, Any]], limiter: PeerLimiter, thread_name: str
     ) -> grpc.Server:
-        """A gRPC server bounded by these limits: one thread per call it admits, no queue."""
+        """A thread-per-call gRPC server bounded by these limits: one thread per call, no queue."""
         return grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=self.max_concurrent_rpcs, thread_name_prefix=thread_name
@@ -105,7 +124,7 @@ class ServerLimits:
         )
 
 
-def peer_name(context: grpc.ServicerContext) -> str:
+def peer_name(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> str:
     """Who a call comes from: its certificate's common name, else its connection's address."""
     names = context.auth_context().get("x509_common_name")
     if names:
@@ -118,6 +137,8 @@ class PeerLimiter(grpc.ServerInterceptor):
 
     A refused call ends at once with ``RESOURCE_EXHAUSTED`` and is counted in
     :attr:`refused` by reason; its slot returns when a call in progress ends.
+    The asynchronous service calls :meth:`admit` and :meth:`give_back` around
+    each call; a thread-per-call server uses the limiter as its interceptor.
     """
 
     def __init__(self, limits: ServerLimits) -> None:
@@ -148,7 +169,20 @@ class PeerLimiter(grpc.ServerInterceptor):
             inner, wrap = handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
         def bounded(request: Any, context: grpc.ServicerContext) -> Any:
-            self._admit(context, streaming)
+            peer = peer_name(context)
+            try:
+                self.admit(peer, streaming)
+            except CallRefused as refusal:
+                context.abort(refusal.code, str(refusal))
+            released = threading.Event()
+
+            def release() -> None:
+                if not released.is_set():
+                    released.set()
+                    self.give_back(peer, streaming)
+
+            if not context.add_callback(release):
+                release()
             return inner(request, context)
 
         return wrap(
@@ -162,162 +196,89 @@ class PeerLimiter(grpc.ServerInterceptor):
         with self._lock:
             return self._streams, dict(+self._per_peer)
 
-    def _admit(self, context: grpc.ServicerContext, streaming: bool) -> None:
-        """Take a slot for this call until it ends, or refuse it (aborts the call)."""
-        peer = peer_name(context)
+    def admit(self, peer: str, streaming: bool) -> None:
+        """Take a slot for a call of ``peer`` (give it back when the call ends); or refuse it."""
         with self._lock:
             if self._per_peer[peer] >= self.limits.calls_per_peer:
                 reason = "peer_limit"
             elif streaming and self._streams >= self.limits.max_streams:
                 reason = "stream_limit"
             else:
-                reason = ""
                 self._per_peer[peer] += 1
                 self._streams += streaming
-            if reason:
-                self.refused[reason] += 1
+                return
+            self.refused[reason] += 1
         if reason == "peer_limit":
             logger.warning(
                 "refused a call from %s: it has %d in progress", peer, self.limits.calls_per_peer
             )
-            context.abort(
+            raise CallRefused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{peer} already has {self.limits.calls_per_peer} calls in progress; wait for "
                 "one to end",
             )
-        if reason == "stream_limit":
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server has {self.limits.max_streams} streams in progress; retry shortly",
-            )
-        released = threading.Event()
+        raise CallRefused(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server has {self.limits.max_streams} streams in progress; retry shortly",
+        )
 
-        def release() -> None:
-            if released.is_set():
-                return
-            released.set()
-            with self._lock:
-                self._per_peer[peer] -= 1
-                self._streams -= streaming
-
-        if not context.add_callback(release):
-            release()
+    def give_back(self, peer: str, streaming: bool) -> None:
+        """Return the slot an admitted call of ``peer`` held."""
+        with self._lock:
+            self._per_peer[peer] -= 1
+            self._streams -= streaming
 
 
-class StreamWatchdog:
-    """Cancels calls whose peer sends (or takes) its next message too late; one thread for all.
+class StreamDeadlines:
+    """Ends streams whose peer sends (or takes) its next message too late.
 
-    A handler reads its request stream through :meth:`watch` (and paces a
-    response stream through :meth:`pace`); each wait for the peer is armed
-    with a deadline, and a call still waiting when it passes is cancelled (the
-    peer sees ``CANCELLED``), so the thread blocked on it is freed and
-    :class:`StreamStalled` raised there.
+    A handler reads its request stream through :meth:`watch` and writes a
+    response stream through :meth:`send`; each wait on the peer is bounded,
+    and one that runs out raises :class:`StreamStalled` (the service ends the
+    call with ``DEADLINE_EXCEEDED``). The clock runs only while the handler
+    waits on the peer, never while it works on a message.
     """
 
     def __init__(self) -> None:
         self.stalled = 0
-        """Calls cancelled for missing a deadline, over the watchdog's life."""
-        self._lock = threading.Condition()
-        self._due: dict[int, tuple[float, grpc.ServicerContext]] = {}
-        self._expired: set[int] = set()
-        self._tokens = itertools.count()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="stream-watchdog", daemon=True)
-        self._thread.start()
+        """Streams ended for missing a deadline, over the server's life."""
 
-    def watch(
+    async def watch(
         self,
-        messages: Iterator[Message],
-        context: grpc.ServicerContext,
+        messages: AsyncIterable[Message],
         first_s: float,
         between_s: float | None,
         what: str,
-    ) -> Iterator[Message]:
+    ) -> AsyncIterator[Message]:
         """``messages``, the first due within ``first_s`` and each next within ``between_s``.
 
-        The clock runs only while the handler waits on the peer, never while
-        it works on a message; ``between_s`` None leaves later messages unbounded.
+        ``between_s`` None leaves the messages after the first unbounded.
         """
-        token = next(self._tokens)
+        stream = aiter(messages)
         deadline_s: float | None = first_s
-        try:
-            while True:
-                if deadline_s is not None:
-                    self._arm(token, context, deadline_s)
-                try:
-                    message = next(messages)
-                except StopIteration:
-                    return
-                except grpc.RpcError:
-                    self._raise_if_expired(token, what, deadline_s)
-                    raise
-                finally:
-                    self._disarm(token)
-                yield message
-                deadline_s = between_s
-        finally:
-            self._forget(token)
+        while True:
+            try:
+                message = await asyncio.wait_for(anext(stream), deadline_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise self._stalled(what, deadline_s) from None
+            yield message
+            deadline_s = between_s
 
-    def pace(
+    async def send(
         self,
-        responses: Iterator[Message],
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
+        response: Any,
         between_s: float,
         what: str,
-    ) -> Iterator[Message]:
-        """``responses``, the peer given ``between_s`` to take each one (flow control)."""
-        token = next(self._tokens)
+    ) -> None:
+        """Write ``response``; the peer has ``between_s`` to take it (flow control)."""
         try:
-            for response in responses:
-                self._arm(token, context, between_s)
-                yield response
-                self._disarm(token)
-            self._raise_if_expired(token, what, between_s)
-        finally:
-            self._forget(token)
+            await asyncio.wait_for(context.write(response), between_s)
+        except TimeoutError:
+            raise self._stalled(what, between_s) from None
 
-    def stop(self) -> None:
-        """End the watchdog's thread."""
-        with self._lock:
-            self._stopped = True
-            self._lock.notify_all()
-
-    def _raise_if_expired(self, token: int, what: str, deadline_s: float | None) -> None:
-        with self._lock:
-            expired = token in self._expired
-        if expired:
-            raise StreamStalled(f"{what} stalled: nothing within {deadline_s} s")
-
-    def _arm(self, token: int, context: grpc.ServicerContext, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        with self._lock:
-            earliest = min((due for due, _ in self._due.values()), default=None)
-            self._due[token] = (deadline, context)
-            if earliest is None or deadline < earliest:
-                self._lock.notify_all()
-
-    def _disarm(self, token: int) -> None:
-        with self._lock:
-            self._due.pop(token, None)
-
-    def _forget(self, token: int) -> None:
-        with self._lock:
-            self._due.pop(token, None)
-            self._expired.discard(token)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if self._stopped:
-                    return
-                now = time.monotonic()
-                overdue = [token for token, (due, _) in self._due.items() if due <= now]
-                contexts = [self._due.pop(token)[1] for token in overdue]
-                self._expired.update(overdue)
-                self.stalled += len(overdue)
-                if not overdue:
-                    earliest = min((due for due, _ in self._due.values()), default=None)
-                    self._lock.wait(None if earliest is None else earliest - now)
-                    continue
-            for context in contexts:
-                context.cancel()
+    def _stalled(self, what: str, deadline_s: float | None) -> StreamStalled:
+        self.stalled += 1
+        return StreamStalled(f"{what} stalled: nothing within {deadline_s} s")

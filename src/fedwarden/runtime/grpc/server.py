@@ -18,7 +18,9 @@ It is put together from parts, each in its own module:
 - :mod:`~fedwarden.runtime.grpc.dispatch`: asynchronous fit tasks (FedBuff);
 - :mod:`~fedwarden.runtime.grpc.service`: the gRPC handlers, under the
   bounds of :mod:`~fedwarden.runtime.grpc.limits` (calls in progress capped
-  in all and per peer, stalled streams cut).
+  in all and per peer, stalled streams cut);
+- :mod:`~fedwarden.runtime.grpc.serving`: the ``grpc.aio`` server on its
+  own event-loop thread, and the fixed pool of threads for blocking work.
 
 What the runtime must not forget it writes to a
 :class:`~fedwarden.runtime.grpc.journal.Journal` its caller gives it; the
@@ -27,9 +29,10 @@ listeners. The model is served from one read-only copy per round and
 accepted updates are memory-mapped from the spool, so the server's footprint
 stays O(model).
 
-The thread-per-stream gRPC server suits the cross-silo deployments this
-runtime targets (tens to hundreds of sites); cross-device populations belong
-behind aggregator shards (DESIGN, "Beyond one machine").
+The server's threads do not grow with its clients: a connected device is a
+coroutine waiting on its session stream, and one process serves thousands
+(``benchmarks/many_devices.py``). Populations beyond one machine's sockets
+belong behind aggregator shards (DESIGN, "Beyond one machine").
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from typing import ClassVar, Protocol
 
 import grpc
 
-from fedwarden.core.errors import RuntimeFailure
 from fedwarden.core.messages import (
     ClientEvaluation,
     ClientFailure,
@@ -61,6 +63,7 @@ from fedwarden.runtime.grpc.dispatch import AsynchronousTasks
 from fedwarden.runtime.grpc.journal import Journal
 from fedwarden.runtime.grpc.limits import PeerLimiter, ServerLimits
 from fedwarden.runtime.grpc.service import FederationService, RunDescription
+from fedwarden.runtime.grpc.serving import AsyncServer, Workers
 from fedwarden.runtime.grpc.sessions import Sessions
 from fedwarden.runtime.grpc.steps import ProtocolSteps
 from fedwarden.runtime.grpc.tasks import TaskBoard, fit_task, train_message
@@ -127,10 +130,19 @@ class GrpcRuntime(Runtime):
         self.uploads = Uploads(self.board, journal, spool_dir)
         self.steps = ProtocolSteps(self.board, self.sessions, step_deadline_s)
         self.dispatched = AsynchronousTasks(self.board, self.uploads)
+        self.workers = Workers(self.limits.worker_threads, "fedwarden-grpc")
+        """The fixed pool of threads for the calls' blocking work."""
         self.service = FederationService(
-            run, heartbeat_s, self.limits, self.board, self.sessions, self.uploads
+            run,
+            heartbeat_s,
+            self.limits,
+            self.limiter,
+            self.workers,
+            self.board,
+            self.sessions,
+            self.uploads,
         )
-        self._server: grpc.Server | None = None
+        self._server: AsyncServer | None = None
         self._spool_kept_from = 0
         self._closed = False
 
@@ -141,21 +153,23 @@ class GrpcRuntime(Runtime):
         if self._server is not None:
             assert self.port is not None
             return self.port
-        server = self.limits.server(grpc_options(), self.limiter, "fedwarden-grpc")
-        server.add_generic_rpc_handlers((self.service.handlers(),))
-        if self.tls is None:
-            port = server.add_insecure_port(self.address)
-        else:
-            port = server.add_secure_port(self.address, self.tls.server_credentials())
-        if port == 0:
-            raise RuntimeFailure(
-                f"cannot listen on {self.address}: the address is taken or not this machine's"
-            )
-        server.start()
+        server = AsyncServer(self._bind, self.address)
+        port = server.start()
         self._server, self.port = server, port
         self.listening.set()
         logger.info("serving run %s on port %d", self.run.run_id, port)
         return port
+
+    def _bind(self) -> tuple[grpc.aio.Server, int]:
+        """The bounded ``grpc.aio`` server and its bound port (run on the server's loop)."""
+        server = grpc.aio.server(
+            options=grpc_options() + self.limits.server_options(),
+            maximum_concurrent_rpcs=self.limits.max_concurrent_rpcs,
+        )
+        server.add_generic_rpc_handlers((self.service.handlers(),))
+        if self.tls is None:
+            return server, server.add_insecure_port(self.address)
+        return server, server.add_secure_port(self.address, self.tls.server_credentials())
 
     def start(self, workload: Workload) -> None:
         """Listen, launch local clients if asked, and wait for the expected clients to join."""
@@ -182,14 +196,14 @@ class GrpcRuntime(Runtime):
             sessions = list(self.board.sessions.values())
         finished = pb.Task(run_id=self.run.run_id, finished=pb.RunFinished(message="run over"))
         for session in sessions:
-            session.tasks.put(finished)
-            session.tasks.put(None)
+            session.push(finished)
+            session.push(None)
         if self.launcher is not None:
             self.launcher.stop()
         if self._server is not None:
-            self._server.stop(grace=5.0).wait()
+            self._server.stop(grace_s=5.0)
+        self.workers.stop()
         self.uploads.record_unrecorded()
-        self.service.watchdog.stop()
 
     def connected_clients(self) -> list[str]:
         """The clients with an open session right now."""

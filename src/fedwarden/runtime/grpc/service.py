@@ -3,8 +3,11 @@
 ``Join`` negotiates the version, authenticates and enrols the client and
 describes the run; ``Connect`` is the session stream; ``Download`` streams a
 served model, paced so a peer that stops reading is cut off; ``Upload``
-takes a signed result. Every stream is watched (:mod:`fedwarden.runtime.grpc.limits`):
-one that stalls is cancelled. The work behind each call lives with
+takes a signed result. Every call is admitted by the peer limits and every
+stream is watched (:mod:`fedwarden.runtime.grpc.limits`): one that stalls is
+ended. The handlers are coroutines on the server's event loop: a call that
+waits on its peer holds no thread, and blocking work goes to the worker pool
+(:class:`~fedwarden.runtime.grpc.serving.Workers`). The work behind each call lives with
 :class:`~fedwarden.runtime.grpc.sessions.Sessions` and
 :class:`~fedwarden.runtime.grpc.uploads.Uploads`.
 """
@@ -12,15 +15,24 @@ one that stalls is cancelled. The work behind each call lives with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fedwarden.runtime.grpc import federation_pb2 as pb
-from fedwarden.runtime.grpc.limits import ServerLimits, StreamWatchdog
-from fedwarden.runtime.grpc.sessions import Sessions
+from fedwarden.runtime.grpc.limits import (
+    CallRefused,
+    PeerLimiter,
+    ServerLimits,
+    StreamDeadlines,
+    StreamStalled,
+    peer_name,
+)
+from fedwarden.runtime.grpc.serving import Workers
+from fedwarden.runtime.grpc.sessions import Caller, Sessions
 from fedwarden.runtime.grpc.tasks import TaskBoard
 from fedwarden.runtime.grpc.uploads import Uploads
 from fedwarden.runtime.grpc.wire import (
@@ -35,7 +47,9 @@ from fedwarden.runtime.grpc.wire import (
 
 logger = logging.getLogger(__name__)
 
-Message = TypeVar("Message")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ class FederationService:
         run: RunDescription,
         heartbeat_s: float,
         limits: ServerLimits,
+        limiter: PeerLimiter,
+        workers: Workers,
         board: TaskBoard,
         sessions: Sessions,
         uploads: Uploads,
@@ -63,41 +79,64 @@ class FederationService:
         self.run = run
         self.heartbeat_s = heartbeat_s
         self.limits = limits
+        self.limiter = limiter
+        self.workers = workers
         self.board = board
         self.sessions = sessions
         self.uploads = uploads
-        self.watchdog = StreamWatchdog()
-        """Cancels streams that stall."""
+        self.deadlines = StreamDeadlines()
+        """Ends streams that stall."""
 
     def handlers(self) -> grpc.GenericRpcHandler:
+        """The four calls; requests arrive as bytes, parsed by the handlers (:func:`parse`)."""
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 "Join": grpc.unary_unary_rpc_method_handler(
-                    self._join,
-                    request_deserializer=pb.JoinRequest.FromString,
+                    self._bounded(self._join, streaming=False),
                     response_serializer=pb.JoinReply.SerializeToString,
                 ),
                 "Connect": grpc.stream_stream_rpc_method_handler(
-                    self._connect,
-                    request_deserializer=pb.ClientSignal.FromString,
+                    self._bounded(self._connect, streaming=True),
                     response_serializer=pb.Task.SerializeToString,
                 ),
                 "Download": grpc.unary_stream_rpc_method_handler(
-                    self._download,
-                    request_deserializer=pb.DownloadRequest.FromString,
+                    self._bounded(self._download, streaming=True),
                 ),
                 "Upload": grpc.stream_unary_rpc_method_handler(
-                    self._upload,
-                    request_deserializer=read_upload_chunk,
+                    self._bounded(self._upload, streaming=True),
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
             },
         )
 
-    def _join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+    def _bounded(
+        self, handler: Callable[[Request, Context], Awaitable[Response]], *, streaming: bool
+    ) -> Callable[[Request, Context], Awaitable[Response | None]]:
+        """``handler`` admitted by the peer limits, its refusals and stalls ending the call."""
+
+        async def bounded(request: Request, context: Context) -> Response | None:
+            peer = peer_name(context)
+            try:
+                self.limiter.admit(peer, streaming)
+            except CallRefused as refusal:
+                await context.abort(refusal.code, str(refusal))
+            try:
+                return await handler(request, context)
+            except CallRefused as refusal:
+                await context.abort(refusal.code, str(refusal))
+            except StreamStalled as stalled:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(stalled))
+            finally:
+                self.limiter.give_back(peer, streaming)
+            return None
+
+        return bounded
+
+    async def _join(self, raw: bytes, context: Context) -> pb.JoinReply:
         """Negotiate the version, authenticate and enrol the client, and describe the run."""
-        client_id = self.sessions.authenticate(request, context)
+        request = parse(pb.JoinRequest.FromString, raw)
+        client_id = await self.workers.run(self.sessions.authenticate, request, Caller.of(context))
         logger.info("client %s joined (fedwarden %s)", client_id, request.software_version)
         run = self.run
         return pb.JoinReply(
@@ -110,60 +149,68 @@ class FederationService:
             chunk_bytes=CHUNK_BYTES,
         )
 
-    def _connect(
-        self, signals: Iterator[pb.ClientSignal], context: grpc.ServicerContext
-    ) -> Iterator[pb.Task]:
+    async def _connect(self, signals: AsyncIterator[bytes], context: Context) -> None:
         """The session stream, its first message under the stream deadline."""
-        watched = self._watched(signals, context, "session", chunks_bounded=False)
-        return self.sessions.connect(watched, context)
+        parsed = parse_each(pb.ClientSignal.FromString, signals)
+        watched = self._watched(parsed, context, "session", chunks_bounded=False)
+        async for task in self.sessions.connect(watched, Caller.of(context), self.workers):
+            await context.write(task)
 
-    def _download(
-        self, request: pb.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
+    async def _download(self, raw: bytes, context: Context) -> None:
         """Stream the requested global vector; a peer that stops reading is cut off."""
-        self.sessions.peer_id(context)
-        pieces = self._model_chunks(request, context)
-        yield from self.watchdog.pace(
-            pieces, context, self.limits.stream_deadline_s, f"download by {context.peer()}"
-        )
-
-    def _model_chunks(
-        self, request: pb.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
-        """The requested global vector, one ``Chunk`` message (framed bytes) at a time."""
+        request = parse(pb.DownloadRequest.FromString, raw)
+        await self.workers.run(self.sessions.peer_id, Caller.of(context))
         with self.board.lock:
             model = self.board.models.get(request.version)
         if model is None or request.run_id != self.run.run_id:
-            context.abort(
+            raise CallRefused(
                 grpc.StatusCode.NOT_FOUND,
                 f"model {request.version!r} is not being served (the round may have ended)",
             )
-        assert model is not None
+        what = f"download by {context.peer()}"
         for piece in chunks(memoryview(model.vector.data)):
-            yield framed(CHUNK_DATA_TAG, piece)
+            chunk = framed(CHUNK_DATA_TAG, piece)
+            await self.deadlines.send(context, chunk, self.limits.stream_deadline_s, what)
 
-    def _upload(
-        self, stream: Iterator[pb.UploadChunk | memoryview], context: grpc.ServicerContext
-    ) -> pb.UploadReceipt:
+    async def _upload(self, stream: AsyncIterator[bytes], context: Context) -> pb.UploadReceipt:
         """Authenticate the peer, then receive its upload under the stream deadlines."""
-        peer = self.sessions.peer_id(context)
-        watched = self._watched(stream, context, "upload", chunks_bounded=True)
-        return self.uploads.receive_upload(peer, watched, context)
+        caller = Caller.of(context)
+        peer = await self.workers.run(self.sessions.peer_id, caller)
+        parsed = parse_each(read_upload_chunk, stream)
+        watched = self._watched(parsed, context, "upload", chunks_bounded=True)
+        return await self.uploads.receive_upload(peer, caller.address, watched, self.workers)
 
     def _watched(
         self,
-        messages: Iterator[Message],
-        context: grpc.ServicerContext,
+        messages: AsyncIterator[Request],
+        context: Context,
         what: str,
         *,
         chunks_bounded: bool,
-    ) -> Iterator[Message]:
+    ) -> AsyncIterator[Request]:
         """``messages`` with the stream deadline on the first (and, if bounded, every next)."""
         deadline = self.limits.stream_deadline_s
-        return self.watchdog.watch(
+        return self.deadlines.watch(
             messages,
-            context,
             deadline,
             deadline if chunks_bounded else None,
             f"{what} from {context.peer()}",
         )
+
+
+def parse(parser: Callable[[bytes], Request], raw: bytes) -> Request:
+    """A request parsed from its bytes; a malformed one refuses the call (``INVALID_ARGUMENT``)."""
+    try:
+        return parser(raw)
+    except DecodeError as error:
+        raise CallRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"a malformed request message: {error}"
+        ) from None
+
+
+async def parse_each(
+    parser: Callable[[bytes], Request], stream: AsyncIterator[bytes]
+) -> AsyncIterator[Request]:
+    """Each message of a request stream, parsed as :func:`parse` does."""
+    async for raw in stream:
+        yield parse(parser, raw)

@@ -11,11 +11,12 @@ heartbeats; a client silent for three heartbeat periods is lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedwarden.deploy.pki import PkiError, identity_from_certificate
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.journal import EnrolmentConflict, Journal
-from fedwarden.runtime.grpc.limits import StreamStalled
+from fedwarden.runtime.grpc.limits import CallRefused
+from fedwarden.runtime.grpc.serving import Workers
 from fedwarden.runtime.grpc.tasks import Session, TaskBoard
 from fedwarden.runtime.grpc.wire import ProtocolError, check_version
 
@@ -76,56 +78,55 @@ class Sessions:
 
     # --- identity ----------------------------------------------------------------------------
 
-    def authenticate(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> str:
-        """The client's id, after version and identity checks (aborts the call on failure)."""
+    def authenticate(self, request: pb.JoinRequest, caller: Caller) -> str:
+        """The client's id, after version and identity checks (``CallRefused`` on failure).
+
+        Blocking (the journal): the service runs it on its worker threads.
+        """
         try:
             check_version(request.version, f"client {request.client_id!r}")
         except ProtocolError as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        client_id = self.peer_id(context) or request.client_id
+            raise CallRefused(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        client_id = self.peer_id(caller) or request.client_id
         if request.client_id != client_id:
-            context.abort(
+            raise CallRefused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the certificate names {client_id!r} but the client calls itself "
                 f"{request.client_id!r}",
             )
         try:
-            public_key = self._identity_of(context, request)
+            public_key = self._identity_of(caller, request)
             self.journal.enroll(client_id, raw(public_key), self._enrolment_source())
-            if self.secure:
-                with self.board.lock:
-                    self._certificates[client_id] = bytes(
-                        context.auth_context()["x509_pem_cert"][0]
-                    )
-        except (PkiError, ValueError) as error:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
-        except EnrolmentConflict as error:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except (PkiError, ValueError, EnrolmentConflict) as error:
+            raise CallRefused(grpc.StatusCode.PERMISSION_DENIED, str(error)) from None
+        if caller.certificate is not None:
+            with self.board.lock:
+                self._certificates[client_id] = caller.certificate
         return client_id
 
     def _enrolment_source(self) -> str:
         return "certificate" if self.secure else "insecure-first-use"
 
-    def peer_id(self, context: grpc.ServicerContext) -> str | None:
+    def peer_id(self, caller: Caller) -> str | None:
         """The TLS peer's certificate common name (None when serving --insecure).
 
         A revoked certificate is refused here, on every call: its client's
-        session is ended and its identity key's enrolment revoked.
+        session is ended and its identity key's enrolment revoked (the journal:
+        blocking, so the service runs this on its worker threads).
         """
         if not self.secure:
             return None
-        names = context.auth_context().get("x509_common_name")
-        if not names:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate was presented")
-        client_id = names[0].decode()
-        certificate = certificate_of(context)
-        if self.board.revoked(certificate):
-            self._shut_out(client_id, certificate)
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the certificate of {client_id!r} is revoked; ask the operator for a new kit",
+        if caller.name is None:
+            raise CallRefused(
+                grpc.StatusCode.UNAUTHENTICATED, "no client certificate was presented"
             )
-        return str(client_id)
+        if self.board.revoked(caller.certificate):
+            self._shut_out(caller.name, caller.certificate)
+            raise CallRefused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {caller.name!r} is revoked; ask the operator for a new kit",
+            )
+        return caller.name
 
     def _shut_out(self, client_id: str, certificate: bytes | None) -> None:
         """End a revoked client's session; revoke its enrolment if its key is the certificate's."""
@@ -146,70 +147,58 @@ class Sessions:
             )
             self.journal.revoke(client_id)
 
-    def _identity_of(
-        self, context: grpc.ServicerContext, request: pb.JoinRequest
-    ) -> Ed25519PublicKey:
+    def _identity_of(self, caller: Caller, request: pb.JoinRequest) -> Ed25519PublicKey:
         """The identity key a client proves: from its certificate, or (insecure) its Join."""
         if self.secure:
-            pem = certificate_of(context)
-            if pem is None:
+            if caller.certificate is None:
                 raise PkiError("the client's certificate is not available to the server")
-            return identity_from_certificate(pem)
+            return identity_from_certificate(caller.certificate)
         return Ed25519PublicKey.from_public_bytes(bytes(request.identity_public_key))
 
     # --- the session stream ------------------------------------------------------------------
 
-    def connect(
-        self, signals: Iterator[pb.ClientSignal], context: grpc.ServicerContext
-    ) -> Iterator[pb.Task]:
+    async def connect(
+        self, signals: AsyncIterator[pb.ClientSignal], caller: Caller, workers: Workers
+    ) -> AsyncIterator[pb.Task]:
         """The session stream: read the hello, then push tasks and read heartbeats.
 
         ``signals`` are watched for the first message's deadline; heartbeats
         after the hello need none: a session silent for three heartbeat
-        periods is ended, which ends the stream.
+        periods is ended, which ends the stream. While it waits for a task the
+        stream holds no thread.
         """
-        try:
-            first = next(signals)
-        except StopIteration:
+        first = await anext(signals, None)
+        if first is None:
             return
-        except StreamStalled as error:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if first.WhichOneof("kind") != "hello":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with a hello")
-        client_id = self.authenticate(first.hello, context)
-        session = Session(client_id, certificate_of(context))
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with a hello")
+        client_id = await workers.run(self.authenticate, first.hello, caller)
+        session = Session(client_id, caller.certificate, asyncio.get_running_loop())
         board = self.board
         with board.connected:
             previous = board.sessions.get(client_id)
             if previous is not None:
                 previous.closed.set()
-                previous.tasks.put(None)
+                previous.push(None)
             board.sessions[client_id] = session
             board.connected.notify_all()
             for open_task in board.open.values():
                 if open_task.client_id == client_id and not open_task.receiving:
                     logger.info("client %s reconnected: its open task is sent again", client_id)
-                    session.tasks.put(open_task.message)
-        reader = threading.Thread(
-            target=self._read_signals,
-            args=(session, signals),
-            name=f"signals-{client_id}",
-            daemon=True,
-        )
-        reader.start()
-        context.add_callback(lambda: board.end_session(session))
-        while not session.closed.is_set():
-            try:
-                task = session.tasks.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if task is None:
-                break
-            yield task
-
-    def _read_signals(self, session: Session, signals: Iterator[pb.ClientSignal]) -> None:
+                    session.push(open_task.message)
+        reader = asyncio.create_task(self._read_signals(session, signals))
         try:
-            for signal in signals:
+            while (task := await session.tasks.get()) is not None:
+                yield task
+        finally:
+            reader.cancel()
+            board.end_session(session)
+
+    async def _read_signals(
+        self, session: Session, signals: AsyncIterator[pb.ClientSignal]
+    ) -> None:
+        try:
+            async for signal in signals:
                 session.last_seen = time.monotonic()
                 if signal.WhichOneof("kind") == "failed":
                     self.board.task_failed(session.client_id, signal.failed)
@@ -219,10 +208,28 @@ class Sessions:
             self.board.end_session(session)
 
 
-def certificate_of(context: grpc.ServicerContext) -> bytes | None:
-    """The TLS peer's certificate (PEM), if it presented one."""
-    pem = context.auth_context().get("x509_pem_cert")
-    return bytes(pem[0]) if pem else None
+@dataclass(frozen=True)
+class Caller:
+    """Who a call comes from, as TLS authenticated it (read once, on the event loop)."""
+
+    name: str | None
+    """The certificate's common name (None: no certificate, as under --insecure)."""
+    certificate: bytes | None
+    """The certificate (PEM)."""
+    address: str
+    """The connection's address and port."""
+
+    @classmethod
+    def of(cls, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        """The caller of the call ``context`` serves."""
+        auth = context.auth_context()
+        names = auth.get("x509_common_name")
+        pem = auth.get("x509_pem_cert")
+        return cls(
+            names[0].decode() if names else None,
+            bytes(pem[0]) if pem else None,
+            str(context.peer()),
+        )
 
 
 def raw(public_key: Ed25519PublicKey) -> bytes:

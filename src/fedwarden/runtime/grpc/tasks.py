@@ -11,6 +11,7 @@ replay.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import queue
@@ -59,14 +60,25 @@ Reply = ClientUpdate | ClientEvaluation | ClientFailure | UpdateRefused | Protoc
 
 @dataclass
 class Session:
-    """One connected client: its task queue and when it was last heard from."""
+    """One connected client: its task queue and when it was last heard from.
+
+    The session's stream is a coroutine on ``loop`` (the server's event
+    loop); any thread hands it tasks with :meth:`push`.
+    """
 
     client_id: str
-    certificate: bytes | None = None
+    certificate: bytes | None
     """The client's TLS certificate (PEM), checked against the revocation list while it lasts."""
-    tasks: queue.Queue[pb.Task | None] = field(default_factory=queue.Queue)
+    loop: asyncio.AbstractEventLoop
+    tasks: asyncio.Queue[pb.Task | None] = field(default_factory=asyncio.Queue)
+    """Tasks for the stream to send; None ends the stream."""
     last_seen: float = field(default_factory=time.monotonic)
     closed: threading.Event = field(default_factory=threading.Event)
+
+    def push(self, task: pb.Task | None) -> None:
+        """Queue ``task`` for the stream (None ends it), from any thread."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.tasks.put_nowait, task)
 
 
 @dataclass
@@ -147,7 +159,7 @@ class TaskBoard:
         self.open[task_id] = OpenTask(task_id, client_id, round_index, kind, task)
         session = self.sessions.get(client_id)
         if session is not None and self.alive(session):
-            session.tasks.put(task)
+            session.push(task)
         return task_id
 
     def exchange(
@@ -270,7 +282,7 @@ class TaskBoard:
     def end_session(self, session: Session) -> None:
         """Close a session's stream and forget it (if it is still the client's current one)."""
         session.closed.set()
-        session.tasks.put(None)
+        session.push(None)
         with self.lock:
             if self.sessions.get(session.client_id) is session:
                 del self.sessions[session.client_id]

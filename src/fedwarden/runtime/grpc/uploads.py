@@ -22,7 +22,8 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -35,7 +36,8 @@ from fedwarden.core.messages import ClientEvaluation, ClientUpdate, UpdateRefuse
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.journal import AcceptedUpdate, DuplicateUpdate, Journal
-from fedwarden.runtime.grpc.limits import StreamStalled
+from fedwarden.runtime.grpc.limits import CallRefused
+from fedwarden.runtime.grpc.serving import Workers
 from fedwarden.runtime.grpc.tasks import OpenTask, ProtocolAnswer, TaskBoard
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
@@ -78,44 +80,42 @@ class Uploads:
         self._recorded_refusals: Counter[str] = Counter()
         self._unrecorded_refusals: dict[str, Counter[str]] = {}
 
-    def receive_upload(
+    async def receive_upload(
         self,
-        peer: str | None,
-        stream: Iterator[pb.UploadChunk | memoryview],
-        context: grpc.ServicerContext,
+        caller: str | None,
+        address: str,
+        stream: AsyncIterator[pb.UploadChunk | memoryview],
+        workers: Workers,
     ) -> pb.UploadReceipt:
         """Check the header, spool and hash the body, verify the signature, record, receipt.
 
-        ``peer`` is the certificate's name (None under --insecure); ``stream`` is watched.
+        ``caller`` is the certificate's name (None under --insecure, when the
+        connection's ``address`` names the sender); ``stream`` is watched. The
+        call waits for chunks without a thread; spooling, fsync, signature and
+        journal run on ``workers``.
         """
-        sender = peer if peer is not None else f"unauthenticated {context.peer()}"
-        try:
-            first = next(stream)
-        except StopIteration:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
-        except StreamStalled as error:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
-        if isinstance(first, memoryview) or first.WhichOneof("kind") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
-        assert isinstance(first, pb.UploadChunk)
+        sender = caller if caller is not None else f"unauthenticated {address}"
+        first = await anext(stream, None)
+        if first is None or isinstance(first, memoryview) or first.WhichOneof("kind") != "header":
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with its header")
         header = first.header
         try:
-            task = self._claim(header, peer)
+            task = self._claim(header, caller)
         except UploadRefused as refusal:
-            return self._refuse(sender, None, refusal)
+            return await workers.run(self._refuse, sender, None, refusal)
         except ProtocolError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         try:
-            reply = self._receive(task, header, stream)
+            reply = await self._receive(task, header, stream, workers)
         except UploadRefused as refusal:
             self._release(task)
-            return self._refuse(sender, task, refusal)
-        except StreamStalled as error:
+            return await workers.run(self._refuse, sender, task, refusal)
+        except ProtocolError as error:
             self._release(task)
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
-        except (ProtocolError, grpc.RpcError) as error:
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        except BaseException:
             self._release(task)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise
         self.board.post(reply, task.task_id)
         return pb.UploadReceipt(accepted=True)
 
@@ -244,44 +244,64 @@ class Uploads:
                 "one by one",
             )
 
-    def _receive(
+    async def _receive(
         self,
         task: OpenTask,
         header: pb.UploadHeader,
-        stream: Iterator[pb.UploadChunk | memoryview],
+        stream: AsyncIterator[pb.UploadChunk | memoryview],
+        workers: Workers,
     ) -> ClientUpdate | ClientEvaluation | ProtocolAnswer:
         """Spool and hash the body, verify the signature; the accepted reply."""
         metadata = UploadMetadata.from_json(header.metadata_json)
         expected = self._expected_bytes(task, header)
         if task.kind != "fit":
-            body = self._receive_small(task, header, stream, expected)
+            body = bytearray()
+            async for data in _data_chunks(stream):
+                body += data
+                if len(body) > expected:
+                    raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
+            await workers.run(self._accept_small, task, header, body, expected)
             if task.kind == "protocol":
-                return ProtocolAnswer(task.client_id, body)
+                return ProtocolAnswer(task.client_id, bytes(body))
             return ClientEvaluation(task.client_id, header.num_examples, metadata.metrics)
         path = self.spool_dir / f"round-{task.round_index}" / f"{task.client_id}.bin"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with atomic_file(path) as spool:
+        spool = await workers.run(Spool, path)
+        try:
             received = 0
-            for data in _data_chunks(stream):
+            async for data in _data_chunks(stream):
                 received += len(data)
                 if received > expected:
                     raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
-                digest.update(data)
-                spool.write(data)
+                await workers.run(spool.write, data)
             if received != expected:
                 raise ProtocolError(f"the upload ended after {received} of {expected} bytes")
-            if digest.digest() != bytes(header.payload_sha256):
-                raise UploadRefused(
-                    "corrupted", f"{task.client_id}'s payload does not match its SHA-256"
-                )
-            self._verify(task, header)
+            await workers.run(self._accept, task, header, spool, path)
+        except BaseException as error:
+            spool.discard(error)
+            raise
+        return _update_from_spool(
+            task.round_index,
+            task.client_id,
+            header.num_examples,
+            header.metadata_json,
+            header.payload_kind,
+            path,
+        )
+
+    def _accept(self, task: OpenTask, header: pb.UploadHeader, spool: Spool, path: Path) -> None:
+        """Check the spooled update's hash and signature, make it durable, record it (blocking)."""
+        if spool.digest.digest() != bytes(header.payload_sha256):
+            raise UploadRefused(
+                "corrupted", f"{task.client_id}'s payload does not match its SHA-256"
+            )
+        self._verify(task, header)
+        spool.keep()
         try:
             self.journal.accept_update(
                 self.run_id,
                 task.round_index,
                 task.client_id,
-                digest=digest.hexdigest(),
+                digest=spool.digest.hexdigest(),
                 num_examples=header.num_examples,
                 metrics_json=header.metadata_json,
                 payload_path=str(path),
@@ -292,28 +312,11 @@ class Uploads:
         with self.board.lock:
             self.board.open.pop(task.task_id, None)
             self.board.delivered.add((task.round_index, task.client_id))
-        return _update_from_spool(
-            task.round_index,
-            task.client_id,
-            header.num_examples,
-            header.metadata_json,
-            header.payload_kind,
-            path,
-        )
 
-    def _receive_small(
-        self,
-        task: OpenTask,
-        header: pb.UploadHeader,
-        stream: Iterator[pb.UploadChunk | memoryview],
-        expected: int,
-    ) -> bytes:
-        """The body of an evaluation or protocol answer (small: kept in memory), checked."""
-        body = bytearray()
-        for data in _data_chunks(stream):
-            body += data
-            if len(body) > expected:
-                raise ProtocolError(f"the upload exceeds its declared {expected} bytes")
+    def _accept_small(
+        self, task: OpenTask, header: pb.UploadHeader, body: bytearray, expected: int
+    ) -> None:
+        """Check an evaluation's or protocol answer's size, hash and signature (blocking)."""
         if len(body) != expected:
             raise ProtocolError(f"the upload ended after {len(body)} of {expected} bytes")
         if hashlib.sha256(body).digest() != bytes(header.payload_sha256):
@@ -323,7 +326,6 @@ class Uploads:
         self._verify(task, header)
         with self.board.lock:
             self.board.open.pop(task.task_id, None)
-        return bytes(body)
 
     def _verify(self, task: OpenTask, header: pb.UploadHeader) -> None:
         """Refuse an upload whose signature is not the enrolled identity's."""
@@ -355,15 +357,44 @@ class Uploads:
         return int(declared)
 
 
-def _data_chunks(stream: Iterator[pb.UploadChunk | memoryview]) -> Iterator[memoryview | bytes]:
+async def _data_chunks(
+    stream: AsyncIterator[pb.UploadChunk | memoryview],
+) -> AsyncIterator[memoryview | bytes]:
     """The bytes of the data chunks after an upload's header (``ProtocolError`` for another)."""
-    for message in stream:
+    async for message in stream:
         if isinstance(message, memoryview):
             yield message
         elif message.WhichOneof("kind") == "data":
             yield message.data
         else:
             raise ProtocolError("an upload sends one header, then only data chunks")
+
+
+class Spool:
+    """An update being written to its spool file (``atomic_file``) while its SHA-256 is computed.
+
+    Each step is short blocking work the service runs on its worker threads;
+    :meth:`keep` makes the file durable under its name, :meth:`discard`
+    leaves nothing behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = ExitStack()
+        self._handle = self._file.enter_context(atomic_file(path))
+        self.digest = hashlib.sha256()
+
+    def write(self, data: memoryview | bytes) -> None:
+        self.digest.update(data)
+        self._handle.write(data)
+
+    def keep(self) -> None:
+        """Flush, fsync and move the file to its name."""
+        self._file.close()
+
+    def discard(self, error: BaseException) -> None:
+        """Delete the unfinished file (idempotent; a kept file stays)."""
+        self._file.__exit__(type(error), error, error.__traceback__)
 
 
 def _update_from_spool(
