@@ -40,6 +40,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 from fedwarden.core.config import RunConfig
@@ -176,7 +177,7 @@ class Handed:
             )
         return RunConfig.model_validate({**config.model_dump(), **update})
 
-    def require_resumes(self, stored: RunConfig, run_dir: object) -> None:
+    def require_resumes(self, stored: RunConfig, run_dir: Path | str) -> None:
         """Refuse to resume a run whose recorded model or data is not what was handed now."""
         for section, handed, argument in (
             ("model", self.model, "model"),
