@@ -114,7 +114,7 @@ def test_the_recorded_config_names_the_handed_model_and_data() -> None:
     assert stamped.model.kind == "api" and stamped.data.source == "api"
     assert stamped.model.fingerprint is not None
     assert stamped.model.fingerprint.startswith(
-        "torch module test_python_api.ConvOnImages: 4 tensors, 86 parameters"
+        "torch module ConvOnImages: 4 tensors, 86 parameters"
     )
     assert stamped.data.fingerprint == (
         "2 clients ('north': 8, 'south': 5); examples of shape (1, 4, 4), labels int64; "
@@ -126,6 +126,7 @@ def test_the_recorded_config_names_the_handed_model_and_data() -> None:
 def test_resuming_with_another_model_or_without_the_data_is_refused() -> None:
     sites = [Images(8, 1)]
     stored = Handed.of(config(), ConvOnImages, sites, None).stamp(config())
+    Handed.of(config(), ConvOnImages, [Images(8, 1)], None).require_resumes(stored, "runs/r")
     with pytest.raises(ConfigError, match=r"trained with model 'torch module .*ConvOnImages"):
         Handed.of(config(), WiderConv, sites, None).require_resumes(stored, "runs/r")
     with pytest.raises(ConfigError, match=r"hands \"no clients= \(the config's data\)\""):
@@ -222,7 +223,7 @@ def test_example_trains_its_own_module_on_its_datasets_under_dp_sgd(
     assert summary["epsilon"] == pytest.approx(epsilon, abs=1e-4)
     # resuming needs the same module and the same sites
     with pytest.raises(
-        ConfigError, match=r"trained with model 'torch module __main__\.SmallConvNet"
+        ConfigError, match=r"trained with model 'torch module SmallConvNet: 6 tensors"
     ):
         fedwarden.run(stored, model=WiderConv, clients=sites, test=test, resume=run_dir)
     with pytest.raises(DataError, match="resume it from Python"):

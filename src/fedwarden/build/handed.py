@@ -21,7 +21,9 @@ directory) comes from the config, as for ``fedwarden run``. The run's recorded
 config says what was handed: ``model.kind = "api"`` with ``model.fingerprint``
 (the class and its parameter shapes), ``data.source = "api"`` with
 ``data.fingerprint`` (each client's size and the example shape); a resumed run
-must be handed objects with the same fingerprints.
+must be handed objects with the same fingerprints. A model's fingerprint names
+its class without its module, so a script's ``__main__.Net`` resumes as
+``my_project.Net`` when the tensors are the same.
 
 The local and ray runtimes send the model to worker processes with pickle, so
 it must be importable there: a class or function defined at module level (in
@@ -70,7 +72,7 @@ class HandedModel:
             return cls(
                 "trainer",
                 model,
-                f"trainer {_qualified(type(model))}: {len(shapes)} tensors, {spec.size} "
+                f"trainer {type(model).__qualname__}: {len(shapes)} tensors, {spec.size} "
                 f"parameters, shapes sha256 {_digest(shapes)}",
             )
         if hasattr(model, "get_params") and hasattr(model, "fit"):
@@ -104,7 +106,7 @@ class HandedModel:
         return cls(
             "torch",
             factory,
-            f"torch module {_qualified(type(module))}: {len(shapes)} tensors, {size} "
+            f"torch module {type(module).__qualname__}: {len(shapes)} tensors, {size} "
             f"parameters, shapes sha256 {_digest(shapes)}",
         )
 
