@@ -164,6 +164,12 @@ def test_a_model_worker_processes_cannot_import_is_refused_with_what_to_do() -> 
     with pytest.raises(ConfigError, match=r"<lambda> cannot be sent to the runtime's worker"):
         fedwarden.run(config(), model=lambda: nn.Linear(64, 10))
 
+    class Local(ConvOnImages):
+        pass
+
+    with pytest.raises(ConfigError, match=r"model test_python_api\.test_a_model_worker.*\.Local "):
+        fedwarden.run(config(), model=Local())  # an instance: its class is named
+
 
 def test_the_grpc_runtime_refuses_handed_objects() -> None:
     with pytest.raises(ConfigError, match=r"runtime\.kind 'grpc' starts each client"):

@@ -62,6 +62,8 @@ class HandedModel:
     value: Any
     """The module factory (torch), the estimator (sklearn) or the trainer."""
     fingerprint: str
+    name: str
+    """``module.Name`` of what was handed: the factory, or the instance's class."""
 
     @classmethod
     def of(cls, model: object) -> HandedModel:
@@ -74,16 +76,17 @@ class HandedModel:
                 model,
                 f"trainer {type(model).__qualname__}: {len(shapes)} tensors, {spec.size} "
                 f"parameters, shapes sha256 {_digest(shapes)}",
+                _qualified(type(model)),
             )
         if hasattr(model, "get_params") and hasattr(model, "fit"):
-            return cls("sklearn", model, f"scikit-learn {model!r}")
+            return cls("sklearn", model, f"scikit-learn {model!r}", _qualified(type(model)))
         from torch import nn  # the torch extra, needed only for a PyTorch model
 
         factory: Callable[[], nn.Module]
         if isinstance(model, nn.Module):
-            factory = partial(copy.deepcopy, model)
+            factory, name = partial(copy.deepcopy, model), _qualified(type(model))
         elif callable(model):
-            factory = model
+            factory, name = model, _qualified(model)
         else:
             raise ConfigError(
                 f"model is a {type(model).__name__}; hand a torch.nn.Module (a subclass, a "
@@ -93,7 +96,7 @@ class HandedModel:
         module = factory()
         if not isinstance(module, nn.Module):
             raise ConfigError(
-                f"model {_qualified(model)} returned a {type(module).__name__}, not a "
+                f"model {name} returned a {type(module).__name__}, not a "
                 "torch.nn.Module; hand a callable that builds the module with no arguments "
                 "(functools.partial(MyNet, width=64), or the class itself)"
             )
@@ -108,16 +111,15 @@ class HandedModel:
             factory,
             f"torch module {type(module).__qualname__}: {len(shapes)} tensors, {size} "
             f"parameters, shapes sha256 {_digest(shapes)}",
+            name,
         )
 
     def require_picklable(self) -> None:
         """Refuse a model the local and ray runtimes' worker processes could not import."""
-        described = _qualified(self.value if self.kind == "torch" else type(self.value))
         main = sys.modules.get("__main__")
-        module_name = getattr(self.value, "__module__", type(self.value).__module__)
-        if module_name == "__main__" and getattr(main, "__file__", None) is None:
+        if self.name.startswith("__main__.") and getattr(main, "__file__", None) is None:
             raise ConfigError(
-                f"model {described} is defined in an interactive session, which the worker "
+                f"model {self.name} is defined in an interactive session, which the worker "
                 "processes of the local runtime cannot import; move it into a .py module (or a "
                 "script run with python) and import it from there"
             )
@@ -125,7 +127,7 @@ class HandedModel:
             pickle.dumps(self.value)
         except (pickle.PicklingError, AttributeError, TypeError) as error:
             raise ConfigError(
-                f"model {described} cannot be sent to the runtime's worker processes ({error}); "
+                f"model {self.name} cannot be sent to the runtime's worker processes ({error}); "
                 "define the model class or factory at module level (not a lambda or a function "
                 "inside another), or use functools.partial(ModuleLevelFactory, ...)"
             ) from None
