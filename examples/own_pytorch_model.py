@@ -11,7 +11,9 @@ downloaded) as 1x8x8 images, dealt to the sites, with a held-out test set::
     python examples/own_pytorch_model.py --rounds 3 --epsilon 2
 
 It prints the test accuracy, the epsilon the privacy ledger charged and the
-run directory (``fedwarden runs show DIR`` reads it like any other run).
+run directory, which holds what any run's does (config, ledger, checkpoint,
+metrics, summary); its ``config.json`` records the model and data as handed
+from Python (``model.kind = "api"``, ``data.source = "api"``).
 """
 
 from __future__ import annotations
