@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 from typing import Any
 
@@ -84,3 +85,38 @@ def test_outside_a_terminal_each_round_is_one_plain_line_with_every_column() -> 
         "  applied with fewer updates than the minimum cohort"
     )
     assert len(lines) == 3
+
+
+def _round_in_flight(terminal: bool) -> tuple[str, str]:
+    """What the console shows three replies into a cohort of ten, and once all replied."""
+    output = StringIO()
+    console = Console(file=output, width=120, force_terminal=terminal, color_system=None)
+    with ConsoleObserver(console, rounds=2, start=0) as observer:
+        observer.round_started(0, 10)
+        for _ in range(3):
+            observer.client_finished(0)
+        observer.progress.refresh()
+        in_flight = output.getvalue()
+        for _ in range(7):
+            observer.client_finished(0)
+        observer.progress.refresh()
+        aggregating = output.getvalue()[len(in_flight) :]
+        observer.round_finished(_round(0))
+    return in_flight, aggregating + output.getvalue()[len(in_flight) + len(aggregating) :]
+
+
+def test_on_a_terminal_a_round_in_flight_shows_its_replies_then_that_it_aggregates() -> None:
+    in_flight, later = _round_in_flight(terminal=True)
+    drawn = in_flight.split("\x1b[2K")[-1]  # the progress as last redrawn
+    assert re.search(r"round 1: clients replied .*━.* 3/10 ", drawn), drawn
+    assert re.search(r"rounds .* 0/2 ", in_flight)
+    assert "round 1: aggregating" in later and "10/10" in later
+    assert "    1   0.5000   0.9000    9/10" in later  # the round's row, printed above
+
+
+def test_outside_a_terminal_a_round_in_flight_prints_nothing_but_the_plain_lines() -> None:
+    in_flight, later = _round_in_flight(terminal=False)
+    assert in_flight == HEADER + "\n"
+    assert later == (
+        "    1   0.5000   0.9000    9/10       1        0     1.50     2.00     1.00        -\n"
+    )

@@ -6,6 +6,11 @@ A first run::
 
     result = run(RunConfig.from_mapping({"rounds": 20, "data": {"source": "digits"}}))
     print(result.accuracy)
+
+Your own PyTorch module and one ``torch.utils.data.Dataset`` per client, everything
+else from the config::
+
+    result = run(config, model=MyNet, clients=[site_a, site_b], test=held_out)
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedwarden.build.handed import HandedModel
 from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
@@ -18,7 +20,7 @@ from fedwarden.models.trainer import Trainer
 from fedwarden.privacy.randomness import NoiseSource
 
 if TYPE_CHECKING:
-    pass
+    from fedwarden.models.torch import Loss, ModuleFactory
 from fedwarden.strategies import (
     FedAdagrad,
     FedAdam,
@@ -38,10 +40,22 @@ from fedwarden.strategies.scaffold import Scaffold, ScaffoldTrainer
 logger = logging.getLogger(__name__)
 
 
-def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
-    """The model adapter named by ``config.model`` for this data set's shape."""
+def build_trainer(
+    config: RunConfig,
+    dataset: FederatedDataset,
+    handed: HandedModel | None = None,
+    example_shape: tuple[int, ...] | None = None,
+) -> Trainer:
+    """The model adapter named by ``config.model`` for this data set's shape.
+
+    ``model.kind = "api"`` trains ``handed``, the model handed to
+    :func:`fedwarden.run` in Python (:mod:`fedwarden.build.handed`); a PyTorch
+    module gets its rows back in ``example_shape``.
+    """
     model = config.model
     num_classes = dataset.num_classes
+    if model.kind == "api":
+        return _handed_trainer(config, dataset, handed, example_shape)
     if model.kind == "softmax":
         if num_classes is None:
             raise ConfigError("model.kind 'softmax' needs a classification data set")
@@ -49,24 +63,11 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
     if model.kind in ("mlp", "cnn", "text"):
         if num_classes is None:
             raise ConfigError(f"model.kind {model.kind!r} needs a classification data set")
-        from fedwarden.models.torch import TorchTrainer
         from fedwarden.models.zoo import module_factory
 
-        factory = module_factory(model, config.data, dataset.num_features, num_classes)
-        privacy = config.privacy
-        if privacy.mechanism == "dp_sgd":
-            from fedwarden.models.dp_sgd import DpSgdTrainer
-
-            assert privacy.noise_multiplier is not None
-            return DpSgdTrainer(
-                factory,
-                noise_multiplier=privacy.noise_multiplier,
-                max_grad_norm=privacy.max_grad_norm,
-                delta=privacy.delta,
-                noise=NoiseSource.secure_or_testing(privacy.reproducible_noise, config.seed),
-                device=config.train.device,
-            )
-        return TorchTrainer(factory, device=config.train.device)
+        return _torch_trainer(
+            config, module_factory(model, config.data, dataset.num_features, num_classes)
+        )
     if model.kind == "sklearn":
         from fedwarden.models.sklearn import SklearnTrainer
 
@@ -76,6 +77,70 @@ def build_trainer(config: RunConfig, dataset: FederatedDataset) -> Trainer:
     assert model.factory is not None
     trainer: Trainer = _model_factory(model.factory)(dataset.num_features, num_classes)
     return trainer
+
+
+def _handed_trainer(
+    config: RunConfig,
+    dataset: FederatedDataset,
+    handed: HandedModel | None,
+    example_shape: tuple[int, ...] | None,
+) -> Trainer:
+    """The trainer of a model handed in Python."""
+    if handed is None:
+        if config.model.fingerprint is None:
+            raise ConfigError(
+                "model.kind 'api' trains the model handed to fedwarden.run(config, model=...) "
+                "in Python; hand it there, or name a model.kind this config can build"
+            )
+        raise ConfigError(
+            f"this run's model was handed to fedwarden.run in Python ({config.model.fingerprint})"
+            " and nothing else holds it; resume it from Python with fedwarden.run(config, "
+            "model=<the same model>, resume=RUN_DIR)"
+        )
+    if config.privacy.mechanism == "dp_sgd" and handed.kind != "torch":
+        raise ConfigError(
+            f"privacy.mechanism 'dp_sgd' trains PyTorch modules with Opacus, but the model handed "
+            f"is {handed.fingerprint}; hand an nn.Module, or choose privacy.mechanism "
+            "'user_level' (user-level DP of whole updates) for this model"
+        )
+    if handed.kind == "trainer":
+        trainer: Trainer = handed.value
+        return trainer
+    if handed.kind == "sklearn":
+        from fedwarden.models.sklearn import SklearnTrainer
+
+        return SklearnTrainer.from_estimator(
+            handed.value, num_features=dataset.num_features, num_classes=dataset.num_classes
+        )
+    from fedwarden.models.torch import shaped
+
+    factory = handed.value
+    if example_shape is not None and example_shape != (dataset.num_features,):
+        factory = partial(shaped, factory, example_shape)
+    return _torch_trainer(config, factory, "cross_entropy" if dataset.num_classes else "mse")
+
+
+def _torch_trainer(
+    config: RunConfig, factory: ModuleFactory, loss: Loss = "cross_entropy"
+) -> Trainer:
+    """A PyTorch trainer on ``train.device``: Opacus DP-SGD when the config asks for it."""
+    from fedwarden.models.torch import TorchTrainer
+
+    privacy = config.privacy
+    if privacy.mechanism == "dp_sgd":
+        from fedwarden.models.dp_sgd import DpSgdTrainer
+
+        assert privacy.noise_multiplier is not None
+        return DpSgdTrainer(
+            factory,
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            delta=privacy.delta,
+            noise=NoiseSource.secure_or_testing(privacy.reproducible_noise, config.seed),
+            loss=loss,
+            device=config.train.device,
+        )
+    return TorchTrainer(factory, loss=loss, device=config.train.device)
 
 
 def _model_factory(reference: str) -> Callable[[int, int | None], Trainer]:

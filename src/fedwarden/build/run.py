@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from fedwarden.build.deployment import (
     local_federation,
     open_store,
 )
+from fedwarden.build.handed import Handed
 from fedwarden.build.integrity import (
     BudgetChange,
     recorded_config_hashes,
@@ -82,9 +84,14 @@ class PreparedRun:
     trainer: Trainer
 
 
-def prepare(config: RunConfig) -> PreparedRun:
-    """Load the data, calibrate DP-SGD's noise if asked to, and build the model for ``config``."""
-    dataset = poisoned(config, load_dataset(config.data, config.seed))
+def prepare(config: RunConfig, handed: Handed | None = None) -> PreparedRun:
+    """Load the data, calibrate DP-SGD's noise if asked to, and build the model for ``config``.
+
+    ``handed`` is the model and data handed to :func:`run` in Python, used where
+    ``config`` records them (``model.kind`` / ``data.source`` ``"api"``).
+    """
+    handed = handed or Handed(None, None)
+    dataset = poisoned(config, handed.dataset(partial(load_dataset, config.data, config.seed)))
     section = config.privacy
     if section.mechanism == "dp_sgd" and section.noise_multiplier is None:
         assert section.epsilon is not None
@@ -99,7 +106,8 @@ def prepare(config: RunConfig) -> PreparedRun:
         logger.info("DP-SGD noise multiplier calibrated to %.4f", noise_multiplier)
         privacy = section.model_copy(update={"noise_multiplier": noise_multiplier})
         config = config.model_copy(update={"privacy": privacy})
-    trainer = build_trainer(config, dataset)
+    trainer = build_trainer(config, dataset, handed.model, handed.example_shape(dataset))
+    handed.require_model_reads(trainer, dataset, config.seed)
     if config.strategy.name == "scaffold":
         trainer = ScaffoldTrainer(trainer)
     return PreparedRun(config, dataset, trainer)
@@ -157,6 +165,9 @@ def serve(
 def run(
     config: RunConfig,
     *,
+    model: object | None = None,
+    clients: object | None = None,
+    test: object | None = None,
     resume: Path | None = None,
     observer: RoundObserver | None = None,
     write_run_dir: bool = True,
@@ -172,7 +183,24 @@ def run(
     must agree with every record of it (:mod:`fedwarden.build.integrity`);
     ``budget_change`` changes its privacy budget explicitly. ``deployment`` and
     ``store`` are the grpc runtime's (see :func:`serve`).
+
+    ``model``, ``clients`` and ``test`` hand fedwarden your own model (a PyTorch
+    module or its factory, a scikit-learn estimator, a Trainer), your clients'
+    data (a list or dict of PyTorch ``Dataset`` objects of ``(x, y)`` items, ``(x, y)``
+    arrays or client file paths) and a central test set, in place of the
+    config's ``[model]`` and ``[data]`` (see :mod:`fedwarden.build.handed`)::
+
+        fedwarden.run(config, model=MyNet, clients=[site_a, site_b], test=held_out)
+
+    A resumed run must be handed the same model and data again.
     """
+    handed = None
+    if model is not None or clients is not None or test is not None:
+        handed = Handed.of(config, model, clients, test)
+        config = handed.stamp(config)
+        if resume is not None:
+            stored = RunConfig.model_validate_json(RunDirectory(resume).read_config())
+            handed.require_resumes(stored, resume)
     if budget_change is not None and resume is None:
         raise ConfigError(
             "a privacy budget is changed only when resuming a run (--resume RUN_DIR); a new "
@@ -203,7 +231,7 @@ def run(
             return _run(
                 config, run_dir, observer, stop_after, deployment, runs_store, budget_change
             )
-    return _run(config, run_dir, observer, stop_after, deployment, store, budget_change)
+    return _run(config, run_dir, observer, stop_after, deployment, store, budget_change, handed)
 
 
 def _run(
@@ -214,6 +242,7 @@ def _run(
     deployment: Deployment | None,
     store: RunStore | None,
     budget_change: BudgetChange | None = None,
+    handed: Handed | None = None,
 ) -> RunResult:
     checkpoint = None if run_dir is None else run_dir.load_checkpoint()
     resume = None if run_dir is None or checkpoint is None else run_dir.path
@@ -227,7 +256,7 @@ def _run(
     if budget_change is not None:
         config = budget_change.apply(config)
         changed_config_json = config.model_dump_json(indent=1)
-    prepared = prepare(config)
+    prepared = prepare(config, handed)
     config, dataset, trainer = prepared.config, prepared.dataset, prepared.trainer
     pilot_clients = choose_pilot_clients(config, dataset)
     policy = ReleasePolicy.of(config)

@@ -14,7 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from fedwarden.core.records import RoundRecord, RunResult
@@ -40,6 +47,11 @@ _NOTES_MIN_WIDTH = 20
 class ConsoleObserver:
     """Progress bars (rounds; clients within the round) and one table row per round.
 
+    On a terminal a round in flight shows how many of its cohort have replied, how long it
+    has run and, from the replies so far, how long it has left; once every client replied
+    it says the round is aggregating (secure aggregation's unmasking, noise, the central
+    evaluation and the checkpoint come then). Elsewhere no progress is drawn at all.
+
     On a terminal the table fits its width: the columns that matter least are left out
     until the rest leave room for the notes, which fold onto further lines. Elsewhere (a
     log, CI) each row is one plain line with every column, never wrapped, whatever its
@@ -53,6 +65,7 @@ class ConsoleObserver:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
         )
@@ -65,11 +78,18 @@ class ConsoleObserver:
         self._print(header, notes=())
 
     def round_started(self, round_index: int, cohort_size: int) -> None:
-        self.progress.reset(self.clients_task, total=cohort_size)
-        self.progress.update(self.clients_task, description=f"round {round_index + 1} clients")
+        self.progress.reset(
+            self.clients_task,
+            total=cohort_size,
+            description=f"round {round_index + 1}: clients replied",
+        )
 
     def client_finished(self, round_index: int) -> None:
         self.progress.advance(self.clients_task)
+        if self.progress.tasks[self.clients_task].finished:
+            self.progress.update(
+                self.clients_task, description=f"round {round_index + 1}: aggregating"
+            )
 
     def round_finished(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds_task)
@@ -92,11 +112,13 @@ class ConsoleObserver:
         self.progress.console.print(line, crop=True)
 
     def __enter__(self) -> ConsoleObserver:
-        self.progress.start()
+        if self.console.is_terminal:  # a log or CI gets the plain lines only
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.console.is_terminal:
+            self.progress.stop()
 
 
 def columns_for_width(width: int) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -47,6 +47,7 @@ from fedwarden.data.client_files import (
     read_arrays,
 )
 from fedwarden.data.dataset import Array, ClientData, FederatedDataset, OnDemandClients
+from fedwarden.data.handed import HandedExamples, client_examples, examples_of
 from fedwarden.data.partitioners import partition, shuffled_by_class
 from fedwarden.data.synthetic import SyntheticPopulation, num_test_examples
 
@@ -76,6 +77,17 @@ def load_dataset(config: DataConfig, seed: int) -> FederatedDataset:
             dataset = _generate_synthetic(config, seed)
         case "npz_folder":
             dataset = _load_npz_folder(config, seed)
+        case "api" if config.fingerprint is None:
+            raise DataError(
+                "data.source 'api' reads the clients handed to fedwarden.run(config, clients=...) "
+                "in Python; hand them there, or name a data.source this config can read"
+            )
+        case "api":
+            raise DataError(
+                f"this run's clients were handed to fedwarden.run in Python ({config.fingerprint}) "
+                "and nothing else holds them; resume it from Python with fedwarden.run(config, "
+                "clients=<the same clients>, resume=RUN_DIR)"
+            )
         case _:
             assert_never(config.source)
     logger.info(
@@ -224,6 +236,79 @@ def _load_npz_folder(config: DataConfig, seed: int) -> FederatedDataset:
         folder / ATTRIBUTES_FILE, [client_name(path) for path in client_paths]
     )
     return _assemble(folder.name, clients, x_test, y_test, num_classes, attributes)
+
+
+@dataclass(frozen=True)
+class HandedData:
+    """Clients' data handed in Python, as a data set, with what a run records of it."""
+
+    dataset: FederatedDataset
+    example_shape: tuple[int, ...]
+    """The shape of one example before it was flattened to a row."""
+    fingerprint: str
+    """Clients and their sizes, the example shape and the central test set's size."""
+
+
+def load_handed(clients: object, test: object | None, config: DataConfig, seed: int) -> HandedData:
+    """The data set of clients handed to :func:`fedwarden.run` (see :mod:`fedwarden.data.handed`).
+
+    A client without its own test split keeps ``client_test_fraction`` of its
+    examples as one, drawn from ``seed``. ``test`` is the central test set
+    (the same kinds of data as a client's); without it, the clients' test
+    splits make it. Every client and the test set must share one example shape.
+    """
+    named = client_examples(clients)
+    handed = [
+        examples_of(f"client {client_id!r}", data, config) for client_id, data in named.items()
+    ]
+    central = None if test is None else examples_of("the test set", test, config)
+    every = [*handed, *([] if central is None else [central])]
+    first = every[0]
+    for examples in every[1:]:
+        if examples.example_shape != first.example_shape:
+            raise DataError(
+                f"{examples.name} has examples of shape {examples.example_shape} but "
+                f"{first.name} has {first.example_shape}; every client and the test set need "
+                "examples of one shape"
+            )
+    kinds = {examples.y.dtype.kind for examples in every}
+    if len(kinds) > 1:
+        raise DataError(
+            "some clients have integer labels and others float labels; label every client's "
+            "examples as class indices (classification) or all as floats (regression)"
+        )
+    num_classes = None
+    if kinds == {"i"}:
+        labels = [examples.y for examples in every] + [
+            examples.y_test for examples in every if examples.y_test is not None
+        ]
+        if min(int(y.min()) for y in labels) < 0:
+            raise DataError("a label is negative; number the classes from 0")
+        num_classes = max(int(y.max()) for y in labels) + 1
+    split_rng = np.random.default_rng(seed)
+    client_data = [
+        _split_client(client_id, examples.x, examples.y, config, split_rng)
+        if examples.x_test is None or examples.y_test is None
+        else ClientData(client_id, examples.x, examples.y, examples.x_test, examples.y_test)
+        for client_id, examples in zip(named, handed, strict=True)
+    ]
+    x_test, y_test = _pooled_test_splits(client_data) if central is None else (central.x, central.y)
+    dataset = _assemble("api", client_data, x_test, y_test, num_classes, {})
+    return HandedData(dataset, first.example_shape, _fingerprint(handed, central, first))
+
+
+def _fingerprint(
+    handed: Sequence[HandedExamples], central: HandedExamples | None, first: HandedExamples
+) -> str:
+    """What a run records of handed data: each client's size, the example shape, the test set."""
+    sizes = ", ".join(
+        f"{examples.name.removeprefix('client ')}: {len(examples.y)}" for examples in handed
+    )
+    test = "the clients' test splits" if central is None else f"{len(central.y)} examples"
+    return (
+        f"{len(handed)} clients ({sizes}); examples of shape {first.example_shape}, labels "
+        f"{first.y.dtype}; central test set: {test}"
+    )
 
 
 def save_client_file(client: ClientData, path: Path) -> None:

@@ -85,6 +85,15 @@ _FIXED: dict[str, dict[str, Any]] = {
     "sgd_regressor": {"learning_rate": "constant", "shuffle": False},
     "logistic_regression": {"warm_start": True},
 }
+
+
+def _same(value: object, default: object) -> bool:
+    """Whether a parameter is still its default (NaN equals NaN, as scikit-learn clones)."""
+    if isinstance(value, float) and isinstance(default, float):
+        return value == default or (np.isnan(value) and np.isnan(default))
+    return value is default or value == default
+
+
 _WARM_START_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky")
 """Solvers that start from the given coefficients and for which zero-weight rows are exact."""
 
@@ -151,6 +160,35 @@ class SklearnTrainer:
         self._spec = ParamSpec.from_arrays(
             {"coef": np.zeros(coef_shape, VECTOR_DTYPE), "intercept": np.zeros(rows, VECTOR_DTYPE)}
         )
+
+    @classmethod
+    def from_estimator(
+        cls, estimator: object, *, num_features: int, num_classes: int | None
+    ) -> SklearnTrainer:
+        """The trainer of a user's estimator object, with the parameters they set on it.
+
+        Parameters left at scikit-learn's defaults are not passed on, so this
+        trainer's own defaults (``loss="log_loss"`` for ``SGDClassifier``)
+        apply; a parameter the federated round decides is refused as in the
+        constructor.
+        """
+        name: EstimatorName | None = next(
+            (name for name in get_args(EstimatorName) if type(estimator) is _CLASSES[name]), None
+        )
+        if name is None:
+            raise ConfigError(
+                f"{type(estimator).__name__} is not an estimator fedwarden trains federatedly; "
+                "hand an SGDClassifier, SGDRegressor or LogisticRegression, or wrap your model "
+                "as a Trainer"
+            )
+        assert isinstance(estimator, (SGDClassifier, SGDRegressor, LogisticRegression))
+        defaults = type(estimator)().get_params()
+        changed = {
+            key: value
+            for key, value in estimator.get_params().items()
+            if key not in defaults or not _same(value, defaults[key])
+        }
+        return cls(name, num_features=num_features, num_classes=num_classes, **changed)
 
     @property
     def spec(self) -> ParamSpec:

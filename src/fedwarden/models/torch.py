@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -62,7 +63,7 @@ ModuleFactory = Callable[[], nn.Module]
 Array = npt.NDArray[np.generic]
 FloatArray = npt.NDArray[np.floating[Any]]
 
-__all__ = ["TorchTrainer", "mlp", "resolve_device"]
+__all__ = ["TorchTrainer", "mlp", "resolve_device", "shaped"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,27 @@ def mlp(num_features: int, num_classes: int, hidden: tuple[int, ...] = (64,)) ->
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def shaped(module_factory: ModuleFactory, example_shape: tuple[int, ...]) -> nn.Module:
+    """``module_factory()``'s module, handed its input rows back in ``example_shape``.
+
+    A forward pre-hook reshapes each batch of rows to ``(batch, *example_shape)``
+    before the module sees it, so a module written for images of shape
+    ``(1, 8, 8)`` trains on the rows every trainer hands it; its parameter names
+    stay its own. Module level, so ``functools.partial(shaped, factory, shape)``
+    is a picklable module factory when ``factory`` is.
+    """
+    module = module_factory()
+    module.register_forward_pre_hook(partial(_reshape_rows, example_shape))
+    return module
+
+
+def _reshape_rows(
+    example_shape: tuple[int, ...], module: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    rows, *rest = inputs
+    return (rows.reshape(len(rows), *example_shape), *rest)
 
 
 class TorchTrainer:

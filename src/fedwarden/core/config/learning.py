@@ -35,7 +35,8 @@ class PartitionConfig(Section):
 class DataConfig(Section):
     """Where the clients' data comes from and how it is split."""
 
-    source: Literal["digits", "breast_cancer", "wine", "synthetic", "npz_folder"] = "digits"
+    source: Literal["digits", "breast_cancer", "wine", "synthetic", "npz_folder", "api"] = "digits"
+    """``"api"``: the clients' data is handed to :func:`fedwarden.run` in Python (``clients=``)."""
     num_clients: Annotated[int, Field(ge=1)] = 20
     partition: PartitionConfig = PartitionConfig()
     central_test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
@@ -63,9 +64,16 @@ class DataConfig(Section):
     synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
     synthetic_features: Annotated[int, Field(ge=1)] = 60
     synthetic_classes: Annotated[int, Field(ge=2)] = 10
+    fingerprint: str | None = None
+    """What the Python API was handed (``source = "api"``): clients, their sizes, the example
+    shape; a resumed run must be handed the same."""
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:
+        if self.source != "api" and self.fingerprint is not None:
+            raise ValueError(
+                "data.fingerprint is only set with source = 'api', by fedwarden.run(clients=...)"
+            )
         if self.source == "npz_folder" and self.path is None:
             raise ValueError(
                 "source 'npz_folder' needs data.path, the folder of <client>.npz files"
@@ -83,11 +91,13 @@ class ModelConfig(Section):
     folders, shaped by ``data.image_shape`` and ``data.image_mode``), ``text`` (a
     PyTorch bag of embeddings over token ids, ``vocabulary_size`` and
     ``embedding_dim``), ``sklearn`` (a scikit-learn linear
-    model named by ``estimator``), or ``custom``: ``factory = "module:function"``
-    returning a Trainer, called with the data set's feature and class counts.
+    model named by ``estimator``), ``custom``: ``factory = "module:function"``
+    returning a Trainer, called with the data set's feature and class counts, or
+    ``api``: a model handed to :func:`fedwarden.run` in Python (``model=``;
+    the run records it as ``fingerprint``).
     """
 
-    kind: Literal["softmax", "mlp", "cnn", "text", "sklearn", "custom"] = "softmax"
+    kind: Literal["softmax", "mlp", "cnn", "text", "sklearn", "custom", "api"] = "softmax"
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = (64,)
     estimator: Literal["sgd_classifier", "sgd_regressor", "logistic_regression"] = "sgd_classifier"
     factory: str | None = None
@@ -95,9 +105,16 @@ class ModelConfig(Section):
     """Token ids of ``kind = "text"`` run from 1 to ``vocabulary_size - 1``; 0 pads a row."""
     embedding_dim: Annotated[int, Field(ge=1)] = 64
     """Width of each token's embedding for ``kind = "text"``."""
+    fingerprint: str | None = None
+    """What the Python API was handed (``kind = "api"``): the model's class and parameter
+    shapes; a resumed run must be handed the same."""
 
     @model_validator(mode="after")
     def _factory_for_custom(self) -> ModelConfig:
+        if self.kind != "api" and self.fingerprint is not None:
+            raise ValueError(
+                "model.fingerprint is only set with kind = 'api', by fedwarden.run(model=...)"
+            )
         if (self.kind == "custom") != (self.factory is not None):
             raise ValueError(
                 "model.factory (\"module:function\") is set exactly when kind = 'custom'"

@@ -51,10 +51,16 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _privacy_fits_sampling(self) -> RunConfig:
-        if self.privacy.mechanism == "dp_sgd" and self.model.kind not in ("mlp", "cnn", "text"):
+        if self.privacy.mechanism == "dp_sgd" and self.model.kind not in (
+            "mlp",
+            "cnn",
+            "text",
+            "api",
+        ):
             raise ValueError(
                 "privacy.mechanism 'dp_sgd' trains PyTorch models with Opacus: set model.kind "
-                "to 'mlp', 'cnn' or 'text'"
+                "to 'mlp', 'cnn' or 'text', or to 'api' and hand your own nn.Module to "
+                "fedwarden.run(config, model=...)"
             )
         if self.privacy.mechanism == "user_level" and self.sampling.scheme == "stratified":
             raise ValueError(
