@@ -125,9 +125,13 @@ class Uploads:
             Path(path).unlink(missing_ok=True)
 
     def accepted(self, round_index: int) -> dict[str, AcceptedUpdate]:
-        """The journal's rows of the round's accepted updates (before a restart), by client."""
+        """The journal's rows of the round's accepted updates not yet released, by client.
+
+        Read after a restart: a released update was applied (or refused) and
+        checkpointed, and its spooled copy is gone.
+        """
         rows = self.journal.accepted_updates(self.run_id, round_index)
-        return {row.client_id: row for row in rows}
+        return {row.client_id: row for row in rows if row.payload_path}
 
     def read_back(self, row: AcceptedUpdate) -> ClientUpdate:
         """An update accepted before a restart, from its journal row and spool file."""
