@@ -11,7 +11,8 @@ sender's own open task goes to the server, whose listeners record it; the
 others, which the server never sees, are recorded in the journal at a
 bounded rate. An accepted update is fsynced and recorded in the journal
 before the client gets its receipt, so a server killed afterwards still has
-it: on restart the round's accepted updates are read back from the spool.
+it: on restart the round's accepted updates (an asynchronous run's: those of
+its open tasks not yet in a released buffer) are read back from the spool.
 Accepted updates are memory-mapped from the spool, so the server's
 footprint stays O(model).
 """
