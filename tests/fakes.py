@@ -26,6 +26,7 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.models.numpy import NumpyTrainer, softmax_regression
 from fedwarden.models.trainer import ClientContext
+from fedwarden.pipeline import StreamingWeightedMean
 from fedwarden.runtime import ClientEngine, Runtime, Workload
 from fedwarden.server.listeners import RoundListener
 
@@ -140,3 +141,19 @@ class RecordingRuntime(Runtime):
 
     def close(self) -> None:
         self.engine = None
+
+
+class BufferRecordingMean(StreamingWeightedMean):
+    """The streaming mean, remembering which clients' updates each buffer took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffers: list[list[str]] = []
+
+    def start(self, size: int, cohort: Sequence[str]) -> None:
+        super().start(size, cohort)
+        self.buffers.append([])
+
+    def add(self, update: ClientUpdate) -> None:
+        super().add(update)
+        self.buffers[-1].append(update.client_id)

@@ -7,7 +7,7 @@ the staleness of every update, and hence the exact model, is known.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from dp_accounting.dp_event import DpEvent
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 
+from fakes import BufferRecordingMean
 from fedwarden.build.pipeline import build_pipeline
 from fedwarden.build.privacy import build_privacy
 from fedwarden.core.config import RunConfig
@@ -32,6 +33,7 @@ from fedwarden.core.messages import (
     UpdateRefused,
 )
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import RoundRecord
 from fedwarden.data.sources import load_dataset
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.pipeline import Aggregator, Pipeline, StreamingWeightedMean, ValidateUpdate
@@ -50,7 +52,8 @@ from fedwarden.secure.encoding import RingEncoder
 from fedwarden.secure.secagg import SecAggParameters
 from fedwarden.server import ServerSettings
 from fedwarden.server.fedbuff import FedBuffServer, staleness_weight
-from fedwarden.server.rundir import RunDirectory
+from fedwarden.server.listeners import RoundListener
+from fedwarden.server.rundir import OpenTasks, RunDirectory
 from fedwarden.strategies import FedAvg, UniformSampler
 
 TRAINER = softmax_regression(4, 2)
@@ -67,7 +70,9 @@ class ScriptedClients(Runtime):
     ``value[c]`` is client ``c``'s update (every coordinate); ``polls[c]`` how
     many polls after its dispatch its reply arrives, or a list of such delays
     for its successive dispatches, where None is a task that fails.
-    ``redeliver`` clients have each of their replies delivered twice.
+    ``redeliver`` clients have each of their replies delivered twice. Like the
+    grpc runtime's spool, the clients keep every delivered update until the
+    server releases it, and :meth:`recover` hands those back after a restart.
     """
 
     value: dict[str, float]
@@ -79,6 +84,8 @@ class ScriptedClients(Runtime):
     name = "scripted"
     published: list[Vector] = field(default_factory=list)
     dispatched: list[tuple[int, str]] = field(default_factory=list)
+    accepted: dict[tuple[int, str], ClientUpdate] = field(default_factory=dict)
+    """Delivered updates not yet released, by (model version index, client)."""
     _pending: list[tuple[int, FitInstruction, bool]] = field(default_factory=list)
     _clock: int = 0
 
@@ -102,6 +109,13 @@ class ScriptedClients(Runtime):
     def resume(self, version: str, instruction: FitInstruction) -> None:
         self.resumed.append((instruction.round_index, instruction.client_id))
 
+    def recover(self, tasks: Mapping[str, int]) -> list[ClientUpdate]:
+        return [
+            update
+            for (index, client), update in self.accepted.items()
+            if tasks.get(client) == index
+        ]
+
     def poll(
         self, timeout: float, deadline_s: float | None = None
     ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:
@@ -122,11 +136,12 @@ class ScriptedClients(Runtime):
                 np.full(TRAINER.spec.size, self.value[client], VECTOR_DTYPE),
                 num_examples=10,
             )
+            self.accepted[(instruction.round_index, client)] = update
             replies.extend([update, update] if client in self.redeliver else [update])
         return replies
 
     def release(self, round_index: int, client_id: str) -> None:
-        return None
+        self.accepted.pop((round_index, client_id), None)
 
     def connected_clients(self) -> list[str]:
         return sorted(self.value)
@@ -149,22 +164,6 @@ class ScriptedClients(Runtime):
 
     def close(self) -> None:
         return None
-
-
-class BufferRecordingMean(StreamingWeightedMean):
-    """The streaming mean, remembering which clients' updates each buffer took."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.buffers: list[list[str]] = []
-
-    def start(self, size: int, cohort: Sequence[str]) -> None:
-        super().start(size, cohort)
-        self.buffers.append([])
-
-    def add(self, update: ClientUpdate) -> None:
-        super().add(update)
-        self.buffers[-1].append(update.client_id)
 
 
 def fedbuff(
@@ -478,7 +477,7 @@ def test_after_a_restart_mid_buffer_the_open_tasks_are_resumed_not_dispatched_af
     start = fedbuff(clients, rounds=2, buffer_size=2, concurrency=3).vector.copy()
     with pytest.raises(ServerKilled):
         fedbuff(clients, rounds=2, buffer_size=2, concurrency=3, run_dir=run_dir).run()
-    assert run_dir.read_open_tasks() == {"a": 1, "b": 1, "s": 0}
+    assert run_dir.read_open_tasks() == OpenTasks(1, {"a": 1, "b": 1, "s": 0})
     dispatched_before = list(clients.dispatched)
 
     clients.crash_at = None
@@ -495,3 +494,70 @@ def test_after_a_restart_mid_buffer_the_open_tasks_are_resumed_not_dispatched_af
     assert [record.participants for record in restarted.history] == [2, 2]
     expected = start + (1.0 + 3.0) / 2 + (1.0 + 4.0 * staleness_weight(1, 0.5)) / 2
     np.testing.assert_allclose(restarted.vector, expected, rtol=1e-6)
+
+
+def test_a_reply_that_reached_the_server_before_a_crash_enters_the_first_buffer_after_it(
+    tmp_path: Path,
+) -> None:
+    # a's update is in buffer 0 when the server dies before b's arrives; no buffer was
+    # released, so the restart begins from scratch with what the run directory recorded.
+    clients = ScriptedClients(
+        value={"a": 1.0, "b": 3.0}, polls={"a": [1, 1], "b": [2, 1]}, crash_at=2
+    )
+    run_dir = RunDirectory(tmp_path)
+    with pytest.raises(ServerKilled):
+        fedbuff(clients, rounds=1, buffer_size=2, concurrency=2, run_dir=run_dir).run()
+    assert run_dir.load_checkpoint() is None
+    assert run_dir.read_open_tasks() == OpenTasks(0, {"a": 0, "b": 0})
+    assert list(clients.accepted) == [(0, "a")]
+
+    clients.crash_at = None
+    mean = BufferRecordingMean()
+    restarted = fedbuff(
+        clients, rounds=1, buffer_size=2, concurrency=2, aggregator=mean, run_dir=run_dir
+    )
+    start = restarted.vector.copy()
+    restarted.run()
+
+    # a is not asked again: its update is read back; b's task is resumed on version 0.
+    assert clients.dispatched == [(0, "a"), (0, "b")]
+    assert clients.resumed == [(0, "b")]
+    assert mean.buffers == [["a", "b"]]
+    np.testing.assert_allclose(restarted.vector, start + (1.0 + 3.0) / 2, rtol=1e-6)
+    assert clients.accepted == {}
+
+
+class KilledAfterCheckpoint(RoundListener):
+    """A listener that kills the server right after a round is checkpointed."""
+
+    def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
+        raise ServerKilled(f"the server is killed after checkpointing round {record.round_index}")
+
+
+def test_a_buffer_checkpointed_before_a_crash_is_never_applied_again(tmp_path: Path) -> None:
+    # Buffer 0 (a and b) is released and checkpointed; the server dies before the spooled
+    # copies of its updates are released, so the runtime still holds them.
+    clients = ScriptedClients(value={"a": 1.0, "b": 3.0}, polls={"a": 1, "b": 1})
+    run_dir = RunDirectory(tmp_path)
+    server = fedbuff(clients, rounds=2, buffer_size=2, concurrency=2, run_dir=run_dir)
+    start = server.vector.copy()
+    server.listeners.append(KilledAfterCheckpoint())
+    with pytest.raises(ServerKilled):
+        server.run()
+    assert sorted(clients.accepted) == [(0, "a"), (0, "b")]
+
+    mean = BufferRecordingMean()
+    restarted = fedbuff(
+        clients, rounds=2, buffer_size=2, concurrency=2, aggregator=mean, run_dir=run_dir
+    )
+    checkpoint = run_dir.load_checkpoint()
+    assert checkpoint is not None and checkpoint.round_index == 0
+    restarted.restore(checkpoint)
+    restarted.run()
+
+    # Buffer 1 holds the updates a and b trained on version 1, not their applied ones again.
+    assert clients.resumed == []
+    assert clients.dispatched == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    assert mean.buffers == [["a", "b"]]
+    np.testing.assert_allclose(restarted.vector, start + 2 * (1.0 + 3.0) / 2, rtol=1e-6)
+    assert clients.accepted == {}

@@ -72,6 +72,15 @@ class AsynchronousClients(Protocol):
         the client's session sends the same task again when it reconnects.
         """
 
+    def recover(self, tasks: Mapping[str, int]) -> list[ClientUpdate]:
+        """The updates answering ``tasks`` (client -> model version index) of the server before
+        its restart that the runtime accepted durably and that were not released since.
+
+        They are read back from the runtime's durable copy, their clients not
+        asked again; :meth:`poll` never returns them.
+        """
+        ...
+
     def poll(
         self, timeout: float, deadline_s: float | None = None
     ) -> list[ClientUpdate | ClientFailure | UpdateRefused]:

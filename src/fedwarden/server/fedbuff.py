@@ -23,16 +23,23 @@ buffer opens and charges each release it actually made
 (:mod:`fedwarden.privacy.user_level` says how, and why no amplification by
 sampling is claimed).
 
-Clients still training when the server stops are not waited for. With a run
-directory the open tasks (each training client and the index of its model
-version) and the model versions they train on are written down as tasks are
-sent and replies arrive (``open_tasks/``). After a restart the server serves
-those versions again, sends their clients no fresh task, and takes each task
-up once its client is connected
-(:meth:`~fedwarden.core.channel.AsynchronousClients.resume`): its update is
-then weighted by its staleness against its own version, as if the server had
-never stopped. Replies that had reached the server but not yet a released
-buffer are lost with its memory; their clients are idle after the restart.
+Nothing accepted is lost on a crash. With a run directory the server writes
+down, as tasks are sent and replies arrive, every task whose update is not yet
+part of a released buffer (``open_tasks/``: each client, the index of the
+model version it trains on, and which of them the current buffer holds), and
+keeps those model versions. When it starts again (from the last checkpoint,
+or from scratch if the first buffer was never released) it takes each such
+task up once: an update the runtime had durably accepted before the crash is
+read back (:meth:`~fedwarden.core.channel.AsynchronousClients.recover`; over
+grpc from the spool) and enters the next buffer without its client being
+asked again; any other task is resumed on its own model version, served
+again, once its client is connected
+(:meth:`~fedwarden.core.channel.AsynchronousClients.resume`). Either way the
+update is weighted by its staleness against its own version, as if the
+server had never stopped. The updates of a buffer that was released and
+checkpointed are not taken up again: the record written just before the
+checkpoint names them, so they are applied exactly once even when the server
+dies between the checkpoint and the release of their spooled copies.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from fedwarden.core.channel import AsynchronousClients
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
 from fedwarden.core.records import RoundRecord
-from fedwarden.server.rundir import Checkpoint
+from fedwarden.server.rundir import OpenTasks
 from fedwarden.server.server import Server
 from fedwarden.server.traffic import RoundTraffic, TrainLoss
 
@@ -93,37 +100,24 @@ class FedBuffServer(Server):
         self._versions: dict[int, str] = {}
         self._in_flight: dict[str, int] = {}
         self._dispatched_on_current: set[str] = set()
-        self._buffered_clients: set[str] = set()
-        """Clients with an update in the current buffer: none may add a second."""
+        self._buffered: dict[str, int] = {}
+        """Clients with an update in the current buffer, and its model version: none may add a
+        second."""
         self._backlog: list[ClientUpdate | ClientFailure | UpdateRefused] = []
         """Replies that arrived after the buffer filled: they start the next one."""
         self._to_resume: dict[str, int] = {}
         """Tasks open when the server last stopped, by client: taken up once it is connected."""
-        self._recorded_tasks: dict[str, int] | None = None
+        self._taken_up = False
+        """Whether the tasks the run directory recorded before a restart were taken up."""
+        self._recorded_tasks: OpenTasks | None = None
         """The open tasks last written to the run directory (None: not written yet)."""
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        """As :meth:`Server.restore`, and the tasks open when the server stopped are taken up.
-
-        Their model versions are served again from the run directory, their
-        clients get no fresh task meanwhile, and each is resumed (not sent
-        anew) once its client is connected.
-        """
-        super().restore(checkpoint)
-        if self.run_dir is None:
-            return
-        self._to_resume = self.run_dir.read_open_tasks()
-        for index in sorted(set(self._to_resume.values())):
-            vector = self.run_dir.load_model_version(index)
-            self.trainer.spec.check_vector(vector)
-            self._versions[index] = self.clients.publish(vector, f"v{index}")
-        self._dispatched_on_current = {
-            client for client, index in self._to_resume.items() if index == self.next_round
-        }
 
     def run_round(self, round_index: int) -> RoundRecord:
         """Fill the buffer with ``buffer_size`` updates, then apply them as one server update."""
         started = time.perf_counter()
+        if not self._taken_up:
+            self._take_up_open_tasks(round_index)
+        self._record_open_tasks(round_index)
         if self.privacy is not None:
             self.privacy.before_round(round_index)
         if round_index not in self._versions:
@@ -137,8 +131,6 @@ class FedBuffServer(Server):
         traffic = RoundTraffic(sampled=0, vector_bytes=self.vector.nbytes)
         train_loss = TrainLoss()
         accept = self.accepting(train_loss)
-        buffered: list[tuple[int, str]] = []
-        self._buffered_clients = set()
         second_replies: list[ClientUpdate | ClientFailure | UpdateRefused] = []
         deadline = None if self.settings.deadline_s is None else started + self.settings.deadline_s
         while len(traffic.participants) < self.buffer_size:
@@ -154,21 +146,23 @@ class FedBuffServer(Server):
                 break
             if not self._backlog:
                 self._backlog.extend(self.clients.poll(POLL_S, self.settings.deadline_s))
-                self._record_open_tasks()
+                self._record_open_tasks(round_index)
             while self._backlog and len(traffic.participants) < self.buffer_size:
                 reply = self._backlog.pop(0)
-                if reply.client_id in self._buffered_clients:
+                if reply.client_id in self._buffered:
                     second_replies.append(reply)
                     continue
                 self._in_flight.pop(reply.client_id, None)
                 admit = partial(self._admit_stale, round_index, accept)
                 if self.receive(round_index, reply, traffic, admit) is not None:
-                    buffered.append((reply.round_index, reply.client_id))
-                    self._buffered_clients.add(reply.client_id)
+                    self._buffered[reply.client_id] = reply.round_index
         self._backlog[:0] = second_replies
+        # Written before the checkpoint: a restart after it knows the buffer was released.
+        self._record_open_tasks(round_index)
         record = self.conclude_round(round_index, started, traffic, train_loss)
-        for version_index, client_id in buffered:
+        for client_id, version_index in self._buffered.items():
             self.clients.release(version_index, client_id)
+        self._buffered = {}
         self._retire_unused(round_index)
         return record
 
@@ -195,8 +189,12 @@ class FedBuffServer(Server):
         update: ClientUpdate,
         rejection: UpdateRejected,
     ) -> None:
-        """As :meth:`Server.refused`, and the refused upload's spooled copy is released."""
+        """As :meth:`Server.refused`, and the refused upload's spooled copy is released.
+
+        Its task is written off first, so that a restart never asks its client again.
+        """
         super().refused(traffic, round_index, update, rejection)
+        self._record_open_tasks(round_index)
         self.clients.release(update.round_index, update.client_id)
 
     def _top_up(self, round_index: int) -> int:
@@ -215,7 +213,7 @@ class FedBuffServer(Server):
             self._in_flight.keys()
             | self._to_resume.keys()
             | self._dispatched_on_current
-            | self._buffered_clients
+            | self._buffered.keys()
         )
         idle = [client for client in population if client in connected and client not in busy]
         if not idle:
@@ -227,7 +225,7 @@ class FedBuffServer(Server):
         for client in clients:
             self._in_flight[client] = round_index
             self._dispatched_on_current.add(client)
-        self._record_open_tasks()
+        self._record_open_tasks(round_index)
         for client in clients:
             instruction = FitInstruction(round_index, client, train, parameters)
             self.clients.dispatch(self._versions[round_index], instruction)
@@ -244,15 +242,61 @@ class FedBuffServer(Server):
             self.clients.resume(self._versions[index], instruction)
             self._in_flight[client] = index
 
-    def _record_open_tasks(self) -> None:
-        """Write down the tasks whose replies have not arrived, for a restart to take up."""
+    def _take_up_open_tasks(self, round_index: int) -> None:
+        """Take up the tasks whose updates were not in a released buffer when the server stopped.
+
+        An update the runtime accepted before the stop is read back into the
+        backlog; every other task waits for its client to connect
+        (:meth:`_resume_open_tasks`). Their model versions are served again
+        from the run directory until no task needs them, and their clients
+        get no fresh task meanwhile.
+        """
+        self._taken_up = True
         if self.run_dir is None:
             return
-        arrived = {reply.client_id for reply in self._backlog}
-        open_tasks = {
-            client: index for client, index in self._in_flight.items() if client not in arrived
+        recorded = self.run_dir.read_open_tasks()
+        if recorded is None:
+            return
+        if recorded.server_update not in (round_index, round_index - 1):
+            raise ConfigError(
+                f"{self.run_dir.open_tasks_dir} records the tasks of server update "
+                f"{recorded.server_update}, but the checkpoint continues at {round_index}; the "
+                "run directory was edited: restore both from the same backup"
+            )
+        tasks = dict(recorded.tasks)
+        if recorded.server_update < round_index:
+            # That buffer was released and checkpointed: its updates are applied.
+            for client in recorded.buffered:
+                self.clients.release(tasks.pop(client), client)
+        for index in sorted(set(tasks.values())):
+            vector = self.run_dir.load_model_version(index)
+            self.trainer.spec.check_vector(vector)
+            self._versions[index] = self.clients.publish(vector, f"v{index}")
+        self._dispatched_on_current = {
+            client for client, index in tasks.items() if index == round_index
         }
-        open_tasks.update(self._to_resume)
+        recovered = self.clients.recover(tasks)
+        for update in recovered:
+            self._in_flight[update.client_id] = tasks.pop(update.client_id)
+        self._backlog.extend(recovered)
+        self._to_resume = tasks
+        logger.info(
+            "server update %d: %d update(s) accepted before the restart read back, %d task(s) "
+            "to resume",
+            round_index,
+            len(recovered),
+            len(tasks),
+        )
+
+    def _record_open_tasks(self, round_index: int) -> None:
+        """Write down the tasks whose updates are not in a released buffer, for a restart."""
+        if self.run_dir is None:
+            return
+        open_tasks = OpenTasks(
+            server_update=round_index,
+            tasks={**self._in_flight, **self._buffered, **self._to_resume},
+            buffered=frozenset(self._buffered),
+        )
         if open_tasks != self._recorded_tasks:
             self.run_dir.write_open_tasks(open_tasks)
             self._recorded_tasks = open_tasks

@@ -59,6 +59,21 @@ class Checkpoint:
     reputation_state: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OpenTasks:
+    """FedBuff's tasks whose updates are not yet in a released buffer, while it fills one.
+
+    ``server_update`` is the index of the buffer being filled; ``tasks`` maps
+    each such task's client to the index of the model version it trains on;
+    ``buffered`` are the clients whose update the buffer holds. Once buffer
+    ``server_update`` is checkpointed, the ``buffered`` tasks are done.
+    """
+
+    server_update: int
+    tasks: dict[str, int]
+    buffered: frozenset[str] = frozenset()
+
+
 class RunDirectory:
     """Reads and writes one run's directory."""
 
@@ -131,6 +146,11 @@ class RunDirectory:
     def open_tasks_dir(self) -> Path:
         """FedBuff's open tasks (``tasks.json``) and their model versions (``version-N.npy``)."""
         return self.path / "open_tasks"
+
+    @property
+    def open_tasks_path(self) -> Path:
+        """FedBuff's open tasks, as :class:`OpenTasks`."""
+        return self.open_tasks_dir / "tasks.json"
 
     @property
     def deploy_dir(self) -> Path:
@@ -230,17 +250,27 @@ class RunDirectory:
         """Forget model version ``index`` once no open task trains on it."""
         (self.open_tasks_dir / f"version-{index}.npy").unlink(missing_ok=True)
 
-    def write_open_tasks(self, tasks: dict[str, int]) -> None:
-        """Record the open tasks: each training client and its model version's index."""
+    def write_open_tasks(self, open_tasks: OpenTasks) -> None:
+        """Record FedBuff's tasks whose updates are not yet in a released buffer."""
         self.open_tasks_dir.mkdir(exist_ok=True)
-        write_atomic(self.open_tasks_dir / "tasks.json", json.dumps(tasks, sort_keys=True).encode())
+        record = {
+            "server_update": open_tasks.server_update,
+            "tasks": open_tasks.tasks,
+            "buffered": sorted(open_tasks.buffered),
+        }
+        write_atomic(self.open_tasks_path, json.dumps(record, sort_keys=True).encode())
 
-    def read_open_tasks(self) -> dict[str, int]:
-        """The open tasks :meth:`write_open_tasks` recorded last (none if never written)."""
-        path = self.open_tasks_dir / "tasks.json"
+    def read_open_tasks(self) -> OpenTasks | None:
+        """The open tasks :meth:`write_open_tasks` recorded last (None if never written)."""
+        path = self.open_tasks_path
         if not path.is_file():
-            return {}
-        return {str(client): int(index) for client, index in json.loads(path.read_text()).items()}
+            return None
+        record = json.loads(path.read_text())
+        return OpenTasks(
+            server_update=int(record["server_update"]),
+            tasks={str(client): int(index) for client, index in record["tasks"].items()},
+            buffered=frozenset(str(client) for client in record["buffered"]),
+        )
 
     def write_metrics(self, history: list[RoundRecord]) -> None:
         """Rewrite metrics.csv and metrics.json with every round so far."""

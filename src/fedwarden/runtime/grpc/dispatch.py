@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Mapping
 
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
 from fedwarden.core.params import Vector
@@ -62,6 +63,19 @@ class AsynchronousTasks:
         is pushed now if the client is connected, else when it reconnects.
         """
         self.dispatch(version, instruction)
+
+    def recover(self, tasks: Mapping[str, int]) -> list[ClientUpdate]:
+        """The updates answering ``tasks`` accepted before a restart: read back from the spool.
+
+        The journal keys an asynchronous update by its model version's index,
+        as a synchronous one by its round; released updates are not read back.
+        """
+        recovered: list[ClientUpdate] = []
+        for index in sorted(set(tasks.values())):
+            for client_id, row in self.uploads.accepted(index).items():
+                if tasks.get(client_id) == index:
+                    recovered.append(self.uploads.read_back(row))
+        return recovered
 
     def poll(
         self, timeout: float, deadline_s: float | None = None

@@ -11,7 +11,8 @@ sender's own open task goes to the server, whose listeners record it; the
 others, which the server never sees, are recorded in the journal at a
 bounded rate. An accepted update is fsynced and recorded in the journal
 before the client gets its receipt, so a server killed afterwards still has
-it: on restart the round's accepted updates are read back from the spool.
+it: on restart the round's accepted updates (an asynchronous run's: those of
+its open tasks not yet in a released buffer) are read back from the spool.
 Accepted updates are memory-mapped from the spool, so the server's
 footprint stays O(model).
 """
@@ -125,9 +126,13 @@ class Uploads:
             Path(path).unlink(missing_ok=True)
 
     def accepted(self, round_index: int) -> dict[str, AcceptedUpdate]:
-        """The journal's rows of the round's accepted updates (before a restart), by client."""
+        """The journal's rows of the round's accepted updates not yet released, by client.
+
+        Read after a restart: a released update was applied (or refused) and
+        checkpointed, and its spooled copy is gone.
+        """
         rows = self.journal.accepted_updates(self.run_id, round_index)
-        return {row.client_id: row for row in rows}
+        return {row.client_id: row for row in rows if row.payload_path}
 
     def read_back(self, row: AcceptedUpdate) -> ClientUpdate:
         """An update accepted before a restart, from its journal row and spool file."""
