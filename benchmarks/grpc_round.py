@@ -2,9 +2,14 @@
 
 Run from the repository root (opacus ships a top-level ``benchmarks`` package)::
 
-    .venv/bin/python -m benchmarks.grpc_round [--flower-rounds N] [--skip-flower]
+    .venv/bin/python -m benchmarks.grpc_round [--repeats N] [--without-fsync]
+        [--flower-rounds N] [--skip-flower]
 
-Five measurements, printed as a table and then as one JSON line:
+Five measurements, printed as a table and then as one JSON line. The raw TLS
+round and the fedwarden runs alternate (raw, run, raw, run, ..., raw), so a
+machine shared with other work loads both alike; each is also given in CPU
+seconds (the server process and its client processes together), which other
+work on the machine disturbs far less than wall time:
 
 1. **Wire format**: a 40 MB ``float32`` vector cut by :func:`wire.chunks` into
    ``UploadChunk`` (upload) or ``Chunk`` (download) messages, serialized on the
@@ -19,9 +24,11 @@ Five measurements, printed as a table and then as one JSON line:
 3. **fedwarden round**: ``fedwarden run`` of a ``runtime.kind = "grpc"`` config
    (server in process, 10 ``fedwarden client`` processes, mutual TLS) with the
    zero-cost trainer of :mod:`benchmarks.peers._constant_update`; the median
-   ``round_seconds`` of rounds 2..5 (round 1 includes connecting), and its ratio
-   to the TLS raw transfer. Also the cost of spooling one update durably (write
-   40 MB and ``fsync``), which the server pays before every receipt.
+   ``round_seconds`` of rounds 2..5 of every run (round 1 includes connecting),
+   and its ratio to the median TLS raw transfer. Also the cost of spooling one
+   update durably (write 40 MB and ``fsync``), which the server pays before every
+   receipt, and with ``--without-fsync`` one more run with ``os.fsync`` a no-op
+   in the server process (what durability costs; the product always fsyncs).
 4. **Flower's deployment runtime**, same model size, 10 SuperNodes (see
    :mod:`benchmarks.peers.flower_deployment`), and the ratio Flower / fedwarden.
 5. Machine and command lines.
@@ -36,9 +43,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import socket
 import ssl
@@ -54,6 +63,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import psutil
 
 from benchmarks.peers._constant_update import MODEL_SIZE
 from benchmarks.peers.flower_deployment import FlowerDeploymentFailed, run_flower_deployment
@@ -69,6 +79,7 @@ from fedwarden.runtime.grpc.wire import (
     read_chunk,
     read_upload_chunk,
 )
+from fedwarden.server.server import Server
 
 NUM_CLIENTS: Final = 10
 ROUNDS: Final = 5
@@ -98,24 +109,79 @@ class WireThroughput:
 
 
 @dataclass(frozen=True)
-class RawTransfer:
-    """Seconds for every client to download and upload ``PAYLOAD_BYTES``, plain and TLS."""
+class RawRound:
+    """One raw round: wall seconds, and CPU seconds of the server and client processes."""
 
-    tcp_s: float
-    tls_s: float
+    wall_s: float
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class RawTransfer:
+    """Raw rounds over plain TCP (one) and mutual TLS (one before and after each fedwarden run)."""
+
+    tcp: RawRound
+    tls: tuple[RawRound, ...]
+
+    @property
+    def tls_s(self) -> float:
+        """Median wall seconds of the TLS raw rounds."""
+        return statistics.median(round_.wall_s for round_ in self.tls)
+
+    @property
+    def tls_cpu_s(self) -> float:
+        """Median CPU seconds of the TLS raw rounds."""
+        return statistics.median(round_.cpu_s for round_ in self.tls)
 
 
 @dataclass(frozen=True)
 class FedwardenRounds:
-    """The grpc runtime's round times, and what durably spooling one update costs."""
+    """The grpc runtime's rounds (wall and CPU seconds), and what spooling one update costs."""
 
     round_seconds: tuple[float, ...]
+    round_cpu_seconds: tuple[float, ...]
+    """CPU seconds of the server process and the client processes over each round."""
+    round_server_cpu_seconds: tuple[float, ...]
+    """The server process's share of ``round_cpu_seconds``."""
     spool_fsync_s: float
 
     @property
     def median_s(self) -> float:
         """Median round time after the first round (which includes connection set-up)."""
         return statistics.median(self.round_seconds[1:])
+
+    @property
+    def median_cpu_s(self) -> float:
+        """Median CPU seconds of a round after the first."""
+        return statistics.median(self.round_cpu_seconds[1:])
+
+    @property
+    def median_server_cpu_s(self) -> float:
+        """Median CPU seconds of the server process in a round after the first."""
+        return statistics.median(self.round_server_cpu_seconds[1:])
+
+
+def pooled(runs: list[FedwardenRounds]) -> FedwardenRounds:
+    """Several runs as one: rounds 2..5 of each (the first of the result is a placeholder)."""
+    return FedwardenRounds(
+        round_seconds=(math.nan, *(s for run in runs for s in run.round_seconds[1:])),
+        round_cpu_seconds=(math.nan, *(s for run in runs for s in run.round_cpu_seconds[1:])),
+        round_server_cpu_seconds=(
+            math.nan,
+            *(s for run in runs for s in run.round_server_cpu_seconds[1:]),
+        ),
+        spool_fsync_s=statistics.median(run.spool_fsync_s for run in runs),
+    )
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its living child processes, all threads."""
+    process = psutil.Process()
+    children = 0.0
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            children += sum(child.cpu_times()[:2])
+    return sum(process.cpu_times()[:2]), children
 
 
 def best_seconds(action: Callable[[], None], repeats: int = WIRE_REPEATS) -> float:
@@ -216,9 +282,20 @@ def flower_wire(vector: np.ndarray[Any, Any]) -> WireThroughput | str:
     return WireThroughput(upload_gb_s=throughput, download_gb_s=throughput)
 
 
-def raw_transfer(pki: Path) -> RawTransfer:
-    """Time one round's bytes over plain TCP and over mutual TLS, 10 client processes each."""
-    return RawTransfer(tcp_s=_raw_round(None), tls_s=_raw_round(pki))
+def raw_round(pki: Path | None) -> RawRound:
+    """One round's bytes over TCP (``pki`` None) or mutual TLS, 10 client processes.
+
+    Wall time from the server sending the first byte to the last client's upload
+    fully received; CPU time of this process and the (exited) clients.
+    """
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = time.process_time()
+    wall_s = _raw_round(pki)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children_cpu = (
+        children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
+    )
+    return RawRound(wall_s, time.process_time() - cpu_before + children_cpu)
 
 
 def _raw_round(pki: Path | None) -> float:
@@ -324,6 +401,19 @@ def fedwarden_rounds(workdir: Path, *, durable: bool = True) -> FedwardenRounds:
     if not durable:
         with unittest.mock.patch("os.fsync", lambda descriptor: None):
             return fedwarden_rounds(workdir, durable=True)
+    round_cpu: list[tuple[float, float]] = []
+    run_round, checkpoint = Server.run_round, Server._checkpoint
+
+    def timed_round(server: Server, round_index: int) -> Any:
+        round_cpu.append(cpu_seconds())
+        return run_round(server, round_index)
+
+    def checkpoint_ends_the_round(server: Server) -> None:
+        # round_seconds stops just before the checkpoint; so does the round's CPU time.
+        (server_start, clients_start), (server_end, clients_end) = round_cpu[-1], cpu_seconds()
+        round_cpu[-1] = (server_end - server_start, clients_end - clients_start)
+        checkpoint(server)
+
     # LocalClients' `fedwarden client` processes import the trainer factory by name.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
@@ -343,7 +433,11 @@ def fedwarden_rounds(workdir: Path, *, durable: bool = True) -> FedwardenRounds:
             "runtime": {"kind": "grpc"},
         }
     )
-    result = run(config)
+    with (
+        unittest.mock.patch.object(Server, "run_round", timed_round),
+        unittest.mock.patch.object(Server, "_checkpoint", checkpoint_ends_the_round),
+    ):
+        result = run(config)
     if len(result.history) != ROUNDS or any(
         record.participants != NUM_CLIENTS for record in result.history
     ):
@@ -353,6 +447,8 @@ def fedwarden_rounds(workdir: Path, *, durable: bool = True) -> FedwardenRounds:
         )
     return FedwardenRounds(
         round_seconds=tuple(record.round_seconds for record in result.history),
+        round_cpu_seconds=tuple(server + clients for server, clients in round_cpu),
+        round_server_cpu_seconds=tuple(server for server, _clients in round_cpu),
         spool_fsync_s=spool_fsync_seconds(workdir),
     )
 
@@ -360,6 +456,17 @@ def fedwarden_rounds(workdir: Path, *, durable: bool = True) -> FedwardenRounds:
 def main() -> None:
     """Run every measurement, print the table and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="fedwarden runs, each between two raw TLS rounds (default: 2)",
+    )
+    parser.add_argument(
+        "--without-fsync",
+        action="store_true",
+        help="also run once with the server's os.fsync a no-op (what durability costs)",
+    )
     parser.add_argument("--flower-rounds", type=int, default=FLOWER_ROUNDS)
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument(
@@ -375,16 +482,24 @@ def main() -> None:
         else:
             workdir = arguments.workdir
             workdir.mkdir(parents=True, exist_ok=True)
-        # Raw transfer first: its client processes are forked before gRPC or Flower start.
+        # Raw rounds fork their clients, which use plain sockets only (never gRPC).
         pki = workdir / "pki"
         init_ca(pki, "benchmark", force=True)
         issue(pki, "server", "server", force=True)
         issue(pki, "client", "client", force=True)
-        raw = raw_transfer(pki)
+        tcp = raw_round(None)
+        tls = [raw_round(pki)]
+        runs = []
+        for repeat in range(arguments.repeats):
+            runs.append(fedwarden_rounds(workdir / f"fedwarden-{repeat}"))
+            tls.append(raw_round(pki))
+        raw = RawTransfer(tcp, tuple(tls))
+        ours = pooled(runs)
+        ours_without_fsync = None
+        if arguments.without_fsync:
+            ours_without_fsync = fedwarden_rounds(workdir / "fedwarden-no-fsync", durable=False)
         vector = np.random.default_rng(0).standard_normal(MODEL_SIZE, dtype=np.float32)
         ours_wire = fedwarden_wire(vector)
-        ours = fedwarden_rounds(workdir / "fedwarden")
-        ours_without_fsync = fedwarden_rounds(workdir / "fedwarden-no-fsync", durable=False)
         flowers_wire = flower_wire(vector)
         del vector
         flower: dict[str, Any] = {"measured": False, "reason": "skipped (--skip-flower)"}
@@ -418,7 +533,7 @@ def report(
     flowers_wire: WireThroughput | str,
     raw: RawTransfer,
     ours: FedwardenRounds,
-    ours_without_fsync: FedwardenRounds,
+    ours_without_fsync: FedwardenRounds | None,
     flower: dict[str, Any],
     flower_commands: tuple[str, ...],
 ) -> None:
@@ -445,18 +560,36 @@ def report(
             if isinstance(flowers_wire, WireThroughput)
             else f"not measured ({flowers_wire})",
         ),
-        ("raw round over TCP (s)", f"{raw.tcp_s:.3f}"),
-        ("raw round over mutual TLS (s)", f"{raw.tls_s:.3f}"),
-        ("fedwarden rounds (s)", " ".join(f"{s:.3f}" for s in ours.round_seconds)),
-        ("fedwarden median round 2..5 (s)", f"{ours.median_s:.3f}"),
-        ("fedwarden round / raw TLS round", f"{ours.median_s / raw.tls_s:.2f}x"),
-        ("spool 40 MB + fsync, one update (s)", f"{ours.spool_fsync_s:.3f}"),
+        ("raw round over TCP: wall / CPU (s)", f"{raw.tcp.wall_s:.3f} / {raw.tcp.cpu_s:.3f}"),
         (
-            "without the spool's fsync: median (s)",
-            f"{ours_without_fsync.median_s:.3f} = "
-            f"{ours_without_fsync.median_s / raw.tls_s:.2f}x raw TLS",
+            "raw rounds over mutual TLS: wall (s)",
+            " ".join(f"{round_.wall_s:.3f}" for round_ in raw.tls),
         ),
+        ("raw rounds over mutual TLS: CPU (s)", " ".join(f"{r.cpu_s:.3f}" for r in raw.tls)),
+        ("raw TLS median: wall / CPU (s)", f"{raw.tls_s:.3f} / {raw.tls_cpu_s:.3f}"),
+        ("fedwarden rounds 2..5: wall (s)", " ".join(f"{s:.3f}" for s in ours.round_seconds[1:])),
+        (
+            "fedwarden rounds 2..5: CPU (s)",
+            " ".join(f"{s:.3f}" for s in ours.round_cpu_seconds[1:]),
+        ),
+        (
+            "fedwarden median: wall / CPU (server) (s)",
+            f"{ours.median_s:.3f} / {ours.median_cpu_s:.3f} ({ours.median_server_cpu_s:.3f})",
+        ),
+        (
+            "fedwarden round / raw TLS round: wall / CPU",
+            f"{ours.median_s / raw.tls_s:.2f}x / {ours.median_cpu_s / raw.tls_cpu_s:.2f}x",
+        ),
+        ("spool 40 MB + fsync, one update (s)", f"{ours.spool_fsync_s:.3f}"),
     ]
+    if ours_without_fsync is not None:
+        rows.append(
+            (
+                "without the spool's fsync: median (s)",
+                f"{ours_without_fsync.median_s:.3f} = "
+                f"{ours_without_fsync.median_s / raw.tls_s:.2f}x raw TLS",
+            )
+        )
     if flower["measured"]:
         rows += [
             ("flower rounds (s)", " ".join(f"{s:.3f}" for s in flower["round_seconds"])),
@@ -481,11 +614,17 @@ def report(
         else {"measured": False, "reason": flowers_wire},
         "raw_transfer": asdict(raw),
         "fedwarden": {
-            "round_seconds": ours.round_seconds,
+            "round_seconds": ours.round_seconds[1:],
+            "round_cpu_seconds": ours.round_cpu_seconds[1:],
             "median_round_s": ours.median_s,
+            "median_round_cpu_s": ours.median_cpu_s,
+            "median_round_server_cpu_s": ours.median_server_cpu_s,
             "ratio_to_raw_tls": ours.median_s / raw.tls_s,
+            "cpu_ratio_to_raw_tls": ours.median_cpu_s / raw.tls_cpu_s,
             "spool_fsync_s": ours.spool_fsync_s,
-            "median_round_without_fsync_s": ours_without_fsync.median_s,
+            "median_round_without_fsync_s": None
+            if ours_without_fsync is None
+            else ours_without_fsync.median_s,
         },
         "flower": flower,
     }

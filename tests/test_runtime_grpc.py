@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.runtime.grpc import federation_pb2 as pb
+from fedwarden.runtime.grpc.client import FederationClient, _Stubs
 from fedwarden.runtime.grpc.wire import (
     CHUNK_DATA_TAG,
     MAX_MESSAGE_BYTES,
@@ -237,3 +239,41 @@ def test_an_upload_header_is_parsed_not_mistaken_for_data() -> None:
     assert isinstance(parsed, pb.UploadChunk) and parsed.header.client_id == "c"
     truncated = framed(UPLOAD_DATA_TAG, memoryview(b"abcdef"))[:-1]
     assert data_view(truncated, UPLOAD_DATA_TAG) is None
+
+
+def _downloading_client(served: bytes) -> tuple[FederationClient, _Stubs]:
+    """A client whose server streams ``served`` in 1000-byte chunks for any download."""
+    client = FederationClient(
+        "127.0.0.1:1",
+        SimpleNamespace(client_id="site-1"),  # type: ignore[arg-type]
+        Path("unused"),
+        build=lambda config, dataset, site: (None, ()),  # type: ignore[arg-type,return-value]
+    )
+
+    def download(request: pb.DownloadRequest) -> Iterator[memoryview]:
+        return chunks(memoryview(served), chunk_bytes=1000)
+
+    return client, _Stubs(None, None, download, None)  # type: ignore[arg-type]
+
+
+def _model_task(vector: np.ndarray, sha256: bytes) -> pb.Task:
+    reference = pb.ModelRef(version="v1", num_bytes=vector.nbytes, sha256=sha256)
+    return pb.Task(task_id="t", run_id=RUN_ID, round_index=0, model=reference)
+
+
+def test_a_downloaded_model_is_hashed_as_it_arrives_and_kept_only_if_it_matches() -> None:
+    vector = np.arange(2500, dtype=VECTOR_DTYPE)
+    client, stubs = _downloading_client(vector.tobytes())
+    task = _model_task(vector, hashlib.sha256(vector.tobytes()).digest())
+    np.testing.assert_array_equal(client._model(stubs, task), vector)
+
+    altered = vector.copy()
+    altered[1234] += 1
+    client, stubs = _downloading_client(altered.tobytes())
+    with pytest.raises(ProtocolError, match="does not match its announced size and hash"):
+        client._model(stubs, task)
+    assert client._models == {}
+
+    client, stubs = _downloading_client(vector.tobytes()[:-4])
+    with pytest.raises(ProtocolError, match="does not match its announced size and hash"):
+        client._model(stubs, task)

@@ -376,7 +376,11 @@ class FederationClient:
             self._upload(stubs, task, evaluation)
 
     def _model(self, stubs: _Stubs, task: pb.Task) -> Vector:
-        """The task's global vector, downloaded chunk by chunk into one buffer and checked."""
+        """The task's global vector, downloaded chunk by chunk into one buffer and checked.
+
+        Each chunk is hashed as it arrives (while the next is in flight), not
+        the whole vector again once the last has come.
+        """
         reference = task.model
         cached = self._models.get(reference.version)
         if cached is not None:
@@ -386,19 +390,21 @@ class FederationClient:
         vector = np.empty(reference.num_bytes // VECTOR_DTYPE.itemsize, dtype=VECTOR_DTYPE)
         target = memoryview(vector.data).cast("B")
         filled = 0
+        digest = hashlib.sha256()
         request = pb.DownloadRequest(run_id=task.run_id, version=reference.version)
         try:
             for data in stubs.download(request):
                 end = filled + len(data)
                 if end > len(target):
                     raise ProtocolError("the server sent more model bytes than it announced")
+                digest.update(data)
                 target[filled:end] = data
                 filled = end
         except grpc.RpcError as error:
             if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
                 raise ProtocolError(f"task {task.task_id} is over: {error.details()}") from None
             raise
-        if filled != len(target) or hashlib.sha256(target).digest() != reference.sha256:
+        if filled != len(target) or digest.digest() != reference.sha256:
             raise ProtocolError("the downloaded model does not match its announced size and hash")
         self._models = {reference.version: vector}
         return vector
