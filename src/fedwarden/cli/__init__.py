@@ -52,9 +52,11 @@ def _name_the_console_script_main() -> None:
     so that classes defined there unpickle, but not a package's ``__main__`` module: that is
     what ``python -m fedwarden.cli`` runs, and the console script is the same program started
     from a file. Without its name each worker of the ``local`` runtime would import the whole
-    command line (typer, the server, pydantic, SciPy: about 1,360 modules) before its own 280,
-    though nothing it unpickles is defined there. Only the console script is renamed: a user's
-    script, and any other program that imported this package, keep their ``__main__``.
+    command line (typer, the server, pydantic: about 1,360 modules) besides the 300-500 it needs,
+    though nothing it unpickles is defined there. Only a main module without a spec whose
+    ``app`` is this one (the console script's ``from fedwarden.cli import app``) is renamed; a
+    user's script, ``python -m``, and a program that merely imported this package are left as
+    they are.
     """
     main_module = sys.modules["__main__"]
     if main_module.__spec__ is None and vars(main_module).get("app") is app:
