@@ -39,7 +39,7 @@ from scipy.stats import norm
 
 from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
-from fedwarden.core.messages import ClientUpdate, client_seed
+from fedwarden.core.messages import ClientUpdate, TrainConfig, client_seed
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.pipeline.stage import Aggregate, Aggregator, Stage
 
@@ -338,6 +338,10 @@ class AttackSimulation(Aggregator):
     def attach(self, channel: ClientChannel | None) -> None:
         """Pass the runtime's channel to the wrapped aggregator."""
         self.inner.attach(channel)
+
+    def round_model(self, vector: Vector, train: TrainConfig) -> None:
+        """Pass the round's global vector and training settings to the wrapped aggregator."""
+        self.inner.round_model(vector, train)
 
     def start(self, size: int, cohort: Sequence[str]) -> None:
         """Start the inner round and reset the benign statistics and held updates."""

@@ -251,6 +251,7 @@ class Server:
         for listener in self.listeners:
             listener.round_started(round_index, cohort)
         self.pipeline.aggregator.start(self.vector.size, cohort)
+        self.pipeline.aggregator.round_model(self.vector, self.strategy.train_config(round_index))
         train_loss = TrainLoss()
         traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
         return self.conclude_round(round_index, started, traffic, train_loss)
