@@ -7,6 +7,10 @@ Layout::
         metrics.csv          one row per round
         metrics.json         the same, as a list of objects
         checkpoint.npz       server state after the last completed round
+                             (of the warm-up, in a clustered run)
+        clustering.json      a clustered run's clusters and probing round
+        clusters/<i>/        cluster i's own run directory: checkpoint.npz,
+                             metrics, model.npz of its model
         client_state/        per-client persistent state (see ClientStateStore)
         privacy_ledger.json  every differentially private release and its cost
         summary.json         the final figures and the privacy report
@@ -30,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +115,17 @@ class RunDirectory:
     def plot_path(self, metric: str) -> Path:
         """The PNG plot of central ``metric`` per round."""
         return self.path / f"{metric}.png"
+
+    @property
+    def clustering_path(self) -> Path:
+        """A clustered run's clusters and probing round, written once the probe is done."""
+        return self.path / "clustering.json"
+
+    def cluster_dir(self, index: int) -> RunDirectory:
+        """Cluster ``index``'s own run directory (checkpoint, metrics, model), created."""
+        path = self.path / "clusters" / str(index)
+        path.mkdir(parents=True, exist_ok=True)
+        return RunDirectory(path)
 
     @property
     def client_state_dir(self) -> Path:
@@ -201,6 +217,20 @@ class RunDirectory:
                 privacy_state=meta.get("privacy_state", {}),
                 reputation_state=meta.get("reputation_state", {}),
             )
+
+    def save_clustering(self, clusters: Sequence[Sequence[str]], probe: RoundRecord) -> None:
+        """Keep the clusters and the probing round, so a resumed run does not probe again."""
+        state = {"clusters": [list(cluster) for cluster in clusters], "probe": probe.to_json()}
+        write_atomic(self.clustering_path, json.dumps(state, indent=1).encode())
+
+    def load_clustering(self) -> tuple[list[tuple[str, ...]], RoundRecord] | None:
+        """The clusters and probing round :meth:`save_clustering` kept, or None before the probe."""
+        path = self.clustering_path
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        clusters = [tuple(cluster) for cluster in state["clusters"]]
+        return clusters, RoundRecord(**state["probe"])
 
     def write_metrics(self, history: list[RoundRecord]) -> None:
         """Rewrite metrics.csv and metrics.json with every round so far."""
