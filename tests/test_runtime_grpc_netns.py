@@ -214,7 +214,7 @@ def test_clients_in_another_network_namespace_complete_rounds(
     networked.start_clients()
     assert run.wait_server(timeout=80) == 0, run.server_output()
     records = run.completed_rounds()
-    assert [record["round_index"] for record in records] == list(range(ROUNDS))
+    assert [record["round"] for record in records] == list(range(1, ROUNDS + 1))
     assert [record["participants"] for record in records] == [SITES] * ROUNDS
     assert all(record["applied"] and record["dropped"] == 0 for record in records)
     statuses = {client_id: _exit_status(process) for client_id, process in run.clients.items()}
@@ -225,7 +225,7 @@ def test_cutting_the_link_mid_round(partitioned_run: PartitionedRun) -> None:
     run = partitioned_run
     assert run.server_status == 0, run.server_output
     records = run.records
-    assert [record["round_index"] for record in records] == list(range(CUT_ROUNDS))
+    assert [record["round"] for record in records] == list(range(1, CUT_ROUNDS + 1))
     lost = len(run.cut_off)
     for record in records:
         assert record["sampled"] == SITES
@@ -250,7 +250,7 @@ def test_a_late_upload_from_a_cut_off_site_is_not_counted_as_a_rejection_in_a_la
     partitioned_run: PartitionedRun,
 ) -> None:
     rejections = {
-        record["round_index"]: record["rejection_reasons"]
+        record["round"]: record["rejection_reasons"]
         for record in partitioned_run.records
         if record["rejected"]
     }

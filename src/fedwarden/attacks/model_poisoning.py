@@ -41,6 +41,7 @@ from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate, TrainConfig, client_seed
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import round_number
 from fedwarden.pipeline.stage import Aggregate, Aggregator, Stage
 
 Float64Vector = npt.NDArray[np.float64]
@@ -428,7 +429,7 @@ class AttackSimulation(Aggregator):
             self.rejected_total += 1
             logger.warning(
                 "round %d: poisoned update of %s rejected: %s",
-                honest.round_index,
+                round_number(honest.round_index),
                 honest.client_id,
                 rejection,
             )

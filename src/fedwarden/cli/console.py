@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedwarden.core.records import RoundRecord, RunResult
+from fedwarden.core.records import RoundRecord, RunResult, round_number
 
 _COLUMNS = (
     ("round", 5),
@@ -66,7 +66,9 @@ class ConsoleObserver:
 
     def round_started(self, round_index: int, cohort_size: int) -> None:
         self.progress.reset(self.clients_task, total=cohort_size)
-        self.progress.update(self.clients_task, description=f"round {round_index + 1} clients")
+        self.progress.update(
+            self.clients_task, description=f"round {round_number(round_index)} clients"
+        )
 
     def client_finished(self, round_index: int) -> None:
         self.progress.advance(self.clients_task)
@@ -117,7 +119,7 @@ def _cells(record: RoundRecord) -> tuple[str, ...]:
         return "-" if value is None else f"{value:.{digits}f}"
 
     return (
-        str(record.round_index + 1),
+        str(round_number(record.round_index)),
         number(record.loss, 4),
         number(record.accuracy, 4),
         f"{record.participants}/{record.sampled}",

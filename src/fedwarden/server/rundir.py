@@ -4,7 +4,7 @@ Layout::
 
     <runs_dir>/<name>-<timestamp>/
         config.json          the validated RunConfig
-        metrics.csv          one row per round
+        metrics.csv          one row per round, numbered from 1 (``round``)
         metrics.json         the same, as a list of objects
         checkpoint.npz       server state after the last completed round
                              (of the warm-up, in a clustered run)
@@ -45,7 +45,7 @@ import numpy as np
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.files import write_atomic
 from fedwarden.core.params import ParamSpec, Vector
-from fedwarden.core.records import RoundRecord
+from fedwarden.core.records import RoundRecord, round_number
 from fedwarden.strategies.base import StrategyState
 
 
@@ -233,8 +233,8 @@ class RunDirectory:
         return clusters, RoundRecord(**state["probe"])
 
     def write_metrics(self, history: list[RoundRecord]) -> None:
-        """Rewrite metrics.csv and metrics.json with every round so far."""
-        rows = [record.to_json() for record in history]
+        """Rewrite metrics.csv and metrics.json with every round so far (``round`` from 1)."""
+        rows = [record.to_row() for record in history]
         write_atomic(self.metrics_json_path, json.dumps(rows, indent=1).encode())
         text = io.StringIO()
         if rows:
@@ -262,7 +262,7 @@ class RunDirectory:
 
         for metric in ("accuracy", "loss"):
             points = [
-                (r.round_index + 1, getattr(r, metric))
+                (round_number(r.round_index), getattr(r, metric))
                 for r in history
                 if getattr(r, metric) is not None
             ]

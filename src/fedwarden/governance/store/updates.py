@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from fedwarden.core.records import round_number
 from fedwarden.governance.store.engine import StoreEngine
 from fedwarden.governance.store.records import (
     RejectionRow,
@@ -111,7 +112,7 @@ class UploadJournal(StoreEngine):
         logger.info(
             "released %d spooled payloads of round %d of run %s",
             len(payload_paths),
-            round_index,
+            round_number(round_index),
             run_id,
         )
         return payload_paths

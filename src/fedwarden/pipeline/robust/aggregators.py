@@ -19,6 +19,7 @@ from scipy.linalg.blas import sdot
 from fedwarden.core.errors import ConfigError, PipelineError, RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate, TrainConfig
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import round_number
 from fedwarden.pipeline.robust.reputation import AnomalyRule, ClientScore, anomaly_scores
 from fedwarden.pipeline.robust.rules import (
     Matrix,
@@ -72,7 +73,7 @@ class RobustAggregator(Aggregator, ABC):
     def add(self, update: ClientUpdate) -> None:
         """Copy the update into the next row; grow the matrix if the cohort was exceeded."""
         size = self._matrix.shape[1]
-        who = f"update from client {update.client_id!r} in round {update.round_index}"
+        who = f"update from client {update.client_id!r} in round {round_number(update.round_index)}"
         vector = np.asarray(update.update)
         if vector.shape != (size,):
             raise UpdateRejected(
