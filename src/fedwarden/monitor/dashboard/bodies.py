@@ -75,6 +75,7 @@ class RoundPoint(_Body):
     @model_validator(mode="before")
     @classmethod
     def _number_from_one(cls, record: Any) -> Any:
+        """Read figures stored before rounds were numbered from 1 (``round_index``, from 0)."""
         if isinstance(record, dict) and "round_index" in record:
             index = record["round_index"]
             rest = {key: value for key, value in record.items() if key != "round_index"}
