@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from fedwarden.core.records import round_number
 from fedwarden.deploy.pki import issue
 from grpc_federation import Federation, wait_for
 from netns import Network, NetworkUnavailable, inside, listening, network, probe
@@ -153,7 +154,8 @@ def networked(tmp_path: Path) -> Iterator[NetworkedFederation]:
 
 def _round_started(federation: Federation, client_id: str, round_index: int) -> bool:
     log = federation.client_log(client_id)
-    return log.exists() and f"round {round_index}: fit task" in log.read_text(errors="replace")
+    logged = f"round {round_number(round_index)}: fit task"
+    return log.exists() and logged in log.read_text(errors="replace")
 
 
 def _exit_status(process: subprocess.Popen[bytes]) -> int | None:
@@ -188,7 +190,7 @@ def partitioned_run(tmp_path_factory: pytest.TempPathFactory) -> PartitionedRun:
         wait_for(
             lambda: all(_round_started(run, client_id, CUT_ROUND) for client_id in cut_off),
             60,
-            f"the second site's clients to start round {CUT_ROUND}",
+            f"the second site's clients to start round {round_number(CUT_ROUND)}",
         )
         networked.network.cut(site)
         time.sleep(OUTAGE_S)
@@ -236,7 +238,9 @@ def test_cutting_the_link_mid_round(partitioned_run: PartitionedRun) -> None:
     assert participants[CUT_ROUND] == SITES - lost, participants
     server_output = " ".join(run.server_output.split())
     for client_id in run.cut_off:
-        assert f"round {CUT_ROUND}: client {client_id} is not connected" in server_output
+        assert (
+            f"round {round_number(CUT_ROUND)}: client {client_id} is not connected" in server_output
+        )
     assert "did not reply within" not in server_output, "a silent client waited for the deadline"
     rejoined = participants[CUT_ROUND:]
     assert rejoined == sorted(rejoined), f"a site rejoined, then dropped again: {participants}"
