@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakes import RecordingRuntime, ScriptedTrainer
+from fedwarden.build.run import run as run_config
+from fedwarden.core.config import RunConfig
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import FitInstruction, TrainConfig
 from fedwarden.core.params import Vector
+from fedwarden.core.records import RoundRecord
 from fedwarden.data import FederatedDataset
 from fedwarden.data.dataset import ClientData
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
@@ -22,7 +27,7 @@ from fedwarden.pipeline.secure import SecureSum
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime import ClientEngine, LocalRuntime, Runtime, Workload
 from fedwarden.secure.secagg import SecAggParameters
-from fedwarden.server import CentralTestSet, Server, ServerSettings
+from fedwarden.server import CentralTestSet, RunDirectory, Server, ServerSettings
 from fedwarden.server.clustered import (
     ClusteredTraining,
     ServerFactory,
@@ -213,7 +218,12 @@ def _server_factory(
 ) -> ServerFactory:
     """A FedAvg server over the started ``runtime``, as build_server would build one per cluster."""
 
-    def make_server(client_ids: Sequence[str], initial_vector: Vector, rounds: int) -> Server:
+    def make_server(
+        client_ids: Sequence[str],
+        initial_vector: Vector,
+        rounds: int,
+        run_dir: RunDirectory | None = None,
+    ) -> Server:
         server = Server(
             trainer=trainer,
             strategy=FedAvg(TRAIN),
@@ -223,6 +233,7 @@ def _server_factory(
             client_ids=client_ids,
             settings=ServerSettings(rounds=rounds, seed=0),
             central_test=CentralTestSet(dataset.x_test, dataset.y_test),
+            run_dir=run_dir,
         )
         server.vector = initial_vector
         return server
@@ -343,3 +354,105 @@ def test_clustering_is_refused_before_training_under_secure_aggregation_or_centr
     assert runtime.delivered == []
     with pytest.raises(ConfigError, match="cluster_rounds=0"):
         ClusteredTraining(procedure.make_server, cluster_rounds=0, max_clusters=2).run(private)
+
+
+class Crash(Exception):
+    """The simulated crash of a clustered run's process."""
+
+
+class CrashAt:
+    """A round observer that records the rounds finished and crashes after ``round_index``."""
+
+    def __init__(self, round_index: int | None) -> None:
+        self.round_index = round_index
+        self.finished: list[int] = []
+
+    def round_started(self, round_index: int, cohort_size: int) -> None:
+        """Nothing to draw."""
+
+    def client_finished(self, round_index: int) -> None:
+        """Nothing to draw."""
+
+    def round_finished(self, record: RoundRecord) -> None:
+        """Crash after the round's checkpoint, as a killed process would."""
+        self.finished.append(record.round_index)
+        if record.round_index == self.round_index:
+            raise Crash(f"crashed after round {record.round_index}")
+
+
+def _clustered_config(runs_dir: Path) -> RunConfig:
+    """Two populations of digits clients (half relabel y -> y + 1), clustered after a warm-up."""
+    return RunConfig.from_mapping(
+        {
+            "name": "clustered",
+            "seed": 4,
+            "rounds": 6,
+            "runs_dir": str(runs_dir),
+            "data": {"source": "digits", "num_clients": 8},
+            "train": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.5},
+            "sampling": {"cohort_size": 3},
+            "attack": {"kind": "label_flip", "malicious_fraction": 0.5},
+            "clustering": {"enabled": True, "warmup_rounds": 2, "distance_threshold": 0.5},
+            "runtime": {"workers": 1},
+        }
+    )
+
+
+def _round_figures(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Each round's figures (metrics.json), without its wall-clock time."""
+    return [
+        tuple(value for key, value in record.items() if key != "round_seconds")
+        for record in history
+    ]
+
+
+@pytest.mark.slow
+def test_a_clustered_run_interrupted_three_times_resumes_bit_for_bit(tmp_path: Path) -> None:
+    uninterrupted = run_config(_clustered_config(tmp_path / "straight"))
+    config = _clustered_config(tmp_path / "interrupted")
+    # Crashes: in the warm-up (round 0), in the first cluster (round 4), then in the second
+    # cluster's first round (the first round 3 of that resume: the first cluster had 5 left).
+    crashes = [CrashAt(0), CrashAt(4), CrashAt(3)]
+    with pytest.raises(Crash):
+        run_config(config, observer=crashes[0])
+    (run_dir,) = (tmp_path / "interrupted").iterdir()
+    for crash in crashes[1:]:
+        with pytest.raises(Crash):
+            run_config(config, resume=run_dir, observer=crash)
+        probed = (run_dir / "clustering.json").stat().st_mtime_ns
+    last = CrashAt(None)
+    resumed = run_config(config, resume=run_dir, observer=last)
+    # Every round ran once: each resume continued after the last checkpoint (round 2 is the
+    # probe, run once and kept in clustering.json; rounds 3-5 are each cluster's).
+    assert crashes[1].finished == [1, 3, 4]
+    assert crashes[2].finished == [5, 3]
+    assert (run_dir / "clustering.json").stat().st_mtime_ns == probed
+
+    straight_dir = Path(str(uninterrupted.run_dir))
+    straight_clusters = json.loads((straight_dir / "clustering.json").read_text())
+    assert (
+        json.loads((run_dir / "clustering.json").read_text())["clusters"]
+        == (straight_clusters["clusters"])
+    )
+    count = len(straight_clusters["clusters"])
+    assert count >= 2
+    assert last.finished == [4, 5, *[3, 4, 5] * (count - 2)]
+    for index in range(count):
+        for name in ("model.npz", "checkpoint.npz"):
+            assert (straight_dir / "clusters" / str(index) / name).is_file()
+        with (
+            np.load(straight_dir / "clusters" / str(index) / "model.npz") as expected,
+            np.load(run_dir / "clusters" / str(index) / "model.npz") as actual,
+        ):
+            assert sorted(expected.files) == sorted(actual.files)
+            for name in expected.files:
+                assert np.array_equal(expected[name], actual[name]), (index, name)
+    straight, after = uninterrupted.extras["clustering"], resumed.extras["clustering"]
+    assert after["clustered_client_metrics"] == straight["clustered_client_metrics"]
+    assert after["global_client_metrics"] == straight["global_client_metrics"]
+    for folder in ["", *(f"clusters/{index}" for index in range(count))]:
+        expected_rounds = json.loads((straight_dir / folder / "metrics.json").read_text())
+        rounds = json.loads((run_dir / folder / "metrics.json").read_text())
+        assert _round_figures(rounds) == _round_figures(expected_rounds), folder
+        assert len(rounds) == (2 if folder == "" else 6)
+    assert resumed.accuracy == uninterrupted.accuracy

@@ -7,6 +7,7 @@ registered as ``run@1.0.0``.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
@@ -22,13 +23,17 @@ import schemathesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from rich.console import Console
 from schemathesis.specs.openapi.checks import negative_data_rejection
 from sqlalchemy import func, select, update
 
 from fedwarden.build.run import run
+from fedwarden.cli.console import ConsoleObserver
 from fedwarden.core.config import RunConfig
 from fedwarden.governance.audit import (
     AuditLog,
+    RoundCompleted,
+    audit_report,
     load_public_key,
     load_signing_key,
     read_entries,
@@ -36,6 +41,7 @@ from fedwarden.governance.audit import (
 from fedwarden.governance.registry import ModelRegistry, ModelVersion
 from fedwarden.governance.store import RunStore, StoreError, audit_log, runs
 from fedwarden.monitor.dashboard import DashboardError, create_app
+from fedwarden.server import RunDirectory
 
 TOKEN = "dashboard-token-for-tests-0123456789"
 BUDGET_EPSILON = 50.0
@@ -199,7 +205,7 @@ def test_rounds_are_the_figures_the_store_recorded_as_the_run_wrote_them(
     body = client.get(f"/api/runs/{simulated_run.run_id}/rounds").json()
     assert body["problem"] is None
     assert body["budget_epsilon"] == BUDGET_EPSILON
-    assert [point["round_index"] for point in body["rounds"]] == [0, 1, 2]
+    assert [point["round"] for point in body["rounds"]] == [1, 2, 3]
     for point, recorded in zip(body["rounds"], simulated_run.metrics, strict=True):
         for name in ("accuracy", "loss", "epsilon", "participants", "sampled", "bytes_up"):
             assert point[name] == recorded[name], name
@@ -263,19 +269,20 @@ def test_clients_show_cohorts_refusals_flags_and_quarantine(
     }
     assert sorted(clients) == ["client_0", "client_1", "client_2"]
     assert all(listed["enrolled"] for listed in clients.values())
-    assert all(listed["sampled_rounds"] == [0, 1, 2] for listed in clients.values())
+    assert all(listed["sampled_rounds"] == [1, 2, 3] for listed in clients.values())
     # Every update of the run stays on record after its spooled payload is deleted; client_1's
     # round-1 upload, refused above, no longer counts as accepted.
     accepted = {client_id: listed["accepted_updates"] for client_id, listed in clients.items()}
     assert accepted == {"client_0": 3, "client_1": 2, "client_2": 3}
     (refusal,) = clients["client_1"]["rejections"]
-    assert (refusal["round_index"], refusal["reason"]) == (1, "norm_bound")
+    assert (refusal["round"], refusal["reason"]) == (2, "norm_bound")
     assert clients["client_0"]["rejections"] == []
 
     add_run(
         store_path,
         "flagging",
         tmp_path / "flagging",
+        # Figures as stores written before rounds were numbered from 1 hold them (from 0).
         [
             json.dumps({"round_index": 0, "flagged": ["mallory"], "quarantined": []}),
             json.dumps({"round_index": 1, "flagged": ["mallory"], "quarantined": ["mallory"]}),
@@ -296,7 +303,7 @@ def test_clients_show_cohorts_refusals_flags_and_quarantine(
         entry["client_id"]: entry
         for entry in client.get("/api/runs/flagging/clients").json()["clients"]
     }
-    assert listed["mallory"]["flagged_rounds"] == [0, 1]
+    assert listed["mallory"]["flagged_rounds"] == [1, 2]
     assert listed["mallory"]["quarantined"] is True
     assert listed["mallory"]["accepted_updates"] == 1
     # The server's checks then refuse the upload the transport had accepted.
@@ -658,12 +665,12 @@ def test_page_in_chromium_draws_the_run_verifies_the_audit_and_promotes(
             page.fill("#token", TOKEN)
             page.locator("#token").dispatch_event("change")
 
-            accuracy_point = page.locator('svg[data-chart="accuracy"] circle[data-round="2"]')
+            accuracy_point = page.locator('svg[data-chart="accuracy"] circle[data-round="3"]')
             accuracy_point.wait_for()
             assert float(accuracy_point.get_attribute("data-value") or "nan") == pytest.approx(
                 last["accuracy"]
             )
-            last_row = page.locator('#rounds tr[data-round="2"]')
+            last_row = page.locator('#rounds tr[data-round="3"]')
             assert last_row.locator("td.accuracy").inner_text() == f"{last['accuracy']:.4f}"
             assert last_row.locator("td.epsilon").inner_text() == f"{last['epsilon']:.4f}"
 
@@ -709,3 +716,27 @@ def test_page_in_chromium_draws_the_run_verifies_the_audit_and_promotes(
             assert outside_requests == []
         finally:
             browser.close()
+
+
+def test_the_first_round_is_round_1_in_the_terminal_the_files_the_store_and_the_audit_report(
+    simulated_run: SimulatedRun, store_path: Path
+) -> None:
+    checkpoint = RunDirectory(simulated_run.run_dir).load_checkpoint()
+    assert checkpoint is not None
+    terminal = Console(file=io.StringIO(), width=200, force_terminal=False)
+    observer = ConsoleObserver(terminal, rounds=3, start=0)
+    for record in checkpoint.history:
+        observer.round_finished(record)
+    rows = terminal.file.getvalue().splitlines()[1:]  # type: ignore[attr-defined]
+    assert [int(row.split()[0]) for row in rows] == [1, 2, 3]
+    assert [row["round"] for row in simulated_run.metrics] == [1, 2, 3]
+    with RunStore.sqlite(store_path) as store:
+        assert [row["round"] for row in store.round_records(simulated_run.run_id)] == [1, 2, 3]
+        report = audit_report(store, simulated_run.public_key)
+        events = [entry.event() for entry in read_entries(store)]
+    (lineage,) = report["lineage"]["runs"]
+    assert [item["round"] for item in lineage["rounds"]] == [1, 2, 3]
+    assert {item["round"] for item in report["privacy"][0]["dp_events"]} == {1, 2, 3}
+    # The signed entries keep the round's position (from 0), as logs written before did.
+    completed = [event for event in events if isinstance(event, RoundCompleted)]
+    assert [event.round_index for event in completed] == [0, 1, 2]

@@ -117,7 +117,7 @@ def test_run_json_on_a_folder_of_client_npz_files(tmp_path: Path) -> None:
     ):
         assert (run_dir / name).is_file(), name
     rows = json.loads((run_dir / "metrics.json").read_text())
-    assert [row["round_index"] for row in rows] == list(range(12))
+    assert [row["round"] for row in rows] == list(range(1, 13))
     assert rows[-1]["accuracy"] == pytest.approx(summary["accuracy"])
 
 

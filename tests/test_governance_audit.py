@@ -589,9 +589,10 @@ def test_report_gives_each_runs_guarantee_rejections_and_quarantines(log: AuditL
     assert [item["reason"] for item in integrity["quarantined"]] == ["norm_bound twice"]
     (run,) = report["lineage"]["runs"]
     assert run["config_hash"] == "ab" * 32
-    assert [(item["round_index"], item["participants"]) for item in run["rounds"]] == [
-        (0, 2),
+    # Rounds recorded as round_index 0 and 1 read as rounds 1 and 2.
+    assert [(item["round"], item["participants"]) for item in run["rounds"]] == [
         (1, 2),
+        (2, 2),
     ]
 
 

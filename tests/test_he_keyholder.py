@@ -162,7 +162,7 @@ def test_a_contribution_signed_for_another_round_is_refused(
     new = _contributions(key_holder.public_context(), identities, round_index=1)
     replayed = (old["alice"], new["bob"])
     request = DecryptionRequest(1, _sum_of(server, [old["alice"], new["bob"]]), replayed)
-    with pytest.raises(DecryptionRefused, match="signed for round 0"):
+    with pytest.raises(DecryptionRefused, match="signed for round 1"):
         key_holder.decrypt(request)
     tampered = dataclasses.replace(new["bob"], round_index=0)
     with pytest.raises(DecryptionRefused, match="not signed by that client"):

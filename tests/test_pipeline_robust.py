@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedwarden.core.errors import ConfigError, PipelineError, RoundAborted, UpdateRejected
-from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.messages import ClientUpdate, TrainConfig
 from fedwarden.pipeline import Pipeline, Stage
 from fedwarden.pipeline.robust import (
     AnomalyRule,
@@ -325,16 +325,22 @@ def test_fltrust_aggregator_needs_a_server_update_each_round() -> None:
     rows = np.array([[2.0, 0.0], [1.0, 1.0]], dtype=np.float32)
     with pytest.raises(PipelineError, match="set_server_update"):
         run_round(FLTrust(), rows)
-    asked: list[int] = []
+    asked: list[tuple[int, list[float], TrainConfig]] = []
 
-    def root_update(round_index: int) -> np.ndarray:
-        asked.append(round_index)
+    def root_update(round_index: int, vector: np.ndarray, train: TrainConfig) -> np.ndarray:
+        asked.append((round_index, vector.tolist(), train))
         return np.array([1.0, 0.0], dtype=np.float32)
 
     aggregator = FLTrust(root_update)
-    _, total_weight, _ = run_round(aggregator, rows)
-    assert asked == [1]
-    assert total_weight == 2.0
+    with pytest.raises(PipelineError, match="round_model"):
+        run_round(aggregator, rows)
+    train = TrainConfig(local_epochs=3)
+    aggregator.start(2, ["c0", "c1"])
+    aggregator.round_model(np.array([0.5, -0.5], dtype=np.float32), train)
+    for index, row in enumerate(rows):
+        aggregator.add(ClientUpdate(1, f"c{index}", row, num_examples=1))
+    assert aggregator.result().total_weight == 2.0
+    assert asked == [(1, [0.5, -0.5], train)]
     assert aggregator.last_trust["c0"] == pytest.approx(1.0)
     assert aggregator.last_trust["c1"] == pytest.approx(np.sqrt(0.5))
 

@@ -196,6 +196,8 @@ SEEDED_RANDOMNESS_ALLOWED = {
     "test-mode noise (ClientContext.test_noise_key)",
     "runtime/engine.py": "seeds each client's non-private training generator",
     "serve/shadow.py": "which prediction request goes to the candidate model: no guarantee",
+    "build/pipeline.py": "FLTrust's server trains non-privately on its own root set, seeded "
+    "like a client",
     "build/rollout.py": "which clients evaluate a candidate model: no DP guarantee relies on it",
     "cli/new.py": "how a starter project's sample rows are dealt to its clinics: no guarantee",
     "vertical/architecture.py": "initialization of split models from the public seed",

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from fedwarden.core.records import round_number
 from fedwarden.deploy.pki import issue
 from grpc_federation import Federation, wait_for
 from netns import Network, NetworkUnavailable, inside, listening, network, probe
@@ -153,7 +154,8 @@ def networked(tmp_path: Path) -> Iterator[NetworkedFederation]:
 
 def _round_started(federation: Federation, client_id: str, round_index: int) -> bool:
     log = federation.client_log(client_id)
-    return log.exists() and f"round {round_index}: fit task" in log.read_text(errors="replace")
+    logged = f"round {round_number(round_index)}: fit task"
+    return log.exists() and logged in log.read_text(errors="replace")
 
 
 def _exit_status(process: subprocess.Popen[bytes]) -> int | None:
@@ -188,7 +190,7 @@ def partitioned_run(tmp_path_factory: pytest.TempPathFactory) -> PartitionedRun:
         wait_for(
             lambda: all(_round_started(run, client_id, CUT_ROUND) for client_id in cut_off),
             60,
-            f"the second site's clients to start round {CUT_ROUND}",
+            f"the second site's clients to start round {round_number(CUT_ROUND)}",
         )
         networked.network.cut(site)
         time.sleep(OUTAGE_S)
@@ -214,7 +216,7 @@ def test_clients_in_another_network_namespace_complete_rounds(
     networked.start_clients()
     assert run.wait_server(timeout=80) == 0, run.server_output()
     records = run.completed_rounds()
-    assert [record["round_index"] for record in records] == list(range(ROUNDS))
+    assert [record["round"] for record in records] == list(range(1, ROUNDS + 1))
     assert [record["participants"] for record in records] == [SITES] * ROUNDS
     assert all(record["applied"] and record["dropped"] == 0 for record in records)
     statuses = {client_id: _exit_status(process) for client_id, process in run.clients.items()}
@@ -225,7 +227,7 @@ def test_cutting_the_link_mid_round(partitioned_run: PartitionedRun) -> None:
     run = partitioned_run
     assert run.server_status == 0, run.server_output
     records = run.records
-    assert [record["round_index"] for record in records] == list(range(CUT_ROUNDS))
+    assert [record["round"] for record in records] == list(range(1, CUT_ROUNDS + 1))
     lost = len(run.cut_off)
     for record in records:
         assert record["sampled"] == SITES
@@ -236,7 +238,9 @@ def test_cutting_the_link_mid_round(partitioned_run: PartitionedRun) -> None:
     assert participants[CUT_ROUND] == SITES - lost, participants
     server_output = " ".join(run.server_output.split())
     for client_id in run.cut_off:
-        assert f"round {CUT_ROUND}: client {client_id} is not connected" in server_output
+        assert (
+            f"round {round_number(CUT_ROUND)}: client {client_id} is not connected" in server_output
+        )
     assert "did not reply within" not in server_output, "a silent client waited for the deadline"
     rejoined = participants[CUT_ROUND:]
     assert rejoined == sorted(rejoined), f"a site rejoined, then dropped again: {participants}"
@@ -250,7 +254,7 @@ def test_a_late_upload_from_a_cut_off_site_is_not_counted_as_a_rejection_in_a_la
     partitioned_run: PartitionedRun,
 ) -> None:
     rejections = {
-        record["round_index"]: record["rejection_reasons"]
+        record["round"]: record["rejection_reasons"]
         for record in partitioned_run.records
         if record["rejected"]
     }

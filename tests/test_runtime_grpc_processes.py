@@ -33,9 +33,9 @@ from grpc_federation import Federation, free_port, wait_for
 pytestmark = pytest.mark.slow
 
 
-def _round_started(federation: Federation, client_id: str, round_index: int) -> bool:
+def _round_started(federation: Federation, client_id: str, round_number: int) -> bool:
     log = federation.client_log(client_id)
-    return log.exists() and f"round {round_index}: fit task" in log.read_text(errors="replace")
+    return log.exists() and f"round {round_number}: fit task" in log.read_text(errors="replace")
 
 
 def test_one_server_and_five_clients_complete_three_rounds_over_mutual_tls(federation) -> None:
@@ -100,7 +100,7 @@ def test_client_killed_mid_round_costs_only_that_client(federation) -> None:
     run.start_server()
     run.start_clients()
     victim = run.sites[2]
-    wait_for(lambda: _round_started(run, victim, 1), 120, f"{victim} to start round 1")
+    wait_for(lambda: _round_started(run, victim, 2), 120, f"{victim} to start round 2")
     run.clients[victim].send_signal(signal.SIGKILL)
     assert run.wait_server() == 0, run.server_output()
     records = run.completed_rounds()
@@ -138,7 +138,7 @@ def test_server_killed_mid_run_continues_after_restart_without_forgetting_privac
     run.start_server()
     assert run.wait_server() == 0, run.server_output()
     records = run.completed_rounds()
-    assert [record["round_index"] for record in records] == list(range(rounds))
+    assert [record["round"] for record in records] == list(range(1, rounds + 1))
     assert all(record["participants"] == 5 for record in records)
     assert "asking only the other 1 client(s)" in " ".join(run.server_output().split())
     privacy = run.summary()
@@ -162,12 +162,12 @@ def test_secure_aggregation_completes_when_clients_die_between_its_stages(federa
     run.start_clients()
     after_masking, before_masking = run.sites[0], run.sites[4]
     wait_for(
-        lambda: "round 1: fit uploaded" in _log(run, after_masking),
+        lambda: "round 2: fit uploaded" in _log(run, after_masking),
         120,
-        f"{after_masking}'s masked input of round 1",
+        f"{after_masking}'s masked input of round 2",
     )
     run.clients[after_masking].send_signal(signal.SIGKILL)
-    assert "round 1: fit uploaded" not in _log(run, before_masking)
+    assert "round 2: fit uploaded" not in _log(run, before_masking)
     run.clients[before_masking].send_signal(signal.SIGKILL)
     assert run.wait_server() == 0, run.server_output()
     records = run.completed_rounds()
@@ -195,10 +195,10 @@ def test_fedbuff_keeps_updating_while_a_slow_site_trains(federation) -> None:
     slow = _log(run, run.sites[4])
     # The slow site was sent version 0 and trained 6 s; meanwhile the fast sites filled
     # buffers, so it was not sent another task before the server had moved on.
-    assert "round 0: fit task" in slow
-    assert "round 1: fit task" not in slow and "round 2: fit task" not in slow
+    assert "round 1: fit task" in slow
+    assert "round 2: fit task" not in slow and "round 3: fit task" not in slow
     fast = _log(run, run.sites[0])
-    assert "round 3: fit task" in fast or "round 4: fit task" in fast
+    assert "round 4: fit task" in fast or "round 5: fit task" in fast
 
 
 def _log(run: Federation, client_id: str) -> str:

@@ -39,8 +39,9 @@ from scipy.stats import norm
 
 from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
-from fedwarden.core.messages import ClientUpdate, client_seed
+from fedwarden.core.messages import ClientUpdate, TrainConfig, client_seed
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import round_number
 from fedwarden.pipeline.stage import Aggregate, Aggregator, Stage
 
 Float64Vector = npt.NDArray[np.float64]
@@ -339,6 +340,10 @@ class AttackSimulation(Aggregator):
         """Pass the runtime's channel to the wrapped aggregator."""
         self.inner.attach(channel)
 
+    def round_model(self, vector: Vector, train: TrainConfig) -> None:
+        """Pass the round's global vector and training settings to the wrapped aggregator."""
+        self.inner.round_model(vector, train)
+
     def start(self, size: int, cohort: Sequence[str]) -> None:
         """Start the inner round and reset the benign statistics and held updates."""
         self.inner.start(size, cohort)
@@ -424,7 +429,7 @@ class AttackSimulation(Aggregator):
             self.rejected_total += 1
             logger.warning(
                 "round %d: poisoned update of %s rejected: %s",
-                honest.round_index,
+                round_number(honest.round_index),
                 honest.client_id,
                 rejection,
             )

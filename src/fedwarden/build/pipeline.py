@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, assert_never
 
+import numpy as np
+
 from fedwarden.attacks import (
     AttackSimulation,
 )
@@ -13,9 +15,11 @@ from fedwarden.build.attacks import (
     malicious_clients,
 )
 from fedwarden.core.config import RunConfig
-from fedwarden.core.params import ParamSpec
-from fedwarden.data.dataset import FederatedDataset
-from fedwarden.models.trainer import Trainer
+from fedwarden.core.messages import TrainConfig, client_seed
+from fedwarden.core.params import ParamSpec, Vector
+from fedwarden.data.dataset import ClientData, FederatedDataset
+from fedwarden.data.sources import load_root_file
+from fedwarden.models.trainer import ClientContext, Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
 from fedwarden.pipeline.clip import ClipUpdate
 from fedwarden.pipeline.compress import Codec, CompressUpdate
@@ -27,6 +31,7 @@ from fedwarden.pipeline.robust import (
     Bulyan,
     CenteredClipping,
     CoordinateMedian,
+    FLTrust,
     GeometricMedian,
     Krum,
     MultiKrum,
@@ -90,7 +95,7 @@ def _stages_and_aggregator(
     if config.secure.kind != "none":
         return stages, build_secure_aggregator(config, dataset, privacy, noise)
     if not isinstance(privacy, UserLevelPrivacy):
-        return stages, build_aggregator(config)
+        return stages, build_aggregator(config, trainer, dataset)
     noisy_mean = GaussianMean(
         noise_multiplier=privacy.noise_multiplier,
         clip_norm=privacy.clip_norm,
@@ -142,8 +147,12 @@ def build_stages(config: RunConfig, spec: ParamSpec, clip_norm: ClipNorm | None)
     return stages + withhold
 
 
-def build_aggregator(config: RunConfig) -> Aggregator:
-    """The weighted mean, or the Byzantine-robust rule ``config.pipeline.aggregator`` names."""
+def build_aggregator(config: RunConfig, trainer: Trainer, dataset: FederatedDataset) -> Aggregator:
+    """The weighted mean, or the Byzantine-robust rule ``config.pipeline.aggregator`` names.
+
+    FLTrust's server update trains ``trainer`` on ``pipeline.root_data``, read
+    in any client data format with the labels of ``dataset``.
+    """
     section = config.pipeline
     anomaly = AnomalyRule(distance_z_threshold=section.anomaly_threshold)
     f = section.byzantine
@@ -167,8 +176,40 @@ def build_aggregator(config: RunConfig) -> Aggregator:
             return CenteredClipping(tau=section.clip_radius, anomaly=anomaly)
         case "norm_bounded_mean":
             return NormBoundedMean(section.clip_radius, anomaly=anomaly)
+        case "fltrust":
+            assert section.root_data is not None
+            root = load_root_file(section.root_data, config.data, dataset.num_classes)
+            return FLTrust(RootDataUpdate(trainer, root, config.seed), anomaly=anomaly)
         case _:
             assert_never(section.aggregator)
+
+
+class RootDataUpdate:
+    """FLTrust's server update: the round's global model trained on the server's root data set.
+
+    Cao, Fang, Liu & Gong 2021, Algorithm 2: ``g_0 = ModelUpdate(w, D_0, b,
+    beta, R_l)``, the update of the same global model ``w`` on the clean root
+    set ``D_0`` with the clients' local training settings. The root set trains
+    as a client's data would (the same trainer and training settings); its
+    training generator is derived from the run seed, the round and the root
+    set's id as a client's is, so the update is the same on every run and
+    resume. The root set is the server's own data: no privacy guarantee covers it.
+    """
+
+    def __init__(self, trainer: Trainer, root: ClientData, seed: int) -> None:
+        self.trainer = trainer
+        self.root = root
+        self.seed = seed
+
+    def __call__(self, round_index: int, vector: Vector, train: TrainConfig) -> Vector:
+        """Train ``vector`` on the root set as one client's round does; the update."""
+        context = ClientContext(
+            client_id=self.root.client_id,
+            data=self.root,
+            round_index=round_index,
+            rng=np.random.default_rng(client_seed(self.seed, round_index, self.root.client_id)),
+        )
+        return self.trainer.fit(vector, context, train).update
 
 
 def build_reputation(config: RunConfig) -> Reputation | None:

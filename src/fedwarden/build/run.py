@@ -121,6 +121,25 @@ def resumed(run_dir: Path) -> tuple[RunConfig, int]:
     return config, 0 if checkpoint is None else checkpoint.round_index + 1
 
 
+def discard_unfinished_client_state(run_dir: RunDirectory, last_round: int) -> None:
+    """Forget the clients' state of rounds after the checkpoints a resumed run continues from.
+
+    ``last_round`` is the run's checkpoint; in a clustered run past its probe,
+    each cluster's clients keep their state up to their cluster's checkpoint
+    (the probing round, before the cluster's first).
+    """
+    states = ClientStateStore(run_dir.client_state_dir)
+    kept = run_dir.load_clustering()
+    if kept is None:
+        states.discard_after(last_round)
+        return
+    clusters, probe = kept
+    for index, cluster in enumerate(clusters):
+        checkpoint = run_dir.cluster_dir(index).load_checkpoint()
+        cluster_round = probe.round_index if checkpoint is None else checkpoint.round_index
+        states.discard_after(cluster_round, cluster)
+
+
 def serve(
     config: RunConfig,
     deployment: Deployment,
@@ -245,10 +264,12 @@ def _run(
     handed: Handed | None = None,
 ) -> RunResult:
     checkpoint = None if run_dir is None else run_dir.load_checkpoint()
-    resume = None if run_dir is None or checkpoint is None else run_dir.path
     clustering = config.clustering
-    if clustering.enabled and resume is not None:
-        raise ConfigError("a clustered run cannot be resumed yet; start it again")
+    if clustering.enabled and stop_after is not None:
+        raise ConfigError(
+            "stop_after counts the rounds of one server; a clustered run has one per cluster, "
+            "so interrupt it instead (it resumes from every cluster's checkpoint)"
+        )
     old_epsilon = config.privacy.epsilon
     if run_dir is not None and checkpoint is not None:
         require_ledger(run_dir, config, checkpoint)
@@ -297,7 +318,10 @@ def _run(
         with build_runtime(config, dataset, run_dir, store, deployment) as runtime:
 
             def make_server(
-                client_ids: Sequence[str], initial_vector: Vector, rounds: int
+                client_ids: Sequence[str],
+                initial_vector: Vector,
+                rounds: int,
+                cluster_dir: RunDirectory | None,
             ) -> Server:
                 """A cluster's server over the running runtime (no central test: it is global)."""
                 cluster_server = build_server(
@@ -308,6 +332,7 @@ def _run(
                     runtime,
                     client_ids=client_ids,
                     rounds=rounds,
+                    run_dir=cluster_dir,
                     listeners=round_listeners(observer),
                 )
                 cluster_server.vector = initial_vector.copy()
@@ -344,8 +369,8 @@ def _run(
             state_dir = None if run_dir is None else run_dir.client_state_dir
             if checkpoint is not None:
                 server.restore(checkpoint)
-                if state_dir is not None:
-                    ClientStateStore(state_dir).discard_after(checkpoint.round_index)
+            if checkpoint is not None and run_dir is not None:
+                discard_unfinished_client_state(run_dir, checkpoint.round_index)
             runtime.start(Workload(dataset, trainer, pipeline.stages, config.seed, state_dir))
             finetune = None
             if config.personalization.finetune_epochs:

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from fedwarden.core.records import RoundRecord, RunResult
+from fedwarden.core.records import RoundRecord, RunResult, round_number
 
 _COLUMNS = (
     ("round", 5),
@@ -81,14 +81,14 @@ class ConsoleObserver:
         self.progress.reset(
             self.clients_task,
             total=cohort_size,
-            description=f"round {round_index + 1}: clients replied",
+            description=f"round {round_number(round_index)}: clients replied",
         )
 
     def client_finished(self, round_index: int) -> None:
         self.progress.advance(self.clients_task)
         if self.progress.tasks[self.clients_task].finished:
             self.progress.update(
-                self.clients_task, description=f"round {round_index + 1}: aggregating"
+                self.clients_task, description=f"round {round_number(round_index)}: aggregating"
             )
 
     def round_finished(self, record: RoundRecord) -> None:
@@ -139,7 +139,7 @@ def _cells(record: RoundRecord) -> tuple[str, ...]:
         return "-" if value is None else f"{value:.{digits}f}"
 
     return (
-        str(record.round_index + 1),
+        str(round_number(record.round_index)),
         number(record.loss, 4),
         number(record.accuracy, 4),
         f"{record.participants}/{record.sampled}",

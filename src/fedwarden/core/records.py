@@ -1,9 +1,20 @@
-"""What a run reports: one record per round and a final summary."""
+"""What a run reports: one record per round and a final summary.
+
+Round numbering: ``round_index`` counts from 0 (the key of checkpoints, the
+clients' seeds, the run store's rows and the signed audit log); people read
+``round`` = :func:`round_number`, counting from 1, in the terminal, logs and
+errors, ``metrics.json``, the dashboard and the audit report.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+def round_number(round_index: int) -> int:
+    """The round as people read it: 1 for the first (``round_index`` 0)."""
+    return round_index + 1
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,13 @@ class RoundRecord:
     """Clients quarantined after this round (flagged too often; no longer sampled)."""
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (``round_index`` from 0: checkpoints and the run store)."""
         return asdict(self)
+
+    def to_row(self) -> dict[str, Any]:
+        """The row people read (``metrics.json``): ``round`` counts from 1, then the figures."""
+        figures = self.to_json()
+        return {"round": round_number(figures.pop("round_index")), **figures}
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,10 @@ DIGITS_MAX_PIXEL = 16.0
 logger = logging.getLogger(__name__)
 
 
+ROOT_DATA_ID = "_root"
+"""The id the server's root data set trains under (no client has it: ``_`` names are skipped)."""
+
+
 def load_dataset(config: DataConfig, seed: int) -> FederatedDataset:
     """Build the federated data set ``config`` describes; the same seed gives the same data."""
     match config.source:
@@ -332,25 +336,60 @@ def load_client_file(
     labels numbered by ``data.classes``), or floats for regression
     (``num_classes`` None).
     """
-    own_arrays, _ = read_arrays(path, config, CLIENT_ARRAYS)
-    files, _ = encode_labels({path: own_arrays}, config.classes, num_classes)
-    arrays = files[path]
-    label_dtype = np.int64 if num_classes is not None else np.float32
-    x, y = arrays["x"].astype(np.float32), arrays["y"].astype(label_dtype)
-    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise DataError(
-            f"{path}: labels must be class indices 0..{num_classes - 1} for this run's model, "
-            f"found {int(y.min())}..{int(y.max())}"
-        )
+    arrays = _read_own_file(path, config, num_classes, CLIENT_ARRAYS)
+    x, y = arrays["x"], arrays["y"]
     if "x_test" in arrays:
         return ClientData(
             client_id,
             x,
             y,
-            arrays["x_test"].astype(np.float32),
-            arrays["y_test"].astype(label_dtype),
+            arrays["x_test"],
+            arrays["y_test"],
         )
     return _split_client(client_id, x, y, config, np.random.default_rng(seed))
+
+
+def load_root_file(path: Path, config: DataConfig, num_classes: int | None) -> ClientData:
+    """The server's root data set (FLTrust), read like a deployed client's file, all for training.
+
+    Any client format (see :func:`load_client_file`); a test split is refused,
+    since every root example trains the server's update.
+    """
+    if not path.exists():
+        raise DataError(
+            f"pipeline.root_data {path} does not exist; point it at the server's clean root "
+            "data set (.npz, .csv, .parquet, an image folder or a save_to_disk folder)"
+        )
+    arrays = _read_own_file(path, config, num_classes, CLIENT_ARRAYS)
+    if "x_test" in arrays:
+        raise DataError(
+            f"pipeline.root_data {path} brings a test split (x_test, y_test); the root set has "
+            "none, since all of it trains the server's update: save x and y only"
+        )
+    empty = slice(0, 0)
+    return ClientData(
+        ROOT_DATA_ID, arrays["x"], arrays["y"], arrays["x"][empty], arrays["y"][empty]
+    )
+
+
+def _read_own_file(
+    path: Path, config: DataConfig, num_classes: int | None, allowed: Sequence[str]
+) -> dict[str, Array]:
+    """One site's file: float32 features, labels checked against ``num_classes`` (see above)."""
+    own_arrays, _ = read_arrays(path, config, allowed)
+    files, _ = encode_labels({path: own_arrays}, config.classes, num_classes)
+    label_dtype = np.int64 if num_classes is not None else np.float32
+    arrays = {
+        name: array.astype(np.float32 if name.startswith("x") else label_dtype)
+        for name, array in files[path].items()
+    }
+    y = arrays["y"]
+    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(
+            f"{path}: labels must be class indices 0..{num_classes - 1} for this run's model, "
+            f"found {int(y.min())}..{int(y.max())}"
+        )
+    return arrays
 
 
 def _stratified_holdout(

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedwarden.core.config import RunConfig
-from fedwarden.core.records import RoundRecord
+from fedwarden.core.records import RoundRecord, round_number
 from fedwarden.server.rundir import RunDirectory
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class MlflowTracking:
             for name, value in round_metrics(record).items()
         ]
         self._safely(
-            f"round {record.round_index}'s metrics",
+            f"round {round_number(record.round_index)}'s metrics",
             lambda: self.client.log_batch(self.mlflow_run_id, metrics=metrics),
         )
 

@@ -73,6 +73,7 @@ import numpy.typing as npt
 from fedwarden.core.errors import ConfigError, FedwardenError, PipelineError, UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import round_number
 from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.randomness import NoiseSource
@@ -574,7 +575,7 @@ class CompressUpdate(Stage):
         """Decode the payload to the update vector, or reject it as malformed."""
         if update.payload is None:
             return update
-        who = f"update from client {update.client_id!r} in round {update.round_index}"
+        who = f"update from client {update.client_id!r} in round {round_number(update.round_index)}"
         if not isinstance(update.payload_header, Mapping):
             raise UpdateRejected("encoding", f"{who} has a payload header that is not an object")
         header = dict(update.payload_header)

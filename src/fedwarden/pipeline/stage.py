@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import PipelineError
-from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.messages import ClientUpdate, TrainConfig
 from fedwarden.core.params import Vector
 from fedwarden.models.trainer import ClientContext
 
@@ -88,6 +88,13 @@ class Aggregator(ABC):
 
     def attach(self, channel: ClientChannel | None) -> None:
         """Take the runtime's channel to remote clients (None in simulation); most ignore it."""
+        return None
+
+    def round_model(self, vector: Vector, train: TrainConfig) -> None:
+        """After ``start``: the global vector the round's clients train from, and how they train.
+
+        Most ignore it; FLTrust trains the same model the same way on its root set.
+        """
         return None
 
     def round_parameters(self) -> dict[str, float]:

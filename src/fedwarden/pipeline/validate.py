@@ -11,6 +11,7 @@ from scipy.linalg.blas import sdot
 from fedwarden.core.errors import UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.core.records import round_number
 from fedwarden.pipeline.stage import Stage
 
 
@@ -35,7 +36,7 @@ class ValidateUpdate(Stage):
     def server_half(self, update: ClientUpdate) -> ClientUpdate:
         """Pass ``update`` on unchanged, or raise :class:`UpdateRejected` saying why."""
         vector = update.update
-        who = f"update from client {update.client_id!r} in round {update.round_index}"
+        who = f"update from client {update.client_id!r} in round {round_number(update.round_index)}"
         if not isinstance(vector, np.ndarray) or vector.dtype != VECTOR_DTYPE:
             dtype = getattr(vector, "dtype", type(vector).__name__)
             raise UpdateRejected("dtype", f"{who} has dtype {dtype}; updates must be float32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,17 @@ class ClientStateStore:
         for stale in sorted(self._rounds(client_id))[:-2]:
             self._path(client_id, stale).unlink(missing_ok=True)
 
-    def discard_after(self, round_index: int) -> None:
-        """Forget every state written by a round after ``round_index`` (resume)."""
+    def discard_after(self, round_index: int, client_ids: Collection[str] | None = None) -> None:
+        """Forget every state written by a round after ``round_index`` (resume).
+
+        ``client_ids`` limits it to those clients (a clustered run's cluster).
+        """
         self._memory.clear()
         if self.directory is None or not self.directory.exists():
             return
         for client_dir in self.directory.iterdir():
+            if client_ids is not None and client_dir.name not in client_ids:
+                continue
             for stale in self._rounds(client_dir.name):
                 if stale > round_index:
                     self._path(client_dir.name, stale).unlink()

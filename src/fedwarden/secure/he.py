@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedwarden.core.canonical import canonical_json
 from fedwarden.core.errors import ConfigError, UpdateRejected
+from fedwarden.core.records import round_number
 
 CiphertextVector = Any
 """A ``tenseal.CKKSVector`` (TenSEAL ships no type information)."""
@@ -335,8 +336,8 @@ class HomomorphicSum:
         if contribution.round_index != self._round_index:
             raise UpdateRejected(
                 "round",
-                f"{who} is signed for round {contribution.round_index}, not round "
-                f"{self._round_index}",
+                f"{who} is signed for round {round_number(contribution.round_index)}, not round "
+                f"{round_number(self._round_index)}",
             )
         if message.key_id != self.public.key_id:
             raise UpdateRejected(

@@ -44,6 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
 from fedwarden.core.files import write_atomic
+from fedwarden.core.records import round_number
 from fedwarden.deploy.pki import identity_from_certificate, verify_chain
 from fedwarden.secure.he import (
     CiphertextVector,
@@ -271,7 +272,7 @@ class CkksKeyHolder:
         Raises :class:`DecryptionRefused` naming the failed check; nothing is
         decrypted then, and the round stays decryptable by a valid request.
         """
-        where = f"round {request.round_index}"
+        where = f"round {round_number(request.round_index)}"
         if request.total.key_id != self.key_id:
             raise DecryptionRefused(
                 f"{where}: the sum is under key {request.total.key_id[:12]}..., but this key "
@@ -317,8 +318,8 @@ class CkksKeyHolder:
             who = f"{where}: the contribution of client {client_id!r}"
             if contribution.round_index != request.round_index:
                 raise DecryptionRefused(
-                    f"{who} is signed for round {contribution.round_index}; a contribution "
-                    "counts only in its own round"
+                    f"{who} is signed for round {round_number(contribution.round_index)}; a "
+                    "contribution counts only in its own round"
                 )
             if client_id in seen:
                 raise DecryptionRefused(f"{who} is listed twice; each client counts once")

@@ -40,6 +40,7 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import Vector
 from fedwarden.core.records import RoundRecord, RunResult
 from fedwarden.runtime.base import Runtime
+from fedwarden.server.rundir import RunDirectory
 from fedwarden.server.server import Server
 from fedwarden.server.traffic import weighted_client_metrics
 
@@ -47,13 +48,14 @@ logger = logging.getLogger(__name__)
 
 Cluster = tuple[str, ...]
 
-ServerFactory = Callable[[Sequence[str], Vector, int], Server]
-"""``make_server(client_ids, initial_vector, rounds)``: a server over the run's started runtime.
+ServerFactory = Callable[[Sequence[str], Vector, int, RunDirectory | None], Server]
+"""``make_server(client_ids, initial_vector, rounds, run_dir)``: a server over the started runtime.
 
 It samples only among ``client_ids``, starts from ``initial_vector`` (set
-``server.vector``) and plans ``rounds`` rounds in total, counting the rounds of
-history it is given (see :meth:`ClusteredTraining.run`). It must not start the
-runtime again, and must give each cluster its own run directory (or none)."""
+``server.vector``), plans ``rounds`` rounds in total, counting the rounds of
+history it is given (see :meth:`ClusteredTraining.run`), and checkpoints into
+``run_dir``, the cluster's own run directory (or none). It must not start the
+runtime again."""
 
 
 def cluster_by_update_similarity(
@@ -234,6 +236,12 @@ class ClusteredTraining:
            with them the clients' seeds and persistent state, continue after
            the probe) and the training time; its server optimizer starts
            afresh. It runs ``cluster_rounds`` rounds and evaluates its clients.
+
+        With a run directory the run resumes bit for bit: ``server`` is the
+        warm-up server restored from its checkpoint; the clusters and the
+        probing round are kept in ``clustering.json`` (a resumed run does not
+        probe again), and each cluster's server checkpoints every round into
+        its own ``clusters/<i>/`` and continues from there.
         """
         self._check_usable(server)
         warmup = server.run()
@@ -242,26 +250,21 @@ class ClusteredTraining:
                 f"clustering: the warm-up stopped early ({warmup.stopped_early}); "
                 "there is no warm-up model to probe from"
             )
-        updates, probe = probing_round(server)
-        clusters = cluster_by_update_similarity(
-            updates,
-            max_clusters=self.max_clusters,
-            min_cluster_size=self.min_cluster_size,
-            distance_threshold=self.distance_threshold,
-        )
-        clusters = _place_unclustered(clusters, [c for c in server.client_ids if c not in updates])
-        logger.info(
-            "clustering: %d cluster(s) of sizes %s", len(clusters), [len(c) for c in clusters]
-        )
+        clusters, probe = self._clusters(server)
         history = [*server.history, probe]
         results: list[RunResult] = []
         clustered_evaluations: dict[str, ClientEvaluation] = {}
-        for cluster in clusters:
+        for index, cluster in enumerate(clusters):
+            run_dir = None if server.run_dir is None else server.run_dir.cluster_dir(index)
             cluster_server = self.make_server(
-                cluster, server.vector.copy(), len(history) + self.cluster_rounds
+                cluster, server.vector.copy(), len(history) + self.cluster_rounds, run_dir
             )
-            cluster_server.history = list(history)
-            cluster_server.train_seconds = server.train_seconds + probe.round_seconds
+            checkpoint = None if run_dir is None else run_dir.load_checkpoint()
+            if checkpoint is None:
+                cluster_server.history = list(history)
+                cluster_server.train_seconds = server.train_seconds + probe.round_seconds
+            else:
+                cluster_server.restore(checkpoint)
             results.append(cluster_server.run())
             clustered_evaluations.update(
                 evaluate_each_client(
@@ -281,6 +284,26 @@ class ClusteredTraining:
             ),
             clustered_evaluations=clustered_evaluations,
         )
+
+    def _clusters(self, server: Server) -> tuple[list[Cluster], RoundRecord]:
+        """The clusters and the probing round: kept by an earlier run of this one, or probed now."""
+        kept = None if server.run_dir is None else server.run_dir.load_clustering()
+        if kept is not None:
+            return kept
+        updates, probe = probing_round(server)
+        clusters = cluster_by_update_similarity(
+            updates,
+            max_clusters=self.max_clusters,
+            min_cluster_size=self.min_cluster_size,
+            distance_threshold=self.distance_threshold,
+        )
+        clusters = _place_unclustered(clusters, [c for c in server.client_ids if c not in updates])
+        logger.info(
+            "clustering: %d cluster(s) of sizes %s", len(clusters), [len(c) for c in clusters]
+        )
+        if server.run_dir is not None:
+            server.run_dir.save_clustering(clusters, probe)
+        return clusters, probe
 
     def _check_usable(self, server: Server) -> None:
         """Refuse settings under which clustering is wrong or not private, before any training."""

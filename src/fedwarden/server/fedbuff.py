@@ -56,7 +56,7 @@ import numpy as np
 from fedwarden.core.channel import AsynchronousClients
 from fedwarden.core.errors import ConfigError, UpdateRejected
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction, UpdateRefused
-from fedwarden.core.records import RoundRecord
+from fedwarden.core.records import RoundRecord, round_number
 from fedwarden.server.rundir import OpenTasks
 from fedwarden.server.server import Server
 from fedwarden.server.traffic import RoundTraffic, TrainLoss
@@ -138,7 +138,7 @@ class FedBuffServer(Server):
             if not self._in_flight:
                 logger.warning(
                     "server update %d: no client is connected and idle; applying %d update(s)",
-                    round_index,
+                    round_number(round_index),
                     len(traffic.participants),
                 )
                 break

@@ -4,9 +4,13 @@ Layout::
 
     <runs_dir>/<name>-<timestamp>/
         config.json          the validated RunConfig
-        metrics.csv          one row per round
+        metrics.csv          one row per round, numbered from 1 (``round``)
         metrics.json         the same, as a list of objects
         checkpoint.npz       server state after the last completed round
+                             (of the warm-up, in a clustered run)
+        clustering.json      a clustered run's clusters and probing round
+        clusters/<i>/        cluster i's own run directory: checkpoint.npz,
+                             metrics, model.npz of its model
         client_state/        per-client persistent state (see ClientStateStore)
         privacy_ledger.json  every differentially private release and its cost
         summary.json         the final figures and the privacy report
@@ -31,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +46,7 @@ import numpy as np
 from fedwarden.core.errors import ConfigError
 from fedwarden.core.files import write_atomic
 from fedwarden.core.params import ParamSpec, Vector
-from fedwarden.core.records import RoundRecord
+from fedwarden.core.records import RoundRecord, round_number
 from fedwarden.strategies.base import StrategyState
 
 
@@ -126,6 +131,17 @@ class RunDirectory:
     def plot_path(self, metric: str) -> Path:
         """The PNG plot of central ``metric`` per round."""
         return self.path / f"{metric}.png"
+
+    @property
+    def clustering_path(self) -> Path:
+        """A clustered run's clusters and probing round, written once the probe is done."""
+        return self.path / "clustering.json"
+
+    def cluster_dir(self, index: int) -> RunDirectory:
+        """Cluster ``index``'s own run directory (checkpoint, metrics, model), created."""
+        path = self.path / "clusters" / str(index)
+        path.mkdir(parents=True, exist_ok=True)
+        return RunDirectory(path)
 
     @property
     def client_state_dir(self) -> Path:
@@ -272,9 +288,23 @@ class RunDirectory:
             buffered=frozenset(str(client) for client in record["buffered"]),
         )
 
+    def save_clustering(self, clusters: Sequence[Sequence[str]], probe: RoundRecord) -> None:
+        """Keep the clusters and the probing round, so a resumed run does not probe again."""
+        state = {"clusters": [list(cluster) for cluster in clusters], "probe": probe.to_json()}
+        write_atomic(self.clustering_path, json.dumps(state, indent=1).encode())
+
+    def load_clustering(self) -> tuple[list[tuple[str, ...]], RoundRecord] | None:
+        """The clusters and probing round :meth:`save_clustering` kept, or None before the probe."""
+        path = self.clustering_path
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        clusters = [tuple(cluster) for cluster in state["clusters"]]
+        return clusters, RoundRecord(**state["probe"])
+
     def write_metrics(self, history: list[RoundRecord]) -> None:
-        """Rewrite metrics.csv and metrics.json with every round so far."""
-        rows = [record.to_json() for record in history]
+        """Rewrite metrics.csv and metrics.json with every round so far (``round`` from 1)."""
+        rows = [record.to_row() for record in history]
         write_atomic(self.metrics_json_path, json.dumps(rows, indent=1).encode())
         text = io.StringIO()
         if rows:
@@ -302,7 +332,7 @@ class RunDirectory:
 
         for metric in ("accuracy", "loss"):
             points = [
-                (r.round_index + 1, getattr(r, metric))
+                (round_number(r.round_index), getattr(r, metric))
                 for r in history
                 if getattr(r, metric) is not None
             ]

@@ -31,7 +31,7 @@ from fedwarden.core.messages import (
     TrainConfig,
     UpdateRefused,
 )
-from fedwarden.core.records import RoundRecord, RunResult
+from fedwarden.core.records import RoundRecord, RunResult, round_number
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline.robust import Reputation
 from fedwarden.pipeline.stage import Pipeline
@@ -251,6 +251,7 @@ class Server:
         for listener in self.listeners:
             listener.round_started(round_index, cohort)
         self.pipeline.aggregator.start(self.vector.size, cohort)
+        self.pipeline.aggregator.round_model(self.vector, self.strategy.train_config(round_index))
         train_loss = TrainLoss()
         traffic = self.collect_updates(round_index, cohort, self.accepting(train_loss))
         return self.conclude_round(round_index, started, traffic, train_loss)
@@ -295,13 +296,13 @@ class Server:
         if flagged:
             logger.warning(
                 "round %d: investigate before trusting: updates of %s are statistical outliers",
-                round_index,
+                round_number(round_index),
                 ", ".join(flagged),
             )
         if aggregate is not None:
             self.vector = self.strategy.apply(self.vector, aggregate.mean_update)
         else:
-            logger.warning("round %d: %s", round_index, note)
+            logger.warning("round %d: %s", round_number(round_index), note)
         if self.privacy is not None:
             self.privacy.after_round(round_index, traffic.released, applied)
         metrics = self._evaluate_central(round_index)
@@ -338,7 +339,9 @@ class Server:
             return
         traffic.failures[reply.reason] += 1
         traffic.silent_clients.append(reply.client_id)
-        logger.warning("round %d: client %s %s", round_index, reply.client_id, reply.message)
+        logger.warning(
+            "round %d: client %s %s", round_number(round_index), reply.client_id, reply.message
+        )
 
     def rejected(
         self, traffic: RoundTraffic, round_index: int, client_id: str, reason: str, message: str
@@ -411,7 +414,7 @@ class Server:
     ) -> None:
         """Count, tell the listeners and log an update the server's checks refused."""
         self.rejected(traffic, round_index, update.client_id, rejection.reason, str(rejection))
-        logger.warning("round %d: rejected: %s", round_index, rejection)
+        logger.warning("round %d: rejected: %s", round_number(round_index), rejection)
 
     def _privacy_extras(self) -> dict[str, Any]:
         report = {} if self.privacy is None else dict(self.privacy.report())

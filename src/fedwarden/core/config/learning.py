@@ -222,9 +222,11 @@ class PipelineConfig(Section):
     tolerating ``byzantine`` = f attackers, ``multi_krum`` averaging
     ``multi_krum_selected`` (default n - f), ``geometric_median``,
     ``centered_clipping`` with radius ``clip_radius``, ``norm_bounded_mean``
-    clipping each update to ``clip_radius``). Robust rules score every update;
-    an update ``anomaly_threshold`` robust z-scores from the center is flagged,
-    and a client flagged ``quarantine_after`` times is no longer sampled.
+    clipping each update to ``clip_radius``, ``fltrust`` weighting each update
+    by its agreement with the server's own update on the clean ``root_data``).
+    Robust rules score every update; an update ``anomaly_threshold`` robust
+    z-scores from the center is flagged, and a client flagged
+    ``quarantine_after`` times is no longer sampled.
     """
 
     max_update_norm: Annotated[float, Field(gt=0)] | None = None
@@ -241,6 +243,7 @@ class PipelineConfig(Section):
         "geometric_median",
         "centered_clipping",
         "norm_bounded_mean",
+        "fltrust",
     ] = "mean"
     byzantine: Annotated[int, Field(ge=0)] = 0
     trim_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
@@ -248,6 +251,22 @@ class PipelineConfig(Section):
     clip_radius: Annotated[float, Field(gt=0)] = 1.0
     anomaly_threshold: Annotated[float, Field(gt=0)] = 3.5
     quarantine_after: Annotated[int, Field(ge=1)] | None = None
+    root_data: Path | None = None
+    """FLTrust's root data set on the server: a file or folder in any client data format."""
+
+    @model_validator(mode="after")
+    def _root_data_fits_rule(self) -> PipelineConfig:
+        if self.aggregator == "fltrust" and self.root_data is None:
+            raise ValueError(
+                "pipeline.aggregator 'fltrust' needs pipeline.root_data, the server's small "
+                "clean data set its own update is trained on (Cao et al. 2021); give its path"
+            )
+        if self.aggregator != "fltrust" and self.root_data is not None:
+            raise ValueError(
+                f"pipeline.root_data is only read by pipeline.aggregator 'fltrust', not "
+                f"{self.aggregator!r}; remove root_data or set aggregator = 'fltrust'"
+            )
+        return self
 
 
 class PersonalizationConfig(Section):

@@ -116,6 +116,30 @@ class RunConfig(Section):
                 f"pipeline.aggregator '{rule}' cannot replace user-level DP's noisy mean: "
                 "choose one of them"
             )
+        if rule == "fltrust":
+            problems = [
+                reason
+                for reason, applies in (
+                    (
+                        "clustering must be off (clustered training exists because clients "
+                        "disagree, and FLTrust trusts only updates that agree with one root set)",
+                        self.clustering.enabled,
+                    ),
+                    (
+                        "asynchronous must be off (FLTrust compares each update with the "
+                        "server's update from the same global model; FedBuff's are stale)",
+                        self.asynchronous.enabled,
+                    ),
+                    (
+                        "strategy.name cannot be 'scaffold' (the root set has no control variate "
+                        "to correct its gradients with)",
+                        self.strategy.name == "scaffold",
+                    ),
+                )
+                if applies
+            ]
+            if problems:
+                raise ValueError("pipeline.aggregator 'fltrust': " + "; ".join(problems))
         if rule in ("krum", "multi_krum", "bulyan") and self.sampling.scheme != "poisson":
             need = 4 if rule == "bulyan" else 2
             least = need * self.pipeline.byzantine + 3
@@ -242,9 +266,15 @@ class RunConfig(Section):
 
 
 def load_config(path: Path) -> RunConfig:
-    """Read and validate a run's TOML file; relative data paths are taken from its folder."""
+    """Read and validate a run's TOML file; relative data paths are taken from its folder.
+
+    Both ``data.path`` and ``pipeline.root_data`` are such paths.
+    """
     values = parse_toml(path)
     data = values.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((path.parent / data["path"]).resolve())
+    pipeline = values.get("pipeline")
+    if isinstance(pipeline, dict) and isinstance(pipeline.get("root_data"), str):
+        pipeline["root_data"] = str((path.parent / pipeline["root_data"]).resolve())
     return RunConfig.from_mapping(values, source=str(path))

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 
 from fedwarden.core.errors import ConfigError
+from fedwarden.core.records import round_number
 from fedwarden.governance.audit.entries import AuditEntry, read_entries
 from fedwarden.governance.audit.events import RoundCompleted
 from fedwarden.governance.audit.verification import VerificationResult, verify
@@ -65,10 +66,10 @@ class AuditedRelease:
     """The dp-accounting event as :func:`~fedwarden.privacy.accounting.event_to_json` wrote it."""
 
     def to_json(self) -> dict[str, Any]:
-        """Its fields as JSON values."""
+        """Its fields as JSON values (``round`` counted from 1)."""
         return {
             "sequence": self.sequence,
-            "round_index": self.round_index,
+            "round": round_number(self.round_index),
             "release": self.release,
             "client_id": self.client_id,
             "event": dict(self.event),
@@ -323,9 +324,17 @@ def _describe(entries: Sequence[AuditEntry], sequence: int | None) -> str:
     except ValueError:
         return f"entry {sequence} ({entry.kind})"
     details = ", ".join(
-        f"{name} {payload[name]}"
-        for name in ("run_id", "round_index")
+        f"{label} {number(payload[name])}"
+        for name, label, number in (
+            ("run_id", "run_id", str),
+            ("round_index", "round", _round_label),
+        )
         if isinstance(payload, dict) and name in payload
     )
     held = " with its DP events" if isinstance(payload, dict) and payload.get("dp_events") else ""
     return f"entry {sequence} ({entry.kind}{held}{', ' + details if details else ''})"
+
+
+def _round_label(round_index: Any) -> str:
+    """A recorded ``round_index`` as people number rounds (from 1); as written if no number."""
+    return str(round_number(round_index)) if isinstance(round_index, int) else str(round_index)

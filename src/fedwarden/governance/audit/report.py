@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from fedwarden.core.records import round_number
 from fedwarden.governance.audit.entries import AuditEntry, read_entries
 from fedwarden.governance.audit.events import (
     BudgetChanged,
@@ -152,7 +153,7 @@ def audit_report(
             )
         elif isinstance(event, RoundStarted):
             run(event.run_id)["rounds"][event.round_index] = {
-                "round_index": event.round_index,
+                "round": round_number(event.round_index),
                 "started_at": entry.timestamp,
                 "cohort": sorted(client(member) for member in event.cohort),
                 "cohort_commitment": event.cohort_commitment,
@@ -162,7 +163,9 @@ def audit_report(
             }
         elif isinstance(event, RoundCompleted):
             record = run(event.run_id)
-            record["rounds"].setdefault(event.round_index, {"round_index": event.round_index})
+            record["rounds"].setdefault(
+                event.round_index, {"round": round_number(event.round_index)}
+            )
             record["rounds"][event.round_index].update(
                 participants=event.participants, applied=event.applied
             )
@@ -172,7 +175,7 @@ def audit_report(
             privacy["dp_events"].extend(
                 {
                     "sequence": entry.sequence,
-                    "round_index": event.round_index,
+                    "round": round_number(event.round_index),
                     "release": item["release"],
                     "client_id": None if item["client_id"] is None else client(item["client_id"]),
                     "neighboring": event.neighboring,

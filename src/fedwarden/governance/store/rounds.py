@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from fedwarden.core.records import round_number
 from fedwarden.governance.store.engine import StoreEngine
 from fedwarden.governance.store.records import RoundConflict, StoreError
 from fedwarden.governance.store.schema import rounds, utc_now
@@ -27,7 +28,8 @@ class RoundHistory(StoreEngine):
         members = list(cohort)
         if len(set(members)) != len(members):
             raise StoreError(
-                f"cohort of round {round_index} of run {run_id!r} names a client twice: {members}"
+                f"cohort of round {round_number(round_index)} of run {run_id!r} names a client "
+                f"twice: {members}"
             )
         with self._write() as connection:
             self._require_run(connection, run_id)
@@ -42,13 +44,17 @@ class RoundHistory(StoreEngine):
                     )
                 )
                 logger.info(
-                    "round %d of run %s started: %d clients", round_index, run_id, len(members)
+                    "round %d of run %s started: %d clients",
+                    round_number(round_index),
+                    run_id,
+                    len(members),
                 )
                 return
         if sorted(stored) != sorted(members):
             raise RoundConflict(
-                f"round {round_index} of run {run_id!r} was started with cohort {stored}, not "
-                f"{members}; a resumed run must sample the same cohort (same seed and config)"
+                f"round {round_number(round_index)} of run {run_id!r} was started with cohort "
+                f"{stored}, not {members}; a resumed run must sample the same cohort (same seed "
+                "and config)"
             )
 
     def round_cohort(self, run_id: str, round_index: int) -> list[str] | None:
@@ -79,7 +85,7 @@ class RoundHistory(StoreEngine):
             ).one_or_none()
             if row is None:
                 raise StoreError(
-                    f"round {round_index} of run {run_id!r} was never started; "
+                    f"round {round_number(round_index)} of run {run_id!r} was never started; "
                     "call round_started with its cohort first"
                 )
             if row.record_json is None:
@@ -88,12 +94,12 @@ class RoundHistory(StoreEngine):
                     .where(rounds.c.run_id == run_id, rounds.c.round_index == round_index)
                     .values(record_json=record_json, completed_at=utc_now())
                 )
-                logger.info("round %d of run %s completed", round_index, run_id)
+                logger.info("round %d of run %s completed", round_number(round_index), run_id)
                 return
         if row.record_json != record_json:
             raise RoundConflict(
-                f"round {round_index} of run {run_id!r} is already completed with another "
-                "record; a completed round cannot be rewritten"
+                f"round {round_number(round_index)} of run {run_id!r} is already completed with "
+                "another record; a completed round cannot be rewritten"
             )
 
     def round_records(self, run_id: str) -> list[dict[str, Any]]:

@@ -37,9 +37,14 @@ class RoundRows:
         self.run_id = run_id
 
     def round_completed(self, record: RoundRecord, silent_clients: Sequence[str]) -> None:
-        """Record ``record`` as its round's figures."""
+        """Record ``record`` as its round's figures, the row ``metrics.json`` holds (from 1).
+
+        The table's key stays ``round_index`` (from 0); stores written before
+        rounds were numbered from 1 hold ``round_index`` in the figures too,
+        which their readers (the dashboard) tell apart by the key's name.
+        """
         if self.store.round_cohort(self.run_id, record.round_index) is None:
             self.store.round_started(self.run_id, record.round_index, [])
         self.store.round_completed(
-            self.run_id, record.round_index, json.dumps(record.to_json(), sort_keys=True)
+            self.run_id, record.round_index, json.dumps(record.to_row(), sort_keys=True)
         )

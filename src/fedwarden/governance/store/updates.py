@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from fedwarden.core.records import round_number
 from fedwarden.governance.store.engine import StoreEngine
 from fedwarden.governance.store.records import (
     RejectionRow,
@@ -56,10 +57,15 @@ class UploadJournal(StoreEngine):
                 )
         except IntegrityError as error:
             raise DuplicateUpdate(
-                f"an update of client {client_id!r} for round {round_index} of run {run_id!r} "
-                "was already accepted; a client contributes at most once per round"
+                f"an update of client {client_id!r} for round {round_number(round_index)} of run "
+                f"{run_id!r} was already accepted; a client contributes at most once per round"
             ) from error
-        logger.debug("accepted update of %s for round %d of run %s", client_id, round_index, run_id)
+        logger.debug(
+            "accepted update of %s for round %d of run %s",
+            client_id,
+            round_number(round_index),
+            run_id,
+        )
 
     def accepted_updates(self, run_id: str, round_index: int) -> list[AcceptedUpdate]:
         """The updates accepted for a round, in the order they were accepted."""
@@ -111,7 +117,7 @@ class UploadJournal(StoreEngine):
         logger.info(
             "released %d spooled payloads of round %d of run %s",
             len(payload_paths),
-            round_index,
+            round_number(round_index),
             run_id,
         )
         return payload_paths

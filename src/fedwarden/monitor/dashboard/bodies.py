@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedwarden.core.records import round_number
 from fedwarden.governance.registry import DEFAULT_THRESHOLD
 
 
@@ -44,11 +45,14 @@ class RunSummary(_Body):
 
 
 class RoundPoint(_Body):
-    """The figures of one completed round, as the run store's round record holds them."""
+    """The figures of one completed round, as the run store's round record holds them.
+
+    ``round`` counts from 1; the store's record keys it by ``round_index``, from 0.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    round_index: int
+    round: int = Field(description="The round, counted from 1.")
     accuracy: float | None = None
     loss: float | None = None
     epsilon: Annotated[
@@ -68,6 +72,16 @@ class RoundPoint(_Body):
     quarantined: list[str] = Field(default_factory=list)
     note: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _number_from_one(cls, record: Any) -> Any:
+        """Read figures stored before rounds were numbered from 1 (``round_index``, from 0)."""
+        if isinstance(record, dict) and "round_index" in record:
+            index = record["round_index"]
+            rest = {key: value for key, value in record.items() if key != "round_index"}
+            return {**rest, "round": round_number(index) if isinstance(index, int) else index}
+        return record
+
 
 class RunRounds(_Body):
     """A run's rounds so far, with the budget its epsilon is spent against."""
@@ -84,7 +98,7 @@ class RunRounds(_Body):
 class ClientRejection(_Body):
     """One update of a client that the server refused."""
 
-    round_index: int | None
+    round: int | None = Field(description="The round, counted from 1 (None: outside one).")
     reason: str
     message: str
     rejected_at: datetime

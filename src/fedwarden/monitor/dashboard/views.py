@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import HTTPException
 
 from fedwarden.core.errors import FedwardenError
+from fedwarden.core.records import round_number
 from fedwarden.governance.audit import (
     AuditEntry,
     VerificationResult,
@@ -124,12 +125,12 @@ def client_statuses(store: RunStore, run_id: str, points: list[RoundPoint]) -> l
     sampled: dict[str, list[int]] = {}
     for round_index, cohort in cohorts.items():
         for client_id in cohort:
-            sampled.setdefault(str(client_id), []).append(round_index)
+            sampled.setdefault(str(client_id), []).append(round_number(round_index))
     refusals: dict[str, list[ClientRejection]] = {}
     for row in refused:
         refusals.setdefault(row.client_id, []).append(
             ClientRejection(
-                round_index=row.round_index,
+                round=None if row.round_index is None else round_number(row.round_index),
                 reason=row.reason,
                 message=row.message,
                 rejected_at=row.rejected_at,
@@ -146,7 +147,7 @@ def client_statuses(store: RunStore, run_id: str, points: list[RoundPoint]) -> l
     quarantined: set[str] = set()
     for point in points:
         for client_id in point.flagged:
-            flagged.setdefault(client_id, []).append(point.round_index)
+            flagged.setdefault(client_id, []).append(point.round)
         quarantined.update(point.quarantined)
     client_ids = sorted(enrolled | set(sampled) | set(accepted) | set(refusals) | set(flagged))
     return [

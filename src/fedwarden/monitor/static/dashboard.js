@@ -116,7 +116,7 @@ function lineChart(name, title, series, options = {}) {
 }
 
 function seriesOf(rounds, name, label, value = (round) => round[name]) {
-  return { name, label, points: rounds.map((round) => ({ round: round.round_index, value: value(round) })) };
+  return { name, label, points: rounds.map((round) => ({ round: round.round, value: value(round) })) };
 }
 
 function drawCharts(data) {
@@ -137,8 +137,8 @@ function drawCharts(data) {
   const body = document.querySelector("#rounds tbody");
   body.replaceChildren();
   for (const round of rounds) {
-    const row = element("tr", { "data-round": round.round_index });
-    cell(row, String(round.round_index));
+    const row = element("tr", { "data-round": round.round });
+    cell(row, String(round.round));
     cell(row, formatNumber(round.accuracy), "accuracy");
     cell(row, formatNumber(round.loss), "loss");
     cell(row, formatNumber(round.epsilon), "epsilon");
@@ -183,7 +183,7 @@ function drawClients(data) {
     cell(row, client.enrolled ? "yes" : "no");
     cell(row, client.sampled_rounds.join(", ") || "\u2014");
     cell(row, String(client.accepted_updates));
-    cell(row, client.rejections.map((rejection) => `round ${rejection.round_index ?? "\u2014"}: ${rejection.reason} (${rejection.message})`).join("; ") || "none", client.rejections.length ? "bad" : null);
+    cell(row, client.rejections.map((rejection) => `round ${rejection.round ?? "\u2014"}: ${rejection.reason} (${rejection.message})`).join("; ") || "none", client.rejections.length ? "bad" : null);
     cell(row, client.flagged_rounds.join(", ") || "none", client.flagged_rounds.length ? "bad" : null);
     cell(row, client.quarantined ? "QUARANTINED" : "no", client.quarantined ? "bad" : null);
     body.appendChild(row);

@@ -69,6 +69,7 @@ from fedwarden.pipeline.robust.aggregators import (
     MultiKrum,
     NormBoundedMean,
     RobustAggregator,
+    ServerUpdate,
     TrimmedMean,
 )
 from fedwarden.pipeline.robust.reputation import (
@@ -109,6 +110,7 @@ __all__ = [
     "NormBoundedMean",
     "Reputation",
     "RobustAggregator",
+    "ServerUpdate",
     "TrimmedMean",
     "WeiszfeldResult",
     "anomaly_scores",

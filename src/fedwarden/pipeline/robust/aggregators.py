@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from scipy.linalg.blas import sdot
 
 from fedwarden.core.errors import ConfigError, PipelineError, RoundAborted, UpdateRejected
-from fedwarden.core.messages import ClientUpdate
+from fedwarden.core.messages import ClientUpdate, TrainConfig
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import round_number
 from fedwarden.pipeline.robust.reputation import AnomalyRule, ClientScore, anomaly_scores
 from fedwarden.pipeline.robust.rules import (
     Matrix,
@@ -72,7 +73,7 @@ class RobustAggregator(Aggregator, ABC):
     def add(self, update: ClientUpdate) -> None:
         """Copy the update into the next row; grow the matrix if the cohort was exceeded."""
         size = self._matrix.shape[1]
-        who = f"update from client {update.client_id!r} in round {update.round_index}"
+        who = f"update from client {update.client_id!r} in round {round_number(update.round_index)}"
         vector = np.asarray(update.update)
         if vector.shape != (size,):
             raise UpdateRejected(
@@ -383,22 +384,33 @@ class NormBoundedMean(RobustAggregator):
         return {"bound": self.bound}
 
 
+class ServerUpdate(Protocol):
+    """FLTrust's server update in round ``round_index``: global ``vector`` trained as ``train``."""
+
+    def __call__(self, round_index: int, vector: Vector, train: TrainConfig) -> Vector:
+        """The update ``new - vector`` of the server's own training on its root set."""
+        ...
+
+
 class FLTrust(RobustAggregator):
     """FLTrust (Cao, Fang, Liu & Gong 2021, Algorithm 2): trust bootstrapped from a root set.
 
     Makes no assumption on ``f`` (even a Byzantine majority), but assumes the
     server's small root data set is clean and resembles the clients' data.
     Each round needs the server's update on that root set, computed from the
-    same global model: call :meth:`set_server_update` after ``start``, or give
-    ``server_update``, a callable ``round_index -> vector`` asked in ``result``.
-    ``last_trust`` holds the round's trust score per client.
+    same global model with the same local training: give ``server_update``
+    (a :class:`ServerUpdate`; a run's is
+    :class:`fedwarden.build.pipeline.RootDataUpdate`), asked in
+    ``result`` with what :meth:`round_model` was told, or call
+    :meth:`set_server_update` after ``start``. ``last_trust`` holds the round's
+    trust score per client.
     """
 
     name: ClassVar[str] = "fltrust"
 
     def __init__(
         self,
-        server_update: Callable[[int], Vector] | None = None,
+        server_update: ServerUpdate | None = None,
         *,
         anomaly: AnomalyRule | None = None,
     ) -> None:
@@ -406,12 +418,18 @@ class FLTrust(RobustAggregator):
         self.server_update = server_update
         self.last_trust: dict[str, float] = {}
         self._root_update: Vector | None = None
+        self._round_model: tuple[Vector, TrainConfig] | None = None
 
     def start(self, size: int, cohort: Sequence[str]) -> None:
-        """Prepare the matrix and forget the previous round's server update."""
+        """Prepare the matrix and forget the previous round's model and server update."""
         super().start(size, cohort)
         self._root_update = None
+        self._round_model = None
         self.last_trust = {}
+
+    def round_model(self, vector: Vector, train: TrainConfig) -> None:
+        """Keep the round's global vector and training settings for the server update."""
+        self._round_model = (vector, train)
 
     def set_server_update(self, vector: Vector) -> None:
         """Supply this round's server update (on the root set, from the current global model)."""
@@ -425,12 +443,22 @@ class FLTrust(RobustAggregator):
 
     def _reduce(self, matrix: Matrix) -> tuple[Vector, int]:
         if self._root_update is None and self.server_update is not None:
-            self.set_server_update(self.server_update(self._round_index))
+            if self._round_model is None:
+                raise PipelineError(
+                    "fltrust: the server update trains the round's global model, which nobody "
+                    "gave; call round_model(vector, train) after start()"
+                )
+            vector, train = self._round_model
+            self.set_server_update(self.server_update(self._round_index, vector, train))
         if self._root_update is None:
             raise PipelineError(
                 "fltrust: no server update for this round; call set_server_update(vector) "
-                "after start(), or build FLTrust with server_update=callable"
+                "after start(), or build FLTrust with a server_update"
             )
         output, trust = fltrust(matrix, self._root_update)
         self.last_trust = dict(zip(self._client_ids, trust.tolist(), strict=True))
         return output, int(np.count_nonzero(trust))
+
+    def report(self) -> dict[str, Any]:
+        """The rule's report plus the last round's trust score per client."""
+        return {**super().report(), "trust_last_round": dict(self.last_trust)}

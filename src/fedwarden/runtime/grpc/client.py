@@ -44,6 +44,7 @@ from fedwarden.core.messages import (
     TrainConfig,
 )
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.core.records import round_number
 from fedwarden.data.dataset import FederatedDataset
 from fedwarden.data.sources import load_client_file
 from fedwarden.models.trainer import Trainer
@@ -353,7 +354,9 @@ class FederationClient:
     def _answer(self, stubs: _Stubs, engine: ClientEngine, task: pb.Task) -> None:
         """Download the task's model, train or evaluate, and upload the signed result."""
         kind = task.WhichOneof("kind")
-        logger.info("round %d: %s task %s received", task.round_index, kind, task.task_id)
+        logger.info(
+            "round %d: %s task %s received", round_number(task.round_index), kind, task.task_id
+        )
         if kind == "protocol":
             if self._protocol is None:
                 raise ProtocolError("this run has no multi-step aggregation protocol")
@@ -419,7 +422,9 @@ class FederationClient:
             raise FedwardenError(
                 f"the server refused the upload ({receipt.reason}): {receipt.message}"
             )
-        logger.info("round %d: %s uploaded", task.round_index, task.WhichOneof("kind"))
+        logger.info(
+            "round %d: %s uploaded", round_number(task.round_index), task.WhichOneof("kind")
+        )
 
 
 def signed_upload(

@@ -54,6 +54,7 @@ from fedwarden.core.messages import (
     UpdateRefused,
 )
 from fedwarden.core.params import Vector
+from fedwarden.core.records import round_number
 from fedwarden.deploy.revocation import RevocationList
 from fedwarden.runtime.base import Runtime
 from fedwarden.runtime.engine import Workload
@@ -236,7 +237,7 @@ class GrpcRuntime(Runtime):
             logger.warning(
                 "round %d: %d update(s) accepted before the restart recovered from the spool (%s); "
                 "asking only the other %d client(s)",
-                round_index,
+                round_number(round_index),
                 len(recovered),
                 ", ".join(sorted(recovered)),
                 len(tasks),

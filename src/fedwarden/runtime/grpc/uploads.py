@@ -35,6 +35,7 @@ from fedwarden.core.errors import FedwardenError
 from fedwarden.core.files import atomic_file
 from fedwarden.core.messages import ClientEvaluation, ClientUpdate, UpdateRefused
 from fedwarden.core.params import VECTOR_DTYPE
+from fedwarden.core.records import round_number
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.journal import AcceptedUpdate, DuplicateUpdate, Journal
 from fedwarden.runtime.grpc.limits import CallRefused
@@ -173,12 +174,13 @@ class Uploads:
                 if header.round_index < board.current_round:
                     raise UploadRefused(
                         "replayed",
-                        f"{client_id} sent an upload for round {header.round_index}; "
-                        f"round {board.current_round} is running",
+                        f"{client_id} sent an upload for round {round_number(header.round_index)}; "
+                        f"round {round_number(board.current_round)} is running",
                     )
                 if (header.round_index, client_id) in board.delivered:
                     raise UploadRefused(
-                        "duplicate", f"{client_id} already delivered round {header.round_index}"
+                        "duplicate",
+                        f"{client_id} already delivered round {round_number(header.round_index)}",
                     )
                 raise UploadRefused(
                     "unknown_task", f"{client_id} answered task {header.task_id!r}, not open"
@@ -188,8 +190,8 @@ class Uploads:
             if header.round_index != task.round_index:
                 raise UploadRefused(
                     "replayed",
-                    f"{client_id}'s upload names round {header.round_index}, its task is for "
-                    f"round {task.round_index}",
+                    f"{client_id}'s upload names round {round_number(header.round_index)}, its "
+                    f"task is for round {round_number(task.round_index)}",
                 )
             task.receiving = True
         return task
