@@ -1,9 +1,8 @@
 """``fedwarden audit recompute``: a version's privacy claim, rebuilt from the signed audit log.
 
 The end-to-end tests read a copy of the demo's store: the quickstart as ``make demo`` runs it
-(three digits hospitals, DP-SGD at each under epsilon 3 over gRPC with mutual TLS and SecAgg+),
-cut from ten rounds to three (the noise is calibrated to the rounds, so the budget is still
-spent), its model registered as ``quickstart@1.0.0``. An auditor holds the store and
+(three digits hospitals, DP-SGD at each under epsilon 3, ten rounds over gRPC with mutual TLS
+and SecAgg+), its model registered as ``quickstart@1.0.0``. An auditor holds the store and
 the log's root public key, nothing else. The others write a user-level DP run's rounds
 through the server's audit trail, without training.
 """
@@ -44,7 +43,7 @@ from test_governance_registry import CONFIG_HASH, CONFIG_JSON, SPEC, weights
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
 REFERENCE = "quickstart@1.0.0"
 CLIENTS = 3
-ROUNDS = 3
+ROUNDS = 10
 runner = CliRunner()
 
 
@@ -59,14 +58,16 @@ class AuditedRun:
 
 @pytest.fixture(scope="module")
 def audited_run(tmp_path_factory: pytest.TempPathFactory) -> AuditedRun:
-    """``make demo``'s run in ``ROUNDS`` rounds, its runs directory (store, PKI, run dir) in tmp."""
+    """``make demo``'s run, with its runs directory (store, PKI, run directory) in a tmp folder."""
     runs_dir = tmp_path_factory.mktemp("recompute-runs")
     values = load_config(QUICKSTART).model_dump()
-    assert (values["runtime"]["kind"], values["privacy"]["mechanism"]) == ("grpc", "dp_sgd")
-    assert values["privacy"]["noise_multiplier"] is None, "the quickstart calibrates its noise"
     values["runs_dir"] = str(runs_dir)
-    values["rounds"] = ROUNDS
     config = RunConfig.from_mapping(values)
+    assert (config.runtime.kind, config.rounds, config.privacy.mechanism) == (
+        "grpc",
+        ROUNDS,
+        "dp_sgd",
+    )
     result = run(config)
     assert result.run_dir is not None
     summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
