@@ -95,6 +95,13 @@ def one_slow_site(num_features: int, num_classes: int | None) -> ScriptedTrainer
     return ScriptedTrainer(slow=frozenset({"client_4"}), sleep_s=6.0, sleep_every_fit_s=0.2)
 
 
+def one_slow_site_in_round_one(num_features: int, num_classes: int | None) -> ScriptedTrainer:
+    """A ``model.factory`` for deployed clients: ``client_4`` takes 6 s in round 1, else 0.2 s."""
+    return ScriptedTrainer(
+        slow=frozenset({"client_4"}), rounds=frozenset({1}), sleep_s=6.0, sleep_every_fit_s=0.2
+    )
+
+
 class RecordingListener(RoundListener):
     """A server's listener that keeps each cohort and refusal, as the run store's would."""
 

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
 import fedwarden
+from fedwarden.cli import app
 
 # -P: no working directory on sys.path, as when the installed `fedwarden` script starts.
 FEDWARDEN = [sys.executable, "-P", "-m", "fedwarden.cli"]
@@ -27,10 +30,15 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _new(folder: Path) -> Result:
+    """``fedwarden new FOLDER`` in this process: what it writes, without a start-up to pay."""
+    return CliRunner().invoke(app, ["new", str(folder)])
+
+
 @pytest.mark.slow
 def test_a_new_project_runs_from_its_folder_and_learns(tmp_path: Path) -> None:
-    made = _cli("new", "demo", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    made = _new(tmp_path / "demo")
+    assert made.exit_code == 0, made.output
     project = tmp_path / "demo"
     assert {p.name for p in project.iterdir()} == {
         ".gitignore",
@@ -55,15 +63,15 @@ def test_an_existing_folder_with_files_is_refused_and_left_as_it_was(tmp_path: P
     project = tmp_path / "demo"
     project.mkdir()
     (project / "notes.txt").write_text("mine")
-    refused = _cli("new", "demo", cwd=tmp_path)
-    assert refused.returncode == 2
+    refused = _new(project)
+    assert refused.exit_code == 2
     assert "demo already exists and is not an empty folder" in refused.stderr
     assert "fedwarden new never overwrites files" in refused.stderr
     assert [p.name for p in project.iterdir()] == ["notes.txt"]
 
 
 def test_a_name_the_run_cannot_take_is_refused(tmp_path: Path) -> None:
-    refused = _cli("new", "my project", cwd=tmp_path)
-    assert refused.returncode == 2
+    refused = _new(tmp_path / "my project")
+    assert refused.exit_code == 2
     assert "NAME 'my project' also names the run" in refused.stderr
     assert not (tmp_path / "my project").exists()

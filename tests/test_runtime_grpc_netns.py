@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 SITES = 5
 FIRST_SITE = 3
 """Clients ``0 .. FIRST_SITE - 1`` run in site namespace 0, the others in site namespace 1."""
-ROUNDS = 4
+ROUNDS = 2
 CUT_ROUNDS = 15
 """Rounds of the partition run: enough after the outage for the cut-off site to rejoin."""
 CUT_ROUND = 1

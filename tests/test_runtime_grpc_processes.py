@@ -112,10 +112,10 @@ def test_client_killed_mid_round_costs_only_that_client(federation) -> None:
 def test_server_killed_mid_run_continues_after_restart_without_forgetting_privacy_spend(
     federation,
 ) -> None:
-    rounds = 4
+    rounds = 3
     run = federation(
         rounds=rounds,
-        model={"kind": "custom", "factory": "fakes:one_slow_site"},
+        model={"kind": "custom", "factory": "fakes:one_slow_site_in_round_one"},
         privacy={
             "mechanism": "user_level",
             "epsilon": 50.0,
@@ -155,7 +155,7 @@ def test_server_killed_mid_run_continues_after_restart_without_forgetting_privac
 
 def test_secure_aggregation_completes_when_clients_die_between_its_stages(federation) -> None:
     run = federation(
-        model={"kind": "custom", "factory": "fakes:one_slow_site"},
+        model={"kind": "custom", "factory": "fakes:one_slow_site_in_round_one"},
         secure={"kind": "secagg", "clip_norm": 20.0},
     )
     run.start_server()
