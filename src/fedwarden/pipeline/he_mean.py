@@ -18,7 +18,7 @@ from fedwarden.core.errors import UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.models.trainer import ClientContext
-from fedwarden.pipeline.releases import withheld
+from fedwarden.pipeline.releases import sealed
 from fedwarden.pipeline.stage import Aggregate, Aggregator, Stage
 from fedwarden.secure.he import (
     CkksParameters,
@@ -101,17 +101,7 @@ class EncryptContribution(Stage):
         payload, header = contribution_payload(
             sign_contribution(message, update.round_index, self.identity)
         )
-        clear = withheld(update, keep_example_count=False)
-        return ClientUpdate(
-            update.round_index,
-            update.client_id,
-            np.empty(0, dtype=VECTOR_DTYPE),
-            clear.num_examples,
-            clear.metrics,
-            update.train_seconds,
-            payload=payload,
-            payload_header=header,
-        )
+        return sealed(update, payload, header)
 
 
 class HomomorphicMean(Aggregator):

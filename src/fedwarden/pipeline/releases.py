@@ -26,11 +26,15 @@ release, how it is protected, and what it cost.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import numpy as np
+
 from fedwarden.core.config import RunConfig
 from fedwarden.core.messages import CLIENT_EPSILON, CLIENT_EPSILON_ROUND, ClientUpdate
+from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.ledger import PrivacyLedger
@@ -90,6 +94,18 @@ def withheld(update: ClientUpdate, keep_example_count: bool) -> ClientUpdate:
     metrics = {name: value for name, value in update.metrics.items() if name in PUBLIC_METRICS}
     count = update.num_examples if keep_example_count else UNCOUNTED
     return replace(update, metrics=metrics, num_examples=count)
+
+
+def sealed(update: ClientUpdate, payload: bytes, header: Mapping[str, Any]) -> ClientUpdate:
+    """``update`` travelling only as a protected ``payload`` (masked or encrypted).
+
+    Its vector is dropped and nothing computed from the client's data stays in clear: the
+    example count is inside the payload (as the update's weight) and only public metrics remain.
+    """
+    clear = withheld(update, keep_example_count=False)
+    return replace(
+        clear, update=np.empty(0, dtype=VECTOR_DTYPE), payload=payload, payload_header=header
+    )
 
 
 class WithholdClientStatistics(Stage):

@@ -67,7 +67,7 @@ from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.deploy.pki import PkiError, peer_identities
 from fedwarden.models.trainer import ClientContext
-from fedwarden.pipeline.releases import withheld
+from fedwarden.pipeline.releases import sealed
 from fedwarden.pipeline.stage import Aggregate, Aggregator, Stage
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.secure.distributed_dp import DistributedDiscreteGaussian, new_rotation_seed
@@ -274,7 +274,7 @@ class SecureSumClient(Stage):
 
         Nothing computed from the client's data travels beside it in clear: its
         example count is inside the masked vector (as its weight) and only public
-        metrics are kept (:func:`~fedwarden.pipeline.releases.withheld`).
+        metrics are kept (:func:`~fedwarden.pipeline.releases.sealed`).
         """
         if self._round is None or self._encoding is None:
             raise SecAggError(
@@ -283,16 +283,8 @@ class SecureSumClient(Stage):
                 "cannot mask an update",
             )
         masked = self._round.mask_input(self._encoding.encode(update, self.noise))
-        clear = withheld(update, keep_example_count=False)
-        return ClientUpdate(
-            update.round_index,
-            update.client_id,
-            np.empty(0, dtype=VECTOR_DTYPE),
-            clear.num_examples,
-            clear.metrics,
-            update.train_seconds,
-            payload=masked.masked.tobytes(),
-            payload_header={"secagg_round_seed": masked.round_seed.hex()},
+        return sealed(
+            update, masked.masked.tobytes(), {"secagg_round_seed": masked.round_seed.hex()}
         )
 
 

@@ -31,6 +31,7 @@ from fedwarden.core.errors import FedwardenError
 from fedwarden.runtime.grpc import keyholder_pb2 as kpb
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
 from fedwarden.runtime.grpc.limits import PeerLimiter, ServerLimits
+from fedwarden.runtime.grpc.unary import UnaryServer
 from fedwarden.runtime.grpc.wire import check_version, version_message
 from fedwarden.secure.he import Contribution, DecryptionRequest, EncryptedSum, EncryptedUpdate
 from fedwarden.secure.he_keyholder import CkksKeyHolder, DecryptionRefused
@@ -96,7 +97,7 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-class KeyHolderServer:
+class KeyHolderServer(UnaryServer):
     """Serves a :class:`CkksKeyHolder` to one aggregation server over mutual TLS.
 
     ``tls`` None means plaintext on loopback only (tests, ``--insecure``);
@@ -130,8 +131,6 @@ class KeyHolderServer:
         self._max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
         self.limiter = PeerLimiter(KEYHOLDER_LIMITS)
-        self._server: grpc.Server | None = None
-        self.port: int | None = None
 
     def serve(self) -> int:
         """Start listening; the bound port."""
@@ -157,28 +156,9 @@ class KeyHolderServer:
                 ),
             )
         )
-        if self._tls is None:
-            port = server.add_insecure_port(self.address)
-        else:
-            port = server.add_secure_port(self.address, self._tls.server_credentials())
-        if port == 0:
-            raise KeyHolderError(
-                f"cannot listen on {self.address}: the address is taken or not this machine's"
-            )
-        server.start()
-        self._server, self.port = server, port
+        port = self._listen(server, KeyHolderError)
         logger.info("key holder %s serving on port %d", self.key_holder.key_id[:12], port)
         return port
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop serving (after ``grace`` seconds for calls in flight)."""
-        if self._server is not None:
-            self._server.stop(grace).wait()
-
-    def wait(self) -> None:
-        """Block until the server stops."""
-        if self._server is not None:
-            self._server.wait_for_termination()
 
     def _public_context(
         self, request: kpb.PublicContextRequest, context: grpc.ServicerContext

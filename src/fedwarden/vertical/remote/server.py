@@ -30,6 +30,7 @@ from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedge
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
 from fedwarden.runtime.grpc.limits import PeerLimiter, ServerLimits
+from fedwarden.runtime.grpc.unary import UnaryServer
 from fedwarden.runtime.grpc.wire import ProtocolError, check_version, version_message
 from fedwarden.secure.psi import Identifier, PsiOffer, PsiRequest
 from fedwarden.vertical import vertical_pb2 as vpb
@@ -58,7 +59,7 @@ PARTY_LIMITS: Final = ServerLimits(max_streams=1, join_slots=3, calls_per_peer=2
 its handlers run one at a time, and its one driver makes one call at a time)."""
 
 
-class FeaturePartyServer:
+class FeaturePartyServer(UnaryServer):
     """A feature party serving the ``FeatureParty`` service: its table, alignment and bottom model.
 
     ``tls`` None means plaintext on loopback only (``--insecure``); with TLS,
@@ -141,8 +142,6 @@ class FeaturePartyServer:
         self._max_message_bytes = max_message_bytes
         self.limiter = PeerLimiter(limits)
         """Admits each call, or refuses it when its peer or all peers hold their share."""
-        self._server: grpc.Server | None = None
-        self.port: int | None = None
 
     def serve(self) -> int:
         """Start listening; the bound port."""
@@ -175,28 +174,9 @@ class FeaturePartyServer:
                 ),
             )
         )
-        if self._tls is None:
-            port = server.add_insecure_port(self.address)
-        else:
-            port = server.add_secure_port(self.address, self._tls.server_credentials())
-        if port == 0:
-            raise VerticalError(
-                f"cannot listen on {self.address}: the address is taken or not this machine's"
-            )
-        server.start()
-        self._server, self.port = server, port
+        port = self._listen(server, VerticalError)
         logger.info("feature party %s serving on port %d", self.name, port)
         return port
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop serving (after ``grace`` seconds for calls in flight)."""
-        if self._server is not None:
-            self._server.stop(grace).wait()
-
-    def wait(self) -> None:
-        """Block until the server stops."""
-        if self._server is not None:
-            self._server.wait_for_termination()
 
     def _guarded(
         self, method: str, function: Callable[[Message], Message]
