@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from grpc_federation import Federation
+from machine import unavailable
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BASE = "localhost/fedwarden-base:bookworm"
@@ -55,12 +56,12 @@ def image() -> Iterator[str]:
     """The image of this working tree, built from the Debian base without PyTorch."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.skip(
+        unavailable(
             f"{', '.join(missing)} not installed: as root, `apt-get install podman buildah "
             "debootstrap` (what .ci/run does) lets these tests build and run the image"
         )
     if os.geteuid() != 0:
-        pytest.skip("building the base image with debootstrap needs root")
+        unavailable("building the base image with debootstrap needs root")
     if subprocess.run(["podman", "image", "exists", BASE], check=False).returncode != 0:
         _run(str(REPOSITORY / "deploy" / "base-image.sh"), BASE)
     tag = f"localhost/fedwarden-test:{uuid.uuid4().hex[:12]}"

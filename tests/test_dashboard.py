@@ -23,6 +23,7 @@ import schemathesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from playwright import sync_api
 from rich.console import Console
 from schemathesis.specs.openapi.checks import negative_data_rejection
 from sqlalchemy import func, select, update
@@ -42,6 +43,7 @@ from fedwarden.governance.registry import ModelRegistry, ModelVersion
 from fedwarden.governance.store import RunStore, StoreError, audit_log, runs
 from fedwarden.monitor.dashboard import DashboardError, create_app
 from fedwarden.server import RunDirectory
+from machine import unavailable
 
 TOKEN = "dashboard-token-for-tests-0123456789"
 BUDGET_EPSILON = 50.0
@@ -639,8 +641,7 @@ def test_page_in_chromium_draws_the_run_verifies_the_audit_and_promotes(
     served_dashboard: str, simulated_run: SimulatedRun
 ) -> None:
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: install it (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        unavailable(f"no Chromium at {CHROMIUM}: install it (apt-get install chromium)")
     last = simulated_run.metrics[-1]
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(

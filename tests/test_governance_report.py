@@ -1,8 +1,8 @@
 """Compliance reports as PDF, and retention from the command line, both read from the audit log.
 
-The PDF tests need weasyprint (extra ``report``) and pypdf (extra ``test``) and are skipped
-without them; every retention test runs on SQLite and, where PostgreSQL and psycopg are
-installed, on a throwaway PostgreSQL database (the fixtures of the run store's tests).
+The PDF tests use weasyprint (extra ``report``) and pypdf (extra ``test``), both in the test
+lock; every retention test runs on SQLite and on a throwaway PostgreSQL database (the fixtures
+of the run store's tests).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pypdf
 import pytest
 from typer.testing import CliRunner
 
@@ -81,8 +82,6 @@ def pdf_report(url: str, folder: Path, *options: str) -> tuple[str, list[float],
 
     The text has every whitespace removed, since a long value may wrap anywhere in its cell.
     """
-    pypdf = pytest.importorskip("pypdf")
-    pytest.importorskip("weasyprint")
     _, public = write_keys(folder)
     output = folder / "report.pdf"
     result = runner.invoke(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.util
 import itertools
 import os
 import pwd
@@ -31,9 +30,9 @@ from sqlalchemy import create_engine, text
 from fedwarden.core.errors import FedwardenError
 from fedwarden.governance import RoundConflict, RunStore, StoreError
 from fedwarden.runtime.grpc.journal import DuplicateUpdate, EnrolmentConflict
+from machine import unavailable
 
 POSTGRES_MISSING = "PostgreSQL server binaries not installed (Debian package postgresql)"
-PSYCOPG_MISSING = "psycopg not installed (pip install 'psycopg[binary]'); PostgreSQL not tested"
 RUN_ID = "run-1"
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -104,9 +103,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL (without a database) of a PostgreSQL cluster started for this test session."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        pytest.skip(POSTGRES_MISSING)
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.skip(PSYCOPG_MISSING)
+        unavailable(POSTGRES_MISSING)
     with throwaway_postgres(bin_dir, tmp_path_factory.mktemp("postgres")) as url:
         yield url
 

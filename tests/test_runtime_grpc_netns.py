@@ -26,6 +26,7 @@ import pytest
 from fedwarden.core.records import round_number
 from fedwarden.deploy.pki import issue
 from grpc_federation import Federation, wait_for
+from machine import unavailable
 from netns import Network, NetworkUnavailable, inside, listening, network, probe
 
 pytestmark = pytest.mark.slow
@@ -125,7 +126,7 @@ def _across_namespaces(root: Path, rounds: int) -> Iterator[NetworkedFederation]
     try:
         probe()
     except NetworkUnavailable as error:
-        pytest.skip(
+        unavailable(
             f"needs CAP_NET_ADMIN and CAP_SYS_ADMIN to create network namespaces (ip netns add); "
             f"run as root ({error})"
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,12 @@ if TYPE_CHECKING:
 
 STORE_URL_HELP = "SQLAlchemy URL of the run store, e.g. sqlite:///runs/fedwarden.db."
 AUDIT_KEY_HELP = "PEM Ed25519 private key that signs the audit log (required for changes)."
+
+BudgetChangedBy = Annotated[
+    str | None,
+    typer.Option(help="Who changes the budget (recorded in the ledger and audit log)."),
+]
+"""``--budget-changed-by``, which goes with a command's ``--budget-epsilon``."""
 
 
 def error_exit(error: FedwardenError) -> typer.Exit:

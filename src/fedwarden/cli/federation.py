@@ -11,7 +11,12 @@ import typer
 
 from fedwarden.build.deployment import Deployment
 from fedwarden.build.run import serve
-from fedwarden.cli.common import budget_change, error_exit, raise_keyboard_interrupt
+from fedwarden.cli.common import (
+    BudgetChangedBy,
+    budget_change,
+    error_exit,
+    raise_keyboard_interrupt,
+)
 from fedwarden.cli.console import ConsoleObserver, logging_console, summary_lines
 from fedwarden.core.config import load_config
 from fedwarden.core.errors import FedwardenError
@@ -42,10 +47,7 @@ def server_command(
         float | None,
         typer.Option(help="Change the unfinished run's privacy budget to this epsilon."),
     ] = None,
-    budget_changed_by: Annotated[
-        str | None,
-        typer.Option(help="Who changes the budget (recorded in the ledger and audit log)."),
-    ] = None,
+    budget_changed_by: BudgetChangedBy = None,
 ) -> None:
     """Serve a federated run to `fedwarden client` processes over gRPC with mutual TLS.
 

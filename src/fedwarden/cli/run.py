@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from fedwarden.build.run import resumed
 from fedwarden.build.run import run as run_config
-from fedwarden.cli.common import budget_change, error_exit
+from fedwarden.cli.common import BudgetChangedBy, budget_change, error_exit
 from fedwarden.cli.console import ConsoleObserver, logging_console, summary_lines
 from fedwarden.core.config import RunConfig, load_config
 from fedwarden.core.errors import FedwardenError
@@ -41,10 +41,7 @@ def run_command(
         float | None,
         typer.Option(help="With --resume: change the run's privacy budget to this epsilon."),
     ] = None,
-    budget_changed_by: Annotated[
-        str | None,
-        typer.Option(help="Who changes the budget (recorded in the ledger and audit log)."),
-    ] = None,
+    budget_changed_by: BudgetChangedBy = None,
 ) -> None:
     """Train a federated model as described by CONFIG."""
     console = logging_console(stderr=as_json)
