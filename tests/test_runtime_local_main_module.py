@@ -1,9 +1,10 @@
-"""What the local runtime's spawned workers import of the parent's main module.
+"""What the local runtime's workers import of the parent's main module.
 
 multiprocessing's ``spawn`` re-runs the parent's main module in each worker so
-that classes defined there unpickle. The ``fedwarden`` command has nothing a
-worker needs, so its workers must not import the command line; a user's
-script may define the model, so its workers must still find it.
+that classes defined there unpickle. The local runtime's workers import it only
+when their workload names it: the ``fedwarden`` command and a script whose
+model lives in a module start workers that import neither the command line nor
+the script; a script that defines its model class still trains on the workers.
 """
 
 from __future__ import annotations
@@ -90,6 +91,29 @@ if __name__ == "__main__":
 '''
 
 
+PROBE_SCRIPT = """\
+import json
+import sys
+
+import fedwarden.server  # what a script's main imports and a worker has no use for
+from fedwarden.core.config import DataConfig
+from fedwarden.data import load_dataset
+from fedwarden.runtime import LocalRuntime, Workload
+from fedwarden.core.messages import FitInstruction, TrainConfig
+from module_probe import module_probe
+
+if __name__ == "__main__":
+    dataset = load_dataset(DataConfig(source="digits", num_clients=2), seed=1)
+    trainer = module_probe(64, 10)
+    train = TrainConfig(local_epochs=1, batch_size=32, learning_rate=0.1)
+    with LocalRuntime(workers=2) as runtime:
+        runtime.start(Workload(dataset, trainer, (), run_seed=1))
+        cohort = [FitInstruction(0, cid, train) for cid in dataset.client_ids]
+        replies = runtime.fit(trainer.initial_vector(0), cohort)
+        print(json.dumps([type(reply).__name__ for reply in replies]))
+"""
+
+
 def _environment(*paths: Path) -> dict[str, str]:
     path = os.pathsep.join([*map(str, paths), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path}
@@ -118,6 +142,54 @@ def test_workers_of_the_fedwarden_command_do_not_import_the_command_line(tmp_pat
         assert "fedwarden.cli" not in modules
         assert "typer" not in modules
         assert "fedwarden.server" not in modules
+
+
+def test_workers_of_a_script_whose_model_lives_in_a_module_do_not_import_the_script(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "probe_script.py"
+    script.write_text(PROBE_SCRIPT, encoding="utf-8")
+    reports = tmp_path / "modules"
+    reports.mkdir()
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_environment(SOURCE, TESTS), PROBE_DIR: str(reports)},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == ["ClientUpdate", "ClientUpdate"]
+    worker_modules = [
+        set(json.loads(report.read_text(encoding="utf-8"))) for report in reports.iterdir()
+    ]
+    assert len(worker_modules) == 2, "each of the two workers trains one of the two clients"
+    for modules in worker_modules:
+        assert "fedwarden.server" not in modules
+        assert "module_probe" in modules
+
+
+def test_a_script_that_starts_a_run_when_imported_is_refused_with_what_to_do(
+    tmp_path: Path,
+) -> None:
+    unguarded = textwrap.dedent(USER_SCRIPT).replace('if __name__ == "__main__":', "if True:")
+    script = tmp_path / "unguarded.py"
+    script.write_text(unguarded, encoding="utf-8")
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(SOURCE),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert completed.returncode != 0
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("fedwarden.core.errors.RuntimeFailure: worker 0 could not start")
+    assert 'if __name__ == "__main__":' in last_line
 
 
 def test_a_model_class_defined_in_the_users_script_trains_on_the_workers(

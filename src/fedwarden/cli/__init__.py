@@ -12,8 +12,7 @@ reason: SQLAlchemy, grpc, the optional packages (PyTorch, FastAPI) and a few slo
 
 from __future__ import annotations
 
-import sys
-from importlib import metadata, util
+from importlib import metadata
 from typing import Annotated
 
 import typer
@@ -45,24 +44,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _name_the_console_script_main() -> None:
-    """Give the ``fedwarden`` console script's ``__main__`` the spec of ``fedwarden.cli.__main__``.
-
-    multiprocessing's ``spawn`` start method re-runs the parent's main module in every child,
-    so that classes defined there unpickle, but not a package's ``__main__`` module: that is
-    what ``python -m fedwarden.cli`` runs, and the console script is the same program started
-    from a file. Without its name each worker of the ``local`` runtime would import the whole
-    command line (typer, the server, pydantic: about 1,360 modules) besides the 300-500 it needs,
-    though nothing it unpickles is defined there. Only a main module without a spec whose
-    ``app`` is this one (the console script's ``from fedwarden.cli import app``) is renamed; a
-    user's script, ``python -m``, and a program that merely imported this package are left as
-    they are.
-    """
-    main_module = sys.modules["__main__"]
-    if main_module.__spec__ is None and vars(main_module).get("app") is app:
-        main_module.__spec__ = util.find_spec("fedwarden.cli.__main__")
-
-
 @app.callback()
 def main(
     version: Annotated[
@@ -73,7 +54,6 @@ def main(
     ] = False,
 ) -> None:
     """fedwarden: privacy-preserving federated learning."""
-    _name_the_console_script_main()
 
 
 app.command("new")(new_command)

@@ -11,6 +11,15 @@ Each worker uses one thread for BLAS and PyTorch, so W workers use W cores.
 A worker that dies costs its clients in that round (reported as
 ``worker_lost`` failures); it is restarted with the same clients for the next
 round, and their persisted state is read back from the state directory.
+
+Workers start on this module, not on a copy of the parent. multiprocessing's
+``spawn`` would re-run the parent's main module in every worker so that classes
+defined there unpickle, and a script's main imports what the parent needs (the
+server, the config, a benchmark's peers): seconds per worker for nothing. Here
+a worker imports the parent's main, with the standard library's own
+``__mp_main__`` rules, only when its pickled workload names ``__main__``: a
+model class defined in the user's script still trains, and everything else
+starts with the 300 modules a worker needs.
 """
 
 from __future__ import annotations
@@ -20,14 +29,16 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from multiprocessing import spawn
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,6 +60,30 @@ from fedwarden.runtime.engine import ClientEngine, Workload
 logger = logging.getLogger(__name__)
 
 Header = dict[str, Any]
+
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[2]); "
+    "from multiprocessing.connection import Connection; "
+    "from fedwarden.runtime.local import _worker_main; "
+    "_worker_main(Connection(int(sys.argv[1])))"
+)
+"""What a worker process runs: this module's :func:`_worker_main` on the inherited pipe end.
+
+``argv[2]`` is the directory the parent imported fedwarden from, so the worker
+runs the same code whatever its own path says.
+"""
+
+_MAIN_MODULES = (b"__main__", b"__mp_main__")
+"""A pickle that loads anything from the parent's main module names one of these."""
+
+_PREPARATION_KEYS = ("name", "sys_path", "sys_argv", "dir", "orig_dir")
+"""What of ``spawn.get_preparation_data`` a worker takes: its name, the parent's paths and argv."""
+
+_MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
+"""The keys of ``spawn.get_preparation_data`` that make ``spawn.prepare`` import the main."""
+
+_importing_main = False
+"""True in a worker while it imports the parent's main module (see :meth:`LocalRuntime.start`)."""
 
 
 def _send(connection: Connection, header: Header, vector: Vector | None = None) -> None:
@@ -116,25 +151,48 @@ def _pin_threads() -> None:
         torch.set_num_threads(1)
 
 
-def _worker_main(connection: Connection, cancel: Event) -> None:
+def _worker_main(connection: Connection) -> None:
     """Receive this worker's workload, then serve fit and evaluate requests until told to stop.
 
     The workload (the user's trainer and this worker's clients' data) comes
-    from the parent process that spawned this one, over a pipe nothing else
-    can write to.
+    from the parent process that started this one, over a pipe nothing else
+    can write to, after the parent's paths (and its main module, when the
+    workload needs it: ``spawn.prepare``, as multiprocessing's own children do).
+    A ``cancel`` arriving while a list of clients is served skips the rest of
+    the list; one arriving after the list is done is ignored. The worker ends
+    when told to stop or when the parent's end of the pipe closes.
     """
-    workload: Workload = connection.recv()
-    _pin_threads()
-    engine = ClientEngine(workload)
-    size = workload.trainer.spec.size
+    global _importing_main
+    try:
+        _importing_main = True
+        spawn.prepare(json.loads(connection.recv_bytes()))
+        _importing_main = False
+        workload: Workload = pickle.loads(connection.recv_bytes())
+        _pin_threads()
+        engine = ClientEngine(workload)
+    except EOFError:
+        return
+    except BaseException as error:  # say why, so the parent can; the traceback goes to stderr
+        _send(connection, {"kind": "failed", "message": f"{type(error).__name__}: {error}"})
+        raise
+    _send(connection, {"kind": "ready"})
+    with contextlib.suppress(EOFError):
+        _serve(connection, engine, workload.trainer.spec.size)
+
+
+def _serve(connection: Connection, engine: ClientEngine, size: int) -> None:
     while True:
         request = _receive_header(connection)
         if request["op"] == "stop":
             return
+        if request["op"] == "cancel":
+            continue
         vector = _receive_vector(connection, size)
         skipped: list[str] = []
+        cancelled = False
         for item in request["clients"]:
-            if cancel.is_set():
+            cancelled = cancelled or _cancelled(connection)
+            if cancelled:
                 skipped.append(item["client_id"])
                 continue
             try:
@@ -149,6 +207,16 @@ def _worker_main(connection: Connection, cancel: Event) -> None:
                 logger.exception("client %s failed", item["client_id"])
                 _send(connection, _failure_header(item, error))
         _send(connection, {"kind": "done", "skipped": skipped})
+
+
+def _cancelled(connection: Connection) -> bool:
+    """Whether the parent has sent ``cancel`` (the only message it sends while a list runs)."""
+    if not connection.poll():
+        return False
+    message = _receive_header(connection)
+    if message["op"] != "cancel":
+        raise RuntimeFailure(f"worker received {message['op']!r} while serving a list of clients")
+    return True
 
 
 def _fit_instruction(item: Header) -> FitInstruction:
@@ -208,16 +276,25 @@ class LocalRuntime(Runtime):
 
     def __init__(self, workers: int | None = None) -> None:
         self.num_workers = workers or os.cpu_count() or 1
-        self._context = multiprocessing.get_context("spawn")
-        self._cancel = self._context.Event()
-        self._processes: list[BaseProcess] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
         self._connections: list[Connection] = []
         self._workloads: list[Workload] = []
         self._owner: dict[str, int] = {}
         self._size = 0
 
     def start(self, workload: Workload) -> None:
-        """Spawn the workers, each with its share of the clients."""
+        """Start the workers, each with its share of the clients.
+
+        Raises:
+            RuntimeFailure: if this process is a worker importing the script
+                that started it, and the script starts a runtime when imported.
+        """
+        if _importing_main:
+            raise RuntimeFailure(
+                "a worker process imported the script that started the run (its model or data "
+                "is defined there) and the script starts a runtime when imported: put the code "
+                'that starts the run under `if __name__ == "__main__":`'
+            )
         client_ids = workload.dataset.client_ids
         self.num_workers = max(1, min(self.num_workers, len(client_ids)))
         self._owner = {
@@ -233,26 +310,46 @@ class LocalRuntime(Runtime):
         self._connections = [connection for _, connection in started]
         with ThreadPoolExecutor(self.num_workers) as senders:
             list(senders.map(self._send_workload, range(self.num_workers)))
+        for worker in range(self.num_workers):
+            self._await_ready(worker)
 
-    def _spawn(self, worker: int) -> tuple[BaseProcess, Connection]:
+    def _spawn(self, worker: int) -> tuple[subprocess.Popen[bytes], Connection]:
         """Start worker ``worker``; its workload follows through :meth:`_send_workload`.
 
         Starting every process before sending any data lets the workers import
         their modules in parallel instead of one after another.
         """
-        parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(
-            target=_worker_main,
-            args=(child_end, self._cancel),
-            name=f"fedwarden-worker-{worker}",
-            daemon=True,
+        parent_end, child_end = multiprocessing.Pipe()
+        package_root = Path(__file__).resolve().parents[2]
+        process = subprocess.Popen(
+            [sys.executable, "-c", _BOOTSTRAP, str(child_end.fileno()), str(package_root)],
+            pass_fds=(child_end.fileno(),),
         )
-        process.start()
         child_end.close()
         return process, parent_end
 
+    def _await_ready(self, worker: int) -> None:
+        """Wait until the worker has its workload; raise with its reason if it cannot start.
+
+        Raises:
+            RuntimeFailure: if the worker exited or failed before it was ready.
+        """
+        try:
+            header = _receive_header(self._connections[worker])
+        except (EOFError, OSError):
+            header = {"kind": "failed", "message": f"exited with code {self._exit_code(worker)}"}
+        if header["kind"] != "ready":
+            raise RuntimeFailure(f"worker {worker} could not start: {header['message']}")
+
     def _send_workload(self, worker: int) -> None:
-        self._connections[worker].send(self._workloads[worker])
+        """The parent's paths (and main module, if the workload names it), then the workload."""
+        workload = pickle.dumps(self._workloads[worker], protocol=pickle.HIGHEST_PROTOCOL)
+        needs_main = any(name in workload for name in _MAIN_MODULES)
+        keys = _PREPARATION_KEYS + (_MAIN_KEYS if needs_main else ())
+        preparation = spawn.get_preparation_data(f"fedwarden-worker-{worker}")
+        sent = {key: preparation[key] for key in keys if key in preparation}
+        _send(self._connections[worker], sent)
+        self._connections[worker].send_bytes(workload)
 
     def fit(
         self,
@@ -365,21 +462,20 @@ class LocalRuntime(Runtime):
         self, pending: list[Header], busy: set[int], deadline: float
     ) -> Iterator[tuple[Header, ClientUpdate | None]]:
         """Stop the workers' lists; keep replies finished in time, drop the rest."""
-        self._cancel.set()
-        try:
-            answered: dict[str, tuple[Header, ClientUpdate | None]] = {}
-            for worker in sorted(busy):
-                while True:
-                    try:
-                        header, update = self._read_reply(worker)
-                    except (EOFError, OSError):
-                        self._restart(worker)
-                        break
-                    if header["kind"] == "done":
-                        break
-                    answered[header["client_id"]] = (header, update)
-        finally:
-            self._cancel.clear()
+        for worker in busy:
+            with contextlib.suppress(OSError):
+                _send(self._connections[worker], {"op": "cancel"})
+        answered: dict[str, tuple[Header, ClientUpdate | None]] = {}
+        for worker in sorted(busy):
+            while True:
+                try:
+                    header, update = self._read_reply(worker)
+                except (EOFError, OSError):
+                    self._restart(worker)
+                    break
+                if header["kind"] == "done":
+                    break
+                answered[header["client_id"]] = (header, update)
         for item in pending:
             reply = answered.get(item["client_id"])
             if reply is not None and reply[0]["finished_at"] <= deadline:
@@ -401,8 +497,7 @@ class LocalRuntime(Runtime):
         self, worker: int, pending: list[Header], busy: set[int]
     ) -> Iterator[tuple[Header, ClientUpdate | None]]:
         """Report the dead worker's outstanding clients as lost, then restart it."""
-        self._processes[worker].join(timeout=5)
-        code = self._processes[worker].exitcode
+        code = self._exit_code(worker)
         self._restart(worker)
         busy.discard(worker)
         lost = [p for p in pending if self._owner[p["client_id"]] == worker]
@@ -418,16 +513,20 @@ class LocalRuntime(Runtime):
                 None,
             )
 
+    def _exit_code(self, worker: int) -> int | None:
+        """The worker's exit code, waiting up to 5 s for it to exit; None if it has not."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._processes[worker].wait(timeout=5)
+        return self._processes[worker].returncode
+
     def _restart(self, worker: int) -> None:
-        self._processes[worker].join(timeout=5)
         logger.warning(
-            "worker %d died (exit code %s); restarting it",
-            worker,
-            self._processes[worker].exitcode,
+            "worker %d died (exit code %s); restarting it", worker, self._exit_code(worker)
         )
         self._connections[worker].close()
         self._processes[worker], self._connections[worker] = self._spawn(worker)
         self._send_workload(worker)
+        self._await_ready(worker)
 
     def close(self) -> None:
         """Ask every worker to stop, then make sure it has."""
@@ -435,10 +534,11 @@ class LocalRuntime(Runtime):
             with contextlib.suppress(OSError):
                 _send(connection, {"op": "stop"})
         for process in self._processes:
-            process.join(timeout=5)
-            if process.is_alive():
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join()
+                process.wait()
         for connection in self._connections:
             connection.close()
         self._processes.clear()
