@@ -69,6 +69,29 @@ def test_a_process_starts_without_the_slow_libraries_it_does_not_use(
     assert loaded_after(code, watched) == []
 
 
+def test_a_torch_trainer_makes_its_optimizer_and_loads_torch_dynamo_only_when_it_trains() -> None:
+    build = (
+        "import functools\n"
+        "import numpy as np\n"
+        "from torch import nn\n"
+        "from fedwarden.models.torch import TorchTrainer\n"
+        "trainer = TorchTrainer(functools.partial(nn.Linear, 4, 2))\n"
+        "vector = trainer.initial_vector(0)\n"
+    )
+    assert loaded_after(build, ("torch._dynamo",)) == []
+    train = (
+        "from fedwarden.core.messages import TrainConfig\n"
+        "from fedwarden.data.dataset import ClientData\n"
+        "from fedwarden.models.trainer import ClientContext\n"
+        "x = np.ones((8, 4), np.float32)\n"
+        "y = np.zeros(8, np.int64)\n"
+        "data = ClientData('c', x, y, x, y)\n"
+        "context = ClientContext('c', data, 0, np.random.default_rng(0))\n"
+        "trainer.fit(vector, context, TrainConfig(1, 4, 0.1))\n"
+    )
+    assert loaded_after(build + train, ("torch._dynamo",)) == ["torch._dynamo"]
+
+
 def test_dp_accounting_is_loaded_when_a_spend_is_first_accounted() -> None:
     code = (
         "import fedwarden.server\n"
