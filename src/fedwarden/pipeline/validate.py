@@ -6,12 +6,12 @@ import math
 from typing import ClassVar
 
 import numpy as np
-from scipy.linalg.blas import sdot
 
 from fedwarden.core.errors import UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.core.records import round_number
+from fedwarden.pipeline.blas import blas
 from fedwarden.pipeline.stage import Stage
 
 
@@ -48,7 +48,7 @@ class ValidateUpdate(Stage):
             raise UpdateRejected(
                 "weight", f"{who} claims {update.num_examples} examples; it must be positive"
             )
-        squared_norm = float(sdot(vector, vector)) if self.size else 0.0
+        squared_norm = float(blas.sdot(vector, vector)) if self.size else 0.0
         if not math.isfinite(squared_norm):
             if not np.isfinite(vector).all():
                 raise UpdateRejected("non_finite", f"{who} contains NaN or Inf values")
