@@ -193,7 +193,7 @@ def test_fedbuff_keeps_updating_while_a_slow_site_trains(federation) -> None:
     assert all(record["applied"] for record in records)
     assert records[-1]["accuracy"] > records[0]["accuracy"]
     slow = _log(run, run.sites[4])
-    # The slow site was sent version 0 and trained 6 s; meanwhile the fast sites filled
+    # The slow site was sent version 0 and trained 3 s; meanwhile the fast sites filled
     # buffers, so it was not sent another task before the server had moved on.
     assert "round 1: fit task" in slow
     assert "round 2: fit task" not in slow and "round 3: fit task" not in slow

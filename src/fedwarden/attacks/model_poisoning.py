@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import norm
 
 from fedwarden.core.channel import ClientChannel
 from fedwarden.core.errors import ConfigError, RoundAborted, UpdateRejected
@@ -162,6 +161,9 @@ def alie_z(cohort_size: int, num_malicious: int) -> float:
             f"ALIE needs a cohort of n >= 1 clients with 1 <= f <= n malicious, got "
             f"n={cohort_size}, f={num_malicious}"
         )
+    # scipy.stats costs ~1 s to import: only a run that simulates ALIE loads it.
+    from scipy.stats import norm
+
     supporters = max(math.floor(cohort_size / 2 + 1) - num_malicious, 1)
     return float(norm.ppf((cohort_size - supporters) / cohort_size))
 

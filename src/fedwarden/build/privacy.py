@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dp_accounting import dp_event
-
 from fedwarden.build.pipeline import (
     secagg_parameters,
 )
@@ -17,6 +15,7 @@ from fedwarden.privacy.accounting import (
     calibrate_noise_multiplier,
     calibrate_release,
 )
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.ledger import PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.silo import (

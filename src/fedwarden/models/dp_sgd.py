@@ -161,7 +161,7 @@ class DpSgdTrainer(TorchTrainer):
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
         )
-        self._optimizer = self._dp_optimizer
+        self._made_optimizer = self._dp_optimizer
 
     def fit(self, vector: Vector, client: ClientContext, train: TrainConfig) -> FitResult:
         """Train from ``vector`` with DP-SGD; report the client's cumulative ε and steps."""

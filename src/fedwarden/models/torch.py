@@ -209,7 +209,7 @@ class TorchTrainer:
         self._build()
 
     def _build(self) -> None:
-        """Build the module, the views of its tensors, the spec and the optimizer."""
+        """Build the module, the views of its tensors and the spec (the optimizer: at a fit)."""
         module = self._new_module()
         self._spec = ParamSpec.from_arrays(_floating_state(module))
         self._device = resolve_device(self.device)
@@ -227,7 +227,7 @@ class TorchTrainer:
         self._personal = self._personal_tensors()
         self._params = [p for p in module.parameters() if p.requires_grad]
         self._anchors: list[torch.Tensor] = []
-        self._optimizer = self._make_optimizer()
+        self._made_optimizer: torch.optim.Optimizer | None = None
 
     def _personal_tensors(self) -> list[tuple[str, torch.Tensor, slice]]:
         """Name, tensor and vector slice of every tensor under a personal layer."""
@@ -247,6 +247,17 @@ class TorchTrainer:
                 f"{', '.join(self._spec.names)}"
             )
         return personal
+
+    @property
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the trainable parameters, made when first used.
+
+        A process that only reads the spec and the initial vector (the server) makes
+        none: PyTorch's first optimizer imports ``torch._dynamo``, about 2 s of start-up.
+        """
+        if self._made_optimizer is None:
+            self._made_optimizer = self._make_optimizer()
+        return self._made_optimizer
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over the trainable parameters; its learning rate is set each fit."""

@@ -30,10 +30,10 @@ from fractions import Fraction
 from typing import ClassVar
 
 import numpy as np
-from scipy.linalg.blas import saxpy
 
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.pipeline.blas import blas
 from fedwarden.pipeline.stage import Aggregate, Aggregator
 from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.discrete import discrete_gaussian
@@ -71,7 +71,7 @@ class GaussianMean(Aggregator):
 
     def add(self, update: ClientUpdate) -> None:
         """Add one clipped update with weight 1 (the number of examples is not used)."""
-        saxpy(update.update, self._sum, a=1.0)
+        blas.saxpy(update.update, self._sum, a=1.0)
         self._count += 1
         self._unclipped += update.metrics.get("unclipped", 0.0)
 

@@ -19,13 +19,13 @@ from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
-from dp_accounting import dp_event
 
 from fedwarden.core.errors import FedwardenError
 from fedwarden.core.messages import CLIENT_EPSILON, CLIENT_EPSILON_ROUND, ClientUpdate
 from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline.stage import Stage
 from fedwarden.privacy.accounting import compute_spend
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.randomness import NoiseSource
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import numpy as np
-from scipy.linalg.blas import saxpy
 
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE, Vector
+from fedwarden.pipeline.blas import blas
 from fedwarden.pipeline.stage import Aggregate, Aggregator
 
 
@@ -42,7 +42,7 @@ class StreamingWeightedMean(Aggregator):
     def add(self, update: ClientUpdate) -> None:
         """``sum += weight * update`` in place."""
         weight = float(update.num_examples) if self.weighting == "examples" else 1.0
-        saxpy(update.update, self._sum, a=weight)
+        blas.saxpy(update.update, self._sum, a=weight)
         self._total_weight += weight
         self._count += 1
 

@@ -11,18 +11,17 @@ from fedwarden.core.errors import UpdateRejected
 from fedwarden.core.messages import ClientUpdate
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.core.records import round_number
+from fedwarden.pipeline.blas import blas
 from fedwarden.pipeline.stage import Stage
 
 
 class ValidateUpdate(Stage):
     """Reject updates of the wrong shape or dtype, with NaN/Inf, or above a norm bound.
 
-    Finiteness and the norm come from one dot product ``u . u`` (NumPy's, which
-    is BLAS ``sdot`` for float32): it is finite exactly when every element is
-    finite and the square stays in float32 range, so a non-finite dot is
-    re-checked element-wise to tell an overflow (reported as a norm-bound
-    violation) from a NaN or Inf. Workers unpickle this stage, so it imports
-    nothing beyond NumPy (SciPy's BLAS wrappers cost a worker 0.1-0.3 s to load). It reads each
+    Finiteness and the norm come from one BLAS dot product ``u . u``: it is
+    finite exactly when every element is finite and the square stays in float32
+    range, so a non-finite dot is re-checked element-wise to tell an overflow
+    (reported as a norm-bound violation) from a NaN or Inf. It reads each
     update in the clear, so it cannot follow a secure aggregator; under secure
     aggregation the client's encoder checks finiteness and clips instead.
     """
@@ -49,8 +48,7 @@ class ValidateUpdate(Stage):
             raise UpdateRejected(
                 "weight", f"{who} claims {update.num_examples} examples; it must be positive"
             )
-        with np.errstate(over="ignore", invalid="ignore"):
-            squared_norm = float(np.dot(vector, vector))
+        squared_norm = float(blas.sdot(vector, vector)) if self.size else 0.0
         if not math.isfinite(squared_norm):
             if not np.isfinite(vector).all():
                 raise UpdateRejected("non_finite", f"{who} contains NaN or Inf values")

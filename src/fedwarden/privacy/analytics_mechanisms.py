@@ -18,10 +18,10 @@ from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import dp_event
 
 from fedwarden.data.dataset import ClientData
 from fedwarden.privacy.accounting import Neighboring, compute_spend
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.analytics_queries import (
     Count,
     Feature,

@@ -42,7 +42,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError, FedwardenError
 from fedwarden.core.files import write_atomic
@@ -53,6 +52,7 @@ from fedwarden.privacy.accounting import (
     event_from_json,
     event_to_json,
 )
+from fedwarden.privacy.accounting.library import dp_event
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dp_accounting import dp_event
-
 from fedwarden.privacy.accounting import (
     calibrate_noise_multiplier,
     compute_spend,
     poisson_gaussian,
 )
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyLedger
 from fedwarden.privacy.poisson import PoissonSampling
 

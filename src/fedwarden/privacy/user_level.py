@@ -41,9 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dp_accounting import dp_event
-
 from fedwarden.privacy.accounting import Neighboring, fixed_size_gaussian, poisson_gaussian
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.clipping import AdaptiveClipping, ClipNorm
 from fedwarden.privacy.ledger import PrivacyLedger
 

@@ -71,10 +71,10 @@ from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError
 from fedwarden.privacy.accounting import Neighboring
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.clipping import clip_to_norm
 from fedwarden.privacy.discrete import discrete_gaussian_vector
 from fedwarden.privacy.randomness import NoiseSource

@@ -46,9 +46,9 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.randomness import NoiseSource
 
 DEFAULT_LABEL_EPSILON: Final = 2.0

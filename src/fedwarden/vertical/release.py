@@ -64,11 +64,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from dp_accounting import dp_event
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedwarden.core.errors import ConfigError
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.randomness import NoiseSource
 
 ExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -51,11 +51,11 @@ from typing import Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from dp_accounting import dp_event
 from torch import nn
 
 from fedwarden.core.errors import ConfigError
 from fedwarden.privacy.accounting import compute_spend
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.vertical.architecture import StackedModel

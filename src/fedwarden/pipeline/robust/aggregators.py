@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from scipy.linalg.blas import sdot
 
 from fedwarden.core.errors import ConfigError, PipelineError, RoundAborted, UpdateRejected
 from fedwarden.core.messages import ClientUpdate, TrainConfig
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.core.records import round_number
+from fedwarden.pipeline.blas import blas
 from fedwarden.pipeline.robust.reputation import AnomalyRule, ClientScore, anomaly_scores
 from fedwarden.pipeline.robust.rules import (
     Matrix,
@@ -89,7 +89,7 @@ class RobustAggregator(Aggregator, ABC):
         if row == self._matrix.shape[0]:
             self._grow()
         self._matrix[row] = vector
-        squared_norm = float(sdot(self._matrix[row], self._matrix[row])) if size else 0.0
+        squared_norm = float(blas.sdot(self._matrix[row], self._matrix[row])) if size else 0.0
         if not math.isfinite(squared_norm):
             if not np.isfinite(self._matrix[row]).all():
                 raise UpdateRejected("non_finite", f"{who} contains NaN or Inf values")

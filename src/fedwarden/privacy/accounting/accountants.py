@@ -9,6 +9,7 @@ cached for speed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -19,21 +20,23 @@ from typing import Any, Literal, get_args
 
 import attr
 import numpy as np
-from dp_accounting import dp_event, mechanism_calibration, privacy_accountant
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedwarden.core.errors import ConfigError
 from fedwarden.privacy.accounting.events import check_steps, fixed_size_gaussian, poisson_gaussian
+from fedwarden.privacy.accounting.library import (
+    dp_event,
+    mechanism_calibration,
+    pld_privacy_accountant,
+    privacy_accountant,
+    rdp_privacy_accountant,
+)
 from fedwarden.privacy.accounting.serialization import event_to_json
 
 Neighboring = Literal["add_remove", "replace_one"]
 AccountantName = Literal["pld", "rdp"]
 
-_RELATIONS: dict[str, privacy_accountant.NeighboringRelation] = {
-    "add_remove": privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE,
-    "replace_one": privacy_accountant.NeighboringRelation.REPLACE_ONE,
-}
+# dp-accounting's NeighboringRelation member of each relation (read when first accounted).
+_RELATIONS: dict[str, str] = {"add_remove": "ADD_OR_REMOVE_ONE", "replace_one": "REPLACE_ONE"}
 
 # The PLD discretization interval is this fraction of the RDP epsilon, rounded
 # down to a power of two and kept within the bounds below.
@@ -51,14 +54,14 @@ _SPEND_CACHE_SIZE = 64
 _RDP_CACHE_SIZE = 1024
 _LEAF_PLD_CACHE_SIZE = 16
 
-# Why a sampling scheme needs one relation rather than the other, for errors.
-_RELATION_HINTS: dict[type[Any], str] = {
-    dp_event.PoissonSampledDpEvent: (
+# Why a sampling scheme (a dp_event class name) needs one relation rather than the other.
+_RELATION_HINTS: dict[str, str] = {
+    "PoissonSampledDpEvent": (
         "Poisson sampling is accounted with 'add_remove' neighbours (a unit's data is "
         "present or absent); use neighboring='add_remove', or fixed-size cohorts "
         "(fixed_size_gaussian) with 'replace_one'"
     ),
-    dp_event.SampledWithoutReplacementDpEvent: (
+    "SampledWithoutReplacementDpEvent": (
         "sampling a fixed-size cohort without replacement is accounted with 'replace_one' "
         "neighbours (the population size is public); use neighboring='replace_one', or "
         "Poisson sampling (poisson_gaussian) with 'add_remove'"
@@ -201,7 +204,7 @@ def calibrate_release(
             )
         lower /= 2
     noise_multiplier = mechanism_calibration.calibrate_dp_mechanism(
-        lambda: _SpendAccountant(neighboring),
+        lambda: _spend_accountant()(neighboring),
         release,
         target_epsilon,
         delta,
@@ -211,26 +214,38 @@ def calibrate_release(
     return float(noise_multiplier)
 
 
-class _SpendAccountant(privacy_accountant.PrivacyAccountant):
+@functools.cache
+def _spend_accountant() -> Callable[[Neighboring], privacy_accountant.PrivacyAccountant]:
     """dp-accounting's accountant interface over :func:`compute_spend`, for calibration.
 
-    Calibration then searches the very figure a ledger reports.
+    Calibration then searches the very figure a ledger reports. The class is made at
+    the first calibration: its base is dp-accounting's, slow to import (start-up time).
     """
 
-    def __init__(self, neighboring: Neighboring) -> None:
-        super().__init__(_RELATIONS[neighboring])
-        self._neighboring: Neighboring = neighboring
-        self._events: list[dp_event.DpEvent] = []
+    class SpendAccountant(privacy_accountant.PrivacyAccountant):
+        def __init__(self, neighboring: Neighboring) -> None:
+            super().__init__(_relation(neighboring))
+            self._neighboring: Neighboring = neighboring
+            self._events: list[dp_event.DpEvent] = []
 
-    def _maybe_compose(
-        self, event: dp_event.DpEvent, count: int, do_compose: bool
-    ) -> privacy_accountant.PrivacyAccountant.CompositionErrorDetails | None:
-        if do_compose:
-            self._events.append(event if count == 1 else dp_event.SelfComposedDpEvent(event, count))
-        return None
+        def _maybe_compose(
+            self, event: dp_event.DpEvent, count: int, do_compose: bool
+        ) -> privacy_accountant.PrivacyAccountant.CompositionErrorDetails | None:
+            if do_compose:
+                self._events.append(
+                    event if count == 1 else dp_event.SelfComposedDpEvent(event, count)
+                )
+            return None
 
-    def get_epsilon(self, target_delta: float) -> float:
-        return compute_spend(self._events, target_delta, self._neighboring).epsilon
+        def get_epsilon(self, target_delta: float) -> float:
+            return compute_spend(self._events, target_delta, self._neighboring).epsilon
+
+    return SpendAccountant
+
+
+def _relation(neighboring: Neighboring) -> privacy_accountant.NeighboringRelation:
+    """dp-accounting's name for the ``neighboring`` relation."""
+    return privacy_accountant.NeighboringRelation[_RELATIONS[neighboring]]
 
 
 _SPEND_CACHE: OrderedDict[Hashable, PrivacySpend] = OrderedDict()
@@ -259,7 +274,7 @@ def _rdp_curve(event: dp_event.DpEvent, neighboring: Neighboring) -> np.ndarray:
         return curve
     pure = _pure_dp_release(event)
     if pure is None:
-        relation = _RELATIONS[neighboring]
+        relation = _relation(neighboring)
         seen = _as_rdp_sees_it(event, neighboring)
     else:
         relation = privacy_accountant.NeighboringRelation.REPLACE_ONE
@@ -315,7 +330,7 @@ def _pld_epsilon(
 ) -> float | None:
     """PLD epsilon of ``events``, identical ones self-composed; None if PLD cannot account one."""
     leaves = _grouped_leaves(events)
-    relation = _RELATIONS[neighboring]
+    relation = _relation(neighboring)
     checker = pld_privacy_accountant.PLDAccountant(neighboring_relation=relation)
     if not all(checker.supports(leaf) for leaf, _ in leaves):
         return None
@@ -442,11 +457,11 @@ def _as_rdp_sees_it(event: dp_event.DpEvent, neighboring: Neighboring) -> dp_eve
 def _unaccountable(event: dp_event.DpEvent, neighboring: Neighboring) -> ConfigError:
     """The error for an event RDP cannot account under ``neighboring``, naming what fits."""
     for kind, hint in _RELATION_HINTS.items():
-        if _contains(event, kind):
+        if _contains(event, getattr(dp_event, kind)):
             other: Neighboring = "replace_one" if neighboring == "add_remove" else "add_remove"
-            if rdp_privacy_accountant.RdpAccountant(
-                neighboring_relation=_RELATIONS[other]
-            ).supports(_as_rdp_sees_it(event, other)):
+            if rdp_privacy_accountant.RdpAccountant(neighboring_relation=_relation(other)).supports(
+                _as_rdp_sees_it(event, other)
+            ):
                 return ConfigError(
                     f"{type(event).__name__} cannot be accounted with {neighboring!r} "
                     f"neighbours: {hint}"

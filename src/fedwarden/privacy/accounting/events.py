@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numbers
 
-from dp_accounting import dp_event
-
 from fedwarden.core.errors import ConfigError
+from fedwarden.privacy.accounting.library import dp_event
 
 
 def poisson_gaussian(

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import attr
-from dp_accounting import dp_event
 
 from fedwarden.core.errors import ConfigError
+from fedwarden.privacy.accounting.library import dp_event
 
 
 def event_to_json(event: dp_event.DpEvent) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from typing import Final, cast
 import grpc
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import dp_event
 from google.protobuf.message import Message
 
 from fedwarden.core.errors import ConfigError, DataError, FedwardenError
+from fedwarden.privacy.accounting.library import dp_event
 from fedwarden.privacy.ledger import BudgetExceeded, PrivacyBudget, PrivacyLedger
 from fedwarden.privacy.randomness import NoiseSource
 from fedwarden.runtime.grpc.credentials import TlsKit, check_insecure_address
