@@ -20,7 +20,10 @@ work on the machine disturbs far less than wall time:
 2. **Raw transfer**: the bytes of one round without any protocol: 10 client
    processes each download 40 MB from one server and upload 40 MB back over
    plain TCP sockets, then over TLS sockets with mutual authentication by ECDSA
-   P-256 certificates from :mod:`fedwarden.deploy.pki` (what gRPC uses too).
+   P-256 certificates from :mod:`fedwarden.deploy.pki` (what gRPC uses too);
+   and a **bare gRPC round**: the same bytes in the runtime's framed chunks
+   over ``grpc.aio`` with mutual TLS and no protocol (no hashing, signing,
+   spooling or aggregation), the floor of any protocol on this transport.
 3. **fedwarden round**: ``fedwarden run`` of a ``runtime.kind = "grpc"`` config
    (server in process, 10 ``fedwarden client`` processes, mutual TLS) with the
    zero-cost trainer of :mod:`benchmarks.peers._constant_update`; the median
@@ -39,6 +42,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -62,6 +66,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import grpc
 import numpy as np
 import psutil
 
@@ -70,12 +75,14 @@ from benchmarks.peers.flower_deployment import FlowerDeploymentFailed, run_flowe
 from fedwarden.build.run import run
 from fedwarden.core.config import RunConfig
 from fedwarden.deploy.pki import init_ca, issue
+from fedwarden.runtime.grpc.credentials import TlsKit
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
     CHUNK_DATA_TAG,
     UPLOAD_DATA_TAG,
     chunks,
     framed,
+    grpc_options,
     read_chunk,
     read_upload_chunk,
 )
@@ -118,10 +125,14 @@ class RawRound:
 
 @dataclass(frozen=True)
 class RawTransfer:
-    """Raw rounds over plain TCP (one) and mutual TLS (one before and after each fedwarden run)."""
+    """Raw rounds over plain TCP (one) and mutual TLS (one before and after each fedwarden run).
+
+    ``grpc`` holds the bare gRPC rounds (:func:`bare_grpc_round`), one beside each TLS round.
+    """
 
     tcp: RawRound
     tls: tuple[RawRound, ...]
+    grpc: tuple[RawRound, ...]
 
     @property
     def tls_s(self) -> float:
@@ -132,6 +143,16 @@ class RawTransfer:
     def tls_cpu_s(self) -> float:
         """Median CPU seconds of the TLS raw rounds."""
         return statistics.median(round_.cpu_s for round_ in self.tls)
+
+    @property
+    def grpc_s(self) -> float:
+        """Median wall seconds of the bare gRPC rounds."""
+        return statistics.median(round_.wall_s for round_ in self.grpc)
+
+    @property
+    def grpc_cpu_s(self) -> float:
+        """Median CPU seconds of the bare gRPC rounds."""
+        return statistics.median(round_.cpu_s for round_ in self.grpc)
 
 
 @dataclass(frozen=True)
@@ -376,6 +397,129 @@ def _receive_exactly(connection: socket.socket, buffer: memoryview) -> None:
         filled += count
 
 
+BARE_SERVICE: Final = "benchmark.Bare"
+"""The two calls of the bare gRPC round: ``Download`` (the model's chunks) and ``Upload``."""
+
+
+def bare_grpc_round(pki: Path) -> RawRound:
+    """One round's bytes over gRPC and mutual TLS with no protocol: what gRPC alone costs.
+
+    The runtime's transport without its protocol: a ``grpc.aio`` server with the
+    runtime's channel options and TLS kit, 10 client processes; each client
+    downloads the 40 MB vector as the runtime's framed 1 MiB chunks into a
+    buffer, then uploads 40 MB the same way, which the server copies into a
+    buffer. No hashing, signing, spooling or aggregation. Each client moves the
+    bytes twice over the same connection and the second time is measured (as the
+    fedwarden rounds after the first are: HTTP/2's flow-control windows have
+    grown by then). Wall time from the clients' start signal to the last upload
+    received; CPU time of this process (the server) and the clients over the
+    same span.
+    """
+    processes = multiprocessing.get_context("spawn")
+    started, finished = threading.Event(), threading.Event()
+    port: list[int] = []
+    upload_ends: list[float] = []
+    server_thread = threading.Thread(
+        target=asyncio.run,
+        args=(_bare_server(pki, port, started, finished, upload_ends),),
+        daemon=True,
+    )
+    server_thread.start()
+    started.wait()
+    barrier = processes.Barrier(NUM_CLIENTS + 1)
+    client_cpu = processes.Queue()
+    clients = [
+        processes.Process(target=_bare_client, args=(port[0], pki, barrier, client_cpu))
+        for _ in range(NUM_CLIENTS)
+    ]
+    for client in clients:
+        client.start()
+    barrier.wait()  # connected: the untimed first transfer starts
+    barrier.wait()  # the measured one starts
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    barrier.wait()
+    server_cpu = time.process_time() - cpu_before
+    clients_cpu = sum(client_cpu.get(timeout=60) for _ in clients)
+    for client in clients:
+        client.join()
+    finished.set()
+    server_thread.join()
+    if len(upload_ends) != 2 * NUM_CLIENTS or any(client.exitcode != 0 for client in clients):
+        raise RuntimeError("a bare gRPC client failed; rerun to see its traceback")
+    return RawRound(max(upload_ends) - wall_before, server_cpu + clients_cpu)
+
+
+async def _bare_server(
+    pki: Path,
+    port: list[int],
+    started: threading.Event,
+    finished: threading.Event,
+    upload_ends: list[float],
+) -> None:
+    """Serve the bare round's two calls until ``finished`` is set."""
+    frames = [framed(CHUNK_DATA_TAG, piece) for piece in chunks(memoryview(bytes(PAYLOAD_BYTES)))]
+
+    async def download(request: bytes, context: Any) -> None:
+        for frame in frames:
+            await context.write(frame)
+
+    async def upload(stream: Any, context: Any) -> bytes:
+        received = memoryview(bytearray(PAYLOAD_BYTES))
+        filled = 0
+        async for message in stream:
+            data = read_upload_chunk(message)
+            assert isinstance(data, memoryview)
+            received[filled : filled + len(data)] = data
+            filled += len(data)
+        upload_ends.append(time.perf_counter())
+        return b""
+
+    server = grpc.aio.server(options=grpc_options())
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                BARE_SERVICE,
+                {
+                    "Download": grpc.unary_stream_rpc_method_handler(download),
+                    "Upload": grpc.stream_unary_rpc_method_handler(upload),
+                },
+            ),
+        )
+    )
+    kit = TlsKit.from_dir(pki / "servers" / "server")
+    port.append(server.add_secure_port("127.0.0.1:0", kit.server_credentials()))
+    await server.start()
+    started.set()
+    while not finished.is_set():
+        await asyncio.sleep(0.05)
+    await server.stop(None)
+
+
+def _bare_client(port: int, pki: Path, barrier: Any, cpu: Any) -> None:
+    """One bare client: connect, wait for the start, download into a buffer, upload."""
+    kit = TlsKit.from_dir(pki / "clients" / "client")
+    update = memoryview(bytes(PAYLOAD_BYTES))
+    model = memoryview(bytearray(PAYLOAD_BYTES))
+    with grpc.secure_channel(
+        f"127.0.0.1:{port}", kit.channel_credentials(), options=grpc_options()
+    ) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        download = channel.unary_stream(
+            f"/{BARE_SERVICE}/Download", response_deserializer=read_chunk
+        )
+        upload = channel.stream_unary(f"/{BARE_SERVICE}/Upload")
+        barrier.wait()
+        for _transfer in range(2):
+            started = time.process_time()
+            filled = 0
+            for data in download(b""):
+                model[filled : filled + len(data)] = data
+                filled += len(data)
+            upload(framed(UPLOAD_DATA_TAG, piece) for piece in chunks(update))
+            barrier.wait()
+        cpu.put(time.process_time() - started)
+
+
 def spool_fsync_seconds(directory: Path) -> float:
     """Seconds to write one 40 MB update to a file and ``fsync`` it, as the server spools it."""
     payload = memoryview(bytes(PAYLOAD_BYTES))
@@ -488,12 +632,13 @@ def main() -> None:
         issue(pki, "server", "server", force=True)
         issue(pki, "client", "client", force=True)
         tcp = raw_round(None)
-        tls = [raw_round(pki)]
+        tls, bare = [raw_round(pki)], [bare_grpc_round(pki)]
         runs = []
         for repeat in range(arguments.repeats):
             runs.append(fedwarden_rounds(workdir / f"fedwarden-{repeat}"))
             tls.append(raw_round(pki))
-        raw = RawTransfer(tcp, tuple(tls))
+            bare.append(bare_grpc_round(pki))
+        raw = RawTransfer(tcp, tuple(tls), tuple(bare))
         ours = pooled(runs)
         ours_without_fsync = None
         if arguments.without_fsync:
@@ -567,6 +712,13 @@ def report(
         ),
         ("raw rounds over mutual TLS: CPU (s)", " ".join(f"{r.cpu_s:.3f}" for r in raw.tls)),
         ("raw TLS median: wall / CPU (s)", f"{raw.tls_s:.3f} / {raw.tls_cpu_s:.3f}"),
+        ("bare gRPC rounds: wall (s)", " ".join(f"{r.wall_s:.3f}" for r in raw.grpc)),
+        ("bare gRPC rounds: CPU (s)", " ".join(f"{r.cpu_s:.3f}" for r in raw.grpc)),
+        ("bare gRPC median: wall / CPU (s)", f"{raw.grpc_s:.3f} / {raw.grpc_cpu_s:.3f}"),
+        (
+            "bare gRPC round / raw TLS round: wall / CPU",
+            f"{raw.grpc_s / raw.tls_s:.2f}x / {raw.grpc_cpu_s / raw.tls_cpu_s:.2f}x",
+        ),
         ("fedwarden rounds 2..5: wall (s)", " ".join(f"{s:.3f}" for s in ours.round_seconds[1:])),
         (
             "fedwarden rounds 2..5: CPU (s)",
@@ -579,6 +731,10 @@ def report(
         (
             "fedwarden round / raw TLS round: wall / CPU",
             f"{ours.median_s / raw.tls_s:.2f}x / {ours.median_cpu_s / raw.tls_cpu_s:.2f}x",
+        ),
+        (
+            "fedwarden round / bare gRPC round: wall / CPU",
+            f"{ours.median_s / raw.grpc_s:.2f}x / {ours.median_cpu_s / raw.grpc_cpu_s:.2f}x",
         ),
         ("spool 40 MB + fsync, one update (s)", f"{ours.spool_fsync_s:.3f}"),
     ]
@@ -621,6 +777,8 @@ def report(
             "median_round_server_cpu_s": ours.median_server_cpu_s,
             "ratio_to_raw_tls": ours.median_s / raw.tls_s,
             "cpu_ratio_to_raw_tls": ours.median_cpu_s / raw.tls_cpu_s,
+            "ratio_to_bare_grpc": ours.median_s / raw.grpc_s,
+            "cpu_ratio_to_bare_grpc": ours.median_cpu_s / raw.grpc_cpu_s,
             "spool_fsync_s": ours.spool_fsync_s,
             "median_round_without_fsync_s": None
             if ours_without_fsync is None

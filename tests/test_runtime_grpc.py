@@ -20,7 +20,9 @@ import pytest
 from fedwarden.core.params import VECTOR_DTYPE
 from fedwarden.runtime.grpc import federation_pb2 as pb
 from fedwarden.runtime.grpc.client import FederationClient, _Stubs
+from fedwarden.runtime.grpc.tasks import ServedModel
 from fedwarden.runtime.grpc.wire import (
+    CHUNK_BYTES,
     CHUNK_DATA_TAG,
     MAX_MESSAGE_BYTES,
     UPLOAD_DATA_TAG,
@@ -196,6 +198,19 @@ def test_chunks_are_views_that_cover_the_buffer_exactly() -> None:
     assert [len(piece) for piece in pieces] == [1024, 1024, 1024, 928]
     assert b"".join(bytes(piece) for piece in pieces) == vector.tobytes()
     assert all(piece.obj is pieces[0].obj for piece in pieces)
+
+
+def test_a_served_model_is_framed_once_and_is_the_vector_as_published() -> None:
+    """Every download writes the same frames; they carry the vector's bytes, hash and size."""
+    vector = np.arange(2 * CHUNK_BYTES // 4 + 5, dtype=VECTOR_DTYPE)
+    published = vector.copy()
+    served = ServedModel.of("v1", vector)
+    vector += 1  # the server moves on; what it serves does not
+    received = [bytes(read_chunk(frame)) for frame in served.frames]
+    assert [len(data) for data in received] == [CHUNK_BYTES, CHUNK_BYTES, 20]
+    assert b"".join(received) == published.tobytes()
+    assert served.num_bytes == published.nbytes
+    assert served.sha256 == hashlib.sha256(published.tobytes()).digest()
 
 
 def test_upload_metadata_refuses_what_is_not_metrics() -> None:

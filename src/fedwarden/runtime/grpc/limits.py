@@ -258,7 +258,8 @@ class StreamDeadlines:
         deadline_s: float | None = first_s
         while True:
             try:
-                message = await asyncio.wait_for(anext(stream), deadline_s)
+                async with asyncio.timeout(deadline_s):
+                    message = await anext(stream)
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -275,7 +276,8 @@ class StreamDeadlines:
     ) -> None:
         """Write ``response``; the peer has ``between_s`` to take it (flow control)."""
         try:
-            await asyncio.wait_for(context.write(response), between_s)
+            async with asyncio.timeout(between_s):
+                await context.write(response)
         except TimeoutError:
             raise self._stalled(what, between_s) from None
 

@@ -128,11 +128,11 @@ class GrpcRuntime(Runtime):
         self.port: int | None = None
         self.board = TaskBoard(run.run_id, heartbeat_s, revocations)
         self.sessions = Sessions(self.board, journal, secure=tls is not None)
-        self.uploads = Uploads(self.board, journal, spool_dir)
-        self.steps = ProtocolSteps(self.board, self.sessions, step_deadline_s)
-        self.dispatched = AsynchronousTasks(self.board, self.uploads)
         self.workers = Workers(self.limits.worker_threads, "fedwarden-grpc")
         """The fixed pool of threads for the calls' blocking work."""
+        self.uploads = Uploads(self.board, journal, spool_dir, self.workers)
+        self.steps = ProtocolSteps(self.board, self.sessions, step_deadline_s)
+        self.dispatched = AsynchronousTasks(self.board, self.uploads)
         self.service = FederationService(
             run,
             heartbeat_s,

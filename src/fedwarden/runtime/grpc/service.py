@@ -37,10 +37,7 @@ from fedwarden.runtime.grpc.tasks import TaskBoard
 from fedwarden.runtime.grpc.uploads import Uploads
 from fedwarden.runtime.grpc.wire import (
     CHUNK_BYTES,
-    CHUNK_DATA_TAG,
     SERVICE,
-    chunks,
-    framed,
     read_upload_chunk,
     version_message,
 )
@@ -168,9 +165,8 @@ class FederationService:
                 f"model {request.version!r} is not being served (the round may have ended)",
             )
         what = f"download by {context.peer()}"
-        for piece in chunks(memoryview(model.vector.data)):
-            chunk = framed(CHUNK_DATA_TAG, piece)
-            await self.deadlines.send(context, chunk, self.limits.stream_deadline_s, what)
+        for frame in model.frames:
+            await self.deadlines.send(context, frame, self.limits.stream_deadline_s, what)
 
     async def _upload(self, stream: AsyncIterator[bytes], context: Context) -> pb.UploadReceipt:
         """Authenticate the peer, then receive its upload under the stream deadlines."""
@@ -178,7 +174,7 @@ class FederationService:
         peer = await self.workers.run(self.sessions.peer_id, caller)
         parsed = parse_each(read_upload_chunk, stream)
         watched = self._watched(parsed, context, "upload", chunks_bounded=True)
-        return await self.uploads.receive_upload(peer, caller.address, watched, self.workers)
+        return await self.uploads.receive_upload(peer, caller.address, watched)
 
     def _watched(
         self,

@@ -13,6 +13,7 @@ thread-safe handoffs (:meth:`~fedwarden.runtime.grpc.tasks.Session.push`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 import grpc
 
 from fedwarden.core.errors import RuntimeFailure
+
+logger = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 
@@ -38,9 +41,22 @@ class Workers:
         """``function(*args)`` on a pool thread; the calling coroutine waits without a thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
+    def submit(self, function: Callable[..., object], *args: Any) -> None:
+        """Start ``function(*args)`` on a pool thread without waiting for it (from any thread).
+
+        An exception it raises is logged, since no caller waits for it.
+        """
+        self._pool.submit(function, *args).add_done_callback(_log_failure)
+
     def stop(self) -> None:
         """Finish the work started and end the threads."""
         self._pool.shutdown(wait=True)
+
+
+def _log_failure(done: futures.Future[object]) -> None:
+    error = done.exception()
+    if error is not None:
+        logger.error("background work of the grpc server failed: %s", error, exc_info=error)
 
 
 class AsyncServer:

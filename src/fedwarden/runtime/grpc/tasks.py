@@ -34,6 +34,7 @@ from fedwarden.core.messages import (
 from fedwarden.core.params import VECTOR_DTYPE, Vector
 from fedwarden.deploy.revocation import RevocationList
 from fedwarden.runtime.grpc import federation_pb2 as pb
+from fedwarden.runtime.grpc.wire import CHUNK_DATA_TAG, chunks, framed
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,25 @@ class OpenTask:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A global vector served by ``Download`` under its version id."""
+    """A global vector served by ``Download`` under its version id, as its framed chunks.
+
+    The chunks are framed once per version and the same bytes are written to
+    every client that downloads it (a copy of the vector, made once, rather
+    than one per client).
+    """
 
     version: str
-    vector: Vector
+    frames: tuple[bytes, ...]
+    """The vector's ``Chunk`` messages (:func:`~fedwarden.runtime.grpc.wire.framed`), in order."""
+    num_bytes: int
     sha256: bytes
+
+    @classmethod
+    def of(cls, version: str, vector: Vector) -> ServedModel:
+        """``vector`` (float32) framed for ``Download``, with its size and SHA-256."""
+        body = memoryview(np.ascontiguousarray(vector, dtype=VECTOR_DTYPE).data).cast("B")
+        frames = tuple(framed(CHUNK_DATA_TAG, piece) for piece in chunks(body))
+        return cls(version, frames, body.nbytes, hashlib.sha256(body).digest())
 
 
 class TaskBoard:
@@ -132,10 +147,10 @@ class TaskBoard:
 
     def publish(self, vector: Vector, label: str) -> str:
         """Serve a copy of ``vector`` to clients as a new model version; its id."""
-        model = np.array(vector, dtype=VECTOR_DTYPE, copy=True)
         version = f"{label}-{uuid.uuid4().hex[:8]}"
+        model = ServedModel.of(version, vector)
         with self.lock:
-            self.models[version] = ServedModel(version, model, hashlib.sha256(model.data).digest())
+            self.models[version] = model
         return version
 
     def retire(self, version: str) -> None:
@@ -154,7 +169,7 @@ class TaskBoard:
         if version is not None:
             model = self.models[version]
             task.model.CopyFrom(
-                pb.ModelRef(version=version, num_bytes=model.vector.nbytes, sha256=model.sha256)
+                pb.ModelRef(version=version, num_bytes=model.num_bytes, sha256=model.sha256)
             )
         self.open[task_id] = OpenTask(task_id, client_id, round_index, kind, task)
         session = self.sessions.get(client_id)
