@@ -25,6 +25,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+# fedwarden's server imports SciPy's BLAS at its first aggregation; a framework's imports stay
+# off its clock (PeerResult), so it is imported here with the rest.
+import scipy.linalg.blas  # noqa: F401
+
 from benchmarks.peers._workload import (
     LOCAL_BATCH_SIZE,
     LOCAL_EPOCHS,

@@ -23,9 +23,18 @@ framework's start-up); and the accuracy after the last round. Speed-ups are
 the peer's figure over fedwarden's for each of the three times; all
 frameworks reach the same target, so they compare time at equal accuracy.
 
+Which clients the first cohorts hold moves early accuracy a lot, so rounds
+to a target differ from seed to seed for every framework alike; the workload
+runs once per seed in ``--seeds`` (the seed draws the population, the initial
+model, the cohorts and every shuffle), and each figure of a framework's row is
+its median over the seeds (a time to target counts as never reached when the
+median run did not reach it). The speed-ups are those of the median rows; each
+seed's rows and speed-ups are kept in the JSON output.
+
 Run: ``python -m benchmarks.time_to_accuracy`` (in ``.venv-bench`` for the
-peers), which runs N = 100 with 50% cohorts and N = 1,000 with 20% cohorts;
-``--clients``, ``--cohort`` and ``--target`` take one value per workload.
+peers), which runs N = 100 with 50% cohorts and N = 1,000 with 20% cohorts,
+seeds 0, 1 and 2; ``--clients``, ``--cohort`` and ``--target`` take one value
+per workload.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import partial
 from itertools import pairwise
+from math import inf, isinf
 from typing import Any
 
 from benchmarks.peers._workload import AccuracyTrace, PeerResult, RoundAccuracy
@@ -55,6 +65,12 @@ OURS = "fedwarden (NumPy)"
 
 SPEED_UP_KEYS = ("seconds_to_target", "training_seconds_to_target", "median_round_s")
 """The times a speed-up is given for: to the target, the same without start-up, per round."""
+
+TO_TARGET_KEYS = ("rounds_to_target", "seconds_to_target", "training_seconds_to_target")
+"""A row's figures that are None when the run never reached the target."""
+
+MEDIAN_KEYS = (*TO_TARGET_KEYS, "start_up_s", "median_round_s", "final_accuracy", "wall_s")
+"""A row's figures a framework's summary gives as the median over the seeds."""
 
 
 def first_reaching(history: Sequence[RoundAccuracy], target: float) -> RoundAccuracy | None:
@@ -82,6 +98,20 @@ def time_to_accuracy_row(result: PeerResult, trace: AccuracyTrace, target: float
     }
 
 
+def median_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One framework's runs over several seeds summarised by the median of each figure.
+
+    A run that never reached the target counts as infinitely late, so the
+    median's time to target is None exactly when the median run did not reach it.
+    """
+    summary: dict[str, Any] = {"framework": rows[0]["framework"], "seeds": len(rows)}
+    for key in MEDIAN_KEYS:
+        values = [inf if row[key] is None else row[key] for row in rows]
+        median = statistics.median(values)
+        summary[key] = None if isinf(median) else median
+    return summary
+
+
 def speed_ups(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Each peer's seconds over fedwarden's: to the target, without start-up, per round.
 
@@ -106,10 +136,43 @@ def benchmark(
     rounds: int,
     target: float,
     lr: float,
-    seed: int,
+    seeds: Sequence[int],
     skip: set[str],
 ) -> dict[str, Any]:
-    """Every framework on one workload for ``rounds`` rounds; rows and speed-ups."""
+    """Every framework on one workload once per seed; median rows and their speed-ups."""
+    runs = [
+        one_seed(
+            num_clients, cohort_fraction, rounds=rounds, target=target, lr=lr, seed=seed, skip=skip
+        )
+        for seed in seeds
+    ]
+    rows = [median_row([run[index] for run in runs]) for index in range(len(runs[0]))]
+    return {
+        "clients": num_clients,
+        "cohort": cohort_of(num_clients, cohort_fraction),
+        "rounds": rounds,
+        "target": target,
+        "seeds": list(seeds),
+        "rows": rows,
+        "speed_ups": speed_ups(rows),
+        "per_seed": [
+            {"seed": seed, "rows": run, "speed_ups": speed_ups(run)}
+            for seed, run in zip(seeds, runs, strict=True)
+        ],
+    }
+
+
+def one_seed(
+    num_clients: int,
+    cohort_fraction: float,
+    *,
+    rounds: int,
+    target: float,
+    lr: float,
+    seed: int,
+    skip: set[str],
+) -> list[dict[str, Any]]:
+    """Every framework on the workload ``seed`` draws for ``rounds`` rounds: one row each."""
     dataset, clients, x_test, y_test = synthetic_workload(num_clients, seed)
     options: dict[str, Any] = {
         "rounds": rounds,
@@ -137,14 +200,7 @@ def benchmark(
     for runner in runners:
         trace = AccuracyTrace(x_test, y_test)
         rows.append(time_to_accuracy_row(runner(trace=trace), trace, target))
-    return {
-        "clients": num_clients,
-        "cohort": options["cohort_size"],
-        "rounds": rounds,
-        "target": target,
-        "rows": rows,
-        "speed_ups": speed_ups(rows),
-    }
+    return rows
 
 
 def _format_seconds(seconds: float | None) -> str:
@@ -152,22 +208,26 @@ def _format_seconds(seconds: float | None) -> str:
 
 
 def print_result(result: dict[str, Any]) -> None:
-    """Print one workload's rows and speed-ups as a plain table."""
+    """Print one workload's median rows, each seed's times to target, and the speed-ups."""
     print(
         f"\nN = {result['clients']}, cohort {result['cohort']}, {result['rounds']} rounds, "
-        f"target accuracy {result['target']:.3f}"
+        f"target accuracy {result['target']:.3f}, median of seeds {result['seeds']}"
     )
     print(
         f"  {'framework':<22} {'rounds':>7} {'to target':>12} {'start-up':>10} "
-        f"{'w/o start-up':>13} {'median round':>13} {'final acc':>10}"
+        f"{'w/o start-up':>13} {'median round':>13} {'final acc':>10}   to target per seed"
     )
-    for row in result["rows"]:
-        rounds = "-" if row["rounds_to_target"] is None else str(row["rounds_to_target"])
+    for index, row in enumerate(result["rows"]):
+        rounds = "-" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:g}"
+        per_seed = ", ".join(
+            _format_seconds(run["rows"][index]["seconds_to_target"]) for run in result["per_seed"]
+        )
         print(
             f"  {row['framework']:<22} {rounds:>7} {_format_seconds(row['seconds_to_target']):>12}"
             f" {_format_seconds(row['start_up_s']):>10}"
             f" {_format_seconds(row['training_seconds_to_target']):>13}"
             f" {_format_seconds(row['median_round_s']):>13} {row['final_accuracy']:>10.4f}"
+            f"   {per_seed}"
         )
     for name, ratios in result["speed_ups"].items():
         figures = ", ".join(
@@ -185,7 +245,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, nargs="+", default=[0.40, 0.19])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip", nargs="*", default=[], help="frameworks to leave out")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -202,7 +262,7 @@ def main() -> None:
             rounds=args.rounds,
             target=target,
             lr=args.lr,
-            seed=args.seed,
+            seeds=args.seeds,
             skip=set(args.skip),
         )
         results.append(result)

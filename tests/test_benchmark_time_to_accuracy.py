@@ -70,6 +70,43 @@ def test_rounds_to_target_is_the_first_round_of_the_history_that_reaches_it(
     assert from_the_start["training_seconds_to_target"] == 0.0
 
 
+def test_a_frameworks_summary_is_the_median_of_its_seeds_and_unreached_when_the_median_run_was(
+    time_to_accuracy: ModuleType,
+) -> None:
+    def run(seconds: float | None, start_up: float, accuracy: float) -> dict[str, object]:
+        return {
+            "framework": "peer",
+            "rounds_to_target": None if seconds is None else round(seconds),
+            "seconds_to_target": seconds,
+            "training_seconds_to_target": None if seconds is None else seconds - start_up,
+            "start_up_s": start_up,
+            "median_round_s": 0.5,
+            "final_accuracy": accuracy,
+            "wall_s": 9.0,
+        }
+
+    two_of_three = time_to_accuracy.median_row(
+        [run(4.0, 1.0, 0.6), run(None, 2.0, 0.4), run(2.0, 0.5, 0.5)]
+    )
+    assert two_of_three == {
+        "framework": "peer",
+        "seeds": 3,
+        "rounds_to_target": 4,
+        "seconds_to_target": 4.0,
+        "training_seconds_to_target": 3.0,
+        "start_up_s": 1.0,
+        "median_round_s": 0.5,
+        "final_accuracy": 0.5,
+        "wall_s": 9.0,
+    }
+    one_of_three = time_to_accuracy.median_row(
+        [run(None, 1.0, 0.6), run(None, 2.0, 0.4), run(2.0, 0.5, 0.5)]
+    )
+    assert one_of_three["seconds_to_target"] is None
+    assert one_of_three["rounds_to_target"] is None
+    assert one_of_three["training_seconds_to_target"] is None
+
+
 def test_speed_up_is_the_peers_seconds_over_fedwardens_and_none_when_a_side_never_reached(
     time_to_accuracy: ModuleType,
 ) -> None:

@@ -160,7 +160,8 @@ def _worker_main(connection: Connection) -> None:
     workload needs it: ``spawn.prepare``, as multiprocessing's own children do).
     A ``cancel`` arriving while a list of clients is served skips the rest of
     the list; one arriving after the list is done is ignored. The worker ends
-    when told to stop or when the parent's end of the pipe closes.
+    when told to stop (at once, even within a list) or when the parent's end of
+    the pipe closes.
     """
     global _importing_main
     try:
@@ -191,7 +192,10 @@ def _serve(connection: Connection, engine: ClientEngine, size: int) -> None:
         skipped: list[str] = []
         cancelled = False
         for item in request["clients"]:
-            cancelled = cancelled or _cancelled(connection)
+            interruption = None if cancelled else _interruption(connection)
+            if interruption == "stop":
+                return
+            cancelled = cancelled or interruption == "cancel"
             if cancelled:
                 skipped.append(item["client_id"])
                 continue
@@ -209,14 +213,12 @@ def _serve(connection: Connection, engine: ClientEngine, size: int) -> None:
         _send(connection, {"kind": "done", "skipped": skipped})
 
 
-def _cancelled(connection: Connection) -> bool:
-    """Whether the parent has sent ``cancel`` (the only message it sends while a list runs)."""
+def _interruption(connection: Connection) -> str | None:
+    """``cancel`` or ``stop`` if the parent sent one while a list runs (it sends nothing else)."""
     if not connection.poll():
-        return False
-    message = _receive_header(connection)
-    if message["op"] != "cancel":
-        raise RuntimeFailure(f"worker received {message['op']!r} while serving a list of clients")
-    return True
+        return None
+    op: str = _receive_header(connection)["op"]
+    return op
 
 
 def _fit_instruction(item: Header) -> FitInstruction:
