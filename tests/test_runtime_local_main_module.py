@@ -119,6 +119,21 @@ def _environment(*paths: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
+def _run_script(tmp_path: Path, text: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as a script of its own in ``tmp_path``, the way a user starts one."""
+    script = tmp_path / "user_script.py"
+    script.write_text(text, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+
+
 def test_workers_of_the_fedwarden_command_do_not_import_the_command_line(tmp_path: Path) -> None:
     console_script = Path(sys.executable).with_name("fedwarden")
     config = tmp_path / "probe.toml"
@@ -147,18 +162,10 @@ def test_workers_of_the_fedwarden_command_do_not_import_the_command_line(tmp_pat
 def test_workers_of_a_script_whose_model_lives_in_a_module_do_not_import_the_script(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "probe_script.py"
-    script.write_text(PROBE_SCRIPT, encoding="utf-8")
     reports = tmp_path / "modules"
     reports.mkdir()
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**_environment(SOURCE, TESTS), PROBE_DIR: str(reports)},
-        cwd=tmp_path,
-        check=False,
+    completed = _run_script(
+        tmp_path, PROBE_SCRIPT, {**_environment(SOURCE, TESTS), PROBE_DIR: str(reports)}
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == ["ClientUpdate", "ClientUpdate"]
@@ -175,17 +182,7 @@ def test_a_script_that_starts_a_run_when_imported_is_refused_with_what_to_do(
     tmp_path: Path,
 ) -> None:
     unguarded = textwrap.dedent(USER_SCRIPT).replace('if __name__ == "__main__":', "if True:")
-    script = tmp_path / "unguarded.py"
-    script.write_text(unguarded, encoding="utf-8")
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_environment(SOURCE),
-        cwd=tmp_path,
-        check=False,
-    )
+    completed = _run_script(tmp_path, unguarded, _environment(SOURCE))
     assert completed.returncode != 0
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line.startswith("fedwarden.core.errors.RuntimeFailure: worker 0 could not start")
@@ -195,17 +192,7 @@ def test_a_script_that_starts_a_run_when_imported_is_refused_with_what_to_do(
 def test_a_model_class_defined_in_the_users_script_trains_on_the_workers(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "train_digits.py"
-    script.write_text(textwrap.dedent(USER_SCRIPT), encoding="utf-8")
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_environment(SOURCE),
-        cwd=tmp_path,
-        check=False,
-    )
+    completed = _run_script(tmp_path, textwrap.dedent(USER_SCRIPT), _environment(SOURCE))
     assert completed.returncode == 0, completed.stderr
     replies = json.loads(completed.stdout)
     assert [reply["client_id"] for reply in replies] == ["client_0", "client_1"]
