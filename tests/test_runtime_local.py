@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -123,3 +126,50 @@ def test_client_state_persists_between_rounds_on_its_worker(
                 )
             )
     assert all(isinstance(r, ClientUpdate) and r.metrics["fits"] == 3.0 for r in replies)
+
+
+def _children() -> list[int]:
+    """The process ids whose parent is this process (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == os.getpid():
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+
+
+def _addresses(table: str) -> dict[str, str]:
+    """``/proc/net/<table>`` as inode -> the row (for unix: its path, empty if unnamed)."""
+    rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+    if table == "unix":
+        return {row.split()[6]: " ".join(row.split()[7:]) for row in rows}
+    return {row.split()[9]: row for row in rows}
+
+
+def test_a_worker_unpickles_only_what_comes_over_a_socket_no_other_process_can_reach(
+    digits_clients: FederatedDataset,
+) -> None:
+    """An attacker on the machine needs an address to send a worker a pickle: there is none."""
+    with LocalRuntime(workers=1) as runtime:
+        runtime.start(Workload(digits_clients, ScriptedTrainer(), (), run_seed=1))
+        (worker,) = _children()
+        sockets = _socket_inodes(worker)
+        unix = _addresses("unix")
+        inet = {
+            inode
+            for table in ("tcp", "tcp6", "udp", "udp6")
+            if Path(f"/proc/net/{table}").exists()
+            for inode in _addresses(table)
+        }
+    assert len(sockets) == 1, "the worker's one socket is its end of the pipe to the parent"
+    (inode,) = sockets
+    assert unix[inode] == "", "the pipe is an unnamed socket pair: no path to connect to"
+    assert inode not in inet

@@ -168,6 +168,8 @@ def _worker_main(connection: Connection) -> None:
         _importing_main = True
         spawn.prepare(json.loads(connection.recv_bytes()))
         _importing_main = False
+        # Not network input: the pipe is an unnamed socket pair made by the parent, whose
+        # end this process inherited at start; no other process has an address to reach it.
         workload: Workload = pickle.loads(connection.recv_bytes())
         _pin_threads()
         engine = ClientEngine(workload)

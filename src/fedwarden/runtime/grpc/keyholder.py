@@ -97,6 +97,10 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+_ANSWERS_ONLY = "the key holder answers only the aggregation server"
+"""How the key holder refuses a caller that is not the named aggregation server."""
+
+
 class KeyHolderServer(UnaryServer):
     """Serves a :class:`CkksKeyHolder` to one aggregation server over mutual TLS.
 
@@ -163,7 +167,7 @@ class KeyHolderServer(UnaryServer):
     def _public_context(
         self, request: kpb.PublicContextRequest, context: grpc.ServicerContext
     ) -> kpb.PublicContextReply:
-        self._authorize(context)
+        self._authorize(context, self._aggregator, _ANSWERS_ONLY)
         check_version(request.version, "the aggregation server")
         return kpb.PublicContextReply(
             version=version_message(),
@@ -175,7 +179,7 @@ class KeyHolderServer(UnaryServer):
     def _decrypt(
         self, request: kpb.DecryptRequest, context: grpc.ServicerContext
     ) -> kpb.DecryptReply:
-        self._authorize(context)
+        self._authorize(context, self._aggregator, _ANSWERS_ONLY)
         try:
             check_version(request.version, "the aggregation server")
             with self._lock:
@@ -188,19 +192,6 @@ class KeyHolderServer(UnaryServer):
             total_weight=total_weight,
             contributors=contributors,
         )
-
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        """Abort a call from anyone but the named aggregation server (named whenever TLS is on)."""
-        if self._aggregator is None:
-            return
-        names = context.auth_context().get("x509_common_name") or [b""]
-        caller = names[0].decode()
-        if caller != self._aggregator:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the key holder answers only the aggregation server {self._aggregator!r}, "
-                f"not {caller!r}",
-            )
 
 
 class RemoteKeyHolder:

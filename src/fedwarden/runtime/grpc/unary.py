@@ -25,6 +25,24 @@ class UnaryServer:
     _server: grpc.Server | None = None
     port: int | None = None
 
+    def _authorize(
+        self, context: grpc.ServicerContext, allowed: str | None, answers_only: str
+    ) -> None:
+        """Abort a call whose certificate does not name ``allowed``.
+
+        ``allowed`` is None only without TLS (loopback), where no certificate names anyone;
+        ``answers_only`` begins the refusal, e.g. "the key holder answers only the
+        aggregation server", and the names follow.
+        """
+        if allowed is None:
+            return
+        names = context.auth_context().get("x509_common_name") or [b""]
+        caller = names[0].decode()
+        if caller != allowed:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{answers_only} {allowed!r}, not {caller!r}"
+            )
+
     def _listen(self, server: grpc.Server, error: type[FedwardenError]) -> int:
         """Bind ``server`` (mutual TLS unless ``_tls`` is None) and start it; the bound port.
 

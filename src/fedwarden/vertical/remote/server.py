@@ -184,7 +184,9 @@ class FeaturePartyServer(UnaryServer):
         """``function`` as a handler: the caller authorized, one call at a time, errors refused."""
 
         def handle(request: Message, context: grpc.ServicerContext) -> Message:
-            self._authorize(context)
+            self._authorize(
+                context, self._driver, f"party {self.name!r} answers only the label party"
+            )
             try:
                 with self._lock:
                     return function(request)
@@ -197,19 +199,6 @@ class FeaturePartyServer(UnaryServer):
             raise AssertionError("context.abort raises")
 
         return handle
-
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        """Abort a call from anyone but the named driver (named whenever TLS is on)."""
-        if self._driver is None:
-            return
-        names = context.auth_context().get("x509_common_name") or [b""]
-        caller = names[0].decode()
-        if caller != self._driver:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"party {self.name!r} answers only the label party {self._driver!r}, not "
-                f"{caller!r}",
-            )
 
     def _declaration(self) -> vpb.Declaration:
         declaration = vpb.Declaration(
