@@ -128,17 +128,21 @@ def test_client_state_persists_between_rounds_on_its_worker(
     assert all(isinstance(r, ClientUpdate) and r.metrics["fits"] == 3.0 for r in replies)
 
 
-def _children() -> list[int]:
-    """The process ids whose parent is this process (Linux /proc)."""
-    children = []
+def _workers() -> list[int]:
+    """The process ids of this process's local-runtime workers (Linux /proc).
+
+    Other children (a fixture's database server, say) are left out.
+    """
+    workers = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[1]) == os.getpid():
-            children.append(int(stat.parent.name))
-    return children
+        if int(fields[1]) == os.getpid() and b"_worker_main" in command:
+            workers.append(int(stat.parent.name))
+    return workers
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -160,7 +164,7 @@ def test_a_worker_unpickles_only_what_comes_over_a_socket_no_other_process_can_r
     """An attacker on the machine needs an address to send a worker a pickle: there is none."""
     with LocalRuntime(workers=1) as runtime:
         runtime.start(Workload(digits_clients, ScriptedTrainer(), (), run_seed=1))
-        (worker,) = _children()
+        (worker,) = _workers()
         sockets = _socket_inodes(worker)
         unix = _addresses("unix")
         inet = {
