@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.special import log_softmax
 from sklearn.datasets import load_digits
 
+from fedwarden.core.errors import ConfigError
 from fedwarden.core.messages import TrainConfig
 from fedwarden.data.dataset import ClientData
 from fedwarden.models.numpy import NumpyTrainer, softmax_regression
@@ -261,3 +266,90 @@ def test_manual_fedavg_on_digits_with_five_iid_clients_beats_85_percent() -> Non
     accuracy = trainer.evaluate(vector, x[test], y[test])["accuracy"]
     assert initial_accuracy < 0.3
     assert accuracy > 0.85
+
+
+def clients_of_sizes(sizes: list[int], seed: int) -> list[ClientContext]:
+    """Clients holding ``sizes`` examples each (0 is a client without data), seeded apart."""
+    contexts = []
+    for index, size in enumerate(sizes):
+        x, y = blobs(size, seed=seed + index)
+        contexts.append(client(x, y, seed=100 + index, client_id=f"c{index}"))
+    return contexts
+
+
+COHORT_TRAINING = {
+    "sgd": TrainConfig(local_epochs=1, batch_size=8, learning_rate=0.2),
+    "two epochs": TrainConfig(local_epochs=2, batch_size=8, learning_rate=0.2),
+    "fedprox": TrainConfig(local_epochs=2, batch_size=8, learning_rate=0.2, proximal_mu=0.5),
+}
+
+
+@pytest.mark.parametrize("train", COHORT_TRAINING.values(), ids=COHORT_TRAINING.keys())
+def test_a_cohort_trains_each_client_bit_for_bit_as_it_trains_alone(train: TrainConfig) -> None:
+    # Sizes cover no data, less than a batch, one full batch, a short last batch, many batches.
+    sizes = [17, 0, 3, 8, 40, 9]
+    trainer = softmax_regression(FEATURES, CLASSES)
+    vector = trainer.initial_vector(2)
+
+    together = trainer.fit_cohort(vector, clients_of_sizes(sizes, seed=20), train)
+    alone = [trainer.fit(vector, one, train) for one in clients_of_sizes(sizes, seed=20)]
+    reordered = trainer.fit_cohort(vector, clients_of_sizes(sizes, seed=20)[::-2], train)
+
+    assert [result.num_examples for result in together] == sizes
+    for cohort, single in zip(together, alone, strict=True):
+        assert cohort.update.tobytes() == single.update.tobytes()
+        assert cohort.metrics == single.metrics
+    for cohort, subset in zip(together[::-2], reordered, strict=True):
+        assert cohort.update.tobytes() == subset.update.tobytes()
+    assert not together[1].update.any()
+    assert together[1].metrics == {"train_loss": 0.0}
+
+
+@pytest.mark.parametrize("train", COHORT_TRAINING.values(), ids=COHORT_TRAINING.keys())
+def test_a_cohort_takes_the_steps_of_reference_sgd_for_every_client(train: TrainConfig) -> None:
+    sizes = [17, 3, 40, 9]
+    trainer = softmax_regression(FEATURES, CLASSES)
+    vector = trainer.initial_vector(6)
+    contexts = clients_of_sizes(sizes, seed=30)
+
+    results = trainer.fit_cohort(vector, contexts, train)
+
+    for index, (context, result) in enumerate(zip(contexts, results, strict=True)):
+        x, y = context.data.x_train, context.data.y_train
+        trained = reference_sgd(trainer, vector, x, y, train, seed=100 + index)
+        np.testing.assert_allclose(result.update, trained - vector, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cohort_adds_each_clients_own_gradient_correction() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    vector = trainer.initial_vector(3)
+    train = TrainConfig(batch_size=8, learning_rate=0.1)
+    contexts = clients_of_sizes([12, 20, 5], seed=40)
+    contexts[0].gradient_correction = np.full(trainer.spec.size, 0.01, dtype=np.float32)
+    contexts[2].gradient_correction = np.full(trainer.spec.size, -0.02, dtype=np.float32)
+
+    together = trainer.fit_cohort(vector, contexts, train)
+
+    alone_contexts = clients_of_sizes([12, 20, 5], seed=40)
+    alone_contexts[0].gradient_correction = contexts[0].gradient_correction
+    alone_contexts[2].gradient_correction = contexts[2].gradient_correction
+    plain = replace(trainer, stacks_clients=False)
+    for cohort, context in zip(together, alone_contexts, strict=True):
+        reference = plain.fit(vector, context, train)
+        np.testing.assert_allclose(cohort.update, reference.update, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_cohort_is_refused_for_a_gradient_that_takes_one_clients_batch() -> None:
+    plain = replace(softmax_regression(FEATURES, CLASSES), stacks_clients=False)
+    with pytest.raises(ConfigError, match="stacks_clients=True"):
+        plain.fit_cohort(plain.initial_vector(0), clients_of_sizes([4], seed=1), TrainConfig())
+
+
+def test_the_reused_epoch_buffers_never_travel_with_the_trainer() -> None:
+    trainer = softmax_regression(FEATURES, CLASSES)
+    before = len(pickle.dumps(trainer))
+    trainer.fit_cohort(
+        trainer.initial_vector(0), clients_of_sizes([400, 300], seed=2), TrainConfig()
+    )
+    assert len(pickle.dumps(trainer)) == before
+    assert len(pickle.dumps(copy.deepcopy(trainer))) == before

@@ -8,7 +8,7 @@ between rounds lives in :attr:`ClientContext.state`, which the runtime stores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -71,4 +71,25 @@ class Trainer(Protocol):
         self, vector: Vector, x: npt.NDArray[np.generic], y: npt.NDArray[np.generic]
     ) -> Metrics:
         """Loss and (for classifiers) accuracy of ``vector`` on ``(x, y)``."""
+        ...
+
+
+@runtime_checkable
+class CohortTrainer(Trainer, Protocol):
+    """A trainer that can train many clients in one pass (a vectorized cohort).
+
+    When ``stacks_clients`` is true, ``fit_cohort`` returns, for each client,
+    exactly what ``fit`` returns for it alone, whichever clients it trains
+    beside; the runtimes then train a worker's share of a round in one call.
+    """
+
+    @property
+    def stacks_clients(self) -> bool:
+        """Whether ``fit_cohort`` may be called (the model's gradient takes stacks of clients)."""
+        ...
+
+    def fit_cohort(
+        self, vector: Vector, clients: Sequence[ClientContext], train: TrainConfig
+    ) -> list[FitResult]:
+        """Train each of ``clients`` from ``vector``; one result per client, in order."""
         ...

@@ -8,26 +8,35 @@ about the round.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from fedwarden.core.errors import DataError
+from fedwarden.core.errors import DataError, FedwardenError
 from fedwarden.core.messages import (
     FINETUNE_STREAM,
     ClientEvaluation,
     ClientUpdate,
     EvaluateInstruction,
     FitInstruction,
+    FitResult,
     client_seed,
 )
 from fedwarden.core.params import Vector
 from fedwarden.data.dataset import ClientData, FederatedDataset
-from fedwarden.models.trainer import ClientContext, Trainer
+from fedwarden.models.trainer import ClientContext, CohortTrainer, Trainer
 from fedwarden.pipeline.stage import Stage, client_halves
 from fedwarden.runtime.state import ClientStateStore
+
+logger = logging.getLogger(__name__)
+
+Reply = TypeVar("Reply", ClientUpdate, ClientEvaluation)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,15 @@ class Workload:
         return replace(self, dataset=self.dataset.subset(client_ids))
 
 
+@dataclass(frozen=True)
+class _CohortResults:
+    """What one ``fit_cohort`` call gave: each client's context and result, and its seconds."""
+
+    contexts: list[ClientContext]
+    results: list[FitResult]
+    seconds: float
+
+
 class ClientEngine:
     """Trains and evaluates the clients of one worker, one after another."""
 
@@ -63,9 +81,66 @@ class ClientEngine:
     def fit(self, vector: Vector, instruction: FitInstruction) -> ClientUpdate:
         """Train one client from ``vector`` and run the pipeline's client halves."""
         started = time.perf_counter()
-        context = self._context(instruction.client_id, instruction.round_index)
-        context.round_parameters = instruction.round_parameters
+        context = self._fit_context(instruction)
         result = self.trainer.fit(vector, context, instruction.train)
+        return self._finish(instruction, context, result, time.perf_counter() - started)
+
+    def fit_each(
+        self, vector: Vector, instructions: Sequence[FitInstruction]
+    ) -> Iterator[ClientUpdate | Exception]:
+        """:meth:`fit` for each instruction in order: its update, or the error its training raised.
+
+        A trainer that stacks clients (:class:`~fedwarden.models.trainer.CohortTrainer`)
+        trains all of them in one ``fit_cohort`` call when they share one
+        :class:`~fedwarden.core.messages.TrainConfig`, each exactly as :meth:`fit`
+        would; should that call raise, they train one by one, so an error costs
+        only its own client. Any other trainer trains a client when its reply is
+        asked for, so a caller can stop between clients.
+        """
+        results = self._fit_cohort(vector, instructions) if self._stacks(instructions) else None
+        if results is None:
+            for instruction in instructions:
+                yield _attempt(instruction.client_id, partial(self.fit, vector, instruction))
+            return
+        share = results.seconds / len(instructions)
+        for instruction, context, result in zip(
+            instructions, results.contexts, results.results, strict=True
+        ):
+            yield _attempt(
+                instruction.client_id,
+                partial(self._finish, instruction, context, result, share),
+            )
+
+    def _stacks(self, instructions: Sequence[FitInstruction]) -> bool:
+        return (
+            isinstance(self.trainer, CohortTrainer)
+            and self.trainer.stacks_clients
+            and len({instruction.train for instruction in instructions}) == 1
+        )
+
+    def _fit_cohort(
+        self, vector: Vector, instructions: Sequence[FitInstruction]
+    ) -> _CohortResults | None:
+        """The trainer's ``fit_cohort`` over every instruction; None if it raised."""
+        assert isinstance(self.trainer, CohortTrainer)
+        started = time.perf_counter()
+        contexts = [self._fit_context(instruction) for instruction in instructions]
+        try:
+            results = self.trainer.fit_cohort(vector, contexts, instructions[0].train)
+        except Exception:
+            logger.info("training %d clients at once failed; training each alone", len(contexts))
+            return None
+        return _CohortResults(contexts, results, time.perf_counter() - started)
+
+    def _finish(
+        self,
+        instruction: FitInstruction,
+        context: ClientContext,
+        result: FitResult,
+        training_seconds: float,
+    ) -> ClientUpdate:
+        """The client's update through the pipeline's client halves; its state saved."""
+        started = time.perf_counter()
         update = ClientUpdate(
             round_index=instruction.round_index,
             client_id=instruction.client_id,
@@ -76,7 +151,13 @@ class ClientEngine:
         update = client_halves(self.stages, update, context)
         if context.state:
             self.states.save(instruction.client_id, instruction.round_index, context.state)
-        return replace(update, train_seconds=time.perf_counter() - started)
+        seconds = training_seconds + time.perf_counter() - started
+        return replace(update, train_seconds=seconds)
+
+    def _fit_context(self, instruction: FitInstruction) -> ClientContext:
+        context = self._context(instruction.client_id, instruction.round_index)
+        context.round_parameters = instruction.round_parameters
+        return context
 
     def evaluate(self, vector: Vector, instruction: EvaluateInstruction) -> ClientEvaluation:
         """Metrics of ``vector`` on the client's test split, and after fine-tuning if asked."""
@@ -91,6 +172,13 @@ class ClientEngine:
             personalized = self.trainer.evaluate(vector + tuned.update, data.x_test, data.y_test)
             metrics.update({f"personalized_{k}": v for k, v in personalized.items()})
         return ClientEvaluation(instruction.client_id, data.num_test, metrics)
+
+    def evaluate_each(
+        self, vector: Vector, instructions: Sequence[EvaluateInstruction]
+    ) -> Iterator[ClientEvaluation | Exception]:
+        """:meth:`evaluate` for each instruction when its reply is asked for, or its error."""
+        for instruction in instructions:
+            yield _attempt(instruction.client_id, partial(self.evaluate, vector, instruction))
 
     def _context(self, client_id: str, round_index: int) -> ClientContext:
         return ClientContext(
@@ -108,3 +196,14 @@ class ClientEngine:
             raise DataError(
                 f"client {client_id!r} is not hosted by this worker; the runtime routed it wrongly"
             ) from None
+
+
+def _attempt(client_id: str, reply: Callable[[], Reply]) -> Reply | Exception:
+    """``reply()``, or the error it raised: a trainer bug must cost one client, not the run."""
+    try:
+        return reply()
+    except FedwardenError as error:
+        return error
+    except Exception as error:
+        logger.exception("client %s failed", client_id)
+        return error

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedwarden.core.errors import FedwardenError, RuntimeFailure
+from fedwarden.core.errors import RuntimeFailure
 from fedwarden.core.messages import (
     ClientEvaluation,
     ClientFailure,
@@ -191,27 +191,27 @@ def _serve(connection: Connection, engine: ClientEngine, size: int) -> None:
         if request["op"] == "cancel":
             continue
         vector = _receive_vector(connection, size)
+        items = request["clients"]
+        replies: Iterator[ClientUpdate | ClientEvaluation | Exception]
+        if request["op"] == "fit":
+            replies = engine.fit_each(vector, [_fit_instruction(item) for item in items])
+        else:
+            replies = engine.evaluate_each(vector, [_evaluate_instruction(item) for item in items])
         skipped: list[str] = []
-        cancelled = False
-        for item in request["clients"]:
-            interruption = None if cancelled else _interruption(connection)
+        for item in items:
+            interruption = None if skipped else _interruption(connection)
             if interruption == "stop":
                 return
-            cancelled = cancelled or interruption == "cancel"
-            if cancelled:
+            if skipped or interruption == "cancel":
                 skipped.append(item["client_id"])
                 continue
-            try:
-                if request["op"] == "fit":
-                    _send_update(connection, engine.fit(vector, _fit_instruction(item)))
-                else:
-                    evaluation = engine.evaluate(vector, _evaluate_instruction(item))
-                    _send(connection, _evaluation_header(evaluation))
-            except FedwardenError as error:
-                _send(connection, _failure_header(item, error))
-            except Exception as error:  # a trainer bug must cost one client, not the run
-                logger.exception("client %s failed", item["client_id"])
-                _send(connection, _failure_header(item, error))
+            reply = next(replies)
+            if isinstance(reply, ClientUpdate):
+                _send_update(connection, reply)
+            elif isinstance(reply, ClientEvaluation):
+                _send(connection, _evaluation_header(reply))
+            else:
+                _send(connection, _failure_header(item, reply))
         _send(connection, {"kind": "done", "skipped": skipped})
 
 
