@@ -17,6 +17,7 @@ of small models is bound by Python's per-call cost, which no library removes.
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +57,12 @@ Initialize = Callable[[np.random.Generator], dict[str, npt.NDArray[np.float32]]]
 class _Scratch:
     """Epoch buffers a trainer reuses from cohort to cohort, never pickled or copied.
 
-    A round's epoch layout is tens of megabytes; allocating it afresh each
-    round costs a page fault per 4 KiB (tens of milliseconds on a virtual
-    machine), more than the round's arithmetic. Scratch, not state: every
+    A round's epoch layout is tens of megabytes. Allocated afresh each round,
+    its pages fault in again every round; allocated by NumPy, it is also
+    marked for transparent huge pages, whose faults took about 4 ms per 2 MiB
+    on the 2-core virtual machine (0.3 s stalls in rounds that grew it, ten
+    rounds' arithmetic). So each buffer is a plain anonymous mapping, kept and
+    grown by half again when a cohort needs more. Scratch, not state: every
     byte a cohort reads was written for it (its rows, or zeros for padding).
     """
 
@@ -72,10 +76,13 @@ class _Scratch:
     def rows(self, name: str, steps: _CohortSteps, like: Array) -> Array:
         """All of an epoch's batch rows, shaped like ``like``'s rows; padding rows zeroed."""
         shape = (steps.batches * steps.batch_size, *like.shape[1:])
+        size = prod(shape)
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.dtype != like.dtype or buffer.size < prod(shape):
-            buffer = self._buffers[name] = np.empty(prod(shape), like.dtype)
-        rows = buffer[: prod(shape)].reshape(shape)
+        if buffer is None or buffer.dtype != like.dtype or buffer.size < size:
+            grown = max(size + size // 2, 1)
+            mapping = mmap.mmap(-1, grown * like.dtype.itemsize)
+            buffer = self._buffers[name] = np.frombuffer(mapping, like.dtype, grown)
+        rows = buffer[:size].reshape(shape)
         rows[steps.padding_rows()] = 0
         return rows
 
