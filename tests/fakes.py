@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedwarden.core.messages import (
-    ClientEvaluation,
     ClientFailure,
     ClientUpdate,
-    EvaluateInstruction,
     FitInstruction,
     FitResult,
     Metrics,
@@ -27,7 +25,7 @@ from fedwarden.core.params import ParamSpec, Vector
 from fedwarden.models.numpy import NumpyTrainer, softmax_regression
 from fedwarden.models.trainer import ClientContext
 from fedwarden.pipeline import StreamingWeightedMean
-from fedwarden.runtime import ClientEngine, Runtime, Workload
+from fedwarden.runtime import InProcessRuntime
 from fedwarden.server.listeners import RoundListener
 
 # The (client, round) pairs this process has trained slowly, for ``ScriptedTrainer.slow_once``.
@@ -136,17 +134,14 @@ class RecordingListener(RoundListener):
         self.refused.append((round_index, client_id, reason))
 
 
-class RecordingRuntime(Runtime):
-    """Runs the client engine in this process and records every instruction it delivers."""
+class RecordingRuntime(InProcessRuntime):
+    """The inprocess runtime, recording every instruction it delivers."""
 
     name = "recording"
 
     def __init__(self) -> None:
+        super().__init__()
         self.delivered: list[FitInstruction] = []
-        self.engine: ClientEngine | None = None
-
-    def start(self, workload: Workload) -> None:
-        self.engine = ClientEngine(workload)
 
     def fit(
         self,
@@ -154,20 +149,10 @@ class RecordingRuntime(Runtime):
         instructions: Sequence[FitInstruction],
         deadline_s: float | None = None,
     ) -> Iterator[ClientUpdate | ClientFailure]:
-        assert self.engine is not None
-        for instruction in instructions:
+        replies = super().fit(vector, instructions, deadline_s)
+        for instruction, reply in zip(instructions, replies, strict=True):
             self.delivered.append(instruction)
-            yield self.engine.fit(vector, instruction)
-
-    def evaluate(
-        self, vector: Vector, instructions: Sequence[EvaluateInstruction]
-    ) -> Iterator[ClientEvaluation | ClientFailure]:
-        assert self.engine is not None
-        for instruction in instructions:
-            yield self.engine.evaluate(vector, instruction)
-
-    def close(self) -> None:
-        self.engine = None
+            yield reply
 
 
 class BufferRecordingMean(StreamingWeightedMean):

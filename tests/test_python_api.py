@@ -171,6 +171,20 @@ def test_a_model_worker_processes_cannot_import_is_refused_with_what_to_do() -> 
         fedwarden.run(config(), model=Local())  # an instance: its class is named
 
 
+def test_the_inprocess_runtime_trains_a_model_no_worker_process_could_import(
+    tmp_path: Path,
+) -> None:
+    class Local(ConvOnImages):
+        pass
+
+    inprocess = config(runtime={"kind": "inprocess"}, runs_dir=str(tmp_path))
+    result = fedwarden.run(inprocess, model=Local(), clients=[Images(30, 1), Images(20, 2)])
+    assert result.rounds == 1
+    assert result.run_dir is not None
+    recorded = json.loads((Path(result.run_dir) / "config.json").read_text())
+    assert recorded["runtime"]["kind"] == "inprocess"
+
+
 def test_the_grpc_runtime_refuses_handed_objects() -> None:
     with pytest.raises(ConfigError, match=r"runtime\.kind 'grpc' starts each client"):
         fedwarden.run(config(runtime={"kind": "grpc"}), model=ConvOnImages)

@@ -36,6 +36,7 @@ _EXPORTS = {
     "Pipeline": "fedwarden.pipeline",
     "StreamingWeightedMean": "fedwarden.pipeline",
     "ValidateUpdate": "fedwarden.pipeline",
+    "InProcessRuntime": "fedwarden.runtime",
     "LocalRuntime": "fedwarden.runtime",
     "RayRuntime": "fedwarden.runtime",
     "Server": "fedwarden.server",

@@ -21,6 +21,7 @@ from fedwarden.privacy.silo import (
 )
 from fedwarden.privacy.user_level import UserLevelPrivacy
 from fedwarden.runtime.base import Runtime
+from fedwarden.runtime.inprocess import InProcessRuntime
 from fedwarden.runtime.local import LocalRuntime
 from fedwarden.runtime.ray import RayRuntime
 from fedwarden.server.rundir import RunDirectory
@@ -120,6 +121,8 @@ def build_runtime(
         return RayRuntime(config.runtime.workers, config.runtime.address)
     if config.runtime.kind == "local":
         return LocalRuntime(config.runtime.workers)
+    if config.runtime.kind == "inprocess":
+        return InProcessRuntime()
     from fedwarden.runtime.grpc.limits import ServerLimits
     from fedwarden.runtime.grpc.server import GrpcRuntime
     from fedwarden.runtime.grpc.service import RunDescription

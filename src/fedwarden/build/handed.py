@@ -28,7 +28,8 @@ its class without its module, so a script's ``__main__.Net`` resumes as
 The local and ray runtimes send the model to worker processes with pickle, so
 it must be importable there: a class or function defined at module level (in
 a script, under ``if __name__ == "__main__":``), not a lambda, a nested
-function or a class typed into an interactive session. The grpc runtime's
+function or a class typed into an interactive session. The inprocess runtime
+trains in the calling process and takes any model. The grpc runtime's
 clients are separate processes that build their model from the config, so
 handed objects are refused there.
 """
@@ -121,7 +122,7 @@ class HandedModel:
             raise ConfigError(
                 f"model {self.name} is defined in an interactive session, which the worker "
                 "processes of the local runtime cannot import; move it into a .py module (or a "
-                "script run with python) and import it from there"
+                "script run with python) and import it from there, or use runtime.kind 'inprocess'"
             )
         try:
             pickle.dumps(self.value)
@@ -154,11 +155,11 @@ class Handed:
             raise ConfigError(
                 "runtime.kind 'grpc' starts each client as its own `fedwarden client` process, "
                 "which builds its model and reads its data from the config and its files, not "
-                "from objects handed in Python; use runtime.kind 'local' or 'ray', or save each "
-                "client's data as a file and name the model in the config"
+                "from objects handed in Python; use runtime.kind 'local', 'inprocess' or 'ray', "
+                "or save each client's data as a file and name the model in the config"
             )
         handed_model = None if model is None else HandedModel.of(model)
-        if handed_model is not None:
+        if handed_model is not None and config.runtime.kind != "inprocess":
             handed_model.require_picklable()
         data = None if clients is None else load_handed(clients, test, config.data, config.seed)
         return cls(handed_model, data)

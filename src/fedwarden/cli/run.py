@@ -31,7 +31,7 @@ def run_command(
     ] = False,
     rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
     runtime: Annotated[
-        str | None, typer.Option(help="Override the runtime: local, ray or grpc.")
+        str | None, typer.Option(help="Override the runtime: local, inprocess, ray or grpc.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Override the number of workers.")] = None,
     runs_dir: Annotated[

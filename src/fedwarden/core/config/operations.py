@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from fedwarden.core.alerts import check_webhook_url
 from fedwarden.core.config.section import Section
@@ -13,7 +13,8 @@ from fedwarden.core.config.section import Section
 class RuntimeConfig(Section):
     """Where clients run."""
 
-    kind: Literal["local", "ray", "grpc"] = "local"
+    kind: Literal["local", "inprocess", "ray", "grpc"] = "local"
+    """``inprocess`` trains the clients in the server's own process: no workers to start."""
     workers: Annotated[int, Field(ge=1)] | None = None
     """Worker processes (local) or actors (ray); default one per core."""
     address: str | None = None
@@ -26,6 +27,15 @@ class RuntimeConfig(Section):
     """grpc: a stream's first message and each next chunk arrive within this, or it is cut."""
     calls_per_client: Annotated[int, Field(ge=4)] = 8
     """grpc: calls one client (certificate) may have in progress at once; more are refused."""
+
+    @model_validator(mode="after")
+    def _workers_where_there_are_workers(self) -> RuntimeConfig:
+        if self.kind == "inprocess" and self.workers is not None:
+            raise ValueError(
+                "runtime.workers is for the local and ray runtimes; the inprocess runtime trains "
+                "in the server's own process: drop workers, or use kind 'local' for processes"
+            )
+        return self
 
 
 class MonitoringConfig(Section):
