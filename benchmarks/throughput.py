@@ -44,7 +44,7 @@ from fedwarden.data import FederatedDataset, load_dataset
 from fedwarden.models.numpy import softmax_regression
 from fedwarden.models.trainer import Trainer
 from fedwarden.pipeline import Pipeline, StreamingWeightedMean, ValidateUpdate
-from fedwarden.runtime import LocalRuntime, Workload
+from fedwarden.runtime import LocalRuntime, Runtime, Workload
 from fedwarden.server import Server, ServerSettings
 from fedwarden.strategies import FedAvg, UniformSampler
 
@@ -59,10 +59,11 @@ def run_fedwarden(
     lr: float,
     seed: int,
     trace: AccuracyTrace | None = None,
+    runtime: Callable[[], Runtime] = LocalRuntime,
 ) -> PeerResult:
-    """fedwarden's local runtime (one worker per core) on the workload.
+    """fedwarden on the workload, by default on its local runtime (one worker per core).
 
-    With a ``trace``, the global model is scored once the workers have started
+    With a ``trace``, the global model is scored once the runtime has started
     (round 0) and after every round, and that time is left out of ``wall_s``.
     """
     train = TrainConfig(LOCAL_EPOCHS, LOCAL_BATCH_SIZE, lr)
@@ -71,18 +72,18 @@ def run_fedwarden(
     if trace is not None:
         trace.start()
     started = time.perf_counter()
-    with LocalRuntime() as runtime:
+    with runtime() as clients:
         server = Server(
             trainer=trainer,
             strategy=FedAvg(train),
             sampler=UniformSampler(cohort_size),
             pipeline=pipeline,
-            runtime=runtime,
+            runtime=clients,
             client_ids=dataset.client_ids,
             settings=ServerSettings(rounds=rounds, seed=seed),
         )
         server.vector = trainer.spec.flatten(initial)
-        runtime.start(Workload(dataset, trainer, pipeline.stages, seed))
+        clients.start(Workload(dataset, trainer, pipeline.stages, seed))
         if trace is not None:
             trace.record(0, *_linear_layer(trainer.spec, server.vector))
         for round_index in range(rounds):

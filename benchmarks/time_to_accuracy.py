@@ -12,10 +12,16 @@ fedwarden server loop, Flower's ``evaluate_fn``, a pfl training-process
 callback. The clock stops while the model is scored
 (:class:`benchmarks.peers._workload.AccuracyTrace`).
 
+fedwarden's headline row trains in process (its ``inprocess`` runtime, as pfl
+does); ``fedwarden (NumPy, local)`` trains the same on two worker processes
+(the ``local`` runtime), and ``fedwarden (PyTorch)`` the same model as a
+PyTorch linear layer, in process. ``--skip`` takes ``local``, ``torch``,
+``flwr`` and ``pfl``.
+
 Per framework: the first round whose accuracy reaches the target; the wall
 seconds to it from the framework's start (start-up included: the headline);
 the start-up alone, until the hook first sees the initial model (fedwarden:
-its worker processes started; pfl: its backend built; Flower: its ServerApp
+its runtime started; pfl: its backend built; Flower: its ServerApp
 started, while Ray and its actors start beside it and land in round 1, which
 this hook cannot separate); the seconds to the target without that start-up;
 the median seconds of one round from round 2 on (steady state, free of every
@@ -59,6 +65,7 @@ from benchmarks.throughput import (
 )
 from fedwarden.core.errors import ConfigError
 from fedwarden.models.numpy import softmax_regression
+from fedwarden.runtime import InProcessRuntime, LocalRuntime
 
 OURS = "fedwarden (NumPy)"
 """The row every speed-up is measured against."""
@@ -180,19 +187,19 @@ def one_seed(
         "lr": lr,
         "seed": seed,
     }
-    runners: list[Callable[..., PeerResult]] = [
-        partial(run_fedwarden, dataset, softmax_regression(60, 10), OURS, **options)
-    ]
-    if "torch" not in skip:
+    ours = partial(run_fedwarden, dataset, runtime=InProcessRuntime, **options)
+    runners: list[Callable[..., PeerResult]] = [partial(ours, softmax_regression(60, 10), OURS)]
+    if "local" not in skip:
         runners.append(
             partial(
-                run_fedwarden,
-                dataset,
-                torch_linear_trainer(60, 10),
-                "fedwarden (PyTorch)",
-                **options,
+                ours,
+                softmax_regression(60, 10),
+                "fedwarden (NumPy, local)",
+                runtime=LocalRuntime,
             )
         )
+    if "torch" not in skip:
+        runners.append(partial(ours, torch_linear_trainer(60, 10), "fedwarden (PyTorch)"))
     for name, peer in peers().items():
         if name not in skip:
             runners.append(partial(peer, clients, x_test, y_test, **options))
@@ -214,7 +221,7 @@ def print_result(result: dict[str, Any]) -> None:
         f"target accuracy {result['target']:.3f}, median of seeds {result['seeds']}"
     )
     print(
-        f"  {'framework':<22} {'rounds':>7} {'to target':>12} {'start-up':>10} "
+        f"  {'framework':<25} {'rounds':>7} {'to target':>12} {'start-up':>10} "
         f"{'w/o start-up':>13} {'median round':>13} {'final acc':>10}   to target per seed"
     )
     for index, row in enumerate(result["rows"]):
@@ -223,7 +230,7 @@ def print_result(result: dict[str, Any]) -> None:
             _format_seconds(run["rows"][index]["seconds_to_target"]) for run in result["per_seed"]
         )
         print(
-            f"  {row['framework']:<22} {rounds:>7} {_format_seconds(row['seconds_to_target']):>12}"
+            f"  {row['framework']:<25} {rounds:>7} {_format_seconds(row['seconds_to_target']):>12}"
             f" {_format_seconds(row['start_up_s']):>10}"
             f" {_format_seconds(row['training_seconds_to_target']):>13}"
             f" {_format_seconds(row['median_round_s']):>13} {row['final_accuracy']:>10.4f}"

@@ -25,6 +25,7 @@ from typing import Final, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 from fedwarden.core.errors import ConfigError, FedwardenError
 
@@ -73,9 +74,13 @@ def central_accuracy(
 
     ``weight`` is laid out as PyTorch's ``nn.Linear`` holds it, ``[NUM_CLASSES, d]``.
     Every framework's model is scored by this one function, so accuracies differ
-    only by the model, never by how it was evaluated.
+    only by the model, never by how it was evaluated. BLAS runs on one thread
+    here: Flower calls this from its ServerApp's thread, and a multithreaded
+    OpenBLAS product called there spun forever twice in ``exec_blas``.
     """
-    logits = x_test @ np.asarray(weight, dtype=np.float32).T + np.asarray(bias, dtype=np.float32)
+    with threadpool_limits(1, user_api="blas"):
+        weights = np.asarray(weight, dtype=np.float32).T
+        logits = x_test @ weights + np.asarray(bias, dtype=np.float32)
     return float((logits.argmax(axis=1) == y_test).mean())
 
 

@@ -121,7 +121,7 @@ def run_flower_secagg(
         from flwr.simulation import run_simulation
 
         from benchmarks.peers import _flower_secagg_app
-        from benchmarks.peers.flower_sim import _backend_config, _quiet_logs
+        from benchmarks.peers.flower_sim import _backend_config, _quiet_logs, wait_for_ray_to_exit
     except ImportError as error:
         raise missing_bench_extra("Flower", error) from error
     if ray.is_initialized():
@@ -142,6 +142,7 @@ def run_flower_secagg(
     )
     with _quiet_logs("flwr", "ray"):
         start = time.perf_counter()
+        started_at = time.time()
         try:
             run_simulation(
                 server_app=server_app,
@@ -154,6 +155,7 @@ def run_flower_secagg(
             if ray.is_initialized():
                 ray.shutdown()
         engine_seconds = time.perf_counter() - start
+        wait_for_ray_to_exit(started_at)
     if (
         record.aggregate is None
         or record.round_seconds is None

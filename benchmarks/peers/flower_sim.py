@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psutil
 
 from benchmarks.peers._workload import (
     AccuracyTrace,
@@ -110,6 +111,7 @@ def run_flower(
             if trace is not None:
                 trace.start()
             start = time.perf_counter()
+            started_at = time.time()
             try:
                 run_simulation(
                     server_app=server_app,
@@ -125,6 +127,7 @@ def run_flower(
             wall_s = (
                 time.perf_counter() - start - (0.0 if trace is None else trace.evaluation_seconds)
             )
+            wait_for_ray_to_exit(started_at)
 
     if final_model.arrays is None:
         raise FedwardenError(
@@ -138,6 +141,31 @@ def run_flower(
         cohort_size=cohort_size,
         wall_s=wall_s,
         accuracy=central_accuracy(*linear_layer(model), x_test, y_test),
+    )
+
+
+def wait_for_ray_to_exit(since: float, timeout_s: float = 30.0) -> None:
+    """Wait until the Ray processes started after ``since`` (epoch seconds) have exited.
+
+    ``ray.shutdown()`` returns while its actors, raylet and GCS are still
+    exiting (about a second here, at full CPU), so the next framework's clock
+    would run beside Ray's tear-down; off the clock, after ``timeout_s`` the
+    benchmark goes on regardless.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(
+        _is_ray(process, since)
+        for process in psutil.process_iter(["name", "cmdline", "create_time"])
+    ):
+        time.sleep(0.05)
+
+
+def _is_ray(process: psutil.Process, since: float) -> bool:
+    """A process Ray started after ``since``: an actor (``ray::...``), raylet, GCS or helper."""
+    names = [process.info["name"] or "", *(process.info["cmdline"] or [])]
+    started = process.info["create_time"] or 0.0
+    return started >= since - 1.0 and any(
+        name.startswith(("ray::", "raylet", "gcs_server")) or "/ray/" in name for name in names
     )
 
 
