@@ -1,4 +1,7 @@
-"""The inprocess runtime and the client engine's cohort training: same bits, same faults."""
+"""The inprocess runtime and the client engine's cohort training: same bits, same faults.
+
+A client that raises: ``tests/test_runtime_local.py``, for both runtimes.
+"""
 
 from __future__ import annotations
 
@@ -79,24 +82,6 @@ def test_a_client_that_breaks_the_cohort_call_costs_only_itself(
         instruction = next(i for i in instructions if i.client_id == update.client_id)
         expected = engine.fit(trainer.initial_vector(0), instruction)
         assert update.update.tobytes() == expected.update.tobytes()
-
-
-def test_a_client_that_raises_is_a_failure_and_the_others_train(
-    digits_clients: FederatedDataset,
-) -> None:
-    broken = digits_clients.client_ids[2]
-    with InProcessRuntime() as runtime:
-        start_server(digits_clients, ScriptedTrainer(error=frozenset({broken})), runtime)
-        replies = list(
-            runtime.fit(
-                ScriptedTrainer().initial_vector(0),
-                [FitInstruction(0, cid, TRAIN) for cid in digits_clients.client_ids],
-            )
-        )
-    failures = [reply for reply in replies if isinstance(reply, ClientFailure)]
-    assert [(failure.client_id, failure.reason) for failure in failures] == [(broken, "error")]
-    assert "scripted failure" in failures[0].message
-    assert [reply.client_id for reply in replies] == digits_clients.client_ids
 
 
 def test_past_the_deadline_the_late_client_and_every_later_one_are_dropped_untrained(

@@ -1,8 +1,13 @@
-"""The local runtime: worker processes, ordering, faults, deadlines, client state."""
+"""The local runtime: worker processes, ordering, faults, deadlines, client state.
+
+A client that raises is tested on the inprocess runtime too.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,7 @@ from fedwarden.core.config import DataConfig
 from fedwarden.core.messages import ClientFailure, ClientUpdate, FitInstruction
 from fedwarden.data import FederatedDataset, load_dataset
 from fedwarden.models.numpy import softmax_regression
-from fedwarden.runtime import ClientEngine, LocalRuntime, Workload
+from fedwarden.runtime import ClientEngine, InProcessRuntime, LocalRuntime, Runtime, Workload
 from harness import TRAIN, start_server
 
 pytestmark = pytest.mark.slow
@@ -94,11 +99,14 @@ def test_clients_past_the_round_deadline_are_dropped_and_counted(
     assert record.participants >= 4
 
 
+@pytest.mark.parametrize(
+    "hosting", [partial(LocalRuntime, workers=2), InProcessRuntime], ids=["local", "inprocess"]
+)
 def test_a_client_that_raises_is_counted_as_failed_and_the_round_goes_on(
-    digits_clients: FederatedDataset,
+    digits_clients: FederatedDataset, hosting: Callable[[], Runtime]
 ) -> None:
     broken = digits_clients.client_ids[2]
-    with LocalRuntime(workers=2) as runtime:
+    with hosting() as runtime:
         start_server(digits_clients, ScriptedTrainer(error=frozenset({broken})), runtime)
         replies = list(
             runtime.fit(
