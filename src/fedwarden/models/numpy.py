@@ -108,9 +108,7 @@ class NumpyTrainer:
     prepare: Prepare | None = None
     task: Literal["classification", "regression"] = "classification"
     stacks_clients: bool = False
-    _scratch: _Scratch = field(
-        default_factory=lambda: _Scratch(), init=False, repr=False, compare=False
-    )
+    _scratch: _Scratch = field(default_factory=_Scratch, init=False, repr=False, compare=False)
 
     @property
     def spec(self) -> ParamSpec:

@@ -1,9 +1,11 @@
-"""The client side of simulation: one trainer training its clients in turn.
+"""The client side of simulation: one trainer training its clients in turn, or at once.
 
-Both the ``local`` and the ``ray`` runtimes host a :class:`ClientEngine` per
-worker; the gRPC client process runs the same code for its single client. The
-engine knows how a client trains and evaluates; it never decides anything
-about the round.
+The ``local`` and ``ray`` runtimes host a :class:`ClientEngine` per worker,
+the ``inprocess`` runtime one in the server's process; the gRPC client process
+runs the same code for its single client. A trainer whose gradient stacks
+clients trains a worker's share of a round in one call, each client's update
+the same bits as alone. The engine knows how a client trains and evaluates;
+it never decides anything about the round.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class _CohortResults:
 
 
 class ClientEngine:
-    """Trains and evaluates the clients of one worker, one after another."""
+    """Trains and evaluates the clients of one worker, one after another or all at once."""
 
     def __init__(self, workload: Workload) -> None:
         self.dataset = workload.dataset
@@ -97,7 +99,8 @@ class ClientEngine:
         only its own client. Any other trainer trains a client when its reply is
         asked for, so a caller can stop between clients.
         """
-        results = self._fit_cohort(vector, instructions) if self._stacks(instructions) else None
+        trainer = self._cohort_trainer(instructions)
+        results = None if trainer is None else self._fit_cohort(trainer, vector, instructions)
         if results is None:
             for instruction in instructions:
                 yield _attempt(instruction.client_id, partial(self.fit, vector, instruction))
@@ -111,22 +114,21 @@ class ClientEngine:
                 partial(self._finish, instruction, context, result, share),
             )
 
-    def _stacks(self, instructions: Sequence[FitInstruction]) -> bool:
-        return (
-            isinstance(self.trainer, CohortTrainer)
-            and self.trainer.stacks_clients
-            and len({instruction.train for instruction in instructions}) == 1
-        )
+    def _cohort_trainer(self, instructions: Sequence[FitInstruction]) -> CohortTrainer | None:
+        """The trainer, if it can train these instructions' clients in one call."""
+        if not isinstance(self.trainer, CohortTrainer) or not self.trainer.stacks_clients:
+            return None
+        same_training = len({instruction.train for instruction in instructions}) == 1
+        return self.trainer if same_training else None
 
     def _fit_cohort(
-        self, vector: Vector, instructions: Sequence[FitInstruction]
+        self, trainer: CohortTrainer, vector: Vector, instructions: Sequence[FitInstruction]
     ) -> _CohortResults | None:
-        """The trainer's ``fit_cohort`` over every instruction; None if it raised."""
-        assert isinstance(self.trainer, CohortTrainer)
+        """``trainer.fit_cohort`` over every instruction; None if it raised."""
         started = time.perf_counter()
         contexts = [self._fit_context(instruction) for instruction in instructions]
         try:
-            results = self.trainer.fit_cohort(vector, contexts, instructions[0].train)
+            results = trainer.fit_cohort(vector, contexts, instructions[0].train)
         except Exception:
             logger.info("training %d clients at once failed; training each alone", len(contexts))
             return None

@@ -6,9 +6,10 @@ shorter than starting worker processes (a ``local`` worker takes about 0.3 s
 to start; a round of 200 clients of a softmax regression, trained as one
 stacked cohort, takes a few tens of milliseconds). The price: one core
 trains, a trainer that crashes the interpreter (rather than raising) ends the
-run, and a round deadline cannot interrupt a client mid-training: a client
-whose reply comes after the deadline, and every client after it, is reported
-as a ``deadline`` failure, and those are not trained.
+run, and a round deadline cannot interrupt training in progress: a client
+whose reply comes after the deadline is reported as a ``deadline`` failure,
+and so is every client after it, which is not trained unless its cohort
+trained all at once.
 
 The clients get their own copy of the trainer, as a worker would, so the
 model object the server evaluates with is never trained under it.
