@@ -585,7 +585,10 @@ def test_the_train_command_drives_the_parties_and_reports_accuracy(
     assert result.exit_code == 0, result.output
     assert "aligned entities: 510" in result.output  # shared by all three
     accuracy = float(result.output.split("test accuracy:")[1].split()[0])
-    assert accuracy > 0.9
+    # Label DP is on (epsilon 2): about 12% of the training labels are flipped with fresh
+    # secure randomness each run, so accuracy varies (0.93-0.97 in six runs, 0.876 once in
+    # CI); the majority class is 63% of breast_cancer, so 0.8 still fails a run that did not learn.
+    assert accuracy > 0.8
 
 
 class CountingNoise(NoiseSource):
