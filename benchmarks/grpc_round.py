@@ -135,24 +135,26 @@ class RawTransfer:
     grpc: tuple[RawRound, ...]
 
     @property
-    def tls_s(self) -> float:
-        """Median wall seconds of the TLS raw rounds."""
-        return statistics.median(round_.wall_s for round_ in self.tls)
+    def tls_median(self) -> RawRound:
+        """Median wall and median CPU seconds of the TLS raw rounds."""
+        return _median_round(self.tls)
 
     @property
-    def tls_cpu_s(self) -> float:
-        """Median CPU seconds of the TLS raw rounds."""
-        return statistics.median(round_.cpu_s for round_ in self.tls)
+    def grpc_median(self) -> RawRound:
+        """Median wall and median CPU seconds of the bare gRPC rounds."""
+        return _median_round(self.grpc)
 
-    @property
-    def grpc_s(self) -> float:
-        """Median wall seconds of the bare gRPC rounds."""
-        return statistics.median(round_.wall_s for round_ in self.grpc)
 
-    @property
-    def grpc_cpu_s(self) -> float:
-        """Median CPU seconds of the bare gRPC rounds."""
-        return statistics.median(round_.cpu_s for round_ in self.grpc)
+def _ratios(over: RawRound, under: RawRound) -> str:
+    """``over``'s wall and CPU seconds as multiples of ``under``'s."""
+    return f"{over.wall_s / under.wall_s:.2f}x / {over.cpu_s / under.cpu_s:.2f}x"
+
+
+def _median_round(rounds: tuple[RawRound, ...]) -> RawRound:
+    return RawRound(
+        statistics.median(round_.wall_s for round_ in rounds),
+        statistics.median(round_.cpu_s for round_ in rounds),
+    )
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,11 @@ class FedwardenRounds:
     def median_cpu_s(self) -> float:
         """Median CPU seconds of a round after the first."""
         return statistics.median(self.round_cpu_seconds[1:])
+
+    @property
+    def median(self) -> RawRound:
+        """The median wall and median CPU seconds of a round after the first, as a raw round's."""
+        return RawRound(self.median_s, self.median_cpu_s)
 
     @property
     def median_server_cpu_s(self) -> float:
@@ -711,13 +718,19 @@ def report(
             " ".join(f"{round_.wall_s:.3f}" for round_ in raw.tls),
         ),
         ("raw rounds over mutual TLS: CPU (s)", " ".join(f"{r.cpu_s:.3f}" for r in raw.tls)),
-        ("raw TLS median: wall / CPU (s)", f"{raw.tls_s:.3f} / {raw.tls_cpu_s:.3f}"),
+        (
+            "raw TLS median: wall / CPU (s)",
+            f"{raw.tls_median.wall_s:.3f} / {raw.tls_median.cpu_s:.3f}",
+        ),
         ("bare gRPC rounds: wall (s)", " ".join(f"{r.wall_s:.3f}" for r in raw.grpc)),
         ("bare gRPC rounds: CPU (s)", " ".join(f"{r.cpu_s:.3f}" for r in raw.grpc)),
-        ("bare gRPC median: wall / CPU (s)", f"{raw.grpc_s:.3f} / {raw.grpc_cpu_s:.3f}"),
+        (
+            "bare gRPC median: wall / CPU (s)",
+            f"{raw.grpc_median.wall_s:.3f} / {raw.grpc_median.cpu_s:.3f}",
+        ),
         (
             "bare gRPC round / raw TLS round: wall / CPU",
-            f"{raw.grpc_s / raw.tls_s:.2f}x / {raw.grpc_cpu_s / raw.tls_cpu_s:.2f}x",
+            _ratios(raw.grpc_median, raw.tls_median),
         ),
         ("fedwarden rounds 2..5: wall (s)", " ".join(f"{s:.3f}" for s in ours.round_seconds[1:])),
         (
@@ -730,11 +743,11 @@ def report(
         ),
         (
             "fedwarden round / raw TLS round: wall / CPU",
-            f"{ours.median_s / raw.tls_s:.2f}x / {ours.median_cpu_s / raw.tls_cpu_s:.2f}x",
+            _ratios(ours.median, raw.tls_median),
         ),
         (
             "fedwarden round / bare gRPC round: wall / CPU",
-            f"{ours.median_s / raw.grpc_s:.2f}x / {ours.median_cpu_s / raw.grpc_cpu_s:.2f}x",
+            _ratios(ours.median, raw.grpc_median),
         ),
         ("spool 40 MB + fsync, one update (s)", f"{ours.spool_fsync_s:.3f}"),
     ]
@@ -743,7 +756,7 @@ def report(
             (
                 "without the spool's fsync: median (s)",
                 f"{ours_without_fsync.median_s:.3f} = "
-                f"{ours_without_fsync.median_s / raw.tls_s:.2f}x raw TLS",
+                f"{ours_without_fsync.median_s / raw.tls_median.wall_s:.2f}x raw TLS",
             )
         )
     if flower["measured"]:
@@ -775,10 +788,10 @@ def report(
             "median_round_s": ours.median_s,
             "median_round_cpu_s": ours.median_cpu_s,
             "median_round_server_cpu_s": ours.median_server_cpu_s,
-            "ratio_to_raw_tls": ours.median_s / raw.tls_s,
-            "cpu_ratio_to_raw_tls": ours.median_cpu_s / raw.tls_cpu_s,
-            "ratio_to_bare_grpc": ours.median_s / raw.grpc_s,
-            "cpu_ratio_to_bare_grpc": ours.median_cpu_s / raw.grpc_cpu_s,
+            "ratio_to_raw_tls": ours.median_s / raw.tls_median.wall_s,
+            "cpu_ratio_to_raw_tls": ours.median_cpu_s / raw.tls_median.cpu_s,
+            "ratio_to_bare_grpc": ours.median_s / raw.grpc_median.wall_s,
+            "cpu_ratio_to_bare_grpc": ours.median_cpu_s / raw.grpc_median.cpu_s,
             "spool_fsync_s": ours.spool_fsync_s,
             "median_round_without_fsync_s": None
             if ours_without_fsync is None
